@@ -1,0 +1,183 @@
+"""Throughput and memory figures for matpac, measured in one run (not a test).
+
+Generates its own audio (44.1 kHz stereo FLAC) and a full-size random ViT-B checkpoint in the
+release layout, then prints:
+  (a) encoder-only audio-seconds per second on ready log-mel chunks at the chosen batch size,
+  (b) end-to-end `embed` audio-seconds per second on the FLAC folder (decode, resample, log-mel,
+      batching across files, encoder, writers),
+  (c) the same audio through a naive loop: one file at a time, whole-file decode and resample,
+      one chunk per forward pass, nothing overlapped (how the reference inference code works),
+  (d) peak RSS of `matpac embed` on a 1-minute and on a 30-minute file,
+and the ratios b/a and b/c.
+
+    python benchmarks/throughput.py                 # CPU defaults
+    python benchmarks/throughput.py --device cuda --batch-size 32 --precision bf16
+    python benchmarks/throughput.py --skip-memory --files 4 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
+    """Full-size ViT-B weights in the release layout (random, but with realistic scales)."""
+    from matpac_cli.config import EncoderDims
+    from matpac_cli.model import MatpacEncoder
+
+    torch.manual_seed(seed)
+    model = MatpacEncoder(EncoderDims(width=768, depth=12, heads=12, mlp_width=3072, n_t=n_t))
+    sd = {k: (torch.randn_like(v) * 0.02 if v.ndim > 1 else v + 0.01 * torch.randn_like(v))
+          for k, v in model.state_dict().items()}
+    torch.save(sd, path)
+
+
+def make_flac(path: Path, seconds: float, seed: int, sr: int = 44100) -> None:
+    rng = np.random.default_rng(seed)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=2, format="FLAC") as f:
+        block = sr * 10
+        for start in range(0, int(seconds * sr), block):
+            n = min(block, int(seconds * sr) - start)
+            t = (start + np.arange(n)) / sr
+            tone = 0.2 * np.sin(2 * np.pi * (220 + 40 * seed) * t)
+            f.write((0.05 * rng.standard_normal((n, 2)) + tone[:, None]).astype(np.float32))
+
+
+def encoder_only(ckpt: Path, device: str, precision: str, batch: int, seconds: float) -> float:
+    from matpac_cli.predictor import Predictor
+
+    pred = Predictor.load(str(ckpt), device, precision)
+    n_t = pred.dims.n_t
+    mel = torch.randn(batch, 80, n_t, device=pred.device, dtype=pred.dtype)
+    with torch.inference_mode():
+        pred.encoder(mel)  # warm-up
+        _sync(pred.device)
+        n, t0 = 0, time.perf_counter()
+        while n * 6.08 < seconds or n < 2 * batch:
+            pred.encoder(mel)
+            n += batch
+        _sync(pred.device)
+        dt = time.perf_counter() - t0
+    return n * n_t * 0.01 / dt
+
+
+def end_to_end(ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int,
+               workers: int | None) -> tuple[float, float, np.ndarray]:
+    from matpac_cli.discovery import discover
+    from matpac_cli.embedding import EmbedConfig, embed
+    from matpac_cli.predictor import Predictor
+
+    pred = Predictor.load(str(ckpt), device, precision)
+    items = discover([str(folder)])
+    t0 = time.perf_counter()
+    summary = embed(items, pred, EmbedConfig(out=out, batch_size=batch, workers=workers, force=True))
+    _sync(pred.device)
+    dt = time.perf_counter() - t0
+    return summary.audio_s / dt, summary.audio_s, np.load(out)
+
+
+def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float, np.ndarray]:
+    """One file at a time, whole file in memory, one chunk per forward, nothing overlapped."""
+    from matpac_cli.frontend import LogMel, resample
+    from matpac_cli.predictor import Predictor
+
+    pred = Predictor.load(str(ckpt), device, precision)
+    logmel = LogMel().to(pred.device)
+    n_t = pred.dims.n_t
+    rows, total = [], 0.0
+    t0 = time.perf_counter()
+    for path in sorted(folder.glob("*.flac")):
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        total += len(data) / sr
+        wave = resample(torch.from_numpy(data.mean(axis=1)), sr).to(pred.device)
+        with torch.no_grad():
+            mel = logmel(wave[None], torch.tensor([len(wave)], device=pred.device))[0]
+            cols = []
+            for start in range(0, mel.shape[-1], n_t):
+                chunk = mel[None, :, start : start + n_t]
+                cols.append(pred.encoder(chunk.to(pred.dtype))[-1][0].float())
+            rows.append(torch.cat(cols).mean(0).cpu().numpy())
+    _sync(pred.device)
+    dt = time.perf_counter() - t0
+    return total / dt, np.stack(rows)
+
+
+def peak_rss_mb(ckpt: Path, audio: Path, out: Path, device: str) -> float:
+    """Run `matpac embed` in a fresh process and report its peak resident memory."""
+    code = (
+        "import resource, sys\n"
+        "from matpac_cli.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    args = ["embed", str(audio), "--out", str(out), "--model", str(ckpt), "--device", device, "--force", "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"embed failed on {audio}: {proc.stderr}")
+    return float(proc.stderr.strip().splitlines()[-1])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--files", type=int, default=6, help="FLAC files for (b) and (c)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of each FLAC file")
+    ap.add_argument("--skip-memory", action="store_true", help="skip (d)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / "vitb.pt"
+        make_checkpoint(ckpt)
+        folder = tmp / "flac"
+        folder.mkdir()
+        for i in range(args.files):
+            make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
+        total = args.files * args.seconds
+        print(f"device {args.device}, precision {args.precision}, batch {args.batch_size}, "
+              f"torch threads {torch.get_num_threads()}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
+
+        a = encoder_only(ckpt, args.device, args.precision, args.batch_size, min(total, 120))
+        print(f"(a) encoder only      : {a:8.1f} audio-s/s")
+        b, _, emb = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, args.precision, args.batch_size, args.workers)
+        print(f"(b) end-to-end embed  : {b:8.1f} audio-s/s")
+        c, ref = naive(ckpt, folder, args.device, args.precision)
+        print(f"(c) naive loop        : {c:8.1f} audio-s/s")
+        diff = float(np.abs(emb - ref).max())
+        print(f"    b/a = {b / a:.2f}   b/c = {b / c:.2f}   max |embed - naive| = {diff:.2e}")
+        figures = {"encoder_only": a, "end_to_end": b, "naive": c, "b_over_a": b / a, "b_over_c": b / c,
+                   "max_abs_diff": diff}
+        if not args.skip_memory:
+            short, long = tmp / "one_min.flac", tmp / "thirty_min.flac"
+            make_flac(short, 60, seed=1)
+            make_flac(long, 1800, seed=2)
+            m1 = peak_rss_mb(ckpt, short, tmp / "m1.npy", args.device)
+            m30 = peak_rss_mb(ckpt, long, tmp / "m30.npy", args.device)
+            print(f"(d) peak RSS          : 1-min file {m1:.0f} MB, 30-min file {m30:.0f} MB, difference {m30 - m1:.0f} MB")
+            figures.update(rss_1min_mb=m1, rss_30min_mb=m30)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Typed errors. The CLI maps each family to an exit code in one place (cli.py).
+
+Exit codes: 1 when some inputs failed (InputError is per file and never stops a run),
+2 for usage, model, weights or output errors (the run cannot go on).
+"""
+
+from __future__ import annotations
+
+
+class MatpacError(Exception):
+    """Base class: the message is meant for the person at the terminal, one line."""
+
+    exit_code = 2
+
+
+class UsageError(MatpacError):
+    """Bad options or arguments."""
+
+
+class ModelError(MatpacError):
+    """A checkpoint that cannot be used: wrong keys or shapes, unknown name."""
+
+
+class WeightsError(MatpacError):
+    """Weights that cannot be fetched or verified (network, offline cache miss, checksum)."""
+
+
+class OutputError(MatpacError):
+    """An output that cannot be written or would be overwritten silently."""
+
+
+class InputError(MatpacError):
+    """One input file cannot be used; the run goes on with the others."""
+
+    exit_code = 1
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

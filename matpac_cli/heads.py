@@ -1,0 +1,238 @@
+"""Classifier heads on top of the clip embedding (shared spec section 5).
+
+Two kinds: the authors' linear probes (one `<task>.pth` per task in the probe zip, or a local
+file) and the AudioSet head carried by the fine-tuned checkpoint. Both are plain functions of
+the layer-12 clip embedding, so every head of one encoder shares a single encoder pass.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from matpac_cli.errors import ModelError, UsageError, WeightsError
+from matpac_cli.registry import HeadSpec, load_registry, read_labels
+
+BN_EPS = 1e-5
+HEAD_SUFFIXES = (".pth", ".pt")
+
+
+@dataclass
+class Head:
+    """A ready head: labels in index order and a numpy scoring function."""
+
+    name: str
+    labels: list[str]
+    activation: str  # sigmoid | softmax
+    weight: np.ndarray  # (C, in)
+    bias: np.ndarray  # (C,)
+    kind: str = "probe"  # probe | audioset
+    mean: np.ndarray | None = None  # feature standardisation (probe files that carry it)
+    scale: np.ndarray | None = None
+    source: str = ""
+    confirmed_order: bool = True
+
+    @property
+    def standardised(self) -> bool:
+        return self.mean is not None
+
+    def scores(self, emb: np.ndarray) -> np.ndarray:
+        """(N, n_freq * width) clip embeddings -> (N, C) probabilities, in float64."""
+        x = np.asarray(emb, dtype=np.float64)
+        if self.kind == "audioset":  # mean of the frequency tokens, then eval-mode BatchNorm
+            x = x.reshape(len(x), -1, self.weight.shape[1]).mean(axis=1)
+        if self.mean is not None:
+            x = (x - self.mean) / self.scale
+        logits = x @ self.weight.T.astype(np.float64) + self.bias
+        if self.activation == "softmax":
+            logits = logits - logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            return e / e.sum(axis=1, keepdims=True)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def audioset_head(state: dict, spec: HeadSpec | None, source: str) -> Head:
+    """Build the AudioSet head from a checkpoint's `head_norm.*` and `head.*` tensors."""
+    w = state["head.weight"].double().numpy()
+    b = state["head.bias"].double().numpy()
+    rm = state["head_norm.running_mean"].double().numpy()
+    rv = state["head_norm.running_var"].double().numpy()
+    labels = spec.labels() if spec and len(spec.labels()) == len(w) else _numbered(len(w))
+    return Head(
+        name="audioset", labels=labels, activation="sigmoid", weight=w, bias=b, kind="audioset",
+        mean=rm, scale=np.sqrt(rv + BN_EPS), source=source,
+    )
+
+
+def has_audioset_head(state: dict) -> bool:
+    return all(
+        k in state for k in ("head.weight", "head.bias", "head_norm.running_mean", "head_norm.running_var")
+    )
+
+
+def split_head_keys(state: dict) -> tuple[dict, dict]:
+    """Encoder keys and head keys of a checkpoint (the encoder loads strictly without them)."""
+    heads = {k: v for k, v in state.items() if k.startswith(("head.", "head_norm."))}
+    return {k: v for k, v in state.items() if k not in heads}, heads
+
+
+def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str] | None = None) -> Head:
+    """Read a probe file: exactly one (C, in_dim) weight and one (C,) bias, maybe mean/scale."""
+    tensors = _flat_tensors(path)
+    mats = {k: v for k, v in tensors.items() if v.ndim == 2}
+    if len(mats) != 1 or next(iter(mats.values())).shape[1] != in_dim:
+        raise ModelError(f"{path}: expected one ({in_dim}-wide) probe weight, found keys {_describe(tensors)}")
+    wkey, weight = next(iter(mats.items()))
+    classes = weight.shape[0]
+    bias_keys = [k for k, v in tensors.items() if v.ndim == 1 and v.shape[0] == classes and "bias" in k.lower()]
+    if len(bias_keys) != 1:
+        raise ModelError(f"{path}: expected one ({classes},) bias, found keys {_describe(tensors)}")
+    stats = {k: v for k, v in tensors.items() if v.ndim == 1 and v.shape[0] == in_dim}
+    mean, scale = _standardisation(stats, path)
+    extra = set(tensors) - {wkey, bias_keys[0]} - set(stats)
+    extra = {k for k in extra if tensors[k].numel() > 1}
+    if extra:
+        raise ModelError(f"{path}: unexpected tensors in probe file: {', '.join(sorted(extra))}")
+    name = spec.name if spec else path.stem
+    if labels is None:
+        labels = spec.labels() if spec else _numbered(classes)
+    if len(labels) != classes:
+        raise ModelError(f"{path}: head has {classes} classes but its label list has {len(labels)}")
+    return Head(
+        name=name, labels=labels, activation=spec.activation if spec else "sigmoid",
+        weight=weight.double().numpy(), bias=tensors[bias_keys[0]].double().numpy(),
+        mean=mean, scale=scale, source=str(path),
+        confirmed_order=spec.confirmed_order if spec else False,
+    )
+
+
+def _flat_tensors(path: Path) -> dict:
+    import torch
+
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot read probe file {path}: {str(exc).splitlines()[0][:200]}") from None
+    out: dict = {}
+
+    def walk(obj: object, prefix: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[prefix.rstrip(".")] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{prefix}{k}.")
+
+    walk(raw, "")
+    if not out:
+        raise ModelError(f"{path}: no tensors found in probe file")
+    return out
+
+
+def _standardisation(stats: dict, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not stats:
+        return None, None
+    mean = [v for k, v in stats.items() if "mean" in k.lower()]
+    scale = [v for k, v in stats.items() if any(s in k.lower() for s in ("scale", "std"))]
+    var = [v for k, v in stats.items() if "var" in k.lower()]
+    if len(mean) == 1 and (len(scale) == 1 or len(var) == 1):
+        s = scale[0].double().numpy() if scale else np.sqrt(var[0].double().numpy())
+        return mean[0].double().numpy(), s
+    raise ModelError(f"{path}: feature statistics not understood: {', '.join(stats)}")
+
+
+def _describe(tensors: dict) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(tensors.items())[:8])
+
+
+def _numbered(n: int) -> list[str]:
+    return [f"class_{i}" for i in range(n)]
+
+
+# ---------------------------------------------------------------- the probe zip
+
+
+def probes_dir(progress: bool = False) -> Path:
+    """Download (once), verify and safely extract the authors' probe zip; return its folder."""
+    from matpac_cli.weights import matpac_cache, release_download, verify
+
+    registry = load_registry()
+    zpath, source = release_download(registry.probes_release, progress)
+    digest = verify(zpath, f"probes|{source}", None, "matpac models download probes")
+    target = matpac_cache() / "probes" / digest[:16]
+    if not (target / ".complete").exists():
+        extract_safely(zpath, target)
+    return target
+
+
+def extract_safely(zpath: Path, target: Path) -> None:
+    """Extract a zip, refusing it whole if any entry would land outside `target`."""
+    try:
+        with zipfile.ZipFile(zpath) as zf:
+            for info in zf.infolist():
+                p = PurePosixPath(info.filename.replace("\\", "/"))
+                if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+                    raise WeightsError(f"{zpath.name}: refusing unsafe zip entry {info.filename!r}")
+            target.mkdir(parents=True, exist_ok=True)
+            root = target.resolve()
+            for info in zf.infolist():
+                dest = (target / info.filename).resolve()
+                if root not in dest.parents and dest != root:
+                    raise WeightsError(f"{zpath.name}: refusing unsafe zip entry {info.filename!r}")
+            zf.extractall(target)
+    except zipfile.BadZipFile as exc:
+        raise WeightsError(f"{zpath}: not a valid zip ({exc})") from None
+    (target / ".complete").touch()
+
+
+def find_probe(folder: Path, family: str, task: str) -> Path:
+    """Find `<task>.pth` under the family's folder, whatever the nesting."""
+    fam_folder = load_registry().families.get(family, family)
+    hits = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix in HEAD_SUFFIXES and p.stem == task
+        and fam_folder in p.relative_to(folder).parts
+    )
+    if not hits:
+        raise WeightsError(f"the probe zip has no {task} head for the {family} encoder")
+    return hits[0]
+
+
+def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = False,
+                 labels_file: Path | None = None) -> Head:
+    """A registry head (name or alias) for an encoder family, or a local probe file."""
+    registry = load_registry()
+    labels = read_labels(labels_file) if labels_file else None
+    path = Path(name).expanduser()
+    if path.suffix in HEAD_SUFFIXES and path.is_file():
+        spec = _spec_for_stem(path.stem)
+        if spec is None and labels is None:
+            raise UsageError(f"{name}: unknown head name {path.stem!r}; give its labels with --labels FILE")
+        return load_probe(path, spec, in_dim, labels)
+    if path.suffix in HEAD_SUFFIXES:
+        raise UsageError(f"head file {name} does not exist")
+    spec = registry.head(name)
+    if spec.builtin:
+        raise UsageError(f"head {spec.name} comes with model {spec.builtin}, not the probe zip")
+    if family is None:
+        raise UsageError(
+            f"head {spec.name} is a probe for the MATPAC++ encoders; use --model matpac-plus or "
+            "matpac-plus-music, or give a probe file"
+        )
+    probe = find_probe(probes_dir(progress), family, spec.task or spec.name)
+    head = load_probe(probe, spec, in_dim, labels)
+    head.source = f"probes:{family}/{probe.name}"
+    return head
+
+
+def _spec_for_stem(stem: str) -> HeadSpec | None:
+    registry = load_registry()
+    try:
+        return registry.head(stem)
+    except UsageError:
+        for spec in registry.heads.values():
+            if spec.task == stem:
+                return spec
+    return None

@@ -1,0 +1,263 @@
+"""discover -> decode/resample (worker threads) -> chunk -> batch across files -> encoder -> results.
+
+Chunks of many files share batches; each file's result is assembled as its chunks come back and
+handed to `on_result` in input order, so writers can stream. A file that cannot be decoded goes
+to `on_failure` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import queue
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+import torch
+
+from matpac_cli.audio import AudioSource
+from matpac_cli.chunking import Window, WindowStream
+from matpac_cli.frontend import StreamResampler
+from matpac_cli.discovery import Item
+from matpac_cli.errors import InputError
+from matpac_cli.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compute with one encoder: layers to pool, and whether to keep frames/segments."""
+
+    predictor: Predictor
+    layers: tuple[int, ...] = (-1,)  # 1-based; -1 is the last layer
+    frames: bool = False
+    segments: bool = False
+
+    def resolved_layers(self) -> tuple[int, ...]:
+        depth = self.predictor.dims.depth
+        out = tuple(depth if layer == -1 else layer for layer in self.layers)
+        bad = [layer for layer in out if not 1 <= layer <= depth]
+        if bad:
+            from matpac_cli.errors import UsageError
+
+            raise UsageError(f"--layer {bad[0]}: this model has layers 1..{depth}")
+        return out
+
+
+@dataclass
+class Segment:
+    start_s: float
+    end_s: float
+    embedding: np.ndarray  # (E,) mean of the chunk's last-layer columns
+
+
+@dataclass
+class EncoderOutput:
+    embedding: np.ndarray  # (L, E): mean over all columns of all chunks, per requested layer
+    frames: np.ndarray | None = None  # (C, L, E) one vector per 160 ms
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class FileResult:
+    item: Item
+    duration_s: float
+    sample_rate: int
+    channels: int
+    outputs: list[EncoderOutput]  # one per plan, in plan order
+
+
+class _Slot:
+    """A file in flight: per-plan accumulators and how many chunks are still out."""
+
+    def __init__(self, item: Item, plans: list[Plan]) -> None:
+        self.item = item
+        self.error: InputError | None = None
+        self.ended = False
+        self.duration_s, self.sample_rate, self.channels = 0.0, 0, 0
+        self.pending = 0
+        self.added = 0  # chunks handed to batchers, over all plans
+        self.sums = [np.zeros((len(p.layers), p.predictor.dims.embed_dim)) for p in plans]
+        self.counts = [0] * len(plans)
+        self.frames: list[list[np.ndarray]] = [[] for _ in plans]
+        self.segments: list[list[Segment]] = [[] for _ in plans]
+
+    def facts(self, source: AudioSource | None) -> None:
+        """The stream ended cleanly: record what was decoded."""
+        self.ended = True
+        if source is not None:
+            self.duration_s, self.sample_rate, self.channels = source.duration_s, source.sample_rate, source.channels
+        if self.added == 0 and self.error is None:
+            self.error = InputError(self.item.name, "too short after resampling to 16 kHz (needs 400 samples)")
+
+    def finished(self) -> bool:
+        return (self.ended or self.error is not None) and self.pending == 0
+
+    def result(self, plans: list[Plan]) -> FileResult:
+        outs = []
+        for i, plan in enumerate(plans):
+            emb = (self.sums[i] / self.counts[i]).astype(np.float32)
+            frames = np.concatenate(self.frames[i]).astype(np.float32) if plan.frames else None
+            outs.append(EncoderOutput(emb, frames, self.segments[i]))
+        return FileResult(self.item, self.duration_s, self.sample_rate, self.channels, outs)
+
+
+class _Batcher:
+    """Packs chunks of any files into batches of `size` for one plan."""
+
+    def __init__(self, index: int, plan: Plan, size: int) -> None:
+        self.index, self.plan, self.size = index, plan, size
+        self.layers = plan.resolved_layers()
+        self.run_layers = tuple(sorted(set(self.layers) | ({plan.predictor.dims.depth} if plan.segments else set())))
+        self.chunks: list[tuple[_Slot, Window, np.ndarray]] = []
+
+    def add(self, slot: _Slot, window: Window, wave: np.ndarray) -> None:
+        slot.pending += 1
+        slot.added += 1
+        self.chunks.append((slot, window, wave))
+        if len(self.chunks) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.chunks:
+            return
+        chunks, self.chunks = self.chunks, []
+        longest = max(w.length for _, w, _ in chunks)
+        waves = np.zeros((len(chunks), longest), dtype=np.float32)
+        lengths = np.empty(len(chunks), dtype=np.int64)
+        for b, (_, w, samples) in enumerate(chunks):
+            waves[b, : w.length] = samples
+            lengths[b] = w.length
+        out = self.plan.predictor.columns(waves, lengths, self.run_layers)
+        depth = self.plan.predictor.dims.depth
+        for b, (slot, w, _) in enumerate(chunks):
+            i = self.index
+            cols = np.stack([out[layer][b, : w.columns] for layer in self.layers], axis=1)  # (C, L, E)
+            slot.sums[i] += cols.sum(axis=0, dtype=np.float64)
+            slot.counts[i] += w.columns
+            if self.plan.frames:
+                slot.frames[i].append(cols)
+            if self.plan.segments:
+                start, end = w.times()
+                seg = out[depth][b, : w.columns].mean(axis=0, dtype=np.float64).astype(np.float32)
+                slot.segments[i].append(Segment(start, end, seg))
+            slot.pending -= 1
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+_END = object()
+
+
+class _Feed:
+    """One file being decoded in a worker thread: a bounded queue of 16 kHz blocks."""
+
+    def __init__(self, item: Item, depth: int) -> None:
+        self.item = item
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.source: AudioSource | None = None
+        self.cancelled = False
+
+    def produce(self) -> None:
+        """Worker side: open, stream, resample; errors travel through the queue."""
+        try:
+            self.source = AudioSource(self.item.path, self.item.name)
+            resampler = StreamResampler(self.source.sample_rate)
+            for block in self.source.blocks():
+                self._put(resampler.push(torch.from_numpy(block)).numpy())
+                if self.cancelled:
+                    return
+            self._put(resampler.push(torch.zeros(0), final=True).numpy())
+            self._put(_END)
+        except InputError as exc:
+            self._put(exc)
+        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+            self._put(InputError(self.item.name, f"cannot decode: {str(exc).splitlines()[0][:200]}"))
+
+    def _put(self, msg: object) -> None:
+        while not self.cancelled:
+            try:
+                self.queue.put(msg, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def messages(self) -> Iterator[object]:
+        while True:
+            msg = self.queue.get()
+            yield msg
+            if msg is _END or isinstance(msg, InputError):
+                return
+
+
+def feeds(items: list[Item], workers: int, depth: int = 8) -> Iterator[_Feed]:
+    """Start decoding up to `workers` files ahead, yield their feeds in input order."""
+    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matpac-decode")
+    pending: collections.deque[_Feed] = collections.deque()
+    current: _Feed | None = None
+    it = iter(items)
+    try:
+        while True:
+            while len(pending) < workers:
+                item = next(it, None)
+                if item is None:
+                    break
+                feed = _Feed(item, depth)
+                pool.submit(feed.produce)
+                pending.append(feed)
+            if not pending:
+                return
+            current = pending.popleft()
+            yield current
+    finally:
+        for feed in [*pending, *([current] if current else [])]:
+            feed.cancelled = True
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers: int | None = None,
+        on_result: Callable[[FileResult], None] = lambda r: None,
+        on_failure: Callable[[InputError], None] = lambda e: None,
+        on_progress: Callable[[Item, float], None] = lambda i, s: None) -> None:
+    """Process every item with every plan; results arrive in input order through `on_result`."""
+    if batch_size < 1:
+        from matpac_cli.errors import UsageError
+
+        raise UsageError("--batch-size must be at least 1")
+    batchers = [_Batcher(i, plan, batch_size) for i, plan in enumerate(plans)]
+    order: collections.deque[_Slot] = collections.deque()
+
+    def emit_ready() -> None:
+        while order and order[0].finished():
+            slot = order.popleft()
+            if slot.error is not None:
+                on_failure(slot.error)
+                on_progress(slot.item, 0.0)
+            else:
+                on_result(slot.result(plans))
+                on_progress(slot.item, slot.duration_s)
+
+    for feed in feeds(list(items), workers or default_workers()):
+        slot = _Slot(feed.item, plans)
+        order.append(slot)
+        cutters = [WindowStream(b.plan.predictor.dims.n_t) for b in batchers]
+        for msg in feed.messages():
+            if isinstance(msg, InputError):
+                slot.error = msg
+            elif msg is _END:
+                for batcher, cutter in zip(batchers, cutters):
+                    for w, samples in cutter.finish():
+                        batcher.add(slot, w, samples)
+                slot.facts(feed.source)
+            else:
+                for batcher, cutter in zip(batchers, cutters):
+                    for w, samples in cutter.push(msg):
+                        batcher.add(slot, w, samples)
+            emit_ready()
+    for batcher in batchers:
+        batcher.flush()
+    emit_ready()

@@ -1,0 +1,115 @@
+"""A loaded encoder (and the heads its checkpoint carries): numpy waveform chunks in, columns out.
+
+Loads once, so a caller (the CLI, a notebook, a Ray actor) keeps one per process. The log-mel runs
+on the encoder's device, per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
+from matpac_cli.errors import UsageError
+from matpac_cli.weights import Resolved, resolve
+
+
+def pick_device(name: str = "auto") -> str:
+    """`auto` -> cuda, then mps, then cpu; explicit names are checked so typos fail early."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return name
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: MPS is not available on this machine")
+        return name
+    if name == "cpu":
+        return name
+    raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def pick_dtype(precision: str, device: str):
+    """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
+    import torch
+
+    precision = (precision or "auto").lower()
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if precision not in table:
+        raise UsageError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
+    return table[precision]
+
+
+@dataclass
+class Predictor:
+    """An encoder ready to run; `heads_state` keeps the AudioSet head tensors if present."""
+
+    resolved: Resolved
+    encoder: object
+    logmel: object
+    device: str
+    dtype: object
+    heads_state: dict = field(default_factory=dict)
+    fe: FrontEnd = FRONT_END
+
+    @property
+    def dims(self) -> EncoderDims:
+        return self.encoder.dims
+
+    @classmethod
+    def load(cls, model: str | Resolved, device: str = "auto", precision: str = "auto",
+             threads: int | None = None, progress: bool = False) -> "Predictor":
+        """Resolve (download if needed), verify and load a model by name, path or hf: spec."""
+        import torch
+
+        from matpac_cli.frontend import LogMel
+        from matpac_cli.heads import split_head_keys
+        from matpac_cli.model import MatpacEncoder
+
+        if threads:
+            torch.set_num_threads(threads)
+        resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
+        enc_state, head_state = split_head_keys(resolved.load())
+        dev = pick_device(device)
+        dtype = pick_dtype(precision, dev)
+        encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
+        logmel = LogMel().to(dev)
+        return cls(resolved, encoder, logmel, dev, dtype, head_state)
+
+    def columns(self, waves: np.ndarray, lengths: np.ndarray, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """(B, S) zero-padded 16 kHz chunks with valid lengths -> {layer: (B, C, E) float32}.
+
+        Columns past a chunk's own width hold padding results and must be ignored by the caller.
+        """
+        import torch
+
+        with torch.inference_mode():
+            w = torch.from_numpy(waves).to(self.device)
+            n = torch.from_numpy(lengths.astype(np.int64)).to(self.device)
+            mel = self.logmel(w, n)
+            frames = torch.div(n - self.fe.win_length, self.fe.hop_length, rounding_mode="floor") + 1
+            widths = torch.div(frames + 15, 16, rounding_mode="floor")
+            out = self.encoder(mel.to(self.dtype), widths, layers)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

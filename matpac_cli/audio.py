@@ -34,6 +34,8 @@ class AudioSource:
         self.n_samples = 0  # source samples read so far (the total once exhausted)
         if not path.is_file():
             raise InputError(self.name, "no such file" if not path.exists() else "not a regular file")
+        if path.stat().st_size == 0:
+            raise InputError(self.name, "empty file (0 bytes)")
         try:
             self._open_soundfile()
         except _SoundfileRefused as refused:
@@ -153,4 +155,4 @@ class _SoundfileRefused(Exception):
 def _short(text: str) -> str:
     """Last meaningful line of a library message, so errors stay on one line."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else ""
+    return re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\] ", "", lines[-1])[:200] if lines else ""

@@ -55,7 +55,7 @@ def plan_groups(head_args: Iterable[str], model: str) -> list[tuple[str, list[st
     for arg in head_args:
         target, name = model, arg
         if ":" in arg and not Path(arg).exists():
-            target, name = arg.split(":", 1)
+            target, name = arg.rsplit(":", 1)
         if not Path(name).suffix:
             spec = registry.head(name)
             if spec.builtin and target == model and not _carries_audioset(model):

@@ -20,7 +20,6 @@ import numpy as np
 from matpac_cli.errors import InputError
 
 SOUNDFILE_FORMATS = {"wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "au"}
-MIN_DURATION_S = 0.025  # one 400-sample STFT window at 16 kHz
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
 BLOCK_SECONDS = 5.0
@@ -65,8 +64,6 @@ class AudioSource:
             self.close()
         if self.n_samples == 0:
             raise InputError(self.name, "file has no samples")
-        if self.duration_s < MIN_DURATION_S:
-            raise InputError(self.name, f"too short ({1000 * self.duration_s:.1f} ms; at least {MIN_DURATION_S * 1000:.0f} ms needed)")
 
     def read_all(self) -> np.ndarray:
         """The whole file as one mono array (for short files and tests)."""

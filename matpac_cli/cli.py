@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.errors import MatpacError
+from matpac_cli.errors import MatpacError, UsageError
 
 app = typer.Typer(
     name="matpac",
@@ -134,7 +134,7 @@ def embed(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
-) -> int:
+) -> None:
     """Embed audio files into one N x 3840 matrix (clip mean of the encoder's time columns).
 
     Example: matpac embed ./clips --out emb.npy
@@ -149,7 +149,7 @@ def embed(
         summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=_argv())
     finally:
         reporter.close()
-    return _finish(summary, reporter, failures, "embedded")
+    raise typer.Exit(_finish(summary, reporter, failures, "embedded"))
 
 
 @app.command()
@@ -160,7 +160,7 @@ def tag(
     top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Keep labels scoring at least this (multi-label heads).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file, or '-' for stdout (the default).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="csv or jsonl.")] = "csv",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")] = None,
     segments: Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")] = False,
     labels: Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")] = None,
     device: DeviceOpt = "auto",
@@ -173,7 +173,7 @@ def tag(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
-) -> int:
+) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
@@ -181,8 +181,12 @@ def tag(
     from matpac_cli.tagging import DEFAULT_HEADS, DEFAULT_MODEL, Group, TagConfig, build_heads, plan_groups
     from matpac_cli.tagging import tag as run_tag
 
+    if fmt is None:
+        fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".ndjson")) else "csv"
     if fmt not in ("csv", "jsonl"):
-        raise MatpacError(f"--format {fmt}: expected csv or jsonl")
+        raise UsageError(f"--format {fmt}: expected csv or jsonl")
+    if top_k is not None and top_k < 0:
+        raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")
     items = _items(inputs, ext, null)
     reporter = Reporter(quiet)
     groups = []
@@ -204,7 +208,7 @@ def tag(
         summary = run_tag(items, groups, config, target, sys.stdout, reporter.advance, reporter.failure, argv=_argv())
     finally:
         reporter.close()
-    return _finish(summary, reporter, failures, "tagged")
+    raise typer.Exit(_finish(summary, reporter, failures, "tagged"))
 
 
 @models_app.command("list")
@@ -269,7 +273,7 @@ def models_labels(head: Annotated[str, typer.Argument(help="Head name or alias."
 
 
 @models_app.command("verify")
-def models_verify() -> int:
+def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError
     from matpac_cli.registry import load_registry
@@ -281,14 +285,14 @@ def models_verify() -> int:
         for key, path in cached_files(m):
             checked += 1
             try:
-                digest = verify(path, key, m.sha256 if key.split("|")[1].startswith("release") else None, f"matpac models download {m.name} --force")
+                digest = verify(path, key, m.sha256 if key.split("|")[1].startswith("release") else None, f"matpac models download {m.name}")
                 sys.stdout.write(f"ok\t{m.name}\t{digest}\t{path}\n")
             except WeightsError as exc:
                 bad += 1
                 sys.stdout.write(f"MISMATCH\t{m.name}\t-\t{path}\n")
                 reporter.info(f"matpac: {exc}")
     reporter.info(f"matpac: {checked} cached file(s) checked, {bad} mismatched")
-    return 2 if bad else 0
+    raise typer.Exit(2 if bad else 0)
 
 
 def _argv() -> list[str]:
@@ -296,26 +300,33 @@ def _argv() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the app and turn every known error into one line and an exit code."""
-    import click
+    """Run the app and turn every known error into one line and an exit code.
 
+    Typer reports usage errors itself (exit 2); matpac's own errors are caught here, so the user
+    sees one line, not a traceback.
+    """
     try:
-        rv = app(args=argv, prog_name="matpac", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
+        app(args=argv, prog_name="matpac")
+        return 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if code == 130:
+            sys.stderr.write(INTERRUPTED)
+        return code
     except MatpacError as exc:
         _debug()
         sys.stderr.write(f"matpac: error: {exc}\n")
         return exc.exit_code
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.stderr.write("matpac: interrupted; finished files are kept, run the same command to resume\n")
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED)
         return 130
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+INTERRUPTED = "matpac: interrupted; finished files are kept, run the same command to resume\n"
 
 
 def _debug() -> None:

@@ -6,6 +6,7 @@ The encoder geometry is read off the weights (`EncoderDims.from_state_dict`), ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
@@ -80,9 +81,10 @@ class EncoderDims:
             mlp_width = int(sd["student_encoder.blocks.0.mlp.fc1.weight"].shape[0])
         except KeyError as exc:
             raise ModelError(f"checkpoint lacks key {exc.args[0]!r}: not a MATPAC encoder") from None
-        depth = 0
-        while f"student_encoder.blocks.{depth}.norm1.weight" in sd:
-            depth += 1
+        blocks = {int(m.group(1)) for k in sd if (m := re.match(r"student_encoder\.blocks\.(\d+)\.", k))}
+        if not blocks:
+            raise ModelError("checkpoint has no student_encoder.blocks.*: not a MATPAC encoder")
+        depth = max(blocks) + 1
         n_freq = 5
         if width % 64 or (pos_rows - 1) % n_freq:
             raise ModelError(

@@ -118,10 +118,15 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
 
 
 def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
-    if force or not paths["npy"].exists():
+    if force:
         return
     if not paths["journal"].exists():
-        raise OutputError(f"{paths['npy']} exists and was not written by this tool's journal; use --force to replace it")
+        for key in ("npy", "index", "manifest"):
+            if paths[key].exists():
+                raise OutputError(f"{paths[key]} exists and was not written by matpac's journal; use --force to replace it")
+        return
+    if not paths["npy"].exists():
+        return
     if jr.settings_differ(paths["journal"], settings):
         raise OutputError(f"{paths['npy']} was made with another model or settings; use --force to replace it")
 

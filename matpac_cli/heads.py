@@ -134,9 +134,12 @@ def _flat_tensors(path: Path) -> dict:
 def _standardisation(stats: dict, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
     if not stats:
         return None, None
-    mean = [v for k, v in stats.items() if "mean" in k.lower()]
-    scale = [v for k, v in stats.items() if any(s in k.lower() for s in ("scale", "std"))]
-    var = [v for k, v in stats.items() if "var" in k.lower()]
+    def kind(key: str) -> str:  # last key component, sklearn's trailing underscore dropped
+        return key.lower().rsplit(".", 1)[-1].rstrip("_")
+
+    mean = [v for k, v in stats.items() if kind(k) in ("mean", "mu", "avg")]
+    scale = [v for k, v in stats.items() if kind(k) in ("scale", "std", "sigma")]
+    var = [v for k, v in stats.items() if kind(k) in ("var", "variance")]
     if len(mean) == 1 and (len(scale) == 1 or len(var) == 1):
         s = scale[0].double().numpy() if scale else np.sqrt(var[0].double().numpy())
         return mean[0].double().numpy(), s
@@ -204,13 +207,14 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
                  labels_file: Path | None = None) -> Head:
     """A registry head (name or alias) for an encoder family, or a local probe file."""
     registry = load_registry()
-    labels = read_labels(labels_file) if labels_file else None
     path = Path(name).expanduser()
     if path.suffix in HEAD_SUFFIXES and path.is_file():
         spec = _spec_for_stem(path.stem)
-        if spec is None and labels is None:
+        if spec is not None:  # a known head: its labels come from the registry
+            return load_probe(path, spec, in_dim)
+        if labels_file is None:
             raise UsageError(f"{name}: unknown head name {path.stem!r}; give its labels with --labels FILE")
-        return load_probe(path, spec, in_dim, labels)
+        return load_probe(path, None, in_dim, read_labels(labels_file))
     if path.suffix in HEAD_SUFFIXES:
         raise UsageError(f"head file {name} does not exist")
     spec = registry.head(name)
@@ -222,7 +226,7 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
             "matpac-plus-music, or give a probe file"
         )
     probe = find_probe(probes_dir(progress), family, spec.task or spec.name)
-    head = load_probe(probe, spec, in_dim, labels)
+    head = load_probe(probe, spec, in_dim)
     head.source = f"probes:{family}/{probe.name}"
     return head
 

@@ -81,8 +81,8 @@ class _Slot:
         self.added = 0  # chunks handed to batchers, over all plans
         self.sums = [np.zeros((len(p.layers), p.predictor.dims.embed_dim)) for p in plans]
         self.counts = [0] * len(plans)
-        self.frames: list[list[np.ndarray]] = [[] for _ in plans]
-        self.segments: list[list[Segment]] = [[] for _ in plans]
+        self.frames: list[dict[int, np.ndarray]] = [{} for _ in plans]  # by chunk index
+        self.segments: list[dict[int, Segment]] = [{} for _ in plans]
 
     def facts(self, source: AudioSource | None) -> None:
         """The stream ended cleanly: record what was decoded."""
@@ -90,7 +90,8 @@ class _Slot:
         if source is not None:
             self.duration_s, self.sample_rate, self.channels = source.duration_s, source.sample_rate, source.channels
         if self.added == 0 and self.error is None:
-            self.error = InputError(self.item.name, "too short after resampling to 16 kHz (needs 400 samples)")
+            ms = 1000 * self.duration_s
+            self.error = InputError(self.item.name, f"too short ({ms:.1f} ms; one 25 ms window, 400 samples at 16 kHz, is needed)")
 
     def finished(self) -> bool:
         return (self.ended or self.error is not None) and self.pending == 0
@@ -99,31 +100,45 @@ class _Slot:
         outs = []
         for i, plan in enumerate(plans):
             emb = (self.sums[i] / self.counts[i]).astype(np.float32)
-            frames = np.concatenate(self.frames[i]).astype(np.float32) if plan.frames else None
-            outs.append(EncoderOutput(emb, frames, self.segments[i]))
+            frames = None
+            if plan.frames:
+                frames = np.concatenate([self.frames[i][k] for k in sorted(self.frames[i])]).astype(np.float32)
+            segments = [self.segments[i][k] for k in sorted(self.segments[i])]
+            outs.append(EncoderOutput(emb, frames, segments))
         return FileResult(self.item, self.duration_s, self.sample_rate, self.channels, outs)
 
 
 class _Batcher:
-    """Packs chunks of any files into batches of `size` for one plan."""
+    """Packs chunks of any files into batches of `size` for one plan.
+
+    Full-width chunks batch together; short last chunks batch with each other (padded to the
+    widest, masked), so a 2 s clip never pays for a 6 s chunk's compute.
+    """
 
     def __init__(self, index: int, plan: Plan, size: int) -> None:
         self.index, self.plan, self.size = index, plan, size
         self.layers = plan.resolved_layers()
         self.run_layers = tuple(sorted(set(self.layers) | ({plan.predictor.dims.depth} if plan.segments else set())))
-        self.chunks: list[tuple[_Slot, Window, np.ndarray]] = []
+        self.full_length = plan.predictor.fe.chunk_samples(plan.predictor.dims.n_t)
+        self.full: list[tuple[_Slot, Window, np.ndarray]] = []
+        self.short: list[tuple[_Slot, Window, np.ndarray]] = []
 
     def add(self, slot: _Slot, window: Window, wave: np.ndarray) -> None:
         slot.pending += 1
         slot.added += 1
-        self.chunks.append((slot, window, wave))
-        if len(self.chunks) >= self.size:
-            self.flush()
+        queue_ = self.full if window.length == self.full_length else self.short
+        queue_.append((slot, window, wave))
+        if len(queue_) >= self.size:
+            self._run(queue_)
+            queue_.clear()
 
     def flush(self) -> None:
-        if not self.chunks:
-            return
-        chunks, self.chunks = self.chunks, []
+        for queue_ in (self.full, self.short):
+            if queue_:
+                self._run(queue_)
+                queue_.clear()
+
+    def _run(self, chunks: list[tuple[_Slot, Window, np.ndarray]]) -> None:
         longest = max(w.length for _, w, _ in chunks)
         waves = np.zeros((len(chunks), longest), dtype=np.float32)
         lengths = np.empty(len(chunks), dtype=np.int64)
@@ -132,17 +147,17 @@ class _Batcher:
             lengths[b] = w.length
         out = self.plan.predictor.columns(waves, lengths, self.run_layers)
         depth = self.plan.predictor.dims.depth
+        i = self.index
         for b, (slot, w, _) in enumerate(chunks):
-            i = self.index
             cols = np.stack([out[layer][b, : w.columns] for layer in self.layers], axis=1)  # (C, L, E)
             slot.sums[i] += cols.sum(axis=0, dtype=np.float64)
             slot.counts[i] += w.columns
             if self.plan.frames:
-                slot.frames[i].append(cols)
+                slot.frames[i][w.index] = cols
             if self.plan.segments:
                 start, end = w.times()
                 seg = out[depth][b, : w.columns].mean(axis=0, dtype=np.float64).astype(np.float32)
-                slot.segments[i].append(Segment(start, end, seg))
+                slot.segments[i][w.index] = Segment(start, end, seg)
             slot.pending -= 1
 
 

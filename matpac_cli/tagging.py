@@ -92,9 +92,10 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
 def select(head: Head, scores: np.ndarray, top_k: int | None, threshold: float | None) -> list[tuple[int, int]]:
     """(rank, label index) pairs kept for one score vector."""
     order = np.argsort(-scores, kind="stable")
-    if threshold is not None and head.activation == "sigmoid":
+    thresholded = threshold is not None and head.activation == "sigmoid"  # softmax heads: top-k only
+    if thresholded:
         order = order[scores[order] >= threshold]
-    k = (5 if threshold is None else 0) if top_k is None else top_k
+    k = (0 if thresholded else 5) if top_k is None else top_k
     if k > 0:
         order = order[:k]
     return [(rank, int(i)) for rank, i in enumerate(order, start=1)]
@@ -113,7 +114,7 @@ def rows_for(name: str, heads: list[Head], rec_arrays: dict, config: TagConfig) 
                 row.update(start_s=None, end_s=None)
             yield row
         if config.segments:
-            seg_scores, times = rec_arrays[f"seg:{head.name}"], rec_arrays["times"]
+            seg_scores, times = rec_arrays[f"seg:{head.name}"], rec_arrays[f"times:{head.name}"]
             for s in range(len(seg_scores)):
                 for rank, i in select(head, seg_scores[s], config.top_k, config.threshold):
                     yield {"path": name, "head": head.name, "label": head.labels[i],
@@ -127,12 +128,12 @@ def score(result: FileResult, groups: list[Group], segments: bool) -> dict[str, 
     for group, out in zip(groups, result.outputs):
         clip = out.embedding[-1][None]
         seg = np.stack([s.embedding for s in out.segments]) if segments else None
-        for head in group.heads:
+        times = np.array([[s.start_s, s.end_s] for s in out.segments], dtype=np.float32).reshape(-1, 2)
+        for head in group.heads:  # each encoder cuts its own chunks (608 or 992 frames)
             arrays[f"clip:{head.name}"] = head.scores(clip)[0].astype(np.float32)
             if segments:
                 arrays[f"seg:{head.name}"] = head.scores(seg).astype(np.float32)
-        if segments and "times" not in arrays:
-            arrays["times"] = np.array([[s.start_s, s.end_s] for s in out.segments], dtype=np.float32)
+                arrays[f"times:{head.name}"] = times
     return arrays
 
 

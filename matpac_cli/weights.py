@@ -12,6 +12,7 @@ Pickles are only read with `torch.load(weights_only=True)`; no remote code ever 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -112,8 +113,8 @@ def verify(path: Path, key: str, expected: str | None, fetch_hint: str) -> str:
     want = expected or recorded_hashes().get(key)
     if want and want.lower() != digest:
         raise WeightsError(
-            f"checksum mismatch for {path} (sha256 {digest[:12]}..., expected {want[:12]}...): "
-            f"refusing to load it; delete it and run `{fetch_hint}`"
+            f"checksum mismatch for {path.resolve()} (sha256 {digest[:12]}..., expected {want[:12]}...): "
+            f"refusing to load it; run `{fetch_hint} --force` to fetch it again"
         )
     if not want:
         _record(key, digest)
@@ -123,7 +124,7 @@ def verify(path: Path, key: str, expected: str | None, fetch_hint: str) -> str:
 # ---------------------------------------------------------------- sources
 
 
-def _hub_download(repo: str, revision: str | None, progress: bool) -> tuple[Path, str]:
+def _hub_download(repo: str, revision: str | None, progress: bool, force: bool = False) -> tuple[Path, str]:
     """Pick the weights file of a Hub repo and fetch it into the HF cache."""
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
@@ -142,7 +143,8 @@ def _hub_download(repo: str, revision: str | None, progress: bool) -> tuple[Path
     files = HfApi(endpoint=endpoint).list_repo_files(repo, revision=revision)
     filename = pick_weights_file(files, repo)
     local = Path(
-        hf_hub_download(repo, filename, revision=revision, cache_dir=hub_cache(), endpoint=endpoint)
+        hf_hub_download(repo, filename, revision=revision, cache_dir=hub_cache(), endpoint=endpoint,
+                        force_download=force)
     )
     commit = local.parents[len(Path(filename).parts) - 1].name  # snapshots/<commit>/<filename>
     return local, f"hub:{repo}@{commit}"
@@ -171,9 +173,9 @@ def release_download(relpath: str, progress: bool, force: bool = False) -> tuple
         part.unlink()
     try:
         _stream(url, part, progress)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise WeightsError(f"cannot download {url}: {reason}") from None
+        raise WeightsError(f"cannot download {url}: {reason}; run again to resume") from None
     os.replace(part, dest)
     return dest, f"release:{url}"
 
@@ -181,7 +183,13 @@ def release_download(relpath: str, progress: bool, force: bool = False) -> tuple
 def _stream(url: str, part: Path, progress: bool) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as resp:
+    try:
+        resp = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the .part is already whole (killed before the rename)
+            return
+        raise
+    with resp:
         if have and resp.status != 206:  # server ignored the range: start over
             have = 0
         total = resp.headers.get("Content-Length")
@@ -218,7 +226,7 @@ def resolve(spec: str, progress: bool = False, force: bool = False) -> Resolved:
     """Turn a model spec into a verified local file, downloading it if needed."""
     if spec.startswith("hf:"):
         repo, revision = parse_hf(spec)
-        path, source = _guard(lambda: _hub_download(repo, revision, progress), spec)
+        path, source = _guard(lambda: _hub_download(repo, revision, progress, force), spec)
         return Resolved(spec, path, source, verify(path, source, None, fetch_hint(spec)))
     registry = load_registry()
     if spec in registry.models:
@@ -239,7 +247,7 @@ def _resolve_registered(m: ModelSpec, progress: bool, force: bool) -> Resolved:
     errors: list[str] = []
     attempts: list[tuple[str, Callable[[], tuple[Path, str]]]] = []
     if m.hub:
-        attempts.append(("Hub", lambda: _hub_download(m.hub, m.revision, progress)))
+        attempts.append(("Hub", lambda: _hub_download(m.hub, m.revision, progress, force)))
     if m.release:
         attempts.append(("release", lambda: release_download(m.release, progress, force)))
     for label, attempt in attempts:
@@ -250,9 +258,7 @@ def _resolve_registered(m: ModelSpec, progress: bool, force: bool) -> Resolved:
             state = None
             if label == "Hub":  # an unmappable port falls through to the release file
                 state = load_checkpoint(path)
-                from matpac_cli.config import EncoderDims
-
-                EncoderDims.from_state_dict(state)
+                check_encoder_keys(state, str(path))
             return Resolved(m.name, path, source, digest, m, state)
         except (WeightsError, ModelError) as exc:
             if "checksum mismatch" in str(exc):
@@ -278,8 +284,11 @@ def _guard(attempt: Callable[[], tuple[Path, str]], name: str) -> tuple[Path, st
         raise WeightsError(f"{name}: {type(exc).__name__}") from None
     except hf_errors.HfHubHTTPError as exc:
         raise WeightsError(f"{name}: {str(exc).splitlines()[0]}") from None
-    except OSError as exc:
-        raise WeightsError(f"{name}: {exc}") from None
+    except (WeightsError, ModelError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - proxies, captive portals, dropped connections
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{name}: {detail}") from None
 
 
 def cached_files(m: ModelSpec) -> list[tuple[str, Path]]:
@@ -299,6 +308,23 @@ def cached_files(m: ModelSpec) -> list[tuple[str, Path]]:
 
 
 # ---------------------------------------------------------------- loading
+
+
+def check_encoder_keys(state: dict, where: str) -> None:
+    """Full strict key and shape check without allocating the model (meta device)."""
+    import torch
+
+    from matpac_cli.config import EncoderDims
+    from matpac_cli.heads import split_head_keys
+    from matpac_cli.model import MatpacEncoder, check_state_dict
+
+    enc, _ = split_head_keys(state)
+    with torch.device("meta"):
+        model = MatpacEncoder(EncoderDims.from_state_dict(enc))
+    try:
+        check_state_dict(model, enc)
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 def load_checkpoint(path: Path) -> dict:

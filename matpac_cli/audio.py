@@ -65,11 +65,6 @@ class AudioSource:
         if self.n_samples == 0:
             raise InputError(self.name, "file has no samples")
 
-    def read_all(self) -> np.ndarray:
-        """The whole file as one mono array (for short files and tests)."""
-        parts = list(self.blocks())
-        return np.concatenate(parts)
-
     # -------------------------------------------------------------- soundfile
 
     def _open_soundfile(self) -> None:

@@ -86,9 +86,10 @@ class MatpacEncoder(nn.Module):
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor]) -> "MatpacEncoder":
         """Build with the geometry the weights imply and load them strictly."""
-        model = cls(EncoderDims.from_state_dict(sd))
+        with torch.device("meta"):  # no second copy of the weights while loading
+            model = cls(EncoderDims.from_state_dict(sd))
         check_state_dict(model, sd)
-        model.load_state_dict(dict(sd), strict=True)
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
         return model.eval()
 
     def forward(

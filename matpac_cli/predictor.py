@@ -6,7 +6,7 @@ on the encoder's device, per batch.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,8 +88,12 @@ class Predictor:
             torch.set_num_threads(threads)
         resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
         enc_state, head_state = split_head_keys(resolved.load())
+        resolved = dataclasses.replace(resolved, state=None)  # do not keep a second copy alive
         dev = pick_device(device)
         dtype = pick_dtype(precision, dev)
+        if dev.startswith("cuda") and dtype == torch.float32:  # fp32 means fp32: no TF32 convolutions
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
         logmel = LogMel().to(dev)
         return cls(resolved, encoder, logmel, dev, dtype, head_state)
@@ -109,7 +113,3 @@ class Predictor:
             widths = torch.div(frames + 15, 16, rounding_mode="floor")
             out = self.encoder(mel.to(self.dtype), widths, layers)
             return {k: v.float().cpu().numpy() for k, v in out.items()}
-
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -51,11 +51,6 @@ class Registry:
     release_base: str
     probes_release: str
 
-    def model(self, name: str) -> ModelSpec:
-        if name not in self.models:
-            raise UsageError(f"unknown model {name!r}; known models: {', '.join(self.models)}")
-        return self.models[name]
-
     def head(self, name: str) -> HeadSpec:
         """A head by its name or a friendly alias (`genre` -> mtg_genre)."""
         key = name.lower()

@@ -8,7 +8,6 @@ file and a killed run never destroys the previous output. CSV is plain RFC 4180 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from contextlib import contextmanager
@@ -111,11 +110,3 @@ def _cell(value: object) -> object:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
-
-
-def rows_to_text(fmt: str, columns: Sequence[str], rows: Iterable[dict]) -> str:
-    buf = io.StringIO()
-    w = RowWriter(buf, fmt, columns)
-    for row in rows:
-        w.write(row)
-    return buf.getvalue()

@@ -217,17 +217,22 @@ def models_list() -> int:
     from rich.console import Console
     from rich.table import Table
 
+    import urllib.parse
+
     from matpac_cli.registry import load_registry
-    from matpac_cli.weights import cached_files
+    from matpac_cli.weights import cached_files, matpac_cache
 
     reg = load_registry()
     table = Table(title="Models", title_justify="left")
     for col in ("name", "description", "source", "cached"):
         table.add_column(col)
     for m in reg.models.values():
-        source = "\n".join(s for s in (m.hub and f"hf:{m.hub}", m.release and f"release:{m.release}") if s)
+        release = m.release and "release:" + urllib.parse.unquote(m.release)
+        source = "\n".join(s for s in (m.hub and f"hf:{m.hub}", release) if s)
         table.add_row(m.name, m.description, source, "yes" if cached_files(m) else "no")
-    heads = Table(title="Heads (matpac tag --head NAME)", title_justify="left")
+    zip_cached = (matpac_cache() / "releases" / urllib.parse.unquote(reg.probes_release)).is_file()
+    zip_state = "cached" if zip_cached else "not cached: matpac models download probes"
+    heads = Table(title=f"Heads (matpac tag --head NAME); probe zip {zip_state}", title_justify="left")
     for col in ("name", "aliases", "classes", "activation", "for", "label order"):
         heads.add_column(col)
     for h in reg.heads.values():

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-
 import torch
 
 from matpac_cli.audio import AudioSource
 from matpac_cli.chunking import Window, WindowStream
-from matpac_cli.frontend import StreamResampler
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
+from matpac_cli.frontend import StreamResampler
 from matpac_cli.predictor import Predictor
 
 
@@ -190,8 +189,9 @@ class _Feed:
             self._put(_END)
         except InputError as exc:
             self._put(exc)
-        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
-            self._put(InputError(self.item.name, f"cannot decode: {str(exc).splitlines()[0][:200]}"))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self._put(InputError(self.item.name, f"cannot decode: {detail}"))
 
     def _put(self, msg: object) -> None:
         while not self.cancelled:

@@ -13,6 +13,10 @@ and the ratios b/a and b/c.
     python benchmarks/throughput.py                 # CPU defaults
     python benchmarks/throughput.py --device cuda --batch-size 32 --precision bf16
     python benchmarks/throughput.py --skip-memory --files 4 --seconds 30
+    python benchmarks/throughput.py --device cuda --sweep   # batch 8/32/128 x fp32/fp16/bf16 table
+
+On CUDA, "busy" is the share of the end-to-end wall time the encoder alone would need for the
+same chunks (encoder-only time / end-to-end time): how well the pipeline keeps the GPU fed.
 """
 
 from __future__ import annotations
@@ -143,7 +147,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each FLAC file")
     ap.add_argument("--skip-memory", action="store_true", help="skip (d)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--sweep", action="store_true",
+                    help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32")
     args = ap.parse_args()
+    if args.sweep:
+        return sweep(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -177,6 +185,35 @@ def main() -> None:
             figures.update(rss_1min_mb=m1, rss_30min_mb=m30)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """The GPU table of the throughput issue: rates per batch size and precision, and accuracy."""
+    precisions = ["fp32", "fp16", "bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / "vitb.pt"
+        make_checkpoint(ckpt)
+        folder = tmp / "flac"
+        folder.mkdir()
+        for i in range(args.files):
+            make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
+        total = args.files * args.seconds
+        reference = {}
+        print(f"device {args.device}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
+        print("batch precision  encoder-only  end-to-end  busy   max|diff vs fp32|")
+        for batch in (8, 32, 128):
+            for precision in precisions:
+                a = encoder_only(ckpt, args.device, precision, batch, min(total, 300))
+                b, _, emb = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, precision, batch, args.workers)
+                reference.setdefault(batch, emb if precision == "fp32" else None)
+                diff = float(np.abs(emb - reference[batch]).max()) if reference[batch] is not None else float("nan")
+                print(f"{batch:5d} {precision:9s} {a:12.1f} {b:11.1f} {b / a:6.0%}  {diff:.2e}")
+                rows.append({"batch": batch, "precision": precision, "encoder_only": a, "end_to_end": b,
+                             "busy": b / a, "max_abs_diff_vs_fp32": diff})
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

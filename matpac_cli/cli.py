@@ -58,13 +58,22 @@ class Reporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
-            self.task = self.progress.add_task("files", total=total)
+                                     TextColumn("{task.fields[audio]}"), TimeRemainingColumn(),
+                                     console=self.console, transient=True)
+            self.task = self.progress.add_task("files", total=total, audio="")
+            self.seconds = 0.0
             self.progress.start()
 
     def advance(self, item: object, seconds: float) -> None:
         if self.progress is not None:
             self.progress.advance(self.task)
+
+    def audio(self, seconds: float) -> None:
+        """Audio encoded so far, so the display moves inside long files."""
+        if self.progress is not None:
+            self.seconds += seconds
+            minutes = self.seconds / 60
+            self.progress.update(self.task, audio=f"{minutes:.1f} min of audio" if minutes < 120 else f"{minutes / 60:.1f} h of audio")
 
     def failure(self, err: MatpacError) -> None:
         self.console.print(f"matpac: skipped {err}", markup=False, style="yellow", soft_wrap=True)
@@ -146,7 +155,8 @@ def embed(
     reporter = Reporter(quiet, len(items))
     try:
         config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers, force=force)
-        summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=_argv())
+        summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=_argv(),
+                            on_audio=reporter.audio)
     finally:
         reporter.close()
     raise typer.Exit(_finish(summary, reporter, failures, "embedded"))
@@ -205,7 +215,8 @@ def tag(
                        batch_size=batch_size, workers=workers, force=force)
     target = None if out in (None, "-") else Path(out)
     try:
-        summary = run_tag(items, groups, config, target, sys.stdout, reporter.advance, reporter.failure, argv=_argv())
+        summary = run_tag(items, groups, config, target, sys.stdout, reporter.advance, reporter.failure,
+                          argv=_argv(), on_audio=reporter.audio)
     finally:
         reporter.close()
     raise typer.Exit(_finish(summary, reporter, failures, "tagged"))

@@ -67,7 +67,7 @@ def outputs_for(out: Path) -> dict[str, Path]:
 def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
           on_progress: Callable[[Item, float], None] = lambda i, s: None,
           on_failure: Callable[[InputError], None] = lambda e: None,
-          argv: list[str] | None = None) -> Summary:
+          argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None) -> Summary:
     """Embed `items`, write the outputs, and say what happened."""
     paths = outputs_for(config.out)
     layers = parse_layers(config.layer, predictor.dims.depth)
@@ -108,7 +108,7 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
 
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
-        run(todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress)
+        run(todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio)
     finally:
         journal.close()
     _assemble(items, journal, paths)

@@ -114,11 +114,12 @@ class _Batcher:
     widest, masked), so a 2 s clip never pays for a 6 s chunk's compute.
     """
 
-    def __init__(self, index: int, plan: Plan, size: int) -> None:
-        self.index, self.plan, self.size = index, plan, size
+    def __init__(self, index: int, plan: Plan, size: int, on_audio: Callable[[float], None]) -> None:
+        self.index, self.plan, self.size, self.on_audio = index, plan, size, on_audio
         self.layers = plan.resolved_layers()
         self.run_layers = tuple(sorted(set(self.layers) | ({plan.predictor.dims.depth} if plan.segments else set())))
         self.full_length = plan.predictor.fe.chunk_samples(plan.predictor.dims.n_t)
+        self.hop = plan.predictor.fe.chunk_hop(plan.predictor.dims.n_t)
         self.full: list[tuple[_Slot, Window, np.ndarray]] = []
         self.short: list[tuple[_Slot, Window, np.ndarray]] = []
 
@@ -158,6 +159,8 @@ class _Batcher:
                 seg = out[depth][b, : w.columns].mean(axis=0, dtype=np.float64).astype(np.float32)
                 slot.segments[i][w.index] = Segment(start, end, seg)
             slot.pending -= 1
+        sr = self.plan.predictor.fe.sample_rate
+        self.on_audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
 
 
 def default_workers() -> int:
@@ -237,13 +240,19 @@ def feeds(items: list[Item], workers: int, depth: int = 8) -> Iterator[_Feed]:
 def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers: int | None = None,
         on_result: Callable[[FileResult], None] = lambda r: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
-        on_progress: Callable[[Item, float], None] = lambda i, s: None) -> None:
-    """Process every item with every plan; results arrive in input order through `on_result`."""
+        on_progress: Callable[[Item, float], None] = lambda i, s: None,
+        on_audio: Callable[[float], None] = lambda s: None) -> None:
+    """Process every item with every plan; results arrive in input order through `on_result`.
+
+    `on_progress` fires once per finished file, `on_audio` per batch with the seconds of audio
+    it covered (first plan only), so a progress display moves during long files too.
+    """
     if batch_size < 1:
         from matpac_cli.errors import UsageError
 
         raise UsageError("--batch-size must be at least 1")
-    batchers = [_Batcher(i, plan, batch_size) for i, plan in enumerate(plans)]
+    batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None))
+                for i, plan in enumerate(plans)]
     order: collections.deque[_Slot] = collections.deque()
 
     def emit_ready() -> None:

@@ -140,7 +140,7 @@ def score(result: FileResult, groups: list[Group], segments: bool) -> dict[str, 
 def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | None, stdout: TextIO,
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
-        argv: list[str] | None = None) -> Summary:
+        argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None) -> Summary:
     """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`."""
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
@@ -165,7 +165,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
             summary.done += 1
             summary.audio_s += res.duration_s
 
-        run(items, plans, config.batch_size, config.workers, on_result, _collect(summary, on_failure), on_progress)
+        run(items, plans, config.batch_size, config.workers, on_result, _collect(summary, on_failure), on_progress, on_audio)
         return summary
 
     journal_path = out.with_name(out.name + ".journal")
@@ -191,7 +191,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         summary.audio_s += res.duration_s
 
     try:
-        run(todo, plans, config.batch_size, config.workers, on_journal, _collect(summary, on_failure), on_progress)
+        run(todo, plans, config.batch_size, config.workers, on_journal, _collect(summary, on_failure), on_progress, on_audio)
     finally:
         journal.close()
     with writers.atomic(out) as fh:

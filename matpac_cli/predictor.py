@@ -113,3 +113,36 @@ class Predictor:
             widths = torch.div(frames + 15, 16, rounding_mode="floor")
             out = self.encoder(mel.to(self.dtype), widths, layers)
             return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def embed(self, wave: np.ndarray, sample_rate: int, layers: tuple[int, ...] = (-1,),
+              batch_size: int = 16) -> np.ndarray:
+        """Clip embedding of audio already in memory: (n,) or (n, channels) -> (E,), or (L, E)
+        when several layers are asked for. Same front end, chunking and pooling as `matpac embed`."""
+        import torch
+
+        from matpac_cli.chunking import windows
+        from matpac_cli.errors import InputError
+        from matpac_cli.frontend import resample
+
+        x = np.asarray(wave, dtype=np.float32)
+        mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+        if mono.ndim != 1 or not np.isfinite(mono).all():
+            raise InputError("<array>", "expected finite samples shaped (n,) or (n, channels)")
+        w16 = resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
+        chunks = windows(len(w16), self.dims.n_t, self.fe)
+        if not chunks:
+            raise InputError("<array>", "too short: at least 400 samples at 16 kHz are needed")
+        depth = self.dims.depth
+        wanted = tuple(depth if layer == -1 else layer for layer in layers)
+        total = np.zeros((len(wanted), self.dims.embed_dim))
+        for i in range(0, len(chunks), batch_size):
+            group = chunks[i : i + batch_size]
+            waves = np.zeros((len(group), max(w.length for w in group)), dtype=np.float32)
+            for b, w in enumerate(group):
+                waves[b, : w.length] = w16[w.start : w.start + w.length]
+            out = self.columns(waves, np.array([w.length for w in group]), wanted)
+            for b, w in enumerate(group):
+                total += np.stack([out[layer][b, : w.columns].sum(axis=0) for layer in wanted])
+        emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
+        return emb[0] if len(wanted) == 1 else emb
+

@@ -446,3 +446,19 @@ def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608
         _assert_close(seven[name].outputs[0].embedding[0], ref608[name][2].mean(0), 5e-3, name)
         _assert_close(seven[name].outputs[0].embedding[0],
                       one[name].outputs[0].embedding[0].astype(np.float64), 1e-3, f"{name} b1 vs b7")
+
+
+def test_predictor_embed_on_arrays_matches_reference(ckpts):
+    """The in-memory API (`Predictor.embed`) gives the spec's embedding for arrays, any rate."""
+    from matpac_cli.predictor import Predictor
+
+    pred = Predictor.load(str(ckpts["tiny608"]), device="cpu")
+    sd = torch.load(ckpts["tiny608"], weights_only=True)
+    rng = np.random.default_rng(5)
+    for sr, shape in ((16000, (16000 * 14,)), (44100, (44100 * 3, 2)), (22050, (2000,))):
+        wave = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        got = pred.embed(wave, sr, batch_size=2)
+        np.testing.assert_allclose(got, R.reference_embedding(sd, wave, sr), atol=1e-4)
+    both = pred.embed(wave, 22050, layers=(1, 2))
+    assert both.shape == (2, 640)
+    np.testing.assert_allclose(both[0], R.reference_embedding(sd, wave, 22050, layer=1), atol=1e-4)

@@ -132,6 +132,17 @@ def peak_rss_mb(ckpt: Path, audio: Path, out: Path, device: str) -> float:
     return float(proc.stderr.strip().splitlines()[-1])
 
 
+def prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path, float]:
+    """A full-size checkpoint and the FLAC folder; returns them and the seconds of audio."""
+    ckpt = tmp / "vitb.pt"
+    make_checkpoint(ckpt)
+    folder = tmp / "flac"
+    folder.mkdir()
+    for i in range(args.files):
+        make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
+    return ckpt, folder, args.files * args.seconds
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -155,13 +166,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = tmp / "vitb.pt"
-        make_checkpoint(ckpt)
-        folder = tmp / "flac"
-        folder.mkdir()
-        for i in range(args.files):
-            make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
-        total = args.files * args.seconds
+        ckpt, folder, total = prepare(tmp, args)
         print(f"device {args.device}, precision {args.precision}, batch {args.batch_size}, "
               f"torch threads {torch.get_num_threads()}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
 
@@ -193,13 +198,7 @@ def sweep(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = tmp / "vitb.pt"
-        make_checkpoint(ckpt)
-        folder = tmp / "flac"
-        folder.mkdir()
-        for i in range(args.files):
-            make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
-        total = args.files * args.seconds
+        ckpt, folder, total = prepare(tmp, args)
         reference = {}
         print(f"device {args.device}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
         print("batch precision  encoder-only  end-to-end  busy   max|diff vs fp32|")

@@ -26,16 +26,7 @@ from test_heads import (  # noqa: E402
     expected_probe, label_file, load_sd, make_music_dir, parse_csv, probe_tensors, read_wave,
     ref_embeddings, serve_music_model, serve_probes,
 )
-
-
-@pytest.fixture(scope="module")
-def music_dir(tmp_path_factory) -> Path:
-    return make_music_dir(tmp_path_factory.mktemp("tagmusic"))
-
-
-@pytest.fixture(scope="module")
-def ref608(ckpts, music_dir) -> dict[str, np.ndarray]:
-    return ref_embeddings(load_sd(ckpts["tiny608"]), music_dir)
+from test_heads import music_dir, ref608  # noqa: E402,F401 - shared module fixtures
 
 
 @pytest.fixture()

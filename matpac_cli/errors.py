@@ -25,6 +25,10 @@ class WeightsError(MatpacError):
     """Weights that cannot be fetched or verified (network, offline cache miss, checksum)."""
 
 
+class ChecksumError(WeightsError):
+    """A weight file whose sha256 is not the pinned or recorded one: never loaded."""
+
+
 class OutputError(MatpacError):
     """An output that cannot be written or would be overwritten silently."""
 

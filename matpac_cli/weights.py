@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from matpac_cli.errors import ModelError, WeightsError
+from matpac_cli.errors import ChecksumError, ModelError, WeightsError
 from matpac_cli.registry import ModelSpec, load_registry
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -112,7 +112,7 @@ def verify(path: Path, key: str, expected: str | None, fetch_hint: str) -> str:
     digest = sha256_of(path)
     want = expected or recorded_hashes().get(key)
     if want and want.lower() != digest:
-        raise WeightsError(
+        raise ChecksumError(
             f"checksum mismatch for {path.resolve()} (sha256 {digest[:12]}..., expected {want[:12]}...): "
             f"refusing to load it; run `{fetch_hint} --force` to fetch it again"
         )
@@ -260,9 +260,9 @@ def _resolve_registered(m: ModelSpec, progress: bool, force: bool) -> Resolved:
                 state = load_checkpoint(path)
                 check_encoder_keys(state, str(path))
             return Resolved(m.name, path, source, digest, m, state)
+        except ChecksumError:
+            raise
         except (WeightsError, ModelError) as exc:
-            if "checksum mismatch" in str(exc):
-                raise
             errors.append(f"{label}: {exc}")
     if offline():
         raise WeightsError(
@@ -279,7 +279,10 @@ def _guard(attempt: Callable[[], tuple[Path, str]], name: str) -> tuple[Path, st
     try:
         return attempt()
     except hf_errors.LocalEntryNotFoundError:
-        raise WeightsError(f"{name} is not in the cache (offline)") from None
+        raise WeightsError(
+            f"{name} is not in the cache and HF_HUB_OFFLINE is set; "
+            f"run `{fetch_hint(name)}` with network access first"
+        ) from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
         raise WeightsError(f"{name}: {type(exc).__name__}") from None
     except hf_errors.HfHubHTTPError as exc:

@@ -250,3 +250,24 @@ def test_m4a_without_ffmpeg_says_what_is_needed(tmp_path, tiny):
     proc = run_matpac(["embed", "song.m4a", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path, env=env)
     assert proc.returncode == 1
     assert b"song.m4a" in proc.stderr and b"ffmpeg" in proc.stderr
+
+
+def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
+    """kill -9 in the middle of writing a record: the complete ones count, the torn one is redone."""
+    for i in range(3):
+        write_audio(tmp_path / "d" / f"f{i}.wav", 1.0, seed=i)
+    args = ["embed", "d", "--out", "emb.npy", "--model", str(tiny), "-q"]
+    assert run_matpac(args, cwd=tmp_path).returncode == 0
+    clean = np.load(tmp_path / "emb.npy")
+    journal = tmp_path / "emb.npy.journal"
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) - 1000])  # the last record loses its tail
+    (tmp_path / "emb.npy").unlink()
+    again = run_matpac(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    counts = json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]
+    assert counts == {"computed": 1, "reused": 2, "failed": 0}
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), clean, atol=1e-6)
+    # and the rewritten journal is whole again: a third run reuses all three
+    third = run_matpac(args, cwd=tmp_path)
+    assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["reused"] == 3, third.stderr

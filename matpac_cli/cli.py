@@ -292,22 +292,20 @@ def models_labels(head: Annotated[str, typer.Argument(help="Head name or alias."
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError
-    from matpac_cli.registry import load_registry
-    from matpac_cli.weights import cached_files, verify
+    from matpac_cli.weights import cached_for_verify, verify
 
     reporter = Reporter(False)
-    bad = checked = 0
-    for m in load_registry().models.values():
-        for key, path in cached_files(m):
-            checked += 1
-            try:
-                digest = verify(path, key, m.sha256 if key.split("|")[1].startswith("release") else None, f"matpac models download {m.name}")
-                sys.stdout.write(f"ok\t{m.name}\t{digest}\t{path}\n")
-            except WeightsError as exc:
-                bad += 1
-                sys.stdout.write(f"MISMATCH\t{m.name}\t-\t{path}\n")
-                reporter.info(f"matpac: {exc}")
-    reporter.info(f"matpac: {checked} cached file(s) checked, {bad} mismatched")
+    checked = cached_for_verify()
+    bad = 0
+    for name, key, path, expected in checked:
+        try:
+            digest = verify(path, key, expected, f"matpac models download {name}")
+            sys.stdout.write(f"ok\t{name}\t{digest}\t{path}\n")
+        except WeightsError as exc:
+            bad += 1
+            sys.stdout.write(f"MISMATCH\t{name}\t-\t{path}\n")
+            reporter.info(f"matpac: {exc}")
+    reporter.info(f"matpac: {len(checked)} cached file(s) checked, {bad} mismatched")
     raise typer.Exit(2 if bad else 0)
 
 

@@ -161,13 +161,22 @@ def probes_dir(progress: bool = False) -> Path:
     """Download (once), verify and safely extract the authors' probe zip; return its folder."""
     from matpac_cli.weights import matpac_cache, release_download, verify
 
+    from matpac_cli.weights import release_base
+
     registry = load_registry()
+    key = (str(matpac_cache()), release_base() + registry.probes_release)
+    if key in _VERIFIED_PROBES:  # hashed once per process, not once per head
+        return _VERIFIED_PROBES[key]
     zpath, source = release_download(registry.probes_release, progress)
     digest = verify(zpath, f"probes|{source}", None, "matpac models download probes")
     target = matpac_cache() / "probes" / digest[:16]
     if not (target / ".complete").exists():
         extract_safely(zpath, target)
+    _VERIFIED_PROBES[key] = target
     return target
+
+
+_VERIFIED_PROBES: dict[tuple[str, str], Path] = {}
 
 
 def extract_safely(zpath: Path, target: Path) -> None:

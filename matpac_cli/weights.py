@@ -310,6 +310,20 @@ def cached_files(m: ModelSpec) -> list[tuple[str, Path]]:
     return found
 
 
+def cached_for_verify() -> list[tuple[str, str, Path, str | None]]:
+    """Every cached weight file: (name, hash-record key, path, pinned sha256 or None)."""
+    registry = load_registry()
+    out = []
+    for m in registry.models.values():
+        for key, path in cached_files(m):
+            pinned = m.sha256 if key.split("|", 1)[1].startswith("release") else None
+            out.append((m.name, key, path, pinned))
+    zpath = matpac_cache() / "releases" / urllib.parse.unquote(registry.probes_release)
+    if zpath.is_file():
+        out.append(("probes", f"probes|release:{release_base() + registry.probes_release}", zpath, None))
+    return out
+
+
 # ---------------------------------------------------------------- loading
 
 

@@ -596,3 +596,19 @@ def test_spec_label_orders():
     pairs = dict(zip(mids, names))
     assert pairs["/m/09x0r"] == "Speech" and pairs["/m/04rlf"] == "Music" and pairs["/m/0bt9lr"] == "Dog"
     assert names[0] != "Speech"
+
+
+def test_probe_zip_is_verified_and_a_rotten_one_refused(hub, tmp_path):
+    """`models download probes`, then `models verify` re-hashes the zip; one byte of rot is caught."""
+    serve_probes(hub, "flat")
+    env = {"HF_ENDPOINT": hub.url, "MATPAC_RELEASE_URL": hub.url + "/", "HF_HOME": str(tmp_path / "hf_home")}
+    assert run_matpac(["models", "download", "probes"], env=env).returncode == 0
+    ok = run_matpac(["models", "verify"], env=env)
+    assert ok.returncode == 0 and "ok\tprobes\t" in ok.stdout.decode(), ok.stderr
+    zpath = tmp_path / "hf_home" / "matpac" / "releases" / "Probes_weights" / "Weights_probes_matpac.zip"
+    with open(zpath, "ab") as fh:
+        fh.write(b"\0")
+    bad = run_matpac(["models", "verify"], env=env)
+    assert bad.returncode == 2 and "MISMATCH\tprobes" in bad.stdout.decode()
+    refused = run_matpac(["models", "download", "probes"], env=env)
+    assert refused.returncode == 2 and b"checksum mismatch" in refused.stderr

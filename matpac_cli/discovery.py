@@ -63,7 +63,23 @@ def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIO
                 items.setdefault(item.name, item)
         else:  # a missing file fails on its own, like any other bad input
             items.setdefault(arg, Item(arg, path))
-    return sorted(items.values())
+    return _unique_files(sorted(items.values()))
+
+
+def _unique_files(items: list[Item]) -> list[Item]:
+    """One item per file on disk: `a.wav` and `./a.wav` named twice give one row, not two."""
+    seen: set[Path] = set()
+    out = []
+    for item in items:
+        try:
+            real = item.path.resolve()
+        except OSError:
+            real = item.path
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append(item)
+    return out
 
 
 def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:

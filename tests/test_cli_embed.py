@@ -290,3 +290,12 @@ def test_usage_errors_are_a_message_and_exit_2(tmp_path, args, says):
     assert r.returncode in ((0, 2) if not args else (2,)), out
     assert says in out
     assert "Traceback" not in out
+
+
+def test_the_same_file_named_twice_gives_one_row(tmp_path, monkeypatch):
+    from matpac_cli.discovery import discover
+
+    write_audio(tmp_path / "d" / "a.wav", 0.5)
+    monkeypatch.chdir(tmp_path)
+    items = discover(["d/a.wav", "./d/a.wav", "d"])
+    assert [i.name for i in items] == ["./d/a.wav"]

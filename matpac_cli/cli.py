@@ -231,7 +231,7 @@ def models_list() -> int:
     import urllib.parse
 
     from matpac_cli.registry import load_registry
-    from matpac_cli.weights import cached_files, matpac_cache
+    from matpac_cli.weights import cached_files, release_path
 
     reg = load_registry()
     table = Table(title="Models", title_justify="left")
@@ -241,7 +241,7 @@ def models_list() -> int:
         release = m.release and "release:" + urllib.parse.unquote(m.release)
         source = "\n".join(s for s in (m.hub and f"hf:{m.hub}", release) if s)
         table.add_row(m.name, m.description, source, "yes" if cached_files(m) else "no")
-    zip_cached = (matpac_cache() / "releases" / urllib.parse.unquote(reg.probes_release)).is_file()
+    zip_cached = release_path(reg.probes_release).is_file()
     zip_state = "cached" if zip_cached else "not cached: matpac models download probes"
     heads = Table(title=f"Heads (matpac tag --head NAME); probe zip {zip_state}", title_justify="left")
     for col in ("name", "aliases", "classes", "activation", "for", "label order"):

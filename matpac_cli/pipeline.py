@@ -22,7 +22,7 @@ from matpac_cli.chunking import Window, WindowStream
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
 from matpac_cli.frontend import StreamResampler
-from matpac_cli.predictor import Predictor
+from matpac_cli.predictor import Predictor, pad
 
 
 @dataclass(frozen=True)
@@ -139,13 +139,7 @@ class _Batcher:
                 queue_.clear()
 
     def _run(self, chunks: list[tuple[_Slot, Window, np.ndarray]]) -> None:
-        longest = max(w.length for _, w, _ in chunks)
-        waves = np.zeros((len(chunks), longest), dtype=np.float32)
-        lengths = np.empty(len(chunks), dtype=np.int64)
-        for b, (_, w, samples) in enumerate(chunks):
-            waves[b, : w.length] = samples
-            lengths[b] = w.length
-        out = self.plan.predictor.columns(waves, lengths, self.run_layers)
+        out = self.plan.predictor.columns(*pad([samples for _, _, samples in chunks]), self.run_layers)
         depth = self.plan.predictor.dims.depth
         i = self.index
         for b, (slot, w, _) in enumerate(chunks):

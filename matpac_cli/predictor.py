@@ -132,17 +132,20 @@ class Predictor:
         chunks = windows(len(w16), self.dims.n_t, self.fe)
         if not chunks:
             raise InputError("<array>", "too short: at least 400 samples at 16 kHz are needed")
-        depth = self.dims.depth
-        wanted = tuple(depth if layer == -1 else layer for layer in layers)
-        total = np.zeros((len(wanted), self.dims.embed_dim))
+        total = np.zeros((len(layers), self.dims.embed_dim))
         for i in range(0, len(chunks), batch_size):
             group = chunks[i : i + batch_size]
-            waves = np.zeros((len(group), max(w.length for w in group)), dtype=np.float32)
+            out = self.columns(*pad([w16[w.start : w.start + w.length] for w in group]), layers)
             for b, w in enumerate(group):
-                waves[b, : w.length] = w16[w.start : w.start + w.length]
-            out = self.columns(waves, np.array([w.length for w in group]), wanted)
-            for b, w in enumerate(group):
-                total += np.stack([out[layer][b, : w.columns].sum(axis=0) for layer in wanted])
+                total += np.stack([out[layer][b, : w.columns].sum(axis=0) for layer in layers])
         emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
-        return emb[0] if len(wanted) == 1 else emb
+        return emb[0] if len(layers) == 1 else emb
 
+
+def pad(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Waveform chunks of any lengths -> a zero-padded (B, longest) batch and the valid lengths."""
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    waves = np.zeros((len(chunks), int(lengths.max())), dtype=np.float32)
+    for b, c in enumerate(chunks):
+        waves[b, : len(c)] = c
+    return waves, lengths

@@ -66,6 +66,11 @@ def matpac_cache() -> Path:
     return hf_home() / "matpac"
 
 
+def release_path(relpath: str) -> Path:
+    """Where a release file lives in the cache (`$HF_HOME/matpac/releases/<tag>/<file>`)."""
+    return matpac_cache() / "releases" / urllib.parse.unquote(relpath)
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
@@ -162,7 +167,7 @@ def pick_weights_file(files: list[str], repo: str) -> str:
 def release_download(relpath: str, progress: bool, force: bool = False) -> tuple[Path, str]:
     """Fetch `release_base()/relpath` into the cache, resuming a partial download."""
     url = release_base() + relpath
-    dest = matpac_cache() / "releases" / urllib.parse.unquote(relpath)
+    dest = release_path(relpath)
     if dest.exists() and not force:
         return dest, f"release:{url}"
     if offline():
@@ -304,7 +309,7 @@ def cached_files(m: ModelSpec) -> list[tuple[str, Path]]:
                 if p.is_file() and p.suffix in WEIGHT_SUFFIXES:
                     found.append((f"{m.name}|hub:{m.hub}@{snap.name}", p))
     if m.release:
-        dest = matpac_cache() / "releases" / urllib.parse.unquote(m.release)
+        dest = release_path(m.release)
         if dest.is_file():
             found.append((f"{m.name}|release:{release_base() + m.release}", dest))
     return found
@@ -318,7 +323,7 @@ def cached_for_verify() -> list[tuple[str, str, Path, str | None]]:
         for key, path in cached_files(m):
             pinned = m.sha256 if key.split("|", 1)[1].startswith("release") else None
             out.append((m.name, key, path, pinned))
-    zpath = matpac_cache() / "releases" / urllib.parse.unquote(registry.probes_release)
+    zpath = release_path(registry.probes_release)
     if zpath.is_file():
         out.append(("probes", f"probes|release:{release_base() + registry.probes_release}", zpath, None))
     return out

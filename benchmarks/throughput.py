@@ -15,17 +15,21 @@ and the ratios b/a and b/c.
     python benchmarks/throughput.py --skip-memory --files 4 --seconds 30
     python benchmarks/throughput.py --device cuda --sweep   # batch 8/32/128 x fp32/fp16/bf16 table
 
-On CUDA, "busy" is the share of the end-to-end wall time the encoder alone would need for the
-same chunks (encoder-only time / end-to-end time): how well the pipeline keeps the GPU fed.
+On CUDA two figures say how well the pipeline keeps the GPU fed: b/a, the share of the end-to-end
+wall time the encoder alone would need for the same audio, and "GPU busy", the mean of NVML's
+utilisation (share of time a kernel was running) sampled every 20 ms during (b).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,37 +61,90 @@ def make_flac(path: Path, seconds: float, seed: int, sr: int = 44100) -> None:
             f.write((0.05 * rng.standard_normal((n, 2)) + tone[:, None]).astype(np.float32))
 
 
-def encoder_only(ckpt: Path, device: str, precision: str, batch: int, seconds: float) -> float:
+def encoder_only(ckpt: Path, device: str, precision: str, batch: int, min_seconds: float = 3.0) -> float:
+    """Audio-seconds per second on ready log-mel chunks, timed for at least `min_seconds`."""
     from matpac_cli.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)
     n_t = pred.dims.n_t
     mel = torch.randn(batch, 80, n_t, device=pred.device, dtype=pred.dtype)
     with torch.inference_mode():
-        pred.encoder(mel)  # warm-up
+        for _ in range(3 if device.startswith("cuda") else 1):  # warm-up: kernel choice, caches
+            pred.encoder(mel)
         _sync(pred.device)
         n, t0 = 0, time.perf_counter()
-        while n * 6.08 < seconds or n < 2 * batch:
+        while n < 2 * batch or time.perf_counter() - t0 < min_seconds:
             pred.encoder(mel)
             n += batch
+            if device.startswith("cuda") and n % (8 * batch) == 0:
+                _sync(pred.device)  # keep the clock honest: launches run ahead of the GPU
         _sync(pred.device)
         dt = time.perf_counter() - t0
     return n * n_t * 0.01 / dt
 
 
+class GpuBusy:
+    """Mean NVML utilisation while the block runs (None off CUDA or without NVML)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.samples, self._stop = device, [], threading.Event()
+
+    def __enter__(self) -> "GpuBusy":
+        if self.device.startswith("cuda"):
+            try:
+                torch.cuda.utilization(torch.device(self.device))
+            except Exception:  # noqa: BLE001 - NVML missing: report no figure
+                return self
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            self.samples.append(torch.cuda.utilization(torch.device(self.device)))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) / 100 if self.samples else None
+
+
 def end_to_end(ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int,
-               workers: int | None) -> tuple[float, float, np.ndarray]:
+               workers: int | None) -> tuple[float, float, np.ndarray, float | None]:
+    """`embed` on the folder: rate, audio seconds, embeddings, and the GPU's busy share."""
     from matpac_cli.discovery import discover
     from matpac_cli.embedding import EmbedConfig, embed
     from matpac_cli.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)
     items = discover([str(folder)])
-    t0 = time.perf_counter()
-    summary = embed(items, pred, EmbedConfig(out=out, batch_size=batch, workers=workers, force=True))
-    _sync(pred.device)
-    dt = time.perf_counter() - t0
-    return summary.audio_s / dt, summary.audio_s, np.load(out)
+    if device.startswith("cuda"):  # warm-up on one file, so kernel selection is not timed
+        embed(items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), batch_size=batch, workers=workers, force=True))
+    with GpuBusy(device) as busy:
+        t0 = time.perf_counter()
+        summary = embed(items, pred, EmbedConfig(out=out, batch_size=batch, workers=workers, force=True))
+        _sync(pred.device)
+        dt = time.perf_counter() - t0
+    return summary.audio_s / dt, summary.audio_s, np.load(out), busy.mean
+
+
+def decode_only(folder: Path, workers: int | None, device: str) -> float:
+    """Audio-seconds per second of the decoding side alone (decode, downmix, resample, cut into
+    chunks in the worker threads): the ceiling for (b) whatever the device."""
+    from matpac_cli.discovery import discover
+    from matpac_cli.pipeline import _IDLE, decoded, default_workers
+
+    items = discover([str(folder)])
+    t0, total = time.perf_counter(), 0.0
+    for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
+        if isinstance(msg, dict):
+            total += sum(min(w.length, 97_280) for w, _ in msg[608]) / 16_000
+        assert msg is not _IDLE
+    return total / (time.perf_counter() - t0)
 
 
 def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float, np.ndarray]:
@@ -133,14 +190,31 @@ def peak_rss_mb(ckpt: Path, audio: Path, out: Path, device: str) -> float:
 
 
 def prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path, float]:
-    """A full-size checkpoint and the FLAC folder; returns them and the seconds of audio."""
+    """A full-size checkpoint and the FLAC folder; returns them and the seconds of audio.
+
+    At most 8 distinct files are synthesised; the rest are copies under other names, which the
+    pipeline decodes like any other file, so a GPU-sized corpus takes seconds to build.
+    """
     ckpt = tmp / "vitb.pt"
     make_checkpoint(ckpt)
     folder = tmp / "flac"
     folder.mkdir()
-    for i in range(args.files):
-        make_flac(folder / f"track{i:02d}.flac", args.seconds, seed=i)
+    distinct = min(args.files, 8)
+    for i in range(distinct):
+        make_flac(folder / f"track{i:03d}.flac", args.seconds, seed=i)
+    for i in range(distinct, args.files):
+        shutil.copyfile(folder / f"track{i % distinct:03d}.flac", folder / f"track{i:03d}.flac")
     return ckpt, folder, args.files * args.seconds
+
+
+def _header(args: argparse.Namespace) -> str:
+    from matpac_cli.pipeline import default_workers
+
+    where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
+    workers = args.workers or default_workers(args.device)
+    return (f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+            f"decode workers {workers}; precision {args.precision}, batch {args.batch_size}; "
+            f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
 
 
 def _sync(device: str) -> None:
@@ -167,19 +241,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt, folder, total = prepare(tmp, args)
-        print(f"device {args.device}, precision {args.precision}, batch {args.batch_size}, "
-              f"torch threads {torch.get_num_threads()}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
-
-        a = encoder_only(ckpt, args.device, args.precision, args.batch_size, min(total, 120))
+        print(_header(args))
+        a = encoder_only(ckpt, args.device, args.precision, args.batch_size)
         print(f"(a) encoder only      : {a:8.1f} audio-s/s")
-        b, _, emb = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, args.precision, args.batch_size, args.workers)
-        print(f"(b) end-to-end embed  : {b:8.1f} audio-s/s")
+        b, _, emb, busy = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, args.precision, args.batch_size, args.workers)
+        print(f"(b) end-to-end embed  : {b:8.1f} audio-s/s" + (f"   GPU busy {busy:.0%}" if busy is not None else ""))
+        dec = decode_only(folder, args.workers, args.device)
+        print(f"    decoding side only: {dec:8.1f} audio-s/s (decode, resample, cut; the ceiling for b)")
         c, ref = naive(ckpt, folder, args.device, args.precision)
         print(f"(c) naive loop        : {c:8.1f} audio-s/s")
         diff = float(np.abs(emb - ref).max())
         print(f"    b/a = {b / a:.2f}   b/c = {b / c:.2f}   max |embed - naive| = {diff:.2e}")
         figures = {"encoder_only": a, "end_to_end": b, "naive": c, "b_over_a": b / a, "b_over_c": b / c,
-                   "max_abs_diff": diff}
+                   "max_abs_diff": diff, "gpu_busy": busy, "decode_only": dec}
         if not args.skip_memory:
             short, long = tmp / "one_min.flac", tmp / "thirty_min.flac"
             make_flac(short, 60, seed=1)
@@ -200,17 +274,19 @@ def sweep(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         ckpt, folder, total = prepare(tmp, args)
         reference = {}
-        print(f"device {args.device}, {args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
-        print("batch precision  encoder-only  end-to-end  busy   max|diff vs fp32|")
+        print(_header(args))
+        print(f"decoding side only: {decode_only(folder, args.workers, args.device):.1f} audio-s/s")
+        print("batch precision  encoder-only  end-to-end   b/a  GPU busy  max|diff vs fp32|", flush=True)
         for batch in (8, 32, 128):
             for precision in precisions:
-                a = encoder_only(ckpt, args.device, precision, batch, min(total, 300))
-                b, _, emb = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, precision, batch, args.workers)
+                a = encoder_only(ckpt, args.device, precision, batch)
+                b, _, emb, busy = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, precision, batch, args.workers)
                 reference.setdefault(batch, emb if precision == "fp32" else None)
                 diff = float(np.abs(emb - reference[batch]).max()) if reference[batch] is not None else float("nan")
-                print(f"{batch:5d} {precision:9s} {a:12.1f} {b:11.1f} {b / a:6.0%}  {diff:.2e}")
+                shown = f"{busy:8.0%}" if busy is not None else "       -"
+                print(f"{batch:5d} {precision:9s} {a:12.1f} {b:11.1f} {b / a:5.0%}  {shown}  {diff:.2e}", flush=True)
                 rows.append({"batch": batch, "precision": precision, "encoder_only": a, "end_to_end": b,
-                             "busy": b / a, "max_abs_diff_vs_fp32": diff})
+                             "b_over_a": b / a, "gpu_busy": busy, "max_abs_diff_vs_fp32": diff})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -55,7 +55,7 @@ class AudioSource:
         size = block_frames or int(BLOCK_SECONDS * self.sample_rate)
         try:
             for raw in self._raw_blocks(size):
-                mono = raw.mean(axis=1, dtype=np.float32) if raw.shape[1] > 1 else raw[:, 0]
+                mono = _downmix(raw)
                 if not np.isfinite(mono).all():
                     raise InputError(self.name, "samples contain NaN or infinity")
                 self.n_samples += len(mono)
@@ -137,6 +137,18 @@ class AudioSource:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _downmix(raw: np.ndarray) -> np.ndarray:
+    """Mean over channels. Column by column: numpy's mean over a short inner axis is several
+    times slower, and for stereo both give the same float32 (a + b) / 2."""
+    if raw.shape[1] == 1:
+        return raw[:, 0]
+    acc = raw[:, 0].astype(np.float32, copy=True)
+    for c in range(1, raw.shape[1]):
+        acc += raw[:, c]
+    acc /= np.float32(raw.shape[1])
+    return acc
 
 
 class _SoundfileRefused(Exception):

@@ -13,21 +13,22 @@ from torch import Tensor, nn
 from matpac_cli.config import FRONT_END, PATCH, FrontEnd
 
 
+def _sinc_options(fe: FrontEnd) -> dict:
+    return dict(
+        lowpass_filter_width=fe.resample_lowpass_filter_width,
+        rolloff=fe.resample_rolloff,
+        resampling_method="sinc_interp_kaiser",
+        beta=fe.resample_beta,
+    )
+
+
 def resample(wave: Tensor, orig_sr: int, fe: FrontEnd = FRONT_END) -> Tensor:
     """Mono float32 waveform at `orig_sr` -> 16 kHz with the authors' Kaiser-windowed sinc."""
     if orig_sr == fe.sample_rate:
         return wave
     import torchaudio.functional as AF
 
-    return AF.resample(
-        wave,
-        orig_sr,
-        fe.sample_rate,
-        lowpass_filter_width=fe.resample_lowpass_filter_width,
-        rolloff=fe.resample_rolloff,
-        resampling_method="sinc_interp_kaiser",
-        beta=fe.resample_beta,
-    )
+    return AF.resample(wave, orig_sr, fe.sample_rate, **_sinc_options(fe))
 
 
 class LogMel(nn.Module):
@@ -74,6 +75,9 @@ class StreamResampler:
     n = 16000 / g, every o input samples give n outputs, each reading a window of `width` samples
     either side. Resampling a segment that starts on a multiple of o and carries enough context on
     both sides therefore reproduces the whole-file outputs for its middle part exactly.
+
+    The sinc kernel is built once per stream (in float32, as the functional form builds it, so the
+    outputs are bit-identical); rebuilding it per block cost more than the convolution itself.
     """
 
     def __init__(self, orig_sr: int, fe: FrontEnd = FRONT_END) -> None:
@@ -84,6 +88,11 @@ class StreamResampler:
         self.o, self.n = orig_sr // g, fe.sample_rate // g
         width = math.ceil(fe.resample_lowpass_filter_width * self.o / (min(self.o, self.n) * fe.resample_rolloff))
         self.ctx = self.o * (-(-(2 * width + 2 * self.o) // self.o))  # generous, a multiple of o
+        self.kernel = None
+        if orig_sr != fe.sample_rate:
+            import torchaudio.transforms as AT
+
+            self.kernel = AT.Resample(orig_sr, fe.sample_rate, dtype=torch.float32, **_sinc_options(fe))
         self.buf = torch.zeros(0)
         self.buf_start = 0  # absolute input index of buf[0]
         self.next_pos = 0  # absolute input index (multiple of o) of the next output group
@@ -99,7 +108,7 @@ class StreamResampler:
             return torch.zeros(0)
         seg_start = max(0, self.next_pos - self.ctx)
         seg_end = avail if final else emit_end + self.ctx
-        out = resample(self.buf[seg_start - self.buf_start : seg_end - self.buf_start], self.orig_sr, self.fe)
+        out = self.kernel(self.buf[seg_start - self.buf_start : seg_end - self.buf_start])
         q0 = (self.next_pos - seg_start) // self.o * self.n
         q1 = len(out) if final else (emit_end - seg_start) // self.o * self.n
         self.next_pos = emit_end

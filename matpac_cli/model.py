@@ -130,13 +130,21 @@ class MatpacEncoder(nn.Module):
 
 
 def _key_mask(widths: Tensor | None, nf: int, nc: int, device: torch.device) -> Tensor | None:
-    """Boolean (B, 1, 1, 1 + nf*nc) mask, True where a key may be attended; None if no padding."""
+    """Boolean (B, 1, 1, 1 + nf*nc) mask, True where a key may be attended; None if no padding.
+
+    Built where `widths` lives (the host, from the pipeline) and sent over without waiting, so a
+    GPU is never stalled by the check.
+    """
     if widths is None or bool((widths >= nc).all()):
         return None
-    cols = torch.arange(nc, device=device)
-    valid = (cols[None, :] < widths.to(device)[:, None]).repeat(1, nf)  # (B, nf*nc)
-    valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
-    return valid[:, None, None, :]
+    cols = torch.arange(nc, device=widths.device)
+    valid = (cols[None, :] < widths[:, None]).repeat(1, nf)  # (B, nf*nc)
+    valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)[:, None, None, :]
+    if valid.device == torch.device(device):
+        return valid
+    if torch.device(device).type == "cuda" and valid.device.type == "cpu":
+        return valid.pin_memory().to(device, non_blocking=True)
+    return valid.to(device)
 
 
 def _columns(x: Tensor, nf: int, nc: int) -> Tensor:

@@ -22,7 +22,7 @@ from matpac_cli.chunking import Window, WindowStream
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
 from matpac_cli.frontend import StreamResampler
-from matpac_cli.predictor import Predictor, pad
+from matpac_cli.predictor import Pending, Predictor
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,9 @@ class _Batcher:
     """Packs chunks of any files into batches of `size` for one plan.
 
     Full-width chunks batch together; short last chunks batch with each other (padded to the
-    widest, masked), so a 2 s clip never pays for a 6 s chunk's compute.
+    widest, masked), so a 2 s clip never pays for a 6 s chunk's compute. Up to `ahead` batches
+    stay in flight on an asynchronous device, so the next batch is cut and staged while the GPU
+    computes; their chunks count as pending in their files until the results are back.
     """
 
     def __init__(self, index: int, plan: Plan, size: int, on_audio: Callable[[float], None]) -> None:
@@ -120,8 +122,12 @@ class _Batcher:
         self.run_layers = tuple(sorted(set(self.layers) | ({plan.predictor.dims.depth} if plan.segments else set())))
         self.full_length = plan.predictor.fe.chunk_samples(plan.predictor.dims.n_t)
         self.hop = plan.predictor.fe.chunk_hop(plan.predictor.dims.n_t)
+        self.n_t = plan.predictor.dims.n_t
+        self.pooled = not plan.frames  # clip sums and segment means need no per-column results
+        self.ahead = 2 if plan.predictor.device.startswith("cuda") else 0
         self.full: list[tuple[_Slot, Window, np.ndarray]] = []
         self.short: list[tuple[_Slot, Window, np.ndarray]] = []
+        self.in_flight: collections.deque[tuple[Pending, list]] = collections.deque()
 
     def add(self, slot: _Slot, window: Window, wave: np.ndarray) -> None:
         slot.pending += 1
@@ -129,60 +135,84 @@ class _Batcher:
         queue_ = self.full if window.length == self.full_length else self.short
         queue_.append((slot, window, wave))
         if len(queue_) >= self.size:
-            self._run(queue_)
-            queue_.clear()
+            self._launch(queue_)
 
     def flush(self) -> None:
+        """Run the partial batches and wait for everything in flight."""
         for queue_ in (self.full, self.short):
             if queue_:
-                self._run(queue_)
-                queue_.clear()
+                self._launch(queue_)
+        while self.in_flight:
+            self._collect(*self.in_flight.popleft())
 
-    def _run(self, chunks: list[tuple[_Slot, Window, np.ndarray]]) -> None:
-        out = self.plan.predictor.columns(*pad([samples for _, _, samples in chunks]), self.run_layers)
+    def _launch(self, queue_: list) -> None:
+        chunks = list(queue_)
+        queue_.clear()
+        pending = self.plan.predictor.launch([c for _, _, c in chunks], self.run_layers, pooled=self.pooled)
+        self.in_flight.append((pending, chunks))
+        while len(self.in_flight) > self.ahead:
+            self._collect(*self.in_flight.popleft())
+
+    def _collect(self, pending: Pending, chunks: list[tuple[_Slot, Window, np.ndarray]]) -> None:
+        out = pending.result()
         depth = self.plan.predictor.dims.depth
         i = self.index
         for b, (slot, w, _) in enumerate(chunks):
-            cols = np.stack([out[layer][b, : w.columns] for layer in self.layers], axis=1)  # (C, L, E)
-            slot.sums[i] += cols.sum(axis=0, dtype=np.float64)
-            slot.counts[i] += w.columns
-            if self.plan.frames:
+            if self.pooled:  # (E,) float64 sums over the chunk's valid columns
+                slot.sums[i] += np.stack([out[layer][b] for layer in self.layers])
+                if self.plan.segments:
+                    seg = (out[depth][b] / w.columns).astype(np.float32)
+            else:
+                cols = np.stack([out[layer][b, : w.columns] for layer in self.layers], axis=1)  # (C, L, E)
+                slot.sums[i] += cols.sum(axis=0, dtype=np.float64)
                 slot.frames[i][w.index] = cols
+                if self.plan.segments:
+                    seg = out[depth][b, : w.columns].mean(axis=0, dtype=np.float64).astype(np.float32)
+            slot.counts[i] += w.columns
             if self.plan.segments:
                 start, end = w.times()
-                seg = out[depth][b, : w.columns].mean(axis=0, dtype=np.float64).astype(np.float32)
                 slot.segments[i][w.index] = Segment(start, end, seg)
             slot.pending -= 1
         sr = self.plan.predictor.fe.sample_rate
         self.on_audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
 
 
-def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def default_workers(device: str = "cpu") -> int:
+    """Decoding threads. On a CPU the encoder needs the cores, so a few; a GPU needs feeding."""
+    cores = os.cpu_count() or 2
+    if device.startswith("cuda"):
+        return max(2, min(16, cores - 2))
+    return max(1, min(4, cores - 1))
 
 
-_END = object()
+_START, _END, _IDLE = object(), object(), object()
 
 
 class _Feed:
-    """One file being decoded in a worker thread: a bounded queue of 16 kHz blocks."""
+    """One file being decoded in a worker thread, which also cuts its chunks (one window grid per
+    encoder geometry) so the thread feeding the device only batches. Messages go to the shared
+    queue in order: {n_t: [(Window, samples), ...]} as chunks complete, then `_END` or an error."""
 
-    def __init__(self, item: Item, depth: int) -> None:
+    def __init__(self, item: Item, out: queue.Queue, n_ts: tuple[int, ...]) -> None:
         self.item = item
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.out = out
+        self.n_ts = n_ts
         self.source: AudioSource | None = None
         self.cancelled = False
 
     def produce(self) -> None:
-        """Worker side: open, stream, resample; errors travel through the queue."""
+        """Worker side: open, stream, resample, cut; errors travel through the queue."""
         try:
             self.source = AudioSource(self.item.path, self.item.name)
             resampler = StreamResampler(self.source.sample_rate)
+            cutters = {n_t: WindowStream(n_t) for n_t in self.n_ts}
             for block in self.source.blocks():
-                self._put(resampler.push(torch.from_numpy(block)).numpy())
+                wave = resampler.push(torch.from_numpy(block)).numpy()
+                self._chunks({n_t: c.push(wave) for n_t, c in cutters.items()})
                 if self.cancelled:
                     return
-            self._put(resampler.push(torch.zeros(0), final=True).numpy())
+            wave = resampler.push(torch.zeros(0), final=True).numpy()
+            self._chunks({n_t: c.push(wave) + c.finish() for n_t, c in cutters.items()})
             self._put(_END)
         except InputError as exc:
             self._put(exc)
@@ -190,43 +220,52 @@ class _Feed:
             detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             self._put(InputError(self.item.name, f"cannot decode: {detail}"))
 
+    def _chunks(self, by_grid: dict[int, list]) -> None:
+        if any(by_grid.values()):
+            self._put(by_grid)
+
     def _put(self, msg: object) -> None:
         while not self.cancelled:
             try:
-                self.queue.put(msg, timeout=0.5)
+                self.out.put((self, msg), timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def messages(self) -> Iterator[object]:
-        while True:
-            msg = self.queue.get()
-            yield msg
-            if msg is _END or isinstance(msg, InputError):
-                return
 
+def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
+            can_start: Callable[[], bool]) -> Iterator[tuple[_Feed | None, object]]:
+    """Decode up to `workers` files at once and yield (feed, message) as blocks arrive.
 
-def feeds(items: list[Item], workers: int, depth: int = 8) -> Iterator[_Feed]:
-    """Start decoding up to `workers` files ahead, yield their feeds in input order."""
+    Each feed first yields `_START` (in input order), then its chunks in order, then `_END` or an
+    `InputError`. Files interleave, so one long file never leaves the other workers idle; memory
+    stays bounded by the shared queue. `(None, _IDLE)` means nothing can start until the caller
+    lets finished files go (`can_start` is false and no file is decoding).
+    """
+    out: queue.Queue = queue.Queue(maxsize=4 * workers)
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matpac-decode")
-    pending: collections.deque[_Feed] = collections.deque()
-    current: _Feed | None = None
+    active: set[_Feed] = set()
     it = iter(items)
+    upcoming = next(it, None)
     try:
         while True:
-            while len(pending) < workers:
-                item = next(it, None)
-                if item is None:
-                    break
-                feed = _Feed(item, depth)
+            while upcoming is not None and len(active) < workers and can_start():
+                feed = _Feed(upcoming, out, n_ts)
+                active.add(feed)
+                yield feed, _START
                 pool.submit(feed.produce)
-                pending.append(feed)
-            if not pending:
-                return
-            current = pending.popleft()
-            yield current
+                upcoming = next(it, None)
+            if not active:
+                if upcoming is None:
+                    return
+                yield None, _IDLE
+                continue
+            feed, msg = out.get()
+            if msg is _END or isinstance(msg, InputError):
+                active.discard(feed)
+            yield feed, msg
     finally:
-        for feed in [*pending, *([current] if current else [])]:
+        for feed in active:
             feed.cancelled = True
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -248,6 +287,10 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
     batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None))
                 for i, plan in enumerate(plans)]
     order: collections.deque[_Slot] = collections.deque()
+    slots: dict[_Feed, _Slot] = {}
+    workers = workers or default_workers(plans[0].predictor.device if plans else "cpu")
+    backlog = max(4 * workers, 16)  # files started but not yet handed on, whatever holds them up
+    n_ts = tuple(sorted({b.n_t for b in batchers}))
 
     def emit_ready() -> None:
         while order and order[0].finished():
@@ -259,23 +302,29 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
                 on_result(slot.result(plans))
                 on_progress(slot.item, slot.duration_s)
 
-    for feed in feeds(list(items), workers or default_workers()):
-        slot = _Slot(feed.item, plans)
-        order.append(slot)
-        cutters = [WindowStream(b.plan.predictor.dims.n_t) for b in batchers]
-        for msg in feed.messages():
-            if isinstance(msg, InputError):
-                slot.error = msg
-            elif msg is _END:
-                for batcher, cutter in zip(batchers, cutters):
-                    for w, samples in cutter.finish():
-                        batcher.add(slot, w, samples)
-                slot.facts(feed.source)
-            else:
-                for batcher, cutter in zip(batchers, cutters):
-                    for w, samples in cutter.push(msg):
-                        batcher.add(slot, w, samples)
-            emit_ready()
-    for batcher in batchers:
-        batcher.flush()
-    emit_ready()
+    def flush() -> None:
+        for batcher in batchers:
+            batcher.flush()
+        emit_ready()
+
+    for feed, msg in decoded(list(items), workers, n_ts, lambda: len(order) < backlog):
+        if msg is _IDLE:
+            flush()
+            continue
+        if msg is _START:
+            slots[feed] = _Slot(feed.item, plans)
+            order.append(slots[feed])
+            continue
+        slot = slots[feed]
+        if isinstance(msg, InputError):
+            slot.error = msg
+            del slots[feed]
+        elif msg is _END:
+            slot.facts(feed.source)
+            del slots[feed]
+        else:
+            for batcher in batchers:
+                for w, samples in msg[batcher.n_t]:
+                    batcher.add(slot, w, samples)
+        emit_ready()
+    flush()

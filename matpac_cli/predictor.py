@@ -84,12 +84,16 @@ class Predictor:
         from matpac_cli.heads import split_head_keys
         from matpac_cli.model import MatpacEncoder
 
+        dev = pick_device(device)
         if threads:
             torch.set_num_threads(threads)
+        elif dev != "cpu":
+            # The CPU only decodes then, in one thread per file: torch ops inside each decoding
+            # thread must not each fan out over every core, or hundreds of threads fight for them.
+            torch.set_num_threads(1)
         resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
         enc_state, head_state = split_head_keys(resolved.load())
         resolved = dataclasses.replace(resolved, state=None)  # do not keep a second copy alive
-        dev = pick_device(device)
         dtype = pick_dtype(precision, dev)
         if dev.startswith("cuda") and dtype == torch.float32:  # fp32 means fp32: no TF32 convolutions
             torch.backends.cudnn.allow_tf32 = False
@@ -105,14 +109,52 @@ class Predictor:
         """
         import torch
 
+        return self._launch(torch.from_numpy(waves), torch.from_numpy(lengths.astype(np.int64)), layers).result()
+
+    def launch(self, chunks: list[np.ndarray], layers: tuple[int, ...], pooled: bool = False) -> "Pending":
+        """`columns` of waveform chunks of any lengths, returning before a GPU has finished, so
+        the caller can prepare the next batch while this one computes.
+
+        `pooled`: instead of every column, return each chunk's float64 sum over its valid columns,
+        {layer: (B, E)}. That is all a clip embedding or a segment needs, and it keeps the
+        per-column work and the copy back to the host off the critical path.
+        """
+        import torch
+
+        pinned = self.device.startswith("cuda")  # pinned staging lets the copy overlap the GPU's work
+        lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
+        waves = torch.empty((len(chunks), int(lengths.max())), dtype=torch.float32, pin_memory=pinned)
+        for row, chunk in zip(waves, chunks):
+            row[: len(chunk)] = torch.from_numpy(chunk)
+            row[len(chunk) :] = 0
+        return self._launch(waves, lengths.pin_memory() if pinned else lengths, layers, pooled)
+
+    def _launch(self, waves, lengths, layers: tuple[int, ...], pooled: bool = False) -> "Pending":
+        import torch
+
+        cuda = self.device.startswith("cuda")
         with torch.inference_mode():
-            w = torch.from_numpy(waves).to(self.device)
-            n = torch.from_numpy(lengths.astype(np.int64)).to(self.device)
+            frames = torch.div(lengths - self.fe.win_length, self.fe.hop_length, rounding_mode="floor") + 1
+            widths = torch.div(frames + 15, 16, rounding_mode="floor")  # on the host: no GPU sync
+            w = waves.to(self.device, non_blocking=cuda)
+            n = lengths.to(self.device, non_blocking=cuda)
             mel = self.logmel(w, n)
-            frames = torch.div(n - self.fe.win_length, self.fe.hop_length, rounding_mode="floor") + 1
-            widths = torch.div(frames + 15, 16, rounding_mode="floor")
             out = self.encoder(mel.to(self.dtype), widths, layers)
-            return {k: v.float().cpu().numpy() for k, v in out.items()}
+            if pooled:
+                valid = (torch.arange(int(widths.max()))[None, :] < widths[:, None]).to(torch.float64)
+                valid = (valid.pin_memory() if cuda else valid).to(self.device, non_blocking=cuda)
+                out = {k: torch.einsum("bce,bc->be", v.double(), valid) for k, v in out.items()}
+            else:
+                out = {k: v.float() for k, v in out.items()}
+            if not cuda:
+                return Pending({k: v.cpu().numpy() for k, v in out.items()})
+            host = {}
+            for k, v in out.items():
+                host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                host[k].copy_(v, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(torch.device(self.device)))
+            return Pending(host, done)
 
     def embed(self, wave: np.ndarray, sample_rate: int, layers: tuple[int, ...] = (-1,),
               batch_size: int = 16) -> np.ndarray:
@@ -120,12 +162,13 @@ class Predictor:
         when several layers are asked for. Same front end, chunking and pooling as `matpac embed`."""
         import torch
 
+        from matpac_cli.audio import _downmix
         from matpac_cli.chunking import windows
         from matpac_cli.errors import InputError
         from matpac_cli.frontend import resample
 
         x = np.asarray(wave, dtype=np.float32)
-        mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+        mono = _downmix(x) if x.ndim == 2 else x
         if mono.ndim != 1 or not np.isfinite(mono).all():
             raise InputError("<array>", "expected finite samples shaped (n,) or (n, channels)")
         w16 = resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
@@ -140,6 +183,20 @@ class Predictor:
                 total += np.stack([out[layer][b, : w.columns].sum(axis=0) for layer in layers])
         emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
         return emb[0] if len(layers) == 1 else emb
+
+
+class Pending:
+    """A batch whose results may still be on their way back from the device."""
+
+    def __init__(self, out: dict, done=None) -> None:
+        self._out, self._done = out, done
+
+    def result(self) -> dict[int, np.ndarray]:
+        if self._done is not None:
+            self._done.synchronize()
+            self._out = {k: v.numpy() for k, v in self._out.items()}
+            self._done = None
+        return self._out
 
 
 def pad(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

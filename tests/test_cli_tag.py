@@ -247,19 +247,19 @@ def encoder_spy(monkeypatch) -> dict:
     from matpac_cli.predictor import Predictor
 
     seen: dict = {"loads": [], "chunks": {}}
-    orig_load, orig_columns = Predictor.load.__func__, Predictor.columns
+    orig_load, orig_launch = Predictor.load.__func__, Predictor.launch
 
     def load(cls, model, *args, **kwargs):
         seen["loads"].append(str(model))
         return orig_load(cls, model, *args, **kwargs)
 
-    def columns(self, waves, lengths, layers):
+    def launch(self, chunks, layers, **kwargs):
         name = str(self.resolved.name)
-        seen["chunks"][name] = seen["chunks"].get(name, 0) + len(waves)
-        return orig_columns(self, waves, lengths, layers)
+        seen["chunks"][name] = seen["chunks"].get(name, 0) + len(chunks)
+        return orig_launch(self, chunks, layers, **kwargs)
 
     monkeypatch.setattr(Predictor, "load", classmethod(load))
-    monkeypatch.setattr(Predictor, "columns", columns)
+    monkeypatch.setattr(Predictor, "launch", launch)
     return seen
 
 

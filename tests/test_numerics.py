@@ -193,6 +193,45 @@ def test_library_batch_size_invariance(predictor, clips, lib_results):
         _assert_close(c.embedding, a.embedding.astype(np.float64), BATCH_ATOL, f"{name} clip b5")
 
 
+def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib_results, tmp_path):
+    """Four files decode at once and their chunks share batches, yet results and failures come
+    back in input order with the values of the one-file-at-a-time run."""
+    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline import Plan, run
+
+    bad = tmp_path / "e_bad.wav"
+    bad.write_bytes(b"RIFF not really a wave file" * 10)
+    items = _items(clips)
+    items.insert(5, Item(str(bad), bad))
+    seen: list[tuple[str, object]] = []
+    run(items, [Plan(predictor, layers=(1, 2), frames=True)], batch_size=3, workers=4,
+        on_result=lambda r: seen.append((r.item.name, r)), on_failure=lambda e: seen.append((e.path, e)))
+    assert [name for name, _ in seen] == [item.name for item in items]
+    for name, got in seen:
+        if name == str(bad):
+            assert "e_bad.wav" in str(got)
+            continue
+        want = lib_results[Path(name).name].outputs[0]
+        _assert_close(got.outputs[0].embedding, want.embedding.astype(np.float64), BATCH_ATOL, name)
+        _assert_close(got.outputs[0].frames, want.frames.astype(np.float64), BATCH_ATOL, f"{name} frames")
+
+
+def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd608):
+    """More files than may wait at once, each far smaller than a batch: the run neither stalls
+    nor drops any, and each keeps its own embedding."""
+    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline import Plan, run
+
+    paths = [write_audio(tmp_path / f"s{i:02d}.wav", 0.3 + 0.05 * i, seed=i) for i in range(40)]
+    got: list = []
+    run([Item(str(p), p) for p in paths], [Plan(predictor)], batch_size=64, workers=1,
+        on_result=got.append, on_failure=lambda e: pytest.fail(str(e)))
+    assert [r.item.path for r in got] == paths
+    for r in got[:: 13]:
+        wave, sr = _read(r.item.path)
+        _assert_close(r.outputs[0].embedding[0], R.reference_frames(sd608, wave, sr).mean(0), CLIP_ATOL, r.item.name)
+
+
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
     from matpac_cli.pipeline import Plan, run
@@ -435,17 +474,32 @@ def test_file_too_short_for_a_frame_is_refused(ckpts, tmp_path, capsys, sr):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608):
-    """On CUDA (TF32 convolutions allowed by torch's defaults, hence the looser tolerance) the
-    masked batched encoder still gives each file its reference embedding."""
+    """fp32 on CUDA (TF32 off) through the asynchronous path (pinned staging, batches in flight,
+    interleaved decoding) gives each file its reference embedding and frames."""
     from matpac_cli.predictor import Predictor
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="fp32")
-    one = _run_pipeline(p, clips, layers=(2,), batch_size=1, frames=False)
-    seven = _run_pipeline(p, clips, layers=(2,), batch_size=7, frames=False)
+    one = _run_pipeline(p, clips, layers=(2,), batch_size=1)
+    seven = _run_pipeline(p, clips, layers=(2,), batch_size=7)
     for name in CLIPS:
-        _assert_close(seven[name].outputs[0].embedding[0], ref608[name][2].mean(0), 5e-3, name)
-        _assert_close(seven[name].outputs[0].embedding[0],
-                      one[name].outputs[0].embedding[0].astype(np.float64), 1e-3, f"{name} b1 vs b7")
+        got = seven[name].outputs[0]
+        _assert_close(got.embedding[0], ref608[name][2].mean(0), CLIP_ATOL, name)
+        _assert_close(got.frames[:, 0], ref608[name][2], FRAME_ATOL, f"{name} frames")
+        _assert_close(got.embedding[0], one[name].outputs[0].embedding[0].astype(np.float64), BATCH_ATOL,
+                      f"{name} b1 vs b7")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_auto_precision_is_reduced_and_close(ckpts, clips, ref608):
+    """`--precision auto` on CUDA runs bf16 (or fp16) and stays near the float64 reference."""
+    from matpac_cli.predictor import Predictor
+
+    p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="auto")
+    assert p.dtype in (torch.bfloat16, torch.float16)
+    got = _run_pipeline(p, clips, layers=(2,), batch_size=8, frames=False)
+    for name in CLIPS:
+        _assert_close(got[name].outputs[0].embedding[0], ref608[name][2].mean(0), 5e-2, name)
 
 
 def test_predictor_embed_on_arrays_matches_reference(ckpts):

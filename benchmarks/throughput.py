@@ -139,6 +139,8 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
     from matpac_cli.pipeline import _IDLE, decoded, default_workers
 
     items = discover([str(folder)])
+    if device != "cpu":
+        torch.set_num_threads(1)  # as Predictor.load does when the CPU only decodes
     t0, total = time.perf_counter(), 0.0
     for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
         if isinstance(msg, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import os
 import queue
 from dataclasses import dataclass, field
@@ -307,24 +308,27 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
             batcher.flush()
         emit_ready()
 
-    for feed, msg in decoded(list(items), workers, n_ts, lambda: len(order) < backlog):
-        if msg is _IDLE:
-            flush()
-            continue
-        if msg is _START:
-            slots[feed] = _Slot(feed.item, plans)
-            order.append(slots[feed])
-            continue
-        slot = slots[feed]
-        if isinstance(msg, InputError):
-            slot.error = msg
-            del slots[feed]
-        elif msg is _END:
-            slot.facts(feed.source)
-            del slots[feed]
-        else:
-            for batcher in batchers:
-                for w, samples in msg[batcher.n_t]:
-                    batcher.add(slot, w, samples)
-        emit_ready()
+    # closing(): stop the decoding threads at once if a callback raises, not when the
+    # traceback that keeps this generator alive is finally dropped
+    with contextlib.closing(decoded(list(items), workers, n_ts, lambda: len(order) < backlog)) as stream:
+        for feed, msg in stream:
+            if msg is _IDLE:
+                flush()
+                continue
+            if msg is _START:
+                slots[feed] = _Slot(feed.item, plans)
+                order.append(slots[feed])
+                continue
+            slot = slots[feed]
+            if isinstance(msg, InputError):
+                slot.error = msg
+                del slots[feed]
+            elif msg is _END:
+                slot.facts(feed.source)
+                del slots[feed]
+            else:
+                for batcher in batchers:
+                    for w, samples in msg[batcher.n_t]:
+                        batcher.add(slot, w, samples)
+            emit_ready()
     flush()

@@ -232,6 +232,25 @@ def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd
         _assert_close(r.outputs[0].embedding[0], R.reference_frames(sd608, wave, sr).mean(0), CLIP_ATOL, r.item.name)
 
 
+def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
+    """A writer that raises ends the run with its error, and no decoding thread lives on to
+    keep the process from exiting, even while the caller still holds the exception."""
+    import threading
+
+    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline import Plan, run
+
+    paths = [write_audio(tmp_path / f"w{i}.wav", 8.0, seed=i) for i in range(12)]
+
+    def explode(result):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full") as caught:
+        run([Item(str(p), p) for p in paths], [Plan(predictor)], batch_size=2, workers=3, on_result=explode)
+    assert caught.traceback  # the frames stay referenced here
+    assert not [t for t in threading.enumerate() if t.name.startswith("matpac-decode")]
+
+
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
     from matpac_cli.pipeline import Plan, run

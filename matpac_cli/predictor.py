@@ -178,9 +178,9 @@ class Predictor:
         total = np.zeros((len(layers), self.dims.embed_dim))
         for i in range(0, len(chunks), batch_size):
             group = chunks[i : i + batch_size]
-            out = self.columns(*pad([w16[w.start : w.start + w.length] for w in group]), layers)
-            for b, w in enumerate(group):
-                total += np.stack([out[layer][b, : w.columns].sum(axis=0) for layer in layers])
+            out = self.launch([w16[w.start : w.start + w.length] for w in group], layers, pooled=True).result()
+            for b in range(len(group)):
+                total += np.stack([out[layer][b] for layer in layers])
         emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
         return emb[0] if len(layers) == 1 else emb
 
@@ -197,12 +197,3 @@ class Pending:
             self._out = {k: v.numpy() for k, v in self._out.items()}
             self._done = None
         return self._out
-
-
-def pad(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Waveform chunks of any lengths -> a zero-padded (B, longest) batch and the valid lengths."""
-    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
-    waves = np.zeros((len(chunks), int(lengths.max())), dtype=np.float32)
-    for b, c in enumerate(chunks):
-        waves[b, : len(c)] = c
-    return waves, lengths

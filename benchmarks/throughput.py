@@ -136,7 +136,7 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
     """Audio-seconds per second of the decoding side alone (decode, downmix, resample, cut into
     chunks in the worker threads): the ceiling for (b) whatever the device."""
     from matpac_cli.discovery import discover
-    from matpac_cli.pipeline import _IDLE, decoded, default_workers
+    from matpac_cli.decoding import IDLE, decoded, default_workers
 
     items = discover([str(folder)])
     if device != "cpu":
@@ -145,7 +145,7 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
     for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
         if isinstance(msg, dict):
             total += sum(min(w.length, 97_280) for w, _ in msg[608]) / 16_000
-        assert msg is not _IDLE
+        assert msg is not IDLE
     return total / (time.perf_counter() - t0)
 
 
@@ -210,7 +210,7 @@ def prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path, float]:
 
 
 def _header(args: argparse.Namespace) -> str:
-    from matpac_cli.pipeline import default_workers
+    from matpac_cli.decoding import default_workers
 
     where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     workers = args.workers or default_workers(args.device)

@@ -8,21 +8,17 @@ to `on_failure` and the run goes on.
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import contextlib
-import os
-import queue
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
-import torch
 
 from matpac_cli.audio import AudioSource
-from matpac_cli.chunking import Window, WindowStream
+from matpac_cli.chunking import Window
+from matpac_cli.decoding import END, IDLE, START, Feed, decoded, default_workers
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
-from matpac_cli.frontend import StreamResampler
 from matpac_cli.predictor import Pending, Predictor
 
 
@@ -178,99 +174,6 @@ class _Batcher:
         self.on_audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
 
 
-def default_workers(device: str = "cpu") -> int:
-    """Decoding threads. On a CPU the encoder needs the cores, so a few; a GPU needs feeding."""
-    cores = os.cpu_count() or 2
-    if device.startswith("cuda"):
-        return max(2, min(16, cores - 2))
-    return max(1, min(4, cores - 1))
-
-
-_START, _END, _IDLE = object(), object(), object()
-
-
-class _Feed:
-    """One file being decoded in a worker thread, which also cuts its chunks (one window grid per
-    encoder geometry) so the thread feeding the device only batches. Messages go to the shared
-    queue in order: {n_t: [(Window, samples), ...]} as chunks complete, then `_END` or an error."""
-
-    def __init__(self, item: Item, out: queue.Queue, n_ts: tuple[int, ...]) -> None:
-        self.item = item
-        self.out = out
-        self.n_ts = n_ts
-        self.source: AudioSource | None = None
-        self.cancelled = False
-
-    def produce(self) -> None:
-        """Worker side: open, stream, resample, cut; errors travel through the queue."""
-        try:
-            self.source = AudioSource(self.item.path, self.item.name)
-            resampler = StreamResampler(self.source.sample_rate)
-            cutters = {n_t: WindowStream(n_t) for n_t in self.n_ts}
-            for block in self.source.blocks():
-                wave = resampler.push(torch.from_numpy(block)).numpy()
-                self._chunks({n_t: c.push(wave) for n_t, c in cutters.items()})
-                if self.cancelled:
-                    return
-            wave = resampler.push(torch.zeros(0), final=True).numpy()
-            self._chunks({n_t: c.push(wave) + c.finish() for n_t, c in cutters.items()})
-            self._put(_END)
-        except InputError as exc:
-            self._put(exc)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            self._put(InputError(self.item.name, f"cannot decode: {detail}"))
-
-    def _chunks(self, by_grid: dict[int, list]) -> None:
-        if any(by_grid.values()):
-            self._put(by_grid)
-
-    def _put(self, msg: object) -> None:
-        while not self.cancelled:
-            try:
-                self.out.put((self, msg), timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-
-def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
-            can_start: Callable[[], bool]) -> Iterator[tuple[_Feed | None, object]]:
-    """Decode up to `workers` files at once and yield (feed, message) as blocks arrive.
-
-    Each feed first yields `_START` (in input order), then its chunks in order, then `_END` or an
-    `InputError`. Files interleave, so one long file never leaves the other workers idle; memory
-    stays bounded by the shared queue. `(None, _IDLE)` means nothing can start until the caller
-    lets finished files go (`can_start` is false and no file is decoding).
-    """
-    out: queue.Queue = queue.Queue(maxsize=4 * workers)
-    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matpac-decode")
-    active: set[_Feed] = set()
-    it = iter(items)
-    upcoming = next(it, None)
-    try:
-        while True:
-            while upcoming is not None and len(active) < workers and can_start():
-                feed = _Feed(upcoming, out, n_ts)
-                active.add(feed)
-                yield feed, _START
-                pool.submit(feed.produce)
-                upcoming = next(it, None)
-            if not active:
-                if upcoming is None:
-                    return
-                yield None, _IDLE
-                continue
-            feed, msg = out.get()
-            if msg is _END or isinstance(msg, InputError):
-                active.discard(feed)
-            yield feed, msg
-    finally:
-        for feed in active:
-            feed.cancelled = True
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers: int | None = None,
         on_result: Callable[[FileResult], None] = lambda r: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
@@ -288,7 +191,7 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
     batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None))
                 for i, plan in enumerate(plans)]
     order: collections.deque[_Slot] = collections.deque()
-    slots: dict[_Feed, _Slot] = {}
+    slots: dict[Feed, _Slot] = {}
     workers = workers or default_workers(plans[0].predictor.device if plans else "cpu")
     backlog = max(4 * workers, 16)  # files started but not yet handed on, whatever holds them up
     n_ts = tuple(sorted({b.n_t for b in batchers}))
@@ -312,10 +215,10 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
     # traceback that keeps this generator alive is finally dropped
     with contextlib.closing(decoded(list(items), workers, n_ts, lambda: len(order) < backlog)) as stream:
         for feed, msg in stream:
-            if msg is _IDLE:
+            if msg is IDLE:
                 flush()
                 continue
-            if msg is _START:
+            if msg is START:
                 slots[feed] = _Slot(feed.item, plans)
                 order.append(slots[feed])
                 continue
@@ -323,7 +226,7 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
             if isinstance(msg, InputError):
                 slot.error = msg
                 del slots[feed]
-            elif msg is _END:
+            elif msg is END:
                 slot.facts(feed.source)
                 del slots[feed]
             else:

@@ -77,14 +77,16 @@ def tiny(tmp_path_factory) -> Path:
     return path
 
 
-def test_bad_inputs_are_named_skipped_and_counted(tmp_path, tiny):
+@pytest.mark.parametrize("workers", [None, "4"])
+def test_bad_inputs_are_named_skipped_and_counted(tmp_path, tiny, workers):
+    """Also with four files decoding at once: the same messages, and rows in input order."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     bad = make_bad_corpus(corpus)
     write_audio(corpus / "good_a.wav", 1.0, seed=1)
     write_audio(corpus / "good_b.flac", 2.5, sr=44100, channels=2, seed=2)
     proc = run_matpac(["embed", "corpus", "missing.wav", "--out", "emb.npy", "--model", str(tiny),
-                       "--failures", "failed.csv"], cwd=tmp_path)
+                       "--failures", "failed.csv", *(["--workers", workers] if workers else [])], cwd=tmp_path)
     stderr = proc.stderr.decode()
     assert proc.returncode == 1, stderr
     # every bad file named on a line of its own, with a reason after the name

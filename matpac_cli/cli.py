@@ -36,8 +36,10 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across files.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Decoding threads (default: from the core count).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    help="Decoding threads (default: up to 4 when the CPU runs the encoder, all cores but two with a GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    help="torch CPU threads (default: torch's choice; 1 per decoding thread when a GPU runs the encoder).")]
 ExtOpt = Annotated[Optional[str], typer.Option("--ext", help="Extensions to pick up in folders, comma-separated.")]
 NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still go to stderr.")]

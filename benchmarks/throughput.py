@@ -140,7 +140,7 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
 
     items = discover([str(folder)])
     if device != "cpu":
-        torch.set_num_threads(1)  # as Predictor.load does when the CPU only decodes
+        torch.set_num_threads(1)  # as pipeline.run does when the CPU only decodes
     t0, total = time.perf_counter(), 0.0
     for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
         if isinstance(msg, dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -174,6 +174,24 @@ class _Batcher:
         self.on_audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
 
 
+@contextlib.contextmanager
+def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
+    """With every encoder off the CPU, the CPU only decodes, one thread per file: torch ops in each
+    decoding thread must not each fan out over every core, or hundreds of threads fight for
+    them. So one torch thread for the run, unless threads were asked for; restored afterwards."""
+    import torch
+
+    if not plans or any(p.predictor.device == "cpu" or p.predictor.threads for p in plans):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers: int | None = None,
         on_result: Callable[[FileResult], None] = lambda r: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
@@ -213,7 +231,8 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
 
     # closing(): stop the decoding threads at once if a callback raises, not when the
     # traceback that keeps this generator alive is finally dropped
-    with contextlib.closing(decoded(list(items), workers, n_ts, lambda: len(order) < backlog)) as stream:
+    stream = decoded(list(items), workers, n_ts, lambda: len(order) < backlog)
+    with _torch_threads_for(plans), contextlib.closing(stream):
         for feed, msg in stream:
             if msg is IDLE:
                 flush()

@@ -69,6 +69,7 @@ class Predictor:
     dtype: object
     heads_state: dict = field(default_factory=dict)
     fe: FrontEnd = FRONT_END
+    threads: int | None = None  # torch CPU threads asked for; None: the default for the device
 
     @property
     def dims(self) -> EncoderDims:
@@ -87,10 +88,6 @@ class Predictor:
         dev = pick_device(device)
         if threads:
             torch.set_num_threads(threads)
-        elif dev != "cpu":
-            # The CPU only decodes then, in one thread per file: torch ops inside each decoding
-            # thread must not each fan out over every core, or hundreds of threads fight for them.
-            torch.set_num_threads(1)
         resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
         enc_state, head_state = split_head_keys(resolved.load())
         resolved = dataclasses.replace(resolved, state=None)  # do not keep a second copy alive
@@ -100,7 +97,7 @@ class Predictor:
             torch.backends.cuda.matmul.allow_tf32 = False
         encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
         logmel = LogMel().to(dev)
-        return cls(resolved, encoder, logmel, dev, dtype, head_state)
+        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads)
 
     def columns(self, waves: np.ndarray, lengths: np.ndarray, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """(B, S) zero-padded 16 kHz chunks with valid lengths -> {layer: (B, C, E) float32}.

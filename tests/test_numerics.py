@@ -251,6 +251,29 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("matpac-decode")]
 
 
+def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
+    """With the encoder on a GPU the decoding threads run torch single-threaded during the run,
+    and a notebook's own setting is back afterwards; asked-for threads are left alone."""
+    from types import SimpleNamespace
+
+    from matpac_cli.pipeline import _torch_threads_for
+
+    def plan(device, threads=None):
+        return SimpleNamespace(predictor=SimpleNamespace(device=device, threads=threads))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with _torch_threads_for([plan("cuda")]):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        for plans in ([plan("cpu")], [plan("cuda", threads=2)], [plan("cuda"), plan("cpu")]):
+            with _torch_threads_for(plans):
+                assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
     from matpac_cli.pipeline import Plan, run

@@ -139,14 +139,18 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
     from matpac_cli.decoding import IDLE, decoded, default_workers
 
     items = discover([str(folder)])
+    before = torch.get_num_threads()
     if device != "cpu":
         torch.set_num_threads(1)  # as pipeline.run does when the CPU only decodes
-    t0, total = time.perf_counter(), 0.0
-    for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
-        if isinstance(msg, dict):
-            total += sum(min(w.length, 97_280) for w, _ in msg[608]) / 16_000
-        assert msg is not IDLE
-    return total / (time.perf_counter() - t0)
+    try:
+        t0, total = time.perf_counter(), 0.0
+        for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
+            if isinstance(msg, dict):
+                total += sum(min(w.length, 97_280) for w, _ in msg[608]) / 16_000
+            assert msg is not IDLE
+        return total / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)  # the naive loop after this runs with torch's default
 
 
 def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float, np.ndarray]:

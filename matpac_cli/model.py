@@ -140,11 +140,16 @@ def _key_mask(widths: Tensor | None, nf: int, nc: int, device: torch.device) -> 
     cols = torch.arange(nc, device=widths.device)
     valid = (cols[None, :] < widths[:, None]).repeat(1, nf)  # (B, nf*nc)
     valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)[:, None, None, :]
-    if valid.device == torch.device(device):
-        return valid
-    if torch.device(device).type == "cuda" and valid.device.type == "cpu":
-        return valid.pin_memory().to(device, non_blocking=True)
-    return valid.to(device)
+    return send(valid, device)
+
+
+def send(t: Tensor, device: torch.device | str) -> Tensor:
+    """A small host tensor to `device` without waiting for the GPU's queued work (a copy from
+    pageable memory would first synchronise the stream)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _columns(x: Tensor, nf: int, nc: int) -> Tensor:

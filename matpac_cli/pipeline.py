@@ -117,9 +117,9 @@ class _Batcher:
         self.index, self.plan, self.size, self.on_audio = index, plan, size, on_audio
         self.layers = plan.resolved_layers()
         self.run_layers = tuple(sorted(set(self.layers) | ({plan.predictor.dims.depth} if plan.segments else set())))
-        self.full_length = plan.predictor.fe.chunk_samples(plan.predictor.dims.n_t)
-        self.hop = plan.predictor.fe.chunk_hop(plan.predictor.dims.n_t)
         self.n_t = plan.predictor.dims.n_t
+        self.full_length = plan.predictor.fe.chunk_samples(self.n_t)
+        self.hop = plan.predictor.fe.chunk_hop(self.n_t)
         self.pooled = not plan.frames  # clip sums and segment means need no per-column results
         self.ahead = 2 if plan.predictor.device.startswith("cuda") else 0
         self.full: list[tuple[_Slot, Window, np.ndarray]] = []

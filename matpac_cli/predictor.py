@@ -129,6 +129,8 @@ class Predictor:
     def _launch(self, waves, lengths, layers: tuple[int, ...], pooled: bool = False) -> "Pending":
         import torch
 
+        from matpac_cli.model import send
+
         cuda = self.device.startswith("cuda")
         with torch.inference_mode():
             frames = torch.div(lengths - self.fe.win_length, self.fe.hop_length, rounding_mode="floor") + 1
@@ -138,8 +140,7 @@ class Predictor:
             mel = self.logmel(w, n)
             out = self.encoder(mel.to(self.dtype), widths, layers)
             if pooled:
-                valid = (torch.arange(int(widths.max()))[None, :] < widths[:, None]).to(torch.float64)
-                valid = (valid.pin_memory() if cuda else valid).to(self.device, non_blocking=cuda)
+                valid = send((torch.arange(int(widths.max()))[None, :] < widths[:, None]).double(), self.device)
                 out = {k: torch.einsum("bce,bc->be", v.double(), valid) for k, v in out.items()}
             else:
                 out = {k: v.float() for k, v in out.items()}

@@ -1,0 +1,23 @@
+"""Option aliases shared by the commands (Annotated, as hf's CLI does), in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Inputs = Annotated[list[str], typer.Argument(help="Audio files and/or folders (recursive); '-' reads paths from stdin.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV].")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across files.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    help="Decoding threads (default: up to 4 when the CPU runs the encoder, all cores but two with a GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    help="torch CPU threads (default: torch's choice; 1 per decoding thread when a GPU runs the encoder).")]
+ExtOpt = Annotated[Optional[str], typer.Option("--ext", help="Extensions to pick up in folders, comma-separated.")]
+NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still go to stderr.")]
+FailuresOpt = Annotated[Optional[Path], typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]

@@ -35,6 +35,27 @@ def atomic(path: Path, mode: str = "w") -> Iterator[IO]:
             tmp.unlink()
 
 
+def ensure_writable(path: Path) -> None:
+    """Fail now, in one line, if `path` cannot be written: checked before any model loads or any
+    work is done, by creating (and removing) a probe file in the folder that would hold it."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    folder = path.parent
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {path}: {parent} is not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.probe{os.getpid()}"
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def write_matrix(path: Path, rows: Sequence[np.ndarray]) -> None:
     """Stack per-file arrays into one .npy without holding a second copy in memory."""
     shape = (len(rows),) + (tuple(rows[0].shape) if rows else (0,))

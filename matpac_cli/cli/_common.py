@@ -67,6 +67,18 @@ def finish(summary, reporter: Reporter, failures: Optional[Path], verb: str) -> 
     return 1 if summary.failures else 0
 
 
+def check_run_options(batch_size: int, workers: Optional[int], threads: Optional[int]) -> None:
+    """Option errors that depend only on the arguments: refused before anything loads."""
+    from matpac_cli.errors import UsageError
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: give at least 1")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
+    if threads is not None and threads < 0:
+        raise UsageError(f"--threads {threads}: give a positive count, or 0 for the default")
+
+
 def items_for(inputs: list[str], ext: Optional[str], null: bool):
     from matpac_cli.discovery import discover, parse_extensions
 

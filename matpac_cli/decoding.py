@@ -29,7 +29,8 @@ def default_workers(device: str = "cpu") -> int:
     return max(1, min(4, cores - 1))
 
 
-START, END, IDLE = object(), object(), object()
+START, END, IDLE, TICK = object(), object(), object(), object()
+TICK_S = 0.05  # how often the caller hears from an idle queue, to launch batches that waited
 
 
 class Feed:
@@ -47,6 +48,8 @@ class Feed:
     def produce(self) -> None:
         """Worker side: open, stream, resample, cut; errors travel through the queue."""
         try:
+            if self.item.problem:
+                raise InputError(self.item.name, self.item.problem)
             self.source = AudioSource(self.item.path, self.item.name)
             resampler = StreamResampler(self.source.sample_rate)
             cutters = {n_t: WindowStream(n_t) for n_t in self.n_ts}
@@ -59,7 +62,8 @@ class Feed:
             self._chunks({n_t: c.push(wave) + c.finish() for n_t, c in cutters.items()})
             self._put(END)
         except InputError as exc:
-            self._put(exc)
+            exc.__context__ = exc.__cause__ = None  # kept for the summary: no frames, no samples
+            self._put(exc.with_traceback(None))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
             detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             self._put(InputError(self.item.name, f"cannot decode: {detail}"))
@@ -84,7 +88,8 @@ def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
     Each feed first yields `START` (in input order), then its chunks in order, then `END` or an
     `InputError`. Files interleave, so one long file never leaves the other workers idle; memory
     stays bounded by the shared queue. `(None, IDLE)` means nothing can start until the caller
-    lets finished files go (`can_start` is false and no file is decoding).
+    lets finished files go (`can_start` is false and no file is decoding); `(None, TICK)` that
+    nothing arrived for a moment (the caller may launch batches that have waited long enough).
     """
     out: queue.Queue = queue.Queue(maxsize=4 * workers)
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matpac-decode")
@@ -104,7 +109,11 @@ def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
                     return
                 yield None, IDLE
                 continue
-            feed, msg = out.get()
+            try:
+                feed, msg = out.get(timeout=TICK_S)
+            except queue.Empty:
+                yield None, TICK
+                continue
             if msg is END or isinstance(msg, InputError):
                 active.discard(feed)
             yield feed, msg

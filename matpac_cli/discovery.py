@@ -2,14 +2,16 @@
 
 Folders are walked recursively, hidden files and folders are skipped, files are filtered by
 extension; explicitly named files are taken whatever their extension. Paths are kept as
-discovered (relative to how the input was named), which keys every output row.
+discovered (relative to how the input was named), which keys every output row. Order: inputs in
+the order given (a stdin list keeps its order), each folder's files sorted by path.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import errno
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TextIO
 
@@ -20,10 +22,14 @@ AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "
 
 @dataclass(frozen=True, order=True)
 class Item:
-    """One input file: `name` is the path as shown and written, `path` the one opened."""
+    """One input file: `name` is the path as shown and written, `path` the one opened.
+
+    `problem`: why discovery could not take this entry (a symlink loop, an unreadable folder);
+    such an item fails like any bad input, named, counted, and the run goes on."""
 
     name: str
     path: Path
+    problem: str | None = field(default=None, compare=False)
 
 
 def parse_extensions(text: str | None) -> tuple[str, ...]:
@@ -44,37 +50,30 @@ def read_path_list(stream: TextIO, null: bool) -> list[str]:
 
 def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
              stdin: TextIO | None = None, null: bool = False) -> list[Item]:
-    """Expand inputs into a sorted, de-duplicated list of files; `-` reads paths from stdin."""
+    """Expand inputs into a de-duplicated list of files; `-` reads paths from stdin.
+
+    Inputs keep the order they were given in (so does a stdin list); a folder contributes its
+    files sorted by path."""
     exts = {"." + e for e in extensions}
     items: dict[str, Item] = {}
     for arg in inputs:
-        if arg == "-":
-            for line in read_path_list(stdin or sys.stdin, null):
-                path = Path(line)
-                if path.is_dir():
-                    for item in _walk(path, line, exts):
-                        items.setdefault(item.name, item)
-                else:
-                    items.setdefault(line, Item(line, path))
-            continue
-        path = Path(arg).expanduser()
-        if path.is_dir():
-            for item in _walk(path, arg, exts):
-                items.setdefault(item.name, item)
-        else:  # a missing file fails on its own, like any other bad input
-            items.setdefault(arg, Item(arg, path))
-    return _unique_files(sorted(items.values()))
+        names = read_path_list(stdin or sys.stdin, null) if arg == "-" else [arg]
+        for name in names:
+            path = Path(name).expanduser() if arg != "-" else Path(name)
+            if path.is_dir():
+                for item in sorted(_walk(path, name, exts)):
+                    items.setdefault(item.name, item)
+            else:  # a missing file fails on its own, like any other bad input
+                items.setdefault(name, Item(name, path))
+    return _unique_files(list(items.values()))
 
 
 def _unique_files(items: list[Item]) -> list[Item]:
     """One item per file on disk: `a.wav` and `./a.wav` named twice give one row, not two."""
-    seen: set[Path] = set()
+    seen: set[str] = set()
     out = []
     for item in items:
-        try:
-            real = item.path.resolve()
-        except OSError:
-            real = item.path
+        real = os.path.realpath(item.path)  # never raises, loops included
         if real in seen:
             continue
         seen.add(real)
@@ -83,11 +82,61 @@ def _unique_files(items: list[Item]) -> list[Item]:
 
 
 def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root)
+    """Files under `root`, following symlinks but never round a loop: each real folder is
+    entered once, and a link back to a folder already entered, a link that loops on itself or an
+    unreadable folder becomes an item with its `problem`, so the run names it and goes on."""
+    seen: set[tuple[int, int]] = set()
+    problems: list[Item] = []
+
+    def shown_as(dirpath: str, name: str) -> str:
+        rel = os.path.relpath(os.path.join(dirpath, name), root)
+        return os.path.join(shown, rel)
+
+    def unreadable(err: OSError) -> None:
+        name = os.path.join(shown, os.path.relpath(err.filename, root)) if err.filename else shown
+        problems.append(Item(name, Path(err.filename or root), f"cannot read folder: {err.strerror}"))
+
+    try:
+        st = os.stat(root)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        keep = []
+        for d in sorted(x for x in dirnames if not x.startswith(".")):
+            full = os.path.join(dirpath, d)
+            try:
+                sub = os.stat(full)
+            except OSError as exc:
+                problems.append(Item(shown_as(dirpath, d), Path(full), _link_problem(exc)))
+                continue
+            if (sub.st_dev, sub.st_ino) in seen:  # entered already: a loop if it is an ancestor
+                real, here = os.path.realpath(full), os.path.realpath(dirpath)
+                if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    problems.append(Item(shown_as(dirpath, d), Path(full),
+                                         f"symlink loop (points back to {os.readlink(full)})"
+                                         if os.path.islink(full) else "folder loop"))
+                continue
+            seen.add((sub.st_dev, sub.st_ino))
+            keep.append(d)
+        dirnames[:] = keep
         for fname in filenames:
             if fname.startswith(".") or os.path.splitext(fname)[1].lower() not in exts:
                 continue
-            rel = fname if rel_dir == "." else os.path.join(rel_dir, fname)
-            yield Item(os.path.join(shown, rel), Path(dirpath) / fname)
+            full = os.path.join(dirpath, fname)
+            problem = None
+            if os.path.islink(full) and not os.path.exists(full):
+                try:
+                    os.stat(full)
+                except OSError as exc:
+                    problem = _link_problem(exc)
+            yield Item(shown_as(dirpath, fname), Path(full), problem)
+    yield from problems
+
+
+def _link_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink (its target does not exist)"
+    return f"cannot open: {exc.strerror}"

@@ -1,7 +1,9 @@
 """The `embed` job: a folder of audio -> one N x 3840 matrix (+ row index, manifest, frames).
 
-Resumable: every finished file is journalled next to the output; re-running the same command
-reuses finished files (same path, size, mtime, model and settings) and only computes the rest.
+Resumable: every finished file is journalled next to the output as soon as it is done; re-running
+the same command reuses finished files (same real path, size, mtime, inode, model and settings)
+and only computes the rest. Once the final matrix is written, the journal keeps only keys and row
+numbers (the matrix holds the data), so a finished output does not cost its size twice on disk.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from matpac_cli import journal as jr
 from matpac_cli import writers
@@ -36,6 +40,8 @@ class Summary:
     failures: list[InputError] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     audio_s: float = 0.0
+    truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
+    left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
 
 
 def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
@@ -53,6 +59,10 @@ def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
     return (value,)
 
 
+SETTING_NAMES = {"model_sha256": "the model (--model)", "layers": "--layer", "precision": "--precision",
+                 "job": "the job (embed vs tag)"}
+
+
 def outputs_for(out: Path) -> dict[str, Path]:
     if out.suffix != ".npy":
         raise UsageError(f"--out {out}: the embedding matrix is written as .npy (e.g. emb.npy)")
@@ -64,12 +74,42 @@ def outputs_for(out: Path) -> dict[str, Path]:
     }
 
 
+def check_config(config: EmbedConfig) -> None:
+    """Everything about the outputs and options that can be refused before a model loads."""
+    paths = outputs_for(config.out)
+    text = str(config.layer).strip().lower()
+    if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
+        raise UsageError(f"--layer {config.layer}: expected a layer number, last or all")
+    for key in ("npy", "index", "manifest", "journal"):
+        writers.ensure_writable(paths[key])
+    if config.frames_dir is not None:
+        writers.ensure_writable(config.frames_dir / "probe.npy")
+    if not config.force and not paths["journal"].exists():
+        for key in ("npy", "index", "manifest"):
+            if paths[key].exists():
+                raise OutputError(f"{paths[key]} exists and was not written by matpac's journal; use --force to replace it")
+
+
 def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
           on_progress: Callable[[Item, float], None] = lambda i, s: None,
           on_failure: Callable[[InputError], None] = lambda e: None,
-          argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None) -> Summary:
-    """Embed `items`, write the outputs, and say what happened."""
+          argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
+          on_reused: Callable[[Item, float], None] | None = None,
+          on_warning: Callable[[str], None] = lambda text: None) -> Summary:
+    """Embed `items`, write the outputs, and say what happened.
+
+    `on_reused` hears of files taken from an earlier run (default: `on_progress`); `on_warning`
+    of files that decoded but not as their header promised (embedded as read, marked truncated).
+    """
+    check_config(config)
     paths = outputs_for(config.out)
+    with writers.locked(paths["npy"]):
+        writers.clean_stale_temps(paths["npy"])
+        return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
+                      on_reused or on_progress, on_warning)
+
+
+def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio, on_reused, on_warning) -> Summary:
     layers = parse_layers(config.layer, predictor.dims.depth)
     settings = {
         "job": "embed",
@@ -79,17 +119,12 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
     }
     _refuse_overwrite(paths, settings, config.force)
     journal = jr.Journal(paths["journal"], settings, fresh=config.force)
+    if journal.damaged:
+        on_warning(f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+    previous = _previous_matrix(journal, paths["npy"])
     summary = Summary()
-    todo: list[Item] = []
-    for item in items:
-        rec = journal.finished(item)
-        frames_ok = config.frames_dir is None or writers.mirror_path(config.frames_dir, item.name, ".npy").exists()
-        if rec is not None and frames_ok:
-            summary.reused += 1
-            summary.audio_s += rec.meta["duration_s"]
-            on_progress(item, rec.meta["duration_s"])
-        else:
-            todo.append(item)
+    shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
+    todo = _reuse(items, journal, config, summary, on_reused, shape)
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
@@ -98,6 +133,11 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
             writers.write_array(writers.mirror_path(config.frames_dir, res.item.name, ".npy"), frames)
         emb = out.embedding[0] if len(layers) == 1 else out.embedding
         meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
+        if res.truncated:
+            meta["truncated"] = list(res.truncated)
+            summary.truncated.append(res.item.name)
+            on_warning(f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+                       f"{res.truncated[1]} could be read (file cut short?); embedded what was read")
         journal.add(res.item, meta, {"embedding": emb})
         summary.done += 1
         summary.audio_s += res.duration_s
@@ -111,36 +151,85 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
         run(todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio)
     finally:
         journal.close()
-    _assemble(items, journal, paths)
-    writers.write_json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[]))
+    done = _finished_rows(items, journal, previous)
+    if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
+        summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
+        return summary
+    with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
+        unit.matrix(paths["npy"], [row for _, _, row in done])
+        unit.csv(paths["index"], INDEX_COLUMNS, _index_rows(done))
+        unit.json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[],
+                                              extra={"truncated": summary.truncated}))
+    stamp = jr.compact_stamp(paths["npy"])
+    if stamp is not None:
+        jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
     summary.outputs = [paths["npy"], paths["index"], paths["manifest"]]
     return summary
 
 
+def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary: Summary,
+           on_reused: Callable[[Item, float], None], shape: tuple[int, ...]) -> list[Item]:
+    """Count the files an earlier run finished; return the ones still to compute."""
+    todo: list[Item] = []
+    for item in items:
+        rec = journal.finished(item)
+        frames_ok = config.frames_dir is None or writers.mirror_path(config.frames_dir, item.name, ".npy").exists()
+        usable = rec is not None and ("embedding" not in rec.arrays or rec.arrays["embedding"].shape == shape)
+        if usable and frames_ok:
+            summary.reused += 1
+            summary.audio_s += rec.meta["duration_s"]
+            if rec.meta.get("truncated"):
+                summary.truncated.append(item.name)
+            on_reused(item, rec.meta["duration_s"])
+        else:
+            todo.append(item)
+    return todo
+
+
+def _previous_matrix(journal: jr.Journal, npy: Path) -> np.ndarray | None:
+    """The finished matrix a compact journal points into, memory-mapped; records whose rows it
+    no longer holds (it was replaced or edited since) are dropped and recomputed."""
+    compact = {k for k, rec in journal.done.items() if "embedding" not in rec.arrays}
+    if not compact:
+        return None
+    if journal.stamp is not None and journal.stamp == jr.compact_stamp(npy):
+        try:
+            matrix = np.load(npy, mmap_mode="r")
+            if all(0 <= journal.done[k].meta.get("row", -1) < len(matrix) for k in compact):
+                return matrix
+        except (OSError, ValueError):
+            pass
+    journal.forget(compact)
+    return None
+
+
 def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
-    if force:
+    if force or not paths["npy"].exists():
         return
-    if not paths["journal"].exists():
-        for key in ("npy", "index", "manifest"):
-            if paths[key].exists():
-                raise OutputError(f"{paths[key]} exists and was not written by matpac's journal; use --force to replace it")
-        return
-    if not paths["npy"].exists():
-        return
-    if jr.settings_differ(paths["journal"], settings):
-        raise OutputError(f"{paths['npy']} was made with another model or settings; use --force to replace it")
+    differ = jr.settings_differ(paths["journal"], settings)
+    if differ:
+        what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
+        raise OutputError(f"{paths['npy']} was made with another {what}; use --force to replace it "
+                          "or choose another --out")
 
 
-def _assemble(items: list[Item], journal: jr.Journal, paths: dict[str, Path]) -> None:
-    """Final matrix and index, in input order, from every finished file of this input list."""
-    done = [(item, journal.done[item.name]) for item in items if journal.finished(item) is not None]
-    rows = [rec.arrays["embedding"] for _, rec in done]
-    if not rows:
-        return
-    writers.write_matrix(paths["npy"], rows)
-    writers.write_csv(
-        paths["index"],
-        ["row", "path", "duration_s", "sample_rate", "channels"],
-        [(i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"])
-         for i, (item, rec) in enumerate(done)],
-    )
+INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
+
+
+def _finished_rows(items: list[Item], journal: jr.Journal,
+                   previous: np.ndarray | None) -> list[tuple[Item, jr.Record, np.ndarray]]:
+    """Every finished file of this input list, in input order, with its embedding: from the
+    journal, or from the earlier matrix a compact journal points into."""
+    done = []
+    for item in items:
+        rec = journal.finished(item)
+        if rec is not None:
+            row = rec.arrays["embedding"] if "embedding" in rec.arrays else previous[rec.meta["row"]]
+            done.append((item, rec, row))
+    return done
+
+
+def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]]):
+    for i, (item, rec, _) in enumerate(done):
+        yield (i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"],
+               1 if rec.meta.get("truncated") else 0)

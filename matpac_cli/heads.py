@@ -8,13 +8,14 @@ the layer-12 clip embedding, so every head of one encoder shares a single encode
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from matpac_cli.errors import ModelError, UsageError, WeightsError
 from matpac_cli.registry import HeadSpec, load_registry, read_labels
+from matpac_cli.weights import has_audioset_head, split_head_keys  # noqa: F401 - re-exported for callers
 
 BN_EPS = 1e-5
 HEAD_SUFFIXES = (".pth", ".pt")
@@ -22,10 +23,14 @@ HEAD_SUFFIXES = (".pth", ".pt")
 
 @dataclass
 class Head:
-    """A ready head: labels in index order and a numpy scoring function."""
+    """A ready head: class names in index order and a numpy scoring function.
+
+    `tag_ids` are the dataset's own tags as the label file has them (`genre---trance`,
+    `mood/theme---happy`); `labels` are the plain names every output shows (`trance`, `happy`).
+    """
 
     name: str
-    labels: list[str]
+    tag_ids: list[str]
     activation: str  # sigmoid | softmax
     weight: np.ndarray  # (C, in)
     bias: np.ndarray  # (C,)
@@ -34,6 +39,11 @@ class Head:
     scale: np.ndarray | None = None
     source: str = ""
     confirmed_order: bool = True
+    sha256: str = ""  # of the file the weights were read from
+    labels: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.labels = plain_labels(self.tag_ids)
 
     @property
     def standardised(self) -> bool:
@@ -54,6 +64,16 @@ class Head:
         return 1.0 / (1.0 + np.exp(-logits))
 
 
+def plain_labels(tag_ids: list[str]) -> list[str]:
+    """MTG-Jamendo's `category---name` tags -> `name`; other labels unchanged. A plain name that
+    would appear twice in one head keeps its full tag, so names stay unique."""
+    plain = [t.rsplit("---", 1)[-1].strip() or t for t in tag_ids]
+    seen: dict[str, int] = {}
+    for name in plain:
+        seen[name] = seen.get(name, 0) + 1
+    return [p if seen[p] == 1 else t for p, t in zip(plain, tag_ids)]
+
+
 def audioset_head(state: dict, spec: HeadSpec | None, source: str) -> Head:
     """Build the AudioSet head from a checkpoint's `head_norm.*` and `head.*` tensors."""
     w = state["head.weight"].double().numpy()
@@ -62,21 +82,9 @@ def audioset_head(state: dict, spec: HeadSpec | None, source: str) -> Head:
     rv = state["head_norm.running_var"].double().numpy()
     labels = spec.labels() if spec and len(spec.labels()) == len(w) else _numbered(len(w))
     return Head(
-        name="audioset", labels=labels, activation="sigmoid", weight=w, bias=b, kind="audioset",
+        name="audioset", tag_ids=labels, activation="sigmoid", weight=w, bias=b, kind="audioset",
         mean=rm, scale=np.sqrt(rv + BN_EPS), source=source,
     )
-
-
-def has_audioset_head(state: dict) -> bool:
-    return all(
-        k in state for k in ("head.weight", "head.bias", "head_norm.running_mean", "head_norm.running_var")
-    )
-
-
-def split_head_keys(state: dict) -> tuple[dict, dict]:
-    """Encoder keys and head keys of a checkpoint (the encoder loads strictly without them)."""
-    heads = {k: v for k, v in state.items() if k.startswith(("head.", "head_norm."))}
-    return {k: v for k, v in state.items() if k not in heads}, heads
 
 
 def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str] | None = None) -> Head:
@@ -102,20 +110,20 @@ def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str]
     if len(labels) != classes:
         raise ModelError(f"{path}: head has {classes} classes but its label list has {len(labels)}")
     return Head(
-        name=name, labels=labels, activation=spec.activation if spec else "sigmoid",
+        name=name, tag_ids=labels, activation=spec.activation if spec else "sigmoid",
         weight=weight.double().numpy(), bias=tensors[bias_keys[0]].double().numpy(),
-        mean=mean, scale=scale, source=str(path),
+        mean=mean, scale=scale, source=str(path), sha256=_sha256(path),
         confirmed_order=spec.confirmed_order if spec else False,
     )
 
 
 def _flat_tensors(path: Path) -> dict:
+    """Every tensor of a probe file by dotted key, read safely; NaN or infinite values are refused."""
     import torch
 
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot read probe file {path}: {str(exc).splitlines()[0][:200]}") from None
+    from matpac_cli.weights import check_finite, read_weights_file
+
+    raw = read_weights_file(path, "probe file", fix="a plain dict of tensors (the probe's weight and bias)")
     out: dict = {}
 
     def walk(obj: object, prefix: str) -> None:
@@ -128,6 +136,7 @@ def _flat_tensors(path: Path) -> dict:
     walk(raw, "")
     if not out:
         raise ModelError(f"{path}: no tensors found in probe file")
+    check_finite(out, f"probe file {path}")
     return out
 
 
@@ -150,6 +159,12 @@ def _describe(tensors: dict) -> str:
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(tensors.items())[:8])
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _numbered(n: int) -> list[str]:
     return [f"class_{i}" for i in range(n)]
 
@@ -157,18 +172,21 @@ def _numbered(n: int) -> list[str]:
 # ---------------------------------------------------------------- the probe zip
 
 
-def probes_dir(progress: bool = False) -> Path:
+def probes_dir(progress: bool = False, force: bool = False) -> Path:
     """Download (once), verify and safely extract the authors' probe zip; return its folder."""
-    from matpac_cli.weights import matpac_cache, release_download, verify
-
-    from matpac_cli.weights import release_base
+    from matpac_cli.weights import (
+        PROBES_HINT, Unreachable, matpac_cache, no_network, release_base, release_download, verify,
+    )
 
     registry = load_registry()
     key = (str(matpac_cache()), release_base() + registry.probes_release)
-    if key in _VERIFIED_PROBES:  # hashed once per process, not once per head
+    if key in _VERIFIED_PROBES and not force:  # hashed once per process, not once per head
         return _VERIFIED_PROBES[key]
-    zpath, source = release_download(registry.probes_release, progress)
-    digest = verify(zpath, f"probes|{source}", None, "matpac models download probes")
+    try:
+        zpath, source = release_download(registry.probes_release, progress, force, PROBES_HINT)
+    except Unreachable as exc:
+        raise no_network("the probe heads", [exc], PROBES_HINT, "--head FILE with a local probe") from None
+    digest = verify(zpath, f"probes|{source}", None, PROBES_HINT)
     target = matpac_cache() / "probes" / digest[:16]
     if not (target / ".complete").exists():
         extract_safely(zpath, target)
@@ -212,6 +230,20 @@ def find_probe(folder: Path, family: str, task: str) -> Path:
     return hits[0]
 
 
+def zip_tasks(zpath: Path) -> dict[str, set[str]]:
+    """The probe tasks a (cached) probe zip holds for each encoder family, read from its index."""
+    families = load_registry().families
+    try:
+        with zipfile.ZipFile(zpath) as zf:
+            names = [PurePosixPath(n.replace("\\", "/")) for n in zf.namelist()]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"{zpath}: not a readable zip ({exc})") from None
+    return {
+        family: {p.stem for p in names if p.suffix in HEAD_SUFFIXES and folder in p.parts[:-1]}
+        for family, folder in families.items()
+    }
+
+
 def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = False,
                  labels_file: Path | None = None) -> Head:
     """A registry head (name or alias) for an encoder family, or a local probe file."""
@@ -224,6 +256,8 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
         if labels_file is None:
             raise UsageError(f"{name}: unknown head name {path.stem!r}; give its labels with --labels FILE")
         return load_probe(path, None, in_dim, read_labels(labels_file))
+    if path.suffix in HEAD_SUFFIXES and path.is_dir():
+        raise UsageError(f"head {name} is a folder, not a probe file")
     if path.suffix in HEAD_SUFFIXES:
         raise UsageError(f"head file {name} does not exist")
     spec = registry.head(name)

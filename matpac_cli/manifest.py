@@ -19,10 +19,12 @@ def _model(predictor) -> dict:
         "sha256": res.sha256,
         "geometry": vars(predictor.dims).copy(),
         "precision": str(predictor.dtype).replace("torch.", ""),
+        "device": predictor.device,
     }
 
 
-def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, heads: list) -> dict:
+def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, heads: list,
+             extra: dict | None = None) -> dict:
     import torch
     import torchaudio
 
@@ -44,4 +46,5 @@ def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, 
             "reused": summary.reused,
             "failed": len(summary.failures),
         },
+        **(extra or {}),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from matpac_cli.audio import AudioSource
 from matpac_cli.chunking import Window
-from matpac_cli.decoding import END, IDLE, START, Feed, decoded, default_workers
+from matpac_cli.decoding import END, IDLE, START, TICK, Feed, decoded, default_workers
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
 from matpac_cli.predictor import Pending, Predictor
@@ -63,6 +64,7 @@ class FileResult:
     sample_rate: int
     channels: int
     outputs: list[EncoderOutput]  # one per plan, in plan order
+    truncated: tuple[int, int] | None = None  # (frames the header promised, frames read)
 
 
 class _Slot:
@@ -73,6 +75,7 @@ class _Slot:
         self.error: InputError | None = None
         self.ended = False
         self.duration_s, self.sample_rate, self.channels = 0.0, 0, 0
+        self.truncated: tuple[int, int] | None = None
         self.pending = 0
         self.added = 0  # chunks handed to batchers, over all plans
         self.sums = [np.zeros((len(p.layers), p.predictor.dims.embed_dim)) for p in plans]
@@ -85,6 +88,7 @@ class _Slot:
         self.ended = True
         if source is not None:
             self.duration_s, self.sample_rate, self.channels = source.duration_s, source.sample_rate, source.channels
+            self.truncated = source.truncated
         if self.added == 0 and self.error is None:
             ms = 1000 * self.duration_s
             self.error = InputError(self.item.name, f"too short ({ms:.1f} ms; one 25 ms window, 400 samples at 16 kHz, is needed)")
@@ -101,7 +105,7 @@ class _Slot:
                 frames = np.concatenate([self.frames[i][k] for k in sorted(self.frames[i])]).astype(np.float32)
             segments = [self.segments[i][k] for k in sorted(self.segments[i])]
             outs.append(EncoderOutput(emb, frames, segments))
-        return FileResult(self.item, self.duration_s, self.sample_rate, self.channels, outs)
+        return FileResult(self.item, self.duration_s, self.sample_rate, self.channels, outs, self.truncated)
 
 
 class _Batcher:
@@ -111,7 +115,14 @@ class _Batcher:
     widest, masked), so a 2 s clip never pays for a 6 s chunk's compute. Up to `ahead` batches
     stay in flight on an asynchronous device, so the next batch is cut and staged while the GPU
     computes; their chunks count as pending in their files until the results are back.
+
+    A partial batch does not wait for company for ever: a file's result (and its journal record)
+    must follow its last chunk within about one batch's compute. So the short queue goes out with
+    the next full batch once its oldest chunk has seen one full batch go by, and either queue goes
+    out once its oldest chunk has waited longer than a batch takes (`tick`, at least `MIN_WAIT`).
     """
+
+    MIN_WAIT = 0.25  # seconds; a GPU fills full batches far sooner, a CPU takes longer per batch
 
     def __init__(self, index: int, plan: Plan, size: int, on_audio: Callable[[float], None]) -> None:
         self.index, self.plan, self.size, self.on_audio = index, plan, size, on_audio
@@ -124,15 +135,35 @@ class _Batcher:
         self.ahead = 2 if plan.predictor.device.startswith("cuda") else 0
         self.full: list[tuple[_Slot, Window, np.ndarray]] = []
         self.short: list[tuple[_Slot, Window, np.ndarray]] = []
-        self.in_flight: collections.deque[tuple[Pending, list]] = collections.deque()
+        self.in_flight: collections.deque[tuple[Pending, list, float]] = collections.deque()
+        self.since = {"full": 0.0, "short": 0.0}  # when each queue's oldest chunk arrived
+        self.full_launches = 0
+        self.short_mark = 0  # full launches already seen when the oldest short chunk arrived
+        self.batch_s = 0.0  # recent compute time of one batch (launch to result)
 
     def add(self, slot: _Slot, window: Window, wave: np.ndarray) -> None:
         slot.pending += 1
         slot.added += 1
-        queue_ = self.full if window.length == self.full_length else self.short
+        full = window.length == self.full_length
+        queue_ = self.full if full else self.short
+        if not queue_:
+            self.since["full" if full else "short"] = time.monotonic()
+            if not full:
+                self.short_mark = self.full_launches
         queue_.append((slot, window, wave))
         if len(queue_) >= self.size:
             self._launch(queue_)
+        if full and self.short and self.full_launches > self.short_mark:
+            self._launch(self.short)  # the tails have waited one full batch: emit their files
+        self.tick()
+
+    def tick(self) -> None:
+        """Launch a partial batch whose oldest chunk has waited longer than a batch takes."""
+        now = time.monotonic()
+        wait = max(self.MIN_WAIT, self.batch_s)
+        for key, queue_ in (("full", self.full), ("short", self.short)):
+            if queue_ and now - self.since[key] >= wait:
+                self._launch(queue_)
 
     def flush(self) -> None:
         """Run the partial batches and wait for everything in flight."""
@@ -145,13 +176,18 @@ class _Batcher:
     def _launch(self, queue_: list) -> None:
         chunks = list(queue_)
         queue_.clear()
+        if queue_ is self.full:
+            self.full_launches += 1
+        started = time.monotonic()
         pending = self.plan.predictor.launch([c for _, _, c in chunks], self.run_layers, pooled=self.pooled)
-        self.in_flight.append((pending, chunks))
+        self.in_flight.append((pending, chunks, started))
         while len(self.in_flight) > self.ahead:
             self._collect(*self.in_flight.popleft())
 
-    def _collect(self, pending: Pending, chunks: list[tuple[_Slot, Window, np.ndarray]]) -> None:
+    def _collect(self, pending: Pending, chunks: list[tuple[_Slot, Window, np.ndarray]], started: float) -> None:
         out = pending.result()
+        took = time.monotonic() - started
+        self.batch_s = took if not self.batch_s else 0.7 * self.batch_s + 0.3 * took
         depth = self.plan.predictor.dims.depth
         i = self.index
         for b, (slot, w, _) in enumerate(chunks):
@@ -214,15 +250,7 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
     backlog = max(4 * workers, 16)  # files started but not yet handed on, whatever holds them up
     n_ts = tuple(sorted({b.n_t for b in batchers}))
 
-    def emit_ready() -> None:
-        while order and order[0].finished():
-            slot = order.popleft()
-            if slot.error is not None:
-                on_failure(slot.error)
-                on_progress(slot.item, 0.0)
-            else:
-                on_result(slot.result(plans))
-                on_progress(slot.item, slot.duration_s)
+    emit_ready = lambda: _emit_ready(order, plans, on_result, on_failure, on_progress)  # noqa: E731
 
     def flush() -> None:
         for batcher in batchers:
@@ -237,20 +265,48 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
             if msg is IDLE:
                 flush()
                 continue
+            if msg is TICK:
+                for batcher in batchers:
+                    batcher.tick()
+                emit_ready()
+                continue
             if msg is START:
                 slots[feed] = _Slot(feed.item, plans)
                 order.append(slots[feed])
                 continue
-            slot = slots[feed]
-            if isinstance(msg, InputError):
-                slot.error = msg
-                del slots[feed]
-            elif msg is END:
-                slot.facts(feed.source)
-                del slots[feed]
-            else:
-                for batcher in batchers:
-                    for w, samples in msg[batcher.n_t]:
-                        batcher.add(slot, w, samples)
+            _deliver(slots, feed, msg, batchers)
             emit_ready()
     flush()
+
+
+def _deliver(slots: dict[Feed, _Slot], feed: Feed, msg: object, batchers: list[_Batcher]) -> None:
+    """One message of a decoding file: its chunks go to every plan's batcher; an error or its end
+    closes its slot."""
+    slot = slots[feed]
+    if isinstance(msg, InputError):
+        slot.error = msg
+        del slots[feed]
+    elif msg is END:
+        slot.facts(feed.source)
+        del slots[feed]
+    else:
+        for batcher in batchers:
+            for w, samples in msg[batcher.n_t]:
+                batcher.add(slot, w, samples)
+
+
+def _emit_ready(order: collections.deque[_Slot], plans: list[Plan], on_result, on_failure, on_progress) -> None:
+    """Hand on, in input order, every file at the front of the queue that is finished. A result
+    that is not finite everywhere is that file's error (input far out of range), never a row."""
+    while order and order[0].finished():
+        slot = order.popleft()
+        result = slot.result(plans) if slot.error is None else None
+        if result is not None and not all(np.isfinite(o.embedding).all() for o in result.outputs):
+            slot.error = InputError(slot.item.name, "the encoder gave NaN or infinite values (samples far "
+                                    "outside -1..1?); nothing written for it")
+        if slot.error is not None:
+            on_failure(slot.error)
+            on_progress(slot.item, 0.0)
+        else:
+            on_result(result)
+            on_progress(slot.item, slot.duration_s)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
-from matpac_cli.errors import UsageError
+from matpac_cli.errors import InputError, UsageError
 from matpac_cli.weights import Resolved, resolve
 
 
@@ -155,20 +155,19 @@ class Predictor:
             return Pending(host, done)
 
     def embed(self, wave: np.ndarray, sample_rate: int, layers: tuple[int, ...] = (-1,),
-              batch_size: int = 16) -> np.ndarray:
+              batch_size: int = 16, channels_first: bool = False) -> np.ndarray:
         """Clip embedding of audio already in memory: (n,) or (n, channels) -> (E,), or (L, E)
-        when several layers are asked for. Same front end, chunking and pooling as `matpac embed`."""
+        when several layers are asked for. Same front end, chunking and pooling as `matpac embed`.
+
+        Float samples are taken as they are; integer PCM is scaled as soundfile reads it (int16 /
+        32768, int32 / 2**31, int8 / 128, uint8 (x - 128) / 128). `channels_first=True` takes
+        (channels, n) arrays; without it such an array is refused rather than guessed at."""
         import torch
 
-        from matpac_cli.audio import _downmix
         from matpac_cli.chunking import windows
-        from matpac_cli.errors import InputError
         from matpac_cli.frontend import resample
 
-        x = np.asarray(wave, dtype=np.float32)
-        mono = _downmix(x) if x.ndim == 2 else x
-        if mono.ndim != 1 or not np.isfinite(mono).all():
-            raise InputError("<array>", "expected finite samples shaped (n,) or (n, channels)")
+        mono = to_mono(wave, channels_first)
         w16 = resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
         chunks = windows(len(w16), self.dims.n_t, self.fe)
         if not chunks:
@@ -181,6 +180,47 @@ class Predictor:
                 total += np.stack([out[layer][b] for layer in layers])
         emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
         return emb[0] if len(layers) == 1 else emb
+
+
+# integer PCM -> float as soundfile (libsndfile) reads it: (x - offset) / scale
+PCM_SCALE = {np.dtype(np.int8): (0, 128.0), np.dtype(np.uint8): (128, 128.0),
+             np.dtype(np.int16): (0, 32768.0), np.dtype(np.int32): (0, 2.0 ** 31)}
+
+
+def to_float(wave: np.ndarray) -> np.ndarray:
+    """float32 samples of a float or integer-PCM array; any other dtype is refused."""
+    x = np.asarray(wave)
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[x.dtype]
+        return ((x.astype(np.float64) - offset) / scale).astype(np.float32)
+    raise InputError("<array>", f"samples of dtype {x.dtype} are not supported; give float samples "
+                                "or int8, uint8, int16 or int32 PCM")
+
+
+def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """(n,), (n, channels) or, with `channels_first`, (channels, n) -> finite mono float32 (n,).
+
+    Audio has far more samples than channels, so a 2-D array with more columns than rows is
+    (channels, n): without `channels_first` it is refused, never read as thousands of channels."""
+    from matpac_cli.audio import _downmix
+
+    x = to_float(wave)
+    if x.size == 0:
+        raise InputError("<array>", f"no samples (shape {x.shape})")
+    if x.ndim == 2:
+        rows, cols = x.shape
+        if (rows < cols if not channels_first else rows > cols):
+            looks, fix = ("(samples, channels)", "drop channels_first=True") if channels_first else \
+                ("(channels, samples)", "pass channels_first=True")
+            raise InputError("<array>", f"shape {x.shape} looks like {looks}; {fix} or transpose it (wave.T)")
+        x = _downmix(np.ascontiguousarray(x.T if channels_first else x))
+    if x.ndim != 1:
+        raise InputError("<array>", f"expected samples shaped (n,) or (n, channels), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InputError("<array>", "samples contain NaN or infinity")
+    return x
 
 
 class Pending:

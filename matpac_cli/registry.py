@@ -6,6 +6,7 @@ here downloads; `weights.py` turns a spec into a local file.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -60,7 +61,19 @@ class Registry:
             if key in head.aliases:
                 return head
         known = sorted(self.heads) + sorted(a for h in self.heads.values() for a in h.aliases)
-        raise UsageError(f"unknown head {name!r}; known heads and aliases: {', '.join(known)}")
+        raise UsageError(f"unknown head {name!r}{suggest(key, known)}; known heads and aliases: {', '.join(known)}")
+
+    def encoders_for(self, head: HeadSpec) -> list[str]:
+        """Registry models a head exists for: its own model, or the encoders with a probe family."""
+        if head.builtin:
+            return [head.builtin]
+        return [m.name for m in self.models.values() if m.family in self.families]
+
+
+def suggest(name: str, known: list[str]) -> str:
+    """` (did you mean X?)` for a near miss among `known`, else an empty string."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def weights_dir() -> Path:

@@ -1,17 +1,17 @@
 """The `tag` job: heads on top of one encoder pass per encoder, as long-format rows.
 
-Heads are grouped by the encoder they need; each group is one Plan, and all plans run in the
-same pass over the files (decoded once). Rows are `path,head,label,score,rank` (+ `start_s,end_s`
-with segments). With an output file, per-file scores are journalled so a re-run resumes.
+Heads are grouped by the encoder they need (`tag_plan`); each group is one Plan, and all plans
+run in the same pass over the files (decoded once). Rows (`tag_rows`) are
+`path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments). With an output file,
+per-file scores are journalled so a re-run resumes; every file output gets a manifest
+(`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TextIO
-
-import numpy as np
+from typing import Callable, TextIO
 
 from matpac_cli import journal as jr
 from matpac_cli import writers
@@ -23,20 +23,21 @@ from matpac_cli.manifest import manifest
 from matpac_cli.pipeline import FileResult, Plan, run
 from matpac_cli.predictor import Predictor
 from matpac_cli.registry import load_registry
+from matpac_cli.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
+from matpac_cli.tag_rows import columns, effective_top_k, rows_for, score
 
-DEFAULT_MODEL = "matpac-plus-music"
-DEFAULT_HEADS = ("genre", "mood", "instrument")
 
 
 @dataclass(frozen=True)
 class TagConfig:
-    top_k: int | None = 5  # None: 5, or every label above --threshold when one is given
+    top_k: int | None = None  # None: 5, or every label above --threshold when one is given
     threshold: float | None = None
     segments: bool = False
     fmt: str = "csv"
     batch_size: int = 16
     workers: int | None = None
     force: bool = False
+    manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
 
 
 @dataclass
@@ -46,30 +47,6 @@ class Group:
     model: str
     heads: list[Head] = field(default_factory=list)
     predictor: Predictor | None = None
-
-
-def plan_groups(head_args: Iterable[str], model: str) -> list[tuple[str, list[str]]]:
-    """Which encoder each requested head needs: [(model, [head args])], first-seen order."""
-    registry = load_registry()
-    groups: dict[str, list[str]] = {}
-    for arg in head_args:
-        target, name = model, arg
-        if ":" in arg and not Path(arg).exists():
-            target, name = arg.rsplit(":", 1)
-        if not Path(name).suffix:
-            spec = registry.head(name)
-            if spec.builtin and target == model and not _carries_audioset(model):
-                target = spec.builtin
-        groups.setdefault(target, []).append(name)
-    return list(groups.items())
-
-
-def _carries_audioset(model: str) -> bool:
-    """Registry models say so by name; a file or hf: model is checked after loading."""
-    registry = load_registry()
-    if model in registry.models:
-        return any(h.builtin == model for h in registry.heads.values())
-    return True
 
 
 def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None, progress: bool) -> list[Head]:
@@ -83,65 +60,24 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
             head = audioset_head(predictor.heads_state, registry.head(name), predictor.resolved.name)
             if head.weight.shape[1] != predictor.dims.width:
                 raise UsageError(f"{predictor.resolved.name}: AudioSet head does not fit the encoder width")
+            head.sha256 = predictor.resolved.sha256  # the head's tensors are in the checkpoint
         else:
             head = resolve_head(name, family, predictor.dims.embed_dim, progress, labels_file)
         heads.append(head)
     return heads
 
 
-def select(head: Head, scores: np.ndarray, top_k: int | None, threshold: float | None) -> list[tuple[int, int]]:
-    """(rank, label index) pairs kept for one score vector."""
-    order = np.argsort(-scores, kind="stable")
-    thresholded = threshold is not None and head.activation == "sigmoid"  # softmax heads: top-k only
-    if thresholded:
-        order = order[scores[order] >= threshold]
-    k = (0 if thresholded else 5) if top_k is None else top_k
-    if k > 0:
-        order = order[:k]
-    return [(rank, int(i)) for rank, i in enumerate(order, start=1)]
-
-
-def columns(segments: bool) -> list[str]:
-    return ["path", "head", "label", "score", "rank"] + (["start_s", "end_s"] if segments else [])
-
-
-def rows_for(name: str, heads: list[Head], rec_arrays: dict, config: TagConfig) -> Iterable[dict]:
-    for head in heads:
-        scores = rec_arrays[f"clip:{head.name}"]
-        for rank, i in select(head, scores, config.top_k, config.threshold):
-            row = {"path": name, "head": head.name, "label": head.labels[i], "score": float(scores[i]), "rank": rank}
-            if config.segments:
-                row.update(start_s=None, end_s=None)
-            yield row
-        if config.segments:
-            seg_scores, times = rec_arrays[f"seg:{head.name}"], rec_arrays[f"times:{head.name}"]
-            for s in range(len(seg_scores)):
-                for rank, i in select(head, seg_scores[s], config.top_k, config.threshold):
-                    yield {"path": name, "head": head.name, "label": head.labels[i],
-                           "score": float(seg_scores[s][i]), "rank": rank,
-                           "start_s": round(float(times[s][0]), 3), "end_s": round(float(times[s][1]), 3)}
-
-
-def score(result: FileResult, groups: list[Group], segments: bool) -> dict[str, np.ndarray]:
-    """Every head's clip scores (and per-segment scores) for one file."""
-    arrays: dict[str, np.ndarray] = {}
-    for group, out in zip(groups, result.outputs):
-        clip = out.embedding[-1][None]
-        seg = np.stack([s.embedding for s in out.segments]) if segments else None
-        times = np.array([[s.start_s, s.end_s] for s in out.segments], dtype=np.float32).reshape(-1, 2)
-        for head in group.heads:  # each encoder cuts its own chunks (608 or 992 frames)
-            arrays[f"clip:{head.name}"] = head.scores(clip)[0].astype(np.float32)
-            if segments:
-                arrays[f"seg:{head.name}"] = head.scores(seg).astype(np.float32)
-                arrays[f"times:{head.name}"] = times
-    return arrays
+Callbacks = tuple[Callable[[Item, float], None], Callable[[InputError], None], Callable[[float], None]]
 
 
 def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | None, stdout: TextIO,
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
-        argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None) -> Summary:
-    """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`."""
+        argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
+        on_reused: Callable[[Item, float], None] | None = None) -> Summary:
+    """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`.
+
+    `on_reused` hears of files taken from an earlier run's journal (default: `on_progress`)."""
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
     if len(set(names)) != len(names):
@@ -153,27 +89,57 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         "segments": config.segments,
     }
     summary = Summary()
-    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
-    cols = columns(config.segments)
+    callbacks = (on_progress, _collect(summary, on_failure), on_audio)
+    man_path = config.manifest or (None if out is None else out.with_name(out.name + ".manifest.json"))
+    make_manifest = lambda: tag_manifest(groups, settings, config, out, summary, argv)  # noqa: E731
     if out is None:
-        writer = writers.RowWriter(stdout, config.fmt, cols)
-
-        def on_result(res: FileResult) -> None:
-            for row in rows_for(res.item.name, heads, score(res, groups, config.segments), config):
-                writer.write(row)
-            writer.flush()
-            summary.done += 1
-            summary.audio_s += res.duration_s
-
-        run(items, plans, config.batch_size, config.workers, on_result, _collect(summary, on_failure), on_progress, on_audio)
+        _stream(items, groups, config, stdout, summary, callbacks)
+        if man_path is not None:
+            writers.write_json(man_path, make_manifest())
+            summary.outputs.append(man_path)
         return summary
+    with writers.locked(out):
+        writers.clean_stale_temps(out)
+        _to_file(items, groups, config, out, settings, summary, callbacks, on_reused or on_progress,
+                 (man_path, make_manifest))
+    return summary
 
+
+def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: TextIO, summary: Summary,
+            callbacks: Callbacks) -> None:
+    heads = [h for g in groups for h in g.heads]
+    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
+    writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
+
+    def on_result(res: FileResult) -> None:
+        for row in rows_for(res.item.name, heads, score(res, groups, config.segments), config.top_k,
+                            config.threshold, config.segments):
+            writer.write(row)
+        writer.flush()
+        summary.done += 1
+        summary.audio_s += res.duration_s
+
+    on_progress, on_failure, on_audio = callbacks
+    run(items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio)
+
+
+def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
+             summary: Summary, callbacks: Callbacks, on_reused: Callable[[Item, float], None],
+             manifest_for: tuple[Path, Callable[[], dict]]) -> None:
+    """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
+    manifest (both replace the old ones together). With nothing finished, an earlier output is
+    left as it was and not called fresh."""
+    on_progress, on_failure, on_audio = callbacks
     journal_path = out.with_name(out.name + ".journal")
     if out.exists() and not config.force:
         if not journal_path.exists():
             raise OutputError(f"{out} exists and was not written by this tool's journal; use --force to replace it")
-        if jr.settings_differ(journal_path, settings):
-            raise OutputError(f"{out} was made with other models, heads or settings; use --force to replace it")
+        differ = jr.settings_differ(journal_path, settings)
+        if differ:
+            names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
+                     "job": "job (embed vs tag)"}
+            raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
+                              "use --force to replace it or choose another --out")
     journal = jr.Journal(journal_path, settings, fresh=config.force)
     todo = []
     for item in items:
@@ -183,31 +149,49 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         else:
             summary.reused += 1
             summary.audio_s += rec.meta["duration_s"]
-            on_progress(item, rec.meta["duration_s"])
+            on_reused(item, rec.meta["duration_s"])
 
     def on_journal(res: FileResult) -> None:
         journal.add(res.item, {"duration_s": res.duration_s}, score(res, groups, config.segments))
         summary.done += 1
         summary.audio_s += res.duration_s
 
+    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        run(todo, plans, config.batch_size, config.workers, on_journal, _collect(summary, on_failure), on_progress, on_audio)
+        run(todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio)
     finally:
         journal.close()
-    with writers.atomic(out) as fh:
-        writer = writers.RowWriter(fh, config.fmt, cols)
-        for item in items:
-            rec = journal.finished(item)
-            if rec is not None:
-                for row in rows_for(item.name, heads, rec.arrays, config):
+    heads = [h for g in groups for h in g.heads]
+    finished = [(item, rec) for item in items if (rec := journal.finished(item)) is not None]
+    man_path, make_manifest = manifest_for
+    if not finished:
+        summary.left = [p for p in (out, man_path) if p.exists()]
+        return
+    with writers.Unit() as unit:
+        with unit.open(out) as fh:
+            writer = writers.RowWriter(fh, config.fmt, columns(config.segments))
+            for item, rec in finished:
+                for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments):
                     writer.write(row)
-    head_info = [{"name": h.name, "source": h.source, "activation": h.activation,
-                  "classes": len(h.labels), "standardised": h.standardised,
-                  "label_order_confirmed": h.confirmed_order} for h in heads]
+        unit.json(man_path, make_manifest())
+    summary.outputs.extend([out, man_path])
+
+
+def tag_manifest(groups: list[Group], settings: dict, config: TagConfig, out: Path | None, summary: Summary,
+                 argv: list[str] | None) -> dict:
+    """Provenance of a tag output: models (with the device and precision they ran at), every
+    head's source file and sha256, and the selection that cut the rows."""
+    head_info = [{"name": h.name, "encoder": g.model, "source": h.source, "sha256": h.sha256,
+                  "activation": h.activation, "classes": len(h.labels), "standardised": h.standardised,
+                  "label_order_confirmed": h.confirmed_order} for g in groups for h in g.heads]
     man = manifest([g.predictor for g in groups], settings, summary, argv, head_info)
-    writers.write_json(out.with_name(out.stem + ".manifest.json"), man)
-    summary.outputs = [out, out.with_name(out.stem + ".manifest.json")]
-    return summary
+    for entry, g in zip(man["models"], groups):
+        entry["device"] = g.predictor.device
+        entry["precision"] = str(g.predictor.dtype).replace("torch.", "")
+    man["output"] = {"path": str(out) if out is not None else "-", "format": config.fmt,
+                     "columns": columns(config.segments),
+                     "top_k": effective_top_k(config.top_k, config.threshold), "threshold": config.threshold}
+    return man
 
 
 def _collect(summary: Summary, on_failure: Callable[[InputError], None]) -> Callable[[InputError], None]:

@@ -7,9 +7,12 @@ file and a killed run never destroys the previous output. CSV is plain RFC 4180 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import IO, Iterable, Iterator, Sequence
@@ -19,20 +22,142 @@ import numpy as np
 from matpac_cli.errors import InputError, OutputError
 
 
+def _tmp(path: Path) -> Path:
+    """matpac's temporary name for `path`: hidden, in the same folder, with this process's PID."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _open_text(path: Path, mode: str = "w") -> IO:
+    """Text files are UTF-8; a file name that is not valid UTF-8 (Python holds its bytes as
+    surrogates, as os functions do) is written back as the same bytes, not refused."""
+    return open(path, mode, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _fail(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class Unit:
+    """Files that make one output (matrix, index, manifest): each is written whole to a temporary
+    name first, and only when all of them are written do they replace the old ones, so a failure
+    on any of them leaves the previous output as it was, every file of it."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def __enter__(self) -> "Unit":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            for tmp, path in self.staged:
+                try:
+                    os.replace(tmp, path)
+                except OSError as err:
+                    self._discard()
+                    raise _fail(path, err) from None
+        self._discard()
+
+    def _discard(self) -> None:
+        for tmp, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @contextmanager
+    def open(self, path: Path, mode: str = "w") -> Iterator[IO]:
+        tmp = _tmp(path)
+        self.staged.append((tmp, path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with (open(tmp, mode) if "b" in mode else _open_text(tmp, mode)) as fh:
+                yield fh
+        except OSError as exc:
+            raise _fail(path, exc) from None
+
+    def matrix(self, path: Path, rows: Sequence[np.ndarray]) -> None:
+        """Stack per-file arrays into one .npy, row by row: no second copy in memory, and no
+        memory map (a full disk under a map kills the process with SIGBUS; a write says ENOSPC)."""
+        shape = (len(rows),) + (tuple(rows[0].shape) if rows else (0,))
+        with self.open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            for row in rows:
+                fh.write(np.ascontiguousarray(row, dtype="<f4").tobytes())
+
+    def csv(self, path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+        with self.open(path) as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+
+    def json(self, path: Path, data: dict) -> None:
+        with self.open(path) as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+
+
 @contextmanager
 def atomic(path: Path, mode: str = "w") -> Iterator[IO]:
-    """Write to `path.tmp`, then replace `path`; the old file survives any failure."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write to a temporary name, then replace `path`; the old file survives any failure."""
+    with Unit() as unit, unit.open(path, mode) as fh:
+        yield fh
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove temporary files that a killed matpac left beside `path` (`.emb.npy.tmp1234`,
+    `.emb.csv.tmp1234`, ...: the stem's files, whose PID is no longer running)."""
+    removed = []
+    folder, stem = path.parent, path.name.split(".")[0]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
-            yield fh
-        os.replace(tmp, path)
+        candidates = list(folder.glob(f".{glob.escape(stem)}.*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        m = re.search(r"\.(?:tmp|probe)(\d+)$", tmp.name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive, not ours to judge
+        return True
+    return True
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An advisory lock on an output for the length of a run, so two runs never interleave their
+    writes: a second matpac on the same output is refused at once, naming the holder's PID. The
+    hidden lock file `.NAME.lock` stays (removing it would race with the next run's open)."""
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _fail(path, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise OutputError(f"another matpac is writing {path} (pid {pid}); wait for it to finish "
+                              "or choose another --out") from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
 
 
 def ensure_writable(path: Path) -> None:
@@ -57,35 +182,18 @@ def ensure_writable(path: Path) -> None:
 
 
 def write_matrix(path: Path, rows: Sequence[np.ndarray]) -> None:
-    """Stack per-file arrays into one .npy without holding a second copy in memory."""
-    shape = (len(rows),) + (tuple(rows[0].shape) if rows else (0,))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        for i, row in enumerate(rows):
-            mm[i] = row
-        mm.flush()
-        del mm
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with Unit() as unit:
+        unit.matrix(path, rows)
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    with atomic(path) as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    with Unit() as unit:
+        unit.csv(path, header, rows)
 
 
 def write_json(path: Path, data: dict) -> None:
-    with atomic(path) as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
+    with Unit() as unit:
+        unit.json(path, data)
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
@@ -98,6 +206,33 @@ def mirror_path(root: Path, name: str, suffix: str) -> Path:
     parts = [p if p not in ("..", ".") else "__" for p in PurePath(name).parts if p not in ("/", "\\")]
     parts = [p for p in parts if not PurePath(p).anchor]
     return root.joinpath(*parts).with_name(PurePath(parts[-1]).name + suffix)
+
+
+class FailureLog:
+    """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
+    them in memory for it, and an interrupted run still leaves the list so far)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = _open_text(path)
+            self.csv = csv.writer(self.fh, lineterminator="\n")
+            self.csv.writerow(["path", "reason"])
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(path, exc) from None
+
+    def add(self, err: InputError) -> None:
+        try:
+            self.csv.writerow([err.path, err.reason])
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self.path, exc) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
 
 
 def write_failures(path: Path, failures: Sequence[InputError]) -> None:

@@ -1,8 +1,8 @@
 """Loopback HTTP server that serves model files to the real download code in tests.
 
 It speaks just enough of the Hugging Face Hub protocol for huggingface_hub 2.4
-(``hf_hub_download``, ``snapshot_download``, ``HfApi.list_repo_files``) and serves plain
-release files with ``Range`` support. Stdlib only.
+(``hf_hub_download``, ``snapshot_download``, ``HfApi.list_repo_files``,
+``HfApi.model_info``) and serves plain release files with ``Range`` support. Stdlib only.
 
 Recipe: huggingface_hub copies its env vars into ``huggingface_hub.constants`` at import,
 so in-process tests must patch the constants (a subprocess only needs the env vars

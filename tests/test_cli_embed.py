@@ -129,7 +129,7 @@ def test_embed_folder_writes_matrix_index_and_manifest(work, ckpts, expected):
     assert emb.shape == (3, E) and emb.dtype == np.float32
 
     with open(work / "emb.csv", newline="") as fh:
-        assert fh.readline().strip() == "row,path,duration_s,sample_rate,channels"
+        assert fh.readline().strip() == "row,path,duration_s,sample_rate,channels,truncated"
     rows = read_index(work / "emb.csv")
     assert [r["path"] for r in rows] == NAMES
     assert [int(r["row"]) for r in rows] == [0, 1, 2]
@@ -298,4 +298,4 @@ def test_the_same_file_named_twice_gives_one_row(tmp_path, monkeypatch):
     write_audio(tmp_path / "d" / "a.wav", 0.5)
     monkeypatch.chdir(tmp_path)
     items = discover(["d/a.wav", "./d/a.wav", "d"])
-    assert [i.name for i in items] == ["./d/a.wav"]
+    assert [i.name for i in items] == ["d/a.wav"]  # the first naming wins

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as R  # noqa: E402
 from conftest import run_matpac, write_audio  # noqa: E402
 from test_heads import (  # noqa: E402
-    COLUMNS, DEFAULT_HEADS, GENERAL, MUSIC, RELEASE_AS, RELEASE_GENERAL, SPEC_HEADS, TOL, assert_scores, by_file_head, cli,
-    expected_probe, label_file, load_sd, make_music_dir, parse_csv, probe_tensors, read_wave,
-    ref_embeddings, serve_music_model, serve_probes,
+    TAG_COLUMNS, DEFAULT_HEADS, GENERAL, MUSIC, RELEASE_AS, RELEASE_GENERAL, SPEC_HEADS, TOL, assert_scores, by_file_head, cli,
+    expected_probe, tag_labels, load_sd, parse_csv, probe_tensors, read_wave,
+    serve_music_model, serve_probes,
 )
 from test_heads import music_dir, ref608  # noqa: E402,F401 - shared module fixtures
 
@@ -70,13 +70,13 @@ def test_default_run_prints_only_csv_top5_on_stdout(music_release, music_dir, re
     text = proc.stdout.decode()
     reader = csv.DictReader(io.StringIO(text))
     rows = list(reader)
-    assert reader.fieldnames == COLUMNS
+    assert reader.fieldnames == TAG_COLUMNS
     assert len(text.splitlines()) == len(rows) + 1  # nothing but header and rows
     expected = expected_default(ref608, music_release)
     groups = by_file_head(rows)
     assert set(groups) == set(expected)
     for key, group in groups.items():
-        assert_top(group, label_file(SPEC_HEADS[key[1]][2]), expected[key], 5)
+        assert_top(group, tag_labels(SPEC_HEADS[key[1]][2]), expected[key], 5)
     assert "tagged 2 file(s)" in proc.stderr.decode()
 
 
@@ -87,7 +87,7 @@ def test_top_k_3(music_release, music_dir, ref608, capsys):
     groups = by_file_head(parse_csv(out))
     assert set(groups) == set(expected)
     for key, group in groups.items():
-        assert_top(group, label_file(SPEC_HEADS[key[1]][2]), expected[key], 3)
+        assert_top(group, tag_labels(SPEC_HEADS[key[1]][2]), expected[key], 3)
 
 
 def test_threshold_keeps_labels_at_or_above(music_release, music_dir, ref608, capsys):
@@ -97,7 +97,7 @@ def test_threshold_keeps_labels_at_or_above(music_release, music_dir, ref608, ca
     groups = by_file_head(parse_csv(out))
     kept = dropped = 0
     for key, exp in expected.items():
-        labels = label_file(SPEC_HEADS[key[1]][2])
+        labels = tag_labels(SPEC_HEADS[key[1]][2])
         rows = groups.get(key, [])
         got = {r["label"] for r in rows}
         assert all(float(r["score"]) >= 0.5 for r in rows)
@@ -116,7 +116,7 @@ def test_threshold_keeps_labels_at_or_above(music_release, music_dir, ref608, ca
         exp = expected[key]
         assert len(rows) == min(2, int((exp >= 0.5).sum()))
         assert all(float(r["score"]) >= 0.5 for r in rows)
-        assert_top(rows, label_file(SPEC_HEADS[key[1]][2]), exp, len(rows))
+        assert_top(rows, tag_labels(SPEC_HEADS[key[1]][2]), exp, len(rows))
 
 
 def test_same_head_twice_is_refused(music_release, music_dir, capsys):
@@ -133,13 +133,13 @@ def test_jsonl_format(music_release, music_dir, ref608, capsys):
     rc, out, err = cli(capsys, "tag", music_dir, "--format", "jsonl", "--top-k", "2", "--device", "cpu")
     assert rc == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert rows and all(set(r) == set(COLUMNS) for r in rows)
+    assert rows and all(set(r) == set(TAG_COLUMNS) for r in rows)
     assert all(isinstance(r["score"], float) and isinstance(r["rank"], int) for r in rows)
     expected = expected_default(ref608, music_release)
     groups = by_file_head(rows)
     assert set(groups) == set(expected)
     for key, group in groups.items():
-        assert_top(group, label_file(SPEC_HEADS[key[1]][2]), expected[key], 2)
+        assert_top(group, tag_labels(SPEC_HEADS[key[1]][2]), expected[key], 2)
 
 
 def test_out_file_csv(music_release, music_dir, ref608, tmp_path, monkeypatch, capsys):
@@ -152,8 +152,8 @@ def test_out_file_csv(music_release, music_dir, ref608, tmp_path, monkeypatch, c
     assert len(rows) == 2 * (87 + 56 + 40)
     expected = expected_default(ref608, music_release)
     for key, group in by_file_head(rows).items():
-        assert_scores(group, label_file(SPEC_HEADS[key[1]][2]), expected[key])
-    manifest = json.loads((tmp_path / "tags.manifest.json").read_text())
+        assert_scores(group, tag_labels(SPEC_HEADS[key[1]][2]), expected[key])
+    manifest = json.loads((tmp_path / "tags.csv.manifest.json").read_text())
     assert manifest  # a provenance record next to the output
     assert "tags.csv" in err
 
@@ -165,7 +165,7 @@ def test_out_file_csv(music_release, music_dir, ref608, tmp_path, monkeypatch, c
         groups = by_file_head(parse_csv(fh.read()))
     assert set(groups) == set(expected)
     for key, group in groups.items():
-        assert_top(group, label_file(SPEC_HEADS[key[1]][2]), expected[key], 1)
+        assert_top(group, tag_labels(SPEC_HEADS[key[1]][2]), expected[key], 1)
 
 
 def test_out_file_reads_with_pandas(music_release, music_dir, ref608, tmp_path, monkeypatch, capsys):
@@ -174,13 +174,13 @@ def test_out_file_reads_with_pandas(music_release, music_dir, ref608, tmp_path, 
     rc, out, err = cli(capsys, "tag", music_dir, "--out", "tags.csv", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     df = pd.read_csv(tmp_path / "tags.csv")
-    assert list(df.columns)[:5] == COLUMNS
+    assert list(df.columns) == TAG_COLUMNS
     assert len(df) == 2 * (87 + 56 + 40)
     assert df["score"].dtype.kind == "f" and df["rank"].dtype.kind == "i"
     expected = expected_default(ref608, music_release)
     for row in df.itertuples():
         key = (Path(row.path).name, row.head)
-        labels = label_file(SPEC_HEADS[row.head][2])
+        labels = tag_labels(SPEC_HEADS[row.head][2])
         assert abs(row.score - expected[key][labels.index(row.label)]) <= TOL
 
 
@@ -210,8 +210,8 @@ def test_segments_rows_per_encoder_chunk(ckpts, long_file, openmic, capsys):
     assert rc == 0, err
     reader = csv.DictReader(io.StringIO(out))
     rows = list(reader)
-    assert reader.fieldnames == COLUMNS + ["start_s", "end_s"]
-    labels = label_file("openmic.txt")
+    assert reader.fieldnames == TAG_COLUMNS + ["start_s", "end_s"]
+    labels = tag_labels("openmic.txt")
     clip = [r for r in rows if r["start_s"] == "" and r["end_s"] == ""]
     assert_scores(clip, labels, expected_probe(R.reference_embedding(sd, *read_wave(long_file)), probe, "sigmoid"))
 
@@ -250,7 +250,7 @@ def encoder_spy(monkeypatch) -> dict:
     orig_load, orig_launch = Predictor.load.__func__, Predictor.launch
 
     def load(cls, model, *args, **kwargs):
-        seen["loads"].append(str(model))
+        seen["loads"].append(str(getattr(model, "name", model)))  # a local file comes resolved
         return orig_load(cls, model, *args, **kwargs)
 
     def launch(self, chunks, layers, **kwargs):
@@ -284,8 +284,8 @@ def test_model_head_qualifier_runs_two_encoders_once(ckpts, music_dir, ref608, o
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {(f, h) for f in ("a.wav", "b.flac") for h in ("openmic", "audioset")}
     for p in (music_dir / "a.wav", music_dir / "sub" / "b.flac"):
-        assert_scores(groups[(p.name, "openmic")], label_file("openmic.txt"), expected_probe(ref608[p.name], probe, "sigmoid"))
-        assert_scores(groups[(p.name, "audioset")], label_file("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
+        assert_scores(groups[(p.name, "openmic")], tag_labels("openmic.txt"), expected_probe(ref608[p.name], probe, "sigmoid"))
+        assert_scores(groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
 
 
 @pytest.mark.parametrize("events", ["events", "matpac-plus-audioset:audioset"])
@@ -306,9 +306,9 @@ def test_genre_and_events_use_two_registry_encoders(hub, ckpts, music_dir, ref60
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {(f, h) for f in ("a.wav", "b.flac") for h in ("mtg_genre", "audioset")}
     for p in (music_dir / "a.wav", music_dir / "sub" / "b.flac"):
-        assert_scores(groups[(p.name, "mtg_genre")], label_file("mtg_genre.txt"),
+        assert_scores(groups[(p.name, "mtg_genre")], tag_labels("mtg_genre.txt"),
                       expected_probe(ref608[p.name], probes[(MUSIC, "mtg_genre")], "sigmoid"))
-        assert_scores(groups[(p.name, "audioset")], label_file("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
+        assert_scores(groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
 
 
 def test_events_alone_needs_only_the_audioset_model(hub, ckpts, music_dir, encoder_spy, capsys):
@@ -320,7 +320,7 @@ def test_events_alone_needs_only_the_audioset_model(hub, ckpts, music_dir, encod
     assert encoder_spy["loads"] == ["matpac-plus-audioset"]
     assert hub.count(contains="music") == 0 and hub.count(contains="Probes") == 0
     rows = by_file_head(parse_csv(out))[("a.wav", "audioset")]
-    assert_top(rows, label_file("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(music_dir / "a.wav")), 3)
+    assert_top(rows, tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(music_dir / "a.wav")), 3)
 
 
 def test_hf_model_qualifier_with_revision(hub, ckpts, music_dir, ref608, openmic, encoder_spy, capsys):
@@ -334,8 +334,8 @@ def test_hf_model_qualifier_with_revision(hub, ckpts, music_dir, ref608, openmic
     assert "2 encoders" in err
     assert sorted(encoder_spy["loads"]) == sorted([str(ckpts["tiny608"]), "hf:acme/as-port@v1"])
     groups = by_file_head(parse_csv(out))
-    assert_scores(groups[("a.wav", "openmic")], label_file("openmic.txt"), expected_probe(ref608["a.wav"], probe, "sigmoid"))
-    assert_scores(groups[("a.wav", "audioset")], label_file("audioset.txt"),
+    assert_scores(groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], probe, "sigmoid"))
+    assert_scores(groups[("a.wav", "audioset")], tag_labels("audioset.txt"),
                   R.reference_audioset_scores(sd_as, *read_wave(music_dir / "a.wav")))
 
 
@@ -371,7 +371,7 @@ def test_segments_with_two_encoders_use_each_encoders_chunks(ckpts, long_file, o
     want = {"openmic": [(0.0, 6.08), (6.08, 12.16), (12.16, 14.0)], "audioset": [(0.0, 9.92), (9.92, 14.0)]}
     expected = {"openmic": [expected_probe(e, probe, "sigmoid") for e in chunk_embeddings(sd, long_file)],
                 "audioset": reference_audioset_chunk_scores(sd_as, long_file)}
-    labels = {"openmic": label_file("openmic.txt"), "audioset": label_file("audioset.txt")}
+    labels = {"openmic": tag_labels("openmic.txt"), "audioset": tag_labels("audioset.txt")}
     for head in ("openmic", "audioset"):
         got = sorted(spans[head])
         assert len(got) == len(want[head]), (head, got)
@@ -381,20 +381,35 @@ def test_segments_with_two_encoders_use_each_encoders_chunks(ckpts, long_file, o
             assert_scores(spans[head][span], labels[head], exp)
 
 
-def test_threshold_does_not_dump_every_label_of_a_softmax_head(hub, ckpts, music_dir, ref608, capsys):
-    """`--head genre --head esc50 --threshold 0.5`: esc50 gives at most its default 5, best first.
+def test_threshold_applies_to_softmax_heads_too(hub, ckpts, music_dir, ref608, capsys):
+    """`--head genre --head esc50 --threshold T`: esc50 (softmax) keeps exactly its labels with
+    probability >= T, as genre (sigmoid) does, not its top 5 nor all 50.
 
-    (Regression: the threshold switched every head's default to "all labels", so esc50 gave 50 rows.)
+    (Regression: the threshold was silently ignored on softmax heads, which gave their top 5.)
     """
     hub.add_release_file(RELEASE_GENERAL, ckpts["tiny608"].read_bytes())
     probes = serve_probes(hub, "nested")
+    exp = expected_probe(ref608["a.wav"], probes[(GENERAL, "esc50")], "softmax")
+    best = np.sort(exp)[::-1]
+    t = float(best[1] + best[2]) / 2  # two esc50 labels above it
+    assert best[1] - t > 10 * TOL and t - best[2] > 10 * TOL
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", "matpac-plus", "--head", "genre",
-                       "--head", "esc50", "--threshold", "0.5", "--device", "cpu")
+                       "--head", "esc50", "--threshold", f"{t:.6f}", "--device", "cpu")
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     genre = groups[("a.wav", "mtg_genre")]
-    assert genre and all(float(r["score"]) >= 0.5 for r in genre)
+    exp_genre = expected_probe(ref608["a.wav"], probes[(GENERAL, "mtg_genre")], "sigmoid")
+    assert len(genre) == int((exp_genre >= t).sum()) and all(float(r["score"]) >= t for r in genre)
     esc = groups[("a.wav", "esc50")]
-    exp = expected_probe(ref608["a.wav"], probes[(GENERAL, "esc50")], "softmax")
-    assert 1 <= len(esc) <= 5
-    assert_top(esc, label_file("esc50.txt"), exp, len(esc))
+    assert len(esc) == 2
+    assert_top(esc, tag_labels("esc50.txt"), exp, 2)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_threshold_outside_0_1_is_refused_before_the_model_loads(hub, music_dir, value):
+    proc = run_matpac(["tag", str(music_dir), "--threshold", value, "--device", "cpu"], timeout=60)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert err.startswith("matpac: error: --threshold") and "between 0 and 1" in err and len(err.splitlines()) == 1
+    assert proc.stdout == b""
+    assert hub.count() == 0

@@ -48,6 +48,7 @@ SPEC_HEADS = {
 }
 DEFAULT_HEADS = ("mtg_genre", "mtg_mood", "mtg_instrument")
 COLUMNS = ["path", "head", "label", "score", "rank"]
+TAG_COLUMNS = COLUMNS + ["tag_id"]  # every tag row; + start_s, end_s with --segments
 TOL = 1e-4
 
 
@@ -56,6 +57,12 @@ TOL = 1e-4
 
 def label_file(name: str) -> list[str]:
     return [ln.strip() for ln in (LABELS_DIR / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def tag_labels(name: str) -> list[str]:
+    """The label names tag rows show: the label file's tags without MTG-Jamendo's `genre---`,
+    `instrument---`, `mood/theme---` prefixes (the full tag is the row's `tag_id`)."""
+    return [t.rsplit("---", 1)[-1] for t in label_file(name)]
 
 
 def probe_tensors(classes: int, seed: int, style: str = "probe", width: int = EMB) -> dict:
@@ -235,7 +242,7 @@ def test_default_heads_from_probe_zip_match_reference(hub, ckpts, music_dir, ref
     for (fname, head), rows in groups.items():
         classes, activation, lab = SPEC_HEADS[head]
         assert len(rows) == classes
-        assert_scores(rows, label_file(lab), expected_probe(ref608[fname], probes[(MUSIC, head)], activation))
+        assert_scores(rows, tag_labels(lab), expected_probe(ref608[fname], probes[(MUSIC, head)], activation))
         assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
     # the heads were read from the music folder only, so one download each, no Hub model
     assert hub.count("GET", "Weights_probes_matpac.zip") == 1
@@ -268,7 +275,7 @@ def test_music_model_from_the_hub(hub, ckpts, music_dir, ref608, capsys):
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "instrument", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     rows = by_file_head(parse_csv(out))[("a.wav", "mtg_instrument")]
-    assert_scores(rows, label_file("mtg_instrument.txt"),
+    assert_scores(rows, tag_labels("mtg_instrument.txt"),
                   expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_instrument")], "sigmoid"))
     assert hub.count("GET", "matpac_plus_music_6s_2048_enconly.pt") == 0
 
@@ -299,7 +306,7 @@ def test_unreachable_hub_falls_back_to_the_release(server, ckpts, music_dir, ref
     probes = serve_probes(server)
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "mtg_genre")], label_file("mtg_genre.txt"),
+    assert_scores(by_file_head(parse_csv(out))[("a.wav", "mtg_genre")], tag_labels("mtg_genre.txt"),
                   expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_genre")], "sigmoid"))
 
 
@@ -314,7 +321,7 @@ def test_softmax_head_of_general_audio_family(hub, ckpts, music_dir, ref608, cap
     assert set(groups) == {("a.wav", "esc50"), ("b.flac", "esc50")}
     for (fname, _), rows in groups.items():
         assert len(rows) == 50
-        assert_scores(rows, label_file("esc50.txt"), expected_probe(ref608[fname], probes[(GENERAL, "esc50")], "softmax"))
+        assert_scores(rows, tag_labels("esc50.txt"), expected_probe(ref608[fname], probes[(GENERAL, "esc50")], "softmax"))
         assert abs(sum(float(r["score"]) for r in rows) - 1.0) <= 1e-4
 
 
@@ -326,7 +333,7 @@ def test_same_task_in_both_family_folders_picks_the_model_family(hub, ckpts, mus
                        "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     rows = by_file_head(parse_csv(out))[("a.wav", "mtg_genre")]
-    assert_scores(rows, label_file("mtg_genre.txt"),
+    assert_scores(rows, tag_labels("mtg_genre.txt"),
                   expected_probe(ref608["a.wav"], probes[(GENERAL, "mtg_genre")], "sigmoid"))
 
 
@@ -392,7 +399,7 @@ def test_local_probe_file_with_registry_name(ckpts, music_dir, ref608, tiny_prob
     assert set(groups) == {("a.wav", stem), ("b.flac", stem)}
     for (fname, _), rows in groups.items():
         assert len(rows) == classes
-        assert_scores(rows, label_file(labels), expected_probe(ref608[fname], sd, activation))
+        assert_scores(rows, tag_labels(labels), expected_probe(ref608[fname], sd, activation))
 
 
 def test_unknown_probe_needs_labels(ckpts, music_dir, ref608, tiny_probe_dir, capsys):
@@ -444,7 +451,7 @@ def test_labels_option_only_names_the_unknown_probe(ckpts, music_dir, ref608, ti
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert {r["label"] for r in groups[("a.wav", "birds")]} == {f"bird{i}" for i in range(20)}
-    assert_scores(groups[("a.wav", "openmic")], label_file("openmic.txt"), expected_probe(ref608["a.wav"], om, "sigmoid"))
+    assert_scores(groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], om, "sigmoid"))
 
 
 def test_probe_with_two_weight_matrices_is_refused(ckpts, music_dir, tiny_probe_dir, capsys):
@@ -473,7 +480,7 @@ def test_local_probe_with_standardisation_stats(ckpts, music_dir, ref608, tiny_p
                        "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     assert "openmic" in err and "standardis" in err
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], label_file("openmic.txt"),
+    assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], tag_labels("openmic.txt"),
                   expected_probe(ref608["a.wav"], sd, "sigmoid"))
 
 
@@ -497,7 +504,7 @@ def test_standardisation_stats_under_a_scaler_prefix(ckpts, music_dir, ref608, t
     expected = R.reference_probe_scores(ref608["a.wav"], sd["probe.weight"].double().numpy(),
                                         sd["probe.bias"].double().numpy(), "sigmoid",
                                         mean.double().numpy(), scale.double().numpy())
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], label_file("openmic.txt"), expected)
+    assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], tag_labels("openmic.txt"), expected)
 
 
 # ------------------------------------------------------------------------------------ AudioSet head
@@ -511,7 +518,7 @@ def test_audioset_head_matches_reference(ckpts, music_dir, capsys, name):
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {("a.wav", "audioset"), ("b.flac", "audioset")}
-    labels = label_file("audioset.txt")
+    labels = tag_labels("audioset.txt")
     assert len(labels) == 527
     for p in (music_dir / "a.wav", music_dir / "sub" / "b.flac"):
         rows = groups[(p.name, "audioset")]

@@ -1,7 +1,7 @@
 """Reliability and pipelines, through the real `matpac` command in subprocesses.
 
 Bad inputs are named and skipped, exit status tells the truth, a SIGKILLed run resumes without
-recomputing finished files, stdin path lists and stdout output work, ffmpeg decodes m4a.
+recomputing finished files, stdin path lists and stdout output work, m4a decodes in-process.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
+from test_decoding_av import write_m4a
 
 SR = 16000
 
@@ -192,7 +193,7 @@ def test_paths_from_stdin_newline_and_nul(tmp_path, tiny):
     nul = run_matpac(base + ["nul.npy", "--null"], input=b"\0".join(n.encode() for n in names) + b"\0", cwd=tmp_path)
     assert nl.returncode == 0 and nul.returncode == 0, (nl.stderr, nul.stderr)
     rows = [r["path"] for r in csv.DictReader(open(tmp_path / "nul.csv"))]
-    assert rows == sorted(names)
+    assert rows == names  # a stdin list keeps its order (sorting is for folders)
     np.testing.assert_array_equal(np.load(tmp_path / "nl.npy"), np.load(tmp_path / "nul.npy"))
 
 
@@ -225,33 +226,52 @@ def test_tag_to_file_resumes(tmp_path, tiny):
     second = run_matpac(args, cwd=tmp_path)
     assert b"3 reused" in second.stderr, second.stderr
     assert (tmp_path / "tags.csv").read_text() == text
-    manifest = json.loads((tmp_path / "tags.manifest.json").read_text())
+    manifest = json.loads((tmp_path / "tags.csv.manifest.json").read_text())
     assert manifest["heads"][0]["name"] == "openmic" and manifest["counts"]["reused"] == 3
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_m4a_decodes_through_ffmpeg(tmp_path, tiny):
-    wav = write_audio(tmp_path / "src.wav", 3.0, sr=44100, channels=2, seed=4)
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "128k",
-                    str(tmp_path / "song.m4a")], check=True)
-    # what ffmpeg decodes, as a float WAV: matpac must give the same embedding for both
+NO_FFMPEG = {"PATH": str(Path(sys.executable).parent)}  # python, but no ffmpeg or ffprobe on PATH
+
+
+def test_m4a_embeds_in_process_quietly(tmp_path, tiny):
+    """m4a needs no ffmpeg program (PyAV decodes it in-process), and -q prints nothing at all."""
+    write_m4a(tmp_path / "song.m4a", 3.0, sr=44100, channels=2, seed=4)
+    write_m4a(tmp_path / "mono.m4a", 2.0, sr=22050, channels=1, seed=5)
+    proc = run_matpac(["embed", "song.m4a", "mono.m4a", "--out", "e.npy", "--model", str(tiny), "-q"],
+                      cwd=tmp_path, env=NO_FFMPEG)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b"", proc.stderr  # -q: nothing at all, no library warning either
+    index = list(csv.DictReader(open(tmp_path / "e.csv")))
+    assert [(r["path"], r["sample_rate"], r["channels"]) for r in index] == [
+        ("song.m4a", "44100", "2"), ("mono.m4a", "22050", "1")]
+    assert abs(float(index[0]["duration_s"]) - 3.0) < 0.1
+    assert np.load(tmp_path / "e.npy").shape == (2, 640)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (the reference decoder)")
+def test_m4a_embeds_as_the_ffmpeg_program_decodes_it(tmp_path, tiny):
+    write_m4a(tmp_path / "song.m4a", 3.0, sr=44100, channels=2, seed=4)
+    # what the ffmpeg program decodes, as a float WAV: matpac must give the same embedding for both
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "song.m4a"), "-c:a", "pcm_f32le",
                     str(tmp_path / "decoded.wav")], check=True)
-    proc = run_matpac(["embed", "song.m4a", "decoded.wav", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    proc = run_matpac(["embed", "song.m4a", "decoded.wav", "--out", "e.npy", "--model", str(tiny), "-q"],
+                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     emb = np.load(tmp_path / "e.npy")
-    index = list(csv.DictReader(open(tmp_path / "e.csv")))
-    assert [r["path"] for r in index] == ["decoded.wav", "song.m4a"]
-    assert index[1]["sample_rate"] == "44100" and index[1]["channels"] == "2"
+    assert [r["path"] for r in csv.DictReader(open(tmp_path / "e.csv"))] == ["song.m4a", "decoded.wav"]
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-5)
 
 
-def test_m4a_without_ffmpeg_says_what_is_needed(tmp_path, tiny):
+def test_garbage_m4a_is_one_line_with_the_decoders_reason(tmp_path, tiny):
     (tmp_path / "song.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + bytes(100))
-    env = {"PATH": str(Path(sys.executable).parent)}  # python but no ffmpeg
-    proc = run_matpac(["embed", "song.m4a", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path, env=env)
+    (tmp_path / "noise.m4a").write_bytes(np.random.default_rng(7).bytes(4000))
+    proc = run_matpac(["embed", "song.m4a", "noise.m4a", "--out", "e.npy", "--model", str(tiny), "-q"],
+                      cwd=tmp_path, env=NO_FFMPEG)
     assert proc.returncode == 1
-    assert b"song.m4a" in proc.stderr and b"ffmpeg" in proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 2, lines  # -q: one line per file, no decoder log around them
+    for name, line in zip(("song.m4a", "noise.m4a"), lines):
+        assert line.endswith(f"{name}: cannot decode: Invalid data found when processing input"), line
 
 
 def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
@@ -261,6 +281,23 @@ def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
     args = ["embed", "d", "--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     clean = np.load(tmp_path / "emb.npy")
+    # a run killed just after its last record: the journal still holds every payload (a finished
+    # run compacts it), so stop one in-process once all three files are journalled
+    from matpac_cli.discovery import discover
+    from matpac_cli.embedding import EmbedConfig, embed
+    from matpac_cli.predictor import Predictor
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_three(item, seconds, seen=[]):
+        seen.append(item)
+        if len(seen) == 3:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        embed(discover([str(tmp_path / "d")]), Predictor.load(str(tiny), device="cpu"),
+              EmbedConfig(out=tmp_path / "emb.npy", force=True), on_progress=stop_after_three)
     journal = tmp_path / "emb.npy.journal"
     data = journal.read_bytes()
     journal.write_bytes(data[: len(data) - 1000])  # the last record loses its tail

@@ -15,10 +15,14 @@ Examples:
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import Annotated, Optional
 
 import typer
 
+from matpac_cli import __version__
+from matpac_cli.cli import _common
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
 from matpac_cli.cli import tag as _tag
@@ -27,42 +31,83 @@ from matpac_cli.errors import MatpacError
 app = typer.Typer(
     name="matpac",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     help="Tag and embed audio with the MATPAC / MATPAC++ self-supervised audio encoders.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"matpac {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option(
+        "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
+    """Tag and embed audio with the MATPAC / MATPAC++ self-supervised audio encoders.
+
+    Exit status: 0 every input done; 1 some inputs failed; 2 usage, model, weights or output
+    error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): finished files are kept and a
+    re-run resumes. A closed stdout pipe (`| head`) ends the run quietly with 0.
+    """
+
+
 app.command("embed")(_embed.embed)
 app.command("tag")(_tag.tag)
 app.add_typer(_models.app, name="models")
 
-INTERRUPTED = "matpac: interrupted; finished files are kept, run the same command to resume\n"
+def _on_signal(signum, frame) -> None:
+    raise _common.Stopped(143 if signum == signal.SIGTERM else 130)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the app and turn every known error into one line and an exit code.
 
     Typer reports usage errors itself (exit 2); matpac's own errors are caught here, so the user
-    sees one line, not a traceback.
+    sees one line, not a traceback. Ctrl-C and SIGTERM raise `Stopped` in the main thread (a
+    BaseException, so no library `except Exception` swallows it and Typer does not turn it into
+    a bare exit code); the run's own clean-up runs on the way out.
     """
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 go out as their bytes
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
     try:
         app(args=argv, prog_name="matpac")
         return 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-        if code == 130:
-            sys.stderr.write(INTERRUPTED)
-        return code
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except MatpacError as exc:
         _debug()
         sys.stderr.write(f"matpac: error: {exc}\n")
+        if isinstance(exc, _common.StdoutError):
+            _quiet_stdout()  # or Python's exit flush reports the same full disk again
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write(INTERRUPTED)
-        return 130
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (_common.Stopped, KeyboardInterrupt) as exc:
+        _debug()
+        code = getattr(exc, "code", 130)
+        sys.stderr.write(f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}\n")
+        return code
+    except (_common.StdoutClosed, BrokenPipeError):
+        _quiet_stdout()
+        return 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): stop quietly, and keep Python's exit flush
+    from reporting the same broken pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+    except (OSError, ValueError):
+        pass
 
 
 def _debug() -> None:

@@ -3,67 +3,206 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from matpac_cli.errors import MatpacError
+from matpac_cli.errors import MatpacError, OutputError
+
+
+class Stopped(BaseException):
+    """Ctrl-C (exit 130) or SIGTERM (143), raised by the CLI's signal handlers in the main thread."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class StdoutClosed(BaseException):
+    """The reader of stdout went away (`| head -1`): the run ends quietly, exit 0."""
+
+
+class StdoutError(OutputError):
+    """stdout cannot take the data (`> /dev/full`, a full disk): one line, exit 2."""
+
+
+class SafeStdout:
+    """sys.stdout for data: a closed pipe becomes `StdoutClosed`, any other write error (a full
+    disk) a one-line `StdoutError`, wherever it is written."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+        except OSError as exc:
+            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+        except OSError as exc:
+            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+_ACTIVE: list["Reporter"] = []  # the run's reporter, for the line printed when it is stopped
+
+
+def stop_note() -> str:
+    """What an interrupted run kept, for the one line printed when it is stopped."""
+    if not _ACTIVE:
+        return ""
+    r = _ACTIVE[-1]
+    done = f" after {r.files} of {r.total_files} file(s)"
+    return done + (f"; {r.keeps}" if r.keeps else "")
 
 
 class Reporter:
-    """stderr messages and a progress bar (rich, only on a TTY and without --quiet)."""
+    """stderr messages and a progress display (rich, only on a TTY and without --quiet).
 
-    def __init__(self, quiet: bool, total: int = 0) -> None:
+    The bar counts audio, not files: seconds encoded out of the run's total (read from file
+    headers in a background thread, estimated for files whose header does not say), the rate
+    in times real time, elapsed time and an ETA from the audio still to go.
+    """
+
+    def __init__(self, quiet: bool, items: Sequence = (), started: float | None = None, keeps: str = "",
+                 failures: Optional[Path] = None) -> None:
         from rich.console import Console
+        from matpac_cli.writers import FailureLog
+
+        self.failure_log = FailureLog(failures) if failures is not None else None
 
         self.console = Console(stderr=True, highlight=False)
+        self.keeps = keeps  # what an interrupted run leaves behind, e.g. the journal to resume from
+        if items:
+            _ACTIVE.append(self)
         self.quiet = quiet
         self.progress = None
-        if not quiet and sys.stderr.isatty() and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.total_files = len(items)
+        self.files = self.failed = self.reused_files = 0
+        self.encoded_s = self.reused_s = 0.0
+        self.total_s: float | None = None
+        self.started = started or time.monotonic()
+        if not quiet and sys.stderr.isatty() and items:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[audio]}"), TimeRemainingColumn(),
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
                                      console=self.console, transient=True)
-            self.task = self.progress.add_task("files", total=total, audio="")
-            self.seconds = 0.0
+            self.task = self.progress.add_task("matpac", total=None, info="", eta="")
             self.progress.start()
+            threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
+
+    def _size_run(self, items: list) -> None:
+        from matpac_cli.audio import probe_duration
+
+        known, unknown = 0.0, 0
+        for item in items:
+            seconds = probe_duration(item.path)
+            if seconds is None:
+                unknown += 1
+            else:
+                known += seconds
+        counted = len(items) - unknown
+        self.total_s = known + (unknown * known / counted if counted else 0.0)
+        self._refresh()
+
+    def reused(self, item: object, seconds: float) -> None:
+        self.reused_files += 1
+        self.reused_s += seconds
+        self.advance(item, 0.0)
 
     def advance(self, item: object, seconds: float) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task)
+        self.files += 1
+        self._refresh()
 
     def audio(self, seconds: float) -> None:
         """Audio encoded so far, so the display moves inside long files."""
-        if self.progress is not None:
-            self.seconds += seconds
-            minutes = self.seconds / 60
-            self.progress.update(self.task, audio=f"{minutes:.1f} min of audio" if minutes < 120 else f"{minutes / 60:.1f} h of audio")
+        self.encoded_s += seconds
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.progress is None:
+            return
+        done = self.encoded_s + self.reused_s
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.encoded_s / elapsed
+        total = self.total_s
+        size = f"{_audio(done)}/{_audio(total)}" if total else _audio(done)
+        info = f"{size} audio  {rate:.1f}x real time  {self.files}/{self.total_files} files"
+        eta = ""
+        if total and rate > 0:
+            eta = f"ETA {_clock(max(total - done, 0.0) / rate)}"
+        self.progress.update(self.task, total=total or None, completed=min(done, total or done), info=info, eta=eta)
 
     def failure(self, err: MatpacError) -> None:
+        self.failed += 1
+        if self.failure_log is not None:
+            self.failure_log.add(err)
         self.console.print(f"matpac: skipped {err}", markup=False, style="yellow", soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"matpac: warning: {text}", markup=False, style="yellow", soft_wrap=True)
 
     def info(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, markup=False, soft_wrap=True)
 
     def close(self) -> None:
+        if self.failure_log is not None:
+            self.failure_log.close()
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
 
-def finish(summary, reporter: Reporter, failures: Optional[Path], verb: str) -> int:
-    """Write --failures, print the summary line; the exit status (1 when any input failed)."""
+def _audio(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def finish(summary, reporter: Reporter, failures: Optional[Path], verb: str, predictors: Sequence = ()) -> int:
+    """Write --failures, print the summary line; the exit status (1 when any input failed).
+
+    The line always gives files done/reused/failed, hours of audio, wall time, rate, and the
+    device and precision that actually ran.
+    """
     from matpac_cli.writers import write_failures
 
-    if failures is not None:
+    if failures is not None and reporter.failure_log is None:
         write_failures(failures, summary.failures)
-    parts = [f"{verb} {summary.done + summary.reused} file(s)"]
-    if summary.reused:
-        parts.append(f"{summary.reused} reused from an earlier run")
-    if summary.failures:
-        parts.append(f"{len(summary.failures)} failed")
+    wall = time.monotonic() - reporter.started
+    computed_s = max(summary.audio_s - reporter.reused_s, 0.0)
+    rate = computed_s / wall if wall > 0 else 0.0
+    hours = summary.audio_s / 3600
+    line = (f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
+            f"{len(summary.failures)} failed; {hours:.2f} h of audio in {_clock(wall)} ({rate:.1f}x real time)")
+    ran = sorted({f"{p.device}, {str(p.dtype).replace('torch.', '')}" for p in predictors})
+    if ran:
+        line += " on " + " and ".join(ran)
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
-    reporter.info("matpac: " + "; ".join(parts) + (f"; wrote {written}" if written else ""))
+    left = ", ".join(str(p) for p in getattr(summary, "left", []))
+    if written:
+        line += f"; wrote {written}"
+    else:
+        line += "; wrote nothing" + (f" ({left} from an earlier run, left as it was)" if left else "")
+    reporter.info(line)
     return 1 if summary.failures else 0
 
 
@@ -88,7 +227,18 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
     return items
 
 
-def load_predictor(model: str, device: str, precision: str, threads: Optional[int], quiet: bool):
+def check_model(model: str):
+    """Refuse an unknown model name before anything loads; a local file is resolved (hashed)
+    here once, a registry or hf: name is left for `load_predictor` to download."""
+    from matpac_cli.registry import load_registry
+    from matpac_cli.weights import resolve
+
+    if model.startswith("hf:") or model in load_registry().models:
+        return model
+    return resolve(model)
+
+
+def load_predictor(model, device: str, precision: str, threads: Optional[int], quiet: bool):
     import torch
 
     from matpac_cli.predictor import Predictor

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import Reporter, argv, finish, items_for, load_predictor
+from matpac_cli.cli._common import (Reporter, argv, check_model, check_run_options, finish, items_for,
+                                    load_predictor)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
                                      NullOpt, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt)
 
@@ -33,15 +35,26 @@ def embed(
 
     Example: matpac embed ./clips --out emb.npy
     """
-    from matpac_cli.embedding import EmbedConfig, embed as run_embed
+    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed
 
+    started = time.monotonic()
+    check_run_options(batch_size, workers, threads)
+    config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers or None,
+                         force=force)
+    check_config(config)  # --out, --layer, --frames, --failures: refused before the model loads
+    if failures is not None:
+        from matpac_cli.writers import ensure_writable
+
+        ensure_writable(failures)
     items = items_for(inputs, ext, null)
-    predictor = load_predictor(model or "matpac-plus", device, precision, threads, quiet)
-    reporter = Reporter(quiet, len(items))
+    spec = check_model(model or "matpac-plus")
+    predictor = load_predictor(spec, device, precision, threads or None, quiet)
+    journal = config.out.with_name(config.out.name + ".journal")
+    reporter = Reporter(quiet, items, started, keeps=f"finished files are kept in {journal}; run the same command to resume",
+                        failures=failures)
     try:
-        config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers, force=force)
         summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
-                            on_audio=reporter.audio)
+                            on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
     finally:
         reporter.close()
-    raise typer.Exit(finish(summary, reporter, failures, "embedded"))
+    raise typer.Exit(finish(summary, reporter, failures, "embedded", [predictor]))

@@ -12,58 +12,183 @@ from matpac_cli.cli._options import ForceOpt
 
 app = typer.Typer(no_args_is_help=True, help="List, download, verify models and heads; print labels.")
 
+MODEL_COLUMNS = ("model", "description", "family", "source", "cached")
+HEAD_COLUMNS = ("head", "aliases", "classes", "activation", "encoders", "cached", "label_order")
 
-@app.command("list")
-def models_list() -> int:
-    """Models and heads this version knows, where they come from, and whether they are cached."""
-    from rich.console import Console
-    from rich.table import Table
 
+def catalog() -> dict:
+    """Every model and head of the registry, where it comes from, and what is cached (JSON-ready)."""
     import urllib.parse
 
+    from matpac_cli.errors import WeightsError
+    from matpac_cli.heads import zip_tasks
     from matpac_cli.registry import load_registry
-    from matpac_cli.weights import cached_files, release_path
+    from matpac_cli.weights import cached_files, release_base, release_path
 
     reg = load_registry()
-    table = Table(title="Models", title_justify="left")
-    for col in ("name", "description", "source", "cached"):
-        table.add_column(col)
-    for m in reg.models.values():
-        release = m.release and "release:" + urllib.parse.unquote(m.release)
-        source = "\n".join(s for s in (m.hub and f"hf:{m.hub}", release) if s)
-        table.add_row(m.name, m.description, source, "yes" if cached_files(m) else "no")
-    zip_cached = release_path(reg.probes_release).is_file()
-    zip_state = "cached" if zip_cached else "not cached: matpac models download probes"
-    heads = Table(title=f"Heads (matpac tag --head NAME); probe zip {zip_state}", title_justify="left")
-    for col in ("name", "aliases", "classes", "activation", "for", "label order"):
-        heads.add_column(col)
+    models = [
+        {"name": m.name, "description": m.description, "family": m.family, "hub": m.hub,
+         "revision": m.revision, "release": m.release and urllib.parse.unquote(m.release),
+         "cached": bool(files := cached_files(m)), "files": [str(p) for _, p in files]}
+        for m in reg.models.values()
+    ]
+    cached = {m["name"]: m["cached"] for m in models}
+    zpath = release_path(reg.probes_release)
+    tasks = None
+    if zpath.is_file():
+        try:
+            tasks = zip_tasks(zpath)
+        except WeightsError:
+            tasks = None  # unreadable: say what the registry says; `models verify` names the problem
+    heads = []
     for h in reg.heads.values():
-        where = h.builtin or "MATPAC++ probes"
-        order = "confirmed" if h.confirmed_order else "unconfirmed"
-        heads.add_row(h.name, ", ".join(h.aliases), str(h.classes), h.activation, where, order)
-    console = Console()
-    console.print(table)
+        encoders = reg.encoders_for(h)
+        if tasks is not None and not h.builtin:
+            encoders = [e for e in encoders if (h.task or h.name) in tasks.get(reg.models[e].family, set())]
+        heads.append({
+            "name": h.name, "aliases": list(h.aliases), "description": h.description, "classes": h.classes,
+            "activation": h.activation, "kind": "builtin" if h.builtin else "probe", "encoders": encoders,
+            "cached": cached.get(h.builtin, False) if h.builtin else zpath.is_file(),
+            "label_order": "confirmed" if h.confirmed_order else "unconfirmed",
+        })
+    probes = {"release": urllib.parse.unquote(reg.probes_release), "url": release_base() + reg.probes_release,
+              "cached": zpath.is_file(), "path": str(zpath) if zpath.is_file() else None}
+    return {"models": models, "heads": heads, "probes": probes}
+
+
+def _model_row(m: dict) -> list[str]:
+    sources = [s for s in (m["hub"] and f"hf:{m['hub']}", m["release"] and f"release:{m['release']}") if s]
+    return [m["name"], m["description"], m["family"] or "-", ", ".join(sources), "yes" if m["cached"] else "no"]
+
+
+def _head_row(h: dict) -> list[str]:
+    return [h["name"], ",".join(h["aliases"]) or "-", str(h["classes"]), h["activation"],
+            ",".join(h["encoders"]) or "-", "yes" if h["cached"] else "no", h["label_order"]]
+
+
+def _print_tsv(data: dict) -> None:
+    def line(cells) -> str:
+        return "\t".join(str(c).replace("\t", " ") for c in cells) + "\n"
+
+    out = [line(MODEL_COLUMNS), *(line(_model_row(m)) for m in data["models"]), "\n",
+           line(HEAD_COLUMNS), *(line(_head_row(h)) for h in data["heads"])]
+    sys.stdout.write("".join(out))
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[list[str]], keep: set[int]):
+    """A rich table; the columns in `keep` keep their longest line whole, the others wrap."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col.replace("_", " "), no_wrap=i in keep, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_tables(data: dict) -> None:
+    from rich.console import Console
+
+    model_rows = [_model_row(m) for m in data["models"]]
+    for row in model_rows:
+        row[3] = row[3].replace(", ", "\n")
+    head_rows = [_head_row(h) for h in data["heads"]]
+    for row in head_rows:
+        row[1], row[4] = row[1].replace(",", ", "), row[4].replace(",", "\n")
+    zip_state = "cached" if data["probes"]["cached"] else "not cached: matpac models download probes"
+    models = _table("Models", MODEL_COLUMNS, model_rows, keep={0})
+    heads = _table(f"Heads (matpac tag --head NAME); probe zip {zip_state}", HEAD_COLUMNS, head_rows, keep={0, 4})
+    console = Console(highlight=False)
+    console.print(models)
     console.print(heads)
+
+
+@app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the models, heads and probe zip.")] = False,
+) -> int:
+    """Models and heads this version knows, where they come from, which encoders each head exists
+    for, and whether they are cached. Tab-separated columns when stdout is not a terminal."""
+    import json
+
+    data = catalog()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif sys.stdout.isatty():
+        _print_tables(data)
+    else:
+        _print_tsv(data)
     return 0
+
+
+def download_targets(names: list[str]) -> list[str]:
+    """Expand `all`, refuse unknown names (with a near miss), keep the order, drop repeats."""
+    from matpac_cli.errors import UsageError
+    from matpac_cli.registry import load_registry, suggest
+
+    models = list(load_registry().models)
+    known = [*models, "probes", "all"]
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [*models, "probes"]
+        elif name in known or name.startswith("hf:"):
+            out.append(name)
+        else:
+            raise UsageError(
+                f"unknown name {name!r}{suggest(name, known)}; give model names ({', '.join(models)}), "
+                "'probes' (the probe-head zip), 'all', or hf:OWNER/REPO[@REVISION]"
+            )
+    return list(dict.fromkeys(out))
+
+
+def _fetch(name: str, force: bool) -> str:
+    progress = sys.stderr.isatty()
+    if name == "probes":
+        from matpac_cli.heads import probes_dir
+
+        return f"matpac: probe heads ready in {probes_dir(progress=progress, force=force)}"
+    from matpac_cli.weights import resolve
+
+    res = resolve(name, progress=progress, force=force)
+    return f"matpac: {res.name} ready: {res.path} (sha256 {res.sha256}, from {res.source})"
 
 
 @app.command("download")
 def models_download(
-    name: Annotated[str, typer.Argument(help="A model name, or 'probes' for the probe-head zip.")],
+    names: Annotated[list[str], typer.Argument(
+        help="Model names, 'probes' (the probe-head zip), or 'all' (every model and the probes).",
+        show_default=False, metavar="NAME")],
     force: ForceOpt = False,
 ) -> int:
-    """Fetch a model (or the probe zip) into the cache and record its sha256."""
+    """Fetch models (and the probe zip) into the cache and record their sha256.
+
+    Example: matpac models download matpac-plus probes
+    """
+    from matpac_cli.errors import ModelError, WeightsError
+    from matpac_cli.weights import NoNetwork, offline
+
+    targets = download_targets(names)
+    if offline():
+        raise WeightsError(
+            "cannot download while HF_HUB_OFFLINE is set; unset it (or set HF_HUB_OFFLINE=0) "
+            "on a machine with network access and run again"
+        )
     reporter = Reporter(False)
-    if name == "probes":
-        from matpac_cli.heads import probes_dir
-
-        path = probes_dir(progress=sys.stderr.isatty())
-        reporter.info(f"matpac: probe heads ready in {path}")
-        return 0
-    from matpac_cli.weights import resolve
-
-    res = resolve(name, progress=sys.stderr.isatty(), force=force)
-    reporter.info(f"matpac: {res.name} ready: {res.path} (sha256 {res.sha256}, from {res.source})")
+    failed: list[str] = []
+    for name in targets:
+        try:
+            reporter.info(_fetch(name, force))
+        except NoNetwork:
+            raise
+        except (WeightsError, ModelError) as exc:
+            if len(targets) == 1:
+                raise
+            failed.append(name)
+            reporter.info(f"matpac: error: {exc}")
+    if failed:
+        raise WeightsError(f"{len(failed)} of {len(targets)} not downloaded: {', '.join(failed)}")
     return 0
 
 

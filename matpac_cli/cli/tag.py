@@ -3,27 +3,47 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import Reporter, argv, finish, items_for, load_predictor
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
+from matpac_cli.cli._common import (Reporter, SafeStdout, argv, check_model, check_run_options, finish, items_for,
+                                    load_predictor)
+from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
                                      NullOpt, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt)
-from matpac_cli.errors import UsageError
+
+
+ModelTagOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
+    "Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV]; every head then uses it. Default: each "
+    "head's own encoder: matpac-plus for sounds (fsd50k), esc50, us8k; matpac-plus-audioset for events; "
+    "matpac-plus-music for the others."))]
+HeadOpt = Annotated[Optional[list[str]], typer.Option("--head", "-H", help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable.")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
+    "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
+    "independent probabilities, a single-label (softmax) head's class probabilities."))]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl or .ndjson), or '-' for stdout (the default).")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")]
+ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help=(
+    "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
+    "with --out - (stdout) none unless this is given."))]
+SegmentsOpt = Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")]
+LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
 
 
 def tag(
     inputs: Inputs,
-    model: ModelOpt = None,
-    head: Annotated[Optional[list[str]], typer.Option("--head", "-H", help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold.")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Keep labels scoring at least this (multi-label heads).")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file, or '-' for stdout (the default).")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")] = None,
-    segments: Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")] = False,
-    labels: Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")] = None,
+    model: ModelTagOpt = None,
+    head: HeadOpt = None,
+    top_k: TopKOpt = None,
+    threshold: ThresholdOpt = None,
+    out: OutOpt = None,
+    fmt: FormatOpt = None,
+    manifest: ManifestOpt = None,
+    segments: SegmentsOpt = False,
+    labels: LabelsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 16,
@@ -37,37 +57,69 @@ def tag(
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
+    Rows: path,head,label,score,rank,tag_id (label: the plain name, trance; tag_id: the dataset's tag, genre---trance).
+
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
-    from matpac_cli.tagging import DEFAULT_HEADS, DEFAULT_MODEL, Group, TagConfig, build_heads, plan_groups
+    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, describe, plan_groups
+    from matpac_cli.tag_rows import check_selection, output_format
+    from matpac_cli.tagging import Group, TagConfig, build_heads
     from matpac_cli.tagging import tag as run_tag
 
-    if fmt is None:
-        fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".ndjson")) else "csv"
-    if fmt not in ("csv", "jsonl"):
-        raise UsageError(f"--format {fmt}: expected csv or jsonl")
-    if top_k is not None and top_k < 0:
-        raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")
+    started = time.monotonic()
+    # everything that can be refused without weights is refused before any download or load
+    check_run_options(batch_size, workers, threads)
+    check_selection(top_k, threshold)
+    fmt = output_format(out, fmt)
+    target = None if out in (None, "-") else Path(out)
+    _check_paths(target, manifest, failures, force, check_output)
+    plan = [(name, _check_model(name), heads) for name, heads in plan_groups(head or DEFAULT_HEADS, model)]
+    _check_device(device, precision)
     items = items_for(inputs, ext, null)
     reporter = Reporter(quiet)
     groups = []
-    for model_name, head_names in plan_groups(head or DEFAULT_HEADS, model or DEFAULT_MODEL):
-        predictor = load_predictor(model_name, device, precision, threads, quiet)
+    for model_name, spec, head_names in plan:
+        predictor = load_predictor(spec, device, precision, threads or None, quiet)
         groups.append(Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor))
-    if len(groups) > 1:
-        plan = "; ".join(f"{g.model} for {', '.join(h.name for h in g.heads)}" for g in groups)
-        reporter.info(f"matpac: these heads need {len(groups)} encoders, each run once per file: {plan}")
+    reporter.info(f"matpac: {describe(groups)}")
     for g in groups:
         for h in g.heads:
             if h.standardised and h.kind == "probe":
                 reporter.info(f"matpac: head {h.name}: standardising features with the statistics in its file")
-    reporter = Reporter(quiet, len(items))
-    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt,
-                       batch_size=batch_size, workers=workers, force=force)
-    target = None if out in (None, "-") else Path(out)
+    keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
+    reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
+    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt, batch_size=batch_size,
+                       workers=workers or None, force=force, manifest=manifest)
     try:
-        summary = run_tag(items, groups, config, target, sys.stdout, reporter.advance, reporter.failure,
-                          argv=argv(), on_audio=reporter.audio)
+        summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance, reporter.failure,
+                          argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused)
     finally:
         reporter.close()
-    raise typer.Exit(finish(summary, reporter, failures, "tagged"))
+    raise typer.Exit(finish(summary, reporter, failures, "tagged", [g.predictor for g in groups]))
+
+
+def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path], force: bool,
+                 check_output) -> None:
+    from matpac_cli.writers import ensure_writable
+
+    for path in (target, manifest, failures):
+        if path is not None:
+            ensure_writable(path)
+    if target is not None:
+        check_output(target, force)
+
+
+def _check_model(name: str):
+    """Every model of the plan is checked before the first one loads (a typo in the second
+    costs no download of the first)."""
+    from matpac_cli.weights import parse_hf
+
+    if name.startswith("hf:"):
+        parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
+    return check_model(name)
+
+
+def _check_device(device: str, precision: str) -> None:
+    from matpac_cli.predictor import pick_device, pick_dtype
+
+    pick_dtype(precision, pick_device(device))

@@ -1,0 +1,109 @@
+"""Tag rows: which labels of a score vector are kept, and the long-format rows they become.
+
+A row is `path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments): `label` is the
+plain class name (`trance`), `tag_id` the dataset's own tag (`genre---trance`). Scores are
+computed once per file and journalled, so rows can be cut again with another --top-k or
+--threshold without running the encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from matpac_cli.errors import UsageError
+from matpac_cli.heads import Head
+from matpac_cli.pipeline import FileResult
+
+DEFAULT_TOP_K = 5
+# --out extensions and the format each implies; nothing else is written
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def output_format(out: str | None, fmt: str | None) -> str:
+    """The row format for `--out`/`--format`: refused, in one line, unless both agree on a
+    supported one. `out` None or '-' is stdout (csv unless --format says jsonl)."""
+    supported = ", ".join(sorted(set(FORMATS.values())))
+    if fmt is not None and fmt.lower() not in FORMATS.values():
+        raise UsageError(f"--format {fmt}: supported formats are {supported}")
+    if out in (None, "-"):
+        return (fmt or "csv").lower()
+    ext = Path(out).suffix.lower()
+    if ext not in FORMATS:
+        raise UsageError(f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
+                         f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout")
+    if fmt is not None and fmt.lower() != FORMATS[ext]:
+        raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
+    return FORMATS[ext]
+
+
+def check_selection(top_k: int | None, threshold: float | None) -> None:
+    if top_k is not None and top_k < 0:
+        raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails both
+        raise UsageError(f"--threshold {threshold}: give a probability between 0 and 1")
+
+
+def effective_top_k(top_k: int | None, threshold: float | None) -> int:
+    """--top-k as applied: 5 by default, or every label above --threshold when one is given."""
+    if top_k is not None:
+        return top_k
+    return 0 if threshold is not None else DEFAULT_TOP_K
+
+
+def select(scores: np.ndarray, top_k: int | None, threshold: float | None) -> list[tuple[int, int]]:
+    """(rank, label index) pairs kept for one score vector, best first.
+
+    The threshold applies to every head: a sigmoid head keeps each label scoring at least it, a
+    softmax head each label whose probability is at least it."""
+    order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        order = order[scores[order] >= threshold]
+    k = effective_top_k(top_k, threshold)
+    if k > 0:
+        order = order[:k]
+    return [(rank, int(i)) for rank, i in enumerate(order, start=1)]
+
+
+def columns(segments: bool) -> list[str]:
+    return ["path", "head", "label", "score", "rank", "tag_id"] + (["start_s", "end_s"] if segments else [])
+
+
+def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int) -> dict:
+    return {"path": name, "head": head.name, "label": head.labels[i], "score": float(scores[i]),
+            "rank": rank, "tag_id": head.tag_ids[i]}
+
+
+def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, threshold: float | None,
+             segments: bool) -> Iterable[dict]:
+    for head in heads:
+        scores = rec_arrays[f"clip:{head.name}"]
+        for rank, i in select(scores, top_k, threshold):
+            row = _row(name, head, scores, rank, i)
+            if segments:
+                row.update(start_s=None, end_s=None)
+            yield row
+        if segments:
+            seg_scores, times = rec_arrays[f"seg:{head.name}"], rec_arrays[f"times:{head.name}"]
+            for s in range(len(seg_scores)):
+                for rank, i in select(seg_scores[s], top_k, threshold):
+                    row = _row(name, head, seg_scores[s], rank, i)
+                    row.update(start_s=round(float(times[s][0]), 3), end_s=round(float(times[s][1]), 3))
+                    yield row
+
+
+def score(result: FileResult, groups: list, segments: bool) -> dict[str, np.ndarray]:
+    """Every head's clip scores (and per-segment scores) for one file."""
+    arrays: dict[str, np.ndarray] = {}
+    for group, out in zip(groups, result.outputs):
+        clip = out.embedding[-1][None]
+        seg = np.stack([s.embedding for s in out.segments]) if segments else None
+        times = np.array([[s.start_s, s.end_s] for s in out.segments], dtype=np.float32).reshape(-1, 2)
+        for head in group.heads:  # each encoder cuts its own chunks (608 or 992 frames)
+            arrays[f"clip:{head.name}"] = head.scores(clip)[0].astype(np.float32)
+            if segments:
+                arrays[f"seg:{head.name}"] = head.scores(seg).astype(np.float32)
+                arrays[f"times:{head.name}"] = times
+    return arrays

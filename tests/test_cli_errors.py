@@ -1,0 +1,57 @@
+"""Usage and output errors: one line, exit 2, before any model loads; signals and pipes end cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_matpac, write_audio
+
+
+@pytest.fixture()
+def clips(tmp_path) -> Path:
+    write_audio(tmp_path / "clips" / "a.wav", 1.0)
+    (tmp_path / "a.wav").write_bytes(b"a file, not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--workers", "-2"], "--workers -2"),
+    (["--threads", "-1"], "--threads -1"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--layer", "twelve"], "--layer twelve"),
+    (["--out", "a.wav/t.npy"], "a.wav is not a folder"),
+    (["--out", "/proc/x.npy"], "/proc/x.npy"),
+    (["--out", "emb.parquet"], ".npy"),
+    (["--model", "matpac-pluss"], "matpac-plus"),
+])
+def test_embed_argument_errors_are_one_line_exit_2_before_the_model_loads(hub, clips, extra, says):
+    args = ["embed", "clips", "--out", "emb.npy", *extra]
+    proc = run_matpac(args, cwd=clips)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("matpac: error: ") and says in err, err
+    assert proc.stdout == b""
+    assert hub.requests == [], "a model download started before the arguments were checked"
+
+
+def test_workers_and_threads_zero_mean_the_default(tmp_path):
+    from reference import make_checkpoint
+    import torch
+
+    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), tmp_path / "tiny.pt")
+    write_audio(tmp_path / "a.wav", 1.0)
+    proc = run_matpac(["embed", "a.wav", "--out", "e.npy", "--model", "tiny.pt", "--workers", "0",
+                       "--threads", "0", "-q"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_version_and_completion_are_offered():
+    from matpac_cli import __version__
+
+    proc = run_matpac(["--version"])
+    assert proc.returncode == 0 and proc.stdout.decode().strip() == f"matpac {__version__}"
+    help_text = run_matpac(["--help"]).stdout.decode()
+    assert "--install-completion" in help_text and "--show-completion" in help_text

@@ -1,0 +1,329 @@
+"""Hostile trees, full disks, races and forged journals (issue 10), through the real command.
+
+Full and read-only disks are small tmpfs mounts, made only where the tests run as root (CI does)
+and skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import run_matpac, write_audio
+from reference import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
+    return path
+
+
+@pytest.fixture()
+def mount(tmp_path):
+    """mount(size_kb, ro=False) -> a fresh tmpfs folder, unmounted afterwards."""
+    made: list[Path] = []
+
+    def make(size_kb: int, ro: bool = False) -> Path:
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("tmpfs mounts need root")
+        where = tmp_path / f"mnt{len(made)}"
+        where.mkdir()
+        opts = f"size={size_kb}k" + (",ro" if ro else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)]).returncode != 0:
+            pytest.skip("cannot mount tmpfs here")
+        made.append(where)
+        return where
+
+    yield make
+    for where in made:
+        subprocess.run(["umount", "-l", str(where)])
+
+
+def _one_error_line(proc, code: int = 2) -> str:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("matpac: error")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _clips(folder: Path, n: int, seconds: float = 0.5) -> Path:
+    for i in range(n):
+        write_audio(folder / f"c{i:03d}.wav", seconds, seed=i)
+    return folder
+
+
+# -------------------------------------------------------------------- 1. names that are not UTF-8
+
+
+def test_a_non_utf8_file_name_is_processed_and_written_as_its_bytes(tmp_path, tiny):
+    clips = _clips(tmp_path / "clips", 2)
+    args = ["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q", "--failures", "f.csv"]
+    assert run_matpac(args, cwd=tmp_path).returncode == 0  # an earlier index, without the odd name
+    odd = os.fsencode(clips) + b"/caf\xe9.wav"
+    shutil.copy(clips / "c000.wav", os.fsdecode(odd))
+    bad = os.fsencode(clips) + b"/\xff\xfebad.wav"
+    with open(bad, "wb") as fh:
+        fh.write(b"not audio")
+    proc = run_matpac(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    index = (tmp_path / "e.csv").read_bytes().splitlines()
+    names = [ln.split(b",")[1] for ln in index[1:]]
+    assert sorted(names) == names and b"clips/caf\xe9.wav" in names
+    matrix = np.load(tmp_path / "e.npy")
+    assert len(matrix) == len(names) == 3
+    row = names.index(b"clips/caf\xe9.wav")
+    np.testing.assert_array_equal(matrix[row], matrix[names.index(b"clips/c000.wav")])
+    assert b"clips/\xff\xfebad.wav" in (tmp_path / "f.csv").read_bytes()
+    again = run_matpac(args, cwd=tmp_path)  # the journal keys it faithfully too
+    assert json.loads((tmp_path / "e.manifest.json").read_text())["counts"]["reused"] == 3, again.stderr
+
+
+# -------------------------------------------------------------------- 2. symlink loops
+
+
+def test_a_symlink_loop_is_named_and_skipped_and_the_run_goes_on(tmp_path, tiny):
+    clips = _clips(tmp_path / "clips" / "sub", 2)
+    os.symlink("..", clips / "up")
+    os.symlink("l2.wav", clips / "l1.wav")
+    os.symlink("l1.wav", clips / "l2.wav")
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "clips/sub/up: symlink loop" in err and "clips/sub/l1.wav: symlink loop" in err, err
+    assert "Traceback" not in err
+    assert len(np.load(tmp_path / "e.npy")) == 2
+
+
+# -------------------------------------------------------------------- 3. and 6. full and read-only disks
+
+
+def test_disk_full_during_the_final_write_is_one_line_and_leaves_no_temp_file(tmp_path, tiny, mount):
+    clips = _clips(tmp_path / "clips", 60)
+    disk = mount(250)  # the journal fits, the journal and the matrix together do not
+    proc = run_matpac(["embed", str(clips), "--out", str(disk / "e.npy"), "--model", str(tiny)])
+    line = _one_error_line(proc)
+    assert "No space left on device" in line and "e.npy" in line, line
+    assert [p.name for p in disk.iterdir() if ".tmp" in p.name] == []
+    assert not (disk / "e.npy").exists()
+
+
+def test_disk_full_during_a_journal_write_is_one_line(tmp_path, tiny, mount):
+    clips = _clips(tmp_path / "clips", 60)
+    disk = mount(64)
+    proc = run_matpac(["embed", str(clips), "--out", str(disk / "e.npy"), "--model", str(tiny)])
+    line = _one_error_line(proc)
+    assert "No space left on device" in line and "journal" in line, line
+
+
+def test_a_read_only_disk_is_refused_before_the_model_loads(tmp_path, hub, mount):
+    _clips(tmp_path / "clips", 1)
+    disk = mount(64, ro=True)
+    proc = run_matpac(["embed", "clips", "--out", str(disk / "e.npy")], cwd=tmp_path)
+    line = _one_error_line(proc)
+    assert "Read-only file system" in line, line
+    assert hub.requests == []
+
+
+def test_force_onto_a_folder_is_refused_before_any_compute(tmp_path, hub):
+    _clips(tmp_path / "clips", 1)
+    (tmp_path / "e.npy").mkdir()
+    line = _one_error_line(run_matpac(["embed", "clips", "--out", "e.npy", "--force"], cwd=tmp_path))
+    assert "e.npy" in line and "folder" in line
+    assert hub.requests == []
+
+
+def test_stale_temp_files_of_dead_runs_are_removed_on_start(tmp_path, tiny):
+    _clips(tmp_path / "clips", 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".e.npy.tmp{dead.pid}"
+    stale.write_bytes(b"\0" * 4096)
+    mine = tmp_path / f".e.npy.tmp{os.getpid()}"  # a live PID: not ours to remove
+    mine.write_bytes(b"x")
+    assert run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path).returncode == 0
+    assert not stale.exists() and mine.exists()
+
+
+# -------------------------------------------------------------------- 4. and 5. non-finite results, nothing new
+
+
+def test_finite_samples_of_1e18_are_a_named_input_error_not_nan_rows(tmp_path, tiny):
+    _clips(tmp_path, 1)
+    sf.write(tmp_path / "loud.wav", np.full(16000, 1e18, np.float32), 16000, subtype="FLOAT")
+    proc = run_matpac(["embed", "c000.wav", "loud.wav", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "loud.wav" in err and "NaN" in err, err
+    matrix = np.load(tmp_path / "e.npy")
+    assert matrix.shape[0] == 1 and np.isfinite(matrix).all()
+
+
+def test_when_every_input_fails_the_old_output_is_not_reported_as_written(tmp_path, tiny):
+    _clips(tmp_path / "clips", 2)
+    args = ["--out", "e.npy", "--model", str(tiny)]
+    assert run_matpac(["embed", "clips", *args, "-q"], cwd=tmp_path).returncode == 0
+    before = (tmp_path / "e.npy").read_bytes()
+    (tmp_path / "junk.wav").write_bytes(b"junk")
+    proc = run_matpac(["embed", "junk.wav", *args], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert "wrote nothing" in err and "left as it was" in err and "wrote e.npy" not in err, err
+    assert (tmp_path / "e.npy").read_bytes() == before
+
+
+# -------------------------------------------------------------------- 8. concurrent runs
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, tiny):
+    _clips(tmp_path / "clips", 1)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
+        str(tmp_path / "e.npy")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"  # a run writing e.npy, as far as the lock goes
+        second = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+        line = _one_error_line(second)
+        assert f"another matpac is writing e.npy (pid {holder.pid})" in line, line
+        assert not (tmp_path / "e.npy").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the first is gone, the lock is free again
+    assert run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path).returncode == 0
+
+
+# -------------------------------------------------------------------- 9. and 10. forged journals, copied files
+
+
+def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
+    """A journal that still holds payloads (as after kill -9): stop an in-process run at the end."""
+    from matpac_cli.discovery import discover
+    from matpac_cli.embedding import EmbedConfig, embed
+    from matpac_cli.predictor import Predictor
+
+    class Killed(Exception):
+        pass
+
+    def stop(item, seconds, seen=[]):
+        seen.append(item)
+        if len(seen) == n:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        embed(discover([str(tmp_path / "clips")]), Predictor.load(str(tiny), device="cpu"),
+              EmbedConfig(out=tmp_path / "e.npy", force=True), on_progress=stop)
+    return tmp_path / "e.npy.journal"
+
+
+def test_flipped_payload_bytes_are_dropped_with_a_warning_and_recomputed(tmp_path, tiny):
+    _clips(tmp_path / "clips", 3)
+    args = ["embed", "clips", "--out", "e.npy", "--model", str(tiny)]
+    assert run_matpac(args + ["-q"], cwd=tmp_path).returncode == 0
+    clean = np.load(tmp_path / "e.npy")
+    journal = _journal_after_kill(tmp_path, tiny, 3)
+    data = bytearray(journal.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40):  # 10 floats of the second record
+        data[i] ^= 0x5A
+    journal.write_bytes(bytes(data))
+    (tmp_path / "e.npy").unlink()
+    proc = run_matpac(args, cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "damaged record" in err, err
+    counts = json.loads((tmp_path / "e.manifest.json").read_text())["counts"]
+    assert counts == {"computed": 1, "reused": 2, "failed": 0}
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), clean, atol=1e-6)
+
+
+def test_a_forged_record_with_a_wrong_shape_or_missing_field_is_dropped_not_fatal(tmp_path, tiny):
+    from matpac_cli import journal as jr
+
+    _clips(tmp_path / "clips", 2)
+    journal = _journal_after_kill(tmp_path, tiny, 2)
+    settings, records = jr.read(journal)
+    forged = jr.MAGIC + jr._frame({"settings": settings}, {})
+    for rec in records.values():
+        meta = dict(rec.meta)
+        meta.pop("duration_s")  # a missing field
+        forged += jr._frame(dict(meta, key=rec.key), rec.arrays)
+        break
+    for rec in list(records.values())[1:]:  # a wrong shape, checksum and all
+        forged += jr._frame(dict(rec.meta, key=rec.key), {"embedding": np.zeros(7, np.float32)})
+    journal.write_bytes(forged)
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "e.manifest.json").read_text())["counts"]["computed"] == 2
+    assert np.load(tmp_path / "e.npy").shape == (2, 640)
+
+
+def test_same_size_and_mtime_but_other_audio_is_recomputed(tmp_path, tiny):
+    clips = tmp_path / "clips"
+    write_audio(clips / "a.wav", 1.0, seed=1)
+    write_audio(tmp_path / "other.wav", 1.0, seed=2)
+    args = ["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"]
+    assert run_matpac(args, cwd=tmp_path).returncode == 0
+    first = np.load(tmp_path / "e.npy")
+    subprocess.run(["cp", "-p", str(tmp_path / "other.wav"), str(clips / "a.wav")], check=True)
+    os.utime(clips / "a.wav", ns=(os.stat(tmp_path / "other.wav").st_atime_ns, os.stat(tmp_path / "other.wav").st_mtime_ns))
+    assert run_matpac(args, cwd=tmp_path).returncode == 0
+    assert json.loads((tmp_path / "e.manifest.json").read_text())["counts"]["computed"] == 1
+    assert not np.allclose(np.load(tmp_path / "e.npy"), first)
+
+
+# -------------------------------------------------------------------- tag: full stdout, odd names, locks
+
+
+def _probe_file(tmp_path: Path) -> Path:
+    """A local openmic probe (20 classes) for the tiny 640-wide encoder."""
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "openmic.pth"
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, path)
+    return path
+
+
+def test_tag_to_a_full_stdout_is_one_line_exit_2(tmp_path, tiny):
+    _clips(tmp_path / "clips", 2)
+    probe = _probe_file(tmp_path)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "matpac_cli", "tag", "clips", "--model", str(tiny),
+                               "--head", str(probe)], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE)
+    line = _one_error_line(proc)
+    assert "stdout" in line and "No space left on device" in line, line
+
+
+def test_tag_writes_a_non_utf8_name_as_its_bytes_in_csv_and_escaped_in_jsonl(tmp_path, tiny):
+    clips = _clips(tmp_path / "clips", 1)
+    shutil.copy(clips / "c000.wav", os.fsdecode(os.fsencode(clips) + b"/caf\xe9.wav"))
+    probe = _probe_file(tmp_path)
+    base = ["tag", "clips", "--model", str(tiny), "--head", str(probe), "--top-k", "1", "-q"]
+    out = run_matpac(base, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert b"clips/caf\xe9.wav," in out.stdout
+    assert run_matpac(base + ["--out", "t.jsonl"], cwd=tmp_path).returncode == 0
+    paths = [json.loads(ln)["path"] for ln in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert b"clips/caf\xe9.wav" in [os.fsencode(p) for p in paths]
+
+
+def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
+    from matpac_cli import writers
+
+    _clips(tmp_path / "clips", 1)
+    with writers.locked(tmp_path / "t.csv"):  # this process holds it, as a running matpac would
+        proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe_file(tmp_path)),
+                           "--out", "t.csv"], cwd=tmp_path)
+    line = _one_error_line(proc)
+    assert f"another matpac is writing t.csv (pid {os.getpid()})" in line, line

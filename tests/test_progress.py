@@ -1,0 +1,90 @@
+"""Progress and interruption: files finish as they go, an interrupted run keeps what finished.
+
+A file's result (and journal record) must follow its last chunk within about one batch, whatever
+the batch size: its short last chunk must not wait for 15 other files' tails.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_matpac, write_audio
+from reference import make_checkpoint
+
+HOP_S = 97_280 / 16_000  # audio one full chunk advances
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tracks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tracks")
+    for i in range(20):
+        write_audio(folder / f"t{i:02d}.wav", 30.0, seed=i)
+    return folder
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers):
+    from matpac_cli.discovery import discover
+    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.predictor import Predictor
+
+    predictor = Predictor.load(str(tiny), device="cpu", precision="fp32")
+    encoded = [0.0]
+    emitted: list[tuple[str, float]] = []
+    run(discover([str(tracks)]), [Plan(predictor)], batch_size=16, workers=workers,
+        on_result=lambda r: emitted.append((r.item.name, encoded[0])),
+        on_audio=lambda s: encoded.__setitem__(0, encoded[0] + s))
+    assert len(emitted) == 20
+    # two batches of audio (the one in hand, the one the tail rides with), plus the other files
+    # decoding alongside it, whose chunks interleave with this one's
+    slack = 2 * 16 * HOP_S + (workers - 1) * 30.0
+    for i, (name, at) in enumerate(emitted):
+        assert at <= 30.0 * (i + 1) + slack, (
+            f"{name} came out after {at:.0f} s of audio were encoded; its own audio ends at {30.0 * (i + 1):.0f} s")
+
+
+def _journal_records(path: Path) -> int:
+    """Sound records in a journal being written (a torn tail is not counted)."""
+    from matpac_cli import journal as jr
+
+    return len(jr.read(path)[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, sig):
+    out = tmp_path / "emb.npy"
+    journal = tmp_path / "emb.npy.journal"
+    args = [sys.executable, "-m", "matpac_cli", "embed", str(tracks), "--out", str(out),
+            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _journal_records(journal) < 12 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before 60% of its files were journalled"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    kept = _journal_records(journal)
+    assert kept >= 12
+    if sig != signal.SIGKILL:
+        assert proc.returncode == (130 if sig == signal.SIGINT else 143)
+        assert b"Traceback" not in err
+        last = err.decode().strip().splitlines()[-1]
+        word = "interrupted" if sig == signal.SIGINT else "terminated"
+        assert last.startswith(f"matpac: {word} after ") and "emb.npy.journal" in last and "resume" in last
+    rerun = run_matpac(["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert f"{kept} reused".encode() in rerun.stderr, rerun.stderr.decode()

@@ -8,6 +8,7 @@ checked against the registry, or against the hash recorded the first time it was
 
 from __future__ import annotations
 
+import contextlib
 
 import errno
 import hashlib
@@ -103,13 +104,19 @@ def recorded_hashes() -> dict[str, str]:
 
 
 def _record(key: str, digest: str) -> None:
+    """Remember a first download's hash. A read-only shared cache (offline clusters) simply
+    records nothing: the file is still checked against the registry where a hash is pinned."""
     records = recorded_hashes()
     records[key] = digest
     path = _records_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def verify(path: Path, key: str, expected: str | None, fetch_hint: str) -> str:

@@ -122,16 +122,24 @@ def _record(header: dict | None, payload: bytes) -> Record | None:
 
 
 def _frames(fh: BinaryIO) -> Iterator[tuple[dict | None, bytes]]:
-    """(header, payload) per complete frame; header None when the checksum or JSON is bad."""
+    """(header, payload) per complete frame; header None when the checksum or JSON is bad. A
+    length that runs past the end of the file is damage (or a torn tail): reading stops there,
+    without allocating what a flipped bit asks for."""
+    size = os.fstat(fh.fileno()).st_size
     while True:
         raw = fh.read(4)
         if len(raw) < 4:
             return
-        blob = fh.read(_LEN.unpack(raw)[0])
+        (hl,) = _LEN.unpack(raw)
+        if fh.tell() + hl > size:
+            return
+        blob = fh.read(hl)
         raw = fh.read(4)
         if len(raw) < 4:
             return
         (n,) = _LEN.unpack(raw)
+        if fh.tell() + n + 4 > size:
+            return
         payload = fh.read(n)
         crc = fh.read(4)
         if len(payload) < n or len(crc) < 4:
@@ -153,6 +161,7 @@ class Journal:
 
     def __init__(self, path: Path, settings: dict, fresh: bool = False) -> None:
         self.path = path
+        self._checked: dict[str, list] = {}  # keys read by `finished`, before the file was decoded
         old_settings, self.stamp, self.done, self.damaged = (None, None, {}, 0) if fresh else read_full(path)
         if old_settings != settings:
             self.done, self.stamp, self.damaged = {}, None, 0
@@ -179,12 +188,18 @@ class Journal:
                 tmp.unlink()
 
     def finished(self, item: Item) -> Record | None:
+        """The reusable record of `item`, if any. The key read here is the one `add` stores, so
+        a file that changes while it is being computed is recomputed next time, never reused."""
         key = item_key(item)
+        self._checked[key[0]] = key
         rec = self.done.get(key[0])
-        return rec if rec is not None and rec.key == key else None
+        return rec if rec is not None and rec.key == key and -1 not in key else None
 
     def add(self, item: Item, meta: dict, arrays: dict[str, np.ndarray]) -> Record:
-        rec = Record(item_key(item), meta, arrays)
+        key = self._checked.pop(real_path(item), None) or item_key(item)
+        rec = Record(key, meta, arrays)
+        if -1 in key:  # the file could not be stat'ed: nothing to recognise it by next time
+            return rec
         try:
             _write(self.fh, dict(meta, key=rec.key), arrays)
         except OSError as exc:

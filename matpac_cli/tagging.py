@@ -74,7 +74,8 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
         argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
-        on_reused: Callable[[Item, float], None] | None = None) -> Summary:
+        on_reused: Callable[[Item, float], None] | None = None,
+        on_warning: Callable[[str], None] = lambda text: None) -> Summary:
     """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`.
 
     `on_reused` hears of files taken from an earlier run's journal (default: `on_progress`)."""
@@ -85,7 +86,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     settings = {
         "job": "tag",
         "models": [g.predictor.resolved.sha256 for g in groups],
-        "heads": [[h.name, h.source] for h in heads],
+        "heads": [[h.name, h.source, h.sha256] for h in heads],  # a probe replaced in place is new
         "segments": config.segments,
     }
     summary = Summary()
@@ -101,7 +102,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     with writers.locked(out):
         writers.clean_stale_temps(out)
         _to_file(items, groups, config, out, settings, summary, callbacks, on_reused or on_progress,
-                 (man_path, make_manifest))
+                 (man_path, make_manifest), on_warning)
     return summary
 
 
@@ -125,7 +126,7 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
 
 def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
              summary: Summary, callbacks: Callbacks, on_reused: Callable[[Item, float], None],
-             manifest_for: tuple[Path, Callable[[], dict]]) -> None:
+             manifest_for: tuple[Path, Callable[[], dict]], on_warning: Callable[[str], None]) -> None:
     """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
     manifest (both replace the old ones together). With nothing finished, an earlier output is
     left as it was and not called fresh."""
@@ -141,6 +142,8 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
             raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
                               "use --force to replace it or choose another --out")
     journal = jr.Journal(journal_path, settings, fresh=config.force)
+    if journal.damaged:
+        on_warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
     todo = []
     for item in items:
         rec = journal.finished(item)

@@ -79,7 +79,11 @@ def resolve(spec: str, progress: bool = False, force: bool = False) -> Resolved:
         return _resolve_registered(registry.models[spec], progress, force)
     path = Path(spec).expanduser()
     if path.is_file():
-        return Resolved(spec, path, "file", sha256_of(path))
+        try:
+            digest = sha256_of(path)
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {spec}: {exc.strerror or exc}") from None
+        return Resolved(spec, path, "file", digest)
     if path.is_dir():
         raise ModelError(f"model {spec} is a folder, not a checkpoint file; give the weights file inside it")
     if path.suffix in WEIGHT_SUFFIXES or os.sep in spec:

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import re
+import signal
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import IO, Iterable, Iterator, Sequence
@@ -50,12 +51,18 @@ class Unit:
 
     def __exit__(self, kind, exc, tb) -> None:
         if kind is None:
-            for tmp, path in self.staged:
-                try:
-                    os.replace(tmp, path)
-                except OSError as err:
-                    self._discard()
-                    raise _fail(path, err) from None
+            # Ctrl-C or SIGTERM waits until every file is in place: never a new matrix beside
+            # the old index (the signal is delivered, and the run stops, right after)
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                for tmp, path in self.staged:
+                    try:
+                        os.replace(tmp, path)
+                    except OSError as err:
+                        self._discard()
+                        raise _fail(path, err) from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._discard()
 
     def _discard(self) -> None:

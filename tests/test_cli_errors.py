@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,23 @@ def test_version_and_completion_are_offered():
     assert proc.returncode == 0 and proc.stdout.decode().strip() == f"matpac {__version__}"
     help_text = run_matpac(["--help"]).stdout.decode()
     assert "--install-completion" in help_text and "--show-completion" in help_text
+
+
+def test_a_closed_stdout_pipe_ends_tag_quietly_with_exit_0(tmp_path):
+    """`matpac tag ... | head -1`: no message, no traceback, exit 0 (as ripgrep does)."""
+    import torch
+
+    from reference import make_checkpoint
+
+    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), tmp_path / "tiny.pt")
+    g = torch.Generator().manual_seed(0)
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)},
+               tmp_path / "openmic.pth")
+    for i in range(6):
+        write_audio(tmp_path / "clips" / f"c{i}.wav", 1.0, seed=i)
+    script = (f"set -o pipefail; {sys.executable} -m matpac_cli tag clips --model tiny.pt --head openmic.pth "
+              "--top-k 0 --workers 1 --batch-size 1 | head -1")
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, timeout=300)
+    assert proc.stdout.decode().startswith("path,head,label,score,rank")
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"Broken pipe" not in proc.stderr, proc.stderr

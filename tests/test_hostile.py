@@ -327,3 +327,43 @@ def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
                            "--out", "t.csv"], cwd=tmp_path)
     line = _one_error_line(proc)
     assert f"another matpac is writing t.csv (pid {os.getpid()})" in line, line
+
+
+def test_a_file_that_changes_while_it_is_computed_is_not_reused(tmp_path):
+    """The key stored is the one read before decoding: a growing recording is recomputed."""
+    from matpac_cli import journal as jr
+    from matpac_cli.discovery import Item
+
+    wav = write_audio(tmp_path / "rec.wav", 1.0)
+    item = Item("rec.wav", wav)
+    journal = jr.Journal(tmp_path / "j", {"job": "t"})
+    assert journal.finished(item) is None  # what a job does for every input before the run
+    with open(wav, "ab") as fh:  # the recording grows while its embedding is computed
+        fh.write(b"\0" * 64)
+    journal.add(item, {"duration_s": 1.0}, {"embedding": np.ones(4, np.float32)})
+    journal.close()
+    assert jr.Journal(tmp_path / "j", {"job": "t"}).finished(item) is None
+
+
+def test_a_damaged_length_field_stops_reading_there_without_a_huge_read(tmp_path):
+    from matpac_cli import journal as jr
+
+    good = jr._frame({"key": ["/a", 1, 2, 3, 4], "duration_s": 1.0}, {"embedding": np.ones(4, np.float32)})
+    data = jr.MAGIC + jr._frame({"settings": {"job": "t"}}, {}) + good + b"\xf0\xff\xff\xff" + good
+    (tmp_path / "j").write_bytes(data)
+    settings, records = jr.read(tmp_path / "j")
+    assert settings == {"job": "t"} and list(records) == ["/a"]
+
+
+def test_a_probe_replaced_in_place_means_new_scores(tmp_path, tiny):
+    _clips(tmp_path / "clips", 2)
+    probe = _probe_file(tmp_path)
+    args = ["tag", "clips", "--model", str(tiny), "--head", str(probe), "--out", "t.csv", "-q"]
+    assert run_matpac(args, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "t.csv").read_text()
+    g = torch.Generator().manual_seed(7)
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, probe)
+    proc = run_matpac(args, cwd=tmp_path)
+    assert proc.returncode == 2 and b"--head" in proc.stderr, proc.stderr  # refused, naming what changed
+    assert run_matpac(args + ["--force"], cwd=tmp_path).returncode == 0
+    assert (tmp_path / "t.csv").read_text() != before

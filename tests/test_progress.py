@@ -88,3 +88,15 @@ def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, si
     rerun = run_matpac(["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
     assert rerun.returncode == 0, rerun.stderr.decode()
     assert f"{kept} reused".encode() in rerun.stderr, rerun.stderr.decode()
+
+
+def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tracks, tmp_path):
+    import re
+
+    out = tmp_path / "emb.npy"
+    base = ["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"]
+    first = run_matpac(base).stderr.decode().strip().splitlines()[-1]
+    assert re.match(r"matpac: embedded 20 file\(s\): 20 done, 0 reused, 0 failed; 0\.17 h of audio in "
+                    r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; wrote ", first), first
+    again = run_matpac(base).stderr.decode().strip().splitlines()[-1]
+    assert "0 done, 20 reused, 0 failed; 0.17 h of audio" in again, again

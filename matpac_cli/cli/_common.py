@@ -128,7 +128,8 @@ class Reporter:
         self._refresh()
 
     def _refresh(self) -> None:
-        if self.progress is None:
+        progress = self.progress  # read once: close() may clear it from the main thread meanwhile
+        if progress is None:
             return
         done = self.encoded_s + self.reused_s
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -139,7 +140,7 @@ class Reporter:
         eta = ""
         if total and rate > 0:
             eta = f"ETA {_clock(max(total - done, 0.0) / rate)}"
-        self.progress.update(self.task, total=total or None, completed=min(done, total or done), info=info, eta=eta)
+        progress.update(self.task, total=total or None, completed=min(done, total or done), info=info, eta=eta)
 
     def failure(self, err: MatpacError) -> None:
         self.failed += 1
@@ -193,7 +194,8 @@ def finish(summary, reporter: Reporter, failures: Optional[Path], verb: str, pre
     hours = summary.audio_s / 3600
     line = (f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
             f"{len(summary.failures)} failed; {hours:.2f} h of audio in {_clock(wall)} ({rate:.1f}x real time)")
-    ran = sorted({f"{p.device}, {str(p.dtype).replace('torch.', '')}" for p in predictors})
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
+    ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())

@@ -92,7 +92,8 @@ def tag(
                        workers=workers or None, force=force, manifest=manifest)
     try:
         summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance, reporter.failure,
-                          argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused)
+                          argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
+                          on_warning=reporter.warning)
     finally:
         reporter.close()
     raise typer.Exit(finish(summary, reporter, failures, "tagged", [g.predictor for g in groups]))

@@ -242,10 +242,6 @@ class FailureLog:
             self.fh.close()
 
 
-def write_failures(path: Path, failures: Sequence[InputError]) -> None:
-    write_csv(path, ["path", "reason"], [(f.path, f.reason) for f in failures])
-
-
 class RowWriter:
     """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout)."""
 

@@ -178,16 +178,13 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def finish(summary, reporter: Reporter, failures: Optional[Path], verb: str, predictors: Sequence = ()) -> int:
-    """Write --failures, print the summary line; the exit status (1 when any input failed).
+def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) -> int:
+    """Print the summary line (--failures was written as failures happened); the exit status
+    (1 when any input failed).
 
     The line always gives files done/reused/failed, hours of audio, wall time, rate, and the
     device and precision that actually ran.
     """
-    from matpac_cli.writers import write_failures
-
-    if failures is not None and reporter.failure_log is None:
-        write_failures(failures, summary.failures)
     wall = time.monotonic() - reporter.started
     computed_s = max(summary.audio_s - reporter.reused_s, 0.0)
     rate = computed_s / wall if wall > 0 else 0.0

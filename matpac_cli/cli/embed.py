@@ -57,4 +57,4 @@ def embed(
                             on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
     finally:
         reporter.close()
-    raise typer.Exit(finish(summary, reporter, failures, "embedded", [predictor]))
+    raise typer.Exit(finish(summary, reporter, "embedded", [predictor]))

@@ -96,7 +96,7 @@ def tag(
                           on_warning=reporter.warning)
     finally:
         reporter.close()
-    raise typer.Exit(finish(summary, reporter, failures, "tagged", [g.predictor for g in groups]))
+    raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
 
 
 def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path], force: bool,

@@ -8,7 +8,8 @@ release layout, then prints:
   (c) the same audio through a naive loop: one file at a time, whole-file decode and resample,
       one chunk per forward pass, nothing overlapped (how the reference inference code works),
   (d) peak RSS of `matpac embed` on a 1-minute and on a 30-minute file,
-and the ratios b/a and b/c.
+  (e) end to end and the decode-only ceiling for MP3 and 16 kHz WAV beside FLAC (`--formats`),
+and the ratios b/a and b/c. The naive loop runs with torch's default threads.
 
     python benchmarks/throughput.py                 # CPU defaults
     python benchmarks/throughput.py --device cuda --batch-size 32 --precision bf16
@@ -50,9 +51,16 @@ def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
     torch.save(sd, path)
 
 
-def make_flac(path: Path, seconds: float, seed: int, sr: int = 44100) -> None:
+FORMATS = {  # name: (suffix, rate, libsndfile format): what the end-to-end figures are given for
+    "flac": (".flac", 44100, "FLAC"),  # 44.1 kHz stereo FLAC: resampled
+    "mp3": (".mp3", 44100, "MP3"),  # what music libraries hold
+    "wav16": (".wav", 16000, "WAV"),  # 16 kHz WAV: no resampling at all
+}
+
+
+def make_flac(path: Path, seconds: float, seed: int, sr: int = 44100, fmt: str = "FLAC") -> None:
     rng = np.random.default_rng(seed)
-    with sf.SoundFile(path, "w", samplerate=sr, channels=2, format="FLAC") as f:
+    with sf.SoundFile(path, "w", samplerate=sr, channels=2, format=fmt) as f:
         block = sr * 10
         for start in range(0, int(seconds * sr), block):
             n = min(block, int(seconds * sr) - start)
@@ -133,8 +141,9 @@ def end_to_end(ckpt: Path, folder: Path, out: Path, device: str, precision: str,
 
 
 def decode_only(folder: Path, workers: int | None, device: str) -> float:
-    """Audio-seconds per second of the decoding side alone (decode, downmix, resample, cut into
-    chunks in the worker threads): the ceiling for (b) whatever the device."""
+    """Audio-seconds per second of the decoding side alone, as the pipeline runs it for `device`:
+    decode, downmix and cut in the worker threads, and on a CPU resample there too (on a GPU the
+    batch resamples on the device): the ceiling for (b)."""
     from matpac_cli.discovery import discover
     from matpac_cli.decoding import IDLE, decoded, default_workers
 
@@ -144,7 +153,7 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
         torch.set_num_threads(1)  # as pipeline.run does when the CPU only decodes
     try:
         t0, total = time.perf_counter(), 0.0
-        for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True):
+        for _, msg in decoded(items, workers or default_workers(device), (608,), lambda: True, device != "cpu"):
             if isinstance(msg, dict):
                 total += sum(min(w.length, 97_280) for w, _ in msg[608]) / 16_000
             assert msg is not IDLE
@@ -163,7 +172,7 @@ def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float,
     n_t = pred.dims.n_t
     rows, total = [], 0.0
     t0 = time.perf_counter()
-    for path in sorted(folder.glob("*.flac")):
+    for path in sorted(folder.iterdir()):
         data, sr = sf.read(path, dtype="float32", always_2d=True)
         total += len(data) / sr
         wave = resample(torch.from_numpy(data.mean(axis=1)), sr).to(pred.device)
@@ -195,22 +204,42 @@ def peak_rss_mb(ckpt: Path, audio: Path, out: Path, device: str) -> float:
     return float(proc.stderr.strip().splitlines()[-1])
 
 
-def prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path, float]:
-    """A full-size checkpoint and the FLAC folder; returns them and the seconds of audio.
+def prepare(tmp: Path, args: argparse.Namespace, fmt: str = "flac") -> tuple[Path, Path, float]:
+    """A full-size checkpoint and a folder of `fmt` files; returns them and the seconds of audio.
 
     At most 8 distinct files are synthesised; the rest are copies under other names, which the
     pipeline decodes like any other file, so a GPU-sized corpus takes seconds to build.
     """
     ckpt = tmp / "vitb.pt"
-    make_checkpoint(ckpt)
-    folder = tmp / "flac"
+    if not ckpt.exists():
+        make_checkpoint(ckpt)
+    return ckpt, make_folder(tmp, args, fmt), args.files * args.seconds
+
+
+def make_folder(tmp: Path, args: argparse.Namespace, fmt: str) -> Path:
+    suffix, rate, kind = FORMATS[fmt]
+    folder = tmp / fmt
     folder.mkdir()
     distinct = min(args.files, 8)
     for i in range(distinct):
-        make_flac(folder / f"track{i:03d}.flac", args.seconds, seed=i)
+        make_flac(folder / f"track{i:03d}{suffix}", args.seconds, seed=i, sr=rate, fmt=kind)
     for i in range(distinct, args.files):
-        shutil.copyfile(folder / f"track{i % distinct:03d}.flac", folder / f"track{i:03d}.flac")
-    return ckpt, folder, args.files * args.seconds
+        shutil.copyfile(folder / f"track{i % distinct:03d}{suffix}", folder / f"track{i:03d}{suffix}")
+    return folder
+
+
+def formats_table(tmp: Path, ckpt: Path, args: argparse.Namespace, precision: str, batch: int) -> list[dict]:
+    """End to end and the decode-only ceiling for MP3 and 16 kHz WAV beside FLAC (`--formats`)."""
+    rows = []
+    print(f"format  end-to-end  decode-only ceiling  GPU busy   (precision {precision}, batch {batch})")
+    for fmt in args.formats.split(","):
+        folder = tmp / fmt if (tmp / fmt).is_dir() else make_folder(tmp, args, fmt)
+        b, _, _, busy = end_to_end(ckpt, folder, tmp / f"emb-{fmt}.npy", args.device, precision, batch, args.workers)
+        dec = decode_only(folder, args.workers, args.device)
+        shown = f"{busy:8.0%}" if busy is not None else "       -"
+        print(f"{fmt:6s} {b:11.1f} {dec:20.1f}  {shown}", flush=True)
+        rows.append({"format": fmt, "end_to_end": b, "decode_only": dec, "gpu_busy": busy})
+    return rows
 
 
 def _header(args: argparse.Namespace) -> str:
@@ -220,7 +249,7 @@ def _header(args: argparse.Namespace) -> str:
     workers = args.workers or default_workers(args.device)
     return (f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"decode workers {workers}; precision {args.precision}, batch {args.batch_size}; "
-            f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC")
+            f"{args.files} x {args.seconds:.0f} s stereo files (FLAC and MP3 at 44.1 kHz, WAV at 16 kHz)")
 
 
 def _sync(device: str) -> None:
@@ -238,6 +267,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each FLAC file")
     ap.add_argument("--skip-memory", action="store_true", help="skip (d)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--formats", default="flac,mp3,wav16",
+                    help="formats for the end-to-end / decode-only table (flac, mp3, wav16)")
     ap.add_argument("--sweep", action="store_true",
                     help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32")
     args = ap.parse_args()
@@ -260,6 +291,8 @@ def main() -> None:
         print(f"    b/a = {b / a:.2f}   b/c = {b / c:.2f}   max |embed - naive| = {diff:.2e}")
         figures = {"encoder_only": a, "end_to_end": b, "naive": c, "b_over_a": b / a, "b_over_c": b / c,
                    "max_abs_diff": diff, "gpu_busy": busy, "decode_only": dec}
+        if args.formats:
+            figures["formats"] = formats_table(tmp, ckpt, args, args.precision, args.batch_size)
         if not args.skip_memory:
             short, long = tmp / "one_min.flac", tmp / "thirty_min.flac"
             make_flac(short, 60, seed=1)
@@ -293,6 +326,9 @@ def sweep(args: argparse.Namespace) -> None:
                 print(f"{batch:5d} {precision:9s} {a:12.1f} {b:11.1f} {b / a:5.0%}  {shown}  {diff:.2e}", flush=True)
                 rows.append({"batch": batch, "precision": precision, "encoder_only": a, "end_to_end": b,
                              "b_over_a": b / a, "gpu_busy": busy, "max_abs_diff_vs_fp32": diff})
+        best = "bf16" if args.device.startswith("cuda") else "fp32"
+        if args.formats:
+            rows.append({"formats": formats_table(tmp, ckpt, args, best, 128 if args.device.startswith("cuda") else 8)})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

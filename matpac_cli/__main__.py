@@ -1,6 +1,6 @@
 """`python -m matpac_cli` runs the same app as the `matpac` command."""
 
-from matpac_cli.cli import main
+from matpac_cli.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

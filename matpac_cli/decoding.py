@@ -1,8 +1,14 @@
-"""Decoding side of the pipeline: worker threads that open, stream, resample and cut files.
+"""Decoding side of the pipeline: worker threads that open, stream and cut files.
 
 Several files decode at once and their chunks arrive through one bounded queue, interleaved, so
 one long file never leaves the other threads idle and memory stays bounded by the queue. The
 thread feeding the encoder only batches what arrives.
+
+Chunks are cut at the file's own rate (`segments.SegmentStream`, for every rate whose chunk
+starts fall on whole resampler groups). With `defer_resample` (an encoder on a GPU) they travel
+as input-rate segments and are resampled on the device with their batch, so the CPU only
+decodes; otherwise the worker resamples each segment itself with the same function. Other rates
+go through the whole-stream resampler here, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from matpac_cli.chunking import WindowStream
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
 from matpac_cli.frontend import StreamResampler
+from matpac_cli.segments import SegmentStream, eligible, resample_batch
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -38,10 +45,11 @@ class Feed:
     encoder geometry) so the thread feeding the device only batches. Messages go to the shared
     queue in order: {n_t: [(Window, samples), ...]} as chunks complete, then `END` or an error."""
 
-    def __init__(self, item: Item, out: queue.Queue, n_ts: tuple[int, ...]) -> None:
+    def __init__(self, item: Item, out: queue.Queue, n_ts: tuple[int, ...], defer_resample: bool = False) -> None:
         self.item = item
         self.out = out
         self.n_ts = n_ts
+        self.defer_resample = defer_resample
         self.source: AudioSource | None = None
         self.cancelled = False
 
@@ -51,22 +59,46 @@ class Feed:
             if self.item.problem:
                 raise InputError(self.item.name, self.item.problem)
             self.source = AudioSource(self.item.path, self.item.name)
-            resampler = StreamResampler(self.source.sample_rate)
-            cutters = {n_t: WindowStream(n_t) for n_t in self.n_ts}
-            for block in self.source.blocks():
-                wave = resampler.push(torch.from_numpy(block)).numpy()
-                self._chunks({n_t: c.push(wave) for n_t, c in cutters.items()})
-                if self.cancelled:
-                    return
-            wave = resampler.push(torch.zeros(0), final=True).numpy()
-            self._chunks({n_t: c.push(wave) + c.finish() for n_t, c in cutters.items()})
-            self._put(END)
+            if eligible(self.source.sample_rate, self.n_ts):
+                self._segments(self.source.sample_rate)
+            else:
+                self._resampled(self.source.sample_rate)
+            if not self.cancelled:
+                self._put(END)
         except InputError as exc:
             exc.__context__ = exc.__cause__ = None  # kept for the summary: no frames, no samples
             self._put(exc.with_traceback(None))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
             detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             self._put(InputError(self.item.name, f"cannot decode: {detail}"))
+
+    def _segments(self, rate: int) -> None:
+        """Cut at the input rate; resample here, or leave it to the device (`defer_resample`)."""
+        cutters = {n_t: SegmentStream(rate, n_t) for n_t in self.n_ts}
+        for block in self.source.blocks():
+            self._chunks({n_t: self._ready(c.push(block)) for n_t, c in cutters.items()})
+            if self.cancelled:
+                return
+        self._chunks({n_t: self._ready(c.finish()) for n_t, c in cutters.items()})
+
+    def _ready(self, pairs: list) -> list:
+        if self.defer_resample or not pairs:
+            return pairs
+        waves = resample_batch([seg for _, seg in pairs])
+        return [(w, y.numpy()) for (w, _), y in zip(pairs, waves)]
+
+    def _resampled(self, rate: int) -> None:
+        """16 kHz files, and rates whose chunks do not start on whole resampler groups: the
+        whole-stream resampler, block by block, then the 16 kHz window grid."""
+        resampler = StreamResampler(rate)
+        cutters = {n_t: WindowStream(n_t) for n_t in self.n_ts}
+        for block in self.source.blocks():
+            wave = resampler.push(torch.from_numpy(block)).numpy()
+            self._chunks({n_t: c.push(wave) for n_t, c in cutters.items()})
+            if self.cancelled:
+                return
+        wave = resampler.push(torch.zeros(0), final=True).numpy()
+        self._chunks({n_t: c.push(wave) + c.finish() for n_t, c in cutters.items()})
 
     def _chunks(self, by_grid: dict[int, list]) -> None:
         if any(by_grid.values()):
@@ -81,8 +113,8 @@ class Feed:
                 continue
 
 
-def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
-            can_start: Callable[[], bool]) -> Iterator[tuple[Feed | None, object]]:
+def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...], can_start: Callable[[], bool],
+            defer_resample: bool = False) -> Iterator[tuple[Feed | None, object]]:
     """Decode up to `workers` files at once and yield (feed, message) as blocks arrive.
 
     Each feed first yields `START` (in input order), then its chunks in order, then `END` or an
@@ -99,7 +131,7 @@ def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...],
     try:
         while True:
             while upcoming is not None and len(active) < workers and can_start():
-                feed = Feed(upcoming, out, n_ts)
+                feed = Feed(upcoming, out, n_ts, defer_resample)
                 active.add(feed)
                 yield feed, START
                 pool.submit(feed.produce)

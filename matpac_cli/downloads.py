@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 
 from matpac_cli.errors import ChecksumError, WeightsError
+from matpac_cli.hashcache import file_sha256
 from matpac_cli.registry import load_registry
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -84,12 +84,9 @@ def release_base() -> str:
 # ---------------------------------------------------------------- checksums
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(path: Path, fresh: bool = False) -> str:
+    """sha256 of a weight file; re-hashed only when its stat stamp changed (see hashcache)."""
+    return file_sha256(path, matpac_cache() / "hash-cache.json", fresh=fresh)
 
 
 def _records_path() -> Path:
@@ -119,9 +116,10 @@ def _record(key: str, digest: str) -> None:
             tmp.unlink()
 
 
-def verify(path: Path, key: str, expected: str | None, fetch_hint: str) -> str:
-    """Hash `path`; compare with the pinned hash, else the one recorded at first download."""
-    digest = sha256_of(path)
+def verify(path: Path, key: str, expected: str | None, fetch_hint: str, fresh: bool = False) -> str:
+    """Hash `path` (`fresh`: never from the hash cache); compare with the pinned hash, else the
+    one recorded at first download."""
+    digest = sha256_of(path, fresh=fresh)
     want = expected or recorded_hashes().get(key)
     if want and want.lower() != digest:
         raise ChecksumError(

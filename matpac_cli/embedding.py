@@ -28,7 +28,7 @@ class EmbedConfig:
     out: Path
     layer: str = "last"  # "last", "all" or "1".."12"
     frames_dir: Path | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
     force: bool = False
 

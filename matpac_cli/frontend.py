@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from matpac_cli.config import FRONT_END, PATCH, FrontEnd
 
 
-def _sinc_options(fe: FrontEnd) -> dict:
+def sinc_options(fe: FrontEnd) -> dict:
     return dict(
         lowpass_filter_width=fe.resample_lowpass_filter_width,
         rolloff=fe.resample_rolloff,
@@ -28,7 +28,7 @@ def resample(wave: Tensor, orig_sr: int, fe: FrontEnd = FRONT_END) -> Tensor:
         return wave
     import torchaudio.functional as AF
 
-    return AF.resample(wave, orig_sr, fe.sample_rate, **_sinc_options(fe))
+    return AF.resample(wave, orig_sr, fe.sample_rate, **sinc_options(fe))
 
 
 class LogMel(nn.Module):
@@ -92,7 +92,7 @@ class StreamResampler:
         if orig_sr != fe.sample_rate:
             import torchaudio.transforms as AT
 
-            self.kernel = AT.Resample(orig_sr, fe.sample_rate, dtype=torch.float32, **_sinc_options(fe))
+            self.kernel = AT.Resample(orig_sr, fe.sample_rate, dtype=torch.float32, **sinc_options(fe))
         self.buf = torch.zeros(0)
         self.buf_start = 0  # absolute input index of buf[0]
         self.next_pos = 0  # absolute input index (multiple of o) of the next output group

@@ -20,6 +20,7 @@ def _model(predictor) -> dict:
         "geometry": vars(predictor.dims).copy(),
         "precision": str(predictor.dtype).replace("torch.", ""),
         "device": predictor.device,
+        "linear": getattr(predictor.encoder, "linear_kind", "plain"),
     }
 
 

@@ -37,10 +37,11 @@ class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()  # exact (erf) GELU; onednn.pack fuses it into fc1
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -77,6 +78,7 @@ class MatpacEncoder(nn.Module):
     def __init__(self, dims: EncoderDims) -> None:
         super().__init__()
         self.dims = dims
+        self.linear_kind = "plain"  # "onednn" once onednn.pack swapped the linear layers
         n_tokens = dims.n_freq * dims.grid_cols
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_tokens, dims.width))

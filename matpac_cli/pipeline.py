@@ -20,7 +20,7 @@ from matpac_cli.chunking import Window
 from matpac_cli.decoding import END, IDLE, START, TICK, Feed, decoded, default_workers
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError
-from matpac_cli.predictor import Pending, Predictor
+from matpac_cli.predictor import Pending, Predictor, default_batch
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers: int | None = None,
+def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
         on_result: Callable[[FileResult], None] = lambda r: None,
         on_failure: Callable[[InputError], None] = lambda e: None,
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
@@ -238,6 +238,8 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
     `on_progress` fires once per finished file, `on_audio` per batch with the seconds of audio
     it covered (first plan only), so a progress display moves during long files too.
     """
+    if batch_size is None:
+        batch_size = default_batch(plans[0].predictor.device if plans else "cpu")
     if batch_size < 1:
         from matpac_cli.errors import UsageError
 
@@ -259,7 +261,8 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int = 16, workers:
 
     # closing(): stop the decoding threads at once if a callback raises, not when the
     # traceback that keeps this generator alive is finally dropped
-    stream = decoded(list(items), workers, n_ts, lambda: len(order) < backlog)
+    defer = bool(plans) and all(p.predictor.resample_on_device for p in plans)
+    stream = decoded(list(items), workers, n_ts, lambda: len(order) < backlog, defer)
     with _torch_threads_for(plans), contextlib.closing(stream):
         for feed, msg in stream:
             if msg is IDLE:

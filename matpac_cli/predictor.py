@@ -13,6 +13,7 @@ import numpy as np
 
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
 from matpac_cli.errors import InputError, UsageError
+from matpac_cli.segments import RateSegment, resample_batch
 from matpac_cli.weights import Resolved, resolve
 
 
@@ -43,6 +44,15 @@ def pick_device(name: str = "auto") -> str:
     raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
 
 
+def default_batch(device: str) -> int:
+    """Chunks per batch when none is asked for. CPU: 8 (oneDNN fp32, 2 threads: 98.8 ms per chunk
+    at 8 against 104 at 16, benchmarks/cpu_vs_authors.py); a GPU: 128 (benchmarks/RESULTS.md:
+    the encoder's rate still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
+    if device == "cpu":
+        return 8
+    return 128 if device.startswith("cuda") else 16
+
+
 def pick_dtype(precision: str, device: str):
     """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
     import torch
@@ -70,6 +80,9 @@ class Predictor:
     heads_state: dict = field(default_factory=dict)
     fe: FrontEnd = FRONT_END
     threads: int | None = None  # torch CPU threads asked for; None: the default for the device
+    # chunks arrive at their input rate and are resampled here, per batch (an encoder on a GPU:
+    # the CPU then only decodes); False: the decoding workers resample (segments.py)
+    resample_on_device: bool = False
 
     @property
     def dims(self) -> EncoderDims:
@@ -92,12 +105,19 @@ class Predictor:
         enc_state, head_state = split_head_keys(resolved.load())
         resolved = dataclasses.replace(resolved, state=None)  # do not keep a second copy alive
         dtype = pick_dtype(precision, dev)
-        if dev.startswith("cuda") and dtype == torch.float32:  # fp32 means fp32: no TF32 convolutions
+        if dev.startswith("cuda"):
+            # the resampler is a convolution in fp32 at any precision: never TF32 (10-bit mantissa)
             torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+            if dtype == torch.float32:  # fp32 means fp32: no TF32 matmuls either
+                torch.backends.cuda.matmul.allow_tf32 = False
         encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
+        if dev == "cpu":
+            from matpac_cli.onednn import pack
+
+            pack(encoder)  # oneDNN linear layers where they work here; plain nn.Linear otherwise
         logmel = LogMel().to(dev)
-        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads)
+        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads,
+                   resample_on_device=dev != "cpu")
 
     def columns(self, waves: np.ndarray, lengths: np.ndarray, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """(B, S) zero-padded 16 kHz chunks with valid lengths -> {layer: (B, C, E) float32}.
@@ -120,11 +140,28 @@ class Predictor:
 
         pinned = self.device.startswith("cuda")  # pinned staging lets the copy overlap the GPU's work
         lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
-        waves = torch.empty((len(chunks), int(lengths.max())), dtype=torch.float32, pin_memory=pinned)
-        for row, chunk in zip(waves, chunks):
-            row[: len(chunk)] = torch.from_numpy(chunk)
-            row[len(chunk) :] = 0
+        if any(isinstance(c, RateSegment) for c in chunks):
+            waves = self._resampled(chunks, pinned)
+        else:
+            waves = _staged(chunks, int(lengths.max()), pinned)
         return self._launch(waves, lengths.pin_memory() if pinned else lengths, layers, pooled)
+
+    def _resampled(self, chunks: list, pinned: bool):
+        """The batch's 16 kHz waves on the device: input-rate segments resampled there (one
+        convolution per rate), 16 kHz chunks copied over; zero past each chunk's length."""
+        import torch
+
+        segs = [i for i, c in enumerate(chunks) if isinstance(c, RateSegment)]
+        rows: list = [None] * len(chunks)
+        for i, wave in zip(segs, resample_batch([chunks[i] for i in segs], self.device, self.fe)):
+            rows[i] = wave
+        plain = [i for i, c in enumerate(chunks) if not isinstance(c, RateSegment)]
+        if plain:
+            host = _staged([chunks[i] for i in plain], max(len(chunks[i]) for i in plain), pinned)
+            dev = host.to(self.device, non_blocking=pinned)
+            for row, i in enumerate(plain):
+                rows[i] = dev[row, : len(chunks[i])]
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
     def _launch(self, waves, lengths, layers: tuple[int, ...], pooled: bool = False) -> "Pending":
         import torch
@@ -180,6 +217,17 @@ class Predictor:
                 total += np.stack([out[layer][b] for layer in layers])
         emb = (total / sum(w.columns for w in chunks)).astype(np.float32)
         return emb[0] if len(layers) == 1 else emb
+
+
+def _staged(chunks: list, width: int, pinned: bool):
+    """(B, width) float32 host tensor of zero-padded 16 kHz chunks (pinned for a GPU copy)."""
+    import torch
+
+    waves = torch.empty((len(chunks), width), dtype=torch.float32, pin_memory=pinned)
+    for row, chunk in zip(waves, chunks):
+        row[: len(chunk)] = torch.from_numpy(chunk)
+        row[len(chunk) :] = 0
+    return waves
 
 
 # integer PCM -> float as soundfile (libsndfile) reads it: (x - offset) / scale

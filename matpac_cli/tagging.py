@@ -34,7 +34,7 @@ class TagConfig:
     threshold: float | None = None
     segments: bool = False
     fmt: str = "csv"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
     force: bool = False
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout

@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import sys
@@ -95,9 +97,40 @@ def main(argv: list[str] | None = None) -> int:
     except (_common.StdoutClosed, BrokenPipeError):
         _quiet_stdout()
         return 0
+    except OSError as exc:  # a machine fault outside matpac's own writers (stdout on a full disk ...)
+        _debug()
+        where = f" {exc.filename}:" if exc.filename else " cannot write output:"
+        sys.stderr.write(f"matpac: error:{where} {exc.strerror or exc}\n")
+        _quiet_stdout()
+        return 2
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def entry() -> None:
+    """The `matpac` program (and `python -m matpac_cli`): `main`, then exit without the
+    interpreter's teardown.
+
+    Tearing down after torch costs 0.6-0.7 s, most of it the garbage collector walking torch's
+    objects, and does nothing a finished run needs: every output is written, renamed and closed
+    by the time `main` returns, so only stdout and stderr are flushed here. The collector also
+    stays off while torch imports and the model loads (`_common.startup_done` turns it back on
+    and freezes what loading made)."""
+    gc.disable()
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+        except (OSError, ValueError) as exc:
+            if stream is sys.stdout:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"matpac: error: cannot write to stdout: {getattr(exc, 'strerror', None) or exc}\n")
+                    sys.stderr.flush()
+                code = code or 2
+    os._exit(code)
 
 
 def _quiet_stdout() -> None:

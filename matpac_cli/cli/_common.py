@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -77,6 +78,8 @@ class Reporter:
         from matpac_cli.writers import FailureLog
 
         self.failure_log = FailureLog(failures) if failures is not None else None
+        if items and not gc.isenabled():  # a run that loads no model: its start-up is over too
+            startup_done()
 
         self.console = Console(stderr=True, highlight=False)
         self.keeps = keeps  # what an interrupted run leaves behind, e.g. the journal to resume from
@@ -205,11 +208,11 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     return 1 if summary.failures else 0
 
 
-def check_run_options(batch_size: int, workers: Optional[int], threads: Optional[int]) -> None:
+def check_run_options(batch_size: Optional[int], workers: Optional[int], threads: Optional[int]) -> None:
     """Option errors that depend only on the arguments: refused before anything loads."""
     from matpac_cli.errors import UsageError
 
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give at least 1")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
@@ -237,12 +240,20 @@ def check_model(model: str):
     return resolve(model)
 
 
+def startup_done() -> None:
+    """Imports and model loading are over: freeze what they made (the collector never walks it
+    again) and turn the collector back on (`entry` turned it off)."""
+    gc.freeze()
+    gc.enable()
+
+
 def load_predictor(model, device: str, precision: str, threads: Optional[int], quiet: bool):
     import torch
 
     from matpac_cli.predictor import Predictor
 
     predictor = Predictor.load(model, device, precision, threads, progress=not quiet and sys.stderr.isatty())
+    startup_done()
     if predictor.device == "cpu" and torch.cuda.is_available() and not quiet:
         Reporter(quiet).info("matpac: note: a CUDA GPU is available but --device cpu was asked for")
     return predictor

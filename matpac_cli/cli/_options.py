@@ -11,7 +11,7 @@ Inputs = Annotated[list[str], typer.Argument(help="Audio files and/or folders (r
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV].")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across files.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across files. Default: 8 on a CPU, 128 on a GPU (the measured best).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Decoding threads (default: up to 4 when the CPU runs the encoder, all cores but two with a GPU).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(

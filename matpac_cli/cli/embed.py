@@ -22,7 +22,7 @@ def embed(
     frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     ext: ExtOpt = None,

@@ -215,7 +215,7 @@ def models_verify() -> None:
     bad = 0
     for name, key, path, expected in checked:
         try:
-            digest = verify(path, key, expected, f"matpac models download {name}")
+            digest = verify(path, key, expected, f"matpac models download {name}", fresh=True)
             sys.stdout.write(f"ok\t{name}\t{digest}\t{path}\n")
         except WeightsError as exc:
             bad += 1

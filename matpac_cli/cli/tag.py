@@ -46,7 +46,7 @@ def tag(
     labels: LabelsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     ext: ExtOpt = None,

@@ -15,10 +15,11 @@ import numpy as np
 
 from matpac_cli.errors import ModelError, UsageError, WeightsError
 from matpac_cli.registry import HeadSpec, load_registry, read_labels
+from matpac_cli.trained_head import is_trained_head
 from matpac_cli.weights import has_audioset_head, split_head_keys  # noqa: F401 - re-exported for callers
 
 BN_EPS = 1e-5
-HEAD_SUFFIXES = (".pth", ".pt")
+HEAD_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 @dataclass
@@ -245,11 +246,16 @@ def zip_tasks(zpath: Path) -> dict[str, set[str]]:
 
 
 def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = False,
-                 labels_file: Path | None = None) -> Head:
-    """A registry head (name or alias) for an encoder family, or a local probe file."""
+                 labels_file: Path | None = None, encoder: tuple[str, str] | None = None) -> Head:
+    """A registry head (name or alias) for an encoder family, or a local probe file.
+
+    `encoder` (name, sha256) is the model the head will run on; a head from `matpac train` is
+    refused on any other than its own."""
     registry = load_registry()
     path = Path(name).expanduser()
     if path.suffix in HEAD_SUFFIXES and path.is_file():
+        if is_trained_head(path):  # classes, activation and scaler are in its metadata
+            return load_trained(path, in_dim, encoder)
         spec = _spec_for_stem(path.stem)
         if spec is not None:  # a known head: its labels come from the registry
             return load_probe(path, spec, in_dim)
@@ -272,6 +278,19 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
     head = load_probe(probe, spec, in_dim)
     head.source = f"probes:{family}/{probe.name}"
     return head
+
+
+def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None) -> Head:
+    """A head written by `matpac train`, checked against the encoder it will run on."""
+    from matpac_cli.trained_head import check_encoder, load_head
+
+    trained = load_head(path)
+    if encoder is not None:
+        check_encoder(path, trained.encoder, *encoder)
+    if trained.weight.shape[1] != in_dim:
+        raise ModelError(f"{path}: head takes {trained.weight.shape[1]}-d embeddings, the encoder gives {in_dim}")
+    return Head(name=path.stem, tag_ids=trained.classes, activation=trained.activation, weight=trained.weight,
+                bias=trained.bias, mean=trained.mean, scale=trained.scale, source=str(path), sha256=_sha256(path))
 
 
 def _spec_for_stem(stem: str) -> HeadSpec | None:

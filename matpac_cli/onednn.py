@@ -2,7 +2,8 @@
 
 On x86 CPUs PyTorch runs `nn.Linear` through MKL's GEMM, which on AMD EPYC takes its AVX2 code
 path; oneDNN's matmul uses AVX-512 there and, with the weights reordered once into its blocked
-layout, made the encoder 2.0-2.2x faster on the 2-core EPYC we measure on (and fuses fc1's GELU).
+layout, made the encoder 2.0-2.2x faster on a 2-core EPYC with AVX-512 (and fuses fc1's GELU); on
+an AVX2-only EPYC both take AVX2 and oneDNN gained 0-25% in the encoder, nothing end to end.
 The numbers stay within float32 rounding of the plain layers (tests/test_onednn.py: 1e-5).
 
 Chosen at load: `pack(encoder)` swaps the layers in place where this torch has the oneDNN ops and a

@@ -10,7 +10,8 @@ Default encoders, when the user names no model (no --model, no MODEL:HEAD):
   `matpac-plus-music`;
 - the AudioSet head (`audioset`/`events`) comes with its own checkpoint, `matpac-plus-audioset`.
 With --model, every head uses that model (the AudioSet head still moves to its checkpoint when
-the model is a registry model that does not carry it).
+the model is a registry model that does not carry it). A head from `matpac train` runs on the
+encoder it was trained on; naming another registry model for it is refused here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Iterable
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.heads import HEAD_SUFFIXES
 from matpac_cli.registry import HeadSpec, load_registry
+from matpac_cli.trained_head import check_planned, default_encoder, is_trained_head
 
 DEFAULT_MODEL = "matpac-plus-music"
 GENERAL_MODEL = "matpac-plus"
@@ -57,6 +59,8 @@ def _spec(name: str) -> HeadSpec | None:
         raise UsageError(f"head {name} is a folder, not a probe file")
     if not path.is_file():
         raise UsageError(f"head file {name} does not exist")
+    if is_trained_head(path):  # `matpac train` wrote it: a head of its own, whatever its name
+        return None
     if path.stem in registry.heads or any(path.stem in h.aliases for h in registry.heads.values()):
         return registry.head(path.stem)
     return next((h for h in registry.heads.values() if h.task == path.stem), None)
@@ -75,8 +79,11 @@ def plan_groups(head_args: Iterable[str], model: str | None) -> list[tuple[str, 
         if key in seen:
             raise UsageError(f"a head was asked for twice: {key} ({seen[key]} and {arg})")
         seen[key] = arg
+        trained = spec is None and is_trained_head(Path(name).expanduser())
         if target is None:
-            target = default_model(spec)
+            target = default_encoder(Path(name).expanduser()) if trained else default_model(spec)
+        elif trained:
+            check_planned(Path(name).expanduser(), target)
         elif spec and spec.builtin and target == model and not _carries_audioset(model):
             target = spec.builtin
         groups.setdefault(target, []).append(name)

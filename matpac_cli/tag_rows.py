@@ -8,7 +8,6 @@ computed once per file and journalled, so rows can be cut again with another --t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -19,26 +18,6 @@ from matpac_cli.pipeline import FileResult
 
 DEFAULT_TOP_K = 5
 # --out extensions and the format each implies; nothing else is written
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def output_format(out: str | None, fmt: str | None) -> str:
-    """The row format for `--out`/`--format`: refused, in one line, unless both agree on a
-    supported one. `out` None or '-' is stdout (csv unless --format says jsonl)."""
-    supported = ", ".join(sorted(set(FORMATS.values())))
-    if fmt is not None and fmt.lower() not in FORMATS.values():
-        raise UsageError(f"--format {fmt}: supported formats are {supported}")
-    if out in (None, "-"):
-        return (fmt or "csv").lower()
-    ext = Path(out).suffix.lower()
-    if ext not in FORMATS:
-        raise UsageError(f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
-                         f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout")
-    if fmt is not None and fmt.lower() != FORMATS[ext]:
-        raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
-    return FORMATS[ext]
-
-
 def check_selection(top_k: int | None, threshold: float | None) -> None:
     if top_k is not None and top_k < 0:
         raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")

@@ -62,7 +62,8 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
                 raise UsageError(f"{predictor.resolved.name}: AudioSet head does not fit the encoder width")
             head.sha256 = predictor.resolved.sha256  # the head's tensors are in the checkpoint
         else:
-            head = resolve_head(name, family, predictor.dims.embed_dim, progress, labels_file)
+            head = resolve_head(name, family, predictor.dims.embed_dim, progress, labels_file,
+                                (predictor.resolved.name, predictor.resolved.sha256))
         heads.append(head)
     return heads
 

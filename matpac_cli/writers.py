@@ -20,7 +20,7 @@ from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from matpac_cli.errors import InputError, OutputError
+from matpac_cli.errors import InputError, OutputError, UsageError
 
 
 def _tmp(path: Path) -> Path:
@@ -240,6 +240,26 @@ class FailureLog:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.fh.close()
+
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def output_format(out: str | None, fmt: str | None) -> str:
+    """The row format for `--out`/`--format`: refused, in one line, unless both agree on a
+    supported one. `out` None or '-' is stdout (csv unless --format says jsonl)."""
+    supported = ", ".join(sorted(set(FORMATS.values())))
+    if fmt is not None and fmt.lower() not in FORMATS.values():
+        raise UsageError(f"--format {fmt}: supported formats are {supported}")
+    if out in (None, "-"):
+        return (fmt or "csv").lower()
+    ext = Path(out).suffix.lower()
+    if ext not in FORMATS:
+        raise UsageError(f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
+                         f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout")
+    if fmt is not None and fmt.lower() != FORMATS[ext]:
+        raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
+    return FORMATS[ext]
 
 
 class RowWriter:

@@ -1,6 +1,6 @@
 """The `matpac` command: options -> config -> library call -> messages and exit codes.
 
-One module per command group (`embed`, `tag`, `models`); shared option aliases in `_options`,
+One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`); shared option aliases in `_options`,
 stderr rendering in `_common`; the one map from errors to messages and exit codes is `main` here.
 Only this package imports typer and rich; torch loads inside the commands, so `matpac --help`
 stays instant. Exit codes: 0 all done, 1 some inputs failed, 2 usage/model/weights/output error,
@@ -9,6 +9,9 @@ stays instant. Exit codes: 0 all done, 1 some inputs failed, 2 usage/model/weigh
 Examples:
   matpac embed ./clips --out emb.npy
   matpac tag ./music --top-k 3 --out tags.csv
+  matpac train ./labelled --out mine.safetensors   # then: matpac tag ./new --head ./mine.safetensors
+  matpac search song.flac --index emb.npy --top-k 5   # or --duplicates --threshold 0.98
+  matpac report tags.csv --embeddings emb.npy --out report.html   # one offline HTML page
   find . -name '*.flac' -print0 | matpac tag - --null --out - | grep -i jazz
 """
 
@@ -27,7 +30,10 @@ from matpac_cli import __version__
 from matpac_cli.cli import _common
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
+from matpac_cli.cli import report as _report
+from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
+from matpac_cli.cli import train as _train
 from matpac_cli.errors import MatpacError
 
 app = typer.Typer(
@@ -58,6 +64,9 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 app.command("embed")(_embed.embed)
 app.command("tag")(_tag.tag)
+app.command("search")(_search.search)
+app.command("train")(_train.train)
+app.command("report")(_report.report)
 app.add_typer(_models.app, name="models")
 
 def _on_signal(signum, frame) -> None:

@@ -31,6 +31,7 @@ ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help=(
     "with --out - (stdout) none unless this is given."))]
 SegmentsOpt = Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")]
 LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write an offline HTML page of the run's tags (as `matpac report` does); needs a file --out.")]
 
 
 def tag(
@@ -54,6 +55,7 @@ def tag(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
@@ -62,7 +64,8 @@ def tag(
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
     from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, describe, plan_groups
-    from matpac_cli.tag_rows import check_selection, output_format
+    from matpac_cli.tag_rows import check_selection
+    from matpac_cli.writers import output_format
     from matpac_cli.tagging import Group, TagConfig, build_heads
     from matpac_cli.tagging import tag as run_tag
 
@@ -73,6 +76,7 @@ def tag(
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
     _check_paths(target, manifest, failures, force, check_output)
+    _check_report(report, target, force)
     plan = [(name, _check_model(name), heads) for name, heads in plan_groups(head or DEFAULT_HEADS, model)]
     _check_device(device, precision)
     items = items_for(inputs, ext, null)
@@ -96,7 +100,24 @@ def tag(
                           on_warning=reporter.warning)
     finally:
         reporter.close()
+    if report is not None and target in summary.outputs:
+        from matpac_cli.report import build_report
+
+        summary.outputs.append(build_report(target, report, force=True).path)  # checked before the run
     raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
+
+
+def _check_report(report: Optional[Path], target: Optional[Path], force: bool) -> None:
+    """`--report` is refused before any model loads: it is built from the --out file."""
+    if report is None:
+        return
+    if target is None:
+        from matpac_cli.errors import UsageError
+
+        raise UsageError(f"--report {report} is built from the tags file: give --out tags.csv (not stdout)")
+    from matpac_cli.report import check_out
+
+    check_out(report, force, "--report")
 
 
 def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path], force: bool,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, for a lent GPU machine with little time (about 15 minutes):
+# the gpu-marked tests, the throughput sweep, the FLAC/MP3/16 kHz WAV table with decode-only
+# ceilings and GPU busy, and oneDNN vs MKL on that machine's CPU. Figures go to $OUT (or ./gpu-figures).
+#   bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-figures}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -15 | tee "$out/gpu-tests.txt"
+python benchmarks/throughput.py --device cuda --batch-size 128 --precision bf16 --files 64 --seconds 60 \
+  --skip-memory --json "$out/throughput.json" 2>&1 | tee "$out/throughput.txt"
+timeout 300 python benchmarks/throughput.py --device cuda --sweep --files 128 --seconds 60 --formats "" \
+  --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
+python benchmarks/cpu_vs_authors.py --batch-sweep 2>&1 | tee "$out/cpu-linear.txt"

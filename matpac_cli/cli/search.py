@@ -1,0 +1,157 @@
+"""`matpac search`: nearest neighbours in an embedding index, and near-duplicate pairs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Iterable, Optional
+
+import typer
+
+from matpac_cli.cli._common import Reporter, SafeStdout, check_run_options, load_predictor
+from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, NullOpt, PrecisionOpt, QuietOpt,
+                                     ThreadsOpt, WorkersOpt)
+from matpac_cli.errors import OutputError, UsageError
+
+QueriesArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Paths already in the index, audio files or folders (embedded with the index's model); '-' reads them from stdin.",
+    show_default=False)]
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="The .npy that `matpac embed --out` wrote (its .csv and manifest beside it).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Neighbours per query (0: every row).")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
+    "Cosine, -1 to 1. With --duplicates: pairs scoring at least this (default 0.98). "
+    "Otherwise: only neighbours scoring at least this."))]
+DuplicatesOpt = Annotated[bool, typer.Option("--duplicates", help="List pairs of near-identical files in the index (path_a,path_b,score), each pair once.")]
+SelfOpt = Annotated[bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl or .ndjson), or '-' for stdout (the default).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
+    "The checkpoint to embed audio queries with, where the manifest's cannot be found from here; "
+    "it must have the sha256 the manifest records."))]
+LayerOpt = Annotated[Optional[str], typer.Option(help="The layer to search in an `--layer all` index (1-12 or last; default last).")]
+
+
+def search(
+    queries: QueriesArg = None,
+    index: IndexOpt = ...,
+    top_k: TopKOpt = 10,
+    threshold: ThresholdOpt = None,
+    duplicates: DuplicatesOpt = False,
+    include_self: SelfOpt = False,
+    out: OutOpt = None,
+    fmt: FormatOpt = None,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 16,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    ext: ExtOpt = None,
+    null: NullOpt = False,
+    quiet: QuietOpt = False,
+    failures: FailuresOpt = None,
+) -> None:
+    """Find the files of an index most like each query (cosine similarity, exact), or --duplicates.
+
+    Rows: query,rank,path,score (best first; a query in the index is not its own neighbour).
+
+    Examples: matpac search song.flac --index emb.npy --top-k 5
+              matpac search --index emb.npy --duplicates --threshold 0.98 --out dups.csv
+    """
+    from matpac_cli import search as S
+    from matpac_cli.writers import output_format
+
+    started = time.monotonic()
+    _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads)
+    fmt = output_format(out, fmt)
+    target = None if out in (None, "-") else Path(out)
+    _check_outputs(target, failures, force)
+    emb = S.open_index(index)
+    matrix, held = S.index_layer(emb, layer)
+    reporter = Reporter(quiet, failures=failures)
+    try:
+        if duplicates:
+            cut = 0.98 if threshold is None else threshold
+            count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
+            reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
+                          f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
+            raise typer.Exit(0)
+        plan, failed = S.plan_queries(emb, queries or [], _extensions(ext), sys.stdin, null)
+        for err in failed:
+            reporter.failure(err)
+        vectors = _embedded(S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter)
+        rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
+        _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
+    finally:
+        reporter.close()
+    answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
+    embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
+    reporter.info(f"matpac: searched {answered} quer{'y' if answered == 1 else 'ies'} ({embedded} embedded, "
+                  f"{reporter.failed} failed) against {matrix.shape[0]} x {matrix.shape[1]} in "
+                  f"{time.monotonic() - started:.1f} s{_wrote(target)}")
+    raise typer.Exit(1 if reporter.failed else 0)
+
+
+def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads) -> None:
+    check_run_options(batch_size, workers, threads)
+    if top_k < 0:
+        raise UsageError(f"--top-k {top_k}: give 0 (every row) or a positive count")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:  # NaN fails both
+        raise UsageError(f"--threshold {threshold}: give a cosine similarity between -1 and 1")
+    if duplicates and queries:
+        raise UsageError("--duplicates compares the index with itself; give no QUERY with it")
+    if not duplicates and not queries:
+        raise UsageError("give at least one QUERY (a path in the index or an audio file), or --duplicates")
+
+
+def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool) -> None:
+    from matpac_cli.writers import ensure_writable
+
+    for path in (target, failures):
+        if path is not None:
+            ensure_writable(path)
+    if target is not None and target.exists() and not force:
+        raise OutputError(f"{target} exists; use --force to replace it")
+
+
+def _extensions(ext: Optional[str]):
+    from matpac_cli.discovery import parse_extensions
+
+    return parse_extensions(ext)
+
+
+def _embedded(S, emb, plan, model, layer, device, precision, batch_size, workers, threads, quiet, reporter) -> dict:
+    """Vectors of the audio-file queries, embedded with the index's own (verified) model."""
+    if not any(q.path is not None for q in plan):
+        return {}
+    resolved = S.query_model(emb, model)
+    predictor = load_predictor(resolved, device, precision, threads or None, quiet)
+    return S.embed_queries(plan, predictor, layer, batch_size, workers or None, on_failure=reporter.failure)
+
+
+def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[Path]) -> int:
+    """Stream rows to stdout, or to `target` (atomically: the file appears whole or not at all)."""
+    from matpac_cli.writers import RowWriter, atomic
+
+    count = 0
+    if target is None:
+        writer = RowWriter(SafeStdout(sys.stdout), fmt, columns)
+        for row in rows:
+            writer.write(row)
+            count += 1
+        writer.flush()
+        return count
+    with atomic(target) as fh:
+        writer = RowWriter(fh, fmt, columns)
+        for row in rows:
+            writer.write(row)
+            count += 1
+    return count
+
+
+def _wrote(target: Optional[Path]) -> str:
+    return f"; wrote {target}" if target is not None else ""

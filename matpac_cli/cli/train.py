@@ -1,0 +1,149 @@
+"""`matpac train`: a linear probe of your own labels on the clip embeddings (the papers' protocol)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from matpac_cli.cli._common import (Reporter, argv, check_model, check_run_options, finish, load_predictor,
+                                    startup_done)
+from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, ModelOpt, PrecisionOpt,
+                                     QuietOpt, ThreadsOpt, WorkersOpt)
+
+LabelsArg = Annotated[Path, typer.Argument(help="A folder with one subfolder per class, or a CSV with columns path,label (a path on several rows has several labels).", show_default=False)]
+HeadOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The head to write (.safetensors); HEAD.report.json goes beside it.")]
+TaskOpt = Annotated[str, typer.Option(help="auto (multi-label when any file has two labels), single (softmax) or multi (sigmoid).")]
+ValOpt = Annotated[float, typer.Option(help="Fraction of the files held out (stratified) to pick the learning rate and epoch.")]
+FoldsOpt = Annotated[Optional[int], typer.Option(help="K-fold cross-validation instead of --val; the head is then trained on every file.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")]
+LrOpt = Annotated[Optional[str], typer.Option("--lr", help="Learning rates to try, comma-separated (default 1e-4,3e-4,1e-3,3e-3).")]
+EmbeddingsOpt = Annotated[Optional[Path], typer.Option(help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` (matched by path) instead of computing them.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--embeddings-out", help="Where the computed embeddings go (default HEAD.emb.npy beside the head); a re-run reuses them.")]
+
+
+def train(
+    labels: LabelsArg,
+    out: HeadOutOpt,
+    task: TaskOpt = "auto",
+    val: ValOpt = 0.1,
+    folds: FoldsOpt = None,
+    seed: SeedOpt = 0,
+    lr: LrOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    embeddings_out: CacheOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    ext: ExtOpt = None,
+    quiet: QuietOpt = False,
+    failures: FailuresOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train a head on your own labels: a linear probe on the clip embeddings, as the papers evaluate.
+
+    Example: matpac train ./labelled --out mine.safetensors, then matpac tag ./new --head ./mine.safetensors
+    """
+    from matpac_cli.discovery import parse_extensions
+    from matpac_cli.errors import UsageError
+    from matpac_cli.train import LR_GRID, TrainConfig
+    from matpac_cli.train_data import check_counts, from_index, read_labels
+    from matpac_cli.train_job import check_outputs, check_trainable, train as run_train
+
+    started = time.monotonic()
+    check_run_options(batch_size, workers, threads)
+    config = TrainConfig(task=task, val=val, folds=folds, seed=seed, lrs=_rates(lr) if lr else LR_GRID)
+    config.check()
+    check_outputs(out, force)
+    if embeddings is not None and (model is not None or embeddings_out is not None):
+        raise UsageError(f"--embeddings {embeddings}: the embeddings are read, not computed, so "
+                         f"{'--model' if model is not None else '--embeddings-out'} does not apply")
+    labelled = read_labels(labels, task, parse_extensions(ext))
+    check_counts(labelled)
+    reporter = Reporter(quiet)
+    if labelled.ignored:
+        reporter.warning(f"{labels}: {labelled.ignored} audio file(s) directly in the folder, in no class "
+                         "folder, are left out")
+    code = 0
+    if embeddings is not None:
+        features = from_index(labelled, embeddings)
+        startup_done()  # no model loads: the start-up is over
+    else:
+        features, code = _embed(labelled, out, embeddings_out, model, device, precision, batch_size, workers,
+                                threads, quiet, failures, force, started)
+    check_trainable(features, config)
+    reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
+                  f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
+    result = run_train(features, config, out, argv(), reporter.warning)
+    for line in render(result.report):
+        reporter.info(line)
+    reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
+    raise typer.Exit(code)
+
+
+def _embed(labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force,
+           started):
+    from matpac_cli.embedding import EmbedConfig, check_config
+    from matpac_cli.train_data import embed_labelled
+
+    cache = cache or Path(out).with_suffix(".emb.npy")
+    config = EmbedConfig(out=cache, batch_size=batch_size, workers=workers or None, force=force)
+    check_config(config)
+    if failures is not None:
+        from matpac_cli.writers import ensure_writable
+
+        ensure_writable(failures)
+    predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)
+    journal = cache.with_name(cache.name + ".journal")
+    reporter = Reporter(quiet, labelled.items, started, failures=failures,
+                        keeps=f"finished files are kept in {journal}; run the same command to resume")
+    try:
+        features, summary = embed_labelled(labelled, predictor, config, reporter.advance, reporter.failure, argv(),
+                                           on_audio=reporter.audio, on_reused=reporter.reused,
+                                           on_warning=reporter.warning)
+    finally:
+        reporter.close()
+    return features, finish(summary, reporter, "embedded", [predictor])
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    from matpac_cli.errors import UsageError
+
+    try:
+        rates = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--lr {text}: expected numbers such as 1e-4,1e-3") from None
+    return rates
+
+
+def render(report: dict) -> list[str]:
+    """The report as the person at the terminal reads it (the JSON beside the head has it all)."""
+    name, value = report["metric"]["name"], report["metric"]["value"]
+    v = report["validation"]
+    how = (f"{v['folds']}-fold cross-validation" if v["method"] == "folds" else
+           f"{v['validation_files']} held-out files ({v['fraction']:g} stratified split)")
+    lines = ["matpac: classes (files): " + ", ".join(f"{c['name']} ({c['files']})" for c in report["classes"])]
+    for s in report["search"]:
+        lines.append(f"matpac:   lr {s['lr']:g}: validation {name} {_fmt(s['metric'])}"
+                     + (f", best epoch {s['best_epoch']} of {s['epochs_run']}" if "best_epoch" in s else ""))
+    chosen = report["chosen"]
+    lines.append(f"matpac: validation {name} {_fmt(value)} on {how}; chosen lr {chosen['lr']:g}, epoch {chosen['epoch']}")
+    if "confusion_matrix" in report:
+        cm = report["confusion_matrix"]
+        names = cm["classes"]
+        first, cell = max(len(c) for c in names) + 1, max(4, min(10, max(len(c) for c in names)))
+        lines.append("matpac: confusion matrix (rows: true class, columns: predicted)")
+        lines.append(" " * first + " ".join(f"{c[:cell]:>{cell}}" for c in names))
+        lines.extend(f"{c:<{first}}" + " ".join(f"{n:>{cell}}" for n in row) for c, row in zip(names, cm["counts"]))
+    else:
+        lines.append("matpac: per-class AP: " + ", ".join(f"{c['name']} {_fmt(c['ap'])}" for c in report["per_class_ap"]))
+    return lines
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

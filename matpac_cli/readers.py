@@ -1,0 +1,245 @@
+"""Reading matpac's own outputs back: the embedding matrix with its index and manifest, and tag rows.
+
+The jobs that build on an earlier run (`train`, `search`, `report`) read through these functions
+and nothing else, so the output formats are parsed in one place, next to the writers. Anything
+that is not what matpac writes is refused with one line naming the file (UsageError, exit 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from matpac_cli.errors import UsageError
+
+INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
+TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
+SEGMENT_COLUMNS = ["start_s", "end_s"]
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
+
+
+def embeddings_paths(npy: Path) -> dict[str, Path]:
+    """The files of one `matpac embed --out X.npy` output (as `embedding.outputs_for` names them)."""
+    return {"npy": npy, "index": npy.with_suffix(".csv"), "manifest": npy.with_suffix(".manifest.json")}
+
+
+def tags_manifest_path(out: Path) -> Path:
+    return out.with_name(out.name + ".manifest.json")
+
+
+@dataclass
+class Embeddings:
+    """One embed output. `matrix` is (N, D) or (N, layers, D) float32, memory-mapped read-only;
+    `index[i]` describes row i (path as the user named it, duration_s, sample_rate, channels)."""
+
+    path: Path
+    matrix: np.ndarray
+    index: list[dict]
+    manifest: dict | None
+
+    @property
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.index]
+
+    @property
+    def model(self) -> str | None:
+        """The model name the manifest records (what a query must be embedded with), if any."""
+        models = (self.manifest or {}).get("models") or []
+        return models[0].get("name") if models else None
+
+    def clip(self, layer: int = -1) -> np.ndarray:
+        """(N, D): the matrix itself, or one layer of an `--layer all` output."""
+        return self.matrix if self.matrix.ndim == 2 else self.matrix[:, layer, :]
+
+
+def read_manifest(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a matpac manifest ({exc})") from None
+    if not isinstance(data, dict) or "matpac_version" not in data:
+        raise UsageError(f"{path}: not a matpac manifest (no matpac_version)")
+    return data
+
+
+def read_embeddings(npy: Path) -> Embeddings:
+    """Read `X.npy` with `X.csv` and, where present, `X.manifest.json`."""
+    npy = Path(npy)
+    paths = embeddings_paths(npy)
+    if npy.suffix != ".npy":
+        raise UsageError(f"{npy}: expected the .npy matrix that `matpac embed --out` writes")
+    if not npy.is_file():
+        raise UsageError(f"{npy}: no such embeddings file")
+    try:
+        matrix = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{npy}: not a readable .npy matrix ({exc})") from None
+    if matrix.ndim not in (2, 3) or matrix.dtype != np.float32:
+        raise UsageError(f"{npy}: expected an N x D (or N x layers x D) float32 matrix, "
+                         f"found {matrix.dtype} {tuple(matrix.shape)}")
+    index = read_index(paths["index"])
+    if len(index) != len(matrix):
+        raise UsageError(f"{paths['index']}: {len(index)} rows but {npy} has {len(matrix)}; "
+                         "the two files are not from the same run")
+    return Embeddings(npy, matrix, index, read_manifest(paths["manifest"]))
+
+
+def read_index(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
+            raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
+        rows = []
+        for n, raw in enumerate(reader):
+            try:
+                rows.append({"row": int(raw["row"]), "path": raw["path"],
+                             "duration_s": float(raw.get("duration_s") or "nan"),
+                             "sample_rate": int(raw.get("sample_rate") or 0),
+                             "channels": int(raw.get("channels") or 0),
+                             "truncated": raw.get("truncated") == "1"})
+            except (TypeError, ValueError):
+                raise UsageError(f"{path}: line {n + 2} is not a matpac index row") from None
+    if [r["row"] for r in rows] != list(range(len(rows))):
+        raise UsageError(f"{path}: rows are not numbered 0..{len(rows) - 1}; not a matpac embedding index")
+    return rows
+
+
+@dataclass
+class Tags:
+    """One tag output, long format: one dict per row with typed values; `segments` when the run
+    had `--segments` (rows with start_s/end_s; clip rows have them as None)."""
+
+    path: Path
+    rows: list[dict]
+    segments: bool
+    manifest: dict | None
+    heads: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        """Every path, in the order the output first names it."""
+        return list(dict.fromkeys(r["path"] for r in self.rows))
+
+
+def read_tags(path: Path) -> Tags:
+    """Read a `matpac tag --out` CSV or JSON Lines file (and its `FILE.manifest.json`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such tags file")
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        raw_rows, columns = _jsonl_rows(path)
+    elif path.suffix.lower() == ".csv":
+        raw_rows, columns = _csv_rows(path)
+    else:
+        raise UsageError(f"{path}: expected the .csv, .jsonl or .ndjson that `matpac tag --out` writes")
+    if not set(TAG_COLUMNS) <= set(columns):
+        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+    segments = set(SEGMENT_COLUMNS) <= set(columns)
+    rows = [_typed(r, path, n, segments) for n, r in enumerate(raw_rows)]
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    return Tags(path, rows, segments, read_manifest(tags_manifest_path(path)), heads)
+
+
+@dataclass
+class TagStream:
+    """A tag output read row by row, for outputs too large to hold as dicts (5,000 tracks with
+    `--segments` are about 2 million rows): `rows()` yields what `read_tags` would put in
+    `Tags.rows`, in the file's order, reading the file again on each call."""
+
+    path: Path
+    segments: bool
+    manifest: dict | None
+
+    def rows(self) -> Iterator[dict]:
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            if self.path.suffix.lower() == ".csv":
+                reader = csv.reader(fh)
+                header = next(reader, [])
+                for n, values in enumerate(reader):
+                    yield _typed(dict(zip(header, values)), self.path, n, self.segments)
+                return
+            lines = (line for line in fh if line.strip())
+            for n, line in enumerate(lines):
+                yield _typed(_json_object(line, self.path, n), self.path, n, self.segments)
+
+
+def scan_tags(path: Path) -> TagStream:
+    """`read_tags` without reading the rows: checks the columns (the CSV header, or the first
+    JSON Lines row: matpac writes every column in every row) and reads the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such tags file")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", *JSONL_SUFFIXES):
+        raise UsageError(f"{path}: expected the .csv, .jsonl or .ndjson that `matpac tag --out` writes")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        if suffix == ".csv":
+            columns = next(csv.reader(fh), [])
+        else:
+            first = next((line for line in fh if line.strip()), None)
+            columns = list(_json_object(first, path, 0)) if first is not None else []
+    if not set(TAG_COLUMNS) <= set(columns):
+        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+    return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
+
+
+def _json_object(line: str, path: Path, n: int) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise UsageError(f"{path}: row {n + 1} is not JSON; not a matpac tags file") from None
+    if not isinstance(row, dict):
+        raise UsageError(f"{path}: row {n + 1} is not a JSON object; not a matpac tags file")
+    return row
+
+
+def _csv_rows(path: Path):
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader), list(reader.fieldnames or [])
+
+
+def _jsonl_rows(path: Path):
+    rows, columns = [], []
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for n, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{path}: line {n + 1} is not JSON; not a matpac tags file") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}: line {n + 1} is not a JSON object; not a matpac tags file")
+            rows.append(row)
+            columns.extend(k for k in row if k not in columns)
+    if rows and "start_s" in columns and "end_s" not in columns:
+        columns.remove("start_s")
+    return rows, columns
+
+
+def _number(value, kind):
+    if value is None or value == "":
+        return None
+    return kind(value)
+
+
+def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
+    try:
+        row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": str(raw["label"]),
+               "score": float(raw["score"]), "rank": int(raw["rank"]), "tag_id": str(raw["tag_id"])}
+        if segments:
+            row["start_s"] = _number(raw.get("start_s"), float)
+            row["end_s"] = _number(raw.get("end_s"), float)
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{path}: row {n + 1} is not a matpac tag row") from None
+    return row

@@ -1,0 +1,328 @@
+"""A linear probe on clip embeddings, trained as the MATPAC papers evaluate (EVAR's linear protocol).
+
+Protocol, for each split of the labelled files into training and validation:
+- standardise the features with the training split's mean and standard deviation (a constant
+  feature gets scale 1); the statistics are kept, rounded to float32, in the head;
+- one linear layer (weight and bias drawn as torch's nn.Linear does, U(-1/sqrt(D), 1/sqrt(D)));
+- Adam, weight decay 1e-8, mini-batches of min(200, n) shuffled every epoch;
+- single-label: softmax + cross-entropy, selection on validation accuracy; multi-label: a sigmoid
+  per class + binary cross-entropy, selection on validation mAP (mean over the classes that have
+  a positive validation example);
+- up to 200 epochs, stopping after 20 without improvement, and the best epoch's weights restored;
+  an epoch improves when its metric is higher, or equal with a lower validation loss (small
+  validation sets often sit at 100% accuracy for many epochs);
+- the learning rate is chosen on validation from a small grid (1e-4, 3e-4, 1e-3, 3e-3).
+
+With `folds`, each fold is the validation split once; one learning rate is chosen for all folds
+(best mean), and the head is then trained on every file with that rate for the median of the
+folds' best epochs. Everything runs on the CPU in float32 and is deterministic for one seed.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matpac_cli.errors import UsageError
+
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+MAX_EPOCHS = 200
+PATIENCE = 20
+WEIGHT_DECAY = 1e-8
+MAX_BATCH = 200
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "auto"  # auto | single | multi (resolved when the labels are read)
+    val: float = 0.1
+    folds: int | None = None
+    seed: int = 0
+    lrs: tuple[float, ...] = LR_GRID
+    max_epochs: int = MAX_EPOCHS
+    patience: int = PATIENCE
+
+    def check(self) -> None:
+        if self.folds is not None and self.folds < 2:
+            raise UsageError(f"--folds {self.folds}: give 2 or more")
+        if self.folds is None and not 0.0 < self.val < 1.0:
+            raise UsageError(f"--val {self.val}: give the validation fraction, between 0 and 1 (e.g. 0.1)")
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise UsageError("--lr: give positive learning rates, e.g. 1e-4,1e-3")
+
+
+@dataclass
+class Fit:
+    """One training run: the restored best epoch's weights and how it was reached."""
+
+    weight: np.ndarray  # (C, D) float32
+    bias: np.ndarray
+    lr: float
+    epoch: int  # best epoch, from 1
+    epochs_run: int
+    metric: float  # validation accuracy or mAP at the best epoch
+    loss: float
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+
+
+# ---------------------------------------------------------------- scaler and splits
+
+
+def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (population, as StandardScaler), in float32."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return ((np.asarray(x, dtype=np.float64) - mean) / scale).astype(np.float32)
+
+
+def strata(y: np.ndarray, task: str) -> np.ndarray:
+    """The stratum of each file: its class, or for multi-label its rarest label."""
+    if task == "single":
+        return np.asarray(y)
+    counts = y.sum(axis=0)
+    rarity = np.where(y > 0, counts[None, :], np.inf)
+    return rarity.argmin(axis=1)
+
+
+def stratified_split(groups: np.ndarray, fraction: float, seed: int) -> Split:
+    """About `fraction` of the files to validation, each stratum in proportion (largest
+    remainder), never a stratum's last training file; the rest to training."""
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(fraction * len(groups))))
+    labels, counts = np.unique(groups, return_counts=True)
+    want = fraction * counts
+    take = np.minimum(np.floor(want).astype(int), counts - 1)
+    for i in np.argsort(-(want - np.floor(want)), kind="stable"):
+        if take.sum() >= n_val:
+            break
+        if take[i] < counts[i] - 1:
+            take[i] += 1
+    val = []
+    for label, k in zip(labels, take):
+        members = rng.permutation(np.flatnonzero(groups == label))
+        val.extend(members[:k].tolist())
+    val_idx = np.array(sorted(val), dtype=int)
+    return Split(np.setdiff1d(np.arange(len(groups)), val_idx), val_idx)
+
+
+def stratified_folds(groups: np.ndarray, k: int, seed: int) -> list[Split]:
+    """K folds, each stratum dealt round the folds in turn (continuing where the last ended)."""
+    if k > len(groups):
+        raise UsageError(f"--folds {k}: only {len(groups)} labelled files")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(groups), dtype=int)
+    start = 0
+    for label in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == label))
+        fold[members] = (start + np.arange(len(members))) % k
+        start = (start + len(members)) % k
+    return [Split(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
+    """Non-interpolated AP: sum over score thresholds of (recall step) x precision, with tied
+    scores taken as one threshold. NaN when there is no positive."""
+    truth = np.asarray(truth) > 0
+    positives = truth.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    s, t = np.asarray(score, dtype=np.float64)[order], truth[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last index of each tie group
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall_step = np.diff(np.r_[0, tp]) / positives
+    return float((recall_step * precision).sum())
+
+
+def per_class_ap(y: np.ndarray, scores: np.ndarray) -> list[float]:
+    return [average_precision(y[:, c], scores[:, c]) for c in range(y.shape[1])]
+
+
+def mean_ap(y: np.ndarray, scores: np.ndarray) -> float:
+    aps = [a for a in per_class_ap(y, scores) if not np.isnan(a)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def confusion(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows: the true class; columns: the predicted one."""
+    out = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(out, (np.asarray(y), np.asarray(predicted)), 1)
+    return out
+
+
+def metric(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    if task == "single":
+        return float((scores.argmax(axis=1) == y).mean())
+    return mean_ap(y, scores)
+
+
+# ---------------------------------------------------------------- training
+
+
+def fit_linear(z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_val: np.ndarray,
+               task: str, n_classes: int, lr: float, seed: int, max_epochs: int = MAX_EPOCHS,
+               patience: int | None = PATIENCE) -> Fit:
+    """Train one linear layer on standardised features; `patience` None trains `max_epochs`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(z_train, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y_train, dtype=np.int64 if task == "single" else np.float32))
+    xv = torch.from_numpy(np.ascontiguousarray(z_val, dtype=np.float32))
+    yv = torch.from_numpy(np.asarray(y_val, dtype=np.int64 if task == "single" else np.float32))
+    bound = 1.0 / np.sqrt(xt.shape[1])
+    weight = ((torch.rand(n_classes, xt.shape[1], generator=gen) * 2 - 1) * bound).requires_grad_()
+    bias = ((torch.rand(n_classes, generator=gen) * 2 - 1) * bound).requires_grad_()
+    loss_fn = torch.nn.functional.cross_entropy if task == "single" else \
+        torch.nn.functional.binary_cross_entropy_with_logits
+    opt = torch.optim.Adam([weight, bias], lr=lr, weight_decay=WEIGHT_DECAY)
+    batch = min(MAX_BATCH, len(xt))
+    best: Fit | None = None
+    since = 0
+    for epoch in range(1, max_epochs + 1):
+        for idx in torch.randperm(len(xt), generator=gen).split(batch):
+            opt.zero_grad()
+            loss_fn(xt[idx] @ weight.T + bias, yt[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            logits = xv @ weight.T + bias
+            val_loss = float(loss_fn(logits, yv)) if len(xv) else 0.0
+            probs = (torch.softmax(logits, 1) if task == "single" else torch.sigmoid(logits)).double().numpy()
+        value = metric(np.asarray(y_val), probs, task) if len(xv) else float("nan")
+        if best is None or _better(value, val_loss, best) or patience is None:
+            best = Fit(weight.detach().numpy().copy(), bias.detach().numpy().copy(), lr, epoch, epoch, value, val_loss)
+            since = 0
+        else:
+            since += 1
+        best.epochs_run = epoch
+        if patience is not None and since >= patience:
+            break
+    return best
+
+
+def _better(value: float, loss: float, best: Fit) -> bool:
+    v, b = (-1.0 if np.isnan(value) else value), (-1.0 if np.isnan(best.metric) else best.metric)
+    return v > b or (v == b and loss < best.loss)
+
+
+def grid(x: np.ndarray, y: np.ndarray, split: Split, task: str, n_classes: int, config: TrainConfig,
+         seed: int) -> tuple[list[Fit], tuple[np.ndarray, np.ndarray]]:
+    """One fit per learning rate on one split, on features standardised with its training part."""
+    mean, scale = fit_scaler(x[split.train])
+    z_train, z_val = standardise(x[split.train], mean, scale), standardise(x[split.val], mean, scale)
+    fits = [fit_linear(z_train, y[split.train], z_val, y[split.val], task, n_classes, lr, seed,
+                       config.max_epochs, config.patience) for lr in config.lrs]
+    return fits, (mean, scale)
+
+
+def pick(fits: list[Fit]) -> Fit:
+    """The best fit by validation metric (then loss); the first of the grid on a full tie."""
+    best = fits[0]
+    for f in fits[1:]:
+        if _better(f.metric, f.loss, best):
+            best = f
+    return best
+
+
+@dataclass
+class Probe:
+    """A trained probe with what the report needs."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    lr: float
+    epoch: int
+    search: list[dict] = field(default_factory=list)  # per learning rate (and fold)
+    val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    val_scores: np.ndarray | None = None  # the head's probabilities on val_index (out-of-fold with folds)
+    folds: list[dict] = field(default_factory=list)
+    splits: list[Split] = field(default_factory=list)  # the validation split, or one per fold
+
+
+def scores_of(x: np.ndarray, weight, bias, mean, scale, task: str) -> np.ndarray:
+    """The head's probabilities in float64, as `matpac tag` computes them."""
+    z = (np.asarray(x, dtype=np.float64) - mean) / scale
+    logits = z @ np.asarray(weight, dtype=np.float64).T + bias
+    if task == "single":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: TrainConfig) -> Probe:
+    """Split (or fold), search the learning rate, and return the head with its validation scores."""
+    with one_torch_thread():
+        return _train_probe(x, y, task, n_classes, config)
+
+
+@contextmanager
+def one_torch_thread():
+    """The probe's matrices are small (at most 200 x D x C per step): spreading them over threads
+    costs more than it saves (measured 10x slower with 2 threads on a busy 2-core machine), and
+    one thread keeps the sums in one order whatever the machine. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: TrainConfig) -> Probe:
+    groups = strata(y, task)
+    if config.folds is None:
+        split = stratified_split(groups, config.val, config.seed)
+        fits, (mean, scale) = grid(x, y, split, task, n_classes, config, config.seed)
+        best = pick(fits)
+        search = [{"lr": f.lr, "metric": f.metric, "loss": f.loss, "best_epoch": f.epoch,
+                   "epochs_run": f.epochs_run} for f in fits]
+        probe = Probe(best.weight, best.bias, mean, scale, best.lr, best.epoch, search, split.val, splits=[split])
+        probe.val_scores = scores_of(x[split.val], best.weight, best.bias, mean, scale, task)
+        return probe
+    return _cross_validate(x, y, groups, task, n_classes, config)
+
+
+def _cross_validate(x, y, groups, task, n_classes, config: TrainConfig) -> Probe:
+    splits = stratified_folds(groups, config.folds, config.seed)
+    runs = [grid(x, y, s, task, n_classes, config, config.seed + i) for i, s in enumerate(splits)]
+    means = [Fit(None, None, lr, 0, 0, _mean([f[j].metric for f, _ in runs]), _mean([f[j].loss for f, _ in runs]))
+             for j, lr in enumerate(config.lrs)]
+    j = means.index(pick(means))
+    epochs = int(np.median([fits[j].epoch for fits, _ in runs]))
+    out_of_fold = np.zeros((len(x), n_classes))
+    for s, (fits, (m, sc)) in zip(splits, runs):
+        out_of_fold[s.val] = scores_of(x[s.val], fits[j].weight, fits[j].bias, m, sc, task)
+    mean, scale = fit_scaler(x)
+    z = standardise(x, mean, scale)
+    final = fit_linear(z, y, z[:0], y[:0], task, n_classes, config.lrs[j], config.seed, epochs, None)
+    search = [{"lr": lr, "metric": means[i].metric, "loss": means[i].loss, "fold_metrics": [f[i].metric for f, _ in runs],
+               "best_epochs": [f[i].epoch for f, _ in runs]} for i, lr in enumerate(config.lrs)]
+    folds = [{"fold": i + 1, "n_train": len(s.train), "n_val": len(s.val), "metric": runs[i][0][j].metric,
+              "best_epoch": runs[i][0][j].epoch} for i, s in enumerate(splits)]
+    return Probe(final.weight, final.bias, mean, scale, config.lrs[j], epochs, search,
+                 np.arange(len(x)), out_of_fold, folds, splits)
+
+
+def _mean(values: list[float]) -> float:
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")

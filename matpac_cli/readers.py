@@ -214,12 +214,7 @@ def _jsonl_rows(path: Path):
         for n, line in enumerate(fh):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise UsageError(f"{path}: line {n + 1} is not JSON; not a matpac tags file") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}: line {n + 1} is not a JSON object; not a matpac tags file")
+            row = _json_object(line, path, n)
             rows.append(row)
             columns.extend(k for k in row if k not in columns)
     if rows and "start_s" in columns and "end_s" not in columns:

@@ -1,5 +1,7 @@
 """The `embed` job: a folder of audio -> one N x 3840 matrix (+ row index, manifest, frames).
 
+The matrix is `emb.npy` with its row index `emb.csv`, or one Parquet table `emb.parquet` whose
+`path` column is the index (`parquet`); the journal, resume and manifest are the same for both.
 Resumable: every finished file is journalled next to the output as soon as it is done; re-running
 the same command reuses finished files (same real path, size, mtime, inode, model and settings)
 and only computes the rest. Once the final matrix is written, the journal keeps only keys and row
@@ -17,9 +19,10 @@ import numpy as np
 from matpac_cli import journal as jr
 from matpac_cli import writers
 from matpac_cli.discovery import Item
-from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
 from matpac_cli.manifest import manifest
-from matpac_cli.pipeline import FileResult, Plan, run
+from matpac_cli import engines
+from matpac_cli.pipeline import FileResult, Plan
 from matpac_cli.predictor import Predictor
 
 
@@ -31,6 +34,8 @@ class EmbedConfig:
     batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
     force: bool = False
+    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
 
 
 @dataclass
@@ -63,15 +68,19 @@ SETTING_NAMES = {"model_sha256": "the model (--model)", "layers": "--layer", "pr
                  "job": "the job (embed vs tag)"}
 
 
+SUFFIXES = (".npy", ".parquet")
+
+
 def outputs_for(out: Path) -> dict[str, Path]:
-    if out.suffix != ".npy":
-        raise UsageError(f"--out {out}: the embedding matrix is written as .npy (e.g. emb.npy)")
-    return {
-        "npy": out,
-        "index": out.with_suffix(".csv"),
-        "manifest": out.with_suffix(".manifest.json"),
-        "journal": out.with_name(out.name + ".journal"),
-    }
+    """The files of one output: the matrix, its row index (.npy only), manifest and journal."""
+    if out.suffix not in SUFFIXES:
+        raise UsageError(f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
+                         "in emb.csv) or .parquet (emb.parquet)")
+    paths = {"matrix": out, "index": out.with_suffix(".csv"), "manifest": out.with_suffix(".manifest.json"),
+             "journal": out.with_name(out.name + ".journal")}
+    if out.suffix == ".parquet":
+        del paths["index"]  # the path column is the index
+    return paths
 
 
 def check_config(config: EmbedConfig) -> None:
@@ -80,14 +89,25 @@ def check_config(config: EmbedConfig) -> None:
     text = str(config.layer).strip().lower()
     if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
         raise UsageError(f"--layer {config.layer}: expected a layer number, last or all")
-    for key in ("npy", "index", "manifest", "journal"):
-        writers.ensure_writable(paths[key])
+    for path in paths.values():
+        writers.ensure_writable(path)
     if config.frames_dir is not None:
         writers.ensure_writable(config.frames_dir / "probe.npy")
     if not config.force and not paths["journal"].exists():
-        for key in ("npy", "index", "manifest"):
-            if paths[key].exists():
-                raise OutputError(f"{paths[key]} exists and was not written by matpac's journal; use --force to replace it")
+        for key, path in paths.items():
+            if key != "journal" and path.exists():
+                raise OutputError(_not_ours(paths, key))
+
+
+def _not_ours(paths: dict[str, Path], key: str) -> str:
+    """Why an existing file is not replaced; `emb.npy` and `emb.parquet` would share `emb.manifest.json`."""
+    path = paths[key]
+    others = [paths["matrix"].with_suffix(s) for s in SUFFIXES if s != paths["matrix"].suffix]
+    owner = next((o for o in others if key == "manifest" and o.exists()), None)
+    if owner is not None:
+        return (f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
+                "(or --force to replace that manifest)")
+    return f"{path} exists and was not written by matpac's journal; use --force to replace it"
 
 
 def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
@@ -103,8 +123,8 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
     """
     check_config(config)
     paths = outputs_for(config.out)
-    with writers.locked(paths["npy"]):
-        writers.clean_stale_temps(paths["npy"])
+    with writers.locked(paths["matrix"]):
+        writers.clean_stale_temps(paths["matrix"])
         return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
                       on_reused or on_progress, on_warning)
 
@@ -121,7 +141,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     journal = jr.Journal(paths["journal"], settings, fresh=config.force)
     if journal.damaged:
         on_warning(f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again")
-    previous = _previous_matrix(journal, paths["npy"])
+    previous = _previous_matrix(journal, paths["matrix"])
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     todo = _reuse(items, journal, config, summary, on_reused, shape)
@@ -148,7 +168,8 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
 
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
-        run(todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio)
+        engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
+                    address=config.ray_address)
     finally:
         journal.close()
     done = _finished_rows(items, journal, previous)
@@ -156,15 +177,35 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
         return summary
     with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
-        unit.matrix(paths["npy"], [row for _, _, row in done])
-        unit.csv(paths["index"], INDEX_COLUMNS, _index_rows(done))
+        _write_matrix(unit, paths, done, shape)
         unit.json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[],
-                                              extra={"truncated": summary.truncated}))
-    stamp = jr.compact_stamp(paths["npy"])
+                                              extra={"truncated": summary.truncated, "output": _described(paths)}))
+    stamp = jr.compact_stamp(paths["matrix"])
     if stamp is not None:
         jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
-    summary.outputs = [paths["npy"], paths["index"], paths["manifest"]]
+    summary.outputs = [path for key, path in paths.items() if key != "journal"]
     return summary
+
+
+def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...]) -> None:
+    if "index" in paths:
+        unit.matrix(paths["matrix"], [row for _, _, row in done])
+        unit.csv(paths["index"], INDEX_COLUMNS, _index_rows(done))
+        return
+    from matpac_cli import parquet
+
+    with unit.open(paths["matrix"], "wb") as fh:
+        parquet.write_embeddings(fh, [(item.name, rec.meta, row) for item, rec, row in done], shape)
+
+
+def _described(paths: dict[str, Path]) -> dict:
+    """The manifest's `output`: what was written and how its rows are indexed."""
+    out = paths["matrix"]
+    if "index" in paths:
+        return {"path": str(out), "format": "npy", "index": str(paths["index"])}
+    from matpac_cli.parquet import EMBED_COLUMNS
+
+    return {"path": str(out), "format": "parquet", "columns": EMBED_COLUMNS}
 
 
 def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary: Summary,
@@ -186,30 +227,36 @@ def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary:
     return todo
 
 
-def _previous_matrix(journal: jr.Journal, npy: Path) -> np.ndarray | None:
-    """The finished matrix a compact journal points into, memory-mapped; records whose rows it
-    no longer holds (it was replaced or edited since) are dropped and recomputed."""
+def _previous_matrix(journal: jr.Journal, out: Path) -> np.ndarray | None:
+    """The finished matrix a compact journal points into (a .npy memory-mapped, a Parquet
+    table's embedding column read into memory); records whose rows it no longer holds (it was
+    replaced or edited since) are dropped and recomputed."""
     compact = {k for k, rec in journal.done.items() if "embedding" not in rec.arrays}
     if not compact:
         return None
-    if journal.stamp is not None and journal.stamp == jr.compact_stamp(npy):
+    if journal.stamp is not None and journal.stamp == jr.compact_stamp(out):
         try:
-            matrix = np.load(npy, mmap_mode="r")
+            if out.suffix == ".parquet":
+                from matpac_cli.parquet import read_matrix
+
+                matrix = read_matrix(out)
+            else:
+                matrix = np.load(out, mmap_mode="r")
             if all(0 <= journal.done[k].meta.get("row", -1) < len(matrix) for k in compact):
                 return matrix
-        except (OSError, ValueError):
+        except (OSError, ValueError, MatpacError):
             pass
     journal.forget(compact)
     return None
 
 
 def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
-    if force or not paths["npy"].exists():
+    if force or not paths["matrix"].exists():
         return
     differ = jr.settings_differ(paths["journal"], settings)
     if differ:
         what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
-        raise OutputError(f"{paths['npy']} was made with another {what}; use --force to replace it "
+        raise OutputError(f"{paths['matrix']} was made with another {what}; use --force to replace it "
                           "or choose another --out")
 
 

@@ -42,3 +42,6 @@ class InputError(MatpacError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self):  # pickled as (path, reason): a Ray task sends a file's error to the driver
+        return (type(self), (self.path, self.reason))

@@ -3,6 +3,8 @@
 The jobs that build on an earlier run (`train`, `search`, `report`) read through these functions
 and nothing else, so the output formats are parsed in one place, next to the writers. Anything
 that is not what matpac writes is refused with one line naming the file (UsageError, exit 2).
+Embeddings are `X.npy` + `X.csv`, or Parquet (`X.parquet`, one file or a folder of shards, its
+`path` column the index); tags are CSV, JSON Lines or Parquet. The Parquet details are in `parquet`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "trunca
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
 SEGMENT_COLUMNS = ["start_s", "end_s"]
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
+PARQUET = ".parquet"  # a file, or a folder of shards named so
+TAG_SUFFIXES = (".csv", *JSONL_SUFFIXES, PARQUET)
 
 
-def embeddings_paths(npy: Path) -> dict[str, Path]:
-    """The files of one `matpac embed --out X.npy` output (as `embedding.outputs_for` names them)."""
-    return {"npy": npy, "index": npy.with_suffix(".csv"), "manifest": npy.with_suffix(".manifest.json")}
+def embeddings_paths(path: Path) -> dict[str, Path]:
+    """The files of one `matpac embed --out X.npy|X.parquet` output (as `embedding.outputs_for`
+    names them); a Parquet output is its own row index."""
+    parquet = path.suffix.lower() == PARQUET
+    return {"matrix": path, "index": path if parquet else path.with_suffix(".csv"),
+            "manifest": path.with_suffix(".manifest.json")}
 
 
 def tags_manifest_path(out: Path) -> Path:
@@ -34,8 +41,9 @@ def tags_manifest_path(out: Path) -> Path:
 
 @dataclass
 class Embeddings:
-    """One embed output. `matrix` is (N, D) or (N, layers, D) float32, memory-mapped read-only;
-    `index[i]` describes row i (path as the user named it, duration_s, sample_rate, channels)."""
+    """One embed output. `matrix` is (N, D) or (N, layers, D) float32, read-only (a .npy memory-
+    mapped, a Parquet embedding column in memory); `index[i]` describes row i (path as the user
+    named it, duration_s, sample_rate, channels, truncated)."""
 
     path: Path
     matrix: np.ndarray
@@ -70,11 +78,14 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def read_embeddings(npy: Path) -> Embeddings:
-    """Read `X.npy` with `X.csv` and, where present, `X.manifest.json`."""
+    """Read `X.npy` with `X.csv`, or `X.parquet` (a file or a folder of shards), and, where
+    present, `X.manifest.json`."""
     npy = Path(npy)
     paths = embeddings_paths(npy)
+    if npy.suffix.lower() == PARQUET:
+        return _parquet_embeddings(npy, paths)
     if npy.suffix != ".npy":
-        raise UsageError(f"{npy}: expected the .npy matrix that `matpac embed --out` writes")
+        raise UsageError(f"{npy}: expected the .npy or .parquet that `matpac embed --out` writes")
     if not npy.is_file():
         raise UsageError(f"{npy}: no such embeddings file")
     try:
@@ -89,6 +100,19 @@ def read_embeddings(npy: Path) -> Embeddings:
         raise UsageError(f"{paths['index']}: {len(index)} rows but {npy} has {len(matrix)}; "
                          "the two files are not from the same run")
     return Embeddings(npy, matrix, index, read_manifest(paths["manifest"]))
+
+
+def _parquet_embeddings(path: Path, paths: dict[str, Path]) -> Embeddings:
+    from matpac_cli import parquet
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such embeddings file")
+    matrix, index = parquet.read_embeddings(path)
+    manifest = read_manifest(paths["manifest"])
+    truncated = set((manifest or {}).get("truncated") or [])  # a Parquet output lists them there
+    for row in index:
+        row["truncated"] = row["path"] in truncated
+    return Embeddings(path, matrix, index, manifest)
 
 
 def read_index(path: Path) -> list[dict]:
@@ -131,16 +155,18 @@ class Tags:
 
 
 def read_tags(path: Path) -> Tags:
-    """Read a `matpac tag --out` CSV or JSON Lines file (and its `FILE.manifest.json`)."""
+    """Read a `matpac tag --out` CSV, JSON Lines or Parquet output (and its `FILE.manifest.json`)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such tags file")
+    _check_tags_path(path)
     if path.suffix.lower() in JSONL_SUFFIXES:
         raw_rows, columns = _jsonl_rows(path)
-    elif path.suffix.lower() == ".csv":
-        raw_rows, columns = _csv_rows(path)
+    elif path.suffix.lower() == PARQUET:
+        from matpac_cli import parquet
+
+        columns = parquet.column_names(path)
+        raw_rows = list(parquet.row_batches(path, TAG_COLUMNS + SEGMENT_COLUMNS))
     else:
-        raise UsageError(f"{path}: expected the .csv, .jsonl or .ndjson that `matpac tag --out` writes")
+        raw_rows, columns = _csv_rows(path)
     if not set(TAG_COLUMNS) <= set(columns):
         raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
     segments = set(SEGMENT_COLUMNS) <= set(columns)
@@ -160,6 +186,13 @@ class TagStream:
     manifest: dict | None
 
     def rows(self) -> Iterator[dict]:
+        if self.path.suffix.lower() == PARQUET:
+            from matpac_cli import parquet
+
+            columns = TAG_COLUMNS + (SEGMENT_COLUMNS if self.segments else [])
+            for n, raw in enumerate(parquet.row_batches(self.path, columns)):
+                yield _typed(raw, self.path, n, self.segments)
+            return
         with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
             if self.path.suffix.lower() == ".csv":
                 reader = csv.reader(fh)
@@ -173,14 +206,19 @@ class TagStream:
 
 
 def scan_tags(path: Path) -> TagStream:
-    """`read_tags` without reading the rows: checks the columns (the CSV header, or the first
-    JSON Lines row: matpac writes every column in every row) and reads the manifest."""
+    """`read_tags` without reading the rows: checks the columns (the CSV header, the Parquet
+    schema, or the first JSON Lines row: matpac writes every column in every row) and reads the
+    manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such tags file")
+    _check_tags_path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", *JSONL_SUFFIXES):
-        raise UsageError(f"{path}: expected the .csv, .jsonl or .ndjson that `matpac tag --out` writes")
+    if suffix == PARQUET:
+        from matpac_cli.parquet import column_names
+
+        columns = column_names(path)
+        if not set(TAG_COLUMNS) <= set(columns):
+            raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+        return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
         if suffix == ".csv":
             columns = next(csv.reader(fh), [])
@@ -190,6 +228,13 @@ def scan_tags(path: Path) -> TagStream:
     if not set(TAG_COLUMNS) <= set(columns):
         raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
     return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
+
+
+def _check_tags_path(path: Path) -> None:
+    if not (path.is_file() or (path.suffix.lower() == PARQUET and path.is_dir())):  # a folder of shards
+        raise UsageError(f"{path}: no such tags file")
+    if path.suffix.lower() not in TAG_SUFFIXES:
+        raise UsageError(f"{path}: expected the .csv, .jsonl, .ndjson or .parquet that `matpac tag --out` writes")
 
 
 def _json_object(line: str, path: Path, n: int) -> dict:

@@ -4,6 +4,8 @@ Exact search over the memory-mapped matrix, in blocks: a block of index rows is 
 every (unit-length) query at once, where it lies in the map (one BLAS call, no copy), divided by
 the rows' norms, and a running top-k per query keeps the best rows seen so far. Memory stays at one block (about 64 MiB) plus the
 queries, whatever the size of the index; 100k x 3840 float32 is read once per 1,024 queries.
+A Parquet index cannot be mapped: its embedding column is read into memory once (the matrix's
+size), and searched the same way.
 Exact is the default on purpose: approximate indexes (HNSW) trade recall for speed, and at
 this size the exact answer takes seconds.
 
@@ -133,12 +135,10 @@ def duplicates(index: np.ndarray, threshold: float = 0.98,
 
 
 def open_index(path: Path) -> Embeddings:
-    """The index a search runs on: a `matpac embed --out X.npy` output (matrix, row index, manifest)."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        raise UsageError(f"{path}: Parquet indexes are not supported yet; give the .npy that "
-                         "`matpac embed --out` writes (with its .csv row index)")
-    return read_embeddings(path)
+    """The index a search runs on: a `matpac embed --out X.npy` output (matrix, row index,
+    manifest), or `X.parquet` (a file or a folder of shards; its embedding column is read into
+    memory, where a .npy is memory-mapped)."""
+    return read_embeddings(Path(path))
 
 
 def index_layer(emb: Embeddings, layer: str | None) -> tuple[np.ndarray, int | None]:

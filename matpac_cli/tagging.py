@@ -2,8 +2,9 @@
 
 Heads are grouped by the encoder they need (`tag_plan`); each group is one Plan, and all plans
 run in the same pass over the files (decoded once). Rows (`tag_rows`) are
-`path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments). With an output file,
-per-file scores are journalled so a re-run resumes; every file output gets a manifest
+`path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments), as CSV, JSON Lines or a
+Parquet table (a file only, written whole at the end, as every file output is). With an output
+file, per-file scores are journalled so a re-run resumes; every file output gets a manifest
 (`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file.
 """
 
@@ -20,7 +21,8 @@ from matpac_cli.embedding import Summary
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.heads import Head, audioset_head, has_audioset_head, resolve_head
 from matpac_cli.manifest import manifest
-from matpac_cli.pipeline import FileResult, Plan, run
+from matpac_cli import engines
+from matpac_cli.pipeline import FileResult, Plan
 from matpac_cli.predictor import Predictor
 from matpac_cli.registry import load_registry
 from matpac_cli.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
@@ -33,10 +35,12 @@ class TagConfig:
     top_k: int | None = None  # None: 5, or every label above --threshold when one is given
     threshold: float | None = None
     segments: bool = False
-    fmt: str = "csv"
+    fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
     batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
     force: bool = False
+    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
 
 
@@ -95,6 +99,8 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     man_path = config.manifest or (None if out is None else out.with_name(out.name + ".manifest.json"))
     make_manifest = lambda: tag_manifest(groups, settings, config, out, summary, argv)  # noqa: E731
     if out is None:
+        if config.fmt in writers.BINARY:
+            raise UsageError(f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}")
         _stream(items, groups, config, stdout, summary, callbacks)
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
@@ -122,7 +128,8 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
         summary.audio_s += res.duration_s
 
     on_progress, on_failure, on_audio = callbacks
-    run(items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio)
+    engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
+                    address=config.ray_address)
 
 
 def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
@@ -162,7 +169,8 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        run(todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio)
+        engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
+                    address=config.ray_address)
     finally:
         journal.close()
     heads = [h for g in groups for h in g.heads]
@@ -172,8 +180,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
     with writers.Unit() as unit:
-        with unit.open(out) as fh:
-            writer = writers.RowWriter(fh, config.fmt, columns(config.segments))
+        with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
             for item, rec in finished:
                 for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments):
                     writer.write(row)

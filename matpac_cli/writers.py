@@ -1,4 +1,5 @@
-"""Output files: embedding matrix + row index, per-file frames, tag rows, manifest, failures.
+"""Output files: embedding matrix + row index, per-file frames, tag rows, manifest, failures
+(Parquet tables through `parquet`, into the same atomic units).
 
 Every file is written to a temporary name and moved into place, so a reader never sees half a
 file and a killed run never destroys the previous output. CSV is plain RFC 4180 with a header and
@@ -242,16 +243,21 @@ class FailureLog:
             self.fh.close()
 
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+BINARY = {"parquet"}  # formats that are files only, never stdout
 
 
 def output_format(out: str | None, fmt: str | None) -> str:
     """The row format for `--out`/`--format`: refused, in one line, unless both agree on a
-    supported one. `out` None or '-' is stdout (csv unless --format says jsonl)."""
+    supported one. `out` None or '-' is stdout (csv unless --format says jsonl; never Parquet,
+    which is binary)."""
     supported = ", ".join(sorted(set(FORMATS.values())))
     if fmt is not None and fmt.lower() not in FORMATS.values():
         raise UsageError(f"--format {fmt}: supported formats are {supported}")
     if out in (None, "-"):
+        if fmt is not None and fmt.lower() in BINARY:
+            raise UsageError(f"--format {fmt.lower()} is binary and is not written to stdout; "
+                             f"give --out FILE.{fmt.lower()}")
         return (fmt or "csv").lower()
     ext = Path(out).suffix.lower()
     if ext not in FORMATS:
@@ -260,6 +266,26 @@ def output_format(out: str | None, fmt: str | None) -> str:
     if fmt is not None and fmt.lower() != FORMATS[ext]:
         raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
     return FORMATS[ext]
+
+
+@contextmanager
+def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterator["RowWriter"]:
+    """A row writer into `path`, one of `unit`'s files: CSV or JSON Lines as text, or a Parquet
+    table (`parquet.RowTable`, the same `write(row)`), whose footer is written on success."""
+    if fmt not in BINARY:
+        with unit.open(path) as fh:
+            yield RowWriter(fh, fmt, columns)
+        return
+    from matpac_cli.parquet import RowTable
+
+    with unit.open(path, "wb") as fh:
+        table = RowTable(fh, columns)
+        try:
+            yield table
+        except BaseException:
+            table.abort()
+            raise
+        table.close()
 
 
 class RowWriter:

@@ -25,7 +25,7 @@ def clips(tmp_path) -> Path:
     (["--layer", "twelve"], "--layer twelve"),
     (["--out", "a.wav/t.npy"], "a.wav is not a folder"),
     (["--out", "/proc/x.npy"], "/proc/x.npy"),
-    (["--out", "emb.parquet"], ".npy"),
+    (["--out", "emb.h5"], ".npy (e.g. emb.npy, rows indexed in emb.csv) or .parquet"),
     (["--model", "matpac-pluss"], "matpac-plus"),
 ])
 def test_embed_argument_errors_are_one_line_exit_2_before_the_model_loads(hub, clips, extra, says):

@@ -101,7 +101,8 @@ def _items(clips: Path):
 
 
 def _run_pipeline(predictor, clips, layers, batch_size, frames=True):
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
 
     results, failures = {}, []
     run(_items(clips), [Plan(predictor, layers=layers, frames=frames)], batch_size=batch_size,
@@ -197,7 +198,8 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
     """Four files decode at once and their chunks share batches, yet results and failures come
     back in input order with the values of the one-file-at-a-time run."""
     from matpac_cli.discovery import Item
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
 
     bad = tmp_path / "e_bad.wav"
     bad.write_bytes(b"RIFF not really a wave file" * 10)
@@ -220,7 +222,8 @@ def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd
     """More files than may wait at once, each far smaller than a batch: the run neither stalls
     nor drops any, and each keeps its own embedding."""
     from matpac_cli.discovery import Item
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
 
     paths = [write_audio(tmp_path / f"s{i:02d}.wav", 0.3 + 0.05 * i, seed=i) for i in range(40)]
     got: list = []
@@ -238,7 +241,8 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
     import threading
 
     from matpac_cli.discovery import Item
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
 
     paths = [write_audio(tmp_path / f"w{i}.wav", 8.0, seed=i) for i in range(12)]
 
@@ -256,7 +260,7 @@ def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
     and a notebook's own setting is back afterwards; asked-for threads are left alone."""
     from types import SimpleNamespace
 
-    from matpac_cli.pipeline import _torch_threads_for
+    from matpac_cli.engines.local import _torch_threads_for
 
     def plan(device, threads=None):
         return SimpleNamespace(predictor=SimpleNamespace(device=device, threads=threads))
@@ -276,7 +280,8 @@ def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
 
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
     from matpac_cli.predictor import Predictor
 
     p992 = Predictor.load(str(ckpts["tiny992_as"]), device="cpu", precision="fp32")

@@ -39,7 +39,8 @@ def tracks(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("workers", [1, 4])
 def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers):
     from matpac_cli.discovery import discover
-    from matpac_cli.pipeline import Plan, run
+    from matpac_cli.engines.local import run
+    from matpac_cli.pipeline import Plan
     from matpac_cli.predictor import Predictor
 
     predictor = Predictor.load(str(tiny), device="cpu", precision="fp32")

@@ -245,7 +245,7 @@ def test_readme_report_line_works_as_written(run):
 @pytest.mark.parametrize("case", ["not_tags", "other_files", "parquet", "txt_out", "existing", "split_rows"])
 def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
     args = {"not_tags": ["emb.csv"], "other_files": ["tags.csv", "--embeddings", str(tmp_path / "o.npy")],
-            "parquet": ["tags.csv", "--embeddings", "emb.parquet"], "txt_out": ["tags.csv"],
+            "parquet": ["tags.csv", "--embeddings", str(tmp_path / "emb.parquet")], "txt_out": ["tags.csv"],
             "existing": ["tags.csv"], "split_rows": [str(tmp_path / "split.csv")]}[case]
     out = tmp_path / ("r.txt" if case == "txt_out" else "r.html")
     if case == "other_files":
@@ -253,6 +253,8 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
         (tmp_path / "o.csv").write_text("row,path,duration_s,sample_rate,channels,truncated\n0,elsewhere/z.wav,1,16000,1,0\n")
     if case == "existing":
         out.write_text("<html>my notes</html>")
+    if case == "parquet":
+        (tmp_path / "emb.parquet").write_bytes(b"PAR1 and no table")
     if case == "split_rows":
         lines = (run / "tags.csv").read_text().splitlines()
         first = next(csv.reader([lines[1]]))[0]
@@ -264,7 +266,7 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("matpac: error: ") and err.count("\n") == 1, err
     expected = {"not_tags": "emb.csv: not a matpac tags file", "other_files": "these embeddings are of other files",
-                "parquet": "give the .npy that `matpac embed --out` writes", "txt_out": "a report is an .html file",
+                "parquet": "emb.parquet: not a readable Parquet file", "txt_out": "a report is an .html file",
                 "existing": "exists and is not a matpac report; use --force", "split_rows": "are not together"}[case]
     assert expected in err
     if case == "existing":

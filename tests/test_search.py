@@ -224,9 +224,9 @@ def test_bad_options_are_one_line(lib, capsys, args, message):
 
 def test_index_and_model_problems_are_one_line(lib, tmp_path, capsys):
     query = str(lib["root"] / "outside" / "query675.wav")
-    (tmp_path / "emb.parquet").write_bytes(b"PAR1")
+    (tmp_path / "emb.parquet").write_bytes(b"PAR1")  # not a Parquet file, only its magic bytes
     code, _, err = cli(capsys, "search", query, "--index", str(tmp_path / "emb.parquet"))
-    assert code == 2 and "Parquet indexes are not supported yet" in err
+    assert code == 2 and "emb.parquet: not a readable Parquet file" in err and err.count("\n") == 1
     other = tmp_path / "other.pt"
     other.write_bytes(lib["model"].read_bytes() + b"\0")
     code, _, err = cli(capsys, "search", query, "--index", str(lib["npy"]), "--model", str(other))

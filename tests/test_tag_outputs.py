@@ -53,7 +53,9 @@ def one_line_error(proc, *words: str) -> str:
 
 @pytest.mark.parametrize("args,words", [
     (["--out", "tags.json"], [".json", ".csv", ".jsonl", ".ndjson"]),
-    (["--out", "tags.parquet"], [".parquet", ".csv", ".jsonl"]),
+    (["--out", "tags.xlsx"], [".xlsx", ".csv", ".jsonl", ".parquet"]),
+    (["--format", "parquet"], ["parquet is binary", "--out FILE.parquet"]),
+    (["--format", "parquet", "--out", "-"], ["parquet is binary", "--out FILE.parquet"]),
     (["--out", "tags"], ["no extension", ".csv"]),
     (["--format", "xml"], ["xml", "csv", "jsonl"]),
     (["--format", "json", "--out", "-"], ["json", "csv, jsonl"]),
@@ -61,7 +63,8 @@ def one_line_error(proc, *words: str) -> str:
     (["--format", "csv", "--out", "tags.ndjson"], ["contradicts", "jsonl"]),
 ])
 def test_unsupported_output_is_refused_before_the_model_loads(hub, music_dir, tmp_path, args, words):
-    """(Regression: `--out tags.json` and `--out tags.parquet` wrote CSV and exited 0.)"""
+    """(Regression: `--out tags.json` and `--out tags.parquet` wrote CSV and exited 0; Parquet is now
+    written, to a file only.)"""
     proc = run_matpac(["tag", str(music_dir), "--device", "cpu", *args], cwd=tmp_path, timeout=60)
     one_line_error(proc, *words)
     assert hub.count() == 0  # no model or probe download was even tried

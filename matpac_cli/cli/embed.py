@@ -8,15 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, argv, check_model, check_run_options, finish, items_for,
-                                    load_predictor)
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
-                                     NullOpt, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._common import Engine, Reporter, argv, check_model, check_run_options, finish, items_for
+from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
+                                     NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
 
 def embed(
     inputs: Inputs,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npy (N x 3840); FILE.csv indexes its rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Output .npy (N x 3840; FILE.csv indexes its rows) or .parquet (one row per file: path, duration_s, "
+        "sample_rate, channels, embedding)."))],
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option(help="Encoder layer 1-12, 'last' (12) or 'all' (N x 12 x 3840).")] = "last",
     frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree).")] = None,
@@ -30,17 +31,21 @@ def embed(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Embed audio files into one N x 3840 matrix (clip mean of the encoder's time columns).
 
     Example: matpac embed ./clips --out emb.npy
     """
     from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed
+    from matpac_cli.engines import check as check_engine
 
     started = time.monotonic()
     check_run_options(batch_size, workers, threads)
+    check_engine(engine)
     config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers or None,
-                         force=force)
+                         force=force, engine=engine.lower(), ray_address=ray_address)
     check_config(config)  # --out, --layer, --frames, --failures: refused before the model loads
     if failures is not None:
         from matpac_cli.writers import ensure_writable
@@ -48,13 +53,17 @@ def embed(
         ensure_writable(failures)
     items = items_for(inputs, ext, null)
     spec = check_model(model or "matpac-plus")
-    predictor = load_predictor(spec, device, precision, threads or None, quiet)
-    journal = config.out.with_name(config.out.name + ".journal")
-    reporter = Reporter(quiet, items, started, keeps=f"finished files are kept in {journal}; run the same command to resume",
-                        failures=failures)
+    runner = Engine(engine, ray_address, device, precision)
     try:
-        summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
-                            on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
+        predictor = runner.load(spec, threads or None, quiet)
+        journal = config.out.with_name(config.out.name + ".journal")
+        reporter = Reporter(quiet, items, started, failures=failures,
+                            keeps=f"finished files are kept in {journal}; run the same command to resume")
+        try:
+            summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
+                                on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
+        finally:
+            reporter.close()
     finally:
-        reporter.close()
+        runner.close()
     raise typer.Exit(finish(summary, reporter, "embedded", [predictor]))

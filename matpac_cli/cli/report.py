@@ -13,7 +13,7 @@ from matpac_cli.cli._options import QuietOpt
 
 ReportOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The page to write (.html).")]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option(
-    "--embeddings", "-e", help="A `matpac embed --out` matrix (.npy, its .csv beside it): adds the map and nearest files.")]
+    "--embeddings", "-e", help="A `matpac embed --out` output (.npy with its .csv beside it, or .parquet): adds the map and nearest files.")]
 AudioOpt = Annotated[bool, typer.Option("--audio", help="A player per file (the tag path, relative to the page), so a timeline click plays that moment.")]
 AudioRootOpt = Annotated[Optional[Path], typer.Option(
     "--audio-root", help="The folder the tag paths are relative to (default: the current one); with --audio.")]
@@ -23,7 +23,7 @@ TitleOpt = Annotated[Optional[str], typer.Option("--title", help="The page's tit
 
 
 def report(
-    tags: Annotated[Path, typer.Argument(help="A `matpac tag --out` file (.csv, .jsonl or .ndjson).", show_default=False)],
+    tags: Annotated[Path, typer.Argument(help="A `matpac tag --out` file (.csv, .jsonl, .ndjson or .parquet).", show_default=False)],
     out: ReportOutOpt,
     embeddings: EmbeddingsOpt = None,
     audio: AudioOpt = False,

@@ -17,16 +17,16 @@ from matpac_cli.errors import OutputError, UsageError
 QueriesArg = Annotated[Optional[list[str]], typer.Argument(
     help="Paths already in the index, audio files or folders (embedded with the index's model); '-' reads them from stdin.",
     show_default=False)]
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="The .npy that `matpac embed --out` wrote (its .csv and manifest beside it).")]
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="The .npy (its .csv and manifest beside it) or .parquet (a file or a folder of shards) that `matpac embed --out` wrote.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Neighbours per query (0: every row).")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
     "Cosine, -1 to 1. With --duplicates: pairs scoring at least this (default 0.98). "
     "Otherwise: only neighbours scoring at least this."))]
 DuplicatesOpt = Annotated[bool, typer.Option("--duplicates", help="List pairs of near-identical files in the index (path_a,path_b,score), each pair once.")]
 SelfOpt = Annotated[bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl or .ndjson), or '-' for stdout (the default).")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv, jsonl or parquet (a file only; default: from the --out extension, else csv).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     "The checkpoint to embed audio queries with, where the manifest's cannot be found from here; "
     "it must have the sha256 the manifest records."))]
@@ -135,7 +135,7 @@ def _embedded(S, emb, plan, model, layer, device, precision, batch_size, workers
 
 def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[Path]) -> int:
     """Stream rows to stdout, or to `target` (atomically: the file appears whole or not at all)."""
-    from matpac_cli.writers import RowWriter, atomic
+    from matpac_cli.writers import RowWriter, Unit, row_file
 
     count = 0
     if target is None:
@@ -145,8 +145,7 @@ def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[
             count += 1
         writer.flush()
         return count
-    with atomic(target) as fh:
-        writer = RowWriter(fh, fmt, columns)
+    with Unit() as unit, row_file(unit, target, fmt, columns) as writer:
         for row in rows:
             writer.write(row)
             count += 1

@@ -1,4 +1,4 @@
-"""`matpac tag`: labels from the released heads, as long-format rows (CSV or JSON Lines)."""
+"""`matpac tag`: labels from the released heads, as long-format rows (CSV, JSON Lines or Parquet)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, SafeStdout, argv, check_model, check_run_options, finish, items_for,
-                                    load_predictor)
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
-                                     NullOpt, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._common import (Engine, Reporter, SafeStdout, argv, check_model, check_run_options, finish,
+                                    items_for)
+from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
+                                     NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
 
 ModelTagOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
@@ -24,8 +24,8 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels ke
 ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
     "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
     "independent probabilities, a single-label (softmax) head's class probabilities."))]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl or .ndjson), or '-' for stdout (the default).")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv or jsonl (default: from the --out extension, else csv).")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default).")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv, jsonl or parquet (a file only, typed columns; default: from the --out extension, else csv).")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help=(
     "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
     "with --out - (stdout) none unless this is given."))]
@@ -56,6 +56,8 @@ def tag(
     failures: FailuresOpt = None,
     force: ForceOpt = False,
     report: ReportOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
@@ -63,10 +65,10 @@ def tag(
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
-    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, describe, plan_groups
+    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
     from matpac_cli.tag_rows import check_selection
     from matpac_cli.writers import output_format
-    from matpac_cli.tagging import Group, TagConfig, build_heads
+    from matpac_cli.tagging import TagConfig
     from matpac_cli.tagging import tag as run_tag
 
     started = time.monotonic()
@@ -78,33 +80,50 @@ def tag(
     _check_paths(target, manifest, failures, force, check_output)
     _check_report(report, target, force)
     plan = [(name, _check_model(name), heads) for name, heads in plan_groups(head or DEFAULT_HEADS, model)]
-    _check_device(device, precision)
+    from matpac_cli.engines import check as check_engine
+
+    if check_engine(engine) == "local":  # with ray, the cluster's devices count, not the driver's
+        _check_device(device, precision)
     items = items_for(inputs, ext, null)
+    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt, batch_size=batch_size,
+                       workers=workers or None, force=force, manifest=manifest, engine=engine.lower(),
+                       ray_address=ray_address)
+    runner = Engine(engine, ray_address, device, precision)
+    try:
+        groups = _load_groups(plan, runner, labels, threads or None, quiet)
+        keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
+        reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
+        try:
+            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
+                              reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
+                              on_warning=reporter.warning)
+        finally:
+            reporter.close()
+    finally:
+        runner.close()
+    if report is not None and target in summary.outputs:
+        from matpac_cli.report import build_report
+
+        summary.outputs.append(build_report(target, report, force=True).path)  # checked before the run
+    raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
+
+
+def _load_groups(plan: list, runner: Engine, labels: Optional[Path], threads: Optional[int], quiet: bool) -> list:
+    """Each encoder of the plan loaded once, with its heads; what will run is said once."""
+    from matpac_cli.tag_plan import describe
+    from matpac_cli.tagging import Group, build_heads
+
     reporter = Reporter(quiet)
     groups = []
     for model_name, spec, head_names in plan:
-        predictor = load_predictor(spec, device, precision, threads or None, quiet)
+        predictor = runner.load(spec, threads, quiet)
         groups.append(Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor))
     reporter.info(f"matpac: {describe(groups)}")
     for g in groups:
         for h in g.heads:
             if h.standardised and h.kind == "probe":
                 reporter.info(f"matpac: head {h.name}: standardising features with the statistics in its file")
-    keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
-    reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
-    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt, batch_size=batch_size,
-                       workers=workers or None, force=force, manifest=manifest)
-    try:
-        summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance, reporter.failure,
-                          argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
-                          on_warning=reporter.warning)
-    finally:
-        reporter.close()
-    if report is not None and target in summary.outputs:
-        from matpac_cli.report import build_report
-
-        summary.outputs.append(build_report(target, report, force=True).path)  # checked before the run
-    raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
+    return groups
 
 
 def _check_report(report: Optional[Path], target: Optional[Path], force: bool) -> None:

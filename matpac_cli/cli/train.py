@@ -20,7 +20,7 @@ ValOpt = Annotated[float, typer.Option(help="Fraction of the files held out (str
 FoldsOpt = Annotated[Optional[int], typer.Option(help="K-fold cross-validation instead of --val; the head is then trained on every file.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")]
 LrOpt = Annotated[Optional[str], typer.Option("--lr", help="Learning rates to try, comma-separated (default 1e-4,3e-4,1e-3,3e-3).")]
-EmbeddingsOpt = Annotated[Optional[Path], typer.Option(help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` (matched by path) instead of computing them.")]
+EmbeddingsOpt = Annotated[Optional[Path], typer.Option(help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` or `emb.parquet` (matched by path) instead of computing them.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--embeddings-out", help="Where the computed embeddings go (default HEAD.emb.npy beside the head); a re-run reuses them.")]
 
 

@@ -85,9 +85,9 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
 
 
 def _embeddings(path: Path):
-    if path.suffix.lower() != ".npy":
-        raise UsageError(f"--embeddings {path}: give the .npy that `matpac embed --out` writes "
-                         "(its .csv row index and manifest are read beside it)")
+    if path.suffix.lower() not in (".npy", ".parquet"):
+        raise UsageError(f"--embeddings {path}: give the .npy (its .csv row index and manifest are read "
+                         "beside it) or the .parquet that `matpac embed --out` writes")
     return read_embeddings(path)
 
 

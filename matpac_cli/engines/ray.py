@@ -1,0 +1,209 @@
+"""`--engine ray`: the same jobs on a Ray cluster, through Ray Data.
+
+The pipeline has the shape of Ray's own batch-inference examples:
+- the driver discovers the files (the local engine's rules) and makes a dataset of them;
+- CPU tasks decode, resample and cut each file into encoder chunks with the local engine's own
+  `decoding.Feed`, so every chunk holds the same samples as a local run;
+- an actor pool of callable classes, each loading the run's encoders once (`Predictor`), encodes
+  batches of chunks from any files (one GPU per actor where the cluster has GPUs);
+- the driver streams the per-chunk results back, sums each file's chunks with the local
+  engine's `pipeline.Slot`, and hands every finished file to the job's callbacks, so the job code
+  (journal, resume, writers, `--failures`, the summary) is the local one.
+
+A file that fails never fails the job: decoding and encoding catch each file's error and send it
+on as that file's row (one exception in a Ray Data batch fails the whole job, and
+`max_errored_blocks` would drop the batch's good rows with it). Dead workers and nodes are Ray's to
+retry (actors restart and their tasks rerun by default); the driver ignores a chunk it already has.
+Results arrive as files finish, not in input order (the file outputs are written in input order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from matpac_cli.discovery import Item
+from matpac_cli.errors import InputError, MatpacError, UsageError
+from matpac_cli.engines.work import Collector, Encoder, Recipe, decode_files, first_line
+from matpac_cli.pipeline import Plan
+
+EXTRA = "pip install 'matpac-cli[ray]'"
+DECODE_CPUS = 0.5  # two decoding tasks per CPU: decoding waits on the disk too
+MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
+
+
+def require() -> None:
+    """Ray Data is an optional extra: without it, one line naming it (exit 2)."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401 - the extra, not just ray's core
+    except ImportError:
+        raise UsageError(f"--engine ray needs Ray Data, an optional extra: {EXTRA}") from None
+
+
+class Cluster:
+    """The Ray cluster a run uses: `RAY_ADDRESS` or `--ray-address`, else a local instance that
+    matpac starts for the run and stops after it."""
+
+    def __init__(self, address: str | None = None) -> None:
+        require()
+        import ray
+
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.started = False
+        if ray.is_initialized():
+            return
+        debug = bool(os.environ.get("MATPAC_DEBUG"))
+        if not debug:  # Ray's C++ side logs notes for developers on stderr (actor restarts and such)
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        quiet = dict(log_to_driver=debug, logging_level=logging.INFO if debug else logging.ERROR)
+        try:
+            if self.address and self.address not in ("auto", "local"):
+                _reachable(self.address)
+            with _silenced(not debug):
+                if self.address and self.address not in ("auto", "local"):
+                    ray.init(address=self.address, **quiet)
+                else:
+                    ray.init(address=self.address, include_dashboard=False, **quiet)
+                    self.started = self.address is None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.address or "a local Ray instance"
+            raise MatpacError(f"cannot connect to {where}: {first_line(exc)}") from None
+        _quiet_data()
+
+    def resources(self) -> tuple[float, int]:
+        import ray
+
+        res = ray.cluster_resources()
+        return float(res.get("CPU", 1)), int(res.get("GPU", 0))
+
+    def placement(self, device: str, precision: str) -> tuple[str, str]:
+        """Where the actors run the encoder, and at what precision: a GPU each where the cluster
+        has GPUs (`--device auto` or cuda), else the CPUs. The driver loads its own copy on its
+        CPU only to describe the run (heads, settings, manifest); it computes nothing."""
+        _, gpus = self.resources()
+        device = (device or "auto").lower()
+        if device == "auto":
+            device = "cuda" if gpus else "cpu"
+        elif device.startswith("cuda"):
+            if not gpus:
+                raise UsageError(f"--device {device}: the Ray cluster has no GPUs")
+            device = "cuda"  # each actor sees its own GPU as device 0
+        elif device != "cpu":
+            raise UsageError(f"--device {device}: with --engine ray use auto, cpu or cuda")
+        precision = (precision or "auto").lower()
+        if precision == "auto":
+            precision = "bf16" if device == "cuda" else "fp32"
+        return device, precision
+
+    def close(self) -> None:
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _silenced(on: bool) -> Iterator[None]:
+    """stderr (the file descriptor: Ray's C++ core writes there) off while Ray starts: it says
+    which log level it read and how it connected, nothing a user of matpac acts on. Errors still
+    come back as exceptions."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an absent cluster for minutes, printing as it goes: a plain TCP connect to the
+    head's port first gives one line at once."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except ValueError:
+        raise UsageError(f"Ray address {address}: expected HOST:PORT (the head's GCS port)") from None
+    except OSError as exc:
+        raise MatpacError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def _quiet_data() -> None:
+    """Ray Data's own bars and execution logs off: the driver prints matpac's progress."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if hasattr(ctx, "enable_operator_progress_bars"):
+        ctx.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.INFO if os.environ.get("MATPAC_DEBUG") else logging.ERROR)
+
+
+def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
+        on_result: Callable = lambda r: None, on_failure: Callable[[InputError], None] = lambda e: None,
+        on_progress: Callable[[Item, float], None] = lambda i, s: None,
+        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None) -> None:
+    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks)."""
+    items = list(items)
+    if not items or not plans:
+        return
+    cluster = Cluster(address)
+    try:
+        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio))
+    finally:
+        cluster.close()
+
+
+def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector") -> None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from matpac_cli.predictor import default_batch
+
+    device = plans[0].predictor.device
+    cpus, gpus = cluster.resources()
+    threads = plans[0].predictor.threads
+    if device.startswith("cuda"):
+        actors, resources = max(1, gpus), {"num_gpus": 1, "num_cpus": 1}
+    else:  # one torch thread per actor, one CPU each, and a quarter of the CPUs left to decoding
+        actors, resources = max(1, int(cpus) - max(1, int(cpus) // 4)), {"num_cpus": 1}
+        threads = threads or 1
+    recipes = [Recipe.of(p, device, threads) for p in plans]
+    rows = [{"i": i, "item": pickle.dumps(Item(it.name, Path(it.path).absolute(), it.problem))}
+            for i, it in enumerate(items)]
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
+    # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
+    # stages into the actors, where decoding would wait on the encoder)
+    ds = ds.map_batches(decode_files, batch_size=1, fn_kwargs={"n_ts": n_ts, "defer": device != "cpu"},
+                        num_cpus=DECODE_CPUS)
+    # the recipes travel inside the class, not as constructor arguments in the object store
+    # (which Ray warns a restarted actor could lose)
+    encoder = type("Encoder", (Encoder,), {"recipes": recipes})
+    ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
+                        compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):
+                collector.add(int(i), int(grid), int(k), data)
+    except (MatpacError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2
+        raise MatpacError(f"the Ray job failed: {first_line(exc)}") from None
+    collector.finish()
+
+

@@ -1,0 +1,233 @@
+"""The units of work an engine ships to other processes, with no Ray in them (engines.ray runs
+them on a cluster): `decode_files` cuts files into chunk rows, `Encoder` turns chunk rows into
+per-chunk sums with the run's encoders loaded once, and `Collector` sums each file's chunks back
+on the driver (in any order, each chunk once) and hands finished files to the job's callbacks.
+
+Rows are columns of numpy arrays: `i` (the file's place in the input), `grid` (the encoder
+geometry, frames per chunk), `k` (the chunk, -1 for the file's facts) and `data` (pickled: the
+chunk, its outputs, the file's facts, or a file's error as text).
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
+
+from matpac_cli.discovery import Item
+from matpac_cli.errors import InputError, MatpacError, ModelError
+from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
+
+PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an actor loads the driver's encoder: the same checkpoint (by sha256), settings, device."""
+
+    name: str  # registry name, hf: spec or file, resolved on the actor's node when `path` is not there
+    path: str
+    sha256: str
+    device: str
+    precision: str
+    threads: int | None
+    layers: tuple[int, ...]
+    frames: bool
+    segments: bool
+
+    @classmethod
+    def of(cls, plan: Plan, device: str, threads: int | None) -> "Recipe":
+        p = plan.predictor
+        name = str(Path(p.resolved.path).absolute()) if p.resolved.source == "file" else p.resolved.name
+        return cls(name, str(Path(p.resolved.path).absolute()), p.resolved.sha256, device,
+                   PRECISION.get(str(p.dtype).replace("torch.", ""), "fp32"), threads,
+                   plan.resolved_layers(), plan.frames, plan.segments)
+
+    def load(self) -> Plan:
+        from matpac_cli.predictor import Predictor
+        from matpac_cli.weights import resolve
+
+        resolved = resolve(self.path) if Path(self.path).is_file() else resolve(self.name)
+        if resolved.sha256 != self.sha256:
+            raise ModelError(f"the model on Ray node {socket.gethostname()} ({resolved.path}) is not the "
+                             f"driver's: sha256 {resolved.sha256[:12]} against {self.sha256[:12]}")
+        predictor = Predictor.load(resolved, self.device, self.precision, self.threads)
+        return Plan(predictor, self.layers, self.frames, self.segments)
+
+
+class Collector:
+    """The driver's side: each file's chunks summed as they come back (in any order, each chunk
+    once), then the file handed on to the job's callbacks."""
+
+    def __init__(self, items: list[Item], plans: list[Plan], on_result, on_failure, on_progress, on_audio) -> None:
+        self.items, self.plans = items, plans
+        self.callbacks = (on_result, on_failure, on_progress)
+        self.on_audio = on_audio
+        self.slots: dict[int, Slot] = {}
+        self.expected: dict[int, dict[int, int]] = {}  # file -> chunks per grid (known once decoded)
+        self.seen: dict[int, set] = {}
+        self.done: set[int] = set()
+        first = plans[0].predictor
+        self.first_grid, self.hop, self.sr = first.dims.n_t, first.fe.chunk_hop(first.dims.n_t), first.fe.sample_rate
+
+    def add(self, i: int, grid: int, k: int, data: bytes) -> None:
+        if i in self.done or (grid, k) in self.seen.setdefault(i, set()):
+            return  # a retried task's second answer
+        self.seen[i].add((grid, k))
+        slot = self.slots.setdefault(i, Slot(self.items[i], self.plans))
+        payload = pickle.loads(data)
+        if k < 0:
+            self._facts(i, slot, payload)
+        elif isinstance(payload, str):
+            slot.error = slot.error or InputError(slot.item.name, payload)
+        else:
+            window, outputs = payload
+            for index, out in outputs:
+                slot.take(index, window, out)
+            if grid == self.first_grid:
+                self.on_audio(min(window.length, self.hop) / self.sr)
+        self._maybe_done(i, slot)
+
+    def _facts(self, i: int, slot: Slot, facts: dict) -> None:
+        self.expected[i] = facts["chunks"]
+        slot.added = sum(facts["chunks"].values())
+        if facts["error"] is not None:
+            slot.error = facts["error"]
+            slot.ended = True
+        else:
+            slot.facts(SimpleNamespace(**{k: facts[k] for k in ("duration_s", "sample_rate", "channels", "truncated")}))
+
+    def _maybe_done(self, i: int, slot: Slot) -> None:
+        expected = self.expected.get(i)
+        if expected is None:
+            return
+        got = len(self.seen[i]) - 1  # the facts row
+        if got < sum(expected.values()):
+            return
+        self.done.add(i)
+        del self.slots[i], self.seen[i], self.expected[i]
+        hand_on(slot, self.plans, *self.callbacks)
+
+    def finish(self) -> None:
+        """Files the cluster never answered for (should not happen): named, never silently lost."""
+        for i, item in enumerate(self.items):
+            if i not in self.done:
+                slot = self.slots.pop(i, None) or Slot(item, self.plans)
+                slot.error = InputError(item.name, "no result came back from the Ray cluster")
+                hand_on(slot, self.plans, *self.callbacks)
+
+
+def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarray]:
+    data = np.empty(len(entries), dtype=object)
+    data[:] = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for _, _, obj in entries]
+    return {"i": np.full(len(entries), i, dtype=np.int64), "grid": np.array([g for g, _, _ in entries], dtype=np.int64),
+            "k": np.array([k for _, k, _ in entries], dtype=np.int64), "data": data}
+
+
+def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray task: each file's chunks as they are cut, then its facts row (k = -1)."""
+    for i, blob in zip(batch["i"], batch["item"]):
+        yield from _decode_one(int(i), pickle.loads(blob), n_ts, defer)
+
+
+def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool) -> Iterator[dict[str, np.ndarray]]:
+    from matpac_cli.decoding import END, Feed
+
+    messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
+    feed = Feed(item, messages, n_ts, defer)
+    worker = threading.Thread(target=feed.produce, daemon=True, name="matpac-decode")
+    worker.start()
+    counts = dict.fromkeys(n_ts, 0)
+    error = None
+    try:
+        while True:
+            try:
+                _, msg = messages.get(timeout=1.0)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                error = InputError(item.name, "the decoder stopped without a word")
+                break
+            if msg is END:
+                break
+            if isinstance(msg, InputError):
+                error = msg
+                break
+            entries = [(n_t, w.index, (w, samples)) for n_t, pairs in msg.items() for w, samples in pairs]
+            for n_t, _, _ in entries:
+                counts[n_t] += 1
+            yield _rows(i, entries)
+    finally:
+        feed.cancelled = True
+    source = feed.source
+    facts = {"chunks": counts, "error": error,
+             "duration_s": source.duration_s if source else 0.0, "sample_rate": source.sample_rate if source else 0,
+             "channels": source.channels if source else 0, "truncated": source.truncated if source else None}
+    yield _rows(i, [(0, -1, facts)])
+
+
+class Encoder:
+    """An actor: the run's encoders, loaded once; batches of chunk rows in, per-chunk sums out."""
+
+    recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.plans: list[Plan] = []
+        try:
+            self.plans = [r.load() for r in self.recipes]
+        except MatpacError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - every file then fails with the reason, the job ends
+            self.error = f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        data = list(batch["data"])
+        todo = [j for j, k in enumerate(batch["k"]) if k >= 0]
+        for grid in sorted({int(batch["grid"][j]) for j in todo}):
+            idx = [j for j in todo if batch["grid"][j] == grid]
+            chunks = [pickle.loads(data[j]) for j in idx]
+            try:
+                if self.error:
+                    raise MatpacError(self.error)
+                outs = self._encode(grid, chunks)
+            except MatpacError as exc:
+                outs = [str(exc)] * len(idx)
+            except Exception as exc:  # noqa: BLE001 - this batch's files fail, named; the job goes on
+                outs = [f"the encoder failed on Ray node {socket.gethostname()}: {first_line(exc)}"] * len(idx)
+            for j, (chunk, out) in zip(idx, zip(chunks, outs)):
+                data[j] = pickle.dumps(out if isinstance(out, str) else (chunk[0], out), protocol=pickle.HIGHEST_PROTOCOL)
+        column = np.empty(len(data), dtype=object)
+        column[:] = data
+        return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}
+
+    def _encode(self, grid: int, chunks: list) -> list[list]:
+        """Each chunk's outputs for every plan of this grid: full-width chunks batched together,
+        short last chunks with each other (as the local batcher does)."""
+        outs: list[list] = [[] for _ in chunks]
+        for index, plan in enumerate(self.plans):
+            p = plan.predictor
+            if p.dims.n_t != grid:
+                continue
+            full = p.fe.chunk_samples(grid)
+            layers, needed = plan.resolved_layers(), run_layers(plan)
+            for group in ([j for j, (w, _) in enumerate(chunks) if w.length == full],
+                          [j for j, (w, _) in enumerate(chunks) if w.length != full]):
+                if not group:
+                    continue
+                result = p.launch([chunks[j][1] for j in group], needed, pooled=not plan.frames).result()
+                for b, j in enumerate(group):
+                    outs[j].append((index, chunk_output(plan, layers, result, b, chunks[j][0])))
+        return outs

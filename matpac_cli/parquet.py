@@ -1,0 +1,250 @@
+"""Parquet: the embedding table (`embed --out emb.parquet`), tag and search rows, and reading them back.
+
+An embedding output is one row per file, in input order: `path` (string), `duration_s`
+(float64), `sample_rate` and `channels` (int32), and `embedding`, a fixed-size list of float32
+(D values; `--layer all`: a fixed-size list of L fixed-size lists of D), so pandas, pyarrow,
+DuckDB and Polars read it with no option and no Ray, and no row index file is needed beside it
+(the path column is the index). Tag rows keep the CSV's long format with types: `score` float32
+(the value as computed, never rounded; CSV prints 6 digits of it), `rank` int32, `start_s`/`end_s`
+float64 (empty on clip rows). Strings must be UTF-8: a file name that is not is written with
+`\\udcXX` escapes, as JSON Lines writes it.
+
+Rows are written in row groups of about 64 MiB through `pyarrow.parquet.ParquetWriter` into the
+temporary file of a `writers.Unit`, so a Parquet output is atomic like every other. Compression
+is Snappy (Parquet's default; float32 embeddings barely compress, and every reader has it);
+dictionaries only on the repetitive string columns. pyarrow is imported here only, on first use,
+so commands that write no Parquet never load it. Reading accepts one file or a folder of shards
+(`emb.parquet/*.parquet`, as Ray's `write_parquet` makes; hidden and `_` files ignored, shards
+read in the order of their sorted paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import IO, Iterable, Sequence
+
+import numpy as np
+
+from matpac_cli.errors import OutputError, UsageError
+
+GROUP_BYTES = 64 * 2**20  # embedding bytes per row group
+ROW_BATCH = 65536  # tag rows per row group
+EMBED_COLUMNS = ["path", "duration_s", "sample_rate", "channels", "embedding"]
+DICTIONARY = ["head", "label", "tag_id", "query"]  # repetitive strings: dictionary-encoded
+
+
+def arrow():
+    """(pyarrow, pyarrow.parquet), imported on first use."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OutputError("Parquet needs pyarrow, which is not installed: pip install pyarrow") from None
+    return pa, pq
+
+
+def _types() -> dict:
+    pa, _ = arrow()
+    text, f64 = pa.string(), pa.float64()
+    return {"path": text, "head": text, "label": text, "tag_id": text, "query": text, "path_a": text,
+            "path_b": text, "score": pa.float32(), "rank": pa.int32(), "start_s": f64, "end_s": f64}
+
+
+def _strings(values: list, pa):
+    """A string array; names that are not valid UTF-8 (surrogate escapes) as `\\udcXX` text."""
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([v if v is None else v.encode("utf-8", "backslashreplace").decode("utf-8")
+                         for v in values], pa.string())
+
+
+# ---------------------------------------------------------------- writing
+
+
+def embedding_schema(shape: tuple[int, ...]):
+    pa, _ = arrow()
+    kind = pa.float32()
+    for n in reversed(shape):
+        kind = pa.list_(kind, n)
+    return pa.schema([("path", pa.string()), ("duration_s", pa.float64()), ("sample_rate", pa.int32()),
+                      ("channels", pa.int32()), ("embedding", kind)])
+
+
+def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarray]], shape: tuple[int, ...]) -> None:
+    """One row per (name, facts, vector) into the open binary file `fh`, in order."""
+    pa, pq = arrow()
+    schema = embedding_schema(shape)
+    per_group = max(1, GROUP_BYTES // (4 * int(np.prod(shape))))
+    with pq.ParquetWriter(fh, schema, compression="snappy", use_dictionary=False) as writer:
+        for start in range(0, max(len(records), 1), per_group):
+            part = records[start : start + per_group]
+            values = (np.stack([np.asarray(v, dtype=np.float32) for _, _, v in part]) if part
+                      else np.zeros((0, *shape), np.float32))
+            column = pa.array(values.reshape(-1))
+            for n in reversed(shape):
+                column = pa.FixedSizeListArray.from_arrays(column, n)
+            writer.write_table(pa.table([
+                _strings([name for name, _, _ in part], pa),
+                pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
+                pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
+                pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
+                column], schema=schema))
+
+
+class RowTable:
+    """Long-format rows (tag or search) into an open binary file, a row group per ROW_BATCH rows,
+    with the RowWriter interface (`write(row)`, `flush()`); `close()` writes the footer."""
+
+    def __init__(self, fh: IO[bytes], columns: Sequence[str]) -> None:
+        pa, pq = arrow()
+        types = _types()
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise OutputError(f"no Parquet type for column(s) {', '.join(unknown)}")
+        self.columns = list(columns)
+        self.schema = pa.schema([(c, types[c]) for c in columns])
+        self._rows: list[dict] = []
+        self._writer = pq.ParquetWriter(fh, self.schema, compression="snappy",
+                                        use_dictionary=[c for c in columns if c in DICTIONARY])
+
+    def write(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= ROW_BATCH:
+            self._write_batch()
+
+    def flush(self) -> None:
+        """Rows are written a row group at a time; nothing to do between them."""
+
+    def _write_batch(self) -> None:
+        pa, _ = arrow()
+        arrays = []
+        for field in self.schema:
+            values = [r.get(field.name) for r in self._rows]
+            arrays.append(_strings(values, pa) if field.type == pa.string() else pa.array(values, field.type))
+        self._writer.write_table(pa.table(arrays, schema=self.schema))
+        self._rows = []
+
+    def close(self) -> None:
+        if self._rows:
+            self._write_batch()
+        self._writer.close()  # with no row at all: a valid file of the schema and no rows
+
+    def abort(self) -> None:
+        """Stop without a footer (the temporary file is discarded by its Unit)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def shards(path: Path) -> list[Path]:
+    """The files of a Parquet output: itself, or the `*.parquet` files under a folder (hidden and
+    `_` files, such as `_SUCCESS` or `.x.tmp`, skipped), sorted by path."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such Parquet file or folder")
+    found = sorted(p for p in path.rglob("*.parquet")
+                   if p.is_file() and not any(part[0] in "._" for part in p.relative_to(path).parts))
+    if not found:
+        raise UsageError(f"{path}: a folder with no .parquet file in it")
+    return found
+
+
+def _unreadable(path: Path, exc: Exception) -> UsageError:
+    """pyarrow's reason, its last clause only (`Parquet magic bytes not found in footer ...`)."""
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0].rsplit(": ", 1)[-1]
+    return UsageError(f"{path}: not a readable Parquet file ({reason})")
+
+
+def read_table(path: Path, columns: Iterable[str] | None = None, required: Iterable[str] = ()):
+    """The rows of a Parquet file or folder of shards as one pyarrow Table; one line when it is
+    not Parquet or lacks one of the `required` columns."""
+    pa, _ = arrow()
+    import pyarrow.dataset as ds
+
+    try:
+        data = ds.dataset([str(p) for p in shards(path)], format="parquet")
+        missing = [c for c in required if c not in data.schema.names]
+        if missing:
+            raise UsageError(f"{path}: no {', '.join(missing)} column; not a matpac Parquet output")
+        keep = None if columns is None else [c for c in columns if c in data.schema.names]
+        return data.to_table(columns=keep)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def matrix(column, path: Path) -> np.ndarray:
+    """An `embedding` column as (N, D) or (N, L, D) float32, read-only: fixed-size lists, or
+    lists of one length each (a Ray tensor column holds those)."""
+    pa, _ = arrow()
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n, dims = len(arr), []
+    while True:
+        if isinstance(arr.type, pa.ExtensionType):
+            arr = arr.storage
+        if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type) \
+                and not pa.types.is_fixed_size_list(arr.type):
+            break
+        if arr.null_count:
+            raise UsageError(f"{path}: the embedding column has empty rows")
+        if pa.types.is_fixed_size_list(arr.type):
+            size = arr.type.list_size
+        else:
+            lengths = np.unique(arr.value_lengths().to_numpy())
+            if len(lengths) > 1:
+                raise UsageError(f"{path}: embeddings of {len(lengths)} different lengths; expected one length")
+            size = int(lengths[0]) if len(lengths) else 0
+        dims.append(size)
+        arr = arr.flatten()
+    if arr.type != pa.float32() or arr.null_count or len(dims) not in (1, 2):
+        raise UsageError(f"{path}: expected an embedding column of D (or layers x D) float32 values, "
+                         f"found {column.type}")
+    values = arr.to_numpy(zero_copy_only=False).reshape(n, *dims)
+    values.flags.writeable = False
+    return values
+
+
+def read_embeddings(path: Path) -> tuple[np.ndarray, list[dict]]:
+    """(matrix, index rows: row, path, duration_s, sample_rate, channels) of an embedding output."""
+    table = read_table(path, EMBED_COLUMNS, required=("path", "embedding"))
+    names = table.column("path").to_pylist()
+    if any(not isinstance(p, str) for p in names):
+        raise UsageError(f"{path}: the path column has empty rows")
+    facts = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(names)
+             for c in ("duration_s", "sample_rate", "channels")}
+    index = [{"row": i, "path": p, "duration_s": float("nan") if d is None else float(d),
+              "sample_rate": int(sr or 0), "channels": int(ch or 0)}
+             for i, (p, d, sr, ch) in enumerate(zip(names, facts["duration_s"], facts["sample_rate"], facts["channels"]))]
+    return matrix(table.column("embedding"), path), index
+
+
+def read_matrix(path: Path) -> np.ndarray:
+    """The embedding column alone (what a resumed run takes its earlier rows from)."""
+    return matrix(read_table(path, ["embedding"], required=("embedding",)).column("embedding"), path)
+
+
+def row_batches(path: Path, columns: Sequence[str]) -> Iterable[dict]:
+    """The rows of a Parquet output as dicts, one row group at a time (memory stays at one)."""
+    pa, _ = arrow()
+    import pyarrow.dataset as ds
+
+    try:
+        data = ds.dataset([str(p) for p in shards(path)], format="parquet")
+        for batch in data.to_batches(columns=[c for c in columns if c in data.schema.names]):
+            yield from batch.to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def column_names(path: Path) -> list[str]:
+    pa, _ = arrow()
+    import pyarrow.dataset as ds
+
+    try:
+        return list(ds.dataset([str(p) for p in shards(path)], format="parquet").schema.names)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from None

@@ -1,0 +1,223 @@
+"""`--engine ray` on a real Ray cluster on this machine (loopback only: 127.0.0.2 and 127.0.0.3).
+
+The same commands as the local engine give the same numbers, name bad files, exit 1 on them,
+survive a killed actor and a lost node, and resume. The cluster is ours: started here, stopped by
+its own processes (tests/raycluster.py), never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ray.data")
+
+from conftest import run_matpac, write_audio  # noqa: E402
+from raycluster import ENV, Node, processes_with  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def head():
+    node = Node("127.0.0.2")
+    yield node
+    node.cleanup()
+
+
+@pytest.fixture()
+def ray_env(head) -> dict:
+    return {**ENV, "RAY_ADDRESS": head.address}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Six files at three rates and lengths (one with a short last chunk), and a broken one."""
+    d = tmp_path_factory.mktemp("clips")
+    for i, (seconds, sr, ch) in enumerate([(3, 16000, 1), (8.5, 44100, 2), (2, 22050, 1),
+                                            (13, 48000, 2), (0.9, 16000, 1), (6.2, 32000, 1)]):
+        write_audio(d / f"c{i}.wav", seconds, sr=sr, channels=ch, seed=i)
+    (d / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    return d
+
+
+def _embeddings(npy: Path) -> dict[str, np.ndarray]:
+    matrix = np.load(npy)
+    with open(npy.with_suffix(".csv"), newline="") as fh:
+        return {row["path"]: matrix[int(row["row"])] for row in csv.DictReader(fh)}
+
+
+def _paths(npy: Path) -> list[str]:
+    with open(npy.with_suffix(".csv"), newline="") as fh:
+        return [row["path"] for row in csv.DictReader(fh)]
+
+
+def _local(clips: Path, tiny: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_matpac(["embed", str(clips), "--model", str(tiny), "--out", str(out), "-q", *extra])
+
+
+def test_ray_embed_gives_the_local_numbers_names_the_bad_file_and_exits_1(ckpts, clips, tmp_path, ray_env):
+    tiny = ckpts["tiny608"]
+    local = _local(clips, tiny, tmp_path / "local.npy")
+    assert local.returncode == 1, local.stderr
+    proc = run_matpac(["embed", str(clips), "--model", str(tiny), "--out", str(tmp_path / "ray.parquet"),
+                       "--engine", "ray", "--failures", str(tmp_path / "failed.csv")], env=ray_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert f"matpac: skipped {clips}/broken.wav: cannot decode" in err
+    assert "Traceback" not in err and "core_worker" not in err, err
+    assert "6 done, 0 reused, 1 failed" in err and "on cpu, fp32" in err, err
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    a = _embeddings(tmp_path / "local.npy")
+    table = pq.read_table(tmp_path / "ray.parquet")  # plain pyarrow and pandas read it, no Ray
+    assert table.column_names == ["path", "duration_s", "sample_rate", "channels", "embedding"]
+    frame = pd.read_parquet(tmp_path / "ray.parquet")
+    assert sorted(frame["path"]) == sorted(a) and len(frame) == 6
+    for path, vector in zip(table.column("path").to_pylist(), table.column("embedding").to_pylist()):
+        np.testing.assert_allclose(np.asarray(vector, dtype=np.float32), a[path], atol=1e-5, rtol=0)
+    assert (tmp_path / "ray.manifest.json").exists()
+    assert "broken.wav" in (tmp_path / "failed.csv").read_text()
+
+
+def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
+    probe = tmp_path / "openmic.pth"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, probe)
+    args = ["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(probe), "--top-k", "0",
+            "--segments", "-q"]
+    local = run_matpac([*args, "--out", str(tmp_path / "local.csv")])
+    remote = run_matpac([*args, "--out", str(tmp_path / "ray.csv"), "--engine", "ray"], env=ray_env)
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    import pandas as pd
+
+    a = pd.read_csv(tmp_path / "local.csv").sort_values(["path", "start_s", "label"]).reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "ray.csv").sort_values(["path", "start_s", "label"]).reset_index(drop=True)
+    assert len(a) == len(b) > 0
+    assert (a["path"] == b["path"]).all() and (a["label"] == b["label"]).all()
+    np.testing.assert_allclose(b["score"], a["score"], atol=1e-5)
+
+
+def test_ray_run_resumes_from_its_journal(ckpts, clips, tmp_path, ray_env):
+    out = tmp_path / "emb.npy"
+    first = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(out),
+                        "--engine", "ray", "--ext", "wav"], env=ray_env)
+    assert first.returncode == 1
+    write_audio(clips.parent / "more" / "new.wav", 2.5, seed=9)
+    again = run_matpac(["embed", str(clips), str(clips.parent / "more"), "--model", str(ckpts["tiny608"]),
+                        "--out", str(out), "--engine", "ray"], env=ray_env)
+    err = again.stderr.decode()
+    assert "1 done, 6 reused, 1 failed" in err, err
+    assert len(_embeddings(out)) == 7
+
+
+def _many(folder: Path, n: int) -> Path:
+    for i in range(n):
+        write_audio(folder / f"m{i:02d}.wav", 10, sr=16000, seed=100 + i)
+    return folder
+
+
+def _wait_for(what, timeout: float = 120.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(step)
+    raise TimeoutError("waited too long")
+
+
+def _kill_one(node: Node, title: str) -> bool:
+    """SIGKILL one live process of `node` whose title has `title` (an actor of the running job)."""
+    for pid in node.pids():
+        if pid in processes_with(title):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                return True
+            except ProcessLookupError:
+                continue
+    return False
+
+
+def _journal_records(out: Path) -> int:
+    journal = out.with_name(out.name + ".journal")
+    return journal.read_bytes().count(b"\n") if journal.exists() else 0
+
+
+def _background(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "matpac_cli", *args], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_path, ray_env):
+    folder = _many(tmp_path / "many", 16)
+    out = tmp_path / "emb.npy"
+    job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
+                       "--engine", "ray", "-q", "--batch-size", "2"], ray_env)
+    try:
+        _wait_for(lambda: _journal_records(out) >= 2)  # mid-job: some files are done
+        _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)"))
+        assert job.poll() is None and _journal_records(out) <= 16, "the job ended before the kill"
+        _, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, err.decode()
+    assert sorted(_paths(out)) == sorted(str(p) for p in folder.glob("*.wav"))  # each once, none lost
+    local = _local(folder, ckpts["tiny608"], tmp_path / "local.npy")
+    assert local.returncode == 0
+    a, b = _embeddings(tmp_path / "local.npy"), _embeddings(out)
+    for path in a:
+        np.testing.assert_allclose(b[path], a[path], atol=1e-5, rtol=0)
+
+
+def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, head, tmp_path, ray_env):
+    node = Node("127.0.0.3", head=head.address)
+    try:
+        _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
+        folder = _many(tmp_path / "many", 16)
+        out = tmp_path / "emb.npy"
+        job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
+                           "--engine", "ray", "-q", "--batch-size", "2"], ray_env)
+        try:
+            working = lambda: [p for p in node.pids() if p in processes_with("ray::")]  # noqa: E731
+            _wait_for(lambda: working() and _journal_records(out) >= 1)
+            node.stop(hard=True)  # the whole node, mid-job
+            assert job.poll() is None, "the job ended before the node was lost"
+            _, err = job.communicate(timeout=300)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode == 0, err.decode()
+        assert sorted(_paths(out)) == sorted(str(p) for p in folder.glob("*.wav"))
+    finally:
+        node.cleanup()
+
+
+def test_an_unreachable_cluster_is_one_line_at_once(tmp_path, clips, ckpts):
+    started = time.monotonic()
+    proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
+                       "--engine", "ray", "--ray-address", "127.0.0.2:1"], env=ENV)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2 and lines == ["matpac: error: cannot reach the Ray cluster at 127.0.0.2:1: Connection refused"]
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_without_ray_installed_the_engine_names_the_extra(tmp_path, clips, ckpts):
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
+                       "--engine", "ray"], env={"PYTHONPATH": str(fake.parent)})
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == ("matpac: error: --engine ray needs Ray Data, an optional extra: "
+                                            "pip install 'matpac-cli[ray]'")

@@ -72,7 +72,9 @@ class Cluster:
                 else:
                     ray.init(address=self.address, include_dashboard=False, **quiet)
                     self.started = self.address is None
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except MatpacError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...: one line
             where = self.address or "a local Ray instance"
             raise MatpacError(f"cannot connect to {where}: {first_line(exc)}") from None
         _quiet_data()
@@ -168,6 +170,18 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None,
         cluster.close()
 
 
+def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
+    """How many encoder actors, what each holds, and its torch threads. A GPU each where the
+    cluster has GPUs; else `--threads` CPUs each (default 1), a quarter of the CPUs left to
+    decoding. Room for one decoding task is always kept, or nothing could feed the actors."""
+    free = max(cpus - DECODE_CPUS, DECODE_CPUS)
+    if device.startswith("cuda"):
+        return max(1, gpus), {"num_gpus": 1, "num_cpus": min(1.0, free / max(gpus, 1))}, threads
+    per = min(float(threads or 1), free)
+    actors = max(1, min(int(free // per), int((cpus - max(1, cpus // 4)) // per)))
+    return actors, {"num_cpus": per}, threads or 1
+
+
 def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector") -> None:
     import ray
     from ray.data import ActorPoolStrategy
@@ -175,13 +189,7 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
     from matpac_cli.predictor import default_batch
 
     device = plans[0].predictor.device
-    cpus, gpus = cluster.resources()
-    threads = plans[0].predictor.threads
-    if device.startswith("cuda"):
-        actors, resources = max(1, gpus), {"num_gpus": 1, "num_cpus": 1}
-    else:  # one torch thread per actor, one CPU each, and a quarter of the CPUs left to decoding
-        actors, resources = max(1, int(cpus) - max(1, int(cpus) // 4)), {"num_cpus": 1}
-        threads = threads or 1
+    actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
     rows = [{"i": i, "item": pickle.dumps(Item(it.name, Path(it.path).absolute(), it.problem))}
             for i, it in enumerate(items)]

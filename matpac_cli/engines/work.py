@@ -90,6 +90,8 @@ class Collector:
         payload = pickle.loads(data)
         if k < 0:
             self._facts(i, slot, payload)
+        elif isinstance(payload, ModelError):
+            raise payload  # the encoder cannot run there: no file would get a result
         elif isinstance(payload, str):
             slot.error = slot.error or InputError(slot.item.name, payload)
         else:
@@ -184,14 +186,14 @@ class Encoder:
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
 
     def __init__(self) -> None:
-        self.error: str | None = None
+        self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
         try:
             self.plans = [r.load() for r in self.recipes]
         except MatpacError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - every file then fails with the reason, the job ends
-            self.error = f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}"
+            self.error = ModelError(str(exc))
+        except Exception as exc:  # noqa: BLE001 - sent to the driver, which stops the job with it
+            self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         data = list(batch["data"])
@@ -199,16 +201,16 @@ class Encoder:
         for grid in sorted({int(batch["grid"][j]) for j in todo}):
             idx = [j for j in todo if batch["grid"][j] == grid]
             chunks = [pickle.loads(data[j]) for j in idx]
-            try:
-                if self.error:
-                    raise MatpacError(self.error)
-                outs = self._encode(grid, chunks)
-            except MatpacError as exc:
-                outs = [str(exc)] * len(idx)
-            except Exception as exc:  # noqa: BLE001 - this batch's files fail, named; the job goes on
-                outs = [f"the encoder failed on Ray node {socket.gethostname()}: {first_line(exc)}"] * len(idx)
+            if self.error is not None:
+                outs: list = [self.error] * len(idx)
+            else:
+                try:
+                    outs = self._encode(grid, chunks)
+                except Exception as exc:  # noqa: BLE001 - this batch's files fail, named; the job goes on
+                    outs = [f"the encoder failed on Ray node {socket.gethostname()}: {first_line(exc)}"] * len(idx)
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
-                data[j] = pickle.dumps(out if isinstance(out, str) else (chunk[0], out), protocol=pickle.HIGHEST_PROTOCOL)
+                data[j] = pickle.dumps(out if isinstance(out, (str, ModelError)) else (chunk[0], out),
+                                       protocol=pickle.HIGHEST_PROTOCOL)
         column = np.empty(len(data), dtype=object)
         column[:] = data
         return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}

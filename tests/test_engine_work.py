@@ -1,0 +1,115 @@
+"""The units of work `--engine ray` ships (engines/work.py), run here without Ray: files cut into
+chunk rows, chunk rows encoded in batches of any files, and the driver's collector summing them
+back in any order, each chunk once, into the local engine's results."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_audio
+
+
+@pytest.fixture(scope="module")
+def setup(ckpts, tmp_path_factory):
+    from matpac_cli.discovery import AUDIO_EXTENSIONS, discover
+    from matpac_cli.pipeline import Plan
+    from matpac_cli.predictor import Predictor
+
+    d = tmp_path_factory.mktemp("work")
+    for i, (seconds, sr) in enumerate([(3, 16000), (8.5, 44100), (13, 48000), (0.01, 16000)]):
+        write_audio(d / f"w{i}.wav", seconds, sr=sr, seed=i)
+    (d / "x_broken.wav").write_bytes(b"junk")
+    items = discover([str(d)], AUDIO_EXTENSIONS, sys.stdin, False)
+    plan = Plan(Predictor.load(str(ckpts["tiny608"]), "cpu", "fp32"), layers=(1, -1), segments=True)
+    return items, plan
+
+
+def _local(items, plan) -> tuple[dict, dict]:
+    from matpac_cli.engines.local import run
+
+    results, failures = {}, {}
+    run(items, [plan], on_result=lambda r: results.__setitem__(r.item.name, r),
+        on_failure=lambda e: failures.__setitem__(e.path, e.reason))
+    return results, failures
+
+
+def _rows(items, plan) -> list[tuple[int, int, int, bytes]]:
+    """Every file's chunk rows through decode_files and the Encoder, in batches of 3 rows."""
+    from matpac_cli.engines.work import Encoder, Recipe, decode_files
+
+    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)]})()
+    decoded = []
+    for i, item in enumerate(items):
+        for part in decode_files({"i": np.array([i]), "item": np.array([pickle.dumps(item)], dtype=object)},
+                                 (plan.predictor.dims.n_t,), False):
+            decoded += list(zip(part["i"], part["grid"], part["k"], part["data"]))
+    random.Random(0).shuffle(decoded)  # other files' chunks share a batch, facts rows anywhere
+    out = []
+    for start in range(0, len(decoded), 3):
+        rows = decoded[start:start + 3]
+        batch = {key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
+                 for n, key in enumerate(("i", "grid", "k", "data"))}
+        res = encoder(batch)
+        out += list(zip(res["i"], res["grid"], res["k"], res["data"]))
+    return out
+
+
+def test_rows_in_any_order_and_twice_give_the_local_results(setup):
+    from matpac_cli.engines.work import Collector
+
+    items, plan = setup
+    want, want_failed = _local(items, plan)
+    rows = _rows(items, plan)
+    rows = rows + rows[: len(rows) // 2]  # a retried task's answers, again
+    random.Random(1).shuffle(rows)
+    got, failed, progress = {}, {}, []
+    collector = Collector(items, [plan], lambda r: got.__setitem__(r.item.name, r),
+                          lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: progress.append(i.name),
+                          lambda s: None)
+    for row in rows:
+        collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
+    collector.finish()
+    assert sorted(got) == sorted(want) and len(got) == 3
+    assert failed == want_failed and len(failed) == 2  # the broken file and the too-short one
+    assert sorted(progress) == sorted(it.name for it in items)  # each file once
+    for name, res in want.items():
+        np.testing.assert_allclose(got[name].outputs[0].embedding, res.outputs[0].embedding, atol=1e-5)
+        assert [s.start_s for s in got[name].outputs[0].segments] == [s.start_s for s in res.outputs[0].segments]
+        assert got[name].sample_rate == res.sample_rate and got[name].duration_s == res.duration_s
+
+
+def test_a_file_the_cluster_never_answers_for_is_named(setup):
+    from matpac_cli.engines.work import Collector
+
+    items, plan = setup
+    rows = [r for r in _rows(items, plan) if int(r[0]) != 1]
+    failed = {}
+    collector = Collector(items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason),
+                          lambda i, s: None, lambda s: None)
+    for row in rows:
+        collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
+    collector.finish()
+    assert failed[items[1].name] == "no result came back from the Ray cluster"
+
+
+def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
+    from dataclasses import replace
+
+    from matpac_cli.engines.work import Collector, Encoder, Recipe
+    from matpac_cli.errors import ModelError
+
+    items, plan = setup
+    wrong = replace(Recipe.of(plan, "cpu", 1), sha256="0" * 64)  # this node's copy is another file
+    encoder = type("Encoder", (Encoder,), {"recipes": [wrong]})()
+    rows = [r for r in _rows(items, plan) if int(r[2]) >= 0][:2]
+    batch = {key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
+             for n, key in enumerate(("i", "grid", "k", "data"))}
+    res = encoder(batch)
+    collector = Collector(items, [plan], lambda r: None, lambda e: None, lambda i, s: None, lambda s: None)
+    with pytest.raises(ModelError, match="is not the driver's: sha256"):
+        collector.add(int(res["i"][0]), int(res["grid"][0]), int(res["k"][0]), res["data"][0])

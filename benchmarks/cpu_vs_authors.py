@@ -3,7 +3,13 @@
 Both run as whole commands (interpreter start, imports, model load, decode, resample, log-mel,
 encoder, writing), in interleaved rounds, so a noisy machine slows both alike; the ratio per
 round and its median are printed, with the largest difference between the two embeddings.
-A third contender, matpac with `MATPAC_CPU_LINEAR=plain`, shows what the oneDNN layers give.
+matpac runs twice a round, with `MATPAC_CPU_LINEAR=onednn` and `=plain`, and the one it picks
+by itself on this CPU (cpu.choose) is marked. Each round also gives the other tenants' load
+(cores busy with anything else, from /proc/stat, steal included): on a shared machine the median
+is taken over the rounds where it stayed under 0.2 cores, and `--wait-quiet` waits for such a
+moment before each round.
+`--glibc-defaults` adds matpac's default layers without its allocator setting
+(cpu.keep_freed_memory), to show what that setting gives.
 
 The authors' code runs from its own copy and interpreter (it needs timm 0.4.12 and einops):
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import make_checkpoint, make_flac  # noqa: E402
+
+QUIET_LOAD = 0.2  # others' load (cores) under which a round counts as quiet
 
 AUTHORS_RUNNER = textwrap.dedent('''
     import sys
@@ -55,13 +64,57 @@ AUTHORS_RUNNER = textwrap.dedent('''
 ''')
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
-    t0 = time.perf_counter()
+def busy_s() -> float:
+    """CPU seconds every core of this machine has spent busy so far (Linux /proc/stat), steal
+    included: another tenant's work, seen from here."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, others' load): the mean number of cores busy with anything but this command
+    while it ran, so a round slowed by a neighbour can be told from a quiet one."""
+    busy0, kids0, t0 = busy_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True)
     took = time.perf_counter() - t0
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd[:4])} ...\n{proc.stderr.decode()[-2000:]}")
-    return took
+    return took, max(0.0, busy_s() - busy0 - own) / took
+
+
+def wait_quiet(limit_s: float = 300.0, load: float = QUIET_LOAD) -> float:
+    """Wait (up to `limit_s`) until the other tenants' load stays under `load` for 3 s."""
+    t_end = time.monotonic() + limit_s
+    while True:
+        b0 = busy_s()
+        time.sleep(3.0)
+        others = (busy_s() - b0) / 3.0
+        if others < load or time.monotonic() > t_end:
+            return others
+
+
+def _contenders(args: argparse.Namespace, tmp: Path, ckpt: Path, clips: Path, files: list[Path],
+                default: str) -> dict[str, tuple[list[str], dict]]:
+    """The commands timed each round: the authors' code, matpac with each kind of linear layers
+    and, with --glibc-defaults, matpac's default kind without the allocator setting."""
+    runner = tmp / "authors_runner.py"
+    runner.write_text(AUTHORS_RUNNER)
+    contenders = {"authors": ([args.authors_python, str(runner), str(ckpt), str(tmp / "authors.npy"),
+                               *map(str, files)], {"PYTHONPATH": str(Path(args.authors).resolve())})}
+    for kind in ("onednn", "plain"):
+        cmd = [sys.executable, "-m", "matpac_cli", "embed", str(clips), "--out", str(tmp / f"{kind}.npy"),
+               "--model", str(ckpt), "--device", "cpu", "--quiet", "--force"]
+        contenders[kind] = (cmd, {"MATPAC_CPU_LINEAR": kind})
+    if args.glibc_defaults:
+        cmd = list(contenders[default][0])
+        cmd[1:3] = ["-c", "import sys; from matpac_cli import cpu; cpu.keep_freed_memory = lambda: False; "
+                          "from matpac_cli.cli import entry; sys.argv[0] = 'matpac'; entry()"]
+        cmd[cmd.index("--out") + 1] = str(tmp / "glibc.npy")
+        contenders["glibc"] = (cmd, {"MATPAC_CPU_LINEAR": default})
+    return contenders
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -74,58 +127,94 @@ def compare(args: argparse.Namespace) -> None:
     for i in range(args.files):
         files.append(clips / f"clip{i:02d}.flac")
         make_flac(files[-1], args.seconds, seed=i)
-    runner = tmp / "authors_runner.py"
-    runner.write_text(AUTHORS_RUNNER)
-    env_authors = {"PYTHONPATH": str(Path(args.authors).resolve())}
-    authors = [args.authors_python, str(runner), str(ckpt), str(tmp / "authors.npy"), *map(str, files)]
-    matpac = [sys.executable, "-m", "matpac_cli", "embed", str(clips), "--out", str(tmp / "matpac.npy"),
-              "--model", str(ckpt), "--device", "cpu", "--quiet", "--force"]
-    plain = list(matpac)
-    plain[plain.index("--out") + 1] = str(tmp / "plain.npy")
-    contenders = {"authors": (authors, env_authors), "matpac": (matpac, {}),
-                  "matpac-plain": (plain, {"MATPAC_CPU_LINEAR": "plain"})}
+    default = subprocess.run([sys.executable, "-c", "from matpac_cli.cpu import choose; print(choose())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    contenders = _contenders(args, tmp, ckpt, clips, files, default)
     for cmd, env in contenders.values():  # warm-up: page cache, first-run caches (hash, probes)
         timed(cmd, env)
+    mine = [k for k in contenders if k != "authors"]
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    others: list[float] = []
     audio_s = args.files * args.seconds
     print(f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC ({audio_s / 60:.1f} min), full-size random ViT-B, "
-          f"fp32, {os.cpu_count()} cores")
-    print("round  authors  matpac  plain   authors/matpac  authors/plain")
+          f"fp32, {os.cpu_count()} cores; matpac's default linear layers here: {default}"
+          + (f"; glibc = {default} without the allocator setting" if "glibc" in mine else ""))
+    print("round  authors  " + "  ".join(f"{k:>6}" for k in mine) + "  " + "  ".join(f"authors/{k}" for k in mine)
+          + "  others' load (cores)")
     for r in range(args.rounds):
-        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
-        for name in order:
-            times[name].append(timed(*contenders[name]))
-        a, m, p = times["authors"][-1], times["matpac"][-1], times["matpac-plain"][-1]
-        print(f"{r + 1:5d}  {a:7.2f}  {m:6.2f}  {p:6.2f}   {a / m:14.2f}  {a / p:13.2f}")
-    ratios = [a / m for a, m in zip(times["authors"], times["matpac"])]
-    ratios_plain = [a / p for a, p in zip(times["authors"], times["matpac-plain"])]
-    ref, got, got_plain = (np.load(tmp / f) for f in ("authors.npy", "matpac.npy", "plain.npy"))
-    print(f"median authors/matpac = {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
-          f"authors/plain-linear = {statistics.median(ratios_plain):.2f}")
-    print(f"max |matpac - authors| = {np.abs(got - ref).max():.2e}, "
-          f"max |plain - authors| = {np.abs(got_plain - ref).max():.2e}")
+        if args.wait_quiet:
+            wait_quiet()
+        load = 0.0
+        for name in (list(contenders) if r % 2 == 0 else list(reversed(contenders))):
+            took, busy = timed(*contenders[name])
+            times[name].append(took)
+            load = max(load, busy)
+        others.append(load)
+        a = times["authors"][-1]
+        print(f"{r + 1:5d}  {a:7.2f}  " + "  ".join(f"{times[k][-1]:6.2f}" for k in mine) + "  "
+              + "  ".join(f"{a / times[k][-1]:{len(k) + 8}.2f}" for k in mine) + f"  {load:5.2f}", flush=True)
+    quiet = [r for r in range(args.rounds) if others[r] < QUIET_LOAD] or list(range(args.rounds))
+    label = f"{len(quiet)} rounds with others' load < {QUIET_LOAD}" if len(quiet) < args.rounds else "all rounds"
+    for kind in mine:
+        ratios = [times["authors"][r] / times[kind][r] for r in quiet]
+        mark = "  <- matpac's default here" if kind == default else ""
+        print(f"median authors/{kind} = {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+              f"max {max(ratios):.2f}; {label}){mark}")
+    ref = np.load(tmp / "authors.npy")
+    print(", ".join(f"max |{k} - authors| = {np.abs(np.load(tmp / f'{k}.npy') - ref).max():.2e}" for k in mine))
 
 
 def batch_sweep(args: argparse.Namespace) -> None:
+    """Encoder ms per chunk, oneDNN and plain layers at each batch size, in interleaved rounds:
+    every round times each (kind, batch) on 16 chunks (one batch of 32), the two kinds of one
+    batch size back to back, so a neighbour's load slows both alike; the medians over rounds are
+    printed, with their spread and the median of each round's plain/oneDNN ratio."""
     import torch
 
     from matpac_cli.predictor import Predictor
 
+    from matpac_cli import cpu
+
+    cpu.keep_freed_memory()  # as the `matpac` program runs
     tmp = Path(tempfile.mkdtemp(prefix="matpac-sweep-"))
     make_checkpoint(tmp / "vitb.pt")
+    encoders = {}
     for kind in ("onednn", "plain"):
         os.environ["MATPAC_CPU_LINEAR"] = kind
-        pred = Predictor.load(str(tmp / "vitb.pt"), device="cpu")
-        print(f"{pred.encoder.linear_kind} linear layers, {torch.get_num_threads()} threads:")
-        for batch in (4, 8, 16, 32):
-            mel = torch.randn(batch, 80, pred.dims.n_t)
-            with torch.inference_mode():
-                pred.encoder(mel)
-                t0, n = time.perf_counter(), 0
-                while n < 3 * batch or time.perf_counter() - t0 < 4:
-                    pred.encoder(mel)
-                    n += batch
-            print(f"  batch {batch:3d}: {1000 * (time.perf_counter() - t0) / n:6.1f} ms per chunk")
+        encoders[kind] = Predictor.load(str(tmp / "vitb.pt"), device="cpu").encoder
+        assert encoders[kind].linear_kind == kind, (kind, encoders[kind].linear_kind)
+    batches = (4, 8, 16, 32)
+    mels = {b: torch.randn(b, 80, encoders["plain"].dims.n_t) for b in batches}
+    cells = [(k, b) for b in batches for k in encoders]
+    ms: dict[tuple, list[float]] = {c: [] for c in cells}
+    others: list[float] = []
+    print(f"{torch.get_num_threads()} threads, {args.rounds} rounds of max(16, batch) chunks per cell; "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    with torch.inference_mode():
+        for kind, b in cells:  # warm-up: oneDNN primitives, allocator
+            encoders[kind](mels[b])
+        for r in range(args.rounds):
+            if args.wait_quiet:
+                wait_quiet()
+            busy0, self0, t_round = busy_s(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            for kind, b in (cells if r % 2 == 0 else cells[::-1]):
+                t0, reps = time.perf_counter(), max(1, 16 // b)
+                for _ in range(reps):
+                    encoders[kind](mels[b])
+                ms[(kind, b)].append(1000 * (time.perf_counter() - t0) / (reps * b))
+            self1 = resource.getrusage(resource.RUSAGE_SELF)
+            own = self1.ru_utime - self0.ru_utime + self1.ru_stime - self0.ru_stime
+            others.append(max(0.0, busy_s() - busy0 - own) / (time.perf_counter() - t_round))
+            print(f"  round {r + 1}: " + "  ".join(f"{k[0]}{b}={ms[(k, b)][-1]:.0f}" for k, b in cells)
+                  + f"   others' load {others[-1]:.2f}", flush=True)
+    quiet = [r for r in range(args.rounds) if others[r] < QUIET_LOAD] or list(range(args.rounds))
+    print(f"over {len(quiet)} of {args.rounds} rounds (others' load < {QUIET_LOAD}, or all if none was):")
+    print("batch  onednn ms/chunk (min..max)  plain ms/chunk (min..max)  plain/onednn: median of rounds' ratios")
+    for b in batches:
+        o, p = [ms[("onednn", b)][r] for r in quiet], [ms[("plain", b)][r] for r in quiet]
+        paired = statistics.median(y / x for x, y in zip(o, p))  # each round's two cells ran back to back
+        print(f"{b:5d}  {statistics.median(o):6.1f} ({min(o):.0f}..{max(o):.0f})        "
+              f"{statistics.median(p):6.1f} ({min(p):.0f}..{max(p):.0f})       {paired:5.2f}")
 
 
 def main() -> None:
@@ -136,6 +225,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batch-sweep", action="store_true")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="also time matpac's default layers without its allocator setting")
+    ap.add_argument("--wait-quiet", action="store_true",
+                    help="before each round, wait (up to 5 min) until other tenants leave the cores idle")
     args = ap.parse_args()
     if args.batch_sweep:
         batch_sweep(args)

@@ -272,6 +272,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true",
                     help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32")
     args = ap.parse_args()
+    from matpac_cli import cpu
+
+    cpu.keep_freed_memory()  # as the `matpac` program sets it for itself
     if args.sweep:
         return sweep(args)
 

@@ -1,24 +1,20 @@
 """The fast fp32 CPU path: the encoder's linear layers through oneDNN with pre-packed weights.
 
-On x86 CPUs PyTorch runs `nn.Linear` through MKL's GEMM, which on AMD EPYC takes its AVX2 code
-path; oneDNN's matmul uses AVX-512 there and, with the weights reordered once into its blocked
-layout, made the encoder 2.0-2.2x faster on a 2-core EPYC with AVX-512 (and fuses fc1's GELU); on
-an AVX2-only EPYC both take AVX2 and oneDNN gained 0-25% in the encoder, nothing end to end.
-The numbers stay within float32 rounding of the plain layers (tests/test_onednn.py: 1e-5).
-
-Chosen at load: `pack(encoder)` swaps the layers in place where this torch has the oneDNN ops and a
-small self-check agrees with `nn.Linear`; otherwise the plain layers stay. `MATPAC_CPU_LINEAR=plain`
-keeps the plain layers (to compare, or on a CPU where MKL is the faster).
+oneDNN's matmul, with the weights reordered once into its blocked layout, runs the encoder's
+GEMMs on AVX-512 where MKL would take its AVX2 path (AMD EPYC: the encoder 2.0-2.2x faster, and
+fc1's GELU fused in). Whether it is used on this CPU is `cpu.choose()`'s rule (plain layers on
+Intel, oneDNN elsewhere; `MATPAC_CPU_LINEAR=plain|onednn` overrides it), and only where this torch
+has the ops and a small self-check agrees with `nn.Linear`. The numbers stay within float32
+rounding of the plain layers (tests/test_onednn.py: 1e-5).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from matpac_cli.cpu import choose
 from matpac_cli.model import Attention, Mlp, MatpacEncoder
 
 ROWS_HINT = 8  # chunks per batch the packed layout is tuned for (the CPU default batch)
@@ -42,8 +38,6 @@ class OneDnnLinear(nn.Module):
 
 def available() -> bool:
     """The oneDNN ops exist in this torch build and agree with `nn.Linear` on a small case."""
-    if os.environ.get("MATPAC_CPU_LINEAR", "").lower() == "plain":
-        return False
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -58,12 +52,15 @@ def available() -> bool:
         return False
 
 
-def pack(encoder: MatpacEncoder) -> bool:
-    """Swap every block's linear layers for packed oneDNN ones (fp32 CPU encoders only).
-    Returns whether it did; the encoder is for inference from then on."""
+
+
+def pack(encoder: MatpacEncoder, kind: str | None = None) -> bool:
+    """Swap every block's linear layers for packed oneDNN ones (fp32 CPU encoders only) when
+    `kind` (default: `choose()`) is "onednn" and the ops work here. Returns whether it did; the
+    encoder is for inference from then on."""
     if next(encoder.parameters()).device.type != "cpu" or next(encoder.parameters()).dtype != torch.float32:
         return False
-    if not available():
+    if (kind or choose()) != "onednn" or not available():
         return False
     dims = encoder.dims
     rows = ROWS_HINT * (1 + dims.n_freq * dims.grid_cols)

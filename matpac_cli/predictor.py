@@ -45,9 +45,11 @@ def pick_device(name: str = "auto") -> str:
 
 
 def default_batch(device: str) -> int:
-    """Chunks per batch when none is asked for. CPU: 8 (oneDNN fp32, 2 threads: 98.8 ms per chunk
-    at 8 against 104 at 16, benchmarks/cpu_vs_authors.py); a GPU: 128 (benchmarks/RESULTS.md:
-    the encoder's rate still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
+    """Chunks per batch when none is asked for. CPU: 8 (fp32, 2 threads, benchmarks/cpu_vs_authors.py
+    --batch-sweep: AMD EPYC, oneDNN, 98.8 ms per chunk at 8 against 104 at 16; Intel Xeon, plain
+    layers, 141/141/134/151 ms at 4/8/16/32, within the rounds' spread of 125-165 up to 16, so
+    the smaller batch and its memory stay); a GPU: 128 (benchmarks/RESULTS.md: the encoder's rate
+    still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
     if device == "cpu":
         return 8
     return 128 if device.startswith("cuda") else 16
@@ -114,7 +116,7 @@ class Predictor:
         if dev == "cpu":
             from matpac_cli.onednn import pack
 
-            pack(encoder)  # oneDNN linear layers where they work here; plain nn.Linear otherwise
+            pack(encoder)  # oneDNN linear layers where they are the faster (onednn.choose); else plain
         logmel = LogMel().to(dev)
         return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads,
                    resample_on_device=dev != "cpu")

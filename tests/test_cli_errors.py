@@ -39,6 +39,15 @@ def test_embed_argument_errors_are_one_line_exit_2_before_the_model_loads(hub, c
     assert hub.requests == [], "a model download started before the arguments were checked"
 
 
+@pytest.mark.parametrize("command", [["embed", "clips", "--out", "emb.npy"], ["tag", "clips"]])
+def test_a_misspelt_linear_setting_is_refused_before_any_download(hub, clips, command):
+    proc = run_matpac(command, cwd=clips, env={"MATPAC_CPU_LINEAR": "mkl"})
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.strip() == "matpac: error: MATPAC_CPU_LINEAR=mkl: expected plain, onednn or auto", err
+    assert hub.requests == [], "a model download started before the setting was checked"
+
+
 def test_workers_and_threads_zero_mean_the_default(tmp_path):
     from reference import make_checkpoint
     import torch

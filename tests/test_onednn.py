@@ -1,5 +1,6 @@
 """The oneDNN fast path gives the plain `nn.Linear` encoder's numbers (to 1e-5), both against
-each other and, through the whole predictor, against the slow reference implementation."""
+each other and, through the whole predictor, against the slow reference implementation; loading
+follows `cpu.choose()`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 
 from reference import make_checkpoint
 
-from matpac_cli import onednn
+from matpac_cli import cpu, onednn
 from matpac_cli.model import MatpacEncoder
 
-pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear ops")
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear ops")
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,11 @@ def _mel(b: int = 3, frames: int = 608, seed: int = 0) -> torch.Tensor:
     return torch.randn(b, 80, frames, generator=torch.Generator().manual_seed(seed))
 
 
+@needs_onednn
 def test_packed_encoder_equals_plain_linear(state):
     plain = MatpacEncoder.from_state_dict(state)
     fast = MatpacEncoder.from_state_dict(state)
-    assert onednn.pack(fast) and fast.linear_kind == "onednn"
+    assert onednn.pack(fast, "onednn") and fast.linear_kind == "onednn"
     assert isinstance(fast.student_encoder.blocks[0].mlp.fc1, onednn.OneDnnLinear)
     mel = _mel()
     widths = torch.tensor([38, 20, 5])  # a padded batch: masked keys take the same path
@@ -46,20 +48,36 @@ def test_plain_is_kept_when_asked(state, monkeypatch):
     assert not onednn.pack(enc) and enc.linear_kind == "plain"
 
 
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_load_follows_the_choice(state, tmp_path, monkeypatch, vendor):
+    from matpac_cli.predictor import Predictor
+
+    monkeypatch.delenv("MATPAC_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: vendor)
+    path = tmp_path / "m.pt"
+    torch.save(state, path)
+    want = "plain" if vendor == "GenuineIntel" or not onednn.available() else "onednn"
+    assert Predictor.load(str(path), device="cpu").encoder.linear_kind == want
+
+
 def test_bf16_or_gpu_encoders_are_not_packed(state):
     enc = MatpacEncoder.from_state_dict(state).to(torch.bfloat16)
-    assert not onednn.pack(enc)
+    assert not onednn.pack(enc, "onednn")
 
 
-def test_predictor_uses_onednn_on_cpu_and_matches_reference(state, tmp_path):
+@pytest.mark.parametrize("kind", ["onednn", "plain"])
+def test_predictor_matches_reference_with_either_kind(state, tmp_path, monkeypatch, kind):
     import reference as R
 
     from matpac_cli.predictor import Predictor
 
+    if kind == "onednn" and not onednn.available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    monkeypatch.setenv("MATPAC_CPU_LINEAR", kind)
     path = tmp_path / "m.pt"
     torch.save(state, path)
     pred = Predictor.load(str(path), device="cpu")
-    assert pred.encoder.linear_kind == "onednn"
+    assert pred.encoder.linear_kind == kind
     wave = 0.1 * np.random.default_rng(1).standard_normal(16000 * 9).astype(np.float32)
     got = pred.embed(wave, 16000)
     want = R.reference_embedding(state, wave, 16000)

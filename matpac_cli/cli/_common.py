@@ -218,6 +218,9 @@ def check_run_options(batch_size: Optional[int], workers: Optional[int], threads
         raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
     if threads is not None and threads < 0:
         raise UsageError(f"--threads {threads}: give a positive count, or 0 for the default")
+    from matpac_cli.cpu import choose
+
+    choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
 
 
 def items_for(inputs: list[str], ext: Optional[str], null: bool):

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from matpac_cli import cpu
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError, MatpacError, ModelError
 from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
@@ -186,6 +187,7 @@ class Encoder:
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
 
     def __init__(self) -> None:
+        cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
         try:

@@ -171,11 +171,9 @@ def batch_sweep(args: argparse.Namespace) -> None:
     printed, with their spread and the median of each round's plain/oneDNN ratio."""
     import torch
 
+    from matpac_cli import cpu
     from matpac_cli.predictor import Predictor
 
-    from matpac_cli import cpu
-
-    cpu.keep_freed_memory()  # as the `matpac` program runs
     tmp = Path(tempfile.mkdtemp(prefix="matpac-sweep-"))
     make_checkpoint(tmp / "vitb.pt")
     encoders = {}
@@ -183,6 +181,7 @@ def batch_sweep(args: argparse.Namespace) -> None:
         os.environ["MATPAC_CPU_LINEAR"] = kind
         encoders[kind] = Predictor.load(str(tmp / "vitb.pt"), device="cpu").encoder
         assert encoders[kind].linear_kind == kind, (kind, encoders[kind].linear_kind)
+    cpu.keep_freed_memory()  # as the `matpac` program does once its model has loaded
     batches = (4, 8, 16, 32)
     mels = {b: torch.randn(b, 80, encoders["plain"].dims.n_t) for b in batches}
     cells = [(k, b) for b in batches for k in encoders]

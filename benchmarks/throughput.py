@@ -274,7 +274,7 @@ def main() -> None:
     args = ap.parse_args()
     from matpac_cli import cpu
 
-    cpu.keep_freed_memory()  # as the `matpac` program sets it for itself
+    cpu.keep_freed_memory()  # the allocator setting the `matpac` program makes for itself
     if args.sweep:
         return sweep(args)
 

@@ -1,13 +1,13 @@
 """What the CPU path is told about the machine it runs on, without importing torch: which linear
 layers the fp32 encoder uses here (`choose`), and the C library's allocator setting a program
-that owns its process applies once (`keep_freed_memory`: the `matpac` command and Ray's encoder
-actors do; a program that embeds matpac may call it too).
+that owns its process applies once its model has loaded (`keep_freed_memory`: the `matpac`
+command and Ray's encoder actors do; a program that embeds matpac may call it too).
 
 Why by vendor (benchmarks/RESULTS.md, 2-vCPU machines, fp32, 3 min of 44.1 kHz FLAC against the
 authors' code, medians of interleaved rounds):
 - AMD EPYC with AVX-512 (2026-12-03): MKL takes its AVX2 code path there, oneDNN its AVX-512
-  kernels; `matpac embed` with oneDNN layers 2.49x the authors' code, with plain `nn.Linear`
-  1.62x.
+  kernels; `matpac embed` with oneDNN layers 2.68x the authors' code, with plain `nn.Linear`
+  1.78x.
 - Intel Xeon with AVX-512 (2026-12-02): MKL takes its AVX-512 path and runs level with oneDNN in
   the encoder, while packing the weights for oneDNN costs about 0.9 s at load: plain layers 1.87x,
   oneDNN 1.71x.
@@ -42,29 +42,38 @@ def choose(env: str | None = None, vendor: str | None = None) -> str:
     """"onednn" or "plain": `MATPAC_CPU_LINEAR` when set (plain, onednn; auto or empty: the
     rule), else by vendor: plain `nn.Linear` on Intel CPUs, where MKL takes its AVX-512 code
     path; oneDNN's kernels on every other CPU (AMD; ARM and others where its self-check passes)."""
-    env = (os.environ.get("MATPAC_CPU_LINEAR", "") if env is None else env).strip().lower()
+    given = os.environ.get("MATPAC_CPU_LINEAR", "") if env is None else env
+    env = given.strip().lower()
     if env in ("plain", "onednn"):
         return env
     if env not in ("", "auto"):
-        raise UsageError(f"MATPAC_CPU_LINEAR={env}: expected plain, onednn or auto")
+        raise UsageError(f"MATPAC_CPU_LINEAR={given}: expected plain, onednn or auto")
     return "plain" if (cpu_vendor() if vendor is None else vendor) == "GenuineIntel" else "onednn"
 
 
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the encoder's large temporaries for the next batch (Linux only).
+    Call it once the model has loaded: what loading freed is handed back first (`malloc_trim`),
+    so only what the batches use stays with the process.
 
     By default glibc maps every allocation over 32 MB (less, until it has adapted) freshly and
-    hands freed heap tops back, so each batch's outputs (fc1's alone: 38 MB at batch 16) are
-    page-faulted and zeroed again: 13,000-16,000 faults and 40 ms of system time per chunk with
-    plain `nn.Linear`. Served from a heap that is kept, they cost none; results are unchanged.
-    Measured on a 2-vCPU Xeon: `matpac embed` 14% faster (median 7.43 s against 8.63 s for 3 min),
-    peak memory 1,031 against 977 MB for a 1-minute file, 1,057 against 987 MB for 30 minutes.
-    The cost is process-wide: freed memory up to 1 GiB stays with the process, which is why a
-    library call never sets it. Returns whether it was set."""
+    hands freed heap tops back, so each batch's outputs (fc1's alone: 19 MB at batch 8, 38 MB at
+    16) are page-faulted and zeroed again: 13,000-16,000 faults and 40 ms of system time per chunk
+    with plain `nn.Linear`. Served from a heap that is kept, they cost none; results are
+    unchanged. Measured (benchmarks/RESULTS.md): `matpac embed` 9% faster on a 2-vCPU AMD EPYC,
+    14% on a 2-vCPU Xeon. The cost is process-wide: freed memory up to 1 GiB stays with the
+    process (what the largest batch needed), which is why a library call never sets it. A thread
+    other than the main one allocates from its own 64 MB arenas, where larger temporaries are
+    mapped afresh whatever this says. Returns whether it was set."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_BYTES))
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    malloc_trim(0)
+    done = [mallopt(option, HEAP_BYTES) for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)]
+    return all(done)

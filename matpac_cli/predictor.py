@@ -92,8 +92,10 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Resolved, device: str = "auto", precision: str = "auto",
-             threads: int | None = None, progress: bool = False) -> "Predictor":
-        """Resolve (download if needed), verify and load a model by name, path or hf: spec."""
+             threads: int | None = None, progress: bool = False, linear: str | None = None) -> "Predictor":
+        """Resolve (download if needed), verify and load a model by name, path or hf: spec.
+        `linear` ("onednn" or "plain") sets the fp32 CPU encoder's linear layers; by default
+        `cpu.choose()` picks them for this CPU."""
         import torch
 
         from matpac_cli.frontend import LogMel
@@ -101,6 +103,10 @@ class Predictor:
         from matpac_cli.model import MatpacEncoder
 
         dev = pick_device(device)
+        if dev == "cpu" and linear is None:
+            from matpac_cli.cpu import choose
+
+            linear = choose()  # a misspelt MATPAC_CPU_LINEAR is refused before any download
         if threads:
             torch.set_num_threads(threads)
         resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
@@ -116,7 +122,7 @@ class Predictor:
         if dev == "cpu":
             from matpac_cli.onednn import pack
 
-            pack(encoder)  # oneDNN linear layers where they are the faster (onednn.choose); else plain
+            pack(encoder, linear)  # oneDNN linear layers where they are the faster (cpu.choose); else plain
         logmel = LogMel().to(dev)
         return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads,
                    resample_on_device=dev != "cpu")

@@ -86,3 +86,9 @@ def test_a_closed_stdout_pipe_ends_tag_quietly_with_exit_0(tmp_path):
     assert proc.stdout.decode().startswith("path,head,label,score,rank")
     assert proc.returncode == 0, proc.stderr
     assert b"Traceback" not in proc.stderr and b"Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_help_names_the_ray_extra_whole():
+    """Rich reads `[ray]` as a style tag unless escaped: the install command must survive."""
+    proc = run_matpac(["embed", "--help"], env={"COLUMNS": "300"})
+    assert "pip install 'matpac-cli[ray]'" in proc.stdout.decode()

@@ -4,6 +4,7 @@ allocator setting that spares each batch its page faults, applied by the process
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -15,20 +16,42 @@ from matpac_cli.errors import UsageError
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
-# A 64 MB tensor freed and asked for again, three times: with glibc's defaults (mapped afresh,
-# over its 32 MB ceiling) that is 16,384 first-touch faults each time; with the setting, none
-# once the heap has grown to hold it (a few rounds in a fresh process).
-FAULTS = textwrap.dedent("""
-    import resource, torch
-    def faults():
-        n = 16 * 1024 * 1024  # float32: 64 MB
-        for _ in range(6):
-            torch.ones(n).sum()  # the heap grows (with the setting) to its size for this
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(3):
-            torch.ones(n).sum()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+# Where glibc put a live 64 MB tensor (mallinfo2: bytes in mapped blocks, and in the heap), and
+# whether freeing it gave the heap back; with its defaults, over its 32 MB ceiling, it is mapped
+# afresh (and page-faulted, zeroed) every time; with the setting it is served from a heap that
+# is kept.
+MALLINFO = textwrap.dedent("""
+    import ctypes, torch
+    class Info(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    def placed():
+        before = libc.mallinfo2()
+        t = torch.ones(16 * 1024 * 1024)  # float32: 64 MB
+        live = libc.mallinfo2()
+        del t
+        after = libc.mallinfo2()
+        return {"mapped": live.hblkhd - before.hblkhd, "trimmed": live.arena - after.arena}
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
 """)
+
+
+def _placed(body: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", MALLINFO + textwrap.dedent(body)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _on(got: dict) -> bool:  # served from the heap, which kept it once freed
+    return got["mapped"] == 0 and got["trimmed"] == 0
+
+
+def _off(got: dict) -> bool:  # mapped afresh
+    return got["mapped"] >= 64 << 20
 
 
 @pytest.mark.parametrize("env, vendor, want", [
@@ -60,43 +83,68 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
     assert cpu.cpu_vendor(str(tmp_path / "missing")) == ""
 
 
-def _faults(body: str) -> int:
-    proc = subprocess.run([sys.executable, "-c", FAULTS + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return int(proc.stdout.split()[-1])
+@linux_only
+def test_freed_memory_is_kept_in_the_heap():
+    assert _off(_placed("import json; print(json.dumps(placed()))"))  # glibc's defaults
+    got = _placed("import json; from matpac_cli import cpu; assert cpu.keep_freed_memory(); print(json.dumps(placed()))")
+    assert _on(got), got
 
 
 @linux_only
-def test_freed_memory_is_reused_without_page_faults():
-    assert _faults("print(faults())") > 3 * 10_000  # glibc's defaults: the case the setting is for
-    assert _faults("from matpac_cli import cpu; assert cpu.keep_freed_memory(); print(faults())") < 1000
+def test_what_loading_freed_is_handed_back_first():
+    """300 MB freed into the heap before the call (as packing frees the plain weights): the
+    setting must not keep it resident."""
+    got = _placed("""
+        import json
+        from matpac_cli import cpu
+        libc.mallopt(-1, 1 << 30); libc.mallopt(-3, 32 << 20)  # a heap that keeps what is freed
+        junk = [torch.ones(7 * 1024 * 1024) for _ in range(10)]  # 10 x 28 MB from the heap
+        del junk
+        high = rss()
+        cpu.keep_freed_memory()
+        print(json.dumps({"dropped": high - rss()}))
+    """)
+    assert got["dropped"] > 200 << 20, got
 
 
 @linux_only
-def test_the_matpac_program_sets_it_and_a_library_load_does_not(tmp_path):
+def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tmp_path):
     import torch
 
     from reference import make_checkpoint
 
     ckpt = tmp_path / "m.pt"
     torch.save(make_checkpoint(), ckpt)
-    loaded = _faults(f"from matpac_cli.predictor import Predictor; Predictor.load({str(ckpt)!r}, 'cpu'); print(faults())")
-    assert loaded > 3 * 10_000  # the process-wide setting is not a library's to make
-    program = _faults("""
-        import sys
-        import matpac_cli.cli as cli
-        cli.main = lambda: print(faults()) or 0  # what runs inside `matpac`, after its start-up
-        sys.argv = ["matpac", "--version"]
-        cli.entry()
+    library = _placed(f"""
+        import json
+        from matpac_cli.predictor import Predictor
+        Predictor.load({str(ckpt)!r}, "cpu")
+        print(json.dumps(placed()))
     """)
-    assert program < 1000
+    assert _off(library), library  # the process-wide setting is not a library's to make
+    program = _placed(f"""
+        import json
+        from matpac_cli.cli import _common
+        _common.load_predictor({str(ckpt)!r}, "cpu", "auto", None, quiet=True)  # the commands' way
+        print(json.dumps(placed()))
+    """)
+    assert _on(program), program
 
 
-def test_a_ray_encoder_actor_sets_it(monkeypatch):
+def test_a_ray_encoder_actor_sets_it_once_its_models_have_loaded(monkeypatch):
     from matpac_cli.engines.work import Encoder
 
     calls = []
-    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: calls.append(1) or True)
-    actor = type("Job", (Encoder,), {"recipes": []})()
-    assert calls == [1] and actor.error is None
+
+    class Recipe:
+        def load(self):
+            calls.append("load")
+
+    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: calls.append("set") or True)
+    actor = type("Job", (Encoder,), {"recipes": [Recipe()]})()
+    assert calls == ["load", "set"] and actor.error is None
+
+
+def test_the_misspelt_value_is_quoted_as_given():
+    with pytest.raises(UsageError, match="MATPAC_CPU_LINEAR=MKL: expected"):
+        cpu.choose(" MKL".strip())

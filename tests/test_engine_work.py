@@ -29,6 +29,14 @@ def setup(ckpts, tmp_path_factory):
     return items, plan
 
 
+@pytest.fixture(autouse=True)
+def _no_allocator_setting(monkeypatch):
+    """The actors' allocator setting is process-wide: not for the test process."""
+    from matpac_cli import cpu
+
+    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: False)
+
+
 def _local(items, plan) -> tuple[dict, dict]:
     from matpac_cli.engines.local import run
 
@@ -113,3 +121,15 @@ def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path)
     collector = Collector(items, [plan], lambda r: None, lambda e: None, lambda i, s: None, lambda s: None)
     with pytest.raises(ModelError, match="is not the driver's: sha256"):
         collector.add(int(res["i"][0]), int(res["grid"][0]), int(res["k"][0]), res["data"][0])
+
+
+def test_actors_use_the_drivers_linear_layers(setup, monkeypatch):
+    """A node whose own rule would pick the other kind (an Intel worker for an AMD driver) still
+    runs the layers the driver's manifest records."""
+    from matpac_cli.engines.work import Recipe
+
+    _, plan = setup
+    recipe = Recipe.of(plan, "cpu", 1)
+    assert recipe.linear == plan.predictor.encoder.linear_kind
+    monkeypatch.setenv("MATPAC_CPU_LINEAR", "plain" if recipe.linear == "onednn" else "onednn")
+    assert recipe.load().predictor.encoder.linear_kind == recipe.linear

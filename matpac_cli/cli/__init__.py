@@ -26,7 +26,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli import __version__, cpu
+from matpac_cli import __version__
 from matpac_cli.cli import _common
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
@@ -125,10 +125,9 @@ def entry() -> None:
     objects, and does nothing a finished run needs: every output is written, renamed and closed
     by the time `main` returns, so only stdout and stderr are flushed here. The collector also
     stays off while torch imports and the model loads (`_common.startup_done` turns it back on
-    and freezes what loading made), and glibc keeps the encoder's freed temporaries for the next
-    batch (`cpu.keep_freed_memory`: this process is the program's own)."""
+    and freezes what loading made, and has glibc keep the encoder's freed temporaries for the
+    next batch)."""
     gc.disable()
-    cpu.keep_freed_memory()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -245,9 +245,13 @@ def check_model(model: str):
 
 def startup_done() -> None:
     """Imports and model loading are over: freeze what they made (the collector never walks it
-    again) and turn the collector back on (`entry` turned it off)."""
+    again), turn the collector back on (`entry` turned it off), and have glibc keep each batch's
+    freed temporaries for the next (`cpu.keep_freed_memory`: this process is the program's own)."""
+    from matpac_cli.cpu import keep_freed_memory
+
     gc.freeze()
     gc.enable()
+    keep_freed_memory()
 
 
 def load_predictor(model, device: str, precision: str, threads: Optional[int], quiet: bool, note: bool = True):

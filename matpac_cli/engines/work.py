@@ -47,6 +47,7 @@ class Recipe:
     layers: tuple[int, ...]
     frames: bool
     segments: bool
+    linear: str = "plain"  # the driver's linear layers on a CPU (what the manifest records)
 
     @classmethod
     def of(cls, plan: Plan, device: str, threads: int | None) -> "Recipe":
@@ -54,7 +55,7 @@ class Recipe:
         name = str(Path(p.resolved.path).absolute()) if p.resolved.source == "file" else p.resolved.name
         return cls(name, str(Path(p.resolved.path).absolute()), p.resolved.sha256, device,
                    PRECISION.get(str(p.dtype).replace("torch.", ""), "fp32"), threads,
-                   plan.resolved_layers(), plan.frames, plan.segments)
+                   plan.resolved_layers(), plan.frames, plan.segments, p.encoder.linear_kind)
 
     def load(self) -> Plan:
         from matpac_cli.predictor import Predictor
@@ -64,7 +65,7 @@ class Recipe:
         if resolved.sha256 != self.sha256:
             raise ModelError(f"the model on Ray node {socket.gethostname()} ({resolved.path}) is not the "
                              f"driver's: sha256 {resolved.sha256[:12]} against {self.sha256[:12]}")
-        predictor = Predictor.load(resolved, self.device, self.precision, self.threads)
+        predictor = Predictor.load(resolved, self.device, self.precision, self.threads, linear=self.linear)
         return Plan(predictor, self.layers, self.frames, self.segments)
 
 
@@ -187,11 +188,11 @@ class Encoder:
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
 
     def __init__(self) -> None:
-        cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
         try:
             self.plans = [r.load() for r in self.recipes]
+            cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries
         except MatpacError as exc:
             self.error = ModelError(str(exc))
         except Exception as exc:  # noqa: BLE001 - sent to the driver, which stops the job with it

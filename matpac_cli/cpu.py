@@ -6,8 +6,8 @@ command and Ray's encoder actors do; a program that embeds matpac may call it to
 Why by vendor (benchmarks/RESULTS.md, 2-vCPU machines, fp32, 3 min of 44.1 kHz FLAC against the
 authors' code, medians of interleaved rounds):
 - AMD EPYC with AVX-512 (2026-12-03): MKL takes its AVX2 code path there, oneDNN its AVX-512
-  kernels; `matpac embed` with oneDNN layers 2.68x the authors' code, with plain `nn.Linear`
-  1.78x.
+  kernels; `matpac embed` with oneDNN layers 2.48-2.68x the authors' code, with plain `nn.Linear`
+  1.59-1.78x (two runs of 6 rounds).
 - Intel Xeon with AVX-512 (2026-12-02): MKL takes its AVX-512 path and runs level with oneDNN in
   the encoder, while packing the weights for oneDNN costs about 0.9 s at load: plain layers 1.87x,
   oneDNN 1.71x.
@@ -60,7 +60,7 @@ def keep_freed_memory() -> bool:
     hands freed heap tops back, so each batch's outputs (fc1's alone: 19 MB at batch 8, 38 MB at
     16) are page-faulted and zeroed again: 13,000-16,000 faults and 40 ms of system time per chunk
     with plain `nn.Linear`. Served from a heap that is kept, they cost none; results are
-    unchanged. Measured (benchmarks/RESULTS.md): `matpac embed` 9% faster on a 2-vCPU AMD EPYC,
+    unchanged. Measured (benchmarks/RESULTS.md): `matpac embed` 7-10% faster on a 2-vCPU AMD EPYC,
     14% on a 2-vCPU Xeon. The cost is process-wide: freed memory up to 1 GiB stays with the
     process (what the largest batch needed), which is why a library call never sets it. A thread
     other than the main one allocates from its own 64 MB arenas, where larger temporaries are

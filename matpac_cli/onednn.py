@@ -52,8 +52,6 @@ def available() -> bool:
         return False
 
 
-
-
 def pack(encoder: MatpacEncoder, kind: str | None = None) -> bool:
     """Swap every block's linear layers for packed oneDNN ones (fp32 CPU encoders only) when
     `kind` (default: `choose()`) is "onednn" and the ops work here. Returns whether it did; the

@@ -46,10 +46,10 @@ def pick_device(name: str = "auto") -> str:
 
 def default_batch(device: str) -> int:
     """Chunks per batch when none is asked for. CPU: 8 (fp32, 2 threads, benchmarks/cpu_vs_authors.py
-    --batch-sweep: AMD EPYC, oneDNN, 98.8 ms per chunk at 8 against 104 at 16; Intel Xeon, plain
-    layers, 141/141/134/151 ms at 4/8/16/32, within the rounds' spread of 125-165 up to 16, so
-    the smaller batch and its memory stay); a GPU: 128 (benchmarks/RESULTS.md: the encoder's rate
-    still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
+    --batch-sweep: AMD EPYC with AVX-512, oneDNN, 87.6 ms per chunk at 8, 85.6 at 16, 85.8 at 32;
+    Intel Xeon, plain layers, 141/141/134/151 ms at 4/8/16/32, within the rounds' spread of
+    125-165 up to 16, so the smaller batch and its memory stay); a GPU: 128 (benchmarks/RESULTS.md:
+    the encoder's rate still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
     if device == "cpu":
         return 8
     return 128 if device.startswith("cuda") else 16

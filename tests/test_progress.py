@@ -97,7 +97,39 @@ def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tr
     out = tmp_path / "emb.npy"
     base = ["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"]
     first = run_matpac(base).stderr.decode().strip().splitlines()[-1]
-    assert re.match(r"matpac: embedded 20 file\(s\): 20 done, 0 reused, 0 failed; 0\.17 h of audio in "
-                    r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; wrote ", first), first
+    assert re.match(r"matpac: embedded 20 file\(s\): 20 done, 0 reused, 0 failed; 0\.17 h of audio computed in "
+                    r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; 0\.00 h reused; wrote ", first), first
     again = run_matpac(base).stderr.decode().strip().splitlines()[-1]
-    assert "0 done, 20 reused, 0 failed; 0.17 h of audio" in again, again
+    # the reused hours are their own figure: the rate covers only what was computed (none here)
+    assert re.match(r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; 0\.00 h of audio computed in "
+                    r"\d+:\d\d:\d\d \(0\.0x real time\) on cpu, fp32; 0\.17 h reused; wrote ", again), again
+
+
+def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path):
+    """Broken files are counted apart when the run stops; the resume reuses exactly the finished
+    ones and fails the broken ones again."""
+    import re
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(tracks, folder)
+    for i in range(2):
+        (folder / f"a_broken{i}.wav").write_bytes(b"RIFF0000WAVEjunk")  # sorted first: fail before the stop
+    out, journal = tmp_path / "emb.npy", tmp_path / "emb.npy.journal"
+    args = [sys.executable, "-m", "matpac_cli", "embed", str(folder), "--out", str(out),
+            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _journal_records(journal) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it was interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    last = err.decode().strip().splitlines()[-1]
+    got = re.match(r"matpac: interrupted after (\d+) of 22 file\(s\) \((\d+) finished, (\d+) failed\);", last)
+    assert got, last
+    stopped, finished, failed = map(int, got.groups())
+    assert failed == 2 and stopped == finished + failed and finished == _journal_records(journal), last
+    rerun = run_matpac(["embed", str(folder), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
+    assert rerun.returncode == 1, rerun.stderr.decode()
+    assert f"{20 - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()

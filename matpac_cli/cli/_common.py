@@ -60,7 +60,7 @@ def stop_note() -> str:
     if not _ACTIVE:
         return ""
     r = _ACTIVE[-1]
-    done = f" after {r.files} of {r.total_files} file(s)"
+    done = f" after {r.files} of {r.total_files} file(s) ({max(r.files - r.failed, 0)} finished, {r.failed} failed)"
     return done + (f"; {r.keeps}" if r.keeps else "")
 
 
@@ -185,19 +185,21 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     """Print the summary line (--failures was written as failures happened); the exit status
     (1 when any input failed).
 
-    The line always gives files done/reused/failed, hours of audio, wall time, rate, and the
-    device and precision that actually ran.
+    The line always gives files done/reused/failed; then the audio computed in this run with the
+    wall time, its rate and the device and precision that actually ran; then the audio reused from
+    an earlier run (no time of its own, so it never inflates the rate); then what was written.
     """
     wall = time.monotonic() - reporter.started
     computed_s = max(summary.audio_s - reporter.reused_s, 0.0)
     rate = computed_s / wall if wall > 0 else 0.0
-    hours = summary.audio_s / 3600
     line = (f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
-            f"{len(summary.failures)} failed; {hours:.2f} h of audio in {_clock(wall)} ({rate:.1f}x real time)")
+            f"{len(summary.failures)} failed; {computed_s / 3600:.2f} h of audio computed in {_clock(wall)} "
+            f"({rate:.1f}x real time)")
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
     ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
+    line += f"; {reporter.reused_s / 3600:.2f} h reused"
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:

@@ -6,16 +6,17 @@ Protocol, for each split of the labelled files into training and validation:
 - one linear layer (weight and bias drawn as torch's nn.Linear does, U(-1/sqrt(D), 1/sqrt(D)));
 - Adam, weight decay 1e-8, mini-batches of min(200, n) shuffled every epoch;
 - single-label: softmax + cross-entropy, selection on validation accuracy; multi-label: a sigmoid
-  per class + binary cross-entropy, selection on validation mAP (mean over the classes that have
-  a positive validation example);
+  per class + binary cross-entropy, selection on validation macro mAP (the mean of the per-class
+  APs, over the classes that have a positive validation example);
 - up to 200 epochs, stopping after 20 without improvement, and the best epoch's weights restored;
   an epoch improves when its metric is higher, or equal with a lower validation loss (small
   validation sets often sit at 100% accuracy for many epochs);
 - the learning rate is chosen on validation from a small grid (1e-4, 3e-4, 1e-3, 3e-3).
 
 With `folds`, each fold is the validation split once; one learning rate is chosen for all folds
-(best mean), and the head is then trained on every file with that rate for the median of the
-folds' best epochs. Everything runs on the CPU in float32 and is deterministic for one seed.
+on the out-of-fold scores pooled (every file scored by the fold that held it out: the figure the
+report gives, beside per-class APs read from the same scores), and the head is then trained on
+every file with that rate for the median of the folds' best epochs. Everything runs on the CPU in float32 and is deterministic for one seed.
 """
 
 from __future__ import annotations
@@ -305,22 +306,31 @@ def _train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config
 def _cross_validate(x, y, groups, task, n_classes, config: TrainConfig) -> Probe:
     splits = stratified_folds(groups, config.folds, config.seed)
     runs = [grid(x, y, s, task, n_classes, config, config.seed + i) for i, s in enumerate(splits)]
-    means = [Fit(None, None, lr, 0, 0, _mean([f[j].metric for f, _ in runs]), _mean([f[j].loss for f, _ in runs]))
+    pooled = [_out_of_fold(x, splits, runs, j, task, n_classes) for j in range(len(config.lrs))]
+    by_lr = [Fit(None, None, lr, 0, 0, metric(y, pooled[j], task), _mean([f[j].loss for f, _ in runs]))
              for j, lr in enumerate(config.lrs)]
-    j = means.index(pick(means))
+    j = by_lr.index(pick(by_lr))
     epochs = int(np.median([fits[j].epoch for fits, _ in runs]))
-    out_of_fold = np.zeros((len(x), n_classes))
-    for s, (fits, (m, sc)) in zip(splits, runs):
-        out_of_fold[s.val] = scores_of(x[s.val], fits[j].weight, fits[j].bias, m, sc, task)
+    out_of_fold = pooled[j]
     mean, scale = fit_scaler(x)
     z = standardise(x, mean, scale)
     final = fit_linear(z, y, z[:0], y[:0], task, n_classes, config.lrs[j], config.seed, epochs, None)
-    search = [{"lr": lr, "metric": means[i].metric, "loss": means[i].loss, "fold_metrics": [f[i].metric for f, _ in runs],
+    search = [{"lr": lr, "metric": by_lr[i].metric, "loss": by_lr[i].loss, "fold_metrics": [f[i].metric for f, _ in runs],
                "best_epochs": [f[i].epoch for f, _ in runs]} for i, lr in enumerate(config.lrs)]
     folds = [{"fold": i + 1, "n_train": len(s.train), "n_val": len(s.val), "metric": runs[i][0][j].metric,
               "best_epoch": runs[i][0][j].epoch} for i, s in enumerate(splits)]
     return Probe(final.weight, final.bias, mean, scale, config.lrs[j], epochs, search,
                  np.arange(len(x)), out_of_fold, folds, splits)
+
+
+def _out_of_fold(x, splits: list[Split], runs, j: int, task: str, n_classes: int) -> np.ndarray:
+    """Every file scored by the fold that held it out, at the `j`th learning rate: the figure of
+    a learning rate is computed on these pooled scores, the same scores the per-class APs and
+    the confusion matrix are read from, so the report has one definition of each figure."""
+    out = np.zeros((len(x), n_classes))
+    for s, (fits, (m, sc)) in zip(splits, runs):
+        out[s.val] = scores_of(x[s.val], fits[j].weight, fits[j].bias, m, sc, task)
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -106,9 +106,8 @@ def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray
     counts = labelled.counts()
     val_y, scores = y[probe.val_index], probe.val_scores
     val_counts = np.bincount(val_y, minlength=len(classes)) if task == "single" else val_y.sum(0)
-    name = "accuracy" if task == "single" else "mAP"
+    name = "accuracy" if task == "single" else "macro mAP"
     folds = config.folds is not None
-    chosen = next(s for s in probe.search if s["lr"] == probe.lr)
     report = {
         "matpac_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -124,7 +123,8 @@ def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray
             "model": "one linear layer", "optimizer": "Adam", "weight_decay": WEIGHT_DECAY,
             "batch_size": f"min({MAX_BATCH}, training files)", "max_epochs": config.max_epochs,
             "patience": config.patience, "loss": "cross-entropy" if task == "single" else "binary cross-entropy",
-            "selection": f"validation {name} (ties: lower validation loss)", "lr_grid": list(config.lrs),
+            "selection": f"validation {name}{' of the pooled out-of-fold scores' if folds else ''} "
+                         "(ties: lower validation loss)", "lr_grid": list(config.lrs),
             "seed": config.seed,
         },
         "validation": ({"method": "folds", "folds": config.folds, "per_fold": probe.folds} if folds else
@@ -132,8 +132,7 @@ def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray
                         "validation_files": len(probe.splits[0].val)}),
         "search": probe.search,
         "chosen": {"lr": probe.lr, "epoch": probe.epoch},
-        "metric": {"name": name, "value": chosen["metric"],
-                   "over": "mean of the folds" if folds else "the validation split"},
+        "metric": _metric(val_y, scores, task, config),
         "warnings": warnings,
     }
     if task == "single":
@@ -143,6 +142,21 @@ def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray
         aps = per_class_ap(val_y, scores)
         report["per_class_ap"] = [{"name": c, "ap": a} for c, a in zip(classes, aps)]
     return _finite(report)
+
+
+def _metric(val_y: np.ndarray, scores: np.ndarray, task: str, config: TrainConfig) -> dict:
+    """The validation figure, from the very scores the per-class APs (or the confusion matrix)
+    are read from: with folds, every file's out-of-fold score pooled, never a mean of the folds'
+    own figures (which differs from the per-class APs printed beside it)."""
+    over = (f"out-of-fold scores of all {len(val_y)} files, pooled over the {config.folds} folds"
+            if config.folds is not None else f"the validation split ({len(val_y)} files)")
+    if task == "single":
+        return {"name": "accuracy", "value": float((scores.argmax(1) == val_y).mean()) if len(val_y) else math.nan,
+                "definition": "files whose highest-scoring class is their label, out of all", "over": over}
+    aps = [a for a in per_class_ap(val_y, scores) if not math.isnan(a)]
+    return {"name": "mAP", "value": float(np.mean(aps)) if aps else math.nan,
+            "definition": f"macro: the mean of the {len(aps)} per-class APs (classes with a positive file)",
+            "classes_averaged": len(aps), "over": over}
 
 
 def _headline(report: dict) -> dict:

@@ -123,16 +123,19 @@ def _rates(text: str) -> tuple[float, ...]:
 
 def render(report: dict) -> list[str]:
     """The report as the person at the terminal reads it (the JSON beside the head has it all)."""
-    name, value = report["metric"]["name"], report["metric"]["value"]
+    metric = report["metric"]
+    name, value = ("macro mAP" if metric["name"] == "mAP" else metric["name"]), metric["value"]
     v = report["validation"]
-    how = (f"{v['folds']}-fold cross-validation" if v["method"] == "folds" else
-           f"{v['validation_files']} held-out files ({v['fraction']:g} stratified split)")
+    how = (f"{v['folds']}-fold cross-validation (out-of-fold scores of all {report['files']} files pooled)"
+           if v["method"] == "folds" else f"{v['validation_files']} held-out files ({v['fraction']:g} stratified split)")
     lines = ["matpac: classes (files): " + ", ".join(f"{c['name']} ({c['files']})" for c in report["classes"])]
     for s in report["search"]:
         lines.append(f"matpac:   lr {s['lr']:g}: validation {name} {_fmt(s['metric'])}"
                      + (f", best epoch {s['best_epoch']} of {s['epochs_run']}" if "best_epoch" in s else ""))
     chosen = report["chosen"]
-    lines.append(f"matpac: validation {name} {_fmt(value)} on {how}; chosen lr {chosen['lr']:g}, epoch {chosen['epoch']}")
+    what = f" (the mean of the {metric['classes_averaged']} per-class APs)" if "classes_averaged" in metric else ""
+    lines.append(f"matpac: validation {name}{what} {_fmt(value)} on {how}; chosen lr {chosen['lr']:g}, "
+                 f"epoch {chosen['epoch']}")
     if "confusion_matrix" in report:
         cm = report["confusion_matrix"]
         names = cm["classes"]

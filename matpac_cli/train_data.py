@@ -179,12 +179,19 @@ def from_index(labelled: Labelled, npy: Path) -> Features:
     for item in labelled.items:
         row = next((lookup[k] for k in _item_keys(item) if k in lookup), None)
         (missing.append(item.name) if row is None else rows.append(row))
+    gone = [it.name for it in labelled.items if it.name in missing and not os.path.exists(it.path)]
+    if gone:  # embedding them is no remedy
+        raise UsageError(f"{labelled.source}: {len(gone)} labelled file(s) do not exist ({_few(gone)}) and are not "
+                         f"in {emb.path}; remove them from the labels")
     if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise UsageError(f"{emb.path}: {len(missing)} of {len(labelled.items)} labelled files are not in its "
-                         f"index ({shown}); embed them too, or remove them from the labels")
+                         f"index ({_few(missing)}); embed them too, or remove them from the labels")
     x = np.asarray(emb.clip(-1)[np.array(rows)], dtype=np.float32)
     return Features(x, labelled, _encoder_record(model), str(emb.path), depth)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _index_keys(paths: list[str], folder: Path) -> dict[str, int]:

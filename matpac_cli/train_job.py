@@ -68,7 +68,7 @@ def train(features: Features, config: TrainConfig, out: Path | None = None, argv
     y = labelled.targets()
     task, classes = labelled.task, labelled.classes
     probe = train_probe(features.x, y, task, len(classes), config)
-    warnings = _missing_warnings(y, task, classes, probe)
+    warnings = _missing_warnings(y, task, classes, probe) + _small_validation(y, task, probe, config)
     for text in warnings:
         on_warning(text)
     report = _report(features, config, probe, y, warnings, out, argv)
@@ -97,6 +97,27 @@ def _missing_warnings(y: np.ndarray, task: str, classes: list[str], probe: Probe
             out.append(f"{len(missing)} class(es) missing from {where}: {', '.join(missing)} "
                        "(too few files to hold some out; its figure does not cover them)")
     return out
+
+
+MIN_VAL_FILES = 10  # a validation split below this (or a class below MIN_VAL_PER_CLASS in it) is warned of
+MIN_VAL_PER_CLASS = 2
+
+
+def _small_validation(y: np.ndarray, task: str, probe: Probe, config: TrainConfig) -> list[str]:
+    """A held-out split too small to trust: one file more or less right moves its figure by
+    10% or more, and the learning rate and epoch are chosen on it. Cross-validation scores every
+    file, so `--folds` is suggested (not with folds: it is already in use)."""
+    if config.folds is not None:
+        return []
+    val = y[probe.splits[0].val]
+    per_class = np.bincount(val, minlength=len(probe.bias)) if task == "single" else val.sum(0)
+    few = int((per_class < MIN_VAL_PER_CLASS).sum())
+    if len(val) >= MIN_VAL_FILES and not few:
+        return []
+    why = f" ({few} class(es) with fewer than {MIN_VAL_PER_CLASS})" if few else ""
+    k = max(2, min(5, len(y) // 2))
+    return [f"only {len(val)} validation file(s){why}: the validation figure and the learning rate and epoch "
+            f"chosen on it rest on very few files; --folds {k} validates on every file"]
 
 
 def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray, warnings: list[str],

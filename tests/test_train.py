@@ -307,8 +307,22 @@ def test_class_missing_from_validation_is_a_warning(corpus, tmp_path, capsys):
                      *FAST)
     assert rc == 0, err
     assert "warning: 1 class(es) missing from the validation split: noise" in err
+    assert "warning: only 2 validation file(s) (3 class(es) with fewer than 2): " in err and "--folds 5" in err
     report = json.loads((tmp_path / "few.report.json").read_text())
     assert report["classes"][2] == {"name": "noise", "files": 2, "validation_files": 0}
+
+
+def test_a_small_validation_split_is_a_warning_that_suggests_folds(corpus, tmp_path, capsys):
+    """24 files hold out 2 or 3 (--val 0.1): a warning; --val 0.5 holds out 12 (4 a class): none;
+    --folds validates on every file: none."""
+    folder = corpus["root"] / "labelled"
+    rc, _, err = cli(capsys, "train", folder, "--out", tmp_path / "a.safetensors", "--embeddings", corpus["emb"], *FAST)
+    assert rc == 0 and "matpac: warning: only 2 validation file(s) (3 class(es) with fewer than 2)" in err, err
+    assert "--folds 5 validates on every file" in err
+    for extra in (["--val", "0.5"], ["--folds", "3"]):
+        rc, _, err = cli(capsys, "train", folder, "--out", tmp_path / "b.safetensors", "--embeddings", corpus["emb"],
+                         "--force", *extra, *FAST)
+        assert rc == 0 and "validation file(s)" not in err, err
 
 
 # ------------------------------------------------------------------------------ inputs and refusals
@@ -326,7 +340,7 @@ def test_embeddings_are_matched_by_real_path(corpus, tmp_path, capsys):
     assert json.loads((tmp_path / "l.report.json").read_text())["files"] == 24
 
 
-@pytest.mark.parametrize("case", ["one_example", "single_but_two_labels", "not_in_index", "bad_out",
+@pytest.mark.parametrize("case", ["one_example", "single_but_two_labels", "not_in_index", "deleted", "bad_out",
                                   "exists", "no_labels", "bad_header"])
 def test_refusals_are_one_line_exit_2(corpus, tmp_path, capsys, case):
     root, emb = corpus["root"], corpus["emb"]
@@ -341,8 +355,13 @@ def test_refusals_are_one_line_exit_2(corpus, tmp_path, capsys, case):
         text += f"{root}/labelled/low/low0.wav,high\n"
         extra, expect = ["--task", "single"], "has 2 labels (high, low) but --task single"
     elif case == "not_in_index":
-        text += f"{root}/nowhere/a.wav,low\n{root}/nowhere/b.wav,low\n"
+        for name in "ab":
+            write(tmp_path / "new" / f"{name}.wav", clip(("low",), np.random.default_rng(5)))
+        text += f"{tmp_path}/new/a.wav,low\n{tmp_path}/new/b.wav,low\n"
         expect = "2 of 11 labelled files are not in its index"
+    elif case == "deleted":  # not "embed them too": they do not exist
+        text += f"{root}/nowhere/a.wav,low\n{root}/nowhere/b.wav,low\n"
+        expect = f"2 labelled file(s) do not exist ({root}/nowhere/a.wav, {root}/nowhere/b.wav) and are not in"
     elif case == "bad_out":
         out, expect = tmp_path / "h.pt", "a trained head is written as .safetensors"
     elif case == "exists":

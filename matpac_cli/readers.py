@@ -21,6 +21,7 @@ from matpac_cli.errors import UsageError
 
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
+DURATION_COLUMN = "duration_s"  # each file's length (optional: tag outputs written before it have none)
 SEGMENT_COLUMNS = ["start_s", "end_s"]
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
 PARQUET = ".parquet"  # a file, or a folder of shards named so
@@ -140,7 +141,9 @@ def read_index(path: Path) -> list[dict]:
 @dataclass
 class Tags:
     """One tag output, long format: one dict per row with typed values; `segments` when the run
-    had `--segments` (rows with start_s/end_s; clip rows have them as None)."""
+    had `--segments` (rows with start_s/end_s; clip rows have them as None). `duration_s` is the
+    file's length (None where the output predates the column); a rank-0 row (label, score and
+    tag_id None) says the file was tagged and that head kept no label of it."""
 
     path: Path
     rows: list[dict]
@@ -164,7 +167,7 @@ def read_tags(path: Path) -> Tags:
         from matpac_cli import parquet
 
         columns = parquet.column_names(path)
-        raw_rows = list(parquet.row_batches(path, TAG_COLUMNS + SEGMENT_COLUMNS))
+        raw_rows = list(parquet.row_batches(path, TAG_COLUMNS + [DURATION_COLUMN] + SEGMENT_COLUMNS))
     else:
         raw_rows, columns = _csv_rows(path)
     if not set(TAG_COLUMNS) <= set(columns):
@@ -189,7 +192,7 @@ class TagStream:
         if self.path.suffix.lower() == PARQUET:
             from matpac_cli import parquet
 
-            columns = TAG_COLUMNS + (SEGMENT_COLUMNS if self.segments else [])
+            columns = TAG_COLUMNS + [DURATION_COLUMN] + (SEGMENT_COLUMNS if self.segments else [])
             for n, raw in enumerate(parquet.row_batches(self.path, columns)):
                 yield _typed(raw, self.path, n, self.segments)
             return
@@ -275,8 +278,14 @@ def _number(value, kind):
 
 def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
     try:
-        row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": str(raw["label"]),
-               "score": float(raw["score"]), "rank": int(raw["rank"]), "tag_id": str(raw["tag_id"])}
+        rank = int(raw["rank"])
+        if rank == 0:  # the head kept no label of this file
+            row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": None, "score": None,
+                   "rank": 0, "tag_id": None}
+        else:
+            row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": str(raw["label"]),
+                   "score": float(raw["score"]), "rank": rank, "tag_id": str(raw["tag_id"])}
+        row["duration_s"] = _number(raw.get(DURATION_COLUMN), float)
         if segments:
             row["start_s"] = _number(raw.get("start_s"), float)
             row["end_s"] = _number(raw.get("end_s"), float)

@@ -1,9 +1,13 @@
 """Tag rows: which labels of a score vector are kept, and the long-format rows they become.
 
-A row is `path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments): `label` is the
-plain class name (`trance`), `tag_id` the dataset's own tag (`genre---trance`). Scores are
-computed once per file and journalled, so rows can be cut again with another --top-k or
---threshold without running the encoder.
+A row is `path,head,label,score,rank,tag_id,duration_s` (+ `start_s,end_s` with segments):
+`label` is the plain class name (`trance`), `tag_id` the dataset's own tag (`genre---trance`),
+`duration_s` the file's length. Scores are computed once per file and journalled, so rows can be
+cut again with another --top-k or --threshold without running the encoder.
+
+A file whose clip scores keep no label of a head (all below --threshold) still gets one row for
+that head, with rank 0 and no label, score or tag_id (empty in CSV, null in JSON Lines and
+Parquet): "tagged, nothing above the threshold" stays apart from "never tagged".
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def select(scores: np.ndarray, top_k: int | None, threshold: float | None) -> li
 
 
 def columns(segments: bool) -> list[str]:
-    return ["path", "head", "label", "score", "rank", "tag_id"] + (["start_s", "end_s"] if segments else [])
+    base = ["path", "head", "label", "score", "rank", "tag_id", "duration_s"]
+    return base + (["start_s", "end_s"] if segments else [])
 
 
 def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int) -> dict:
@@ -56,11 +61,15 @@ def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int) -> dict:
 
 
 def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, threshold: float | None,
-             segments: bool) -> Iterable[dict]:
+             segments: bool, duration_s: float | None = None) -> Iterable[dict]:
+    length = None if duration_s is None else round(float(duration_s), 3)
     for head in heads:
         scores = rec_arrays[f"clip:{head.name}"]
-        for rank, i in select(scores, top_k, threshold):
-            row = _row(name, head, scores, rank, i)
+        kept = select(scores, top_k, threshold)
+        clip_rows = [_row(name, head, scores, rank, i) for rank, i in kept] or [
+            {"path": name, "head": head.name, "label": None, "score": None, "rank": 0, "tag_id": None}]
+        for row in clip_rows:
+            row["duration_s"] = length
             if segments:
                 row.update(start_s=None, end_s=None)
             yield row
@@ -69,7 +78,8 @@ def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, 
             for s in range(len(seg_scores)):
                 for rank, i in select(seg_scores[s], top_k, threshold):
                     row = _row(name, head, seg_scores[s], rank, i)
-                    row.update(start_s=round(float(times[s][0]), 3), end_s=round(float(times[s][1]), 3))
+                    row.update(duration_s=length, start_s=round(float(times[s][0]), 3),
+                               end_s=round(float(times[s][1]), 3))
                     yield row
 
 

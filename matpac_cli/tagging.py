@@ -2,7 +2,8 @@
 
 Heads are grouped by the encoder they need (`tag_plan`); each group is one Plan, and all plans
 run in the same pass over the files (decoded once). Rows (`tag_rows`) are
-`path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments), as CSV, JSON Lines or a
+`path,head,label,score,rank,tag_id,duration_s` (+ `start_s,end_s` with segments; a head that
+kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
 Parquet table (a file only, written whole at the end, as every file output is). With an output
 file, per-file scores are journalled so a re-run resumes; every file output gets a manifest
 (`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file.
@@ -28,6 +29,7 @@ from matpac_cli.registry import load_registry
 from matpac_cli.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.tag_rows import columns, effective_top_k, rows_for, score
 
+MANIFEST_FAILURES = 1000  # failed files named in a tag manifest (`counts.failed` has them all)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
 
     def on_result(res: FileResult) -> None:
         for row in rows_for(res.item.name, heads, score(res, groups, config.segments), config.top_k,
-                            config.threshold, config.segments):
+                            config.threshold, config.segments, res.duration_s):
             writer.write(row)
         writer.flush()
         summary.done += 1
@@ -182,7 +184,8 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
             for item, rec in finished:
-                for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments):
+                for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments,
+                                    rec.meta["duration_s"]):
                     writer.write(row)
         unit.json(man_path, make_manifest())
     summary.outputs.extend([out, man_path])
@@ -202,6 +205,8 @@ def tag_manifest(groups: list[Group], settings: dict, config: TagConfig, out: Pa
     man["output"] = {"path": str(out) if out is not None else "-", "format": config.fmt,
                      "columns": columns(config.segments),
                      "top_k": effective_top_k(config.top_k, config.threshold), "threshold": config.threshold}
+    # the files that failed have no rows: named here (the first MANIFEST_FAILURES), so a report can list them
+    man["failures"] = [{"path": e.path, "reason": e.reason} for e in summary.failures[:MANIFEST_FAILURES]]
     return man
 
 

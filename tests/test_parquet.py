@@ -121,7 +121,8 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
     table = pq.read_table(made / "tags.parquet")
     assert [(f.name, f.type) for f in table.schema] == [
         ("path", pa.string()), ("head", pa.string()), ("label", pa.string()), ("score", pa.float32()),
-        ("rank", pa.int32()), ("tag_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())]
+        ("rank", pa.int32()), ("tag_id", pa.string()), ("duration_s", pa.float64()), ("start_s", pa.float64()),
+        ("end_s", pa.float64())]
     want = list(csv.DictReader(open(made / "tags.csv", newline="")))
     got = table.to_pylist()
     assert len(got) == len(want) > 3 * 4 * 2  # clip rows and segment rows, every file
@@ -129,7 +130,7 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
         assert [g[c] for c in ("path", "head", "label", "tag_id")] == [w[c] for c in ("path", "head", "label", "tag_id")]
         assert g["rank"] == int(w["rank"])
         assert g["score"] == pytest.approx(float(w["score"]), rel=1e-5, abs=1e-6)  # CSV prints 6 digits
-        for c in ("start_s", "end_s"):
+        for c in ("duration_s", "start_s", "end_s"):
             assert g[c] == (float(w[c]) if w[c] else None)
     man = json.loads((made / "tags.parquet.manifest.json").read_text())
     assert man["output"]["format"] == "parquet" and man["output"]["path"] == "tags.parquet"

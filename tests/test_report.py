@@ -275,7 +275,7 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
         assert first in err
 
 
-def test_a_report_replaces_its_own_page_and_notes_partial_embeddings(run, tmp_path):
+def test_a_report_replaces_its_own_page_and_notes_partial_embeddings(run, tmp_path, capsys):
     X = np.load(run / "emb.npy")
     np.save(tmp_path / "part.npy", X[:2])
     lines = (run / "emb.csv").read_text().splitlines()
@@ -285,11 +285,66 @@ def test_a_report_replaces_its_own_page_and_notes_partial_embeddings(run, tmp_pa
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(run)
         for _ in range(2):  # the second run replaces the page the first wrote
+            capsys.readouterr()
             assert main(["report", "tags.csv", "--embeddings", str(tmp_path / "part.npy"), "--out", str(out), "-q"]) == 0
     html = out.read_text()
     assert "2 tagged file(s) are not in part.npy: they are not on the map." in html
+    err = capsys.readouterr().err  # not only in the page: on stderr, even with -q
+    assert "matpac: warning: 2 tagged file(s) are not in part.npy: they are not on the map." in err, err
+    assert "matpac: warning: 1 file(s) of part.npy are not in the tags" in err, err
     assert "1 file(s) of part.npy are not in the tags" in html
     assert len(re.findall(r"<circle ", html)) == 2
+
+
+def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts, tmp_path):
+    """`--threshold` between the files' top scores: the files below it keep a rank-0 row per head
+    (no label, score, tag_id), so the report counts all four tagged files; a broken file has no
+    row and is named in the page and on stderr; every row carries its file's duration_s, which
+    gives the page its durations without embeddings or segments."""
+    from matpac_cli.readers import read_tags
+
+    top1 = sorted(float(r["score"]) for r in rows(run / "tags.csv")
+                  if r["head"] == "mtg_genre" and r["rank"] == "1" and r["start_s"] == "")
+    threshold = round((top1[0] + top1[-1]) / 2, 6)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    heads = ["--head", "./mtg_genre.pth", "--head", "./mtg_mood.pth", "--threshold", str(threshold)]
+    outs = {}
+    for fmt in ("csv", "jsonl", "parquet"):
+        outs[fmt] = tmp_path / f"t.{fmt}"
+        proc = run_matpac(["tag", "music", str(tmp_path / "broken.wav"), "--model", str(ckpts["tiny608"]),
+                           "--device", "cpu", "-q", *heads, "--out", str(outs[fmt])], cwd=run, timeout=300)
+        assert proc.returncode == 1, proc.stderr.decode()  # the broken file
+    got = rows(outs["csv"])
+    genre = {r["path"]: r for r in got if r["head"] == "mtg_genre" and r["rank"] in ("0", "1")}
+    unlabelled = sorted(p for p, r in genre.items() if r["rank"] == "0")
+    assert set(genre) == set(FILES) and 0 < len(unlabelled) < len(FILES), genre
+    for path in unlabelled:
+        mine = [r for r in got if r["path"] == path and r["head"] == "mtg_genre"]
+        assert len(mine) == 1 and mine[0]["label"] == mine[0]["score"] == mine[0]["tag_id"] == "", mine
+    assert all(float(r["duration_s"]) == pytest.approx(FILES[r["path"]], abs=1e-3) for r in got)
+    assert all(float(r["score"]) >= threshold for r in got if r["rank"] != "0")
+    typed = {fmt: read_tags(out).rows for fmt, out in outs.items()}
+    for fmt in ("jsonl", "parquet"):  # the same rows, the no-label ones null in every format
+        assert [(r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed[fmt]] == \
+            [(r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed["csv"]]
+    assert all(r["label"] is r["score"] is r["tag_id"] is None for r in typed["jsonl"] if r["rank"] == 0)
+    raw = [json.loads(line) for line in outs["jsonl"].read_text().splitlines()]
+    assert any(r["rank"] == 0 and r["label"] is None and r["score"] is None for r in raw)
+    manifest = json.loads((tmp_path / "t.csv.manifest.json").read_text())
+    assert [f["path"] for f in manifest["failures"]] == [str(tmp_path / "broken.wav")]
+
+    proc = run_matpac(["report", str(outs["csv"]), "--out", str(tmp_path / "r.html")], cwd=run, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "matpac: report of 4 file(s)" in err, err
+    assert "matpac: warning: 1 file(s) failed in the tag run and have no rows; the page lists them." in err, err
+    html = (tmp_path / "r.html").read_text()
+    assert '<div class="fact"><b>4</b>files</div>' in html
+    assert "Failed files (1)" in html and str(tmp_path / "broken.wav") in html
+    caption = html.split("<figcaption>mtg_genre:")[1].split("</figcaption>")[0]
+    assert f"{len(unlabelled)} file(s) with no label score \u2265 {threshold:g}" in caption, caption
+    data = page_data(html)
+    assert data["dur"] == [round(FILES[p], 1) for p in data["paths"]]  # from duration_s alone
+    assert "Durations are unknown" not in html
 
 
 def test_tag_report_needs_a_file_out_and_is_refused_before_the_model_loads(tmp_path, capsys):

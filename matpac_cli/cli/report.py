@@ -45,8 +45,11 @@ def report(
     started = time.monotonic()
     result = build_report(tags, out, embeddings=embeddings, audio=audio, audio_root=audio_root, title=title,
                           neighbours=neighbours, force=force)
-    Reporter(quiet).info(f"matpac: report of {result.files:,} file(s) in {time.monotonic() - started:.1f} s; "
-                         f"wrote {result.path} ({_size(result.bytes)})")
+    reporter = Reporter(quiet)
+    for text in result.warnings:  # not only in the page: files left out of the map or failed
+        reporter.warning(text)
+    reporter.info(f"matpac: report of {result.files:,} file(s) in {time.monotonic() - started:.1f} s; "
+                  f"wrote {result.path} ({_size(result.bytes)})")
 
 
 def _size(n: int) -> str:

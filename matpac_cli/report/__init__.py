@@ -21,7 +21,7 @@ from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.readers import read_embeddings, scan_tags
 from matpac_cli.report.data import Library, collect
 from matpac_cli.report.mapping import Map, build_map
-from matpac_cli.report.page import GENERATOR, Content, render
+from matpac_cli.report.page import GENERATOR, Content, failures, render
 from matpac_cli.writers import atomic, ensure_writable
 
 SUFFIXES = (".html", ".htm")
@@ -33,6 +33,7 @@ class Report:
     files: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what stderr says too: files left out or missing
 
 
 def check_out(out: Path, force: bool = False, option: str = "--out") -> None:
@@ -71,8 +72,15 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     notes: list[str] = []
     fmap = build_map(lib.paths, emb, neighbours) if emb is not None else None
     durations = _durations(lib, emb, fmap, notes)
+    warnings: list[str] = []
     if fmap is not None:
-        _match_notes(fmap, emb.path, notes)
+        _match_notes(fmap, emb.path, warnings)
+    named, failed = failures(stream.manifest)
+    if failed:
+        listed = ("the page lists them." if len(named) == failed else f"the page lists {len(named):,} of them."
+                  if named else "its manifest does not name them (the tag run's --failures file does).")
+        warnings.append(f"{failed:,} file(s) failed in the tag run and have no rows; {listed}")
+    notes += warnings
     if stream.manifest is None:
         notes.append(f"No manifest beside {tags} ({tags.name}.manifest.json): the models and heads are not known.")
     content = Content(title or f"matpac report: {tags.name}", str(tags), lib, durations, stream.manifest, notes,
@@ -81,7 +89,7 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     page = render(content).encode("utf-8", "backslashreplace")  # a non-UTF-8 file name as \udcXX
     with atomic(out, "wb") as fh:
         fh.write(page)
-    return Report(out, len(lib.paths), len(page), notes)
+    return Report(out, len(lib.paths), len(page), notes, warnings)
 
 
 def _embeddings(path: Path):
@@ -97,16 +105,21 @@ def _emb_label(emb) -> str:
 
 
 def _durations(lib: Library, emb, fmap: Map | None, notes: list[str]) -> list[float | None]:
-    """Per file: the embedding index's duration, else the end of its last segment, else None."""
+    """Per file: its tag rows' duration_s, else the embedding index's, else the end of its last
+    segment, else None (tag outputs written before the duration_s column)."""
     out: list[float | None] = []
     for i, end in enumerate(lib.seg_end):
         row = fmap.rows[i] if fmap is not None else None
         d = emb.index[row]["duration_s"] if row is not None else None
-        out.append(d if d is not None and d == d else end)
+        tagged = lib.durations[i] if i < len(lib.durations) else None
+        out.append(tagged if tagged is not None else d if d is not None and d == d else end)
+    if all(d is not None for d in lib.durations):
+        return out
     if fmap is None and lib.segments:
         notes.append("Durations are the end of each file's last segment (within 15 ms of the file's length).")
     elif fmap is None:
-        notes.append("Durations are unknown: the tags have no --segments and no --embeddings were given.")
+        notes.append("Durations are unknown: the tags have no duration_s column, no --segments, and no "
+                     "--embeddings were given.")
     return out
 
 

@@ -37,6 +37,7 @@ class HeadStats:
     top1: Counter = field(default_factory=Counter)
     kept: Counter = field(default_factory=Counter)
     pooled: int = 0  # timelines of this head pooled to TIMELINE_COLUMNS
+    unlabelled: int = 0  # files tagged whose clip scores kept no label of this head (a rank-0 row)
 
     def label_index(self, label: str, index: dict[str, int]) -> int:
         if label not in index:
@@ -53,6 +54,7 @@ class Library:
     timelines: list[list[dict] | None]  # per file, per head: the timeline record (None: no segments)
     seg_end: list[float | None]  # per file: the last segment's end, when the tags have segments
     segments: bool
+    durations: list[float | None] = field(default_factory=list)  # per file: its rows' duration_s
 
 
 def collect(stream: TagStream) -> Library:
@@ -99,7 +101,9 @@ def _add_file(lib: Library, path: str, rows: list[dict], heads: dict[str, HeadSt
     top, timelines, end = [], [], None
     for stats in lib.heads:
         index = indexes[stats.name]
-        kept = sorted(clip.get(stats.name, []), key=lambda r: r["rank"])
+        clip_rows = clip.get(stats.name, [])
+        kept = sorted((r for r in clip_rows if r["rank"] > 0), key=lambda r: r["rank"])
+        stats.unlabelled += bool(clip_rows) and not kept
         for r in kept:
             stats.kept[stats.label_index(r["label"], index)] += 1
         if kept:
@@ -114,6 +118,7 @@ def _add_file(lib: Library, path: str, rows: list[dict], heads: dict[str, HeadSt
     lib.top.append(top)
     lib.timelines.append(timelines if lib.segments else None)
     lib.seg_end.append(end)
+    lib.durations.append(next((r["duration_s"] for r in rows if r.get("duration_s") is not None), None))
 
 
 def timeline(rows: list[dict], stats: HeadStats, index: dict[str, int]) -> dict:

@@ -26,6 +26,7 @@ from matpac_cli.report.mapping import Map
 
 GENERATOR = "matpac report"  # <meta name="generator">: how matpac knows a page it may replace
 MAP_POINTS = 10_000  # points drawn on the map; a larger library is sampled
+FAILED_SHOWN = 200  # failed files listed in the page
 
 
 @dataclass
@@ -60,6 +61,20 @@ def kept_name(manifest: dict | None) -> str:
     return "kept"
 
 
+def failures(manifest: dict | None) -> tuple[list[tuple[str, str]], int]:
+    """The tag run's failed files as its manifest names them (path, reason; the first
+    FAILED_SHOWN), and how many failed in all (`counts.failed`). Entries of another shape are
+    skipped, so a hand-edited manifest still gives a page."""
+    man = manifest if isinstance(manifest, dict) else {}
+    listed = man.get("failures") if isinstance(man.get("failures"), list) else []
+    named = [(str(f["path"]), str(f.get("reason", ""))) for f in listed[:FAILED_SHOWN]
+             if isinstance(f, dict) and "path" in f]
+    count = (man.get("counts") if isinstance(man.get("counts"), dict) else {}).get("failed")
+    if not isinstance(count, int) or isinstance(count, bool) or count < len(named):
+        count = len(named)
+    return named, count
+
+
 def _selection(output: dict) -> str:
     k, t = output.get("top_k"), output.get("threshold")
     parts = ([f"top {k} per head"] if k else ["every label"] if k == 0 and t is None else [])
@@ -81,6 +96,9 @@ def summary_html(c: Content) -> str:
              ("heads", len(c.lib.heads)), ("timelines", "yes" if c.lib.segments else "no (no --segments)")]
     if c.map is not None:
         facts.append(("on the map", f"{len(c.map.placed):,}"))
+    named, failed = failures(c.manifest)
+    if failed:
+        facts.append(("failed in the tag run (no rows)", f"{failed:,}"))
     out = ['<div class="facts">'] + [f'<div class="fact"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in facts] + ["</div>"]
     man = c.manifest or {}
     models = [[m.get("name"), m.get("source"), (m.get("sha256") or "")[:12], m.get("device"), m.get("precision")]
@@ -100,6 +118,11 @@ def summary_html(c: Content) -> str:
                    f'command: <code>{_e(" ".join(map(str, man.get("command") or [])))}</code></p>')
     for note in c.notes:
         out.append(f'<p class="note">{_e(note)}</p>')
+    if failed:
+        more = failed - len(named)
+        out.append(f"<div><h4>Failed files ({failed:,})</h4>" + (_table(["path", "reason"], named) if named else "")
+                   + (f'<p class="note">{"and " if named else ""}{more:,} {"more " if named else ""}not named here '
+                      "(the tag run's --failures file lists them all)</p>" if more else "") + "</div>")
     return "\n".join(out)
 
 
@@ -110,6 +133,8 @@ def labels_html(c: Content) -> str:
         chart, shown = svg.label_bars(stats.labels, stats.top1, stats.kept, name)
         seen = len(set(stats.kept) | set(stats.top1))
         more = f"; the {shown} most frequent shown" if shown < seen else ""
+        if stats.unlabelled:
+            more += f"; {stats.unlabelled:,} file(s) with no label {name}"
         figures.append(f"<figure><figcaption>{_e(stats.name)}: {seen} labels in the clip rows{more}</figcaption>"
                        f"{chart}</figure>")
     return (f'<p class="meta">Files per label: dark, the label is the file\'s top-1; light, the label is '

@@ -45,7 +45,10 @@ def report(
     started = time.monotonic()
     result = build_report(tags, out, embeddings=embeddings, audio=audio, audio_root=audio_root, title=title,
                           neighbours=neighbours, force=force)
-    Reporter(quiet).info(f"matpac: report of {result.files:,} file(s) in {time.monotonic() - started:.1f} s; "
+    reporter = Reporter(quiet)
+    for cut in result.cuts:
+        reporter.warning(cut)
+    reporter.info(f"matpac: report of {result.files:,} file(s) in {time.monotonic() - started:.1f} s; "
                          f"wrote {result.path} ({_size(result.bytes)})")
 
 

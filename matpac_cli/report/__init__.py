@@ -33,6 +33,7 @@ class Report:
     files: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    cuts: list[str] = field(default_factory=list)  # what the report's bounds left out (said on stderr)
 
 
 def check_out(out: Path, force: bool = False, option: str = "--out") -> None:
@@ -68,7 +69,7 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     emb = _embeddings(Path(embeddings)) if embeddings is not None else None
     stream = scan_tags(tags)
     lib = collect(stream)
-    notes: list[str] = []
+    notes: list[str] = list(lib.cuts)
     fmap = build_map(lib.paths, emb, neighbours) if emb is not None else None
     durations = _durations(lib, emb, fmap, notes)
     if fmap is not None:
@@ -81,7 +82,7 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     page = render(content).encode("utf-8", "backslashreplace")  # a non-UTF-8 file name as \udcXX
     with atomic(out, "wb") as fh:
         fh.write(page)
-    return Report(out, len(lib.paths), len(page), notes)
+    return Report(out, len(lib.paths), len(page), notes, lib.cuts)
 
 
 def _embeddings(path: Path):

@@ -51,12 +51,13 @@ def row_norms(x: np.ndarray) -> np.ndarray:
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit length (a zero row stays zero, so its cosines are 0)."""
-    x = np.array(x, dtype=np.float32)  # a copy: never written back into a memory map
+    """float32 rows scaled to unit length, in float64 (a zero row stays zero, so its cosines are
+    0; a row holding NaN or infinity becomes NaN, so it is nobody's neighbour)."""
+    x = np.array(x, dtype=np.float64)  # a copy: never written back into a memory map
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = row_norms(x)[:, None]
-    out = np.divide(x, norms, out=np.zeros(x.shape, dtype=np.float64), where=norms > 0)
-    return out.astype(np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        np.divide(x, norms, out=x, where=norms > 0)
+    return x.astype(np.float32)
 
 
 def block_rows(dim: int, block_bytes: int = BLOCK_BYTES) -> int:

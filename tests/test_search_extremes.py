@@ -78,3 +78,19 @@ def test_duplicates_of_3000_identical_rows_stream_in_bounded_memory(tmp_path):
     assert first[-1] == b"f0001.wav,f0002.wav,1\n"
     print(f"duplicates of {n} identical rows: peak RSS {peak:.0f} MiB")
     assert peak < 300, f"peak RSS {peak:.0f} MiB"
+
+
+def test_rows_holding_nan_or_infinity_are_nobodys_neighbour(tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((5, 16))
+    X[1] = np.nan
+    X[3, 2] = np.inf
+    npy = write_index(tmp_path, X)
+    dup = run_matpac(["search", "--index", str(npy), "--duplicates", "--threshold", "-1"])
+    assert dup.returncode == 0 and b"Warning" not in dup.stderr, dup.stderr
+    pairs = [ln.split(",")[:2] for ln in dup.stdout.decode().splitlines()[1:]]
+    assert pairs == [["f0000.wav", "f0002.wav"], ["f0000.wav", "f0004.wav"], ["f0002.wav", "f0004.wav"]]
+    near = run_matpac(["search", "f0001.wav", "f0003.wav", "f0000.wav", "--index", str(npy), "-k", "0"], cwd=tmp_path)
+    assert near.returncode == 0 and b"Warning" not in near.stderr, near.stderr
+    got = [ln.split(",") for ln in near.stdout.decode().splitlines()[1:]]
+    assert {r[0] for r in got} == {"f0000.wav"} and {r[2] for r in got} == {"f0002.wav", "f0004.wav"}

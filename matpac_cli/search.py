@@ -45,18 +45,17 @@ DUPLICATE_COLUMNS = ["path_a", "path_b", "score"]
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
-    """Euclidean norms of float32 rows, summed in float64: squares of values past about 1e19
-    overflow float32 (and below 1e-23 vanish), which would make every cosine of such a row 0."""
+    """Norms of float32 rows summed in float64 (in float32, squares past 1e19 overflow to inf)."""
     return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
 
 
+@np.errstate(over="ignore", invalid="ignore")  # infinities and NaNs: rows left out, silently
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """float32 rows scaled to unit length, in float64 (a zero row stays zero, so its cosines are
     0; a row holding NaN or infinity becomes NaN, so it is nobody's neighbour)."""
     x = np.array(x, dtype=np.float64)  # a copy: never written back into a memory map
-    with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-        np.divide(x, norms, out=x, where=norms > 0)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    np.divide(x, norms, out=x, where=norms > 0)
     return x.astype(np.float32)
 
 
@@ -84,16 +83,12 @@ def nearest(index: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[in
     return out
 
 
+@np.errstate(over="ignore", invalid="ignore")  # infinities and NaNs: left out below
 def cosines(q: np.ndarray, block: np.ndarray) -> np.ndarray:
     """(Q, b) cosines of unit rows `q` with the rows of `block`, read once where they lie (a
     memory-mapped block is not copied): the dot products divided by the rows' norms. A block
     with values so large that a float32 dot product could overflow is multiplied in float64."""
     block = np.asarray(block, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):  # infinities and NaNs: left out below
-        return _cosines(q, block)
-
-
-def _cosines(q: np.ndarray, block: np.ndarray) -> np.ndarray:
     norms = row_norms(block)
     if np.any(norms > SAFE_NORM):
         scores = (q.astype(np.float64) @ block.astype(np.float64).T).astype(np.float32)
@@ -166,8 +161,7 @@ def duplicates(index: np.ndarray, threshold: float = 0.98, rows_per_block: int |
 
 
 def _matches(a: np.ndarray, a0: int, index: np.ndarray, b0: int, step: int, threshold: float):
-    """(hits, scores) of unit rows `a` (index rows a0...) with index rows b0..b0+step: a hit is
-    a later row scoring at least `threshold`."""
+    """(hits, scores) of unit rows `a` (index rows a0...) with rows b0..b0+step; hits: later rows."""
     scores = cosines(a, index[b0 : b0 + step])
     hits = scores >= threshold
     if b0 < a0 + len(a):  # rows at or before each a row are not pairs (each pair once)

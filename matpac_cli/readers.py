@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -126,7 +127,7 @@ def _parquet_embeddings(path: Path, paths: dict[str, Path]) -> Embeddings:
 def read_index(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
-    with csv_reading(path) as fh:
+    with _reading(path) as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
             raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
@@ -202,7 +203,7 @@ class TagStream:
             for n, raw in enumerate(parquet.row_batches(self.path, columns)):
                 yield _typed(raw, self.path, n, self.segments)
             return
-        with csv_reading(self.path) as fh:
+        with _reading(self.path) as fh:
             if self.path.suffix.lower() == ".csv":
                 reader = csv.reader(fh)
                 header = next(reader, [])
@@ -228,7 +229,7 @@ def scan_tags(path: Path) -> TagStream:
         if not set(TAG_COLUMNS) <= set(columns):
             raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
         return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
-    with csv_reading(path) as fh:
+    with _reading(path) as fh:
         if suffix == ".csv":
             columns = next(csv.reader(fh), [])
             _unique_columns(path, columns)
@@ -248,22 +249,19 @@ def _check_tags_path(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def csv_reading(path: Path) -> Iterator[TextIO]:
-    """A text file of matpac's open for reading (a UTF-8 byte-order mark skipped, names that are
-    not UTF-8 kept as their bytes), with what Python's csv and json modules raise on a damaged
-    or hostile one (a field over csv's 131,072-character limit, a NUL byte, nesting too deep for
-    json) turned into one line naming the file."""
+def _reading(path: Path) -> Iterator[TextIO]:
+    """A CSV or JSON Lines file of matpac's, open for reading (a UTF-8 byte-order mark skipped,
+    names that are not UTF-8 kept as their bytes), with what the csv module raises on a damaged
+    or hostile one (a field over its 131,072-character limit) turned into one line naming it."""
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
             yield fh
     except csv.Error as exc:
         raise UsageError(f"{path}: not a readable matpac file ({_first_line(exc)})") from None
-    except UnicodeError as exc:
-        raise UsageError(f"{path}: not a readable matpac file ({_first_line(exc)})") from None
 
 
 def _unique_columns(path: Path, columns: list[str]) -> None:
-    twice = sorted({c for c in columns if columns.count(c) > 1})
+    twice = sorted(c for c, n in Counter(columns).items() if n > 1)
     if twice:
         raise UsageError(f"{path}: column {twice[0]} appears more than once; not a matpac file")
 
@@ -279,7 +277,7 @@ def _json_object(line: str, path: Path, n: int) -> dict:
 
 
 def _csv_rows(path: Path):
-    with csv_reading(path) as fh:
+    with _reading(path) as fh:
         reader = csv.DictReader(fh)
         _unique_columns(path, list(reader.fieldnames or []))
         return list(reader), list(reader.fieldnames or [])
@@ -287,7 +285,7 @@ def _csv_rows(path: Path):
 
 def _jsonl_rows(path: Path):
     rows, columns = [], []
-    with csv_reading(path) as fh:
+    with _reading(path) as fh:
         for n, line in enumerate(fh):
             if not line.strip():
                 continue

@@ -60,7 +60,7 @@ def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIO
         names = read_path_list(stdin or sys.stdin, null) if arg == "-" else [arg]
         for name in names:
             path = Path(name).expanduser() if arg != "-" else Path(name)
-            if path.is_dir():
+            if os.path.isdir(path):  # False for a name too long to look up: that file's own error
                 for item in sorted(_walk(path, name, exts)):
                     items.setdefault(item.name, item)
             else:  # a missing file fails on its own, like any other bad input

@@ -14,6 +14,7 @@ import errno
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import urllib.error
@@ -28,6 +29,7 @@ from matpac_cli.registry import load_registry
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _TRUE = {"1", "true", "yes", "on"}
+_HEX = re.compile(r"[0-9a-fA-F]{64}")  # a sha256 as recorded
 PROBES_HINT = "matpac models download probes"
 LOCAL_MODEL = "--model FILE with a local checkpoint"  # the way round a download, for messages
 
@@ -94,10 +96,25 @@ def _records_path() -> Path:
 
 
 def recorded_hashes() -> dict[str, str]:
+    """The hashes recorded at first download. A record file that is not what matpac writes (a
+    JSON object of sha256 hex digests) is refused in one line, never obeyed in part nor
+    silently replaced: the hashes it held would be lost."""
+    path = _records_path()
     try:
-        return json.loads(_records_path().read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise WeightsError(f"{path}: unreadable hash records ({_reason(exc)}); delete it to record "
+                           "the hashes again at the next download") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) and _HEX.fullmatch(v) for v in data.values()):
+        raise WeightsError(f"{path}: damaged hash records (not a JSON object of sha256 digests); delete it "
+                           "to record the hashes again at the next download")
+    return data
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _record(key: str, digest: str) -> None:

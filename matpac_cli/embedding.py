@@ -18,6 +18,7 @@ import numpy as np
 
 from matpac_cli import journal as jr
 from matpac_cli import writers
+from matpac_cli.config import FRONT_END, PATCH
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
 from matpac_cli.manifest import manifest
@@ -177,9 +178,10 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
         return summary
     with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
-        _write_matrix(unit, paths, done, shape)
+        _write_matrix(unit, paths, done, shape, config.frames_dir is not None)
         unit.json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[],
-                                              extra={"truncated": summary.truncated, "output": _described(paths)}))
+                                              extra={"truncated": summary.truncated,
+                                                     "output": _described(paths, config.frames_dir)}))
     stamp = jr.compact_stamp(paths["matrix"])
     if stamp is not None:
         jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
@@ -187,25 +189,43 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     return summary
 
 
-def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...]) -> None:
+def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...],
+                  frames: bool = False) -> None:
+    """The matrix and its row index; with `--frames`, each row also names its frames file
+    (relative to the --frames folder) and the seconds between two of its frames."""
     if "index" in paths:
         unit.matrix(paths["matrix"], [row for _, _, row in done])
-        unit.csv(paths["index"], INDEX_COLUMNS, _index_rows(done))
+        unit.csv(paths["index"], INDEX_COLUMNS + (FRAMES_COLUMNS if frames else []), _index_rows(done, frames))
         return
     from matpac_cli import parquet
 
     with unit.open(paths["matrix"], "wb") as fh:
-        parquet.write_embeddings(fh, [(item.name, rec.meta, row) for item, rec, row in done], shape)
+        parquet.write_embeddings(fh, [(item.name, rec.meta, row) for item, rec, row in done], shape,
+                                 frames=[_frames_name(item) for item, _, _ in done] if frames else None)
 
 
-def _described(paths: dict[str, Path]) -> dict:
+FRAMES_COLUMNS = ["frames", "frame_s"]
+FRAME_S = FRONT_END.hop_length * PATCH / FRONT_END.sample_rate  # 0.16 s: one frames row per 16 spectrogram frames
+
+
+def _frames_name(item: Item) -> str:
+    return writers.mirror_name(item.name, ".npy")
+
+
+def _described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
     """The manifest's `output`: what was written and how its rows are indexed."""
     out = paths["matrix"]
     if "index" in paths:
-        return {"path": str(out), "format": "npy", "index": str(paths["index"])}
-    from matpac_cli.parquet import EMBED_COLUMNS
+        described = {"path": str(out), "format": "npy", "index": str(paths["index"])}
+    else:
+        from matpac_cli.parquet import EMBED_COLUMNS
 
-    return {"path": str(out), "format": "parquet", "columns": EMBED_COLUMNS}
+        described = {"path": str(out), "format": "parquet", "columns": EMBED_COLUMNS + (["frames"] if frames_dir else [])}
+    if frames_dir is not None:
+        described["frames"] = {"folder": str(frames_dir), "column": "frames", "frame_s": FRAME_S,
+                               "window_s": round(FRAME_S + (FRONT_END.win_length - FRONT_END.hop_length)
+                                                 / FRONT_END.sample_rate, 6)}
+    return described
 
 
 def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary: Summary,
@@ -214,7 +234,7 @@ def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary:
     todo: list[Item] = []
     for item in items:
         rec = journal.finished(item)
-        frames_ok = config.frames_dir is None or writers.mirror_path(config.frames_dir, item.name, ".npy").exists()
+        frames_ok = config.frames_dir is None or _exists(writers.mirror_path(config.frames_dir, item.name, ".npy"))
         usable = rec is not None and ("embedding" not in rec.arrays or rec.arrays["embedding"].shape == shape)
         if usable and frames_ok:
             summary.reused += 1
@@ -225,6 +245,13 @@ def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary:
         else:
             todo.append(item)
     return todo
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name the system cannot look up is not there
+        return False
 
 
 def _previous_matrix(journal: jr.Journal, out: Path) -> np.ndarray | None:
@@ -276,7 +303,8 @@ def _finished_rows(items: list[Item], journal: jr.Journal,
     return done
 
 
-def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]]):
+def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = False):
     for i, (item, rec, _) in enumerate(done):
-        yield (i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"],
+        row = (i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"],
                1 if rec.meta.get("truncated") else 0)
+        yield row + ((_frames_name(item), f"{FRAME_S:g}") if frames else ())

@@ -49,3 +49,56 @@ def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, 
         },
         **(extra or {}),
     }
+
+
+# ---------------------------------------------------------------- reading one back
+
+# The keys a reader uses, with the JSON types matpac writes them as: a manifest edited or forged
+# into other types is refused in one line, not met later as a traceback.
+_TOP = {"matpac_version": str, "created": str, "command": list, "models": list, "heads": list,
+        "settings": dict, "front_end": dict, "versions": dict, "counts": dict, "truncated": list,
+        "output": dict}
+_MODEL = {"name": str, "source": str, "revision": str, "sha256": str, "geometry": dict,
+          "precision": str, "device": str, "linear": str}
+_NUMBER = (int, float)
+
+
+def check_manifest(data: object) -> str | None:
+    """Why `data` is not a manifest matpac wrote (the first key of the wrong type), or None."""
+    if not isinstance(data, dict) or "matpac_version" not in data:
+        return "no matpac_version"
+    bad = _wrong(data, _TOP, "")
+    if bad:
+        return bad
+    for i, model in enumerate(data.get("models") or []):
+        bad = _wrong(model, _MODEL, f"models[{i}].") if isinstance(model, dict) else f"models[{i}] is not an object"
+        if bad:
+            return bad
+        if any(not _is(v, int) for v in (model.get("geometry") or {}).values()):
+            return f"models[{i}].geometry holds a value that is not a whole number"
+    if any(not isinstance(h, dict) for h in data.get("heads") or []):
+        return "heads holds an entry that is not an object"
+    layers = (data.get("settings") or {}).get("layers")
+    if layers is not None and (not isinstance(layers, list) or not all(_is(v, int) for v in layers)):
+        return "settings.layers is not a list of layer numbers"
+    output = data.get("output") or {}
+    for key, kind in (("threshold", _NUMBER), ("top_k", int)):
+        if output.get(key) is not None and not _is(output[key], kind):
+            return f"output.{key} is not a number"
+    if any(not isinstance(p, str) for p in data.get("truncated") or []):
+        return "truncated holds an entry that is not a path"
+    return None
+
+
+def _is(value: object, kind) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _wrong(data: dict, types: dict, prefix: str) -> str | None:
+    for key, kind in types.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"{prefix}{key} is not a JSON {_NAMES[kind]}"
+    return None
+
+
+_NAMES = {str: "string", list: "list", dict: "object"}

@@ -63,19 +63,21 @@ def _strings(values: list, pa):
 # ---------------------------------------------------------------- writing
 
 
-def embedding_schema(shape: tuple[int, ...]):
+def embedding_schema(shape: tuple[int, ...], frames: bool = False):
     pa, _ = arrow()
     kind = pa.float32()
     for n in reversed(shape):
         kind = pa.list_(kind, n)
     return pa.schema([("path", pa.string()), ("duration_s", pa.float64()), ("sample_rate", pa.int32()),
-                      ("channels", pa.int32()), ("embedding", kind)])
+                      ("channels", pa.int32()), ("embedding", kind)] + ([("frames", pa.string())] if frames else []))
 
 
-def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarray]], shape: tuple[int, ...]) -> None:
-    """One row per (name, facts, vector) into the open binary file `fh`, in order."""
+def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarray]], shape: tuple[int, ...],
+                     frames: Sequence[str] | None = None) -> None:
+    """One row per (name, facts, vector) into the open binary file `fh`, in order; `frames`:
+    each row's frames file (`embed --frames`), a last column."""
     pa, pq = arrow()
-    schema = embedding_schema(shape)
+    schema = embedding_schema(shape, frames is not None)
     per_group = max(1, GROUP_BYTES // (4 * int(np.prod(shape))))
     with pq.ParquetWriter(fh, schema, compression="snappy", use_dictionary=False) as writer:
         for start in range(0, max(len(records), 1), per_group):
@@ -90,7 +92,8 @@ def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarra
                 pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
                 pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
                 pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
-                column], schema=schema))
+                column] + ([_strings(list(frames[start : start + per_group]), pa)] if frames is not None else []),
+                schema=schema))
 
 
 class RowTable:
@@ -200,7 +203,7 @@ def matrix(column, path: Path) -> np.ndarray:
             size = int(lengths[0]) if len(lengths) else 0
         dims.append(size)
         arr = arr.flatten()
-    if arr.type != pa.float32() or arr.null_count or len(dims) not in (1, 2):
+    if arr.type != pa.float32() or arr.null_count or len(dims) not in (1, 2) or 0 in dims:
         raise UsageError(f"{path}: expected an embedding column of D (or layers x D) float32 values, "
                          f"found {column.type}")
     values = arr.to_numpy(zero_copy_only=False).reshape(n, *dims)
@@ -210,12 +213,18 @@ def matrix(column, path: Path) -> np.ndarray:
 
 def read_embeddings(path: Path) -> tuple[np.ndarray, list[dict]]:
     """(matrix, index rows: row, path, duration_s, sample_rate, channels) of an embedding output."""
+    pa, _ = arrow()
     table = read_table(path, EMBED_COLUMNS, required=("path", "embedding"))
     names = table.column("path").to_pylist()
     if any(not isinstance(p, str) for p in names):
         raise UsageError(f"{path}: the path column has empty rows")
-    facts = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(names)
-             for c in ("duration_s", "sample_rate", "channels")}
+    facts = {}
+    for c in ("duration_s", "sample_rate", "channels"):
+        if c in table.column_names and not pa.types.is_integer(table.column(c).type) \
+                and not (c == "duration_s" and pa.types.is_floating(table.column(c).type)):
+            raise UsageError(f"{path}: the {c} column holds {table.column(c).type}, not numbers; "
+                             "not a matpac Parquet output")
+        facts[c] = table.column(c).to_pylist() if c in table.column_names else [None] * len(names)
     index = [{"row": i, "path": p, "duration_s": float("nan") if d is None else float(d),
               "sample_rate": int(sr or 0), "channels": int(ch or 0)}
              for i, (p, d, sr, ch) in enumerate(zip(names, facts["duration_s"], facts["sample_rate"], facts["channels"]))]

@@ -9,15 +9,19 @@ Embeddings are `X.npy` + `X.csv`, or Parquet (`X.parquet`, one file or a folder 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import numpy as np
 
 from matpac_cli.errors import UsageError
+from matpac_cli.manifest import check_manifest
 
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
@@ -71,11 +75,16 @@ def read_manifest(path: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a matpac manifest ({exc})") from None
-    if not isinstance(data, dict) or "matpac_version" not in data:
-        raise UsageError(f"{path}: not a matpac manifest (no matpac_version)")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{path}: not a matpac manifest ({_first_line(exc)})") from None
+    why = check_manifest(data)
+    if why:
+        raise UsageError(f"{path}: not a matpac manifest ({why})")
     return data
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def read_embeddings(npy: Path) -> Embeddings:
@@ -89,11 +98,11 @@ def read_embeddings(npy: Path) -> Embeddings:
         raise UsageError(f"{npy}: expected the .npy or .parquet that `matpac embed --out` writes")
     if not npy.is_file():
         raise UsageError(f"{npy}: no such embeddings file")
-    try:
+    try:  # never a pickle: an object array is refused, not loaded
         matrix = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{npy}: not a readable .npy matrix ({exc})") from None
-    if matrix.ndim not in (2, 3) or matrix.dtype != np.float32:
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"{npy}: not a readable .npy matrix ({_first_line(exc) or 'empty file'})") from None
+    if matrix.ndim not in (2, 3) or matrix.dtype != np.float32 or 0 in matrix.shape[1:]:
         raise UsageError(f"{npy}: expected an N x D (or N x layers x D) float32 matrix, "
                          f"found {matrix.dtype} {tuple(matrix.shape)}")
     index = read_index(paths["index"])
@@ -119,14 +128,15 @@ def _parquet_embeddings(path: Path, paths: dict[str, Path]) -> Embeddings:
 def read_index(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    with _reading(path) as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
             raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
+        _unique_columns(path, reader.fieldnames)
         rows = []
         for n, raw in enumerate(reader):
             try:
-                rows.append({"row": int(raw["row"]), "path": raw["path"],
+                rows.append({"row": int(raw["row"]), "path": _path(raw["path"]),
                              "duration_s": float(raw.get("duration_s") or "nan"),
                              "sample_rate": int(raw.get("sample_rate") or 0),
                              "channels": int(raw.get("channels") or 0),
@@ -196,7 +206,7 @@ class TagStream:
             for n, raw in enumerate(parquet.row_batches(self.path, columns)):
                 yield _typed(raw, self.path, n, self.segments)
             return
-        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        with _reading(self.path) as fh:
             if self.path.suffix.lower() == ".csv":
                 reader = csv.reader(fh)
                 header = next(reader, [])
@@ -222,9 +232,10 @@ def scan_tags(path: Path) -> TagStream:
         if not set(TAG_COLUMNS) <= set(columns):
             raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
         return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    with _reading(path) as fh:
         if suffix == ".csv":
             columns = next(csv.reader(fh), [])
+            _unique_columns(path, columns)
         else:
             first = next((line for line in fh if line.strip()), None)
             columns = list(_json_object(first, path, 0)) if first is not None else []
@@ -240,10 +251,28 @@ def _check_tags_path(path: Path) -> None:
         raise UsageError(f"{path}: expected the .csv, .jsonl, .ndjson or .parquet that `matpac tag --out` writes")
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[TextIO]:
+    """A CSV or JSON Lines file of matpac's, open for reading (a UTF-8 byte-order mark skipped,
+    names that are not UTF-8 kept as their bytes), with what the csv module raises on a damaged
+    or hostile one (a field over its 131,072-character limit) turned into one line naming it."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+            yield fh
+    except csv.Error as exc:
+        raise UsageError(f"{path}: not a readable matpac file ({_first_line(exc)})") from None
+
+
+def _unique_columns(path: Path, columns: list[str]) -> None:
+    twice = sorted(c for c, n in Counter(columns).items() if n > 1)
+    if twice:
+        raise UsageError(f"{path}: column {twice[0]} appears more than once; not a matpac file")
+
+
 def _json_object(line: str, path: Path, n: int) -> dict:
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UsageError(f"{path}: row {n + 1} is not JSON; not a matpac tags file") from None
     if not isinstance(row, dict):
         raise UsageError(f"{path}: row {n + 1} is not a JSON object; not a matpac tags file")
@@ -251,14 +280,15 @@ def _json_object(line: str, path: Path, n: int) -> dict:
 
 
 def _csv_rows(path: Path):
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    with _reading(path) as fh:
         reader = csv.DictReader(fh)
+        _unique_columns(path, list(reader.fieldnames or []))
         return list(reader), list(reader.fieldnames or [])
 
 
 def _jsonl_rows(path: Path):
     rows, columns = [], []
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+    with _reading(path) as fh:
         for n, line in enumerate(fh):
             if not line.strip():
                 continue
@@ -273,22 +303,37 @@ def _jsonl_rows(path: Path):
 def _number(value, kind):
     if value is None or value == "":
         return None
-    return kind(value)
+    return _finite(kind(value))
+
+
+def _path(value: str) -> str:
+    """A path as matpac wrote it: never holding a NUL byte (no file name can)."""
+    if "\0" in value:
+        raise ValueError("a path with a NUL byte")
+    return value
+
+
+def _finite(value: float) -> float:
+    """matpac writes no NaN or infinite score or time; a file holding one was not written by it."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    return value
 
 
 def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
     try:
         rank = int(raw["rank"])
         if rank == 0:  # the head kept no label of this file
-            row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": None, "score": None,
+            row = {"path": _path(str(raw["path"])), "head": str(raw["head"]), "label": None, "score": None,
                    "rank": 0, "tag_id": None}
         else:
-            row = {"path": str(raw["path"]), "head": str(raw["head"]), "label": str(raw["label"]),
-                   "score": float(raw["score"]), "rank": rank, "tag_id": str(raw["tag_id"])}
+            row = {"path": _path(str(raw["path"])), "head": str(raw["head"]), "label": str(raw["label"]),
+                   "score": _finite(float(raw["score"])), "rank": rank, "tag_id": str(raw["tag_id"])}
         row["duration_s"] = _number(raw.get(DURATION_COLUMN), float)
         if segments:
             row["start_s"] = _number(raw.get("start_s"), float)
             row["end_s"] = _number(raw.get("end_s"), float)
-    except (KeyError, TypeError, ValueError):
-        raise UsageError(f"{path}: row {n + 1} is not a matpac tag row") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        why = f" ({exc})" if "finite" in str(exc) else ""
+        raise UsageError(f"{path}: row {n + 1} is not a matpac tag row{why}") from None
     return row

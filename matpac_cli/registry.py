@@ -89,6 +89,8 @@ def read_labels(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise UsageError(f"cannot read labels file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"labels file {path}: not UTF-8 text (byte {exc.start})") from None
     return [ln.strip() for ln in lines if ln.strip()]
 
 

@@ -15,7 +15,8 @@ same `embed` job, so a file queried gives the vector the index holds for it. A q
 row of the index is left out of its own neighbours unless `include_self`.
 
 Cosine of a zero vector with anything is taken as 0. Scores are float32 dot products of unit
-vectors, clipped to [-1, 1].
+vectors, clipped to [-1, 1]; norms are summed in float64 (a float32 sum of squares overflows past
+about 1e19), and a block with rows longer than 1e30 is multiplied in float64.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from matpac_cli.readers import Embeddings, embeddings_paths, read_embeddings
 
 BLOCK_BYTES = 64 * 2**20  # index rows read, normalised and multiplied at a time
 QUERY_BLOCK = 1024  # queries per pass over the index
+SAFE_NORM = 1e30  # rows longer than this are multiplied in float64 (a float32 dot could overflow)
+PAIR_BUDGET = 1 << 20  # pairs of --duplicates held at once (about 20 MiB), however many match
 NEIGHBOUR_COLUMNS = ["query", "rank", "path", "score"]
 DUPLICATE_COLUMNS = ["path_a", "path_b", "score"]
 
@@ -41,12 +44,19 @@ DUPLICATE_COLUMNS = ["path_a", "path_b", "score"]
 # ---------------------------------------------------------------- numerics
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Norms of float32 rows summed in float64 (in float32, squares past 1e19 overflow to inf)."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+
+
+@np.errstate(over="ignore", invalid="ignore")  # infinities and NaNs: rows left out, silently
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit length (a zero row stays zero, so its cosines are 0)."""
-    x = np.array(x, dtype=np.float32)  # a copy: never written back into a memory map
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """float32 rows scaled to unit length, in float64 (a zero row stays zero, so its cosines are
+    0; a row holding NaN or infinity becomes NaN, so it is nobody's neighbour)."""
+    x = np.array(x, dtype=np.float64)  # a copy: never written back into a memory map
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     np.divide(x, norms, out=x, where=norms > 0)
-    return x
+    return x.astype(np.float32)
 
 
 def block_rows(dim: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -73,14 +83,20 @@ def nearest(index: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[in
     return out
 
 
+@np.errstate(over="ignore", invalid="ignore")  # infinities and NaNs: left out below
 def cosines(q: np.ndarray, block: np.ndarray) -> np.ndarray:
     """(Q, b) cosines of unit rows `q` with the rows of `block`, read once where they lie (a
-    memory-mapped block is not copied): the dot products divided by the rows' norms."""
+    memory-mapped block is not copied): the dot products divided by the rows' norms. A block
+    with values so large that a float32 dot product could overflow is multiplied in float64."""
     block = np.asarray(block, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-    scores = q @ block.T
-    scores /= np.where(norms > 0, norms, 1.0)
-    scores[np.isnan(scores)] = -np.inf  # a row of NaNs is never anyone's neighbour
+    norms = row_norms(block)
+    if np.any(norms > SAFE_NORM):
+        scores = (q.astype(np.float64) @ block.astype(np.float64).T).astype(np.float32)
+        np.divide(scores, np.where(norms > 0, norms, 1.0), out=scores, casting="unsafe")
+    else:
+        scores = q @ block.T
+        scores /= np.where(norms > 0, norms, 1.0).astype(np.float32)
+    scores[np.isnan(scores)] = -np.inf  # a row of NaNs (or infinities) is never anyone's neighbour
     return scores
 
 
@@ -111,24 +127,69 @@ def _nearest_pass(index, q, k, exclude, step):
     return found
 
 
-def duplicates(index: np.ndarray, threshold: float = 0.98,
-               rows_per_block: int | None = None) -> Iterator[tuple[int, int, float]]:
+def duplicates(index: np.ndarray, threshold: float = 0.98, rows_per_block: int | None = None,
+               pair_budget: int = PAIR_BUDGET) -> Iterator[tuple[int, int, float]]:
     """Every pair of rows (a < b) whose cosine is at least `threshold`, each pair once, in row
-    order. Compares blocks of rows with the blocks after them: memory stays at two blocks plus
-    the pairs of one block of rows."""
-    step = rows_per_block or block_rows(index.shape[1])
+    order, yielded as found. Compares a block of rows with the blocks after them, counting the
+    matches of each row; while a block's pairs fit `pair_budget` they are kept and yielded in
+    order, else its rows are taken again in runs whose matches fit the budget (one row's never
+    exceed the index's row count), so memory stays bounded however many rows are identical."""
+    step = rows_per_block or min(block_rows(index.shape[1]), 4096)  # 4096 x 4096 scores: 64 MiB
     n = len(index)
     for a0 in range(0, n, step):
         a = unit_rows(index[a0 : a0 + step])
-        pairs = []
+        counts = np.zeros((len(a), -(-n // step)), dtype=np.int64)  # matches of each row, per b-block
+        kept: list[tuple[np.ndarray, ...]] | None = []
         for b0 in range(a0, n, step):
-            scores = cosines(a, index[b0 : b0 + step])
-            i, j = np.nonzero(scores >= threshold)
-            later = (b0 + j) > (a0 + i)
-            i, j = i[later], j[later]
-            pairs.extend(zip((a0 + i).tolist(), (b0 + j).tolist(), np.clip(scores[i, j], -1.0, 1.0).tolist()))
-        pairs.sort()
-        yield from pairs
+            hits, scores = _matches(a, a0, index, b0, step, threshold)
+            counts[:, b0 // step] = hits.sum(axis=1)
+            if kept is not None and counts.sum() <= pair_budget:
+                i, j = np.nonzero(hits)
+                kept.append((a0 + i, b0 + j, scores[i, j]))
+            else:
+                kept = None
+        if kept is not None:
+            yield from _in_order(kept)
+            continue
+        for r0, r1 in _runs(counts.sum(axis=1), pair_budget):
+            found = []
+            for col in np.nonzero(counts[r0:r1].any(axis=0))[0]:
+                hits, scores = _matches(a[r0:r1], a0 + r0, index, int(col) * step, step, threshold)
+                i, j = np.nonzero(hits)
+                found.append((a0 + r0 + i, int(col) * step + j, scores[i, j]))
+            yield from _in_order(found)
+
+
+def _matches(a: np.ndarray, a0: int, index: np.ndarray, b0: int, step: int, threshold: float):
+    """(hits, scores) of unit rows `a` (index rows a0...) with rows b0..b0+step; hits: later rows."""
+    scores = cosines(a, index[b0 : b0 + step])
+    hits = scores >= threshold
+    if b0 < a0 + len(a):  # rows at or before each a row are not pairs (each pair once)
+        hits &= (b0 + np.arange(scores.shape[1]))[None, :] > (a0 + np.arange(len(a)))[:, None]
+    return hits, scores
+
+
+def _runs(counts: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs of rows whose match counts add up to at most `budget` (a row on its own
+    when it alone has more); rows without matches cost nothing."""
+    start, total = 0, 0
+    for r, c in enumerate(counts.tolist()):
+        if total + c > budget and r > start:
+            yield start, r
+            start, total = r, 0
+        total += c
+    if total:
+        yield start, len(counts)
+
+
+def _in_order(parts: list[tuple[np.ndarray, ...]]) -> Iterator[tuple[int, int, float]]:
+    if not parts:
+        return
+    i, j, s = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((j, i))
+    for c0 in range(0, len(order), 1 << 16):  # a few Python objects at a time
+        o = order[c0 : c0 + (1 << 16)]
+        yield from zip(i[o].tolist(), j[o].tolist(), np.clip(s[o], -1.0, 1.0).tolist())
 
 
 # ---------------------------------------------------------------- the index and its queries

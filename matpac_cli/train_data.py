@@ -128,6 +128,8 @@ def _from_csv(path: Path) -> list[tuple[Item, str]]:
         name, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         if not name or not label:
             raise UsageError(f"{path}: line {n}: empty {'path' if not name else 'label'}")
+        if "\0" in name:
+            raise UsageError(f"{path}: line {n}: a path with a NUL byte, which no file name holds")
         shown = name if os.path.isabs(name) or str(path.parent) == "." else os.path.join(str(path.parent), name)
         pairs.append((Item(shown, Path(shown).expanduser()), label))
     return pairs

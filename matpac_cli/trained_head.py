@@ -104,12 +104,16 @@ def load_head(path: Path) -> TrainedHead:
         raise ModelError(f"{path}: trained-head format version {meta.get('version')!r}; this matpac reads {VERSION}")
     try:
         tensors = load_file(str(path))
-        classes = json.loads(meta["classes"])
-        encoder = json.loads(meta["encoder"])
-        metrics = json.loads(meta.get("metrics") or "{}")
+        classes = _json(meta, "classes", list, path)
+        encoder = _encoder(meta, path)
+        metrics = _json(meta, "metrics", dict, path, "{}")
         task, layer = meta["task"], int(meta["layer"])
     except (KeyError, ValueError, OSError) as exc:
         raise ModelError(f"{path}: damaged trained head ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors' own errors (a header that lies about its tensors)
+        raise ModelError(f"{path}: damaged trained head ({type(exc).__name__})") from None
+    if not all(isinstance(c, str) for c in classes):
+        raise ModelError(f"{path}: damaged trained head (classes is not a list of names)")
     if sorted(tensors) != sorted(TENSORS):
         raise ModelError(f"{path}: expected tensors {', '.join(TENSORS)}, found {', '.join(sorted(tensors))}")
     w, b, mean, scale = (tensors[k].astype(np.float64) for k in TENSORS)
@@ -123,6 +127,28 @@ def load_head(path: Path) -> TrainedHead:
     return TrainedHead(w, b, mean, scale, [str(c) for c in classes], task, encoder, layer, metrics)
 
 
+def _json(meta: dict, key: str, kind: type, path: Path, default: str | None = None):
+    """One JSON value of the header metadata, of the type matpac writes there."""
+    text = meta.get(key, default)
+    if text is None:
+        raise ModelError(f"{path}: damaged trained head (no {key} record)")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ModelError(f"{path}: damaged trained head ({key} is not JSON)") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"{path}: damaged trained head ({key} is not a JSON {kind.__name__})")
+    return value
+
+
+def _encoder(meta: dict, path: Path) -> dict:
+    """The `encoder` record: an object whose name, source, sha256 and path are strings."""
+    encoder = _json(meta, "encoder", dict, path)
+    if any(encoder.get(k) is not None and not isinstance(encoder[k], str) for k in ("name", "source", "sha256", "path")):
+        raise ModelError(f"{path}: damaged trained head (encoder record of the wrong types)")
+    return encoder
+
+
 def encoder_label(encoder: dict) -> str:
     return f"{encoder.get('name')} (sha256 {str(encoder.get('sha256'))[:12]})"
 
@@ -133,10 +159,7 @@ def default_encoder(path: Path) -> str | None:
     meta = read_metadata(path)
     if meta is None:
         return None
-    try:
-        encoder = json.loads(meta["encoder"])
-    except (KeyError, ValueError):
-        raise ModelError(f"{path}: damaged trained head (no encoder record)") from None
+    encoder = _encoder(meta, path)
     local = encoder.get("path")
     if encoder.get("source") == "file" and local and Path(local).is_file():
         return str(local)
@@ -168,10 +191,7 @@ def check_planned(path: Path, target: str) -> None:
     models = load_registry().models
     if meta is None or target not in models:
         return
-    try:
-        trained_on = json.loads(meta.get("encoder") or "{}")
-    except ValueError:
-        raise ModelError(f"{path}: damaged trained head (no encoder record)") from None
+    trained_on = _encoder(meta, path)
     if trained_on.get("name") in models and trained_on.get("name") != target:
         raise UsageError(f"head {path} was trained on encoder {encoder_label(trained_on)}, but this run "
                          f"uses {target}; use --model {trained_on.get('name')} (or MODEL:HEAD), or train a "

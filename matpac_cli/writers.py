@@ -211,9 +211,32 @@ def write_array(path: Path, array: np.ndarray) -> None:
 
 def mirror_path(root: Path, name: str, suffix: str) -> Path:
     """Where a per-file output for input `name` goes under `root` (never outside it)."""
-    parts = [p if p not in ("..", ".") else "__" for p in PurePath(name).parts if p not in ("/", "\\")]
-    parts = [p for p in parts if not PurePath(p).anchor]
-    return root.joinpath(*parts).with_name(PurePath(parts[-1]).name + suffix)
+    return root / mirror_name(name, suffix)
+
+
+MIRROR_MAX = 1024  # bytes of a mirrored name; past this (or a component past 240) it is hashed
+
+
+def mirror_name(name: str, suffix: str) -> str:
+    """The name, relative to an output folder, of the per-file output of input `name`: its path
+    mirrored, one to one, so two inputs never share one. A component that begins with `_` gets
+    one more (`_x` -> `__x`), which leaves `_`-names free for what is not a plain component:
+    `..` is `_up`, a leading `/` is `_root` (`../x` -> `_up/x.npy`, `/tmp/x` -> `_root/tmp/x.npy`).
+    A name too long to mirror (a component past 240 bytes, or 1 KiB in all) is
+    `_long/<sha256 of the name, 16 hex>/<its last 100 characters>`."""
+    pure = PurePath(name)
+    parts = ["_root" if pure.anchor and i == 0 else "_up" if p == ".." else "__" + p[1:] if p[:1] == "_" else p
+             for i, p in enumerate(pure.parts) if p not in (".", "")]
+    parts = [p for p in parts if p not in ("/", "\\")]
+    mirrored = "/".join(parts) + suffix
+    if parts and max(len(os.fsencode(p)) for p in parts) + len(suffix) <= 240 \
+            and len(os.fsencode(mirrored)) <= MIRROR_MAX:
+        return mirrored
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    tail = (pure.name or "file")[-100:]
+    return f"_long/{digest}/{tail}{suffix}"
 
 
 class FailureLog:

@@ -211,7 +211,7 @@ def test_a_failed_parquet_write_leaves_the_old_output_whole(ckpts, tmp_path, cap
     before = Path("emb.parquet").read_bytes(), Path("emb.manifest.json").read_bytes()
     write_audio(tmp_path / "clips" / "new.wav", 1.0, seed=6)
 
-    def full_disk(fh, records, shape):
+    def full_disk(fh, records, shape, **_):
         fh.write(b"PAR1 half a table")
         raise OSError(errno.ENOSPC, "No space left on device")
 

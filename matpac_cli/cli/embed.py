@@ -20,7 +20,7 @@ def embed(
         "sample_rate, channels, embedding)."))],
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option(help="Encoder layer 1-12, 'last' (12) or 'all' (N x 12 x 3840).")] = "last",
-    frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree).")] = None,
+    frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree; emb.csv names each file in its frames column).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None,

@@ -208,10 +208,11 @@ def models_labels(head: Annotated[str, typer.Argument(help="Head name or alias."
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError
-    from matpac_cli.weights import cached_for_verify, verify
+    from matpac_cli.weights import cached_for_verify, recorded_hashes, verify
 
     reporter = Reporter(False)
     checked = cached_for_verify()
+    recorded_hashes()  # damaged records: one line, before any file is called a mismatch
     bad = 0
     for name, key, path, expected in checked:
         try:

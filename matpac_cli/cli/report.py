@@ -46,7 +46,7 @@ def report(
     result = build_report(tags, out, embeddings=embeddings, audio=audio, audio_root=audio_root, title=title,
                           neighbours=neighbours, force=force)
     reporter = Reporter(quiet)
-    for text in result.warnings:  # not only in the page: files left out of the map or failed
+    for text in [*result.warnings, *result.cuts]:  # not only in the page: files left out, failed or cut
         reporter.warning(text)
     reporter.info(f"matpac: report of {result.files:,} file(s) in {time.monotonic() - started:.1f} s; "
                   f"wrote {result.path} ({_size(result.bytes)})")

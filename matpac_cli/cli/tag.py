@@ -104,7 +104,10 @@ def tag(
     if report is not None and target in summary.outputs:
         from matpac_cli.report import build_report
 
-        summary.outputs.append(build_report(target, report, force=True).path)  # checked before the run
+        page = build_report(target, report, force=True)  # checked before the run
+        for cut in page.cuts:
+            reporter.warning(cut)
+        summary.outputs.append(page.path)
     raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
 
 

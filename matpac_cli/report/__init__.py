@@ -34,6 +34,7 @@ class Report:
     bytes: int
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what stderr says too: files left out or missing
+    cuts: list[str] = field(default_factory=list)  # what the report's bounds left out (said on stderr)
 
 
 def check_out(out: Path, force: bool = False, option: str = "--out") -> None:
@@ -69,7 +70,7 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     emb = _embeddings(Path(embeddings)) if embeddings is not None else None
     stream = scan_tags(tags)
     lib = collect(stream)
-    notes: list[str] = []
+    notes: list[str] = list(lib.cuts)
     fmap = build_map(lib.paths, emb, neighbours) if emb is not None else None
     durations = _durations(lib, emb, fmap, notes)
     warnings: list[str] = []
@@ -89,7 +90,7 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
     page = render(content).encode("utf-8", "backslashreplace")  # a non-UTF-8 file name as \udcXX
     with atomic(out, "wb") as fh:
         fh.write(page)
-    return Report(out, len(lib.paths), len(page), notes, warnings)
+    return Report(out, len(lib.paths), len(page), notes, warnings, lib.cuts)
 
 
 def _embeddings(path: Path):

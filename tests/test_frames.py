@@ -1,0 +1,59 @@
+"""`embed --frames` (issue 20): every input gets its own frames file, named in the index with the
+seconds between its frames, whatever its name (`../x`, `/tmp/x`, `x/../y`, a folder called `__`,
+a name too long to mirror), through the real command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from conftest import run_matpac, write_audio
+
+
+def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
+    work = tmp_path / "work"
+    names = ["clips/x.wav", "../x.wav", str(tmp_path / "tmp" / "x.wav"), "tmp/x.wav", "__/x.wav",
+             "_up/x.wav", "clips/sub/../y.wav", "clips/" + "n" * 251 + ".wav"]
+    for seed, name in enumerate(names):  # every file sounds different, so a clobbered file shows
+        write_audio(work / name if not os.path.isabs(name) else tmp_path / name, 0.7 + 0.1 * seed, seed=seed)
+    (work / "clips" / "sub").mkdir(exist_ok=True)
+    proc = run_matpac(["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"],
+                      cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    with open(work / "e.csv", newline="") as fh:
+        index = list(csv.DictReader(fh))
+    assert [r["path"] for r in index] == names
+    assert all(r["frame_s"] == "0.16" for r in index)
+    frames = [r["frames"] for r in index]
+    assert len(set(frames)) == len(names)  # one file each, none shared
+    X = np.load(work / "e.npy")
+    for row, name in zip(index, names):
+        path = work / "fr" / row["frames"]
+        assert path.resolve().is_relative_to((work / "fr").resolve()), row["frames"]
+        f = np.load(path)
+        seconds = float(row["duration_s"])
+        assert len(f) == -(-int(seconds * 100 - 1.5) // 16), (name, f.shape)  # one row per 160 ms
+        np.testing.assert_allclose(f.mean(axis=0), X[int(row["row"])], atol=1e-5, err_msg=name)
+    assert frames[1] == "_up/x.wav.npy" and frames[2].startswith("_root/") and frames[3] == "tmp/x.wav.npy"
+    assert frames[4] == "___/x.wav.npy" and frames[5] == "__up/x.wav.npy" and frames[7].startswith("_long/")
+    output = json.loads((work / "e.manifest.json").read_text())["output"]
+    assert output["frames"] == {"folder": "fr", "column": "frames", "frame_s": 0.16, "window_s": 0.175}
+    search = run_matpac(["search", "clips/x.wav", "--index", "e.npy", "-k", "1"], cwd=work)
+    assert search.returncode == 0, search.stderr  # readers take the index with its new columns
+    again = run_matpac(["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])], cwd=work)
+    assert again.returncode == 0 and "8 reused" in again.stderr.decode(), again.stderr
+
+
+def test_parquet_output_names_the_frames_files_too(tmp_path, ckpts):
+    write_audio(tmp_path / "a" / "x.wav", 0.5, seed=1)
+    write_audio(tmp_path / "b" / "x.wav", 0.5, seed=2)
+    proc = run_matpac(["embed", "a", "b", "--out", "e.parquet", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"],
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert table.column("frames").to_pylist() == ["a/x.wav.npy", "b/x.wav.npy"]
+    assert all((tmp_path / "fr" / f).is_file() for f in table.column("frames").to_pylist())

@@ -5,6 +5,7 @@ and nothing else, so the output formats are parsed in one place, next to the wri
 that is not what matpac writes is refused with one line naming the file (UsageError, exit 2).
 Embeddings are `X.npy` + `X.csv`, or Parquet (`X.parquet`, one file or a folder of shards, its
 `path` column the index); tags are CSV, JSON Lines or Parquet. The Parquet details are in `parquet`.
+A CSV cell matpac wrote `'`-prefixed for spreadsheets is read back without it (`safetext`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from matpac_cli.errors import UsageError
+from matpac_cli.safetext import from_spreadsheet
 
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
@@ -125,7 +127,7 @@ def read_index(path: Path) -> list[dict]:
         rows = []
         for n, raw in enumerate(reader):
             try:
-                rows.append({"row": int(raw["row"]), "path": raw["path"],
+                rows.append({"row": int(raw["row"]), "path": from_spreadsheet(raw["path"]),
                              "duration_s": float(raw.get("duration_s") or "nan"),
                              "sample_rate": int(raw.get("sample_rate") or 0),
                              "channels": int(raw.get("channels") or 0),
@@ -198,7 +200,7 @@ class TagStream:
                 reader = csv.reader(fh)
                 header = next(reader, [])
                 for n, values in enumerate(reader):
-                    yield _typed(dict(zip(header, values)), self.path, n, self.segments)
+                    yield _typed(dict(zip(header, map(from_spreadsheet, values))), self.path, n, self.segments)
                 return
             lines = (line for line in fh if line.strip())
             for n, line in enumerate(lines):
@@ -250,7 +252,8 @@ def _json_object(line: str, path: Path, n: int) -> dict:
 def _csv_rows(path: Path):
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh)
-        return list(reader), list(reader.fieldnames or [])
+        rows = [{k: from_spreadsheet(v) for k, v in row.items()} for row in reader]
+        return rows, list(reader.fieldnames or [])
 
 
 def _jsonl_rows(path: Path):

@@ -166,15 +166,17 @@ def test_stdout_on_a_terminal_shows_escapes_and_a_pipe_gets_the_exact_bytes(lib)
 
 
 def test_a_failing_file_named_with_escapes_is_shown_escaped_on_stderr(lib, tmp_path):
-    bad = "\x1b]0;title\x07\x1b[2Jbad.wav"
-    (tmp_path / bad).write_bytes(b"not audio at all")
+    bad, formula = "\x1b]0;title\x07\x1b[2Jbad.wav", "=HYPERLINK(1)bad.wav"
+    for name in (bad, formula):
+        (tmp_path / name).write_bytes(b"not audio at all")
     write_audio(tmp_path / "good.wav", 0.5)
-    args = ["embed", bad, "good.wav", "--out", "e.npy", "--model", str(lib["model"]), "--failures", "f.csv"]
+    args = ["embed", bad, formula, "good.wav", "--out", "e.npy", "--model", str(lib["model"]), "--failures", "f.csv"]
     proc = run_matpac(args, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert not any(b in proc.stderr for b in RAW), proc.stderr
     assert b"\\x1b]0;title\\x07\\x1b[2Jbad.wav" in proc.stderr
-    assert _csv_cells(tmp_path / "f.csv")[1][0] == bad  # the data file keeps the exact name
+    failed = [row[0] for row in _csv_cells(tmp_path / "f.csv")[1:]]
+    assert failed == [bad, "'" + formula]  # the exact name, a formula made text
     proc = run_matpac(["search", "--index", bad + ".npy", "x.wav"], cwd=tmp_path)
     assert proc.returncode == 2 and b"matpac: error: " in proc.stderr
     assert not any(b in proc.stderr for b in RAW), proc.stderr

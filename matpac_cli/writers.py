@@ -23,7 +23,7 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
-from matpac_cli.safetext import for_terminal, to_spreadsheet
+from matpac_cli.safetext import FORMULA_START, for_terminal, to_spreadsheet
 
 
 def _tmp(path: Path) -> Path:
@@ -307,7 +307,9 @@ class RowWriter:
     def write(self, row: dict) -> None:
         if self._csv:
             cells = [row.get(c) for c in self.columns]
-            self._csv.writerow([for_terminal(v) if self.terminal and isinstance(v, str) else v for v in cells])
+            if self.terminal:
+                cells = [for_terminal(v) if isinstance(v, str) else v for v in cells]
+            self._csv.writerow(cells)
             return
         line = json.dumps({c: row[c] for c in self.columns if c in row})  # every other control is \u-escaped
         self.stream.write((line.replace("\x7f", "\\u007f") if self.terminal else line) + "\n")
@@ -327,7 +329,7 @@ class CsvWriter:
         self.stream = stream
 
     def writerow(self, values: Iterable) -> None:
-        self.stream.write(",".join(_field(v) for v in values) + "\n")
+        self.stream.write(",".join(map(_field, values)) + "\n")
 
     def writerows(self, rows: Iterable[Iterable]) -> None:
         for row in rows:
@@ -338,16 +340,22 @@ _QUOTED = re.compile('[,"\r\n;\t]')
 
 
 def _field(value: object) -> str:
-    if value is None:
-        return ""
+    kind = type(value)  # the exact types first: this runs for every cell of millions of rows
+    if kind is str:
+        if value[:1] in FORMULA_START:
+            value = to_spreadsheet(value)
+        elif not _QUOTED.search(value):
+            return value
+        return '"' + value.replace('"', '""') + '"'
+    if kind is float:
+        return f"{value:.6g}"
+    if kind is int or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, str):
+        return _field(str(value))
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return f"{value:.6g}"
-    if not isinstance(value, str):
-        return str(value)
-    text = to_spreadsheet(value)
-    if text != value or _QUOTED.search(text):
-        return '"' + text.replace('"', '""') + '"'
-    return text
+    return str(value)
 
 
 def _isatty(stream: object) -> bool:

@@ -6,7 +6,8 @@ file name or a label someone else trained would be live). matpac writes such a c
 front, quoted, which spreadsheets take as text. A text cell that already begins with `'` gets one
 more, so the rule is undone exactly: matpac's own readers remove one leading `'` from every cell
 that has one (`'=x` reads back as `=x`, `''x` as `'x`). Numbers are written as numbers (a score of
--0.5 stays -0.5). Parquet and JSON Lines keep the exact text, always.
+-0.5 stays -0.5). Parquet and JSON Lines keep the exact text, always. `CsvWriter` writes every CSV
+matpac makes (row index, tag and search rows, --failures) by this rule.
 
 Terminals: control characters (C0, DEL and C1) in anything printed for a person (stderr, and stdout
 when it is a terminal) are shown as escapes (`\\x1b`, `\\r`, `\\n`, `\\t`, `\\u009b`), and bytes of
@@ -16,7 +17,9 @@ or clear the screen. Data files and stdout into a pipe keep the exact bytes.
 
 from __future__ import annotations
 
+import numbers
 import re
+from typing import IO, Iterable
 
 FORMULA_START = frozenset("=+-@\t\r\n'")  # OWASP's list, the line feed, and the escape itself
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes
@@ -46,3 +49,43 @@ def _escape(match: re.Match) -> str:
     if code >= 0xDC80:  # a byte that is not UTF-8, held as a surrogate (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+class CsvWriter:
+    """matpac's CSV rows: RFC 4180, one `write` per row. Unlike the csv module with a `\\n` line
+    end, a cell holding a lone carriage return is quoted (a bare one splits the row for pandas and
+    for readers opened with newline=""); a cell holding `;` or a tab too, for spreadsheets that
+    split on those; a text cell a spreadsheet would run as a formula is written `'`-prefixed and
+    quoted (`to_spreadsheet`). None is an empty cell, a float has 6 significant digits."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def writerow(self, values: Iterable) -> None:
+        self.stream.write(",".join(map(_field, values)) + "\n")
+
+    def writerows(self, rows: Iterable[Iterable]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+_QUOTED = re.compile('[,"\r\n;\t]')
+
+
+def _field(value: object) -> str:
+    kind = type(value)  # the exact types first: this runs for every cell of millions of rows
+    if kind is str:
+        if value[:1] in FORMULA_START:
+            value = to_spreadsheet(value)
+        elif not _QUOTED.search(value):
+            return value
+        return '"' + value.replace('"', '""') + '"'
+    if kind is float:
+        return f"{value:.6g}"
+    if kind is int or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, str):
+        return _field(str(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return f"{value:.6g}"
+    return str(value)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import numbers
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
-from matpac_cli.safetext import FORMULA_START, for_terminal, to_spreadsheet
+from matpac_cli.safetext import CsvWriter, for_terminal
 
 
 def _tmp(path: Path) -> Path:
@@ -316,46 +315,6 @@ class RowWriter:
 
     def flush(self) -> None:
         self.stream.flush()
-
-
-class CsvWriter:
-    """matpac's CSV rows: RFC 4180, one `write` per row. Unlike the csv module with a `\\n` line
-    end, a cell holding a lone carriage return is quoted (a bare one splits the row for pandas and
-    for readers opened with newline=""); a cell holding `;` or a tab too, for spreadsheets that
-    split on those; a text cell a spreadsheet would run as a formula is written `'`-prefixed and
-    quoted (`safetext.to_spreadsheet`). None is an empty cell, a float has 6 significant digits."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    def writerow(self, values: Iterable) -> None:
-        self.stream.write(",".join(map(_field, values)) + "\n")
-
-    def writerows(self, rows: Iterable[Iterable]) -> None:
-        for row in rows:
-            self.writerow(row)
-
-
-_QUOTED = re.compile('[,"\r\n;\t]')
-
-
-def _field(value: object) -> str:
-    kind = type(value)  # the exact types first: this runs for every cell of millions of rows
-    if kind is str:
-        if value[:1] in FORMULA_START:
-            value = to_spreadsheet(value)
-        elif not _QUOTED.search(value):
-            return value
-        return '"' + value.replace('"', '""') + '"'
-    if kind is float:
-        return f"{value:.6g}"
-    if kind is int or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, str):
-        return _field(str(value))
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def _isatty(stream: object) -> bool:

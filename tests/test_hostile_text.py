@@ -105,9 +105,11 @@ def test_tag_rows_escape_formula_labels_and_paths_in_csv_only_and_report_reads_t
     back = read_tags(d / "tags.csv").rows
     assert [(r["path"], r["label"]) for r in back] == [(r["path"], r["label"]) for r in jsonl]
     assert [r["score"] for r in back] == pytest.approx([r["score"] for r in jsonl], abs=1e-6)
-    proc = run_matpac(["report", "tags.csv", "--embeddings", "emb.npy", "--out", "r2.html"], cwd=d)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert "without" not in proc.stderr.decode() and "no embedding" not in proc.stderr.decode()
+    for tags, emb in (("tags.csv", "pq.parquet"), ("tags.parquet", "emb.npy")):  # each CSV against exact text
+        proc = run_matpac(["report", tags, "--embeddings", emb, "--out", "r2.html", "--force"], cwd=d)
+        assert proc.returncode == 0, proc.stderr.decode()
+        page = (d / "r2.html").read_text(encoding="utf-8")
+        assert "are not in" not in page and "not in the tags" not in page  # every file matched its embedding
 
 
 def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):

@@ -109,7 +109,7 @@ def test_tag_rows_escape_formula_labels_and_paths_in_csv_only_and_report_reads_t
         proc = run_matpac(["report", tags, "--embeddings", emb, "--out", "r2.html", "--force"], cwd=d)
         assert proc.returncode == 0, proc.stderr.decode()
         page = (d / "r2.html").read_text(encoding="utf-8")
-        assert "are not in" not in page and "not in the tags" not in page  # every file matched its embedding
+        assert "file(s) are not in" not in page and "are not in the tags:" not in page  # every file matched
 
 
 def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):

@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +126,18 @@ def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):
     assert proc.returncode == 0, proc.stderr.decode()
     frame = pd.read_csv(io.StringIO(proc.stdout.decode()))
     assert len(frame) == 6 and set(frame["query"]) == {_escaped(q) for q in queries}
+
+
+@pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice (soffice) is not installed")
+def test_libreoffice_opens_the_index_with_no_formula_and_one_row_per_file(lib, tmp_path):
+    shutil.copy(lib["dir"] / "emb.csv", tmp_path / "emb.csv")
+    proc = subprocess.run(["soffice", "--headless", "--convert-to", "fods", "emb.csv"], cwd=tmp_path,
+                          env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, timeout=180)
+    assert proc.returncode == 0 and (tmp_path / "emb.fods").exists(), proc.stderr
+    sheet = (tmp_path / "emb.fods").read_text(encoding="utf-8")
+    assert "table:formula" not in sheet  # =HYPERLINK(...), +, -, @ are all text
+    assert len(re.findall(r"<table:table-row[ >]", sheet)) == 1 + len(NAMES)  # no row split by \r or \n
+    assert 'office:value-type="float"' in sheet  # numbers are still numbers
 
 
 # ------------------------------------------------------------------ terminals

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except (_common.Stopped, KeyboardInterrupt) as exc:
         _debug()
         code = getattr(exc, "code", 130)
-        sys.stderr.write(for_terminal(f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}") + "\n")
+        line = f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}"
+        sys.stderr.write(for_terminal(line) + "\n")
         return code
     except (_common.StdoutClosed, BrokenPipeError):
         _quiet_stdout()

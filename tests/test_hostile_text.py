@@ -193,6 +193,8 @@ def test_a_failing_file_named_with_escapes_is_shown_escaped_on_stderr(lib, tmp_p
     assert b"\\x1b]0;title\\x07\\x1b[2Jbad.wav" in proc.stderr
     failed = [row[0] for row in _csv_cells(tmp_path / "f.csv")[1:]]
     assert failed == [bad, "'" + formula]  # the exact name, a formula made text
-    proc = run_matpac(["search", "--index", bad + ".npy", "x.wav"], cwd=tmp_path)
-    assert proc.returncode == 2 and b"matpac: error: " in proc.stderr
-    assert not any(b in proc.stderr for b in RAW), proc.stderr
+    for args in (["search", "--index", bad + ".npy", "x.wav"],  # matpac's own one-line error
+                 ["tag", "x.wav", "--top-k", bad], ["tag", "--" + bad]):  # typer's usage errors
+        proc = run_matpac(args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert not any(b in proc.stderr for b in RAW), proc.stderr

@@ -5,6 +5,7 @@ and nothing else, so the output formats are parsed in one place, next to the wri
 that is not what matpac writes is refused with one line naming the file (UsageError, exit 2).
 Embeddings are `X.npy` + `X.csv`, or Parquet (`X.parquet`, one file or a folder of shards, its
 `path` column the index); tags are CSV, JSON Lines or Parquet. The Parquet details are in `parquet`.
+A CSV cell matpac wrote `'`-prefixed for spreadsheets is read back without it (`safetext`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from matpac_cli.errors import UsageError
 from matpac_cli.manifest import check_manifest
+from matpac_cli.safetext import from_spreadsheet
 
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
@@ -136,7 +138,7 @@ def read_index(path: Path) -> list[dict]:
         rows = []
         for n, raw in enumerate(reader):
             try:
-                rows.append({"row": int(raw["row"]), "path": _path(raw["path"]),
+                rows.append({"row": int(raw["row"]), "path": _path(from_spreadsheet(raw["path"])),
                              "duration_s": float(raw.get("duration_s") or "nan"),
                              "sample_rate": int(raw.get("sample_rate") or 0),
                              "channels": int(raw.get("channels") or 0),
@@ -211,7 +213,7 @@ class TagStream:
                 reader = csv.reader(fh)
                 header = next(reader, [])
                 for n, values in enumerate(reader):
-                    yield _typed(dict(zip(header, values)), self.path, n, self.segments)
+                    yield _typed(dict(zip(header, map(from_spreadsheet, values))), self.path, n, self.segments)
                 return
             lines = (line for line in fh if line.strip())
             for n, line in enumerate(lines):
@@ -283,7 +285,8 @@ def _csv_rows(path: Path):
     with _reading(path) as fh:
         reader = csv.DictReader(fh)
         _unique_columns(path, list(reader.fieldnames or []))
-        return list(reader), list(reader.fieldnames or [])
+        rows = [{k: from_spreadsheet(v) for k, v in row.items()} for row in reader]
+        return rows, list(reader.fieldnames or [])
 
 
 def _jsonl_rows(path: Path):

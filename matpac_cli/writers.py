@@ -3,13 +3,13 @@
 
 Every file is written to a temporary name and moved into place, so a reader never sees half a
 file and a killed run never destroys the previous output. CSV is plain RFC 4180 with a header and
-'.' decimals whatever the locale, so pandas and the csv module read it without options.
+'.' decimals whatever the locale, so pandas and the csv module read it without options; a text
+cell a spreadsheet would run as a formula gets a `'` in front (`safetext`, which `readers` undoes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import json
 import os
@@ -22,6 +22,7 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.safetext import CsvWriter, for_terminal
 
 
 def _tmp(path: Path) -> Path:
@@ -93,7 +94,7 @@ class Unit:
 
     def csv(self, path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
         with self.open(path) as fh:
-            w = csv.writer(fh, lineterminator="\n")
+            w = CsvWriter(fh)
             w.writerow(header)
             w.writerows(rows)
 
@@ -248,7 +249,7 @@ class FailureLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = _open_text(path)
-            self.csv = csv.writer(self.fh, lineterminator="\n")
+            self.csv = CsvWriter(self.fh)
             self.csv.writerow(["path", "reason"])
             self.fh.flush()
         except OSError as exc:
@@ -312,29 +313,35 @@ def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterat
 
 
 class RowWriter:
-    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout)."""
+    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout). On a
+    terminal (stdout not redirected) control characters in the text are shown as escapes, so a
+    file name or label cannot drive the terminal; a file or a pipe gets the exact text."""
 
     def __init__(self, stream: IO[str], fmt: str, columns: Sequence[str]) -> None:
         if fmt not in ("csv", "jsonl"):
             raise OutputError(f"--format {fmt}: expected csv or jsonl")
         self.stream, self.fmt, self.columns = stream, fmt, list(columns)
-        self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        self.terminal = _isatty(stream)
+        self._csv = CsvWriter(stream) if fmt == "csv" else None
         if self._csv:
             self._csv.writerow(self.columns)
 
     def write(self, row: dict) -> None:
         if self._csv:
-            self._csv.writerow([_cell(row.get(c)) for c in self.columns])
-        else:
-            self.stream.write(json.dumps({c: row[c] for c in self.columns if c in row}) + "\n")
+            cells = [row.get(c) for c in self.columns]
+            if self.terminal:
+                cells = [for_terminal(v) if isinstance(v, str) else v for v in cells]
+            self._csv.writerow(cells)
+            return
+        line = json.dumps({c: row[c] for c in self.columns if c in row})  # every other control is \u-escaped
+        self.stream.write((line.replace("\x7f", "\\u007f") if self.terminal else line) + "\n")
 
     def flush(self) -> None:
         self.stream.flush()
 
 
-def _cell(value: object) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False

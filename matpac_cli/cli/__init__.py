@@ -35,6 +35,7 @@ from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
 from matpac_cli.cli import train as _train
 from matpac_cli.errors import MatpacError
+from matpac_cli.safetext import for_terminal
 
 app = typer.Typer(
     name="matpac",
@@ -94,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except MatpacError as exc:
         _debug()
-        sys.stderr.write(f"matpac: error: {exc}\n")
+        sys.stderr.write(for_terminal(f"matpac: error: {exc}") + "\n")
         if isinstance(exc, _common.StdoutError):
             _quiet_stdout()  # or Python's exit flush reports the same full disk again
         return exc.exit_code
     except (_common.Stopped, KeyboardInterrupt) as exc:
         _debug()
         code = getattr(exc, "code", 130)
-        sys.stderr.write(f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}\n")
+        line = f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}"
+        sys.stderr.write(for_terminal(line) + "\n")
         return code
     except (_common.StdoutClosed, BrokenPipeError):
         _quiet_stdout()
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a machine fault outside matpac's own writers (stdout on a full disk ...)
         _debug()
         where = f" {exc.filename}:" if exc.filename else " cannot write output:"
-        sys.stderr.write(f"matpac: error:{where} {exc.strerror or exc}\n")
+        sys.stderr.write(for_terminal(f"matpac: error:{where} {exc.strerror or exc}") + "\n")
         _quiet_stdout()
         return 2
     finally:
@@ -137,7 +139,8 @@ def entry() -> None:
         except (OSError, ValueError) as exc:
             if stream is sys.stdout:
                 with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(f"matpac: error: cannot write to stdout: {getattr(exc, 'strerror', None) or exc}\n")
+                    sys.stderr.write(for_terminal(f"matpac: error: cannot write to stdout: "
+                                                  f"{getattr(exc, 'strerror', None) or exc}") + "\n")
                     sys.stderr.flush()
                 code = code or 2
     os._exit(code)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from matpac_cli.errors import MatpacError, OutputError
+from matpac_cli.safetext import for_terminal
 
 
 class Stopped(BaseException):
@@ -43,6 +44,13 @@ class SafeStdout:
         except OSError as exc:
             raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
+    def isatty(self) -> bool:
+        """A person's terminal (rows are then shown with control characters escaped)."""
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError, OSError):
+            return False
+
     def flush(self) -> None:
         try:
             self.stream.flush()
@@ -65,7 +73,9 @@ def stop_note() -> str:
 
 
 class Reporter:
-    """stderr messages and a progress display (rich, only on a TTY and without --quiet).
+    """stderr messages and a progress display (rich, only on a TTY and without --quiet). Every
+    message shows control characters as escapes (`safetext.for_terminal`): a file name or label
+    never reaches the terminal as a command.
 
     The bar counts audio, not files: seconds encoded out of the run's total (read from file
     headers in a background thread, estimated for files whose header does not say), the rate
@@ -149,14 +159,14 @@ class Reporter:
         self.failed += 1
         if self.failure_log is not None:
             self.failure_log.add(err)
-        self.console.print(f"matpac: skipped {err}", markup=False, style="yellow", soft_wrap=True)
+        self.console.print(for_terminal(f"matpac: skipped {err}"), markup=False, style="yellow", soft_wrap=True)
 
     def warning(self, text: str) -> None:
-        self.console.print(f"matpac: warning: {text}", markup=False, style="yellow", soft_wrap=True)
+        self.console.print(for_terminal(f"matpac: warning: {text}"), markup=False, style="yellow", soft_wrap=True)
 
     def info(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, markup=False, soft_wrap=True)
+            self.console.print(for_terminal(text), markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.failure_log is not None:

@@ -1,7 +1,8 @@
 """Tag rows: which labels of a score vector are kept, and the long-format rows they become.
 
-A row is `path,head,label,score,rank,tag_id` (+ `start_s,end_s` with segments): `label` is the
-plain class name (`trance`), `tag_id` the dataset's own tag (`genre---trance`). Scores are
+A row is `path,head,label,score,rank,tag_id,truncated` (+ `start_s,end_s` with segments): `label`
+is the plain class name (`trance`), `tag_id` the dataset's own tag (`genre---trance`), `truncated`
+true when the file ended before its header said (tagged as read, as `embed` marks it). Scores are
 computed once per file and journalled, so rows can be cut again with another --top-k or
 --threshold without running the encoder.
 """
@@ -47,20 +48,21 @@ def select(scores: np.ndarray, top_k: int | None, threshold: float | None) -> li
 
 
 def columns(segments: bool) -> list[str]:
-    return ["path", "head", "label", "score", "rank", "tag_id"] + (["start_s", "end_s"] if segments else [])
+    return (["path", "head", "label", "score", "rank", "tag_id", "truncated"]
+            + (["start_s", "end_s"] if segments else []))
 
 
-def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int) -> dict:
+def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int, truncated: bool) -> dict:
     return {"path": name, "head": head.name, "label": head.labels[i], "score": float(scores[i]),
-            "rank": rank, "tag_id": head.tag_ids[i]}
+            "rank": rank, "tag_id": head.tag_ids[i], "truncated": truncated}
 
 
 def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, threshold: float | None,
-             segments: bool) -> Iterable[dict]:
+             segments: bool, truncated: bool = False) -> Iterable[dict]:
     for head in heads:
         scores = rec_arrays[f"clip:{head.name}"]
         for rank, i in select(scores, top_k, threshold):
-            row = _row(name, head, scores, rank, i)
+            row = _row(name, head, scores, rank, i, truncated)
             if segments:
                 row.update(start_s=None, end_s=None)
             yield row
@@ -68,7 +70,7 @@ def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, 
             seg_scores, times = rec_arrays[f"seg:{head.name}"], rec_arrays[f"times:{head.name}"]
             for s in range(len(seg_scores)):
                 for rank, i in select(seg_scores[s], top_k, threshold):
-                    row = _row(name, head, seg_scores[s], rank, i)
+                    row = _row(name, head, seg_scores[s], rank, i, truncated)
                     row.update(start_s=round(float(times[s][0]), 3), end_s=round(float(times[s][1]), 3))
                     yield row
 

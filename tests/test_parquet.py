@@ -121,7 +121,8 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
     table = pq.read_table(made / "tags.parquet")
     assert [(f.name, f.type) for f in table.schema] == [
         ("path", pa.string()), ("head", pa.string()), ("label", pa.string()), ("score", pa.float32()),
-        ("rank", pa.int32()), ("tag_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())]
+        ("rank", pa.int32()), ("tag_id", pa.string()), ("truncated", pa.bool_()), ("start_s", pa.float64()),
+        ("end_s", pa.float64())]
     want = list(csv.DictReader(open(made / "tags.csv", newline="")))
     got = table.to_pylist()
     assert len(got) == len(want) > 3 * 4 * 2  # clip rows and segment rows, every file

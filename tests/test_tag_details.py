@@ -1,0 +1,63 @@
+"""Smaller points of `matpac tag` a user reads (issue 20): truncated files, labels as outputs
+name them, head names, short tail segments, the help text."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_matpac, write_audio
+
+
+@pytest.fixture()
+def cut_and_full(tmp_path):
+    write_audio(tmp_path / "full.wav", 3.0, sr=44100, channels=2, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:20000])
+    return tmp_path
+
+
+def _truncated_by_path(rows: list[dict]) -> dict[str, set]:
+    out: dict[str, set] = {}
+    for r in rows:
+        out.setdefault(r["path"], set()).add(r["truncated"])
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "stdout"])
+def test_a_cut_file_is_tagged_with_a_warning_a_column_and_the_manifest(cut_and_full, ckpts, fmt):
+    d = cut_and_full
+    out = ["--out", "-", "--manifest", "m.json"] if fmt == "stdout" else ["--out", f"tags.{fmt}"]
+    proc = run_matpac(["tag", "cut.wav", "full.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events",
+                       "--top-k", "2", "--device", "cpu", *out], cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    warning = [ln for ln in err.splitlines() if "cut.wav" in ln]
+    assert len(warning) == 1 and "132300" in warning[0] and "4989" in warning[0] and "tagged" in warning[0], err
+    if fmt in ("csv", "stdout"):
+        text = proc.stdout.decode() if fmt == "stdout" else (d / "tags.csv").read_text()
+        rows = list(csv.DictReader(text.splitlines()))
+        assert _truncated_by_path(rows) == {"cut.wav": {"True"}, "full.wav": {"False"}}
+    elif fmt == "jsonl":
+        rows = [json.loads(ln) for ln in (d / "tags.jsonl").read_text().splitlines()]
+        assert _truncated_by_path(rows) == {"cut.wav": {True}, "full.wav": {False}}
+    else:
+        table = pq.read_table(d / "tags.parquet")
+        assert str(table.schema.field("truncated").type) == "bool"
+        assert _truncated_by_path(table.to_pylist()) == {"cut.wav": {True}, "full.wav": {False}}
+    man = d / ("m.json" if fmt == "stdout" else f"tags.{fmt}.manifest.json")
+    assert json.loads(man.read_text())["truncated"] == ["cut.wav"]
+
+
+def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
+    d = cut_and_full
+    args = ["tag", "cut.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events", "--device", "cpu",
+            "--out", "tags.csv", "-q"]
+    assert run_matpac(args, cwd=d).returncode == 0
+    proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav reused from the journal
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(d / "tags.csv")))
+    assert _truncated_by_path(rows) == {"cut.wav": {"True"}, "full.wav": {"False"}}
+    man = json.loads((d / "tags.csv.manifest.json").read_text())
+    assert man["truncated"] == ["cut.wav"] and man["counts"]["reused"] == 1

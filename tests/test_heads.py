@@ -48,7 +48,7 @@ SPEC_HEADS = {
 }
 DEFAULT_HEADS = ("mtg_genre", "mtg_mood", "mtg_instrument")
 COLUMNS = ["path", "head", "label", "score", "rank"]
-TAG_COLUMNS = COLUMNS + ["tag_id"]  # every tag row; + start_s, end_s with --segments
+TAG_COLUMNS = COLUMNS + ["tag_id", "truncated"]  # every tag row; + start_s, end_s with --segments
 TOL = 1e-4
 
 

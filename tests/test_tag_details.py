@@ -61,3 +61,57 @@ def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     assert _truncated_by_path(rows) == {"cut.wav": {"True"}, "full.wav": {"False"}}
     man = json.loads((d / "tags.csv.manifest.json").read_text())
     assert man["truncated"] == ["cut.wav"] and man["counts"]["reused"] == 1
+
+
+# ------------------------------------------------------------------ probes on a --model FILE
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from matpac_cli.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_offline_probe_on_an_unknown_model_file_says_what_to_do_before_it_loads(tmp_path, monkeypatch, capsys):
+    """A damaged --model file is never read: the head's refusal comes first, with both ways out."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_audio(tmp_path / "a.wav", 1.0)
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint at all" * 100)
+    rc, out, err = _cli(capsys, "tag", tmp_path / "a.wav", "--model", tmp_path / "model.pt", "--head", "genre",
+                        "--device", "cpu")
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matpac: error: "), err
+    assert "mtg_genre" in err and "--head FILE" in err and "matpac models download" in err
+    assert "damaged" not in err and "truncated" not in err  # the model was not loaded
+
+
+def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckpts, tmp_path, monkeypatch, capsys):
+    """The encoder file is known by its content (sha256 recorded at download), not its name."""
+    from test_heads import RELEASE_MUSIC, make_music_dir, serve_music_model, serve_probes
+
+    music = make_music_dir(tmp_path / "music")
+    serve_music_model(hub, ckpts)
+    serve_probes(hub)
+    rc, online, err = _cli(capsys, "tag", music, "--head", "genre", "--top-k", "0", "--device", "cpu")
+    assert rc == 0, err
+    from matpac_cli.weights import release_path
+
+    copy = tmp_path / "my-encoder.pt"
+    copy.write_bytes(release_path(RELEASE_MUSIC).read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, offline, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--top-k", "0",
+                            "--device", "cpu")
+    assert rc == 0, err
+    assert offline == online
+    # the probe zip gone from the cache: said before the model loads, with both ways out
+    from matpac_cli.registry import load_registry
+
+    release_path(load_registry().probes_release).unlink()
+    rc, out, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--device", "cpu")
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "matpac models download probes" in err and "--head FILE" in err

@@ -66,9 +66,11 @@ class Head:
 
 
 def plain_labels(tag_ids: list[str]) -> list[str]:
-    """MTG-Jamendo's `category---name` tags -> `name`; other labels unchanged. A plain name that
-    would appear twice in one head keeps its full tag, so names stay unique."""
-    plain = [t.rsplit("---", 1)[-1].strip() or t for t in tag_ids]
+    """The one display rule for labels: MTG-Jamendo's `category---name` tags -> `name`, and
+    underscores read as spaces (`Acoustic_guitar` -> `Acoustic guitar`); the `tag_id` keeps the
+    dataset's id exactly. A plain name that would appear twice in one head keeps its full tag,
+    so names stay unique."""
+    plain = [t.rsplit("---", 1)[-1].replace("_", " ").strip() or t for t in tag_ids]
     seen: dict[str, int] = {}
     for name in plain:
         seen[name] = seen.get(name, 0) + 1
@@ -270,7 +272,7 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
     if path.suffix in HEAD_SUFFIXES and path.is_file():
         if is_trained_head(path):  # classes, activation and scaler are in its metadata
             return load_trained(path, in_dim, encoder)
-        spec = _spec_for_stem(path.stem)
+        spec = spec_for_stem(path.stem)
         if spec is not None:  # a known head: its labels come from the registry
             return load_probe(path, spec, in_dim)
         if labels_file is None:
@@ -314,7 +316,7 @@ def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None
                 bias=trained.bias, mean=trained.mean, scale=trained.scale, source=str(path), sha256=_sha256(path))
 
 
-def _spec_for_stem(stem: str) -> HeadSpec | None:
+def spec_for_stem(stem: str) -> HeadSpec | None:
     registry = load_registry()
     try:
         return registry.head(stem)

@@ -59,10 +59,10 @@ def test_scripting_genre_histogram_works_as_written(hub, ckpts, tmp_path):
         emb = R.reference_embedding(sd, *read_wave(path))
         scores = R.reference_probe_scores(emb, w["probe.weight"].double().numpy(),
                                           w["probe.bias"].double().numpy(), "sigmoid")
-        top.append(labels[int(np.argmax(scores))].rsplit("---", 1)[-1])  # rows carry the plain name
+        top.append(labels[int(np.argmax(scores))].rsplit("---", 1)[-1].replace("_", " "))  # the plain name
     got = Counter()
     for line in proc.stdout.decode().splitlines():
-        count, label = re.match(r"\s*(\d+) (\S+)$", line).groups()
+        count, label = re.match(r"\s*(\d+) (.+)$", line).groups()
         got[label] = int(count)
     assert got == Counter(top)
 

@@ -115,3 +115,64 @@ def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckp
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert "matpac models download probes" in err and "--head FILE" in err
+
+
+# ------------------------------------------------------------------ labels as outputs name them
+
+
+def test_models_labels_prints_what_tag_rows_say_and_raw_the_tag_ids(ckpts, tmp_path, capsys):
+    """`models labels events` lines are the rows' `label`s, `--raw` their `tag_id`s (AudioSet:
+    527 labels, 75 with commas; the rows are read with a CSV parser, not cut)."""
+    write_audio(tmp_path / "a.wav", 1.0)
+    rc, out, err = _cli(capsys, "tag", tmp_path / "a.wav", "--model", ckpts["tiny992_as"], "--head", "events",
+                        "--top-k", "0", "--device", "cpu")
+    assert rc == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    rc, plain, _ = _cli(capsys, "models", "labels", "events")
+    rc2, raw, _ = _cli(capsys, "models", "labels", "events", "--raw")
+    assert rc == rc2 == 0
+    assert sorted(plain.splitlines()) == sorted(r["label"] for r in rows)
+    assert sorted(raw.splitlines()) == sorted(r["tag_id"] for r in rows)
+    assert sum("," in ln for ln in plain.splitlines()) == 75
+
+
+def test_one_display_rule_prefixes_dropped_and_underscores_as_spaces(capsys):
+    rc, mood, _ = _cli(capsys, "models", "labels", "mood")
+    assert rc == 0 and mood.splitlines()[0] == "action"
+    rc, raw, _ = _cli(capsys, "models", "labels", "mood", "--raw")
+    assert rc == 0 and raw.splitlines()[0] == "mood/theme---action"
+    rc, sounds, _ = _cli(capsys, "models", "labels", "sounds")
+    assert "Acoustic guitar" in sounds.splitlines() and "_" not in sounds
+    rc, esc, _ = _cli(capsys, "models", "labels", "esc50")
+    assert "crackling fire" in esc.splitlines() and "_" not in esc
+    rc, raw, _ = _cli(capsys, "models", "labels", "sounds", "--raw")
+    assert "Acoustic_guitar" in raw.splitlines()
+
+
+def _trained_head(path, classes):
+    import numpy as np
+
+    from matpac_cli.trained_head import TrainedHead, to_bytes
+
+    d = 8
+    path.write_bytes(to_bytes(TrainedHead(np.zeros((len(classes), d)), np.zeros(len(classes)), np.zeros(d),
+                                          np.ones(d), classes, "single", {"name": "matpac-plus", "sha256": "0" * 64})))
+    return path
+
+
+def test_models_labels_reads_a_trained_head_and_a_probe_file(tmp_path, capsys):
+    import torch
+
+    head = _trained_head(tmp_path / "mine.safetensors", ["dog_bark", "cat"])
+    rc, out, err = _cli(capsys, "models", "labels", head)
+    assert rc == 0 and out.splitlines() == ["dog bark", "cat"], err
+    rc, out, err = _cli(capsys, "models", "labels", head, "--raw")
+    assert rc == 0 and out.splitlines() == ["dog_bark", "cat"], err
+    torch.save({"weight": torch.zeros(20, 8), "bias": torch.zeros(20)}, tmp_path / "openmic.pth")
+    rc, out, err = _cli(capsys, "models", "labels", tmp_path / "openmic.pth")
+    assert rc == 0 and "mallet percussion" in out.splitlines() and len(out.splitlines()) == 20, err
+    torch.save({"weight": torch.zeros(3, 8), "bias": torch.zeros(3)}, tmp_path / "mystery.pth")
+    for bad in ("mystery.pth", "missing.safetensors"):
+        rc, out, err = _cli(capsys, "models", "labels", tmp_path / bad)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("matpac: error: ") and bad in err

@@ -124,8 +124,17 @@ def check_output(out: Path, force: bool) -> None:
 
 
 def describe(groups: list) -> str:
-    """`heads: mtg_genre, mtg_mood on matpac-plus-music; fsd50k on matpac-plus` (+ how often)."""
-    text = "; ".join(f"{', '.join(h.name for h in g.heads)} on {g.model}" for g in groups)
+    """`heads: mtg_genre (genre), esc50 on matpac-plus-music; fsd50k (sounds) on matpac-plus` (+ how
+    often): the name the `head` column holds, with the aliases a user may have typed."""
+    text = "; ".join(f"{', '.join(_with_aliases(h) for h in g.heads)} on {g.model}" for g in groups)
     if len(groups) > 1:
         text += f" ({len(groups)} encoders, each run once per file)"
     return "heads: " + text
+
+
+def _with_aliases(head) -> str:
+    """`mtg_genre (genre)` for a registry head with aliases; a head file's own name as it is."""
+    spec = load_registry().heads.get(head.name)
+    if spec is None or not spec.aliases or head.tag_ids != spec.labels():
+        return head.name
+    return f"{head.name} ({', '.join(spec.aliases)})"

@@ -35,6 +35,7 @@ def test_a_cut_file_is_tagged_with_a_warning_a_column_and_the_manifest(cut_and_f
     err = proc.stderr.decode()
     warning = [ln for ln in err.splitlines() if "cut.wav" in ln]
     assert len(warning) == 1 and "132300" in warning[0] and "4989" in warning[0] and "tagged" in warning[0], err
+    assert "heads: audioset (events) on " in err  # the head column's name, and the alias asked for
     if fmt in ("csv", "stdout"):
         text = proc.stdout.decode() if fmt == "stdout" else (d / "tags.csv").read_text()
         rows = list(csv.DictReader(text.splitlines()))

@@ -15,15 +15,21 @@ import numpy as np
 
 from matpac_cli.errors import UsageError
 from matpac_cli.heads import Head
-from matpac_cli.pipeline import FileResult
+from matpac_cli.pipeline import FileResult, merge_short_tail
 
 DEFAULT_TOP_K = 5
+MIN_SEGMENT_S = 1.0  # --min-segment: a shorter last segment joins the one before it
 # --out extensions and the format each implies; nothing else is written
 def check_selection(top_k: int | None, threshold: float | None) -> None:
     if top_k is not None and top_k < 0:
         raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")
     if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails both
         raise UsageError(f"--threshold {threshold}: give a probability between 0 and 1")
+
+
+def check_min_segment(seconds: float) -> None:
+    if not 0.0 <= seconds < float("inf"):  # NaN fails too
+        raise UsageError(f"--min-segment {seconds}: give a length in seconds, 0 or more (0 keeps every segment)")
 
 
 def effective_top_k(top_k: int | None, threshold: float | None) -> int:
@@ -75,13 +81,15 @@ def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, 
                     yield row
 
 
-def score(result: FileResult, groups: list, segments: bool) -> dict[str, np.ndarray]:
-    """Every head's clip scores (and per-segment scores) for one file."""
+def score(result: FileResult, groups: list, segments: bool, min_segment: float = MIN_SEGMENT_S) -> dict[str, np.ndarray]:
+    """Every head's clip scores (and per-segment scores, a short tail merged: `merge_short_tail`)
+    for one file."""
     arrays: dict[str, np.ndarray] = {}
     for group, out in zip(groups, result.outputs):
         clip = out.embedding[-1][None]
-        seg = np.stack([s.embedding for s in out.segments]) if segments else None
-        times = np.array([[s.start_s, s.end_s] for s in out.segments], dtype=np.float32).reshape(-1, 2)
+        segs = merge_short_tail(out.segments, min_segment)
+        seg = np.stack([s.embedding for s in segs]) if segments else None
+        times = np.array([[s.start_s, s.end_s] for s in segs], dtype=np.float32).reshape(-1, 2)
         for head in group.heads:  # each encoder cuts its own chunks (608 or 992 frames)
             arrays[f"clip:{head.name}"] = head.scores(clip)[0].astype(np.float32)
             if segments:

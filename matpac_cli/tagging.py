@@ -26,7 +26,7 @@ from matpac_cli.pipeline import FileResult, Plan
 from matpac_cli.predictor import Predictor
 from matpac_cli.registry import load_registry
 from matpac_cli.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
-from matpac_cli.tag_rows import columns, effective_top_k, rows_for, score
+from matpac_cli.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
 
 
 
@@ -35,6 +35,7 @@ class TagConfig:
     top_k: int | None = None  # None: 5, or every label above --threshold when one is given
     threshold: float | None = None
     segments: bool = False
+    min_segment: float = MIN_SEGMENT_S  # seconds; a shorter last segment joins the one before it
     fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
     batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
@@ -94,6 +95,8 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         "heads": [[h.name, h.source, h.sha256] for h in heads],  # a probe replaced in place is new
         "segments": config.segments,
     }
+    if config.segments:
+        settings["min_segment"] = config.min_segment
     summary = Summary()
     callbacks = (on_progress, _collect(summary, on_failure), on_audio)
     man_path = config.manifest or (None if out is None else out.with_name(out.name + ".manifest.json"))
@@ -132,8 +135,8 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
 
     def on_result(res: FileResult) -> None:
         cut = _truncated(res, summary, on_warning)
-        for row in rows_for(res.item.name, heads, score(res, groups, config.segments), config.top_k,
-                            config.threshold, config.segments, cut):
+        scores = score(res, groups, config.segments, config.min_segment)
+        for row in rows_for(res.item.name, heads, scores, config.top_k, config.threshold, config.segments, cut):
             writer.write(row)
         writer.flush()
         summary.done += 1
@@ -158,6 +161,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
         differ = jr.settings_differ(journal_path, settings)
         if differ:
             names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
+                     "min_segment": "--min-segment",
                      "job": "job (embed vs tag)"}
             raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
                               "use --force to replace it or choose another --out")
@@ -178,7 +182,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
         meta = {"duration_s": res.duration_s}
         if _truncated(res, summary, on_warning):
             meta["truncated"] = list(res.truncated)
-        journal.add(res.item, meta, score(res, groups, config.segments))
+        journal.add(res.item, meta, score(res, groups, config.segments, config.min_segment))
         summary.done += 1
         summary.audio_s += res.duration_s
 

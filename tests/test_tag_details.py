@@ -177,3 +177,87 @@ def test_models_labels_reads_a_trained_head_and_a_probe_file(tmp_path, capsys):
         rc, out, err = _cli(capsys, "models", "labels", tmp_path / bad)
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert err.startswith("matpac: error: ") and bad in err
+
+
+# ------------------------------------------------------------------ a short last segment
+
+
+def _segments(rows: list[dict]) -> dict[tuple[float, float], list[dict]]:
+    out: dict[tuple[float, float], list[dict]] = {}
+    for r in rows:
+        if r["start_s"] != "":
+            out.setdefault((float(r["start_s"]), float(r["end_s"])), []).append(r)
+    return out
+
+
+def test_a_short_tail_joins_the_segment_before_it_scored_on_their_pooled_columns(ckpts, tmp_path, monkeypatch, capsys):
+    """12.56 s at 608 frames: chunks at 0, 6.08 and 12.16 s, the last 0.4 s long. It joins the second:
+    one segment 6.08..12.555 s (the end of its last frame) whose embedding is the mean over both chunks' columns (reference
+    arithmetic), not a 0.4 s segment of its own; --min-segment 0 keeps it apart."""
+    import torch
+    from test_heads import assert_scores, expected_probe, load_sd, probe_tensors, read_wave, tag_labels
+
+    import reference as R
+
+    monkeypatch.chdir(tmp_path)
+    song = write_audio(tmp_path / "song.wav", 12.56, seed=4)
+    probe = probe_tensors(20, seed=7)
+    torch.save(probe, tmp_path / "openmic.pth")
+    base = ["tag", song, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--segments", "--top-k", "0",
+            "--device", "cpu"]
+    rc, out, err = _cli(capsys, *base)
+    assert rc == 0, err
+    spans = _segments(list(csv.DictReader(out.splitlines())))
+    assert sorted(spans) == [(0.0, 6.095), (6.08, 12.555)]
+
+    sd = load_sd(ckpts["tiny608"])
+    cols, sums = [], []
+    for chunk in R.reference_chunks(sd, *read_wave(song)):
+        n = chunk.shape[1] // R.PATCH
+        c = R.tokens_to_columns(R.encode_chunk(sd, chunk), n).double().numpy()
+        cols.append(n)
+        sums.append(c.sum(axis=0))
+    assert len(cols) == 3
+    labels = tag_labels("openmic.txt")
+    assert_scores(spans[(0.0, 6.095)], labels, expected_probe(sums[0] / cols[0], probe, "sigmoid"))
+    merged = (sums[1] + sums[2]) / (cols[1] + cols[2])
+    assert_scores(spans[(6.08, 12.555)], labels, expected_probe(merged, probe, "sigmoid"))
+
+    rc, out, err = _cli(capsys, *base, "--min-segment", "0")
+    assert rc == 0, err
+    spans = _segments(list(csv.DictReader(out.splitlines())))
+    assert sorted(spans) == [(0.0, 6.095), (6.08, 12.175), (12.16, 12.555)]
+    assert_scores(spans[(12.16, 12.555)], labels, expected_probe(sums[2] / cols[2], probe, "sigmoid"))
+
+
+def test_a_file_of_one_short_segment_keeps_it_and_a_merged_pair_is_the_clip(ckpts, tmp_path, capsys):
+    """Two 992-frame chunks, the second 0.5 s: merged, the segment is the whole file, so its scores
+    are the clip's. A 0.6 s file keeps its only segment."""
+    long = write_audio(tmp_path / "long.wav", 10.42, seed=5)
+    short = write_audio(tmp_path / "short.wav", 0.6, seed=6)
+    rc, out, err = _cli(capsys, "tag", long, short, "--model", ckpts["tiny992_as"], "--head", "events",
+                        "--segments", "--top-k", "0", "--device", "cpu")
+    assert rc == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    for path, span in ((str(long), (0.0, 10.415)), (str(short), (0.0, 0.595))):
+        mine = [r for r in rows if r["path"] == path]
+        spans = _segments(mine)
+        assert list(spans) == [span], spans.keys()
+        clip = {r["label"]: float(r["score"]) for r in mine if r["start_s"] == ""}
+        seg = {r["label"]: float(r["score"]) for r in spans[span]}
+        assert seg.keys() == clip.keys() and max(abs(seg[k] - clip[k]) for k in seg) < 1e-5
+
+
+def test_min_segment_is_checked_first_and_is_part_of_a_resumable_output(ckpts, tmp_path):
+    song = write_audio(tmp_path / "s.wav", 1.0)
+    for bad in ("-1", "nan", "inf"):
+        proc = run_matpac(["tag", str(song), "--model", str(tmp_path / "missing.pt"), "--segments",
+                           "--min-segment", bad], cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and "--min-segment" in err, err
+    args = ["tag", "s.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events", "--segments", "--device", "cpu",
+            "--out", "t.csv", "-q"]
+    assert run_matpac(args, cwd=tmp_path).returncode == 0
+    proc = run_matpac(args + ["--min-segment", "0.5"], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "--min-segment" in err and "--force" in err, err

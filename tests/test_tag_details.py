@@ -261,3 +261,28 @@ def test_min_segment_is_checked_first_and_is_part_of_a_resumable_output(ckpts, t
     proc = run_matpac(args + ["--min-segment", "0.5"], cwd=tmp_path)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "--min-segment" in err and "--force" in err, err
+
+
+# ------------------------------------------------------------------ help text
+
+
+@pytest.mark.parametrize("command,usage", [
+    ([], "matpac [OPTIONS] COMMAND [ARGS]..."),
+    (["tag"], "matpac tag [OPTIONS] INPUTS..."),
+    (["embed"], "matpac embed [OPTIONS] INPUTS..."),
+    (["search"], "matpac search [OPTIONS] [QUERIES...]"),
+    (["train"], "matpac train [OPTIONS] LABELS"),
+    (["report"], "matpac report [OPTIONS] TAGS"),
+    (["models"], "matpac models [OPTIONS] COMMAND [ARGS]..."),
+    (["models", "download"], "matpac models download [OPTIONS] NAME..."),
+    (["models", "labels"], "matpac models labels [OPTIONS] HEAD"),
+])
+def test_help_shows_clean_flags_and_argument_names(command, usage):
+    proc = run_matpac([*command, "--help"], env={"COLUMNS": "200", "TERM": "dumb"}, timeout=60)
+    text = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr
+    assert f"Usage: {usage}" in text, text
+    assert "<bool>" not in text and "{" not in text, text
+    if command == ["tag"]:
+        line = next(ln for ln in text.splitlines() if "--segments" in ln and "--no-segments" in ln)
+        assert "<" not in line, line

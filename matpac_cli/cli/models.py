@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from matpac_cli.cli._common import Reporter
-from matpac_cli.cli._options import ForceOpt
+from matpac_cli.cli._options import Command, ForceOpt, Group
 
-app = typer.Typer(no_args_is_help=True, help="List, download, verify models and heads; print labels.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="List, download, verify models and heads; print labels.")
 
 MODEL_COLUMNS = ("model", "description", "family", "source", "cached")
 HEAD_COLUMNS = ("head", "aliases", "classes", "activation", "encoders", "cached", "label_order")
@@ -104,7 +104,7 @@ def _print_tables(data: dict) -> None:
     console.print(heads)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the models, heads and probe zip.")] = False,
 ) -> int:
@@ -155,11 +155,11 @@ def _fetch(name: str, force: bool) -> str:
     return f"matpac: {res.name} ready: {res.path} (sha256 {res.sha256}, from {res.source})"
 
 
-@app.command("download")
+@app.command("download", cls=Command)
 def models_download(
     names: Annotated[list[str], typer.Argument(
         help="Model names, 'probes' (the probe-head zip), or 'all' (every model and the probes).",
-        show_default=False, metavar="NAME")],
+        show_default=False, metavar="NAME...")],
     force: ForceOpt = False,
 ) -> int:
     """Fetch models (and the probe zip) into the cache and record their sha256.
@@ -192,7 +192,7 @@ def models_download(
     return 0
 
 
-@app.command("labels")
+@app.command("labels", cls=Command)
 def models_labels(
     head: Annotated[str, typer.Argument(help="Head name or alias, or a head file (from `matpac train`, or a registry head's probe file).")],
     raw: Annotated[bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")] = False,
@@ -232,7 +232,7 @@ def _head_tag_ids(head: str) -> list[str]:
     return spec.labels()
 
 
-@app.command("verify")
+@app.command("verify", cls=Command)
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError

@@ -286,3 +286,30 @@ def test_help_shows_clean_flags_and_argument_names(command, usage):
     if command == ["tag"]:
         line = next(ln for ln in text.splitlines() if "--segments" in ln and "--no-segments" in ln)
         assert "<" not in line, line
+
+
+# ------------------------------------------------------------------ install lines of the README
+
+
+def test_readme_installs_from_the_checkout_with_extras_that_exist():
+    """matpac is not on PyPI: `pip install 'matpac-cli[ray]'` failed. Every pip line installs `.`
+    (with extras pyproject.toml defines) or torch's own wheels."""
+    import re
+    import tomllib
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert "matpac-cli" not in text
+    targets = re.findall(r"pip install ([^`\n&#]+)", text)
+    assert len(targets) >= 4, targets
+    for target in targets:
+        words = target.split()
+        if words[0] == "torch":
+            assert "--index-url https://download.pytorch.org/whl/cpu" in target
+            continue
+        m = re.fullmatch(r"'?\.(?:\[(\w+)\])?'?", words[0])
+        assert m, target
+        assert m.group(1) is None or m.group(1) in extras, target
+    assert "pip install '.[ray]'" in text and "5.8 GB" in text and "torch 2.14.1" in text

@@ -58,5 +58,5 @@ NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still go to stderr.")]
 FailuresOpt = Annotated[Optional[Path], typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install 'matpac-cli\\[ray]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install '.\\[ray]' in matpac's source folder).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on with --engine ray, HOST:PORT of its head (default: RAY_ADDRESS).")]

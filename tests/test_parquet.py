@@ -55,7 +55,7 @@ def made(ckpts, tmp_path_factory) -> Path:
     shutil.copy(ckpts["tiny608"], d / "tiny.pt")
     torch.save(probe_tensors(20, seed=4, width=EMB), d / "openmic.pth")
     common = ["clips", "--model", "tiny.pt", "--device", "cpu", "-q"]
-    tag = ["tag", *common, "--head", "./openmic.pth", "--segments", "--top-k", "4"]
+    tag = ["tag", *common, "--head", "./openmic.pth", "--segments", "--min-segment", "0", "--top-k", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)
         for out in ("npy/emb.npy", "pq/emb.parquet"):
@@ -351,7 +351,7 @@ def test_report_of_parquet_tags_and_embeddings(made, capsys, monkeypatch):
     data = json.loads(re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1))
     assert sorted(data["paths"]) == NAMES and data["nn"]
     code, _, err = cli(capsys, "tag", "clips", "--model", "tiny.pt", "--head", "./openmic.pth", "--segments",
-                       "--top-k", "4", "--out", "tags.parquet", "--report", "tagged.html", "-q")
+                       "--min-segment", "0", "--top-k", "4", "--out", "tags.parquet", "--report", "tagged.html", "-q")
     assert code == 0 and Path("tagged.html").exists(), err
 
 

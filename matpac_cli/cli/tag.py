@@ -92,9 +92,8 @@ def tag(
         _check_device(device, precision)
     items = items_for(inputs, ext, null)
     config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
-                       batch_size=batch_size,
-                       workers=workers or None, force=force, manifest=manifest, engine=engine.lower(),
-                       ray_address=ray_address)
+                       batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
+                       engine=engine.lower(), ray_address=ray_address)
     runner = Engine(engine, ray_address, device, precision)
     try:
         groups = _load_groups(plan, runner, labels, threads or None, quiet)

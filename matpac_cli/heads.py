@@ -66,9 +66,11 @@ class Head:
 
 
 def plain_labels(tag_ids: list[str]) -> list[str]:
-    """MTG-Jamendo's `category---name` tags -> `name`; other labels unchanged. A plain name that
-    would appear twice in one head keeps its full tag, so names stay unique."""
-    plain = [t.rsplit("---", 1)[-1].strip() or t for t in tag_ids]
+    """The one display rule for labels: MTG-Jamendo's `category---name` tags -> `name`, and
+    underscores read as spaces (`Acoustic_guitar` -> `Acoustic guitar`); the `tag_id` keeps the
+    dataset's id exactly. A plain name that would appear twice in one head keeps its full tag,
+    so names stay unique."""
+    plain = [t.rsplit("---", 1)[-1].replace("_", " ").strip() or t for t in tag_ids]
     seen: dict[str, int] = {}
     for name in plain:
         seen[name] = seen.get(name, 0) + 1
@@ -180,6 +182,7 @@ def probes_dir(progress: bool = False, force: bool = False) -> Path:
     )
 
     registry = load_registry()
+    check_probes_cached()
     key = (str(matpac_cache()), release_base() + registry.probes_release)
     if key in _VERIFIED_PROBES and not force:  # hashed once per process, not once per head
         return _VERIFIED_PROBES[key]
@@ -196,6 +199,19 @@ def probes_dir(progress: bool = False, force: bool = False) -> Path:
 
 
 _VERIFIED_PROBES: dict[tuple[str, str], Path] = {}
+
+
+def check_probes_cached() -> None:
+    """Offline (HF_HUB_OFFLINE), the probe heads need the probe zip in the cache: said with the
+    two ways round it before any model loads."""
+    from matpac_cli.weights import PROBES_HINT, offline, release_path
+
+    zpath = release_path(load_registry().probes_release)
+    if offline() and not zpath.is_file():
+        raise WeightsError(
+            f"the probe heads need {zpath.name}, which is not in the cache and HF_HUB_OFFLINE is set; "
+            f"run `{PROBES_HINT}` on a connected machine and copy its HF_HOME here, "
+            "or give --head FILE with a probe file (such as mtg_genre.pth from that zip)")
 
 
 def extract_safely(zpath: Path, target: Path) -> None:
@@ -256,7 +272,7 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
     if path.suffix in HEAD_SUFFIXES and path.is_file():
         if is_trained_head(path):  # classes, activation and scaler are in its metadata
             return load_trained(path, in_dim, encoder)
-        spec = _spec_for_stem(path.stem)
+        spec = spec_for_stem(path.stem)
         if spec is not None:  # a known head: its labels come from the registry
             return load_probe(path, spec, in_dim)
         if labels_file is None:
@@ -270,14 +286,21 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
     if spec.builtin:
         raise UsageError(f"head {spec.name} comes with model {spec.builtin}, not the probe zip")
     if family is None:
-        raise UsageError(
-            f"head {spec.name} is a probe for the MATPAC++ encoders; use --model matpac-plus or "
-            "matpac-plus-music, or give a probe file"
-        )
+        raise UsageError(probe_encoder_unknown(spec, encoder[0] if encoder else None))
     probe = find_probe(probes_dir(progress), family, spec.task or spec.name)
     head = load_probe(probe, spec, in_dim)
     head.source = f"probes:{family}/{probe.name}"
     return head
+
+
+def probe_encoder_unknown(spec: HeadSpec, model: str | None) -> str:
+    """Why a registry probe cannot run on `model`, and what to do instead."""
+    what = f"model {model}" if model else "this model"
+    return (f"head {spec.name} is the authors' probe for the MATPAC++ encoders, and {what} is not one of them "
+            "as far as matpac can tell (a checkpoint file is known by the sha256 recorded when matpac "
+            "downloaded it, not by its name); use --model matpac-plus-music or matpac-plus (offline: "
+            "`matpac models download matpac-plus-music probes` on a connected machine, then copy its "
+            f"HF_HOME here), or --head FILE with a probe file ({spec.task or spec.name}.pth from the probe zip)")
 
 
 def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None) -> Head:
@@ -293,7 +316,7 @@ def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None
                 bias=trained.bias, mean=trained.mean, scale=trained.scale, source=str(path), sha256=_sha256(path))
 
 
-def _spec_for_stem(stem: str) -> HeadSpec | None:
+def spec_for_stem(stem: str) -> HeadSpec | None:
     registry = load_registry()
     try:
         return registry.head(stem)

@@ -48,7 +48,8 @@ def _types() -> dict:
     pa, _ = arrow()
     text, f64 = pa.string(), pa.float64()
     return {"path": text, "head": text, "label": text, "tag_id": text, "query": text, "path_a": text,
-            "path_b": text, "score": pa.float32(), "rank": pa.int32(), "duration_s": f64, "start_s": f64, "end_s": f64}
+            "path_b": text, "score": pa.float32(), "rank": pa.int32(), "duration_s": f64, "start_s": f64,
+            "end_s": f64, "truncated": pa.bool_()}
 
 
 def _strings(values: list, pa):

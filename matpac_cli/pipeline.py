@@ -45,6 +45,20 @@ class Segment:
     start_s: float
     end_s: float
     embedding: np.ndarray  # (E,) mean of the chunk's last-layer columns
+    columns: int = 1  # time columns that mean is over (a merged tail pools both chunks' columns)
+
+
+def merge_short_tail(segments: list[Segment], min_s: float) -> list[Segment]:
+    """A last segment shorter than `min_s` seconds joins the one before it: the merged segment
+    spans both, and its embedding is the mean over both chunks' columns (each column counts the
+    same, as in the clip embedding), so heads score it as one window. A file's only segment is
+    kept whatever its length. Only the last chunk of a file can be short."""
+    if len(segments) < 2 or segments[-1].end_s - segments[-1].start_s >= min_s:
+        return segments
+    prev, tail = segments[-2], segments[-1]
+    cols = prev.columns + tail.columns
+    pooled = (prev.embedding.astype(np.float64) * prev.columns + tail.embedding.astype(np.float64) * tail.columns) / cols
+    return segments[:-2] + [Segment(prev.start_s, tail.end_s, pooled.astype(np.float32), cols)]
 
 
 @dataclass
@@ -107,7 +121,7 @@ class Slot:
             self.frames[i][w.index] = chunk.frames
         if chunk.segment is not None:
             start, end = w.times()
-            self.segments[i][w.index] = Segment(start, end, chunk.segment)
+            self.segments[i][w.index] = Segment(start, end, chunk.segment, w.columns)
 
     def finished(self) -> bool:
         return (self.ended or self.error is not None) and self.pending == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from matpac_cli.errors import OutputError, UsageError
-from matpac_cli.heads import HEAD_SUFFIXES
+from matpac_cli.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
 from matpac_cli.registry import HeadSpec, load_registry
 from matpac_cli.trained_head import check_planned, default_encoder, is_trained_head
 
@@ -72,6 +72,7 @@ def plan_groups(head_args: Iterable[str], model: str | None) -> list[tuple[str, 
     `model` is the --model value, None when the user gave none."""
     groups: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
+    probes: list[tuple[str, HeadSpec]] = []  # (encoder, registry probe head)
     for arg in head_args:
         target, name = _split(arg, model)
         spec = _spec(name)
@@ -87,7 +88,24 @@ def plan_groups(head_args: Iterable[str], model: str | None) -> list[tuple[str, 
         elif spec and spec.builtin and target == model and not _carries_audioset(model):
             target = spec.builtin
         groups.setdefault(target, []).append(name)
+        if spec and not spec.builtin and Path(name).suffix not in HEAD_SUFFIXES:
+            probes.append((target, spec))
+    _check_probes(probes)
     return list(groups.items())
+
+
+def _check_probes(probes: list[tuple[str, HeadSpec]]) -> None:
+    """Registry probes need a MATPAC++ encoder (a checkpoint file known by its content) and,
+    offline, the probe zip in the cache: both said before any model loads."""
+    from matpac_cli.weights import model_file_spec
+
+    registry = load_registry()
+    for target, spec in probes:
+        model = registry.models.get(target) or model_file_spec(target)
+        if model is None or model.family not in registry.families:
+            raise UsageError(probe_encoder_unknown(spec, target))
+    if probes:
+        check_probes_cached()
 
 
 def _carries_audioset(model: str) -> bool:
@@ -106,8 +124,17 @@ def check_output(out: Path, force: bool) -> None:
 
 
 def describe(groups: list) -> str:
-    """`heads: mtg_genre, mtg_mood on matpac-plus-music; fsd50k on matpac-plus` (+ how often)."""
-    text = "; ".join(f"{', '.join(h.name for h in g.heads)} on {g.model}" for g in groups)
+    """`heads: mtg_genre (genre), esc50 on matpac-plus-music; fsd50k (sounds) on matpac-plus` (+ how
+    often): the name the `head` column holds, with the aliases a user may have typed."""
+    text = "; ".join(f"{', '.join(_with_aliases(h) for h in g.heads)} on {g.model}" for g in groups)
     if len(groups) > 1:
         text += f" ({len(groups)} encoders, each run once per file)"
     return "heads: " + text
+
+
+def _with_aliases(head) -> str:
+    """`mtg_genre (genre)` for a registry head with aliases; a head file's own name as it is."""
+    spec = load_registry().heads.get(head.name)
+    if spec is None or not spec.aliases or head.tag_ids != spec.labels():
+        return head.name
+    return f"{head.name} ({', '.join(spec.aliases)})"

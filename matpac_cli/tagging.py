@@ -2,8 +2,8 @@
 
 Heads are grouped by the encoder they need (`tag_plan`); each group is one Plan, and all plans
 run in the same pass over the files (decoded once). Rows (`tag_rows`) are
-`path,head,label,score,rank,tag_id,duration_s` (+ `start_s,end_s` with segments; a head that
-kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
+`path,head,label,score,rank,tag_id,duration_s,truncated` (+ `start_s,end_s` with segments; a
+head that kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
 Parquet table (a file only, written whole at the end, as every file output is). With an output
 file, per-file scores are journalled so a re-run resumes; every file output gets a manifest
 (`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file.
@@ -27,7 +27,7 @@ from matpac_cli.pipeline import FileResult, Plan
 from matpac_cli.predictor import Predictor
 from matpac_cli.registry import load_registry
 from matpac_cli.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
-from matpac_cli.tag_rows import columns, effective_top_k, rows_for, score
+from matpac_cli.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
 
 MANIFEST_FAILURES = 1000  # failed files named in a tag manifest (`counts.failed` has them all)
 
@@ -37,6 +37,7 @@ class TagConfig:
     top_k: int | None = None  # None: 5, or every label above --threshold when one is given
     threshold: float | None = None
     segments: bool = False
+    min_segment: float = MIN_SEGMENT_S  # seconds; a shorter last segment joins the one before it
     fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
     batch_size: int | None = None  # None: the device's default (predictor.default_batch)
     workers: int | None = None
@@ -96,6 +97,8 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         "heads": [[h.name, h.source, h.sha256] for h in heads],  # a probe replaced in place is new
         "segments": config.segments,
     }
+    if config.segments:
+        settings["min_segment"] = config.min_segment
     summary = Summary()
     callbacks = (on_progress, _collect(summary, on_failure), on_audio)
     man_path = config.manifest or (None if out is None else out.with_name(out.name + ".manifest.json"))
@@ -103,7 +106,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     if out is None:
         if config.fmt in writers.BINARY:
             raise UsageError(f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}")
-        _stream(items, groups, config, stdout, summary, callbacks)
+        _stream(items, groups, config, stdout, summary, callbacks, on_warning)
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
@@ -115,15 +118,28 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     return summary
 
 
+def _truncated(res: FileResult, summary: Summary, on_warning: Callable[[str], None]) -> bool:
+    """A file that decoded but ended before its header said is tagged as read, said, and marked
+    (as `embed` does: the same words, a `truncated` column, the manifest's list)."""
+    if not res.truncated:
+        return False
+    summary.truncated.append(res.item.name)
+    on_warning(f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+               f"{res.truncated[1]} could be read (file cut short?); tagged what was read")
+    return True
+
+
 def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: TextIO, summary: Summary,
-            callbacks: Callbacks) -> None:
+            callbacks: Callbacks, on_warning: Callable[[str], None]) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
 
     def on_result(res: FileResult) -> None:
-        for row in rows_for(res.item.name, heads, score(res, groups, config.segments), config.top_k,
-                            config.threshold, config.segments, res.duration_s):
+        cut = _truncated(res, summary, on_warning)
+        scores = score(res, groups, config.segments, config.min_segment)
+        for row in rows_for(res.item.name, heads, scores, config.top_k, config.threshold, config.segments,
+                            res.duration_s, cut):
             writer.write(row)
         writer.flush()
         summary.done += 1
@@ -148,6 +164,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
         differ = jr.settings_differ(journal_path, settings)
         if differ:
             names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
+                     "min_segment": "--min-segment",
                      "job": "job (embed vs tag)"}
             raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
                               "use --force to replace it or choose another --out")
@@ -165,7 +182,10 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
             on_reused(item, rec.meta["duration_s"])
 
     def on_journal(res: FileResult) -> None:
-        journal.add(res.item, {"duration_s": res.duration_s}, score(res, groups, config.segments))
+        meta = {"duration_s": res.duration_s}
+        if _truncated(res, summary, on_warning):
+            meta["truncated"] = list(res.truncated)
+        journal.add(res.item, meta, score(res, groups, config.segments, config.min_segment))
         summary.done += 1
         summary.audio_s += res.duration_s
 
@@ -181,11 +201,12 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
     if not finished:
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
+    summary.truncated = [item.name for item, rec in finished if rec.meta.get("truncated")]  # reused ones too
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
             for item, rec in finished:
                 for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments,
-                                    rec.meta["duration_s"]):
+                                    rec.meta["duration_s"], bool(rec.meta.get("truncated"))):
                     writer.write(row)
         unit.json(man_path, make_manifest())
     summary.outputs.extend([out, man_path])
@@ -198,7 +219,8 @@ def tag_manifest(groups: list[Group], settings: dict, config: TagConfig, out: Pa
     head_info = [{"name": h.name, "encoder": g.model, "source": h.source, "sha256": h.sha256,
                   "activation": h.activation, "classes": len(h.labels), "standardised": h.standardised,
                   "label_order_confirmed": h.confirmed_order} for g in groups for h in g.heads]
-    man = manifest([g.predictor for g in groups], settings, summary, argv, head_info)
+    man = manifest([g.predictor for g in groups], settings, summary, argv, head_info,
+                   extra={"truncated": summary.truncated})
     for entry, g in zip(man["models"], groups):
         entry["device"] = g.predictor.device
         entry["precision"] = str(g.predictor.dtype).replace("torch.", "")

@@ -83,7 +83,7 @@ def resolve(spec: str, progress: bool = False, force: bool = False) -> Resolved:
             digest = sha256_of(path)
         except OSError as exc:
             raise ModelError(f"cannot read model file {spec}: {exc.strerror or exc}") from None
-        return Resolved(spec, path, "file", digest)
+        return Resolved(spec, path, "file", digest, registered_as(digest))
     if path.is_dir():
         raise ModelError(f"model {spec} is a folder, not a checkpoint file; give the weights file inside it")
     if path.suffix in WEIGHT_SUFFIXES or os.sep in spec:
@@ -92,6 +92,34 @@ def resolve(spec: str, progress: bool = False, force: bool = False) -> Resolved:
         f"unknown model {spec!r}{suggest(spec, list(registry.models))}; use a registry name "
         f"({', '.join(registry.models)}), a checkpoint file, or hf:OWNER/REPO[@REVISION]"
     )
+
+
+def registered_as(digest: str) -> ModelSpec | None:
+    """The registry model a local file is, known by its content: its sha256 is the one pinned in
+    the registry or recorded when matpac downloaded that model; a renamed copy is still known,
+    and a file merely named like one is not."""
+    registry = load_registry()
+    for m in registry.models.values():
+        if m.sha256 and m.sha256.lower() == digest:
+            return m
+    records = recorded_hashes()
+    for key, value in records.items() if isinstance(records, dict) else ():
+        name = key.split("|", 1)[0]
+        if isinstance(value, str) and value.lower() == digest and name in registry.models:
+            return registry.models[name]
+    return None
+
+
+def model_file_spec(spec: str) -> ModelSpec | None:
+    """`registered_as` for a --model value that is a local file (hashed once: the hash cache
+    keeps it for the load); None for anything else or a file it cannot read."""
+    path = Path(spec).expanduser()
+    if spec.startswith("hf:") or spec in load_registry().models or not path.is_file():
+        return None
+    try:
+        return registered_as(sha256_of(path))
+    except OSError:
+        return None
 
 
 def _resolve_registered(m: ModelSpec, progress: bool, force: bool) -> Resolved:

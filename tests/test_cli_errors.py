@@ -91,4 +91,4 @@ def test_a_closed_stdout_pipe_ends_tag_quietly_with_exit_0(tmp_path):
 def test_help_names_the_ray_extra_whole():
     """Rich reads `[ray]` as a style tag unless escaped: the install command must survive."""
     proc = run_matpac(["embed", "--help"], env={"COLUMNS": "300"})
-    assert "pip install 'matpac-cli[ray]'" in proc.stdout.decode()
+    assert "pip install '.[ray]' in matpac's source folder" in proc.stdout.decode()

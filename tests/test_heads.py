@@ -48,7 +48,7 @@ SPEC_HEADS = {
 }
 DEFAULT_HEADS = ("mtg_genre", "mtg_mood", "mtg_instrument")
 COLUMNS = ["path", "head", "label", "score", "rank"]
-TAG_COLUMNS = COLUMNS + ["tag_id", "duration_s"]  # every tag row; + start_s, end_s with --segments
+TAG_COLUMNS = COLUMNS + ["tag_id", "duration_s", "truncated"]  # every tag row; + start_s, end_s with --segments
 TOL = 1e-4
 
 
@@ -61,8 +61,8 @@ def label_file(name: str) -> list[str]:
 
 def tag_labels(name: str) -> list[str]:
     """The label names tag rows show: the label file's tags without MTG-Jamendo's `genre---`,
-    `instrument---`, `mood/theme---` prefixes (the full tag is the row's `tag_id`)."""
-    return [t.rsplit("---", 1)[-1] for t in label_file(name)]
+    `instrument---`, `mood/theme---` prefixes, underscores as spaces (the full tag is the row's `tag_id`)."""
+    return [t.rsplit("---", 1)[-1].replace("_", " ") for t in label_file(name)]
 
 
 def probe_tensors(classes: int, seed: int, style: str = "probe", width: int = EMB) -> dict:
@@ -549,7 +549,7 @@ def registry_heads() -> dict:
 
 
 def test_models_labels_genre_prints_the_label_file_in_order():
-    proc = run_matpac(["models", "labels", "genre"], timeout=60)
+    proc = run_matpac(["models", "labels", "genre", "--raw"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert lines == label_file("mtg_genre.txt")
@@ -559,7 +559,7 @@ def test_models_labels_genre_prints_the_label_file_in_order():
 
 
 def test_models_labels_gtzan_notes_unconfirmed_order_on_stderr():
-    proc = run_matpac(["models", "labels", "gtzan"], timeout=60)
+    proc = run_matpac(["models", "labels", "gtzan", "--raw"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().splitlines() == label_file("gtzan.txt")
     assert len(proc.stdout.decode().splitlines()) == 10
@@ -570,7 +570,7 @@ def test_models_labels_gtzan_notes_unconfirmed_order_on_stderr():
 @pytest.mark.parametrize("name", sorted(registry_heads()))
 def test_models_labels_count_matches_registry(name, capsys):
     spec = registry_heads()[name]
-    rc, out, err = cli(capsys, "models", "labels", name)
+    rc, out, err = cli(capsys, "models", "labels", name, "--raw")
     assert rc == 0, err
     lines = out.splitlines()
     assert len(lines) == spec["classes"]
@@ -579,7 +579,7 @@ def test_models_labels_count_matches_registry(name, capsys):
     unconfirmed = spec.get("order") == "unconfirmed"
     assert (("not publish" in err) or ("unconfirmed" in err)) == unconfirmed
     for alias in spec.get("aliases", []):
-        rc, out2, _ = cli(capsys, "models", "labels", alias)
+        rc, out2, _ = cli(capsys, "models", "labels", alias, "--raw")
         assert rc == 0 and out2 == out
 
 

@@ -55,7 +55,7 @@ def made(ckpts, tmp_path_factory) -> Path:
     shutil.copy(ckpts["tiny608"], d / "tiny.pt")
     torch.save(probe_tensors(20, seed=4, width=EMB), d / "openmic.pth")
     common = ["clips", "--model", "tiny.pt", "--device", "cpu", "-q"]
-    tag = ["tag", *common, "--head", "./openmic.pth", "--segments", "--top-k", "4"]
+    tag = ["tag", *common, "--head", "./openmic.pth", "--segments", "--min-segment", "0", "--top-k", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)
         for out in ("npy/emb.npy", "pq/emb.parquet"):
@@ -121,7 +121,8 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
     table = pq.read_table(made / "tags.parquet")
     assert [(f.name, f.type) for f in table.schema] == [
         ("path", pa.string()), ("head", pa.string()), ("label", pa.string()), ("score", pa.float32()),
-        ("rank", pa.int32()), ("tag_id", pa.string()), ("duration_s", pa.float64()), ("start_s", pa.float64()),
+        ("rank", pa.int32()), ("tag_id", pa.string()), ("duration_s", pa.float64()), ("truncated", pa.bool_()),
+        ("start_s", pa.float64()),
         ("end_s", pa.float64())]
     want = list(csv.DictReader(open(made / "tags.csv", newline="")))
     got = table.to_pylist()
@@ -351,7 +352,7 @@ def test_report_of_parquet_tags_and_embeddings(made, capsys, monkeypatch):
     data = json.loads(re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1))
     assert sorted(data["paths"]) == NAMES and data["nn"]
     code, _, err = cli(capsys, "tag", "clips", "--model", "tiny.pt", "--head", "./openmic.pth", "--segments",
-                       "--top-k", "4", "--out", "tags.parquet", "--report", "tagged.html", "-q")
+                       "--min-segment", "0", "--top-k", "4", "--out", "tags.parquet", "--report", "tagged.html", "-q")
     assert code == 0 and Path("tagged.html").exists(), err
 
 

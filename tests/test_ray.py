@@ -223,4 +223,4 @@ def test_without_ray_installed_the_engine_names_the_extra(tmp_path, clips, ckpts
                        "--engine", "ray"], env={"PYTHONPATH": str(fake.parent)})
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == ("matpac: error: --engine ray needs Ray Data, an optional extra: "
-                                            "pip install 'matpac-cli[ray]'")
+                                            "pip install '.[ray]' in matpac's source folder")

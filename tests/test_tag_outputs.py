@@ -147,7 +147,7 @@ def test_sound_event_head_defaults_to_the_general_audio_encoder(release, music_d
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "genre", "--head", "esc50",
                        "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
-    assert "matpac: heads: mtg_genre on matpac-plus-music; esc50 on matpac-plus (2 encoders, each run once per file)" in err
+    assert "matpac: heads: mtg_genre (genre) on matpac-plus-music; esc50 on matpac-plus (2 encoders, each run once per file)" in err
     groups = by_file_head(parse_csv(out))
     assert_scores(groups[("a.wav", "mtg_genre")], tag_labels("mtg_genre.txt"),
                   expected_probe(ref608["a.wav"], release[(MUSIC, "mtg_genre")], "sigmoid"))
@@ -158,7 +158,7 @@ def test_sound_event_head_defaults_to_the_general_audio_encoder(release, music_d
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", "matpac-plus-music", "--head", "genre",
                        "--head", "esc50", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
-    assert "matpac: heads: mtg_genre, esc50 on matpac-plus-music\n" in err
+    assert "matpac: heads: mtg_genre (genre), esc50 on matpac-plus-music\n" in err
     assert_scores(by_file_head(parse_csv(out))[("a.wav", "esc50")], tag_labels("esc50.txt"),
                   expected_probe(ref608["a.wav"], release[(MUSIC, "esc50")], "softmax"))
 

@@ -28,6 +28,7 @@ import typer
 
 from matpac_cli import __version__
 from matpac_cli.cli import _common
+from matpac_cli.cli._options import Command, Group
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
 from matpac_cli.cli import report as _report
@@ -39,6 +40,7 @@ from matpac_cli.safetext import for_terminal
 
 app = typer.Typer(
     name="matpac",
+    cls=Group,
     no_args_is_help=True,
     add_completion=True,
     help="Tag and embed audio with the MATPAC / MATPAC++ self-supervised audio encoders.",
@@ -63,11 +65,11 @@ def _root(version: Annotated[Optional[bool], typer.Option(
     """
 
 
-app.command("embed")(_embed.embed)
-app.command("tag")(_tag.tag)
-app.command("search")(_search.search)
-app.command("train")(_train.train)
-app.command("report")(_report.report)
+app.command("embed", cls=Command)(_embed.embed)
+app.command("tag", cls=Command)(_tag.tag)
+app.command("search", cls=Command)(_search.search)
+app.command("train", cls=Command)(_train.train)
+app.command("report", cls=Command)(_report.report)
 app.add_typer(_models.app, name="models")
 
 def _on_signal(signum, frame) -> None:

@@ -6,6 +6,43 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+def _tidy(params: list) -> list:
+    """Flags show no value type (typer writes `<bool>`), arguments their name in capitals
+    (`INPUTS...`, not `{inputs}...`)."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # a flag takes no value: nothing to show
+        elif param.param_type_name == "argument":
+            param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+    return params
+
+
+class Command(TyperCommand):
+    """Help as a Unix tool prints it: `Usage: matpac tag [OPTIONS] INPUTS...` and clean flags.
+    Every command uses it (`Group` for `matpac` and `matpac models`)."""
+
+    def get_params(self, ctx) -> list:
+        return _tidy(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _tidy(super().get_params(ctx))
+
 
 Inputs = Annotated[list[str], typer.Argument(help="Audio files and/or folders (recursive); '-' reads paths from stdin.", show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV].")]
@@ -21,5 +58,5 @@ NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still go to stderr.")]
 FailuresOpt = Annotated[Optional[Path], typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install 'matpac-cli\\[ray]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install '.\\[ray]' in matpac's source folder).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on with --engine ray, HOST:PORT of its head (default: RAY_ADDRESS).")]

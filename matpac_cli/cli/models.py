@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from matpac_cli.cli._common import Reporter
-from matpac_cli.cli._options import ForceOpt
+from matpac_cli.cli._options import Command, ForceOpt, Group
 
-app = typer.Typer(no_args_is_help=True, help="List, download, verify models and heads; print labels.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="List, download, verify models and heads; print labels.")
 
 MODEL_COLUMNS = ("model", "description", "family", "source", "cached")
 HEAD_COLUMNS = ("head", "aliases", "classes", "activation", "encoders", "cached", "label_order")
@@ -104,7 +104,7 @@ def _print_tables(data: dict) -> None:
     console.print(heads)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the models, heads and probe zip.")] = False,
 ) -> int:
@@ -155,11 +155,11 @@ def _fetch(name: str, force: bool) -> str:
     return f"matpac: {res.name} ready: {res.path} (sha256 {res.sha256}, from {res.source})"
 
 
-@app.command("download")
+@app.command("download", cls=Command)
 def models_download(
     names: Annotated[list[str], typer.Argument(
         help="Model names, 'probes' (the probe-head zip), or 'all' (every model and the probes).",
-        show_default=False, metavar="NAME")],
+        show_default=False, metavar="NAME...")],
     force: ForceOpt = False,
 ) -> int:
     """Fetch models (and the probe zip) into the cache and record their sha256.
@@ -192,19 +192,47 @@ def models_download(
     return 0
 
 
-@app.command("labels")
-def models_labels(head: Annotated[str, typer.Argument(help="Head name or alias.")]) -> int:
-    """Print a head's labels, one per line, in the index order its weights were trained with."""
-    from matpac_cli.registry import load_registry
+@app.command("labels", cls=Command)
+def models_labels(
+    head: Annotated[str, typer.Argument(help="Head name or alias, or a head file (from `matpac train`, or a registry head's probe file).")],
+    raw: Annotated[bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")] = False,
+) -> int:
+    """Print a head's labels as tag outputs name them, one per line, in the index order its weights
+    were trained with (--raw: the tag ids)."""
+    from matpac_cli.heads import plain_labels
 
-    spec = load_registry().head(head)
-    if not spec.confirmed_order:
-        Reporter(False).info(f"matpac: note: the authors did not publish the {spec.name} label order; this is the likely one")
-    sys.stdout.write("".join(label + "\n" for label in spec.labels()))
+    tag_ids = _head_tag_ids(head)
+    sys.stdout.write("".join(label + "\n" for label in (tag_ids if raw else plain_labels(tag_ids))))
     return 0
 
 
-@app.command("verify")
+def _head_tag_ids(head: str) -> list[str]:
+    """A registry head's label file, or the classes a head file names (read, never run)."""
+    from pathlib import Path
+
+    from matpac_cli.errors import UsageError
+    from matpac_cli.heads import HEAD_SUFFIXES, spec_for_stem
+    from matpac_cli.registry import load_registry
+    from matpac_cli.trained_head import is_trained_head, load_head
+
+    path = Path(head).expanduser()
+    if path.suffix in HEAD_SUFFIXES:
+        if not path.is_file():
+            raise UsageError(f"head file {head} does not exist" if not path.exists() else f"head {head} is not a file")
+        if is_trained_head(path):
+            return load_head(path).classes
+        spec = spec_for_stem(path.stem)
+        if spec is None:
+            raise UsageError(f"{head}: not a head `matpac train` wrote, nor a probe file of a registry head; "
+                             "its labels are what you give with --labels")
+    else:
+        spec = load_registry().head(head)
+    if not spec.confirmed_order:
+        Reporter(False).info(f"matpac: note: the authors did not publish the {spec.name} label order; this is the likely one")
+    return spec.labels()
+
+
+@app.command("verify", cls=Command)
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError

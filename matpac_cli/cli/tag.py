@@ -19,7 +19,7 @@ ModelTagOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     "Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV]; every head then uses it. Default: each "
     "head's own encoder: matpac-plus for sounds (fsd50k), esc50, us8k; matpac-plus-audioset for events; "
     "matpac-plus-music for the others."))]
-HeadOpt = Annotated[Optional[list[str]], typer.Option("--head", "-H", help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable.")]
+HeadOpt = Annotated[Optional[list[str]], typer.Option("--head", "-H", help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable. The head column gives the head's own name (genre: mtg_genre, events: audioset).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
     "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
@@ -30,6 +30,9 @@ ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help=(
     "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
     "with --out - (stdout) none unless this is given."))]
 SegmentsOpt = Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")]
+MinSegmentOpt = Annotated[Optional[float], typer.Option("--min-segment", metavar="SECONDS", help=(
+    "With --segments: a last segment shorter than this joins the one before it, scored as one window "
+    "(0 keeps every segment). Default 1."))]
 LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write an offline HTML page of the run's tags (as `matpac report` does); needs a file --out.")]
 
@@ -44,6 +47,7 @@ def tag(
     fmt: FormatOpt = None,
     manifest: ManifestOpt = None,
     segments: SegmentsOpt = False,
+    min_segment: MinSegmentOpt = None,
     labels: LabelsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -61,12 +65,12 @@ def tag(
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
-    Rows: path,head,label,score,rank,tag_id (label: the plain name, trance; tag_id: the dataset's tag, genre---trance).
+    Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: the file ended before its header said).
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
     from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
-    from matpac_cli.tag_rows import check_selection
+    from matpac_cli.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
     from matpac_cli.writers import output_format
     from matpac_cli.tagging import TagConfig
     from matpac_cli.tagging import tag as run_tag
@@ -75,6 +79,8 @@ def tag(
     # everything that can be refused without weights is refused before any download or load
     check_run_options(batch_size, workers, threads)
     check_selection(top_k, threshold)
+    min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
+    check_min_segment(min_segment)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
     _check_paths(target, manifest, failures, force, check_output)
@@ -85,9 +91,9 @@ def tag(
     if check_engine(engine) == "local":  # with ray, the cluster's devices count, not the driver's
         _check_device(device, precision)
     items = items_for(inputs, ext, null)
-    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt, batch_size=batch_size,
-                       workers=workers or None, force=force, manifest=manifest, engine=engine.lower(),
-                       ray_address=ray_address)
+    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
+                       batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
+                       engine=engine.lower(), ray_address=ray_address)
     runner = Engine(engine, ray_address, device, precision)
     try:
         groups = _load_groups(plan, runner, labels, threads or None, quiet)

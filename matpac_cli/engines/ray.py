@@ -33,7 +33,7 @@ from matpac_cli.errors import InputError, MatpacError, UsageError
 from matpac_cli.engines.work import Collector, Encoder, Recipe, decode_files, first_line
 from matpac_cli.pipeline import Plan
 
-EXTRA = "pip install 'matpac-cli[ray]'"
+EXTRA = "pip install '.[ray]' in matpac's source folder"
 DECODE_CPUS = 0.5  # two decoding tasks per CPU: decoding waits on the disk too
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
 

@@ -245,6 +245,13 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
     return items
 
 
+def named_inputs(*names: Optional[str]) -> list:
+    """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
+    from matpac_cli.discovery import Item
+
+    return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
+
+
 def check_outputs(outputs: dict, items, force: bool, failures: Optional[Path],
                   ours: Optional[dict] = None, journals: Sequence[Path] = ()) -> list[Path]:
     """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any

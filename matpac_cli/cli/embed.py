@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from matpac_cli.cli._common import (Engine, Reporter, argv, check_model, check_outputs, check_run_options, finish,
-                                    items_for)
+                                    items_for, named_inputs)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -56,7 +56,7 @@ def embed(
     paths = outputs_for(config.out)
     written = check_outputs({"--out": paths["matrix"], "the row index of --out": paths.get("index"),
                              "the manifest of --out": paths["manifest"], "the journal of --out": paths["journal"]},
-                            items, force, failures, journals=[paths["journal"]])
+                            items + named_inputs(model), force, failures, journals=[paths["journal"]])
     with locked(*written):
         spec = check_model(model or "matpac-plus")
         runner = Engine(engine, ray_address, device, precision)

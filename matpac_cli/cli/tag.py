@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from matpac_cli.cli._common import (Engine, Reporter, SafeStdout, argv, check_model, check_outputs,
-                                    check_run_options, finish, items_for)
+                                    check_run_options, finish, items_for, named_inputs)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -84,7 +84,8 @@ def tag(
 
     local = check_engine(engine) == "local"
     items = items_for(inputs, ext, null)
-    written = _check_outputs(target, manifest, failures, report, items, force)
+    written = _check_outputs(target, manifest, failures, report,
+                             items + named_inputs(model, labels, *(head or ())), force)
     config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, fmt=fmt, batch_size=batch_size,
                        workers=workers or None, force=force, manifest=manifest, engine=engine.lower(),
                        ray_address=ray_address)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
-                                    load_predictor, startup_done)
+                                    load_predictor, named_inputs, startup_done)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, ModelOpt, PrecisionOpt,
                                      QuietOpt, ThreadsOpt, WorkersOpt)
 
@@ -66,7 +66,8 @@ def train(
                          f"{'--model' if model is not None else '--embeddings-out'} does not apply")
     labelled = read_labels(labels, task, parse_extensions(ext))
     check_counts(labelled)
-    written = _check_written(out, labels, embeddings, embeddings_out, failures, labelled.items, force)
+    written = _check_written(out, labels, embeddings, embeddings_out, failures,
+                             labelled.items + named_inputs(model), force)
     with locked(*written):  # every file this run writes, until it ends
         reporter = Reporter(quiet)
         if labelled.ignored:

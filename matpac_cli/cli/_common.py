@@ -183,7 +183,7 @@ def _clock(seconds: float) -> str:
 
 
 def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) -> int:
-    """Print the summary line (--failures was written as failures happened); the exit status
+    """Print the summary line (--failures is put in place by `Reporter.close`); the exit status
     (1 when any input failed).
 
     The line always gives files done/reused/failed, hours of audio, wall time, rate, and the

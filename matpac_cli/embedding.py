@@ -124,7 +124,7 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
     """
     check_config(config)
     paths = outputs_for(config.out)
-    with writers.locked(paths["matrix"]):
+    with writers.locked(*[path for key, path in paths.items() if key != "journal"]):
         writers.clean_stale_temps(paths["matrix"])
         return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
                       on_reused or on_progress, on_warning)
@@ -175,6 +175,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         journal.close()
     done = _finished_rows(items, journal, previous)
     if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
+        journal.discard()  # one this run started, with nothing in it, is not left behind
         summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
         return summary
     with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together

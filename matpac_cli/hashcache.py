@@ -5,6 +5,16 @@ never loaded under an old hash. Each digest is remembered with the file's (size,
 ctime_ns, inode, device); any difference, and the file is hashed again. ctime cannot be set back
 by a user (only the kernel moves it), so a file rewritten with its old mtime restored is still
 seen as changed. `matpac models verify` always re-hashes (`fresh=True`).
+
+Threat model: an entry is a promise that the file with that stamp has that digest, so whoever can
+write the cache can make matpac accept another checkpoint under a pinned sha256 (an entry for
+the path, with the file's current stamp and a forged digest). Only the user running matpac may
+write it: a cache that is not this user's regular file (a symlink, another owner's file) or
+that its group or others may write is ignored, not obeyed (every file is hashed, as with no
+cache), and malformed entries are ignored too. A file replaced since it was hashed has another
+(inode, device, ctime) and is hashed again, whatever the cache says. The cache is written with
+mode 0600, atomically, never through a symlink. A user who can write the cache can also replace
+the weights themselves: this protects against other users, not against oneself.
 """
 
 from __future__ import annotations
@@ -13,9 +23,15 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
 from pathlib import Path
 
+from matpac_cli.errors import MatpacError
+from matpac_cli.sidefiles import create
+
 MAX_ENTRIES = 256  # a cache of weight files, not of a library
+MAX_BYTES = 1 << 20  # 256 entries take about 50 kB
 
 
 def _hash(path: Path) -> str:
@@ -31,11 +47,31 @@ def _stamp(st: os.stat_result) -> list[int]:
 
 
 def _entries(path: Path) -> dict:
+    """The cache's entries, or none when it cannot be trusted (see the module docstring)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return {}
+    with open(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not _trusted(st):
+                return {}
+            data = json.loads(fh.read(MAX_BYTES))
+        except (OSError, ValueError):
+            return {}
     return data if isinstance(data, dict) else {}
+
+
+def _trusted(st: os.stat_result) -> bool:
+    """This user's own regular file, which nobody else may write."""
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+            and st.st_size <= MAX_BYTES)
+
+
+def _valid(hit: object) -> bool:
+    return (isinstance(hit, list) and len(hit) == 6 and all(type(v) is int for v in hit[:5])
+            and isinstance(hit[5], str) and re.fullmatch(r"[0-9a-f]{64}", hit[5]) is not None)
 
 
 def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:
@@ -45,7 +81,7 @@ def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:
     before = os.stat(key)
     entries = _entries(cache)
     hit = entries.get(key)
-    if not fresh and isinstance(hit, list) and len(hit) == 6 and hit[:5] == _stamp(before):
+    if not fresh and _valid(hit) and hit[:5] == _stamp(before):
         return str(hit[5])
     digest = _hash(Path(key))
     after = os.stat(key)
@@ -61,8 +97,9 @@ def _save(path: Path, entries: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(entries))
+        with create(tmp, "w", 0o600) as fh:
+            fh.write(json.dumps(entries))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, MatpacError):
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -10,6 +10,7 @@ written with other settings is never mixed in.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -22,6 +23,7 @@ import numpy as np
 
 from matpac_cli.discovery import Item
 from matpac_cli.errors import OutputError
+from matpac_cli.sidefiles import create, open_existing, refuse_symlink
 
 MAGIC = b"MATPACJ2"
 _LEN = struct.Struct("<I")
@@ -76,10 +78,12 @@ def read_full(path: Path) -> tuple[dict | None, dict | None, dict[str, Record], 
     records were dropped."""
     records: dict[str, Record] = {}
     try:
-        fh = open(path, "rb")
+        fd = open_existing(path)  # never through a symlink (refused)
     except OSError:
+        fd = None
+    if fd is None:
         return None, None, records, 0
-    with fh:
+    with open(fd, "rb") as fh:
         if fh.read(len(MAGIC)) != MAGIC:
             return None, None, records, 0
         settings = stamp = None
@@ -161,6 +165,8 @@ class Journal:
 
     def __init__(self, path: Path, settings: dict, fresh: bool = False) -> None:
         self.path = path
+        refuse_symlink(path)
+        self.created = not os.path.lexists(path)  # a run that finishes nothing removes it (`discard`)
         self._checked: dict[str, list] = {}  # keys read by `finished`, before the file was decoded
         old_settings, self.stamp, self.done, self.damaged = (None, None, {}, 0) if fresh else read_full(path)
         if old_settings != settings:
@@ -168,7 +174,10 @@ class Journal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite(settings)
-            self.fh = open(path, "ab")
+            fd = open_existing(path, os.O_WRONLY | os.O_APPEND)  # the file just put there, never a link
+            if fd is None:
+                raise FileNotFoundError(errno.ENOENT, "removed while it was opened")
+            self.fh = open(fd, "ab")
         except OSError as exc:
             raise OutputError(f"cannot write the journal {path}: {exc.strerror or exc}") from None
 
@@ -177,14 +186,14 @@ class Journal:
         records append cleanly."""
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         try:
-            with open(tmp, "wb") as fh:
+            with create(tmp) as fh:
                 fh.write(MAGIC)
                 _write(fh, {"settings": settings, **({"compact": self.stamp} if self.stamp else {})}, {})
                 for rec in self.done.values():
                     _write(fh, dict(rec.meta, key=rec.key), rec.arrays)
             os.replace(tmp, self.path)
         finally:
-            if tmp.exists():
+            if tmp.exists() and not tmp.is_symlink():
                 tmp.unlink()
 
     def finished(self, item: Item) -> Record | None:
@@ -218,6 +227,14 @@ class Journal:
         except OSError:
             pass  # a failed last flush already raised from add(); the records before it are whole
 
+    def discard(self) -> None:
+        """Remove the journal if this run created it and finished no file (nothing to resume)."""
+        if self.created and not self.done:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
 
 def settings_differ(path: Path, settings: dict) -> list[str]:
     """The settings a journal was written with that differ from these ones (empty: none, or no
@@ -235,7 +252,7 @@ def compact(path: Path, settings: dict, stamp: dict, rows: list[tuple[Record, in
     replaced since (another stamp) is recomputed, never read from the wrong rows."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with create(tmp) as fh:
             fh.write(MAGIC)
             _write(fh, {"settings": settings, "compact": stamp}, {})
             for rec, row in rows:
@@ -244,7 +261,7 @@ def compact(path: Path, settings: dict, stamp: dict, rows: list[tuple[Record, in
     except OSError as exc:
         raise OutputError(f"cannot write the journal {path}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
+        if tmp.exists() and not tmp.is_symlink():
             tmp.unlink()
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
+from matpac_cli.cpu import check_device, check_precision
 from matpac_cli.errors import InputError, UsageError
 from matpac_cli.segments import RateSegment, resample_batch
 from matpac_cli.weights import Resolved, resolve
@@ -21,7 +22,7 @@ def pick_device(name: str = "auto") -> str:
     """`auto` -> cuda, then mps, then cpu; explicit names are checked so typos fail early."""
     import torch
 
-    name = (name or "auto").lower()
+    name = check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -39,9 +40,7 @@ def pick_device(name: str = "auto") -> str:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("--device mps: MPS is not available on this machine")
         return name
-    if name == "cpu":
-        return name
-    raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+    return name  # cpu
 
 
 def default_batch(device: str) -> int:
@@ -59,14 +58,12 @@ def pick_dtype(precision: str, device: str):
     """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
     import torch
 
-    precision = (precision or "auto").lower()
+    precision = check_precision(precision)
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if precision not in table:
-        raise UsageError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
     return table[precision]
 
 

@@ -111,7 +111,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
         return summary
-    with writers.locked(out):
+    with writers.locked(out, man_path):
         writers.clean_stale_temps(out)
         _to_file(items, groups, config, out, settings, summary, callbacks, on_reused or on_progress,
                  (man_path, make_manifest), on_warning)
@@ -199,6 +199,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
     finished = [(item, rec) for item in items if (rec := journal.finished(item)) is not None]
     man_path, make_manifest = manifest_for
     if not finished:
+        journal.discard()  # one this run started, with nothing in it, is not left behind
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
     summary.truncated = [item.name for item, rec in finished if rec.meta.get("truncated")]  # reused ones too

@@ -23,17 +23,12 @@ import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.safetext import CsvWriter, for_terminal
+from matpac_cli.sidefiles import create, ensure_writable, locked  # noqa: F401 - writers' public names
 
 
 def _tmp(path: Path) -> Path:
     """matpac's temporary name for `path`: hidden, in the same folder, with this process's PID."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _open_text(path: Path, mode: str = "w") -> IO:
-    """Text files are UTF-8; a file name that is not valid UTF-8 (Python holds its bytes as
-    surrogates, as os functions do) is written back as the same bytes, not refused."""
-    return open(path, mode, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _fail(path: Path, exc: OSError) -> OutputError:
@@ -78,7 +73,7 @@ class Unit:
         self.staged.append((tmp, path))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with (open(tmp, mode) if "b" in mode else _open_text(tmp, mode)) as fh:
+            with create(tmp, mode) as fh:  # never through a symlink planted at the temporary name
                 yield fh
         except OSError as exc:
             raise _fail(path, exc) from None
@@ -141,55 +136,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An advisory lock on an output for the length of a run, so two runs never interleave their
-    writes: a second matpac on the same output is refused at once, naming the holder's PID. The
-    hidden lock file `.NAME.lock` stays (removing it would race with the next run's open)."""
-    import fcntl
-
-    lock = path.with_name(f".{path.name}.lock")
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise _fail(path, exc) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutputError(f"another matpac is writing {path} (pid {pid}); wait for it to finish "
-                              "or choose another --out") from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def ensure_writable(path: Path) -> None:
-    """Fail now, in one line, if `path` cannot be written: checked before any model loads or any
-    work is done, by creating (and removing) a probe file in the folder that would hold it."""
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-    folder = path.parent
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"cannot write {path}: {parent} is not a folder")
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{path.name}.probe{os.getpid()}"
-        with open(probe, "wb"):
-            pass
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def write_matrix(path: Path, rows: Sequence[np.ndarray]) -> None:
     with Unit() as unit:
         unit.matrix(path, rows)
@@ -242,13 +188,15 @@ def mirror_name(name: str, suffix: str) -> str:
 
 class FailureLog:
     """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
-    them in memory for it, and an interrupted run still leaves the list so far)."""
+    them in memory for it), to matpac's temporary name, moved into place on `close` (at the end,
+    and when the run is interrupted: the list so far), so FILE is never half-written."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path, self.tmp = path, _tmp(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = _open_text(path)
+            clean_stale_temps(path)  # a killed run's list (the caller holds FILE's lock)
+            self.fh = create(self.tmp, "w")
             self.csv = CsvWriter(self.fh)
             self.csv.writerow(["path", "reason"])
             self.fh.flush()
@@ -263,8 +211,15 @@ class FailureLog:
             raise _fail(self.path, exc) from None
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        if self.fh.closed:
+            return
+        try:
             self.fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            raise _fail(self.path, exc) from None
 
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}

@@ -5,6 +5,7 @@ under its old hash. `models verify` always re-hashes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
@@ -106,3 +107,61 @@ def test_resolve_reuses_hash_and_refuses_a_rewritten_release_file(hub, counted):
     os.utime(first.path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(ChecksumError, match="checksum mismatch"):
         W.resolve("matpac-plus")
+
+
+# ------------------------------------------------- a forged entry (issue 20): ignored, not obeyed
+
+
+def _forge(cache, f, mode=0o600) -> str:
+    """An entry for `f` with its current stamp and a digest that is not its own."""
+    fake = hashlib.sha256(b"another checkpoint").hexdigest()
+    st = os.stat(f)
+    cache.write_text(json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                         st.st_ino, st.st_dev, fake]}))
+    cache.chmod(mode)
+    return fake
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_forged_entry_in_a_cache_others_may_write_is_ignored(tmp_path, counted, mode):
+    f, cache = tmp_path / "w.pt", tmp_path / "cache.json"
+    f.write_bytes(b"a" * 5000)
+    fake = _forge(cache, f, mode)
+    assert hashcache.file_sha256(f, cache) == _sha(f) != fake
+    assert len(counted) == 1
+    # the cache it rewrote is this user's alone, and from now on answers
+    assert os.stat(cache).st_mode & 0o077 == 0
+    assert hashcache.file_sha256(f, cache) == _sha(f) and len(counted) == 1
+
+
+def test_a_symlinked_cache_is_neither_read_nor_written_through(tmp_path, counted):
+    f, cache = tmp_path / "w.pt", tmp_path / "cache.json"
+    f.write_bytes(b"a" * 5000)
+    elsewhere = tmp_path / "planted.json"
+    fake = _forge(elsewhere, f)
+    before = elsewhere.read_bytes()
+    cache.symlink_to(elsewhere)
+    assert hashcache.file_sha256(f, cache) == _sha(f) != fake
+    assert elsewhere.read_bytes() == before  # not written through the link
+    assert not cache.is_symlink()  # replaced by matpac's own file
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_forged_entry_in_another_users_cache_is_ignored(tmp_path, counted):
+    f, cache = tmp_path / "w.pt", tmp_path / "cache.json"
+    f.write_bytes(b"a" * 5000)
+    fake = _forge(cache, f)
+    os.chown(cache, 65534, 65534)
+    assert hashcache.file_sha256(f, cache) == _sha(f) != fake
+
+
+@pytest.mark.parametrize("digest", ["not-a-digest", 12345, "A" * 64])
+def test_a_malformed_entry_is_ignored(tmp_path, counted, digest):
+    f, cache = tmp_path / "w.pt", tmp_path / "cache.json"
+    f.write_bytes(b"a" * 5000)
+    st = os.stat(f)
+    cache.write_text(json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                         st.st_ino, st.st_dev, digest]}))
+    cache.chmod(0o600)
+    assert hashcache.file_sha256(f, cache) == _sha(f)
+    assert len(counted) == 1

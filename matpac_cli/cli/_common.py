@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -192,7 +193,7 @@ def _clock(seconds: float) -> str:
 
 
 def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) -> int:
-    """Print the summary line (--failures was written as failures happened); the exit status
+    """Print the summary line (--failures is put in place by `Reporter.close`); the exit status
     (1 when any input failed).
 
     The line always gives files done/reused/failed; then the audio computed in this run with the
@@ -220,9 +221,15 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     return 1 if summary.failures else 0
 
 
-def check_run_options(batch_size: Optional[int], workers: Optional[int], threads: Optional[int]) -> None:
-    """Option errors that depend only on the arguments: refused before anything loads."""
+def check_run_options(batch_size: Optional[int], workers: Optional[int], threads: Optional[int],
+                      device: str = "auto", precision: str = "auto") -> None:
+    """Option errors that depend only on the arguments: refused before anything loads (torch
+    included: `--precision fp8` is refused at once)."""
+    from matpac_cli.cpu import check_device, check_precision
     from matpac_cli.errors import UsageError
+
+    check_device(device)
+    check_precision(precision)
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give at least 1")
@@ -241,7 +248,38 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
     items = discover(inputs, parse_extensions(ext), sys.stdin, null)
     if not items:
         raise MatpacError(f"no audio files found in {' '.join(inputs)}")
+    if "-" not in inputs and not any(os.path.lexists(item.path) for item in items):
+        # nothing to do at all: said now, not after a model download (one missing input among
+        # others fails as that file, and the run goes on)
+        missing = [item.name for item in items]
+        raise MatpacError(f"{missing[0]} does not exist" if len(missing) == 1 else
+                          f"none of the inputs exists: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return items
+
+
+def named_inputs(*names: Optional[str]) -> list:
+    """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
+    from matpac_cli.discovery import Item
+
+    return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
+
+
+def check_outputs(outputs: dict, items, force: bool, failures: Optional[Path],
+                  ours: Optional[dict] = None, journals: Sequence[Path] = ()) -> list[Path]:
+    """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
+    model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
+    from matpac_cli import run_outputs as R
+
+    outputs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    if failures is not None:
+        outputs["--failures"] = Path(failures)
+    R.check_distinct(outputs)
+    R.check_not_inputs(outputs, items)
+    for option, recognise in {**(ours or {}), "--failures": R.is_failures}.items():
+        R.check_ours(outputs.get(option), option, force, recognise)
+    written = [p for p in outputs.values() if p not in journals]
+    R.check_side_files(written, journals)
+    return written
 
 
 def check_model(model: str):

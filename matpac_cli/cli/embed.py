@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import Engine, Reporter, argv, check_model, check_run_options, finish, items_for
+from matpac_cli.cli._common import (Engine, Reporter, argv, check_model, check_outputs, check_run_options, finish,
+                                    items_for, named_inputs)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -38,32 +39,36 @@ def embed(
 
     Example: matpac embed ./clips --out emb.npy
     """
-    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed
-    from matpac_cli.engines import check as check_engine
-
     started = time.monotonic()
-    check_run_options(batch_size, workers, threads)
+    # everything the arguments alone decide, the inputs and the lock come before any model
+    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed, outputs_for
+    from matpac_cli.engines import check as check_engine
+    from matpac_cli.writers import ensure_writable, locked
+
     check_engine(engine)
     config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers or None,
                          force=force, engine=engine.lower(), ray_address=ray_address)
-    check_config(config)  # --out, --layer, --frames, --failures: refused before the model loads
+    check_config(config)  # --out, --layer, --frames: refused before the model loads
     if failures is not None:
-        from matpac_cli.writers import ensure_writable
-
         ensure_writable(failures)
     items = items_for(inputs, ext, null)
-    spec = check_model(model or "matpac-plus")
-    runner = Engine(engine, ray_address, device, precision)
-    try:
-        predictor = runner.load(spec, threads or None, quiet)
-        journal = config.out.with_name(config.out.name + ".journal")
-        reporter = Reporter(quiet, items, started, failures=failures,
-                            keeps=f"finished files are kept in {journal}; run the same command to resume")
+    paths = outputs_for(config.out)
+    written = check_outputs({"--out": paths["matrix"], "the row index of --out": paths.get("index"),
+                             "the manifest of --out": paths["manifest"], "the journal of --out": paths["journal"]},
+                            items + named_inputs(model), force, failures, journals=[paths["journal"]])
+    with locked(*written):
+        spec = check_model(model or "matpac-plus")
+        runner = Engine(engine, ray_address, device, precision)
         try:
-            summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
-                                on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
+            predictor = runner.load(spec, threads or None, quiet)
+            reporter = Reporter(quiet, items, started, failures=failures,
+                                keeps=f"finished files are kept in {paths['journal']}; run the same command to resume")
+            try:
+                summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
+                                    on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
+            finally:
+                reporter.close()
         finally:
-            reporter.close()
-    finally:
-        runner.close()
+            runner.close()
     raise typer.Exit(finish(summary, reporter, "embedded", [predictor]))

@@ -9,7 +9,7 @@ from typing import Annotated, Iterable, Optional
 
 import typer
 
-from matpac_cli.cli._common import Reporter, SafeStdout, check_run_options, load_predictor
+from matpac_cli.cli._common import Reporter, SafeStdout, check_outputs, check_run_options, load_predictor
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, NullOpt, PrecisionOpt, QuietOpt,
                                      ThreadsOpt, WorkersOpt)
 from matpac_cli.errors import OutputError, UsageError
@@ -63,41 +63,42 @@ def search(
               matpac search --index emb.npy --duplicates --threshold 0.98 --out dups.csv
     """
     from matpac_cli import search as S
-    from matpac_cli.writers import output_format
+    from matpac_cli.writers import locked, output_format
 
     started = time.monotonic()
-    _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads)
+    _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
-    _check_outputs(target, failures, force)
-    emb = S.open_index(index)
-    matrix, held = S.index_layer(emb, layer)
-    reporter = Reporter(quiet, failures=failures)
-    try:
-        if duplicates:
-            cut = 0.98 if threshold is None else threshold
-            count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
-            reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
-                          f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
-            raise typer.Exit(0)
-        plan, failed = S.plan_queries(emb, queries or [], _extensions(ext), sys.stdin, null)
-        for err in failed:
-            reporter.failure(err)
-        vectors = _embedded(S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter)
-        rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
-        _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
-    finally:
-        reporter.close()
-    answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
-    embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
-    reporter.info(f"matpac: searched {answered} quer{'y' if answered == 1 else 'ies'} ({embedded} embedded, "
-                  f"{reporter.failed} failed) against {matrix.shape[0]} x {matrix.shape[1]} in "
-                  f"{time.monotonic() - started:.1f} s{_wrote(target)}")
-    raise typer.Exit(1 if reporter.failed else 0)
+    written = _check_outputs(target, failures, force, index, queries or [], ext)
+    with locked(*written):  # held until the summary: every file this run writes
+        emb = S.open_index(index)
+        matrix, held = S.index_layer(emb, layer)
+        reporter = Reporter(quiet, failures=failures)
+        try:
+            if duplicates:
+                cut = 0.98 if threshold is None else threshold
+                count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
+                reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
+                              f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
+                raise typer.Exit(0)
+            plan, failed = S.plan_queries(emb, queries or [], _extensions(ext), sys.stdin, null)
+            for err in failed:
+                reporter.failure(err)
+            vectors = _embedded(S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter)
+            rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
+            _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
+        finally:
+            reporter.close()
+        answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
+        embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
+        reporter.info(f"matpac: searched {answered} quer{'y' if answered == 1 else 'ies'} ({embedded} embedded, "
+                      f"{reporter.failed} failed) against {matrix.shape[0]} x {matrix.shape[1]} in "
+                      f"{time.monotonic() - started:.1f} s{_wrote(target)}")
+        raise typer.Exit(1 if reporter.failed else 0)
 
 
-def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads) -> None:
-    check_run_options(batch_size, workers, threads)
+def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision) -> None:
+    check_run_options(batch_size, workers, threads, device, precision)
     if top_k < 0:
         raise UsageError(f"--top-k {top_k}: give 0 (every row) or a positive count")
     if threshold is not None and not -1.0 <= threshold <= 1.0:  # NaN fails both
@@ -108,7 +109,11 @@ def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, t
         raise UsageError("give at least one QUERY (a path in the index or an audio file), or --duplicates")
 
 
-def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool) -> None:
+def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool, index: Path,
+                   queries: list[str], ext: Optional[str]) -> list[Path]:
+    """--out's rules for --out and --failures (the index and the queries are this run's inputs);
+    the files to lock."""
+    from matpac_cli.discovery import Item, discover
     from matpac_cli.writers import ensure_writable
 
     for path in (target, failures):
@@ -116,6 +121,12 @@ def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool
             ensure_writable(path)
     if target is not None and target.exists() and not force:
         raise OutputError(f"{target} exists; use --force to replace it")
+    index = Path(index)
+    inputs = [Item(str(p), p) for p in (index, index.with_suffix(".csv"), index.with_suffix(".manifest.json"))]
+    inputs += [Item(q, Path(q)) for q in queries if q != "-"]
+    folders = [q for q in queries if q != "-" and Path(q).is_dir()]
+    inputs += discover(folders, _extensions(ext)) if folders else []
+    return check_outputs({"--out": target}, inputs, force, failures)
 
 
 def _extensions(ext: Optional[str]):

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Engine, Reporter, SafeStdout, argv, check_model, check_run_options, finish,
-                                    items_for)
+from matpac_cli.cli._common import (Engine, Reporter, SafeStdout, argv, check_model, check_outputs,
+                                    check_run_options, finish, items_for, named_inputs)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -69,15 +69,15 @@ def tag(
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
+    started = time.monotonic()
+    # everything the arguments alone decide, the inputs and the lock come before any download or load
+    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
     from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
     from matpac_cli.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
-    from matpac_cli.writers import output_format
+    from matpac_cli.writers import locked, output_format
     from matpac_cli.tagging import TagConfig
     from matpac_cli.tagging import tag as run_tag
 
-    started = time.monotonic()
-    # everything that can be refused without weights is refused before any download or load
-    check_run_options(batch_size, workers, threads)
     check_selection(top_k, threshold)
     min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
     check_min_segment(min_segment)
@@ -88,33 +88,54 @@ def tag(
     plan = [(name, _check_model(name), heads) for name, heads in plan_groups(head or DEFAULT_HEADS, model)]
     from matpac_cli.engines import check as check_engine
 
-    if check_engine(engine) == "local":  # with ray, the cluster's devices count, not the driver's
-        _check_device(device, precision)
+    local = check_engine(engine) == "local"
     items = items_for(inputs, ext, null)
+    written = _check_outputs(target, manifest, failures, report,
+                             items + named_inputs(model, labels, *(head or ())), force)
     config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
                        batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
                        engine=engine.lower(), ray_address=ray_address)
-    runner = Engine(engine, ray_address, device, precision)
-    try:
-        groups = _load_groups(plan, runner, labels, threads or None, quiet)
-        keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
-        reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
+    with locked(*written):
+        if local:  # with ray, the cluster's devices count, not the driver's
+            _check_device(device, precision)
+        runner = Engine(engine, ray_address, device, precision)
         try:
-            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
-                              reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
-                              on_warning=reporter.warning)
+            groups = _load_groups(plan, runner, labels, threads or None, quiet)
+            keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
+            reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
+            try:
+                summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
+                                  reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
+                                  on_warning=reporter.warning)
+            finally:
+                reporter.close()
         finally:
-            reporter.close()
-    finally:
-        runner.close()
-    if report is not None and target in summary.outputs:
-        from matpac_cli.report import build_report
+            runner.close()
+        if report is not None and target in summary.outputs:
+            from matpac_cli.report import build_report
 
-        page = build_report(target, report, force=True)  # checked before the run
-        for cut in page.cuts:
-            reporter.warning(cut)
-        summary.outputs.append(page.path)
+            page = build_report(target, report, force=True)  # checked before the run
+            for cut in page.cuts:
+                reporter.warning(cut)
+            summary.outputs.append(page.path)
     raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
+
+
+def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path],
+                   report: Optional[Path], items: list, force: bool) -> list[Path]:
+    """--out's rules for every file the run writes; the files to lock."""
+    from matpac_cli.run_outputs import is_manifest
+
+    outputs: dict = {"--out": target}
+    journals = []
+    if target is not None:
+        journals.append(target.with_name(target.name + ".journal"))
+        outputs["the journal of --out"] = journals[0]
+    man = manifest or (None if target is None else target.with_name(target.name + ".manifest.json"))
+    option = "--manifest" if manifest is not None else "the manifest of --out"
+    outputs[option] = man
+    outputs["--report"] = report
+    return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
 
 
 def _load_groups(plan: list, runner: Engine, labels: Optional[Path], threads: Optional[int], quiet: bool) -> list:

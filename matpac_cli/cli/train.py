@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, argv, check_model, check_run_options, finish, load_predictor,
-                                    startup_done)
+from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
+                                    load_predictor, named_inputs, startup_done)
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, ModelOpt, PrecisionOpt,
                                      QuietOpt, ThreadsOpt, WorkersOpt)
 
@@ -53,37 +53,63 @@ def train(
     from matpac_cli.errors import UsageError
     from matpac_cli.train import LR_GRID, TrainConfig
     from matpac_cli.train_data import check_counts, from_index, read_labels
-    from matpac_cli.train_job import check_outputs, check_trainable, train as run_train
+    from matpac_cli.train_job import check_outputs as check_head, check_trainable, train as run_train
+    from matpac_cli.writers import locked
 
     started = time.monotonic()
-    check_run_options(batch_size, workers, threads)
+    check_run_options(batch_size, workers, threads, device, precision)
     config = TrainConfig(task=task, val=val, folds=folds, seed=seed, lrs=_rates(lr) if lr else LR_GRID)
     config.check()
-    check_outputs(out, force)
+    check_head(out, force)
     if embeddings is not None and (model is not None or embeddings_out is not None):
         raise UsageError(f"--embeddings {embeddings}: the embeddings are read, not computed, so "
                          f"{'--model' if model is not None else '--embeddings-out'} does not apply")
     labelled = read_labels(labels, task, parse_extensions(ext))
     check_counts(labelled)
-    reporter = Reporter(quiet)
-    if labelled.ignored:
-        reporter.warning(f"{labels}: {labelled.ignored} audio file(s) directly in the folder, in no class "
-                         "folder, are left out")
-    code = 0
+    written = _check_written(out, labels, embeddings, embeddings_out, failures,
+                             labelled.items + named_inputs(model), force)
+    with locked(*written):  # every file this run writes, until it ends
+        reporter = Reporter(quiet)
+        if labelled.ignored:
+            reporter.warning(f"{labels}: {labelled.ignored} audio file(s) directly in the folder, in no class "
+                             "folder, are left out")
+        code = 0
+        if embeddings is not None:
+            features = from_index(labelled, embeddings)
+            startup_done()  # no model loads: the start-up is over
+        else:
+            features, code = _embed(labelled, out, embeddings_out, model, device, precision, batch_size, workers,
+                                    threads, quiet, failures, force, started)
+        check_trainable(features, config)
+        reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
+                      f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
+        result = run_train(features, config, out, argv(), reporter.warning)
+        for line in render(result.report):
+            reporter.info(line)
+        reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
+        raise typer.Exit(code)
+
+
+def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: Optional[Path],
+                   failures: Optional[Path], items: list, force: bool) -> list[Path]:
+    """--out's rules for every file the run writes (the head, its report, the embeddings it
+    computes, --failures); the labels, the audio and --embeddings are inputs. The files to lock."""
+    from matpac_cli.discovery import Item
+    from matpac_cli.embedding import outputs_for
+    from matpac_cli.train_job import report_path
+
+    outputs = {"--out": Path(out), "the report of --out": report_path(out)}
+    journals = []
+    inputs = list(items) + [Item(str(labels), Path(labels))]
     if embeddings is not None:
-        features = from_index(labelled, embeddings)
-        startup_done()  # no model loads: the start-up is over
+        emb = Path(embeddings)
+        inputs += [Item(str(p), p) for p in (emb, emb.with_suffix(".csv"), emb.with_suffix(".manifest.json"))]
     else:
-        features, code = _embed(labelled, out, embeddings_out, model, device, precision, batch_size, workers,
-                                threads, quiet, failures, force, started)
-    check_trainable(features, config)
-    reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
-                  f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
-    result = run_train(features, config, out, argv(), reporter.warning)
-    for line in render(result.report):
-        reporter.info(line)
-    reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
-    raise typer.Exit(code)
+        paths = outputs_for(Path(cache) if cache is not None else Path(out).with_suffix(".emb.npy"))
+        outputs.update({"--embeddings-out": paths["matrix"], "its row index": paths.get("index"),
+                        "its manifest": paths["manifest"], "its journal": paths["journal"]})
+        journals.append(paths["journal"])
+    return check_outputs(outputs, inputs, force, failures, journals=journals)
 
 
 def _embed(labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force,

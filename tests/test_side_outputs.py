@@ -1,0 +1,324 @@
+"""Files beside an output and the side outputs of a run (issue 20): planted symlinks are refused,
+never followed; `--failures` and `--manifest` get `--out`'s rules; every file a run writes is
+locked; a run that wrote nothing leaves nothing; argument and input checks come before any
+model (and `--precision`/`--device` before torch)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_matpac, write_audio
+from reference import make_checkpoint
+
+VICTIM = b"precious: not matpac's\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
+    return path
+
+
+@pytest.fixture()
+def victim(tmp_path) -> Path:
+    path = tmp_path / "victim.txt"
+    path.write_bytes(VICTIM)
+    return path
+
+
+def _clips(folder: Path, n: int = 2) -> Path:
+    for i in range(n):
+        write_audio(folder / f"c{i}.wav", 0.5, seed=i)
+    return folder
+
+
+def _probe(tmp_path: Path) -> Path:
+    """A local openmic probe (20 classes) for the tiny 640-wide encoder."""
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "openmic.pth"
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, path)
+    return path
+
+
+def _one_error(proc, code: int = 2) -> str:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matpac: error: "), err
+    return lines[0]
+
+
+# ------------------------------------------------------------- planted symlinks, end to end
+
+
+@pytest.mark.parametrize("planted", [".e.npy.lock", ".e.csv.lock", "e.npy.journal"])
+def test_a_symlink_planted_beside_the_output_is_refused_and_its_target_kept(tmp_path, tiny, victim, planted):
+    _clips(tmp_path / "clips")
+    (tmp_path / planted).symlink_to(victim)
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    line = _one_error(proc)
+    assert planted in line and "symlink" in line, line
+    assert victim.read_bytes() == VICTIM
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_a_tag_run_does_not_empty_the_target_of_a_planted_lock(tmp_path, tiny, victim):
+    _clips(tmp_path / "clips")
+    (tmp_path / ".tags.csv.lock").symlink_to(victim)
+    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "tags.csv"],
+                      cwd=tmp_path)
+    assert ".tags.csv.lock" in _one_error(proc)
+    assert victim.read_bytes() == VICTIM
+
+
+def test_a_lock_file_matpac_did_not_write_is_never_truncated(tmp_path, tiny, victim):
+    """A hard link to someone's file at the lock's name: locked as it is, never emptied."""
+    _clips(tmp_path / "clips")
+    os.link(victim, tmp_path / ".e.npy.lock")
+    (tmp_path / ".e.csv.lock").write_bytes(VICTIM)  # a plain file that is not a PID
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert victim.read_bytes() == VICTIM and (tmp_path / ".e.csv.lock").read_bytes() == VICTIM
+
+
+# ------------------------------------------- PID-named files, at the function level (this PID)
+
+
+def _planted(path: Path, victim: Path) -> Path:
+    path.symlink_to(victim)
+    return path
+
+
+def _refused(call, victim: Path) -> None:
+    from matpac_cli.errors import OutputError
+
+    with pytest.raises(OutputError, match="symlink"):
+        call()
+    assert victim.read_bytes() == VICTIM
+
+
+def test_a_temporary_name_planted_as_a_symlink_is_refused(tmp_path, victim):
+    from matpac_cli import writers
+
+    _planted(tmp_path / f".x.csv.tmp{os.getpid()}", victim)
+    _refused(lambda: writers.write_csv(tmp_path / "x.csv", ["a"], [[1]]), victim)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_probe_name_planted_as_a_symlink_is_refused(tmp_path, victim):
+    from matpac_cli import writers
+
+    _planted(tmp_path / f".x.csv.probe{os.getpid()}", victim)
+    _refused(lambda: writers.ensure_writable(tmp_path / "x.csv"), victim)
+
+
+def test_the_failures_temporary_planted_as_a_symlink_is_refused(tmp_path, victim):
+    from matpac_cli import writers
+
+    _planted(tmp_path / f".f.csv.tmp{os.getpid()}", victim)
+    _refused(lambda: writers.FailureLog(tmp_path / "f.csv"), victim)
+
+
+def test_the_journal_and_its_temporary_planted_as_symlinks_are_refused(tmp_path, victim):
+    from matpac_cli import journal as jr
+
+    _planted(tmp_path / f".j.tmp{os.getpid()}", victim)
+    _refused(lambda: jr.Journal(tmp_path / "j", {"job": "t"}), victim)
+    _planted(tmp_path / "k", victim)
+    _refused(lambda: jr.Journal(tmp_path / "k", {"job": "t"}), victim)
+
+
+def test_a_stale_temporary_with_this_pid_is_replaced_not_written_through(tmp_path):
+    """A plain file left at this PID's temporary name (a dead run, a recycled PID)."""
+    from matpac_cli import writers
+
+    stale = tmp_path / f".x.csv.tmp{os.getpid()}"
+    other = tmp_path / "other"
+    other.write_bytes(VICTIM)
+    os.link(other, stale)
+    writers.write_csv(tmp_path / "x.csv", ["a"], [[1]])
+    assert (tmp_path / "x.csv").read_text() == "a\n1\n" and other.read_bytes() == VICTIM
+
+
+# ------------------------------------------------------ --failures and --manifest: --out's rules
+
+
+def test_failures_or_manifest_naming_an_input_are_refused_even_with_force(tmp_path, tiny):
+    clips = _clips(tmp_path / "clips")
+    before = (clips / "c1.wav").read_bytes()
+    base = ["--model", str(tiny), "--force"]
+    line = _one_error(run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "clips/c1.wav", *base],
+                                 cwd=tmp_path))
+    assert "--failures clips/c1.wav is an input" in line, line
+    line = _one_error(run_matpac(["tag", "clips", "--head", str(_probe(tmp_path)), "--out", "t.csv",
+                                  "--manifest", "clips/c1.wav", *base], cwd=tmp_path))
+    assert "--manifest clips/c1.wav is an input" in line, line
+    assert (clips / "c1.wav").read_bytes() == before
+    weights = tiny.read_bytes()  # files named by options are inputs too
+    line = _one_error(run_matpac(["embed", "clips", "--out", "e.npy", "--failures", str(tiny), *base], cwd=tmp_path))
+    assert f"--failures {tiny} is an input" in line, line
+    assert tiny.read_bytes() == weights
+    assert not (tmp_path / "e.npy").exists() and not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--out", "t.csv", "--manifest", "t.csv"], "--manifest t.csv is also --out"),
+    (["--out", "t.csv", "--failures", "t.csv"], "--failures t.csv is also --out"),
+    (["--out", "t.csv", "--failures", "t.csv.manifest.json"], "is also the manifest of --out"),
+    (["--manifest", "m.json", "--failures", "m.json"], "--failures m.json is also --manifest"),
+])
+def test_two_outputs_of_one_run_never_share_a_path(tmp_path, tiny, args, said):
+    _clips(tmp_path / "clips")
+    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--force", *args],
+                      cwd=tmp_path)
+    assert said in _one_error(proc)
+    assert not list(tmp_path.glob("t.csv*")) and not (tmp_path / "m.json").exists()
+
+
+def test_embed_failures_on_its_own_index_is_refused(tmp_path, tiny):
+    _clips(tmp_path / "clips")
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "e.csv", "--model", str(tiny)],
+                      cwd=tmp_path)
+    assert "--failures e.csv is also the row index of --out" in _one_error(proc)
+
+
+def test_a_failures_or_manifest_file_matpac_did_not_write_needs_force(tmp_path, tiny):
+    clips = _clips(tmp_path / "clips")
+    (clips / "broken.wav").write_bytes(b"not audio")
+    for name in ("notes.csv", "m.json"):
+        (tmp_path / name).write_bytes(VICTIM)
+    tag = ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "t.csv"]
+    line = _one_error(run_matpac([*tag, "--failures", "notes.csv"], cwd=tmp_path))
+    assert "--failures notes.csv exists and was not written by matpac" in line, line
+    line = _one_error(run_matpac([*tag, "--manifest", "m.json"], cwd=tmp_path))
+    assert "--manifest m.json exists and was not written by matpac" in line, line
+    assert (tmp_path / "notes.csv").read_bytes() == VICTIM and (tmp_path / "m.json").read_bytes() == VICTIM
+    # files matpac wrote are replaced by the next run; --force replaces the others
+    (tmp_path / "notes.csv").unlink()
+    assert run_matpac([*tag, "--failures", "notes.csv", "-q"], cwd=tmp_path).returncode == 1
+    assert run_matpac([*tag, "--failures", "notes.csv", "-q"], cwd=tmp_path).returncode == 1
+    lines = (tmp_path / "notes.csv").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == "path,reason" and lines[1].startswith("clips/broken.wav,"), lines
+    assert run_matpac([*tag, "--manifest", "m.json", "--force", "-q"], cwd=tmp_path).returncode == 1
+    assert b"matpac_version" in (tmp_path / "m.json").read_bytes()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+# --------------------------------------------------------- every file a run writes is locked
+
+
+def _hold(path: Path) -> subprocess.Popen:
+    """Another process holding matpac's lock on `path`, as a running matpac would."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
+        str(path)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_tag_out_x_csv_is_refused_while_embed_out_x_npy_runs(tmp_path, tiny):
+    """`embed --out x.npy` writes x.csv: holding x.npy's files (as that embed does) refuses the tag."""
+    _clips(tmp_path / "clips")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from matpac_cli import embedding, writers\n"
+        "paths = embedding.outputs_for(Path(sys.argv[1]))\n"
+        "with writers.locked(*[p for k, p in paths.items() if k != 'journal']):\n"
+        "    print('held', flush=True); time.sleep(60)"), str(tmp_path / "x.npy")],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "x.csv"],
+                          cwd=tmp_path)
+        line = _one_error(proc)
+        assert f"another matpac is writing x.csv (pid {holder.pid})" in line, line
+        # .npy and .parquet share x.manifest.json
+        proc = run_matpac(["embed", "clips", "--model", str(tiny), "--out", "x.parquet"], cwd=tmp_path)
+        assert f"another matpac is writing x.manifest.json (pid {holder.pid})" in _one_error(proc)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.parquet").exists()
+
+
+def test_two_real_runs_sharing_a_failures_file_the_second_is_refused(tmp_path, tiny):
+    _clips(tmp_path / "clips")
+    holder = _hold(tmp_path / "f.csv")
+    try:
+        proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "--failures", "f.csv"],
+                          cwd=tmp_path)
+        assert f"another matpac is writing f.csv (pid {holder.pid})" in _one_error(proc)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ------------------------------------------------------------- a run that wrote nothing
+
+
+def test_a_run_that_wrote_nothing_leaves_no_journal_or_lock(tmp_path, tiny):
+    (tmp_path / "junk.wav").write_bytes(b"junk")
+    proc = run_matpac(["embed", "junk.wav", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
+    assert proc.returncode == 1 and b"wrote nothing" in proc.stderr, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["hf_home", "junk.wav"] or sorted(os.listdir(tmp_path)) == ["junk.wav"]
+
+
+# ------------------------------------------------------------- checks before any model
+
+
+def test_a_missing_input_is_said_before_the_default_model_is_fetched(tmp_path):
+    """No --model: the registry model would be downloaded from the (closed) endpoint first."""
+    for args in (["embed", "./clips", "--out", "e.npy"], ["tag", "./clips", "--out", "t.csv"]):
+        line = _one_error(run_matpac(args, cwd=tmp_path))
+        assert line == "matpac: error: ./clips does not exist", line
+    assert os.listdir(tmp_path) in ([], ["hf_home"])
+
+
+def test_a_second_writer_is_refused_before_the_model_loads(tmp_path):
+    """The default model cannot be fetched here: the lock's refusal comes first."""
+    _clips(tmp_path / "clips")
+    holder = _hold(tmp_path / "e.npy")
+    try:
+        line = _one_error(run_matpac(["embed", "clips", "--out", "e.npy"], cwd=tmp_path))
+        assert f"another matpac is writing e.npy (pid {holder.pid})" in line, line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("args", [["--precision", "fp8"], ["--device", "gpu"], ["--device", "cuda:x"]])
+@pytest.mark.parametrize("command", [["embed", "a.wav", "--out", "e.npy"], ["tag", "a.wav"],
+                                     ["train", "lib", "--out", "h.safetensors"],
+                                     ["search", "a.wav", "--index", "e.npy"]])
+def test_a_bad_precision_or_device_is_refused_before_torch_is_imported(tmp_path, command, args):
+    script = ("import sys\nfrom matpac_cli.cli import main\ncode = main(sys.argv[1:])\n"
+              "print(code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script, *command, *args], cwd=tmp_path, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.decode().split() == ["2", "False"], (proc.stdout, proc.stderr)
+    assert proc.stderr.decode().startswith(f"matpac: error: {args[0]} {args[1]}: expected"), proc.stderr
+
+
+def test_train_and_search_never_write_failures_over_an_input(tmp_path):
+    """The labels, their audio and the index searched are inputs: refused before anything loads."""
+    for label in ("a", "b"):
+        _clips(tmp_path / "lib" / label, 4)
+    before = (tmp_path / "lib" / "a" / "c1.wav").read_bytes()
+    line = _one_error(run_matpac(["train", "lib", "--out", "h.safetensors", "--failures", "lib/a/c1.wav", "--force"],
+                                 cwd=tmp_path))
+    assert "--failures lib/a/c1.wav is an input" in line, line
+    assert (tmp_path / "lib" / "a" / "c1.wav").read_bytes() == before
+    line = _one_error(run_matpac(["train", "lib", "--out", "h.safetensors", "--failures", "h.emb.csv"], cwd=tmp_path))
+    assert "--failures h.emb.csv is also its row index" in line, line
+    (tmp_path / "e.csv").write_bytes(VICTIM)
+    line = _one_error(run_matpac(["search", "lib/a/c0.wav", "--index", "e.npy", "--failures", "e.csv"], cwd=tmp_path))
+    assert "--failures e.csv is an input" in line, line
+    assert (tmp_path / "e.csv").read_bytes() == VICTIM

@@ -74,8 +74,9 @@ def locked(*paths: Path) -> Iterator[None]:
     """An advisory lock on every file a run writes, for the length of the run, so two runs never
     write the same file: `embed --out x.npy` (which writes x.csv) and `tag --out x.csv` at once
     are refused, the second at once and naming the holder's PID. Each lock is a hidden
-    `.NAME.lock` beside NAME; it stays while NAME exists (removing it would race with the next
-    run's open); one this run created for a file it did not write is removed, while held."""
+    `.NAME.lock` beside NAME, removed again while still held when the run ends, as git removes
+    its `index.lock` (safe because `_take` checks, once it holds a lock, that the name still
+    points at the file it locked). A lock file matpac did not write is locked as it is and left."""
     with contextlib.ExitStack() as stack:
         for path in sorted({os.path.abspath(p): Path(p) for p in paths}.items()):
             stack.enter_context(_locked(path[1], path[0]))
@@ -100,7 +101,8 @@ def _locked(path: Path, key: str) -> Iterator[None]:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        if created or _pid_only(fd):
+        ours = created or _pid_only(fd)
+        if ours:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -109,11 +111,18 @@ def _locked(path: Path, key: str) -> Iterator[None]:
             yield
         finally:
             del _HELD[key]
-            if created and not os.path.lexists(path):
-                with contextlib.suppress(OSError):
-                    os.unlink(lock)
+            if ours:
+                _remove_held(lock, fd)
     finally:
         os.close(fd)
+
+
+def _remove_held(lock: Path, fd: int) -> None:
+    """Remove the lock file this run holds, if the name still is that file (never another's)."""
+    with contextlib.suppress(OSError):
+        now, st = os.lstat(lock), os.fstat(fd)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(lock)
 
 
 def _take(lock: Path, path: Path, fcntl) -> tuple[int, bool]:

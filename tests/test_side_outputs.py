@@ -271,6 +271,18 @@ def test_a_run_that_wrote_nothing_leaves_no_journal_or_lock(tmp_path, tiny):
     assert sorted(os.listdir(tmp_path)) == ["hf_home", "junk.wav"] or sorted(os.listdir(tmp_path)) == ["junk.wav"]
 
 
+def test_a_finished_run_leaves_no_lock_files(tmp_path, tiny):
+    """Like git's index.lock: every `.NAME.lock` goes when the run ends, whatever it wrote."""
+    _clips(tmp_path / "clips")
+    (tmp_path / "junk.wav").write_bytes(b"junk")
+    proc = run_matpac(["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--model", str(tiny),
+                       "-q"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert left == [], left
+    assert (tmp_path / "e.npy").exists() and (tmp_path / "f.csv").exists()
+
+
 # ------------------------------------------------------------- checks before any model
 
 

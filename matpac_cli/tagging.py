@@ -128,7 +128,7 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
         summary.audio_s += res.duration_s
 
     on_progress, on_failure, on_audio = callbacks
-    engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
+    summary.retries += engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
                     address=config.ray_address)
 
 
@@ -169,7 +169,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
+        summary.retries += engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
                     address=config.ray_address)
     finally:
         journal.close()

@@ -198,6 +198,9 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
+    retries = getattr(summary, "retries", 0)
+    if retries:
+        line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (Ray reran work whose worker died)"
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:

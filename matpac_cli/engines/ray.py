@@ -14,6 +14,9 @@ A file that fails never fails the job: decoding and encoding catch each file's e
 on as that file's row (one exception in a Ray Data batch fails the whole job, and
 `max_errored_blocks` would drop the batch's good rows with it). Dead workers and nodes are Ray's to
 retry (actors restart and their tasks rerun by default); the driver ignores a chunk it already has.
+Ray retries work whose process died for ever, so each try is counted in an `Attempts` actor beside
+the driver: a file whose decoding (or a batch whose encoding) killed its process `GIVE_UP` times
+is given up as that file's error, and the run says how many tries were reruns.
 Results arrive as files finish, not in input order (the file outputs are written in input order).
 """
 
@@ -30,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError, MatpacError, UsageError
-from matpac_cli.engines.work import Collector, Encoder, Recipe, decode_files, first_line
+from matpac_cli.engines.work import CRASH_ON, GIVE_UP, Attempts, Collector, Encoder, Recipe, decode_files, first_line
 from matpac_cli.pipeline import Plan
 
 EXTRA = "pip install 'matpac-cli[ray]'"
@@ -63,6 +66,7 @@ class Cluster:
         if not debug:  # Ray's C++ side logs notes for developers on stderr (actor restarts and such)
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         quiet = dict(log_to_driver=debug, logging_level=logging.INFO if debug else logging.ERROR)
+        _stdout_kept_for_data(debug)
         try:
             if self.address and self.address not in ("auto", "local"):
                 _reachable(self.address)
@@ -131,16 +135,71 @@ def _silenced(on: bool) -> Iterator[None]:
         os.close(devnull)
 
 
+H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)  # preface, empty SETTINGS
+
+
+def _stdout_kept_for_data(debug: bool) -> None:
+    """stdout is matpac's data channel (`tag --out -`), but the driver's Ray prints the cluster's
+    notices there ("(raylet) A worker died ..."), whatever `log_to_driver` says, and with it the
+    workers' output: all of it goes to stderr with MATPAC_DEBUG, else nowhere (matpac says itself
+    what a user acts on: a file given up, the retries). Set before `ray.init`, which binds it."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "matpac", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        if debug:
+            original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.matpac = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
 def _reachable(address: str, timeout: float = 5.0) -> None:
-    """Ray retries an absent cluster for minutes, printing as it goes: a plain TCP connect to the
-    head's port first gives one line at once."""
+    """Ray retries an absent cluster, or a port that is not Ray's, for minutes (20 tries of 40 s):
+    a TCP connect to the head's port first, then the first words of HTTP/2, which a GCS (gRPC)
+    answers with its settings, give one line within seconds."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
     except ValueError:
         raise UsageError(f"Ray address {address}: expected HOST:PORT (the head's GCS port)") from None
     except OSError as exc:
         raise MatpacError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):  # a TLS GCS answers only TLS
+            said = _first_words(conn, timeout)
+            if said is None or len(said) < 9 or said[3] != 0x04 or said[5:9] != bytes(4):  # not an HTTP/2 SETTINGS frame
+                heard = (f"it said {_printable(said)}" if said else
+                         f"it said nothing in {timeout:g} s" if said is None else "it closed the connection")
+                raise MatpacError(f"{address} answered but is not a Ray cluster (GCS): {heard}; give the head's "
+                                  "GCS port (6379 unless `ray start --head --port` chose another)")
+
+
+def _first_words(conn: socket.socket, timeout: float) -> bytes | None:
+    """What a server says to HTTP/2's opening, up to one frame header: None if it said nothing."""
+    said = b""
+    try:
+        conn.settimeout(timeout)
+        conn.sendall(H2_HELLO)
+        while len(said) < 9:
+            more = conn.recv(9 - len(said) if said else 64)
+            if not more:
+                break
+            said += more
+    except socket.timeout:
+        return said or None
+    except OSError:
+        pass
+    return said
+
+
+def _printable(data: bytes) -> str:
+    """The first line a server sent, quoted, control characters and non-ASCII as escapes."""
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")[:60]
+    return "'" + "".join(chr(b) if 32 <= b < 127 and b != 39 else f"\\x{b:02x}" for b in line) + "'"
 
 
 def _quiet_data() -> None:
@@ -158,16 +217,73 @@ def _quiet_data() -> None:
 def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
         on_result: Callable = lambda r: None, on_failure: Callable[[InputError], None] = lambda e: None,
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
-        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None) -> None:
-    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks)."""
+        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None) -> int:
+    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
+    Returns how many tries were reruns of work whose process (or node) died."""
     items = list(items)
     if not items or not plans:
-        return
+        return 0
     cluster = Cluster(address)
+    ledger = _Ledger.start()
     try:
-        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio))
+        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio),
+             ledger)
+        return ledger.retries()
     finally:
+        ledger.stop()
         cluster.close()
+
+
+class _Ledger:
+    """`Attempts` in an actor on the driver's node (it outlives any worker), by name, so that a
+    task or actor anywhere on the cluster reaches it; a try that cannot reach it goes ahead."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self._handle = name, None
+
+    @classmethod
+    def start(cls) -> "_Ledger":
+        import uuid
+
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ledger = cls(f"matpac-attempts-{uuid.uuid4().hex}")
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        ledger._handle = ray.remote(Attempts).options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1,
+                                                      scheduling_strategy=here).remote()
+        return ledger
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self._handle = state["name"], None
+
+    def _call(self, method: str, *args, default=None):
+        import ray
+
+        try:
+            if self._handle is None:
+                self._handle = ray.get_actor(self.name, namespace="matpac")
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=60)
+        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+            return default
+
+    def begin(self, key) -> int:
+        return self._call("begin", key, default=0)
+
+    def end(self, key) -> None:
+        self._call("end", key)
+
+    def retries(self) -> int:
+        return self._call("retries", default=0)
+
+    def stop(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self._handle)
 
 
 def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
@@ -182,7 +298,8 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     return actors, {"num_cpus": per}, threads or 1
 
 
-def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector") -> None:
+def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector",
+         ledger: _Ledger) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -197,11 +314,13 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
     # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
     # stages into the actors, where decoding would wait on the encoder)
-    ds = ds.map_batches(decode_files, batch_size=1, fn_kwargs={"n_ts": n_ts, "defer": device != "cpu"},
-                        num_cpus=DECODE_CPUS)
+    # (Ray's own bound on retries only backs up the ledger's: exhausted, it fails the whole job)
+    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=DECODE_CPUS, max_retries=2 * GIVE_UP,
+                        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
+                                   "crash_on": os.environ.get(CRASH_ON) or None})
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
-    encoder = type("Encoder", (Encoder,), {"recipes": recipes})
+    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
     ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
                         compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources)
     try:

@@ -170,7 +170,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
         summary.retries += engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
-                    address=config.ray_address)
+                    address=config.ray_address, on_warning=on_warning)
     finally:
         journal.close()
     done = _finished_rows(items, journal, previous)

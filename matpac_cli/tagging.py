@@ -101,7 +101,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     if out is None:
         if config.fmt in writers.BINARY:
             raise UsageError(f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}")
-        _stream(items, groups, config, stdout, summary, callbacks)
+        _stream(items, groups, config, stdout, summary, callbacks, on_warning)
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
@@ -114,7 +114,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
 
 
 def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: TextIO, summary: Summary,
-            callbacks: Callbacks) -> None:
+            callbacks: Callbacks, on_warning: Callable[[str], None]) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
@@ -129,7 +129,7 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
 
     on_progress, on_failure, on_audio = callbacks
     summary.retries += engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
-                    address=config.ray_address)
+                    address=config.ray_address, on_warning=on_warning)
 
 
 def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
@@ -170,7 +170,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
         summary.retries += engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
-                    address=config.ray_address)
+                    address=config.ray_address, on_warning=on_warning)
     finally:
         journal.close()
     heads = [h for g in groups for h in g.heads]

@@ -200,7 +200,7 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         line += " on " + " and ".join(ran)
     retries = getattr(summary, "retries", 0)
     if retries:
-        line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (Ray reran work whose worker died)"
+        line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:

@@ -173,11 +173,12 @@ def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarra
             "k": np.array([k for _, k, _ in entries], dtype=np.int64), "data": data}
 
 
-def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts,
+def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts=None,
                  crash_on: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """A Ray task: each file's chunks as they are cut, then its facts row (k = -1). A file whose
     decoding killed the process `GIVE_UP` times is not decoded again: its facts row says so.
-    `attempts` has `Attempts`' methods (a Ray actor's, through engines.ray)."""
+    `attempts` has `Attempts`' methods (a Ray actor's, through engines.ray; else this process's)."""
+    attempts = attempts if attempts is not None else Attempts()
     for i, blob in zip(batch["i"], batch["item"]):
         item = pickle.loads(blob)
         deaths = attempts.begin(("decode", int(i)))

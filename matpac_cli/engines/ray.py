@@ -54,13 +54,15 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None,
     if not items or not plans:
         return 0
     cluster = Cluster(address)
-    ledger = _Ledger.start()
+    ledger = None
     try:
+        ledger = _Ledger.start()
         _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio),
              ledger, on_warning)
         return ledger.retries()
     finally:
-        ledger.stop()
+        if ledger is not None:
+            ledger.stop()
         cluster.close()
 
 

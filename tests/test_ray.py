@@ -222,7 +222,7 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
     node = Node("127.0.0.3", head=head.address, cpus=6)
     try:
         _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
-        folder = _many(tmp_path / "many", 16)
+        folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
         job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
                            "--engine", "ray", "--batch-size", "2", "--threads", "2"],
@@ -231,7 +231,7 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
             node.stop(hard=True)  # the whole node, mid-job
-            assert job.poll() is None, "the job ended before the node was lost"
+            assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
             _, err = job.communicate(timeout=300)  # a hang guard: the job ends about a minute later
         finally:
             if job.poll() is None:

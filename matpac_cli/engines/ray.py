@@ -120,6 +120,21 @@ class _Ledger:
     def retries(self) -> int:
         return self._call("retries", default=0) + self.reruns
 
+    def enlist(self) -> None:
+        """From an encoder actor: its own handle, kept with its round."""
+        import ray
+
+        self._call("enlist", self.round, ray.get_runtime_context().current_actor)
+
+    def dismiss(self) -> None:
+        """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
+        collected, holding their CPUs (and restarting ones their claim) meanwhile."""
+        import ray
+
+        for actor in self._call("enlisted_in", self.round, default=[]) or []:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
     def stop(self) -> None:
         import ray
 
@@ -158,6 +173,7 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
             _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
             break
         except ExecutionTimeoutError:
+            ledger.for_round(round_).dismiss()
             idle = idle + 1 if len(collector.done) == done else 0
             if idle >= STALLS:
                 raise MatpacError(f"the Ray job made no progress for {stall_s():g} s, {STALLS} times in a row "

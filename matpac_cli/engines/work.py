@@ -43,6 +43,7 @@ class Attempts:
     def __init__(self) -> None:
         self.begun: dict = {}
         self.ended: dict = {}
+        self.enlisted: dict = {}  # round -> the encoder actors that started in it (handles)
 
     def begin(self, key) -> int:
         died = self.begun.get(key, 0) - self.ended.get(key, 0)
@@ -55,6 +56,12 @@ class Attempts:
     def retries(self) -> int:
         """Tries after each unit's first: reruns of work whose process or node was lost."""
         return sum(self.begun.values()) - len(self.begun)
+
+    def enlist(self, round_: int, actor) -> None:
+        self.enlisted.setdefault(round_, []).append(actor)
+
+    def enlisted_in(self, round_: int) -> list:
+        return self.enlisted.get(round_, [])
 
 
 def died(times: int, what: str) -> str:
@@ -239,6 +246,8 @@ class Encoder:
     def __init__(self) -> None:
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
+        if self.attempts is not None:
+            self.attempts.enlist()  # so that the driver can stop this actor with its round
         try:
             self.plans = [r.load() for r in self.recipes]
             cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries

@@ -48,6 +48,7 @@ class Summary:
     audio_s: float = 0.0
     truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
     left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
+    retries: int = 0  # tries that reran work whose process died (--engine ray)
 
 
 def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
@@ -169,8 +170,8 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
 
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
-        engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
-                    address=config.ray_address)
+        summary.retries += engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
+                    address=config.ray_address, on_warning=on_warning)
     finally:
         journal.close()
     done = _finished_rows(items, journal, previous)

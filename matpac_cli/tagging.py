@@ -146,8 +146,8 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
         summary.audio_s += res.duration_s
 
     on_progress, on_failure, on_audio = callbacks
-    engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
-                    address=config.ray_address)
+    summary.retries += engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
+                    address=config.ray_address, on_warning=on_warning)
 
 
 def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
@@ -191,8 +191,8 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
-                    address=config.ray_address)
+        summary.retries += engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
+                    address=config.ray_address, on_warning=on_warning)
     finally:
         journal.close()
     heads = [h for g in groups for h in g.heads]

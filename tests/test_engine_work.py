@@ -105,6 +105,28 @@ def test_a_file_the_cluster_never_answers_for_is_named(setup):
     assert failed[items[1].name] == "no result came back from the Ray cluster"
 
 
+def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
+    """Three tries begun and never ended (their process died): the fourth does not decode the
+    file again but sends its facts row with the error; every try after the first is a retry."""
+    from matpac_cli.engines.work import Attempts, Collector, decode_files
+
+    items, plan = setup
+    attempts = Attempts()
+    for _ in range(3):
+        assert attempts.begin(("decode", 0)) == _
+    batch = {"i": np.array([0]), "item": np.array([pickle.dumps(items[0])], dtype=object)}
+    rows = list(decode_files(batch, (plan.predictor.dims.n_t,), False, attempts))
+    assert len(rows) == 1 and int(rows[0]["k"][0]) == -1  # the facts row only: nothing decoded
+    failed = {}
+    collector = Collector(items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason),
+                          lambda i, s: None, lambda s: None)
+    collector.add(0, 0, -1, rows[0]["data"][0])
+    assert failed == {items[0].name: "the Ray worker decoding it died 3 times (a crash, or killed for memory?); "
+                                     "matpac gave up on it"}
+    assert attempts.retries() == 3
+    assert len(list(decode_files(batch, (plan.predictor.dims.n_t,), False, Attempts()))) > 1  # a first try decodes
+
+
 def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
     from dataclasses import replace
 

@@ -7,11 +7,14 @@ its own processes (tests/raycluster.py), never `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,10 +91,37 @@ def test_ray_embed_gives_the_local_numbers_names_the_bad_file_and_exits_1(ckpts,
     assert "broken.wav" in (tmp_path / "failed.csv").read_text()
 
 
-def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
-    probe = tmp_path / "openmic.pth"
+def _probe(path: Path) -> Path:
     g = torch.Generator().manual_seed(0)
-    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, probe)
+    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, path)
+    return path
+
+
+def test_a_file_that_kills_its_decoder_every_time_is_its_error_and_stdout_stays_data(ckpts, clips, tmp_path, ray_env):
+    """The worker decoding c2.wav dies on every try (MATPAC_TEST_CRASH_ON, a test-only hook: the
+    task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
+    ever; matpac gives up after 3 deaths, names the file and finishes the others. Ray's notices
+    of the deaths ("(raylet) A worker died ...") never reach stdout, which carries the CSV only."""
+    proc = run_matpac(["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(_probe(tmp_path / "openmic.pth")),
+                       "--out", "-", "--engine", "ray", "--failures", str(tmp_path / "failed.csv")],
+                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav"})
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    skipped = [line for line in err.splitlines() if "c2.wav" in line]
+    assert skipped == [f"matpac: skipped {clips}/c2.wav: the Ray worker decoding it died 3 times "
+                       "(a crash, or killed for memory?); matpac gave up on it"], err
+    assert "5 done, 0 reused, 2 failed" in err and "; 3 task retries" in err, err
+    assert "Traceback" not in err, err
+    assert "c2.wav" in (tmp_path / "failed.csv").read_text()
+    lines = proc.stdout.decode().splitlines()
+    rows = list(csv.reader(lines))
+    assert rows[0][0] == "path" and all(len(row) == len(rows[0]) for row in rows), lines
+    good = {str(p) for p in clips.glob("c*.wav") if p.name != "c2.wav"}
+    assert {row[0] for row in rows[1:]} == good, lines
+
+
+def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
+    probe = _probe(tmp_path / "openmic.pth")
     args = ["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(probe), "--top-k", "0",
             "--segments", "-q"]
     local = run_matpac([*args, "--out", str(tmp_path / "local.csv")])
@@ -183,24 +213,34 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
 
 
 def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, head, tmp_path, ray_env):
-    node = Node("127.0.0.3", head=head.address)
+    """The second node is the bigger one (6 CPUs to the head's 2) and each encoder actor takes 2
+    CPUs (--threads 2), so when that node is lost mid-job its actors restart on a head with room
+    for one: it takes both CPUs, the others restart for ever holding their batches, and the files
+    still to decode never can be. Ray waits on that for ever (this test hung at its timeout,
+    5 of 16 files done; ray-project/ray#44687). matpac stops a round that makes no progress for
+    MATPAC_RAY_STALL_S and runs the files left again with a pool that fits the cluster now."""
+    node = Node("127.0.0.3", head=head.address, cpus=6)
     try:
         _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
-        folder = _many(tmp_path / "many", 16)
+        folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
         job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                           "--engine", "ray", "-q", "--batch-size", "2"], ray_env)
+                           "--engine", "ray", "--batch-size", "2", "--threads", "2"],
+                          {**ray_env, "MATPAC_RAY_STALL_S": "20"})
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
-            _wait_for(lambda: working() and _journal_records(out) >= 1)
+            _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
             node.stop(hard=True)  # the whole node, mid-job
-            assert job.poll() is None, "the job ended before the node was lost"
-            _, err = job.communicate(timeout=300)
+            assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
+            _, err = job.communicate(timeout=300)  # a hang guard: the job ends about a minute later
         finally:
             if job.poll() is None:
                 job.kill()
-        assert job.returncode == 0, err.decode()
+        err = err.decode()
+        assert job.returncode == 0, err
         assert sorted(_paths(out)) == sorted(str(p) for p in folder.glob("*.wav"))
+        assert "matpac: warning: the Ray job made no progress for 20 s" in err, err  # the hang was met
+        assert "task retries (work rerun after a Ray worker or node was lost)" in err, err
     finally:
         node.cleanup()
 
@@ -212,6 +252,38 @@ def test_an_unreachable_cluster_is_one_line_at_once(tmp_path, clips, ckpts):
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and lines == ["matpac: error: cannot reach the Ray cluster at 127.0.0.2:1: Connection refused"]
     assert time.monotonic() - started < 60
+    assert not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.parametrize("reply, heard", [(b"HTTP/1.1 400 Bad Request\r\n\r\n", "it said 'HTTP/1.1 400 Bad Request'"),
+                                          (None, "it said nothing in 5 s")], ids=["http", "silent"])
+def test_a_port_that_is_not_ray_is_one_line_within_seconds(tmp_path, clips, ckpts, reply, heard):
+    """An open port that is not a Ray GCS (a web server, one that says nothing): one line saying
+    so, exit 2. Ray itself would retry it for 14 minutes (the timeout is a hang guard)."""
+    server = socket.create_server(("127.0.0.2", 0))
+    held = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                if reply:
+                    conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"127.0.0.2:{server.getsockname()[1]}"
+    try:
+        proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
+                           "--engine", "ray", "--ray-address", address], env=ENV, timeout=120)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2 and lines == [f"matpac: error: {address} answered but is not a Ray cluster (GCS): "
+                                              f"{heard}; give the head's GCS port (6379 unless `ray start --head "
+                                              "--port` chose another)"], lines
     assert not (tmp_path / "e.npy").exists()
 
 

@@ -211,6 +211,9 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"
+    retries = getattr(summary, "retries", 0)
+    if retries:
+        line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"
     written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:

@@ -20,13 +20,15 @@ def check(engine: str) -> str:
     return name
 
 
-def run(engine: str, *args, address: str | None = None, **kwargs) -> None:
+def run(engine: str, *args, address: str | None = None, on_warning=None, **kwargs) -> int:
     """`pipeline.run(items, plans, batch_size, workers, on_result, on_failure, on_progress, on_audio)`
-    on the chosen engine."""
+    on the chosen engine; returns how many tries were reruns of work whose process died (Ray's).
+    `on_warning` hears of a Ray job stopped for making no progress and run again."""
     if engine == "ray":
         from matpac_cli.engines.ray import run as run_ray
 
-        return run_ray(*args, address=address, **kwargs)
+        return run_ray(*args, address=address, on_warning=on_warning or (lambda text: None), **kwargs)
     from matpac_cli.engines.local import run as run_local
 
-    return run_local(*args, **kwargs)
+    run_local(*args, **kwargs)
+    return 0

@@ -14,160 +14,132 @@ A file that fails never fails the job: decoding and encoding catch each file's e
 on as that file's row (one exception in a Ray Data batch fails the whole job, and
 `max_errored_blocks` would drop the batch's good rows with it). Dead workers and nodes are Ray's to
 retry (actors restart and their tasks rerun by default); the driver ignores a chunk it already has.
+Ray retries work whose process died for ever, so each try is counted in an `Attempts` actor beside
+the driver: a file whose decoding (or a batch whose encoding) killed its process `GIVE_UP` times
+is given up as that file's error, and the run says how many tries were reruns. A run that makes
+no progress at all (a lost node's actors with no room left to restart) is stopped and run again
+on the files left (`_run`).
 Results arrive as files finish, not in input order (the file outputs are written in input order).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import itertools
 import os
 import pickle
-import socket
-import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from matpac_cli.discovery import Item
-from matpac_cli.errors import InputError, MatpacError, UsageError
-from matpac_cli.engines.work import Collector, Encoder, Recipe, decode_files, first_line
+from matpac_cli.errors import InputError, MatpacError
+from matpac_cli.engines.ray_cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
+from matpac_cli.engines.work import CRASH_ON, Attempts, Collector, Encoder, Recipe, decode_files, first_line
 from matpac_cli.pipeline import Plan
 
-EXTRA = "pip install '.[ray]' in matpac's source folder"
 DECODE_CPUS = 0.5  # two decoding tasks per CPU: decoding waits on the disk too
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
-
-
-def require() -> None:
-    """Ray Data is an optional extra: without it, one line naming it (exit 2)."""
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401 - the extra, not just ray's core
-    except ImportError:
-        raise UsageError(f"--engine ray needs Ray Data, an optional extra: {EXTRA}") from None
-
-
-class Cluster:
-    """The Ray cluster a run uses: `RAY_ADDRESS` or `--ray-address`, else a local instance that
-    matpac starts for the run and stops after it."""
-
-    def __init__(self, address: str | None = None) -> None:
-        require()
-        import ray
-
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.started = False
-        if ray.is_initialized():
-            return
-        debug = bool(os.environ.get("MATPAC_DEBUG"))
-        if not debug:  # Ray's C++ side logs notes for developers on stderr (actor restarts and such)
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        quiet = dict(log_to_driver=debug, logging_level=logging.INFO if debug else logging.ERROR)
-        try:
-            if self.address and self.address not in ("auto", "local"):
-                _reachable(self.address)
-            with _silenced(not debug):
-                if self.address and self.address not in ("auto", "local"):
-                    ray.init(address=self.address, **quiet)
-                else:
-                    ray.init(address=self.address, include_dashboard=False, **quiet)
-                    self.started = self.address is None
-        except MatpacError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...: one line
-            where = self.address or "a local Ray instance"
-            raise MatpacError(f"cannot connect to {where}: {first_line(exc)}") from None
-        _quiet_data()
-
-    def resources(self) -> tuple[float, int]:
-        import ray
-
-        res = ray.cluster_resources()
-        return float(res.get("CPU", 1)), int(res.get("GPU", 0))
-
-    def placement(self, device: str, precision: str) -> tuple[str, str]:
-        """Where the actors run the encoder, and at what precision: a GPU each where the cluster
-        has GPUs (`--device auto` or cuda), else the CPUs. The driver loads its own copy on its
-        CPU only to describe the run (heads, settings, manifest); it computes nothing."""
-        _, gpus = self.resources()
-        device = (device or "auto").lower()
-        if device == "auto":
-            device = "cuda" if gpus else "cpu"
-        elif device.startswith("cuda"):
-            if not gpus:
-                raise UsageError(f"--device {device}: the Ray cluster has no GPUs")
-            device = "cuda"  # each actor sees its own GPU as device 0
-        elif device != "cpu":
-            raise UsageError(f"--device {device}: with --engine ray use auto, cpu or cuda")
-        precision = (precision or "auto").lower()
-        if precision == "auto":
-            precision = "bf16" if device == "cuda" else "fp32"
-        return device, precision
-
-    def close(self) -> None:
-        import ray
-
-        if self.started and ray.is_initialized():
-            ray.shutdown()
-
-
-@contextlib.contextmanager
-def _silenced(on: bool) -> Iterator[None]:
-    """stderr (the file descriptor: Ray's C++ core writes there) off while Ray starts: it says
-    which log level it read and how it connected, nothing a user of matpac acts on. Errors still
-    come back as exceptions."""
-    if not on:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _reachable(address: str, timeout: float = 5.0) -> None:
-    """Ray retries an absent cluster for minutes, printing as it goes: a plain TCP connect to the
-    head's port first gives one line at once."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except ValueError:
-        raise UsageError(f"Ray address {address}: expected HOST:PORT (the head's GCS port)") from None
-    except OSError as exc:
-        raise MatpacError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
-
-
-def _quiet_data() -> None:
-    """Ray Data's own bars and execution logs off: the driver prints matpac's progress."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    if hasattr(ctx, "enable_operator_progress_bars"):
-        ctx.enable_operator_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.INFO if os.environ.get("MATPAC_DEBUG") else logging.ERROR)
+STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
+STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
 def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
         on_result: Callable = lambda r: None, on_failure: Callable[[InputError], None] = lambda e: None,
         on_progress: Callable[[Item, float], None] = lambda i, s: None,
-        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None) -> None:
-    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks)."""
+        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None,
+        on_warning: Callable[[str], None] = lambda text: None) -> int:
+    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
+    Returns how many tries were reruns of work whose process (or node) died."""
     items = list(items)
     if not items or not plans:
-        return
+        return 0
     cluster = Cluster(address)
+    ledger = None
     try:
-        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio))
+        ledger = _Ledger.start()
+        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio),
+             ledger, on_warning)
+        return ledger.retries()
     finally:
+        if ledger is not None:
+            ledger.stop()
         cluster.close()
+
+
+class _Ledger:
+    """`Attempts` in an actor on the head node (it outlives any worker and any other node), by
+    name, so that a task or actor anywhere on the cluster reaches it; a try that cannot reach it
+    goes ahead. (Ray Data's own bound, `max_retries` for its tasks, is deprecated in Ray 2.60.)"""
+
+    def __init__(self, name: str, round_: int = 0) -> None:
+        self.name, self.round, self._handle = name, round_, None
+        self.reruns = 0  # files run again in a later round (the driver's count)
+
+    def for_round(self, round_: int) -> "_Ledger":
+        """Keys of their own for each round: a try that a stopped round cut short is no death."""
+        view = _Ledger(self.name, round_)
+        view._handle = self._handle
+        return view
+
+    @classmethod
+    def start(cls) -> "_Ledger":
+        import uuid
+
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ledger = cls(f"matpac-attempts-{uuid.uuid4().hex}")
+        heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+        here = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
+        ledger._handle = ray.remote(Attempts).options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1,
+                                                      scheduling_strategy=here).remote()
+        return ledger
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "round": self.round}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self.round, self._handle, self.reruns = state["name"], state["round"], None, 0
+
+    def _call(self, method: str, *args, default=None):
+        import ray
+
+        try:
+            if self._handle is None:
+                self._handle = ray.get_actor(self.name, namespace="matpac")
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=60)
+        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+            return default
+
+    def begin(self, key) -> int:
+        return self._call("begin", (self.round, key), default=0)
+
+    def end(self, key) -> None:
+        self._call("end", (self.round, key))
+
+    def retries(self) -> int:
+        return self._call("retries", default=0) + self.reruns
+
+    def enlist(self) -> None:
+        """From an encoder actor: its own handle, kept with its round."""
+        import ray
+
+        self._call("enlist", self.round, ray.get_runtime_context().current_actor)
+
+    def dismiss(self) -> None:
+        """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
+        collected, holding their CPUs (and restarting ones their claim) meanwhile."""
+        import ray
+
+        for actor in self._call("enlisted_in", self.round, default=[]) or []:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+    def stop(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self._handle)
 
 
 def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
@@ -182,26 +154,69 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     return actors, {"num_cpus": per}, threads or 1
 
 
-def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector") -> None:
+def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector",
+         ledger: _Ledger, on_warning: Callable[[str], None]) -> None:
+    """The job in rounds: a round that makes no progress for `stall_s()` (Ray Data stops it) is
+    followed by another on the files left, with an actor pool sized for the cluster as it is
+    now. A node lost mid-job can leave its actors restarting for ever where the other nodes
+    have no room for them, holding their batches, while the actors that did restart take the
+    CPUs decoding needs (ray-project/ray#44687): Ray waits on that for ever."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    idle = 0
+    for round_ in itertools.count(1):
+        left = [i for i in range(len(items)) if i not in collector.done]
+        if not left:
+            break
+        done = len(collector.done)
+        try:
+            _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
+            break
+        except ExecutionTimeoutError:
+            ledger.for_round(round_).dismiss()
+            idle = idle + 1 if len(collector.done) == done else 0
+            if idle >= STALLS:
+                raise MatpacError(f"the Ray job made no progress for {stall_s():g} s, {STALLS} times in a row "
+                                  f"(see `ray status`); the finished files are kept") from None
+            again = len(left) - (len(collector.done) - done)
+            ledger.reruns += again
+            on_warning(f"the Ray job made no progress for {stall_s():g} s (a lost node's work that the cluster "
+                       f"left has no room for?); running the {again} file(s) left again")
+    collector.finish()
+
+
+def stall_s() -> float:
+    """Seconds without progress before a round stops: MATPAC_RAY_STALL_S, else `STALL_S` (a
+    cluster that waits long for new nodes, or downloads the model slowly on each, may want more)."""
+    try:
+        return max(float(os.environ.get("MATPAC_RAY_STALL_S", "") or STALL_S), 1.0)
+    except ValueError:
+        return STALL_S
+
+
+def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Plan], batch_size: int | None,
+           collector: "Collector", ledger: _Ledger) -> None:
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, DataContext
 
     from matpac_cli.predictor import default_batch
 
     device = plans[0].predictor.device
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
-    rows = [{"i": i, "item": pickle.dumps(Item(it.name, Path(it.path).absolute(), it.problem))}
-            for i, it in enumerate(items)]
+    rows = [{"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
+            for i in left]
+    DataContext.get_current().execution_no_progress_timeout_s = stall_s()
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
     # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
     # stages into the actors, where decoding would wait on the encoder)
-    ds = ds.map_batches(decode_files, batch_size=1, fn_kwargs={"n_ts": n_ts, "defer": device != "cpu"},
-                        num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=DECODE_CPUS,
+                        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
+                                   "crash_on": os.environ.get(CRASH_ON) or None})
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
-    encoder = type("Encoder", (Encoder,), {"recipes": recipes})
+    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
     ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
                         compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources)
     try:
@@ -211,7 +226,8 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
     except (MatpacError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2
+        from ray.data.exceptions import ExecutionTimeoutError
+
+        if isinstance(exc, ExecutionTimeoutError):
+            raise
         raise MatpacError(f"the Ray job failed: {first_line(exc)}") from None
-    collector.finish()
-
-

@@ -2,6 +2,8 @@
 them on a cluster): `decode_files` cuts files into chunk rows, `Encoder` turns chunk rows into
 per-chunk sums with the run's encoders loaded once, and `Collector` sums each file's chunks back
 on the driver (in any order, each chunk once) and hands finished files to the job's callbacks.
+`Attempts` counts each unit's tries, so work whose process dies on every try (a crash, an
+out-of-memory kill) becomes its files' error after `GIVE_UP` deaths instead of running for ever.
 
 Rows are columns of numpy arrays: `i` (the file's place in the input), `grid` (the encoder
 geometry, frames per chunk), `k` (the chunk, -1 for the file's facts) and `data` (pickled: the
@@ -10,8 +12,10 @@ chunk, its outputs, the file's facts, or a file's error as text).
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
+import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -27,6 +31,42 @@ from matpac_cli.errors import InputError, MatpacError, ModelError
 from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+GIVE_UP = 3  # deaths of the process running one file's decoding (or one batch's encoding) before it fails
+CRASH_ON = "MATPAC_TEST_CRASH_ON"  # test only: decoding a file whose name ends so kills its process
+
+
+class Attempts:
+    """Each unit of work's tries, begun and ended (engines.ray keeps one in an actor). A try
+    begun and never ended died with its process; `begin` says how many did, so the next try
+    can give up instead of dying again."""
+
+    def __init__(self) -> None:
+        self.begun: dict = {}
+        self.ended: dict = {}
+        self.enlisted: dict = {}  # round -> the encoder actors that started in it (handles)
+
+    def begin(self, key) -> int:
+        died = self.begun.get(key, 0) - self.ended.get(key, 0)
+        self.begun[key] = self.begun.get(key, 0) + 1
+        return died
+
+    def end(self, key) -> None:
+        self.ended[key] = self.ended.get(key, 0) + 1
+
+    def retries(self) -> int:
+        """Tries after each unit's first: reruns of work whose process or node was lost."""
+        return sum(self.begun.values()) - len(self.begun)
+
+    def enlist(self, round_: int, actor) -> None:
+        self.enlisted.setdefault(round_, []).append(actor)
+
+    def enlisted_in(self, round_: int) -> list:
+        return self.enlisted.get(round_, [])
+
+
+def died(times: int, what: str) -> str:
+    return (f"the Ray worker {what} died {times} times (a crash, or killed for memory?); "
+            "matpac gave up on it")
 
 
 def first_line(exc: BaseException) -> str:
@@ -140,13 +180,24 @@ def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarra
             "k": np.array([k for _, k, _ in entries], dtype=np.int64), "data": data}
 
 
-def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool) -> Iterator[dict[str, np.ndarray]]:
-    """A Ray task: each file's chunks as they are cut, then its facts row (k = -1)."""
+def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts=None,
+                 crash_on: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray task: each file's chunks as they are cut, then its facts row (k = -1). A file whose
+    decoding killed the process `GIVE_UP` times is not decoded again: its facts row says so.
+    `attempts` has `Attempts`' methods (a Ray actor's, through engines.ray; else this process's)."""
+    attempts = attempts if attempts is not None else Attempts()
     for i, blob in zip(batch["i"], batch["item"]):
-        yield from _decode_one(int(i), pickle.loads(blob), n_ts, defer)
+        item = pickle.loads(blob)
+        deaths = attempts.begin(("decode", int(i)))
+        if deaths >= GIVE_UP:
+            yield _facts_row(int(i), dict.fromkeys(n_ts, 0), InputError(item.name, died(deaths, "decoding it")), None)
+            continue
+        if crash_on and item.name.endswith(crash_on):
+            os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults
+        yield from _decode_one(int(i), item, n_ts, defer, lambda: attempts.end(("decode", int(i))))
 
 
-def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool) -> Iterator[dict[str, np.ndarray]]:
+def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -> Iterator[dict[str, np.ndarray]]:
     from matpac_cli.decoding import END, Feed
 
     messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
@@ -175,21 +226,28 @@ def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool) -> Itera
             yield _rows(i, entries)
     finally:
         feed.cancelled = True
-    source = feed.source
+    ended()
+    yield _facts_row(i, counts, error, feed.source)
+
+
+def _facts_row(i: int, counts: dict, error: InputError | None, source) -> dict[str, np.ndarray]:
     facts = {"chunks": counts, "error": error,
              "duration_s": source.duration_s if source else 0.0, "sample_rate": source.sample_rate if source else 0,
              "channels": source.channels if source else 0, "truncated": source.truncated if source else None}
-    yield _rows(i, [(0, -1, facts)])
+    return _rows(i, [(0, -1, facts)])
 
 
 class Encoder:
     """An actor: the run's encoders, loaded once; batches of chunk rows in, per-chunk sums out."""
 
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
+    attempts = None  # likewise: `Attempts`' methods, to give up on a batch that kills its actor
 
     def __init__(self) -> None:
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
+        if self.attempts is not None:
+            self.attempts.enlist()  # so that the driver can stop this actor with its round
         try:
             self.plans = [r.load() for r in self.recipes]
             cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries
@@ -199,13 +257,17 @@ class Encoder:
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = ("encode", tuple(zip(batch["i"].tolist(), batch["grid"].tolist(), batch["k"].tolist())))
+        deaths = self.attempts.begin(key) if self.attempts is not None else 0
         data = list(batch["data"])
         todo = [j for j, k in enumerate(batch["k"]) if k >= 0]
         for grid in sorted({int(batch["grid"][j]) for j in todo}):
             idx = [j for j in todo if batch["grid"][j] == grid]
             chunks = [pickle.loads(data[j]) for j in idx]
-            if self.error is not None:
-                outs: list = [self.error] * len(idx)
+            if deaths >= GIVE_UP:
+                outs: list = [died(deaths, "encoding a batch with this file's audio")] * len(idx)
+            elif self.error is not None:
+                outs = [self.error] * len(idx)
             else:
                 try:
                     outs = self._encode(grid, chunks)
@@ -214,6 +276,8 @@ class Encoder:
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
                 data[j] = pickle.dumps(out if isinstance(out, (str, ModelError)) else (chunk[0], out),
                                        protocol=pickle.HIGHEST_PROTOCOL)
+        if self.attempts is not None:
+            self.attempts.end(key)
         column = np.empty(len(data), dtype=object)
         column[:] = data
         return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}

@@ -198,3 +198,14 @@ def test_a_failing_file_named_with_escapes_is_shown_escaped_on_stderr(lib, tmp_p
         proc = run_matpac(args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert not any(b in proc.stderr for b in RAW), proc.stderr
+
+
+def test_models_labels_of_a_hostile_head_shows_escapes_on_a_terminal_and_exact_labels_into_a_pipe(lib):
+    d = lib["dir"]
+    code, out, err = _on_a_terminal(["models", "labels", "head.safetensors"], d, b"")
+    assert code == 0, err.decode()
+    assert not any(b in out for b in RAW), out
+    assert "\\x1b]0;pwned\\x07\\x1b[2Jred" in out.decode()
+    piped = run_matpac(["models", "labels", "head.safetensors"], cwd=d)
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert sorted(piped.stdout.decode().splitlines()) == sorted(LABELS)  # the exact bytes

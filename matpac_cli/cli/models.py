@@ -198,12 +198,20 @@ def models_labels(
     raw: Annotated[bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")] = False,
 ) -> int:
     """Print a head's labels as tag outputs name them, one per line, in the index order its weights
-    were trained with (--raw: the tag ids)."""
+    were trained with (--raw: the tag ids). On a terminal, control characters in a label (a head
+    someone else trained) are shown as escapes; a pipe gets the exact text."""
     from matpac_cli.heads import plain_labels
 
     tag_ids = _head_tag_ids(head)
-    sys.stdout.write("".join(label + "\n" for label in (tag_ids if raw else plain_labels(tag_ids))))
+    sys.stdout.write("".join(_for_stdout(label) + "\n" for label in (tag_ids if raw else plain_labels(tag_ids))))
     return 0
+
+
+def _for_stdout(line: str) -> str:
+    """`line` as printed on stdout: escaped for a terminal (as `RowWriter`), exact into a pipe."""
+    from matpac_cli.safetext import for_terminal
+
+    return for_terminal(line) if sys.stdout.isatty() else line
 
 
 def _head_tag_ids(head: str) -> list[str]:
@@ -245,10 +253,10 @@ def models_verify() -> None:
     for name, key, path, expected in checked:
         try:
             digest = verify(path, key, expected, f"matpac models download {name}", fresh=True)
-            sys.stdout.write(f"ok\t{name}\t{digest}\t{path}\n")
+            sys.stdout.write("\t".join(map(_for_stdout, ("ok", name, digest, str(path)))) + "\n")
         except WeightsError as exc:
             bad += 1
-            sys.stdout.write(f"MISMATCH\t{name}\t-\t{path}\n")
+            sys.stdout.write("\t".join(map(_for_stdout, ("MISMATCH", name, "-", str(path)))) + "\n")
             reporter.info(f"matpac: {exc}")
     reporter.info(f"matpac: {len(checked)} cached file(s) checked, {bad} mismatched")
     raise typer.Exit(2 if bad else 0)

@@ -60,7 +60,9 @@ def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIO
         names = read_path_list(stdin or sys.stdin, null) if arg == "-" else [arg]
         for name in names:
             path = Path(name).expanduser() if arg != "-" else Path(name)
-            if os.path.isdir(path):  # False for a name too long to look up: that file's own error
+            if "\0" in name:  # only a newline-separated list can hold one: no file has such a name
+                items.setdefault(name, Item(name, path, "the name holds a NUL byte, which no file name can"))
+            elif os.path.isdir(path):  # False for a name too long to look up: that file's own error
                 for item in sorted(_walk(path, name, exts)):
                     items.setdefault(item.name, item)
             else:  # a missing file fails on its own, like any other bad input
@@ -73,7 +75,10 @@ def _unique_files(items: list[Item]) -> list[Item]:
     seen: set[str] = set()
     out = []
     for item in items:
-        real = os.path.realpath(item.path)  # never raises, loops included
+        if item.problem and "\0" in item.name:  # realpath raises ValueError on a NUL
+            out.append(item)
+            continue
+        real = os.path.realpath(item.path)  # never raises (loops included) for a name without NUL
         if real in seen:
             continue
         seen.add(real)

@@ -43,7 +43,7 @@ def item_key(item: Item) -> list:
     try:
         st = item.path.stat()
         return [real_path(item), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a listed name
         return [real_path(item), -1, -1, -1, -1]
 
 

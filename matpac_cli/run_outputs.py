@@ -47,7 +47,7 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
     for what, path in outputs.items():
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):
             continue
         existing[(st.st_dev, st.st_ino)] = (what, path)
     if not existing:
@@ -55,7 +55,7 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
     for item in items:
         try:
             st = os.stat(item.path)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in a listed name, that input's own error
             continue
         hit = existing.get((st.st_dev, st.st_ino))
         if hit is not None:

@@ -133,3 +133,25 @@ def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tm
     rerun = run_matpac(["embed", str(folder), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
     assert rerun.returncode == 1, rerun.stderr.decode()
     assert f"{20 - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()
+
+
+def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved_into_place(tiny, tracks, tmp_path):
+    """The --failures list is moved into place in a `finally`: if that fails while Ctrl-C is on
+    its way (a folder now stands at its name), it is a warning, and the run still ends 130."""
+    out, journal, failures = tmp_path / "emb.npy", tmp_path / "emb.npy.journal", tmp_path / "f.csv"
+    args = [sys.executable, "-m", "matpac_cli", "embed", str(tracks), "--out", str(out), "--failures", str(failures),
+            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _journal_records(journal) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it was interrupted"
+    failures.mkdir()  # os.replace(tmp, f.csv) now fails: a file cannot replace a folder
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "matpac: error:" not in text, text
+    assert any(ln.startswith("matpac: warning: cannot write") and "f.csv" in ln for ln in text.splitlines()), text
+    assert text.strip().splitlines()[-1].startswith("matpac: interrupted after "), text
+    assert failures.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".f.csv.tmp")]

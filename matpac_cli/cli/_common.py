@@ -170,8 +170,16 @@ class Reporter:
             self.console.print(for_terminal(text), markup=False, soft_wrap=True)
 
     def close(self) -> None:
+        """Called from `finally`: when an exception is already on its way (Ctrl-C, SIGTERM, an
+        error), a --failures file that cannot be moved into place is a warning, so the exit code
+        and line stay that exception's (130 and 'interrupted', not 2)."""
         if self.failure_log is not None:
-            self.failure_log.close()
+            try:
+                self.failure_log.close()
+            except OutputError as exc:
+                if sys.exc_info()[1] is None:  # nothing propagating: this is the run's error
+                    raise
+                self.warning(f"{exc} (the list of failed files so far is lost)")
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

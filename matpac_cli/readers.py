@@ -42,6 +42,15 @@ def embeddings_paths(path: Path) -> dict[str, Path]:
             "manifest": path.with_suffix(".manifest.json")}
 
 
+def embeddings_inputs(path: Path) -> list[Path]:
+    """Every file a run reads from the embed output `path` (its matrix, row index and manifest,
+    each file of a folder of Parquet shards), none of which may be one of the run's outputs."""
+    files = list(dict.fromkeys(embeddings_paths(path).values()))
+    if path.suffix.lower() == PARQUET and path.is_dir():
+        files += sorted(p for p in path.rglob("*") if p.is_file())
+    return files
+
+
 def tags_manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".manifest.json")
 

@@ -334,3 +334,40 @@ def test_train_and_search_never_write_failures_over_an_input(tmp_path):
     line = _one_error(run_matpac(["search", "lib/a/c0.wav", "--index", "e.npy", "--failures", "e.csv"], cwd=tmp_path))
     assert "--failures e.csv is an input" in line, line
     assert (tmp_path / "e.csv").read_bytes() == VICTIM
+
+
+@pytest.fixture()
+def indexed(tmp_path, tiny) -> Path:
+    """lib/c0.wav .. c3.wav embedded as e.npy (+ e.csv) and as a folder of Parquet shards."""
+    _clips(tmp_path / "lib", 4)
+    for out in ("e.npy", "one.parquet"):
+        proc = run_matpac(["embed", "lib", "--out", out, "--model", str(tiny), "-q"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+    (tmp_path / "shards.parquet").mkdir()
+    (tmp_path / "one.parquet").rename(tmp_path / "shards.parquet" / "part-0.parquet")
+    (tmp_path / "one.manifest.json").rename(tmp_path / "shards.manifest.json")
+    return tmp_path
+
+
+def test_search_queries_read_from_stdin_are_inputs_even_with_force(indexed):
+    before = (indexed / "lib" / "c0.wav").read_bytes()
+    for listed in (b"lib/c0.wav\n", b"lib\n"):  # the file itself, or a folder holding it
+        proc = run_matpac(["search", "-", "--index", "e.npy", "--failures", "lib/c0.wav", "--force"],
+                          input=listed, cwd=indexed)
+        assert "--failures lib/c0.wav is an input" in _one_error(proc)
+        assert (indexed / "lib" / "c0.wav").read_bytes() == before
+
+
+def test_a_shard_of_a_parquet_index_is_an_input_of_search_and_train(indexed):
+    shard = indexed / "shards.parquet" / "part-0.parquet"
+    before = shard.read_bytes()
+    line = _one_error(run_matpac(["search", "lib/c0.wav", "--index", "shards.parquet", "--failures",
+                                  "shards.parquet/part-0.parquet", "--force"], cwd=indexed))
+    assert "--failures shards.parquet/part-0.parquet is an input" in line, line
+    (indexed / "labels.csv").write_text("path,label\n" + "".join(f"lib/c{i}.wav,{'ab'[i // 2]}\n" for i in range(4)))
+    line = _one_error(run_matpac(["train", "labels.csv", "--embeddings", "shards.parquet", "--out", "h.safetensors",
+                                  "--failures", "shards.parquet/part-0.parquet", "--force"], cwd=indexed))
+    assert "--failures shards.parquet/part-0.parquet is an input" in line, line
+    assert shard.read_bytes() == before
+    proc = run_matpac(["search", "lib/c0.wav", "--index", "shards.parquet", "-k", "1"], cwd=indexed)
+    assert proc.returncode == 0 and proc.stdout.decode().count("\n") == 2, proc.stderr.decode()  # still an index

@@ -69,7 +69,8 @@ def search(
     _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
-    written = _check_outputs(target, failures, force, index, queries or [], ext)
+    queries = _listed(queries or [], null)
+    written = _check_outputs(target, failures, force, index, queries, ext)
     with locked(*written):  # held until the summary: every file this run writes
         emb = S.open_index(index)
         matrix, held = S.index_layer(emb, layer)
@@ -81,7 +82,7 @@ def search(
                 reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
                               f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
                 raise typer.Exit(0)
-            plan, failed = S.plan_queries(emb, queries or [], _extensions(ext), sys.stdin, null)
+            plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
             vectors = _embedded(S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter)
@@ -109,11 +110,23 @@ def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, t
         raise UsageError("give at least one QUERY (a path in the index or an audio file), or --duplicates")
 
 
+def _listed(queries: list[str], null: bool) -> list[str]:
+    """The queries with `-` replaced by the names stdin lists, read before the output checks, so
+    a query named there is an input like any other: never replaced, even with --force."""
+    from matpac_cli.discovery import read_path_list
+
+    names: list[str] = []
+    for query in queries:
+        names += read_path_list(sys.stdin, null) if query == "-" else [query]
+    return names
+
+
 def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool, index: Path,
                    queries: list[str], ext: Optional[str]) -> list[Path]:
     """--out's rules for --out and --failures (the index and the queries are this run's inputs);
     the files to lock."""
     from matpac_cli.discovery import Item, discover
+    from matpac_cli.readers import embeddings_inputs
     from matpac_cli.writers import ensure_writable
 
     for path in (target, failures):
@@ -121,10 +134,9 @@ def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool
             ensure_writable(path)
     if target is not None and target.exists() and not force:
         raise OutputError(f"{target} exists; use --force to replace it")
-    index = Path(index)
-    inputs = [Item(str(p), p) for p in (index, index.with_suffix(".csv"), index.with_suffix(".manifest.json"))]
-    inputs += [Item(q, Path(q)) for q in queries if q != "-"]
-    folders = [q for q in queries if q != "-" and Path(q).is_dir()]
+    inputs = [Item(str(p), p) for p in embeddings_inputs(Path(index))]
+    inputs += [Item(q, Path(q)) for q in queries]
+    folders = [q for q in queries if Path(q).is_dir()]
     inputs += discover(folders, _extensions(ext)) if folders else []
     return check_outputs({"--out": target}, inputs, force, failures)
 

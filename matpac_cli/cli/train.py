@@ -96,14 +96,14 @@ def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: O
     computes, --failures); the labels, the audio and --embeddings are inputs. The files to lock."""
     from matpac_cli.discovery import Item
     from matpac_cli.embedding import outputs_for
+    from matpac_cli.readers import embeddings_inputs
     from matpac_cli.train_job import report_path
 
     outputs = {"--out": Path(out), "the report of --out": report_path(out)}
     journals = []
     inputs = list(items) + [Item(str(labels), Path(labels))]
     if embeddings is not None:
-        emb = Path(embeddings)
-        inputs += [Item(str(p), p) for p in (emb, emb.with_suffix(".csv"), emb.with_suffix(".manifest.json"))]
+        inputs += [Item(str(p), p) for p in embeddings_inputs(Path(embeddings))]
     else:
         paths = outputs_for(Path(cache) if cache is not None else Path(out).with_suffix(".emb.npy"))
         outputs.update({"--embeddings-out": paths["matrix"], "its row index": paths.get("index"),

@@ -4,8 +4,9 @@ CSV cells (OWASP's CSV Injection guidance): a text cell that begins with `=`, `+
 tab, a carriage return or a line feed is a formula to LibreOffice and Excel (`=HYPERLINK(...)` in a
 file name or a label someone else trained would be live). matpac writes such a cell with a `'` in
 front, quoted, which spreadsheets take as text. A text cell that already begins with `'` gets one
-more, so the rule is undone exactly: matpac's own readers remove one leading `'` from every cell
-that has one (`'=x` reads back as `=x`, `''x` as `'x`). Numbers are written as numbers (a score of
+more, so the rule is undone exactly: matpac's own readers remove a leading `'` only where one of
+those characters follows it (`'=x` reads back as `=x`, `''x` as `'x`, and `'x`, which matpac never
+writes, as itself: a CSV written before this rule, or by hand, keeps its names). Numbers are written as numbers (a score of
 -0.5 stays -0.5). Parquet and JSON Lines keep the exact text, always. `CsvWriter` writes every CSV
 matpac makes (row index, tag and search rows, --failures) by this rule.
 
@@ -32,8 +33,9 @@ def to_spreadsheet(text: str) -> str:
 
 
 def from_spreadsheet(cell):
-    """A cell of matpac's CSV as it was before `to_spreadsheet` (anything not text is returned as is)."""
-    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
+    """A cell of matpac's CSV as it was before `to_spreadsheet` (anything not text is returned as
+    is): the `'` comes off only where `to_spreadsheet` could have put it."""
+    return cell[1:] if isinstance(cell, str) and cell[:1] == "'" and cell[1:2] in FORMULA_START else cell
 
 
 def for_terminal(text: object) -> str:

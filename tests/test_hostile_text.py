@@ -128,6 +128,22 @@ def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):
     assert len(frame) == 6 and set(frame["query"]) == {_escaped(q) for q in queries}
 
 
+def test_a_leading_quote_matpac_did_not_write_is_kept(lib, tmp_path):
+    """A row index written before the spreadsheet rule (or by hand) names `'quote.wav` with one
+    `'`: only a `'` the writer could have put (before = + - @ tab CR LF or ') comes off."""
+    from matpac_cli.safetext import from_spreadsheet
+
+    assert [from_spreadsheet(c) for c in ("'=x", "''x", "'x", "'\tx", "'", 5)] == ["=x", "'x", "'x", "\tx", "'", 5]
+    shutil.copy(lib["dir"] / "emb.npy", tmp_path / "emb.npy")
+    shutil.copy(lib["dir"] / "emb.manifest.json", tmp_path / "emb.manifest.json")
+    old = (lib["dir"] / "emb.csv").read_text(encoding="utf-8").replace(',"\'\'quote.wav",', ",'quote.wav,")
+    assert ",'quote.wav," in old
+    (tmp_path / "emb.csv").write_text(old, encoding="utf-8")
+    proc = run_matpac(["search", "'quote.wav", "--index", "emb.npy", "-k", "1", "--format", "jsonl"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()  # found by its exact name (no audio file here)
+    assert "0 embedded" in proc.stderr.decode() and json.loads(proc.stdout)["query"] == "'quote.wav"
+
+
 @pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice (soffice) is not installed")
 def test_libreoffice_opens_the_index_with_no_formula_and_one_row_per_file(lib, tmp_path):
     shutil.copy(lib["dir"] / "emb.csv", tmp_path / "emb.csv")

@@ -28,6 +28,8 @@ class Head:
 
     `tag_ids` are the dataset's own tags as the label file has them (`genre---trance`,
     `mood/theme---happy`); `labels` are the plain names every output shows (`trance`, `happy`).
+    `dataset`: the tags are a registry dataset's (the authors' heads), so `plain_labels` applies;
+    a head's own class names (from `matpac train`, or --labels) are shown exactly as given.
     """
 
     name: str
@@ -41,10 +43,11 @@ class Head:
     source: str = ""
     confirmed_order: bool = True
     sha256: str = ""  # of the file the weights were read from
+    dataset: bool = False
     labels: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.labels = plain_labels(self.tag_ids)
+        self.labels = plain_labels(self.tag_ids) if self.dataset else list(self.tag_ids)
 
     @property
     def standardised(self) -> bool:
@@ -66,9 +69,9 @@ class Head:
 
 
 def plain_labels(tag_ids: list[str]) -> list[str]:
-    """The one display rule for labels: MTG-Jamendo's `category---name` tags -> `name`, and
-    underscores read as spaces (`Acoustic_guitar` -> `Acoustic guitar`); the `tag_id` keeps the
-    dataset's id exactly. A plain name that would appear twice in one head keeps its full tag,
+    """The one display rule for the registry's dataset labels (never a user's own class names):
+    MTG-Jamendo's `category---name` tags -> `name`, and underscores read as spaces
+    (`Acoustic_guitar` -> `Acoustic guitar`); the `tag_id` keeps the dataset's id exactly. A plain name that would appear twice in one head keeps its full tag,
     so names stay unique."""
     plain = [t.rsplit("---", 1)[-1].replace("_", " ").strip() or t for t in tag_ids]
     seen: dict[str, int] = {}
@@ -83,10 +86,11 @@ def audioset_head(state: dict, spec: HeadSpec | None, source: str) -> Head:
     b = state["head.bias"].double().numpy()
     rm = state["head_norm.running_mean"].double().numpy()
     rv = state["head_norm.running_var"].double().numpy()
-    labels = spec.labels() if spec and len(spec.labels()) == len(w) else _numbered(len(w))
+    dataset = spec is not None and len(spec.labels()) == len(w)
+    labels = spec.labels() if dataset else _numbered(len(w))
     return Head(
         name="audioset", tag_ids=labels, activation="sigmoid", weight=w, bias=b, kind="audioset",
-        mean=rm, scale=np.sqrt(rv + BN_EPS), source=source,
+        mean=rm, scale=np.sqrt(rv + BN_EPS), source=source, dataset=dataset,
     )
 
 
@@ -108,6 +112,7 @@ def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str]
     if extra:
         raise ModelError(f"{path}: unexpected tensors in probe file: {', '.join(sorted(extra))}")
     name = spec.name if spec else path.stem
+    dataset = labels is None and spec is not None
     if labels is None:
         labels = spec.labels() if spec else _numbered(classes)
     if len(labels) != classes:
@@ -116,7 +121,7 @@ def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str]
         name=name, tag_ids=labels, activation=spec.activation if spec else "sigmoid",
         weight=weight.double().numpy(), bias=tensors[bias_keys[0]].double().numpy(),
         mean=mean, scale=scale, source=str(path), sha256=_sha256(path),
-        confirmed_order=spec.confirmed_order if spec else False,
+        confirmed_order=spec.confirmed_order if spec else False, dataset=dataset,
     )
 
 

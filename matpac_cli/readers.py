@@ -43,8 +43,7 @@ def embeddings_paths(path: Path) -> dict[str, Path]:
 
 
 def embeddings_inputs(path: Path) -> list[Path]:
-    """Every file a run reads from the embed output `path` (its matrix, row index and manifest,
-    each file of a folder of Parquet shards), none of which may be one of the run's outputs."""
+    """Every file of the embed output `path` a run reads (each shard of a Parquet folder too)."""
     files = list(dict.fromkeys(embeddings_paths(path).values()))
     if path.suffix.lower() == PARQUET and path.is_dir():
         files += sorted(p for p in path.rglob("*") if p.is_file())

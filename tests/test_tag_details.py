@@ -164,11 +164,12 @@ def _trained_head(path, classes):
 def test_models_labels_reads_a_trained_head_and_a_probe_file(tmp_path, capsys):
     import torch
 
-    head = _trained_head(tmp_path / "mine.safetensors", ["dog_bark", "cat"])
+    classes = ["hip_hop", "genre---rock", "cat"]  # a user's own names: shown exactly, with or without --raw
+    head = _trained_head(tmp_path / "mine.safetensors", classes)
     rc, out, err = _cli(capsys, "models", "labels", head)
-    assert rc == 0 and out.splitlines() == ["dog bark", "cat"], err
+    assert rc == 0 and out.splitlines() == classes, err
     rc, out, err = _cli(capsys, "models", "labels", head, "--raw")
-    assert rc == 0 and out.splitlines() == ["dog_bark", "cat"], err
+    assert rc == 0 and out.splitlines() == classes, err
     torch.save({"weight": torch.zeros(20, 8), "bias": torch.zeros(20)}, tmp_path / "openmic.pth")
     rc, out, err = _cli(capsys, "models", "labels", tmp_path / "openmic.pth")
     assert rc == 0 and "mallet percussion" in out.splitlines() and len(out.splitlines()) == 20, err
@@ -177,6 +178,23 @@ def test_models_labels_reads_a_trained_head_and_a_probe_file(tmp_path, capsys):
         rc, out, err = _cli(capsys, "models", "labels", tmp_path / bad)
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert err.startswith("matpac: error: ") and bad in err
+
+
+def test_a_users_class_names_reach_the_rows_exactly_and_the_registrys_get_the_display_rule(tmp_path):
+    """The rows' `label` comes from `Head.labels`: a trained head's classes and --labels names
+    as given (`hip_hop`), a registry probe's dataset tags by `plain_labels` (`mallet percussion`)."""
+    import torch
+
+    from matpac_cli.heads import load_probe, load_trained, spec_for_stem
+
+    classes = ["hip_hop", "genre---rock", "cat"]
+    trained = load_trained(_trained_head(tmp_path / "mine.safetensors", classes), 8)
+    assert trained.labels == trained.tag_ids == classes
+    torch.save({"weight": torch.zeros(3, 8), "bias": torch.zeros(3)}, tmp_path / "mystery.pth")
+    assert load_probe(tmp_path / "mystery.pth", None, 8, list(classes)).labels == classes
+    torch.save({"weight": torch.zeros(20, 8), "bias": torch.zeros(20)}, tmp_path / "openmic.pth")
+    probe = load_probe(tmp_path / "openmic.pth", spec_for_stem("openmic"), 8)
+    assert "mallet percussion" in probe.labels and "mallet_percussion" in probe.tag_ids
 
 
 # ------------------------------------------------------------------ a short last segment

@@ -198,12 +198,13 @@ def models_labels(
     raw: Annotated[bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")] = False,
 ) -> int:
     """Print a head's labels as tag outputs name them, one per line, in the index order its weights
-    were trained with (--raw: the tag ids). On a terminal, control characters in a label (a head
+    were trained with (--raw: the dataset's tag ids; a trained head's classes are shown as given). On a terminal, control characters in a label (a head
     someone else trained) are shown as escapes; a pipe gets the exact text."""
     from matpac_cli.heads import plain_labels
 
-    tag_ids = _head_tag_ids(head)
-    sys.stdout.write("".join(_for_stdout(label) + "\n" for label in (tag_ids if raw else plain_labels(tag_ids))))
+    tag_ids, dataset = _head_tag_ids(head)
+    labels = plain_labels(tag_ids) if dataset and not raw else tag_ids
+    sys.stdout.write("".join(_for_stdout(label) + "\n" for label in labels))
     return 0
 
 
@@ -214,8 +215,9 @@ def _for_stdout(line: str) -> str:
     return for_terminal(line) if sys.stdout.isatty() else line
 
 
-def _head_tag_ids(head: str) -> list[str]:
-    """A registry head's label file, or the classes a head file names (read, never run)."""
+def _head_tag_ids(head: str) -> tuple[list[str], bool]:
+    """A registry head's label file, or the classes a head file names (read, never run); and
+    whether they are a registry dataset's tags (shown by `plain_labels`) rather than a user's."""
     from pathlib import Path
 
     from matpac_cli.errors import UsageError
@@ -228,7 +230,7 @@ def _head_tag_ids(head: str) -> list[str]:
         if not path.is_file():
             raise UsageError(f"head file {head} does not exist" if not path.exists() else f"head {head} is not a file")
         if is_trained_head(path):
-            return load_head(path).classes
+            return load_head(path).classes, False
         spec = spec_for_stem(path.stem)
         if spec is None:
             raise UsageError(f"{head}: not a head `matpac train` wrote, nor a probe file of a registry head; "
@@ -237,7 +239,7 @@ def _head_tag_ids(head: str) -> list[str]:
         spec = load_registry().head(head)
     if not spec.confirmed_order:
         Reporter(False).info(f"matpac: note: the authors did not publish the {spec.name} label order; this is the likely one")
-    return spec.labels()
+    return spec.labels(), True
 
 
 @app.command("verify", cls=Command)

@@ -25,11 +25,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from matpac_cli.discovery import AUDIO_EXTENSIONS, Item, discover, read_path_list
+from matpac_cli.discovery import AUDIO_EXTENSIONS, Item, discover
 from matpac_cli.errors import InputError, UsageError
 from matpac_cli.readers import Embeddings, embeddings_paths, read_embeddings
 
@@ -254,27 +254,27 @@ class PathLookup:
         return self._real.get(os.path.realpath(name))
 
 
-def plan_queries(emb: Embeddings, queries: Sequence[str], extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
-                 stdin: TextIO | None = None, null: bool = False) -> tuple[list[Query], list[InputError]]:
-    """Each query: a path of the index (its row), an audio file (to embed), or a folder of them;
-    `-` reads them from stdin. A name that is none of these is a per-query failure."""
+def plan_queries(emb: Embeddings, queries: Sequence[str],
+                 extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> tuple[list[Query], list[InputError]]:
+    """Each query: a path of the index (its row), an audio file (to embed), or a folder of them
+    (the command has read a `-` list from stdin already). A name that is none of these is a
+    per-query failure."""
     lookup = PathLookup(emb.paths)
     planned: list[Query] = []
     failed: list[InputError] = []
     index_csv = embeddings_paths(emb.path)["index"]
-    for arg in queries:
-        for name in (read_path_list(stdin, null) if arg == "-" and stdin is not None else [arg]):
-            row = lookup.find(name)
-            if row is not None:
-                planned.append(Query(name, row=row))
-            elif os.path.isdir(name):
-                for item in discover([name], extensions):
-                    hit = lookup.find(item.name)
-                    planned.append(Query(item.name, row=hit) if hit is not None else Query(item.name, path=item.path))
-            elif os.path.isfile(name):
-                planned.append(Query(name, path=Path(name)))
-            else:
-                failed.append(InputError(name, f"not a path in {index_csv} and no such file"))
+    for name in queries:
+        row = lookup.find(name)
+        if row is not None:
+            planned.append(Query(name, row=row))
+        elif os.path.isdir(name):
+            for item in discover([name], extensions):
+                hit = lookup.find(item.name)
+                planned.append(Query(item.name, row=hit) if hit is not None else Query(item.name, path=item.path))
+        elif os.path.isfile(name):
+            planned.append(Query(name, path=Path(name)))
+        else:
+            failed.append(InputError(name, f"not a path in {index_csv} and no such file"))
     return planned, failed
 
 

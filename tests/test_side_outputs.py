@@ -356,6 +356,9 @@ def test_search_queries_read_from_stdin_are_inputs_even_with_force(indexed):
                           input=listed, cwd=indexed)
         assert "--failures lib/c0.wav is an input" in _one_error(proc)
         assert (indexed / "lib" / "c0.wav").read_bytes() == before
+    proc = run_matpac(["search", "-", "--index", "e.npy", "-k", "1"], input=b"lib/c0.wav\nlib/c1.wav\n", cwd=indexed)
+    assert proc.returncode == 0, proc.stderr.decode()  # the queries read early are still searched
+    assert [ln.split(",")[0] for ln in proc.stdout.decode().splitlines()[1:]] == ["lib/c0.wav", "lib/c1.wav"]
 
 
 def test_a_shard_of_a_parquet_index_is_an_input_of_search_and_train(indexed):

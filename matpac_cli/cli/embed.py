@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Engine, Reporter, argv, check_model, check_outputs, check_run_options, finish,
+from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
                                     items_for, named_inputs)
+from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 

@@ -186,6 +186,9 @@ def mirror_name(name: str, suffix: str) -> str:
     return f"_long/{digest}/{tail}{suffix}"
 
 
+FAILURES_COLUMNS = ("path", "reason")  # the header of a --failures list: how matpac knows one it wrote
+
+
 class FailureLog:
     """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
     them in memory for it), to matpac's temporary name, moved into place on `close` (at the end,
@@ -198,7 +201,7 @@ class FailureLog:
             clean_stale_temps(path)  # a killed run's list (the caller holds FILE's lock)
             self.fh = create(self.tmp, "w")
             self.csv = CsvWriter(self.fh)
-            self.csv.writerow(["path", "reason"])
+            self.csv.writerow(FAILURES_COLUMNS)
             self.fh.flush()
         except OSError as exc:
             raise _fail(path, exc) from None

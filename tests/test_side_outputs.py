@@ -209,7 +209,20 @@ def test_a_failures_or_manifest_file_matpac_did_not_write_needs_force(tmp_path, 
     assert len(lines) == 2 and lines[0] == "path,reason" and lines[1].startswith("clips/broken.wav,"), lines
     assert run_matpac([*tag, "--manifest", "m.json", "--force", "-q"], cwd=tmp_path).returncode == 1
     assert b"matpac_version" in (tmp_path / "m.json").read_bytes()
+    assert run_matpac([*tag, "--manifest", "m.json", "-q"], cwd=tmp_path).returncode == 1  # its own: replaced
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_a_manifest_is_matpacs_by_the_rule_every_reader_uses(tmp_path, tiny):
+    """`matpac_version` alone does not make a file matpac's: one that `search`/`report` would
+    refuse as a manifest (a key of the wrong type) is not replaced without --force."""
+    _clips(tmp_path / "clips")
+    forged = b'{"matpac_version": "1", "models": "not a list", "notes": "precious"}'
+    (tmp_path / "m.json").write_bytes(forged)
+    tag = ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "t.csv"]
+    line = _one_error(run_matpac([*tag, "--manifest", "m.json"], cwd=tmp_path))
+    assert "--manifest m.json exists and was not written by matpac" in line, line
+    assert (tmp_path / "m.json").read_bytes() == forged
 
 
 # --------------------------------------------------------- every file a run writes is locked

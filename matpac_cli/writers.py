@@ -271,7 +271,8 @@ def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterat
 
 
 class RowWriter:
-    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout). On a
+    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout): CSV writes
+    flags as 1/0 and seconds with 3 decimals, JSON Lines true/false and the values as they are. On a
     terminal (stdout not redirected) control characters in the text are shown as escapes, so a
     file name or label cannot drive the terminal; a file or a pipe gets the exact text."""
 
@@ -281,12 +282,18 @@ class RowWriter:
         self.stream, self.fmt, self.columns = stream, fmt, list(columns)
         self.terminal = _isatty(stream)
         self._csv = CsvWriter(stream) if fmt == "csv" else None
+        self._seconds = [i for i, c in enumerate(self.columns) if c.endswith("_s")]
         if self._csv:
             self._csv.writerow(self.columns)
 
     def write(self, row: dict) -> None:
         if self._csv:
-            cells = [row.get(c) for c in self.columns]
+            # CSV spells a flag 1/0 (as emb.csv does) and a time in seconds (a column named *_s) to
+            # the millisecond: 6 significant digits would cut a 3-hour file's times to 0.1 s
+            cells = [int(v) if v.__class__ is bool else v for v in (row.get(c) for c in self.columns)]
+            for i in self._seconds:
+                if cells[i] is not None:
+                    cells[i] = f"{cells[i]:.3f}"
             if self.terminal:
                 cells = [for_terminal(v) if isinstance(v, str) else v for v in cells]
             self._csv.writerow(cells)

@@ -66,7 +66,7 @@ def tag(
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
-    Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: the file ended before its header said).
+    Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: 1 when the file ended before its header said).
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """

@@ -10,6 +10,7 @@ numbers (the matrix holds the data), so a finished output does not cost its size
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -125,7 +126,8 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
     """
     check_config(config)
     paths = outputs_for(config.out)
-    with writers.locked(*[path for key, path in paths.items() if key != "journal"]):
+    frames = [frames_lock(config.frames_dir)] if config.frames_dir is not None else []
+    with writers.locked(*[path for key, path in paths.items() if key != "journal"], *frames):
         writers.clean_stale_temps(paths["matrix"])
         return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
                       on_reused or on_progress, on_warning)
@@ -147,6 +149,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     todo = _reuse(items, journal, config, summary, on_reused, shape)
+    _refuse_foreign_frames(todo, journal, config)
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
@@ -247,6 +250,25 @@ def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary:
         else:
             todo.append(item)
     return todo
+
+
+def frames_lock(frames_dir: Path) -> Path:
+    """The name locked for a --frames folder (`.frames.lock` inside it), so two runs never write
+    one folder's frames files at once."""
+    return frames_dir / "frames"
+
+
+def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedConfig) -> None:
+    """A frames file already there is replaced, without --force, only when this output's journal
+    has a record of its input (an earlier run of this --out wrote it): a file of someone else's in
+    the --frames folder is never overwritten. Said before any file is computed."""
+    if config.frames_dir is None or config.force:
+        return
+    for item in todo:
+        path = writers.mirror_path(config.frames_dir, item.name, ".npy")
+        if os.path.lexists(path) and jr.real_path(item) not in journal.done:
+            raise OutputError(f"--frames: {path} exists and was not written by this output's runs "
+                              f"({journal.path}); use --force to replace it, or choose another --frames folder")
 
 
 def _exists(path: Path) -> bool:

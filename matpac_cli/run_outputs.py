@@ -5,8 +5,8 @@
 - two outputs of one run never share a path (`--manifest tags.csv --out tags.csv`);
 - an input of the run is never an output, even with `--force` (`--failures lib/c1.wav`);
 - an existing file that matpac did not write is refused without `--force` (a manifest is
-  matpac's when it is a JSON object with matpac's `matpac_version`, a failures list when it
-  starts with matpac's header);
+  matpac's when `manifest.check_manifest` accepts it, as every reader of a manifest does, a
+  failures list when it starts with matpac's header, `writers.FAILURES_COLUMNS`);
 - a symlink where matpac keeps its own file beside an output (its lock, its journal) is refused.
 """
 
@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Iterable
 
 from matpac_cli.errors import OutputError
+from matpac_cli.manifest import check_manifest
 from matpac_cli.sidefiles import refuse_symlink
+from matpac_cli.writers import FAILURES_COLUMNS
 
-FAILURES_HEADER = b"path,reason"
+FAILURES_HEADER = ",".join(FAILURES_COLUMNS).encode()
 
 
 def where(path: Path) -> str:
@@ -73,12 +75,13 @@ def check_side_files(written: Iterable[Path], journals: Iterable[Path] = ()) -> 
 
 
 def is_manifest(path: Path) -> bool:
+    """A manifest matpac wrote: the rule `manifest.check_manifest` holds for every reader."""
     try:
         with open(path, "rb") as fh:
             data = json.loads(fh.read(16 << 20))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and "matpac_version" in data
+    return check_manifest(data) is None
 
 
 def is_failures(path: Path) -> bool:

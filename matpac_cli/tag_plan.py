@@ -66,13 +66,14 @@ def _spec(name: str) -> HeadSpec | None:
     return next((h for h in registry.heads.values() if h.task == path.stem), None)
 
 
-def plan_groups(head_args: Iterable[str], model: str | None) -> list[tuple[str, list[str]]]:
+def plan_groups(head_args: Iterable[str], model: str | None, check: bool = True) -> list[tuple[str, list[str]]]:
     """Which encoder each requested head needs: [(model, [head args])], first-seen order.
 
-    `model` is the --model value, None when the user gave none."""
+    `model` is the --model value, None when the user gave none. With check=False the probes'
+    encoders and cache are left for `check_encoders` (it reads model files: `tag` calls it once
+    the inputs are found and the outputs locked)."""
     groups: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
-    probes: list[tuple[str, HeadSpec]] = []  # (encoder, registry probe head)
     for arg in head_args:
         target, name = _split(arg, model)
         spec = _spec(name)
@@ -88,18 +89,20 @@ def plan_groups(head_args: Iterable[str], model: str | None) -> list[tuple[str, 
         elif spec and spec.builtin and target == model and not _carries_audioset(model):
             target = spec.builtin
         groups.setdefault(target, []).append(name)
-        if spec and not spec.builtin and Path(name).suffix not in HEAD_SUFFIXES:
-            probes.append((target, spec))
-    _check_probes(probes)
-    return list(groups.items())
+    plan = list(groups.items())
+    if check:
+        check_encoders(plan)
+    return plan
 
 
-def _check_probes(probes: list[tuple[str, HeadSpec]]) -> None:
+def check_encoders(plan: list[tuple[str, list[str]]]) -> None:
     """Registry probes need a MATPAC++ encoder (a checkpoint file known by its content) and,
     offline, the probe zip in the cache: both said before any model loads."""
     from matpac_cli.weights import model_file_spec
 
     registry = load_registry()
+    probes = [(target, spec) for target, names in plan for name in names
+              if Path(name).suffix not in HEAD_SUFFIXES and (spec := _spec(name)) and not spec.builtin]
     for target, spec in probes:
         model = registry.models.get(target) or model_file_spec(target)
         if model is None or model.family not in registry.families:

@@ -3,7 +3,7 @@
 A row is `path,head,label,score,rank,tag_id,duration_s,truncated` (+ `start_s,end_s` with
 segments): `label` is the plain class name (`trance`), `tag_id` the dataset's own tag
 (`genre---trance`), `duration_s` the file's length, `truncated` true when the file ended before
-its header said (tagged as read, as `embed` marks it). Scores are computed once per file and
+its header said (tagged as read, as `embed` marks it; CSV spells it 1/0, `writers.RowWriter`). Scores are computed once per file and
 journalled, so rows can be cut again with another --top-k or --threshold without running the
 encoder.
 

@@ -157,20 +157,7 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
     manifest (both replace the old ones together). With nothing finished, an earlier output is
     left as it was and not called fresh."""
     on_progress, on_failure, on_audio = callbacks
-    journal_path = out.with_name(out.name + ".journal")
-    if out.exists() and not config.force:
-        if not journal_path.exists():
-            raise OutputError(f"{out} exists and was not written by this tool's journal; use --force to replace it")
-        differ = jr.settings_differ(journal_path, settings)
-        if differ:
-            names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
-                     "min_segment": "--min-segment",
-                     "job": "job (embed vs tag)"}
-            raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
-                              "use --force to replace it or choose another --out")
-    journal = jr.Journal(journal_path, settings, fresh=config.force)
-    if journal.damaged:
-        on_warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+    journal = _open_journal(out, config, settings, on_warning)
     todo = []
     for item in items:
         rec = journal.finished(item)
@@ -203,6 +190,33 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
     summary.truncated = [item.name for item, rec in finished if rec.meta.get("truncated")]  # reused ones too
+    _write(out, finished, heads, config, man_path, make_manifest)
+    summary.outputs.extend([out, man_path])
+
+
+def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Callable[[str], None]) -> jr.Journal:
+    """The journal beside `out`: an existing `out` is resumed only from a journal of the same
+    settings (else refused without --force), and --force starts a fresh one."""
+    journal_path = out.with_name(out.name + ".journal")
+    if out.exists() and not config.force:
+        if not journal_path.exists():
+            raise OutputError(f"{out} exists and was not written by this tool's journal; use --force to replace it")
+        differ = jr.settings_differ(journal_path, settings)
+        if differ:
+            names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
+                     "min_segment": "--min-segment",
+                     "job": "job (embed vs tag)"}
+            raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
+                              "use --force to replace it or choose another --out")
+    journal = jr.Journal(journal_path, settings, fresh=config.force)
+    if journal.damaged:
+        on_warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+    return journal
+
+
+def _write(out: Path, finished: list, heads: list, config: TagConfig, man_path: Path,
+           make_manifest: Callable[[], dict]) -> None:
+    """Every finished file's rows to `out` and the manifest beside it, replaced together."""
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
             for item, rec in finished:
@@ -210,7 +224,6 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
                                     rec.meta["duration_s"], bool(rec.meta.get("truncated"))):
                     writer.write(row)
         unit.json(man_path, make_manifest())
-    summary.outputs.extend([out, man_path])
 
 
 def tag_manifest(groups: list[Group], settings: dict, config: TagConfig, out: Path | None, summary: Summary,

@@ -186,6 +186,9 @@ def mirror_name(name: str, suffix: str) -> str:
     return f"_long/{digest}/{tail}{suffix}"
 
 
+FAILURES_COLUMNS = ("path", "reason")  # the header of a --failures list: how matpac knows one it wrote
+
+
 class FailureLog:
     """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
     them in memory for it), to matpac's temporary name, moved into place on `close` (at the end,
@@ -198,7 +201,7 @@ class FailureLog:
             clean_stale_temps(path)  # a killed run's list (the caller holds FILE's lock)
             self.fh = create(self.tmp, "w")
             self.csv = CsvWriter(self.fh)
-            self.csv.writerow(["path", "reason"])
+            self.csv.writerow(FAILURES_COLUMNS)
             self.fh.flush()
         except OSError as exc:
             raise _fail(path, exc) from None
@@ -268,7 +271,8 @@ def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterat
 
 
 class RowWriter:
-    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout). On a
+    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout): CSV writes
+    flags as 1/0 and seconds with 3 decimals, JSON Lines true/false and the values as they are. On a
     terminal (stdout not redirected) control characters in the text are shown as escapes, so a
     file name or label cannot drive the terminal; a file or a pipe gets the exact text."""
 
@@ -278,12 +282,18 @@ class RowWriter:
         self.stream, self.fmt, self.columns = stream, fmt, list(columns)
         self.terminal = _isatty(stream)
         self._csv = CsvWriter(stream) if fmt == "csv" else None
+        self._seconds = [i for i, c in enumerate(self.columns) if c.endswith("_s")]
         if self._csv:
             self._csv.writerow(self.columns)
 
     def write(self, row: dict) -> None:
         if self._csv:
-            cells = [row.get(c) for c in self.columns]
+            # CSV spells a flag 1/0 (as emb.csv does) and a time in seconds (a column named *_s) to
+            # the millisecond: 6 significant digits would cut a 3-hour file's times to 0.1 s
+            cells = [int(v) if v.__class__ is bool else v for v in (row.get(c) for c in self.columns)]
+            for i in self._seconds:
+                if cells[i] is not None:
+                    cells[i] = f"{cells[i]:.3f}"
             if self.terminal:
                 cells = [for_terminal(v) if isinstance(v, str) else v for v in cells]
             self._csv.writerow(cells)

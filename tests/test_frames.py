@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from conftest import run_matpac, write_audio
+from conftest import REPO, run_matpac, write_audio
 
 
 def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
@@ -57,3 +59,43 @@ def test_parquet_output_names_the_frames_files_too(tmp_path, ckpts):
     table = pq.read_table(tmp_path / "e.parquet")
     assert table.column("frames").to_pylist() == ["a/x.wav.npy", "b/x.wav.npy"]
     assert all((tmp_path / "fr" / f).is_file() for f in table.column("frames").to_pylist())
+
+
+def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
+    """A file already at an input's frames name is replaced only when this --out's journal has a
+    record of that input (an earlier run wrote it), even once the audio changed; a file of the
+    user's, or one another output's runs wrote, needs --force."""
+    write_audio(tmp_path / "a.wav", 0.5, seed=1)
+    (tmp_path / "fr").mkdir()
+    (tmp_path / "fr" / "a.wav.npy").write_bytes(b"precious: not matpac's")
+    args = ["embed", "a.wav", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"]
+    proc = run_matpac([*args, "--out", "e.npy"], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith("matpac: error: --frames: fr/a.wav.npy exists and was not written by this output's runs"), err
+    assert (tmp_path / "fr" / "a.wav.npy").read_bytes() == b"precious: not matpac's"
+    assert run_matpac([*args, "--out", "e.npy", "--force"], cwd=tmp_path).returncode == 0
+    first = np.load(tmp_path / "fr" / "a.wav.npy")
+    write_audio(tmp_path / "a.wav", 0.7, seed=2)  # changed: computed again, its own frames replaced
+    assert run_matpac([*args, "--out", "e.npy"], cwd=tmp_path).returncode == 0
+    assert np.load(tmp_path / "fr" / "a.wav.npy").shape != first.shape
+    proc = run_matpac([*args, "--out", "other.npy"], cwd=tmp_path)  # another output's frames
+    assert proc.returncode == 2 and "fr/a.wav.npy exists" in proc.stderr.decode(), proc.stderr
+
+
+def test_two_runs_never_write_one_frames_folder_at_once(tmp_path, ckpts):
+    write_audio(tmp_path / "a.wav", 0.5, seed=1)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "with writers.locked(Path('fr') / 'frames'):\n    print('held', flush=True); time.sleep(60)")],
+        cwd=tmp_path, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        proc = run_matpac(["embed", "a.wav", "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])],
+                          cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and f"another matpac is writing fr/frames (pid {holder.pid})" in err, err
+        assert not (tmp_path / "e.npy").exists() and not (tmp_path / "fr" / "a.wav.npy").exists()
+    finally:
+        holder.kill()
+        holder.wait()

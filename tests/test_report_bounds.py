@@ -5,11 +5,12 @@ and in the page. Through the real command, its peak memory measured alone."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_matpac
+from conftest import REPO, run_matpac
 
 HEADER = "path,head,label,score,rank,tag_id,start_s,end_s\n"
 
@@ -57,3 +58,16 @@ def test_heads_and_labels_past_the_bounds_are_left_out_and_said(tmp_path):
     assert f"more than {MAX_LABELS:,} labels; the report leaves out 5 row(s)" in warnings[0] + warnings[1]
     page = (tmp_path / "r.html").read_text()
     assert "leaves out 2 of them" in page and "report of 2 file(s)" in err
+
+
+def test_files_past_the_bound_are_counted_as_files(tmp_path):
+    """The files past MAX_FILES (lowered to 2 here, in the real command) are said as files, not
+    as their rows: 4 files of 3 rows leave out 2 file(s) (6 rows)."""
+    rows = [f"{name}.wav,genre,l{i},0.5,{i + 1},l{i},,\n" for name in "abcd" for i in range(3)]
+    (tmp_path / "t.csv").write_text(HEADER + "".join(rows))
+    script = ("import sys\nfrom matpac_cli.report import data\nfrom matpac_cli.cli import main\n"
+              "data.MAX_FILES = 2\nsys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "report", "t.csv", "--out", "r.html"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "t.csv: more than 2 files; the report leaves out the last 2 file(s)" in proc.stderr, proc.stderr

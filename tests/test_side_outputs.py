@@ -209,7 +209,20 @@ def test_a_failures_or_manifest_file_matpac_did_not_write_needs_force(tmp_path, 
     assert len(lines) == 2 and lines[0] == "path,reason" and lines[1].startswith("clips/broken.wav,"), lines
     assert run_matpac([*tag, "--manifest", "m.json", "--force", "-q"], cwd=tmp_path).returncode == 1
     assert b"matpac_version" in (tmp_path / "m.json").read_bytes()
+    assert run_matpac([*tag, "--manifest", "m.json", "-q"], cwd=tmp_path).returncode == 1  # its own: replaced
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_a_manifest_is_matpacs_by_the_rule_every_reader_uses(tmp_path, tiny):
+    """`matpac_version` alone does not make a file matpac's: one that `search`/`report` would
+    refuse as a manifest (a key of the wrong type) is not replaced without --force."""
+    _clips(tmp_path / "clips")
+    forged = b'{"matpac_version": "1", "models": "not a list", "notes": "precious"}'
+    (tmp_path / "m.json").write_bytes(forged)
+    tag = ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "t.csv"]
+    line = _one_error(run_matpac([*tag, "--manifest", "m.json"], cwd=tmp_path))
+    assert "--manifest m.json exists and was not written by matpac" in line, line
+    assert (tmp_path / "m.json").read_bytes() == forged
 
 
 # --------------------------------------------------------- every file a run writes is locked
@@ -294,6 +307,15 @@ def test_a_missing_input_is_said_before_the_default_model_is_fetched(tmp_path):
     assert os.listdir(tmp_path) in ([], ["hf_home"])
 
 
+def test_tag_says_a_missing_input_before_it_reads_a_model_file_or_looks_for_the_probes(tmp_path):
+    """A local --model is hashed and checked for a MATPAC++ encoder, and offline the probe zip is
+    looked for: both after the inputs are found."""
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for args, env in ((["--model", "junk.pt"], None), ([], {"HF_HUB_OFFLINE": "1"})):
+        line = _one_error(run_matpac(["tag", "./clips", "--out", "t.csv", *args], env=env, cwd=tmp_path))
+        assert line == "matpac: error: ./clips does not exist", line
+
+
 def test_a_second_writer_is_refused_before_the_model_loads(tmp_path):
     """The default model cannot be fetched here: the lock's refusal comes first."""
     _clips(tmp_path / "clips")
@@ -301,6 +323,19 @@ def test_a_second_writer_is_refused_before_the_model_loads(tmp_path):
     try:
         line = _one_error(run_matpac(["embed", "clips", "--out", "e.npy"], cwd=tmp_path))
         assert f"another matpac is writing e.npy (pid {holder.pid})" in line, line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("args, env", [(["--model", "junk.pt"], None), ([], {"HF_HUB_OFFLINE": "1"})])
+def test_tag_refuses_a_second_writer_before_it_reads_a_model_file_or_looks_for_the_probes(tmp_path, args, env):
+    _clips(tmp_path / "clips")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    holder = _hold(tmp_path / "t.csv")
+    try:
+        line = _one_error(run_matpac(["tag", "clips", "--out", "t.csv", *args], env=env, cwd=tmp_path))
+        assert f"another matpac is writing t.csv (pid {holder.pid})" in line, line
     finally:
         holder.kill()
         holder.wait()

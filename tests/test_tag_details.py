@@ -39,7 +39,7 @@ def test_a_cut_file_is_tagged_with_a_warning_a_column_and_the_manifest(cut_and_f
     if fmt in ("csv", "stdout"):
         text = proc.stdout.decode() if fmt == "stdout" else (d / "tags.csv").read_text()
         rows = list(csv.DictReader(text.splitlines()))
-        assert _truncated_by_path(rows) == {"cut.wav": {"True"}, "full.wav": {"False"}}
+        assert _truncated_by_path(rows) == {"cut.wav": {"1"}, "full.wav": {"0"}}
     elif fmt == "jsonl":
         rows = [json.loads(ln) for ln in (d / "tags.jsonl").read_text().splitlines()]
         assert _truncated_by_path(rows) == {"cut.wav": {True}, "full.wav": {False}}
@@ -51,6 +51,29 @@ def test_a_cut_file_is_tagged_with_a_warning_a_column_and_the_manifest(cut_and_f
     assert json.loads(man.read_text())["truncated"] == ["cut.wav"]
 
 
+def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_path):
+    """A 3-hour file: 6 significant digits would write its times to 0.1 s (10800.1); CSV writes
+    them with 3 decimals, as emb.csv writes durations, and `truncated` as 1/0, as emb.csv does.
+    JSON Lines keeps the numbers and true/false as they are."""
+    from matpac_cli.tag_rows import columns
+    from matpac_cli.writers import RowWriter
+
+    clip = {"path": "long.wav", "head": "mtg_genre", "label": "rock", "score": 0.5, "rank": 1,
+            "tag_id": "genre---rock", "duration_s": 10800.123, "truncated": True, "start_s": None, "end_s": None}
+    seg = {**clip, "truncated": False, "start_s": 10795.5, "end_s": 10800.123}
+    for fmt in ("csv", "jsonl"):
+        with open(tmp_path / f"t.{fmt}", "w", newline="") as fh:
+            writer = RowWriter(fh, fmt, columns(True))
+            writer.write(clip)
+            writer.write(seg)
+    rows = list(csv.DictReader(open(tmp_path / "t.csv", newline="")))
+    assert [(r["duration_s"], r["truncated"], r["start_s"], r["end_s"]) for r in rows] == [
+        ("10800.123", "1", "", ""), ("10800.123", "0", "10795.500", "10800.123")]
+    rows = [json.loads(ln) for ln in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert [(r["duration_s"], r["truncated"], r["start_s"]) for r in rows] == [(10800.123, True, None),
+                                                                               (10800.123, False, 10795.5)]
+
+
 def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     d = cut_and_full
     args = ["tag", "cut.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events", "--device", "cpu",
@@ -59,7 +82,7 @@ def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav reused from the journal
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(d / "tags.csv")))
-    assert _truncated_by_path(rows) == {"cut.wav": {"True"}, "full.wav": {"False"}}
+    assert _truncated_by_path(rows) == {"cut.wav": {"1"}, "full.wav": {"0"}}
     man = json.loads((d / "tags.csv.manifest.json").read_text())
     assert man["truncated"] == ["cut.wav"] and man["counts"]["reused"] == 1
 

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Engine, Reporter, argv, check_model, check_outputs, check_run_options, finish,
+from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
                                     items_for, named_inputs)
+from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -42,7 +43,7 @@ def embed(
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
-    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed, outputs_for
+    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed, frames_lock, outputs_for
     from matpac_cli.engines import check as check_engine
     from matpac_cli.writers import ensure_writable, locked
 
@@ -57,7 +58,7 @@ def embed(
     written = check_outputs({"--out": paths["matrix"], "the row index of --out": paths.get("index"),
                              "the manifest of --out": paths["manifest"], "the journal of --out": paths["journal"]},
                             items + named_inputs(model), force, failures, journals=[paths["journal"]])
-    with locked(*written):
+    with locked(*written, *([frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
         runner = Engine(engine, ray_address, device, precision)
         try:

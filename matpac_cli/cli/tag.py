@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from matpac_cli.cli._common import (Engine, Reporter, SafeStdout, argv, check_model, check_outputs,
+from matpac_cli.cli._common import (Reporter, SafeStdout, argv, check_model, check_outputs,
                                     check_run_options, finish, items_for, named_inputs)
+from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
                                      NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
 
@@ -65,52 +66,24 @@ def tag(
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
-    Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: the file ended before its header said).
+    Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: 1 when the file ended before its header said).
 
     Example: matpac tag ./music --top-k 3 --out tags.csv
     """
     started = time.monotonic()
-    # everything the arguments alone decide, the inputs and the lock come before any download or load
-    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
-    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
-    from matpac_cli.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
-    from matpac_cli.writers import locked, output_format
-    from matpac_cli.tagging import TagConfig
-    from matpac_cli.tagging import tag as run_tag
-
-    check_selection(top_k, threshold)
-    min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
-    check_min_segment(min_segment)
-    fmt = output_format(out, fmt)
-    target = None if out in (None, "-") else Path(out)
-    _check_paths(target, manifest, failures, force, check_output)
-    _check_report(report, target, force)
-    plan = [(name, _check_model(name), heads) for name, heads in plan_groups(head or DEFAULT_HEADS, model)]
-    from matpac_cli.engines import check as check_engine
-
-    local = check_engine(engine) == "local"
+    # the arguments alone, then the inputs, then every output and its lock; only then anything
+    # that reads a model file (a local --model is hashed, the probe zip looked for) or loads one
+    config, target, plan = _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments,
+                                            min_segment, batch_size, workers, threads, device, precision,
+                                            failures, report, force, engine, ray_address)
     items = items_for(inputs, ext, null)
     written = _check_outputs(target, manifest, failures, report,
                              items + named_inputs(model, labels, *(head or ())), force)
-    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
-                       batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
-                       engine=engine.lower(), ray_address=ray_address)
+    from matpac_cli.writers import locked
+
     with locked(*written):
-        if local:  # with ray, the cluster's devices count, not the driver's
-            _check_device(device, precision)
-        runner = Engine(engine, ray_address, device, precision)
-        try:
-            groups = _load_groups(plan, runner, labels, threads or None, quiet)
-            keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
-            reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
-            try:
-                summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
-                                  reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
-                                  on_warning=reporter.warning)
-            finally:
-                reporter.close()
-        finally:
-            runner.close()
+        groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, threads, quiet,
+                                         failures, started, device, precision)
         if report is not None and target in summary.outputs:
             from matpac_cli.report import build_report
 
@@ -119,6 +92,59 @@ def tag(
                 reporter.warning(cut)
             summary.outputs.append(page.path)
     raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
+
+
+def _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments, min_segment, batch_size,
+                     workers, threads, device, precision, failures, report, force, engine, ray_address):
+    """Everything the arguments alone decide (no torch, no model file read): the run's settings,
+    the --out file (None: stdout) and which encoder each head runs on."""
+    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    from matpac_cli.engines import check as check_engine
+    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
+    from matpac_cli.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
+    from matpac_cli.tagging import TagConfig
+    from matpac_cli.weights import parse_hf
+    from matpac_cli.writers import output_format
+
+    check_selection(top_k, threshold)
+    min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
+    check_min_segment(min_segment)
+    fmt = output_format(out, fmt)
+    target = None if out in (None, "-") else Path(out)
+    _check_paths(target, manifest, failures, force, check_output)
+    _check_report(report, target, force)
+    plan = plan_groups(head or DEFAULT_HEADS, model, check=False)
+    for name, _ in plan:
+        if name.startswith("hf:"):
+            parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
+    check_engine(engine)
+    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
+                       batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
+                       engine=engine.lower(), ray_address=ray_address)
+    return config, target, plan
+
+
+def _run(items: list, plan: list, config, target: Optional[Path], labels: Optional[Path], threads: Optional[int],
+         quiet: bool, failures: Optional[Path], started: float, device: str, precision: str):
+    """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
+    from matpac_cli.tagging import tag as run_tag
+
+    if config.engine == "local":  # with ray, the cluster's devices count, not the driver's
+        _check_device(device, precision)
+    runner = Engine(config.engine, config.ray_address, device, precision)
+    try:
+        groups = _load_groups(plan, runner, labels, threads or None, quiet)
+        keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
+        reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
+        try:
+            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
+                              reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
+                              on_warning=reporter.warning)
+        finally:
+            reporter.close()
+    finally:
+        runner.close()
+    return groups, summary, reporter
 
 
 def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path],
@@ -180,14 +206,13 @@ def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Opt
         check_output(target, force)
 
 
-def _check_model(name: str):
+def _check_models(plan: list) -> list:
     """Every model of the plan is checked before the first one loads (a typo in the second
-    costs no download of the first)."""
-    from matpac_cli.weights import parse_hf
+    costs no download of the first): [(name, what to load, heads)]. A local file is hashed here."""
+    from matpac_cli.tag_plan import check_encoders
 
-    if name.startswith("hf:"):
-        parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
-    return check_model(name)
+    check_encoders(plan)
+    return [(name, check_model(name), heads) for name, heads in plan]
 
 
 def _check_device(device: str, precision: str) -> None:

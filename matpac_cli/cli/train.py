@@ -53,7 +53,7 @@ def train(
     from matpac_cli.errors import UsageError
     from matpac_cli.train import LR_GRID, TrainConfig
     from matpac_cli.train_data import check_counts, from_index, read_labels
-    from matpac_cli.train_job import check_outputs as check_head, check_trainable, train as run_train
+    from matpac_cli.train_job import check_outputs as check_head, check_trainable
     from matpac_cli.writers import locked
 
     started = time.monotonic()
@@ -81,13 +81,20 @@ def train(
             features, code = _embed(labelled, out, embeddings_out, model, device, precision, batch_size, workers,
                                     threads, quiet, failures, force, started)
         check_trainable(features, config)
-        reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
-                      f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
-        result = run_train(features, config, out, argv(), reporter.warning)
-        for line in render(result.report):
-            reporter.info(line)
-        reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
+        _fit(features, config, out, reporter)
         raise typer.Exit(code)
+
+
+def _fit(features, config, out: Path, reporter: Reporter) -> None:
+    """Train the head and say what was trained, how well it did, and what was written."""
+    from matpac_cli.train_job import train as run_train
+
+    reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
+                  f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
+    result = run_train(features, config, out, argv(), reporter.warning)
+    for line in render(result.report):
+        reporter.info(line)
+    reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
 
 
 def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: Optional[Path],

@@ -134,7 +134,7 @@ class _Cuts:
     def sentences(self) -> list[str]:
         out = []
         if self.files:
-            out.append(f"{self.path}: more than {MAX_FILES:,} files; the report leaves out the last {self.files:,} row(s)")
+            out.append(f"{self.path}: more than {MAX_FILES:,} files; the report leaves out the last {self.files:,} file(s)")
         for path, n in list(self.rows.items())[:3]:
             out.append(f"{self.path}: {path} has more than {MAX_FILE_ROWS:,} rows; the report leaves out its last {n:,}")
         if len(self.rows) > 3:

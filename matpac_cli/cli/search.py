@@ -77,11 +77,7 @@ def search(
         reporter = Reporter(quiet, failures=failures)
         try:
             if duplicates:
-                cut = 0.98 if threshold is None else threshold
-                count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
-                reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
-                              f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
-                raise typer.Exit(0)
+                _duplicates(S, emb, matrix, threshold, fmt, target, reporter, started)
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
@@ -96,6 +92,16 @@ def search(
                       f"{reporter.failed} failed) against {matrix.shape[0]} x {matrix.shape[1]} in "
                       f"{time.monotonic() - started:.1f} s{_wrote(target)}")
         raise typer.Exit(1 if reporter.failed else 0)
+
+
+def _duplicates(S, emb, matrix, threshold: Optional[float], fmt: str, target: Optional[Path], reporter: Reporter,
+                started: float) -> None:
+    """`--duplicates`: every pair scoring at least the threshold (0.98 by default), streamed."""
+    cut = 0.98 if threshold is None else threshold
+    count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
+    reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
+                  f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
+    raise typer.Exit(0)
 
 
 def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision) -> None:

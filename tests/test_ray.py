@@ -98,13 +98,13 @@ def _probe(path: Path) -> Path:
 
 
 def test_a_file_that_kills_its_decoder_every_time_is_its_error_and_stdout_stays_data(ckpts, clips, tmp_path, ray_env):
-    """The worker decoding c2.wav dies on every try (MATPAC_TEST_CRASH_ON, a test-only hook: the
-    task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
+    """The worker decoding c2.wav dies on every try (MATPAC_TEST_CRASH_ON with MATPAC_TEST_HOOKS=1,
+    a test-only hook: the task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
     ever; matpac gives up after 3 deaths, names the file and finishes the others. Ray's notices
     of the deaths ("(raylet) A worker died ...") never reach stdout, which carries the CSV only."""
     proc = run_matpac(["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(_probe(tmp_path / "openmic.pth")),
                        "--out", "-", "--engine", "ray", "--failures", str(tmp_path / "failed.csv")],
-                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav"})
+                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav", "MATPAC_TEST_HOOKS": "1"})
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     skipped = [line for line in err.splitlines() if "c2.wav" in line]

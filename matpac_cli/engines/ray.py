@@ -34,12 +34,13 @@ from typing import Callable, Iterable
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError, MatpacError
 from matpac_cli.engines.ray_cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
-from matpac_cli.engines.work import CRASH_ON, Attempts, Collector, Encoder, Recipe, decode_files, first_line
+from matpac_cli.engines.work import Attempts, Collector, Encoder, Recipe, crash_on, decode_files, first_line
 from matpac_cli.pipeline import Plan
 
 DECODE_CPUS = 0.5  # two decoding tasks per CPU: decoding waits on the disk too
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
 STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
+LEDGER_S = 30.0  # the longest a try waits on the ledger's answer (it answers in a millisecond or so)
 STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
@@ -72,7 +73,7 @@ class _Ledger:
     goes ahead. (Ray Data's own bound, `max_retries` for its tasks, is deprecated in Ray 2.60.)"""
 
     def __init__(self, name: str, round_: int = 0) -> None:
-        self.name, self.round, self._handle = name, round_, None
+        self.name, self.round, self._handle, self._lost = name, round_, None, False
         self.reruns = 0  # files run again in a later round (the driver's count)
 
     def for_round(self, round_: int) -> "_Ledger":
@@ -99,23 +100,41 @@ class _Ledger:
         return {"name": self.name, "round": self.round}
 
     def __setstate__(self, state: dict) -> None:
-        self.name, self.round, self._handle, self.reruns = state["name"], state["round"], None, 0
+        self.name, self.round, self._handle, self.reruns, self._lost = state["name"], state["round"], None, 0, False
 
-    def _call(self, method: str, *args, default=None):
+    def _actor(self):
         import ray
 
-        try:
-            if self._handle is None:
-                self._handle = ray.get_actor(self.name, namespace="matpac")
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=60)
-        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name, namespace="matpac")
+        return self._handle
+
+    def _call(self, method: str, *args, default=None):
+        """One round trip; a ledger that did not answer once is not asked again by this copy (an
+        actor's, a task's): a try goes ahead uncounted rather than wait on it for each batch."""
+        import ray
+
+        if self._lost:
             return default
+        try:
+            return ray.get(getattr(self._actor(), method).remote(*args), timeout=LEDGER_S)
+        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+            self._lost = True
+            return default
+
+    def _send(self, method: str, *args) -> None:
+        """Fire and forget: nothing waits on the answer (Ray runs one caller's calls to an actor
+        in order, so this process's next `begin` comes after it)."""
+        if self._lost:
+            return
+        with contextlib.suppress(Exception):
+            getattr(self._actor(), method).remote(*args)
 
     def begin(self, key) -> int:
         return self._call("begin", (self.round, key), default=0)
 
     def end(self, key) -> None:
-        self._call("end", (self.round, key))
+        self._send("end", (self.round, key))
 
     def retries(self) -> int:
         return self._call("retries", default=0) + self.reruns
@@ -124,7 +143,7 @@ class _Ledger:
         """From an encoder actor: its own handle, kept with its round."""
         import ray
 
-        self._call("enlist", self.round, ray.get_runtime_context().current_actor)
+        self._send("enlist", self.round, ray.get_runtime_context().current_actor)
 
     def dismiss(self) -> None:
         """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
@@ -213,7 +232,7 @@ def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Pla
     # stages into the actors, where decoding would wait on the encoder)
     ds = ds.map_batches(decode_files, batch_size=1, num_cpus=DECODE_CPUS,
                         fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
-                                   "crash_on": os.environ.get(CRASH_ON) or None})
+                                   "crash_on": crash_on()})
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
     encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})

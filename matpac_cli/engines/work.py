@@ -32,36 +32,48 @@ from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process running one file's decoding (or one batch's encoding) before it fails
-CRASH_ON = "MATPAC_TEST_CRASH_ON"  # test only: decoding a file whose name ends so kills its process
+CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
+TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
 
 
 class Attempts:
-    """Each unit of work's tries, begun and ended (engines.ray keeps one in an actor). A try
-    begun and never ended died with its process; `begin` says how many did, so the next try
-    can give up instead of dying again."""
+    """Each unit of work's tries in flight (engines.ray keeps one in an actor). A try begun and
+    never ended died with its process; `begin` says how many did, so the next try can give up
+    instead of dying again. A key is dropped when its try ends, so what is held is the tries in
+    flight (and the few units given up), not every unit of the job; the retries are a count."""
 
     def __init__(self) -> None:
-        self.begun: dict = {}
-        self.ended: dict = {}
+        self.open: dict = {}  # key -> tries begun and not ended (all but the latest died)
+        self.reruns = 0  # tries begun after a try of the same unit died
         self.enlisted: dict = {}  # round -> the encoder actors that started in it (handles)
 
     def begin(self, key) -> int:
-        died = self.begun.get(key, 0) - self.ended.get(key, 0)
-        self.begun[key] = self.begun.get(key, 0) + 1
+        died = self.open.get(key, 0)
+        self.open[key] = died + 1
+        self.reruns += died > 0
         return died
 
     def end(self, key) -> None:
-        self.ended[key] = self.ended.get(key, 0) + 1
+        self.open.pop(key, None)
 
     def retries(self) -> int:
         """Tries after each unit's first: reruns of work whose process or node was lost."""
-        return sum(self.begun.values()) - len(self.begun)
+        return self.reruns
 
     def enlist(self, round_: int, actor) -> None:
         self.enlisted.setdefault(round_, []).append(actor)
 
     def enlisted_in(self, round_: int) -> list:
-        return self.enlisted.get(round_, [])
+        """The round's actors, handed over once (the round is over: its actors are stopped)."""
+        return self.enlisted.pop(round_, [])
+
+
+def crash_on() -> str | None:
+    """The test-only crash hook's file-name ending, or None (always, unless MATPAC_TEST_HOOKS=1
+    is set as well): tests/test_ray.py's stand-in for a decoder that segfaults on one file."""
+    if os.environ.get(TEST_HOOKS) != "1":
+        return None
+    return os.environ.get(CRASH_ON) or None
 
 
 def died(times: int, what: str) -> str:
@@ -237,6 +249,13 @@ def _facts_row(i: int, counts: dict, error: InputError | None, source) -> dict[s
     return _rows(i, [(0, -1, facts)])
 
 
+def batch_key(batch: dict[str, np.ndarray]) -> tuple:
+    """A batch of chunk rows, named compactly for `Attempts`: its first and last rows and its
+    length (Ray Data hands a dead actor's batch on whole, so this names it on every try)."""
+    ends = [(int(batch["i"][j]), int(batch["grid"][j]), int(batch["k"][j])) for j in (0, -1)] if len(batch["i"]) else []
+    return ("encode", *ends, len(batch["i"]))
+
+
 class Encoder:
     """An actor: the run's encoders, loaded once; batches of chunk rows in, per-chunk sums out."""
 
@@ -257,7 +276,7 @@ class Encoder:
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = ("encode", tuple(zip(batch["i"].tolist(), batch["grid"].tolist(), batch["k"].tolist())))
+        key = batch_key(batch)
         deaths = self.attempts.begin(key) if self.attempts is not None else 0
         data = list(batch["data"])
         todo = [j for j, k in enumerate(batch["k"]) if k >= 0]

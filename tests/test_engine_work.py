@@ -129,17 +129,14 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
 
 def test_the_attempts_ledger_holds_only_the_tries_in_flight():
     """A long job's ledger stays small: each key is dropped when its try ends (the ledger lives
-    as long as the job, in one actor), retries are a running count, and a batch's key is a few
-    numbers, not every row of the batch."""
-    from matpac_cli.engines.work import Attempts, batch_key
+    as long as the job, in one actor) and retries are a running count."""
+    from matpac_cli.engines.work import Attempts
 
     attempts = Attempts()
     for i in range(10_000):
-        key = batch_key({"i": np.arange(i, i + 64), "grid": np.full(64, 608), "k": np.arange(64)})
-        assert attempts.begin((1, key)) == 0
-        attempts.end((1, key))
+        assert attempts.begin((1, ("decode", i))) == 0
+        attempts.end((1, ("decode", i)))
     assert attempts.open == {} and attempts.retries() == 0
-    assert len(key) == 4  # ("encode", first row, last row, rows)
     attempts.begin("a")  # a try that died ...
     assert attempts.begin("a") == 1 and attempts.retries() == 1  # ... is counted when the unit runs again
     attempts.end("a")

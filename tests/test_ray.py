@@ -214,32 +214,34 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
 
 def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, head, tmp_path, ray_env):
     """The second node is the bigger one (6 CPUs to the head's 2) and each encoder actor takes 2
-    CPUs (--threads 2), so when that node is lost mid-job its actors restart on a head with room
-    for one: it takes both CPUs, the others restart for ever holding their batches, and the files
-    still to decode never can be. Ray waits on that for ever (this test hung at its timeout,
-    5 of 16 files done; ray-project/ray#44687). matpac stops a round that makes no progress for
-    MATPAC_RAY_STALL_S and runs the files left again with a pool that fits the cluster now."""
+    CPUs (--threads 2), so when that node is lost mid-job Ray would restart its actors on a head
+    with room for one: it takes both CPUs, the others restart for ever holding their batches, and
+    the files still to decode never can be (this test hung at its timeout, 5 of 16 files done;
+    ray-project/ray#44687). matpac's actors are never restarted: a lost one ends its round at
+    once and the files left run again on a pool that fits the cluster now, well before the
+    no-progress backstop (MATPAC_RAY_STALL_S, 300 s, left as it is) would have to act."""
     node = Node("127.0.0.3", head=head.address, cpus=6)
     try:
         _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
         folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
         job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                           "--engine", "ray", "--batch-size", "2", "--threads", "2"],
-                          {**ray_env, "MATPAC_RAY_STALL_S": "20"})
+                           "--engine", "ray", "--batch-size", "2", "--threads", "2"], ray_env)
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
             node.stop(hard=True)  # the whole node, mid-job
+            lost = time.monotonic()
             assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
-            _, err = job.communicate(timeout=300)  # a hang guard: the job ends about a minute later
+            _, err = job.communicate(timeout=280)  # the stall backstop (300 s) must not be what ends it
+            print(f"the job ended {time.monotonic() - lost:.0f} s after the node was lost")
         finally:
             if job.poll() is None:
                 job.kill()
         err = err.decode()
         assert job.returncode == 0, err
         assert sorted(_paths(out)) == sorted(str(p) for p in folder.glob("*.wav"))
-        assert "matpac: warning: the Ray job made no progress for 20 s" in err, err  # the hang was met
+        assert "made no progress" not in err, err  # the hang is prevented, not waited out
         assert "task retries (work rerun after a Ray worker or node was lost)" in err, err
     finally:
         node.cleanup()

@@ -2,8 +2,9 @@
 them on a cluster): `decode_files` cuts files into chunk rows, `Encoder` turns chunk rows into
 per-chunk sums with the run's encoders loaded once, and `Collector` sums each file's chunks back
 on the driver (in any order, each chunk once) and hands finished files to the job's callbacks.
-`Attempts` counts each unit's tries, so work whose process dies on every try (a crash, an
-out-of-memory kill) becomes its files' error after `GIVE_UP` deaths instead of running for ever.
+`Attempts` counts each file's decoding tries, so a file whose decoding process dies on every try
+(a crash, an out-of-memory kill) becomes its error after `GIVE_UP` deaths instead of running for
+ever (an encoder actor that dies ends its round instead: engines.ray counts those).
 
 Rows are columns of numpy arrays: `i` (the file's place in the input), `grid` (the encoder
 geometry, frames per chunk), `k` (the chunk, -1 for the file's facts) and `data` (pickled: the
@@ -31,7 +32,7 @@ from matpac_cli.errors import InputError, MatpacError, ModelError
 from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-GIVE_UP = 3  # deaths of the process running one file's decoding (or one batch's encoding) before it fails
+GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
 TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
 
@@ -176,12 +177,12 @@ class Collector:
         del self.slots[i], self.seen[i], self.expected[i]
         hand_on(slot, self.plans, *self.callbacks)
 
-    def finish(self) -> None:
-        """Files the cluster never answered for (should not happen): named, never silently lost."""
+    def finish(self, reason: str = "no result came back from the Ray cluster") -> None:
+        """Files the cluster never answered for, or that the job gave up: named, never silently lost."""
         for i, item in enumerate(self.items):
             if i not in self.done:
                 slot = self.slots.pop(i, None) or Slot(item, self.plans)
-                slot.error = InputError(item.name, "no result came back from the Ray cluster")
+                slot.error = InputError(item.name, reason)
                 hand_on(slot, self.plans, *self.callbacks)
 
 
@@ -249,18 +250,11 @@ def _facts_row(i: int, counts: dict, error: InputError | None, source) -> dict[s
     return _rows(i, [(0, -1, facts)])
 
 
-def batch_key(batch: dict[str, np.ndarray]) -> tuple:
-    """A batch of chunk rows, named compactly for `Attempts`: its first and last rows and its
-    length (Ray Data hands a dead actor's batch on whole, so this names it on every try)."""
-    ends = [(int(batch["i"][j]), int(batch["grid"][j]), int(batch["k"][j])) for j in (0, -1)] if len(batch["i"]) else []
-    return ("encode", *ends, len(batch["i"]))
-
-
 class Encoder:
     """An actor: the run's encoders, loaded once; batches of chunk rows in, per-chunk sums out."""
 
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
-    attempts = None  # likewise: `Attempts`' methods, to give up on a batch that kills its actor
+    attempts = None  # likewise: `Attempts`' methods (the actor enlists, so the driver can stop it)
 
     def __init__(self) -> None:
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
@@ -276,17 +270,13 @@ class Encoder:
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = batch_key(batch)
-        deaths = self.attempts.begin(key) if self.attempts is not None else 0
         data = list(batch["data"])
         todo = [j for j, k in enumerate(batch["k"]) if k >= 0]
         for grid in sorted({int(batch["grid"][j]) for j in todo}):
             idx = [j for j in todo if batch["grid"][j] == grid]
             chunks = [pickle.loads(data[j]) for j in idx]
-            if deaths >= GIVE_UP:
-                outs: list = [died(deaths, "encoding a batch with this file's audio")] * len(idx)
-            elif self.error is not None:
-                outs = [self.error] * len(idx)
+            if self.error is not None:
+                outs: list = [self.error] * len(idx)
             else:
                 try:
                     outs = self._encode(grid, chunks)
@@ -295,8 +285,6 @@ class Encoder:
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
                 data[j] = pickle.dumps(out if isinstance(out, (str, ModelError)) else (chunk[0], out),
                                        protocol=pickle.HIGHEST_PROTOCOL)
-        if self.attempts is not None:
-            self.attempts.end(key)
         column = np.empty(len(data), dtype=object)
         column[:] = data
         return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}

@@ -298,3 +298,22 @@ def test_without_ray_installed_the_engine_names_the_extra(tmp_path, clips, ckpts
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == ("matpac: error: --engine ray needs Ray Data, an optional extra: "
                                             "pip install '.[ray]' in matpac's source folder")
+
+
+def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():
+    """Ray Data fails a round whose encoder actor died (actors are not restarted): that, however
+    deep in the exception's causes, is a round to run again; any other failure is the job's."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from matpac_cli.engines.ray import _worker_lost
+
+    try:
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as dead:
+            raise RuntimeError("the dataset failed") from dead
+    except RuntimeError as exc:
+        assert _worker_lost(exc)
+    task = RayTaskError("MapBatches(Encoder)", "trace", ActorDiedError())
+    assert _worker_lost(task)
+    assert not _worker_lost(ValueError("a bad batch")) and not _worker_lost(None)

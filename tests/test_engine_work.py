@@ -127,6 +127,34 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     assert len(list(decode_files(batch, (plan.predictor.dims.n_t,), False, Attempts()))) > 1  # a first try decodes
 
 
+def test_the_attempts_ledger_holds_only_the_tries_in_flight():
+    """A long job's ledger stays small: each key is dropped when its try ends (the ledger lives
+    as long as the job, in one actor) and retries are a running count."""
+    from matpac_cli.engines.work import Attempts
+
+    attempts = Attempts()
+    for i in range(10_000):
+        assert attempts.begin((1, ("decode", i))) == 0
+        attempts.end((1, ("decode", i)))
+    assert attempts.open == {} and attempts.retries() == 0
+    attempts.begin("a")  # a try that died ...
+    assert attempts.begin("a") == 1 and attempts.retries() == 1  # ... is counted when the unit runs again
+    attempts.end("a")
+    assert attempts.open == {} and attempts.retries() == 1
+
+
+def test_the_crash_hook_is_inert_without_the_test_hooks_switch(monkeypatch):
+    """MATPAC_TEST_CRASH_ON kills the process decoding a matching file (the tests' stand-in for
+    a crashing decoder); shipped code must never do that because of one stray variable."""
+    from matpac_cli.engines.work import crash_on
+
+    monkeypatch.setenv("MATPAC_TEST_CRASH_ON", "c2.wav")
+    monkeypatch.delenv("MATPAC_TEST_HOOKS", raising=False)
+    assert crash_on() is None
+    monkeypatch.setenv("MATPAC_TEST_HOOKS", "1")
+    assert crash_on() == "c2.wav"
+
+
 def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
     from dataclasses import replace
 

@@ -98,13 +98,13 @@ def _probe(path: Path) -> Path:
 
 
 def test_a_file_that_kills_its_decoder_every_time_is_its_error_and_stdout_stays_data(ckpts, clips, tmp_path, ray_env):
-    """The worker decoding c2.wav dies on every try (MATPAC_TEST_CRASH_ON, a test-only hook: the
-    task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
+    """The worker decoding c2.wav dies on every try (MATPAC_TEST_CRASH_ON with MATPAC_TEST_HOOKS=1,
+    a test-only hook: the task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
     ever; matpac gives up after 3 deaths, names the file and finishes the others. Ray's notices
     of the deaths ("(raylet) A worker died ...") never reach stdout, which carries the CSV only."""
     proc = run_matpac(["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(_probe(tmp_path / "openmic.pth")),
                        "--out", "-", "--engine", "ray", "--failures", str(tmp_path / "failed.csv")],
-                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav"})
+                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav", "MATPAC_TEST_HOOKS": "1"})
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     skipped = [line for line in err.splitlines() if "c2.wav" in line]
@@ -214,32 +214,34 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
 
 def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, head, tmp_path, ray_env):
     """The second node is the bigger one (6 CPUs to the head's 2) and each encoder actor takes 2
-    CPUs (--threads 2), so when that node is lost mid-job its actors restart on a head with room
-    for one: it takes both CPUs, the others restart for ever holding their batches, and the files
-    still to decode never can be. Ray waits on that for ever (this test hung at its timeout,
-    5 of 16 files done; ray-project/ray#44687). matpac stops a round that makes no progress for
-    MATPAC_RAY_STALL_S and runs the files left again with a pool that fits the cluster now."""
+    CPUs (--threads 2), so when that node is lost mid-job Ray would restart its actors on a head
+    with room for one: it takes both CPUs, the others restart for ever holding their batches, and
+    the files still to decode never can be (this test hung at its timeout, 5 of 16 files done;
+    ray-project/ray#44687). matpac's actors are never restarted: a lost one ends its round at
+    once and the files left run again on a pool that fits the cluster now, well before the
+    no-progress backstop (MATPAC_RAY_STALL_S, 300 s, left as it is) would have to act."""
     node = Node("127.0.0.3", head=head.address, cpus=6)
     try:
         _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
         folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
         job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                           "--engine", "ray", "--batch-size", "2", "--threads", "2"],
-                          {**ray_env, "MATPAC_RAY_STALL_S": "20"})
+                           "--engine", "ray", "--batch-size", "2", "--threads", "2"], ray_env)
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
             node.stop(hard=True)  # the whole node, mid-job
+            lost = time.monotonic()
             assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
-            _, err = job.communicate(timeout=300)  # a hang guard: the job ends about a minute later
+            _, err = job.communicate(timeout=280)  # the stall backstop (300 s) must not be what ends it
+            print(f"the job ended {time.monotonic() - lost:.0f} s after the node was lost")
         finally:
             if job.poll() is None:
                 job.kill()
         err = err.decode()
         assert job.returncode == 0, err
         assert sorted(_paths(out)) == sorted(str(p) for p in folder.glob("*.wav"))
-        assert "matpac: warning: the Ray job made no progress for 20 s" in err, err  # the hang was met
+        assert "made no progress" not in err, err  # the hang is prevented, not waited out
         assert "task retries (work rerun after a Ray worker or node was lost)" in err, err
     finally:
         node.cleanup()
@@ -296,3 +298,22 @@ def test_without_ray_installed_the_engine_names_the_extra(tmp_path, clips, ckpts
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == ("matpac: error: --engine ray needs Ray Data, an optional extra: "
                                             "pip install '.[ray]' in matpac's source folder")
+
+
+def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():
+    """Ray Data fails a round whose encoder actor died (actors are not restarted): that, however
+    deep in the exception's causes, is a round to run again; any other failure is the job's."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from matpac_cli.engines.ray import _worker_lost
+
+    try:
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as dead:
+            raise RuntimeError("the dataset failed") from dead
+    except RuntimeError as exc:
+        assert _worker_lost(exc)
+    task = RayTaskError("MapBatches(Encoder)", "trace", ActorDiedError())
+    assert _worker_lost(task)
+    assert not _worker_lost(ValueError("a bad batch")) and not _worker_lost(None)

@@ -12,13 +12,13 @@ The pipeline has the shape of Ray's own batch-inference examples:
 
 A file that fails never fails the job: decoding and encoding catch each file's error and send it
 on as that file's row (one exception in a Ray Data batch fails the whole job, and
-`max_errored_blocks` would drop the batch's good rows with it). Dead workers and nodes are Ray's to
-retry (actors restart and their tasks rerun by default); the driver ignores a chunk it already has.
-Ray retries work whose process died for ever, so each try is counted in an `Attempts` actor beside
-the driver: a file whose decoding (or a batch whose encoding) killed its process `GIVE_UP` times
-is given up as that file's error, and the run says how many tries were reruns. A run that makes
-no progress at all (a lost node's actors with no room left to restart) is stopped and run again
-on the files left (`_run`).
+`max_errored_blocks` would drop the batch's good rows with it). Decoding tasks whose worker or
+node died are Ray's to rerun; the driver ignores a chunk it already has. Ray reruns them for
+ever, so each try is counted in an `Attempts` actor beside the driver: a file whose decoding
+killed its process `GIVE_UP` times is given up as that file's error, and the run says how many
+tries were reruns. Encoder actors are not restarted: one that dies (or its node) ends the round,
+and the files left run again on a pool sized for the cluster then (`_run`); decoding claims no
+CPU, so actors can never starve it; a no-progress timeout is the backstop.
 Results arrive as files finish, not in input order (the file outputs are written in input order).
 """
 
@@ -28,18 +28,21 @@ import contextlib
 import itertools
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
 from matpac_cli.discovery import Item
 from matpac_cli.errors import InputError, MatpacError
 from matpac_cli.engines.ray_cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
-from matpac_cli.engines.work import CRASH_ON, Attempts, Collector, Encoder, Recipe, decode_files, first_line
+from matpac_cli.engines.work import (GIVE_UP, Attempts, Collector, Encoder, Recipe, crash_on, decode_files, died,
+                                     first_line)
 from matpac_cli.pipeline import Plan
 
-DECODE_CPUS = 0.5  # two decoding tasks per CPU: decoding waits on the disk too
+DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
 STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
+LEDGER_S = 30.0  # the longest a try waits on the ledger's answer (it answers in a millisecond or so)
 STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
@@ -72,7 +75,7 @@ class _Ledger:
     goes ahead. (Ray Data's own bound, `max_retries` for its tasks, is deprecated in Ray 2.60.)"""
 
     def __init__(self, name: str, round_: int = 0) -> None:
-        self.name, self.round, self._handle = name, round_, None
+        self.name, self.round, self._handle, self._lost = name, round_, None, False
         self.reruns = 0  # files run again in a later round (the driver's count)
 
     def for_round(self, round_: int) -> "_Ledger":
@@ -99,23 +102,41 @@ class _Ledger:
         return {"name": self.name, "round": self.round}
 
     def __setstate__(self, state: dict) -> None:
-        self.name, self.round, self._handle, self.reruns = state["name"], state["round"], None, 0
+        self.name, self.round, self._handle, self.reruns, self._lost = state["name"], state["round"], None, 0, False
 
-    def _call(self, method: str, *args, default=None):
+    def _actor(self):
         import ray
 
-        try:
-            if self._handle is None:
-                self._handle = ray.get_actor(self.name, namespace="matpac")
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=60)
-        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name, namespace="matpac")
+        return self._handle
+
+    def _call(self, method: str, *args, default=None):
+        """One round trip; a ledger that did not answer once is not asked again by this copy (an
+        actor's, a task's): a try goes ahead uncounted rather than wait on it for each batch."""
+        import ray
+
+        if self._lost:
             return default
+        try:
+            return ray.get(getattr(self._actor(), method).remote(*args), timeout=LEDGER_S)
+        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+            self._lost = True
+            return default
+
+    def _send(self, method: str, *args) -> None:
+        """Fire and forget: nothing waits on the answer (Ray runs one caller's calls to an actor
+        in order, so this process's next `begin` comes after it)."""
+        if self._lost:
+            return
+        with contextlib.suppress(Exception):
+            getattr(self._actor(), method).remote(*args)
 
     def begin(self, key) -> int:
         return self._call("begin", (self.round, key), default=0)
 
     def end(self, key) -> None:
-        self._call("end", (self.round, key))
+        self._send("end", (self.round, key))
 
     def retries(self) -> int:
         return self._call("retries", default=0) + self.reruns
@@ -124,7 +145,7 @@ class _Ledger:
         """From an encoder actor: its own handle, kept with its round."""
         import ray
 
-        self._call("enlist", self.round, ray.get_runtime_context().current_actor)
+        self._send("enlist", self.round, ray.get_runtime_context().current_actor)
 
     def dismiss(self) -> None:
         """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
@@ -154,16 +175,24 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     return actors, {"num_cpus": per}, threads or 1
 
 
+class _Lost(Exception):
+    """A round ended because an encoder actor (or the node it ran on) died."""
+
+
 def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector",
          ledger: _Ledger, on_warning: Callable[[str], None]) -> None:
-    """The job in rounds: a round that makes no progress for `stall_s()` (Ray Data stops it) is
-    followed by another on the files left, with an actor pool sized for the cluster as it is
-    now. A node lost mid-job can leave its actors restarting for ever where the other nodes
-    have no room for them, holding their batches, while the actors that did restart take the
-    CPUs decoding needs (ray-project/ray#44687): Ray waits on that for ever."""
+    """The job in rounds, each on the files left with an actor pool sized for the cluster as it
+    is then. Encoder actors are never restarted (`max_restarts=0`): Ray would restart a lost
+    node's actors for ever where the nodes left have no room for them, holding their batches,
+    while the ones that did restart take the CPUs decoding needed (ray-project/ray#44687; so
+    decoding now claims none, `_round`). So a dead actor ends its round at once (`_Lost`),
+    and a round that makes no progress for
+    `stall_s()` (Ray Data stops it) is a backstop for any other hang. `GIVE_UP` rounds in a row
+    lost with no file finished give the files left up as their errors (an encoder that dies on
+    their audio); `STALLS` rounds in a row with no file finished otherwise end the job."""
     from ray.data.exceptions import ExecutionTimeoutError
 
-    idle = 0
+    idle = lost = 0
     for round_ in itertools.count(1):
         left = [i for i in range(len(items)) if i not in collector.done]
         if not left:
@@ -172,17 +201,37 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
         try:
             _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
             break
-        except ExecutionTimeoutError:
+        except (ExecutionTimeoutError, _Lost) as exc:
             ledger.for_round(round_).dismiss()
-            idle = idle + 1 if len(collector.done) == done else 0
+            progress = len(collector.done) > done
+            idle = 0 if progress else idle + 1
+            lost = 0 if progress or not isinstance(exc, _Lost) else lost + 1
+            if lost >= GIVE_UP:
+                collector.finish(died(lost, "encoding it (or a file batched with it)"))
+                return
             if idle >= STALLS:
-                raise MatpacError(f"the Ray job made no progress for {stall_s():g} s, {STALLS} times in a row "
-                                  f"(see `ray status`); the finished files are kept") from None
+                raise MatpacError(f"the Ray job made no progress, {STALLS} rounds in a row (see `ray status`); "
+                                  "the finished files are kept") from None
             again = len(left) - (len(collector.done) - done)
             ledger.reruns += again
-            on_warning(f"the Ray job made no progress for {stall_s():g} s (a lost node's work that the cluster "
-                       f"left has no room for?); running the {again} file(s) left again")
+            why = ("lost an encoder actor (its worker or node died)" if isinstance(exc, _Lost) else
+                   f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)")
+            on_warning(f"the Ray job {why}; running the {again} file(s) left again")
     collector.finish()
+
+
+def _worker_lost(exc: BaseException | None) -> bool:
+    """Whether Ray Data failed the round because an actor died or a lost node took work with it."""
+    from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (RayActorError, ActorUnavailableError, ObjectLostError)):
+            return True
+        cause = getattr(exc, "cause", None)  # a RayTaskError's
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return False
 
 
 def stall_s() -> float:
@@ -210,15 +259,20 @@ def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Pla
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
     # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
-    # stages into the actors, where decoding would wait on the encoder)
-    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=DECODE_CPUS,
+    # stages into the actors, where decoding would wait on the encoder). They claim no CPU, so
+    # that actors holding every CPU of the nodes left after a node is lost cannot starve them
+    # (the job hung so); `concurrency` bounds them instead (two per CPU), spread over the nodes
+    decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
+    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=0, concurrency=decoders,
                         fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
-                                   "crash_on": os.environ.get(CRASH_ON) or None})
+                                   "crash_on": crash_on()})
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
     encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
-    ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
-                        compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources)
+    with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
+        warnings.simplefilter("ignore")
+        ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
+                            compute=ActorPoolStrategy(min_size=1, max_size=actors), max_restarts=0, **resources)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):
@@ -230,4 +284,6 @@ def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Pla
 
         if isinstance(exc, ExecutionTimeoutError):
             raise
+        if _worker_lost(exc):
+            raise _Lost() from None
         raise MatpacError(f"the Ray job failed: {first_line(exc)}") from None

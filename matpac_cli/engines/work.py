@@ -2,8 +2,9 @@
 them on a cluster): `decode_files` cuts files into chunk rows, `Encoder` turns chunk rows into
 per-chunk sums with the run's encoders loaded once, and `Collector` sums each file's chunks back
 on the driver (in any order, each chunk once) and hands finished files to the job's callbacks.
-`Attempts` counts each unit's tries, so work whose process dies on every try (a crash, an
-out-of-memory kill) becomes its files' error after `GIVE_UP` deaths instead of running for ever.
+`Attempts` counts each file's decoding tries, so a file whose decoding process dies on every try
+(a crash, an out-of-memory kill) becomes its error after `GIVE_UP` deaths instead of running for
+ever (an encoder actor that dies ends its round instead: engines.ray counts those).
 
 Rows are columns of numpy arrays: `i` (the file's place in the input), `grid` (the encoder
 geometry, frames per chunk), `k` (the chunk, -1 for the file's facts) and `data` (pickled: the
@@ -31,37 +32,49 @@ from matpac_cli.errors import InputError, MatpacError, ModelError
 from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-GIVE_UP = 3  # deaths of the process running one file's decoding (or one batch's encoding) before it fails
-CRASH_ON = "MATPAC_TEST_CRASH_ON"  # test only: decoding a file whose name ends so kills its process
+GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
+CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
+TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
 
 
 class Attempts:
-    """Each unit of work's tries, begun and ended (engines.ray keeps one in an actor). A try
-    begun and never ended died with its process; `begin` says how many did, so the next try
-    can give up instead of dying again."""
+    """Each unit of work's tries in flight (engines.ray keeps one in an actor). A try begun and
+    never ended died with its process; `begin` says how many did, so the next try can give up
+    instead of dying again. A key is dropped when its try ends, so what is held is the tries in
+    flight (and the few units given up), not every unit of the job; the retries are a count."""
 
     def __init__(self) -> None:
-        self.begun: dict = {}
-        self.ended: dict = {}
+        self.open: dict = {}  # key -> tries begun and not ended (all but the latest died)
+        self.reruns = 0  # tries begun after a try of the same unit died
         self.enlisted: dict = {}  # round -> the encoder actors that started in it (handles)
 
     def begin(self, key) -> int:
-        died = self.begun.get(key, 0) - self.ended.get(key, 0)
-        self.begun[key] = self.begun.get(key, 0) + 1
+        died = self.open.get(key, 0)
+        self.open[key] = died + 1
+        self.reruns += died > 0
         return died
 
     def end(self, key) -> None:
-        self.ended[key] = self.ended.get(key, 0) + 1
+        self.open.pop(key, None)
 
     def retries(self) -> int:
         """Tries after each unit's first: reruns of work whose process or node was lost."""
-        return sum(self.begun.values()) - len(self.begun)
+        return self.reruns
 
     def enlist(self, round_: int, actor) -> None:
         self.enlisted.setdefault(round_, []).append(actor)
 
     def enlisted_in(self, round_: int) -> list:
-        return self.enlisted.get(round_, [])
+        """The round's actors, handed over once (the round is over: its actors are stopped)."""
+        return self.enlisted.pop(round_, [])
+
+
+def crash_on() -> str | None:
+    """The test-only crash hook's file-name ending, or None (always, unless MATPAC_TEST_HOOKS=1
+    is set as well): tests/test_ray.py's stand-in for a decoder that segfaults on one file."""
+    if os.environ.get(TEST_HOOKS) != "1":
+        return None
+    return os.environ.get(CRASH_ON) or None
 
 
 def died(times: int, what: str) -> str:
@@ -164,12 +177,12 @@ class Collector:
         del self.slots[i], self.seen[i], self.expected[i]
         hand_on(slot, self.plans, *self.callbacks)
 
-    def finish(self) -> None:
-        """Files the cluster never answered for (should not happen): named, never silently lost."""
+    def finish(self, reason: str = "no result came back from the Ray cluster") -> None:
+        """Files the cluster never answered for, or that the job gave up: named, never silently lost."""
         for i, item in enumerate(self.items):
             if i not in self.done:
                 slot = self.slots.pop(i, None) or Slot(item, self.plans)
-                slot.error = InputError(item.name, "no result came back from the Ray cluster")
+                slot.error = InputError(item.name, reason)
                 hand_on(slot, self.plans, *self.callbacks)
 
 
@@ -241,7 +254,7 @@ class Encoder:
     """An actor: the run's encoders, loaded once; batches of chunk rows in, per-chunk sums out."""
 
     recipes: list[Recipe] = []  # set on the subclass `_run` makes for the job
-    attempts = None  # likewise: `Attempts`' methods, to give up on a batch that kills its actor
+    attempts = None  # likewise: `Attempts`' methods (the actor enlists, so the driver can stop it)
 
     def __init__(self) -> None:
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
@@ -257,17 +270,13 @@ class Encoder:
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = ("encode", tuple(zip(batch["i"].tolist(), batch["grid"].tolist(), batch["k"].tolist())))
-        deaths = self.attempts.begin(key) if self.attempts is not None else 0
         data = list(batch["data"])
         todo = [j for j, k in enumerate(batch["k"]) if k >= 0]
         for grid in sorted({int(batch["grid"][j]) for j in todo}):
             idx = [j for j in todo if batch["grid"][j] == grid]
             chunks = [pickle.loads(data[j]) for j in idx]
-            if deaths >= GIVE_UP:
-                outs: list = [died(deaths, "encoding a batch with this file's audio")] * len(idx)
-            elif self.error is not None:
-                outs = [self.error] * len(idx)
+            if self.error is not None:
+                outs: list = [self.error] * len(idx)
             else:
                 try:
                     outs = self._encode(grid, chunks)
@@ -276,8 +285,6 @@ class Encoder:
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
                 data[j] = pickle.dumps(out if isinstance(out, (str, ModelError)) else (chunk[0], out),
                                        protocol=pickle.HIGHEST_PROTOCOL)
-        if self.attempts is not None:
-            self.attempts.end(key)
         column = np.empty(len(data), dtype=object)
         column[:] = data
         return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}

@@ -50,6 +50,7 @@ class Summary:
     truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
     left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
     retries: int = 0  # tries that reran work whose process died (--engine ray)
+    streamed: bool = False  # rows went to stdout (`tag --out -`)
 
 
 def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
@@ -110,7 +111,7 @@ def _not_ours(paths: dict[str, Path], key: str) -> str:
     if owner is not None:
         return (f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
                 "(or --force to replace that manifest)")
-    return f"{path} exists and was not written by matpac's journal; use --force to replace it"
+    return writers.not_ours(path)
 
 
 def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
@@ -191,6 +192,8 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     if stamp is not None:
         jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
     summary.outputs = [path for key, path in paths.items() if key != "journal"]
+    if config.frames_dir is not None:
+        summary.outputs.append(config.frames_dir)
     return summary
 
 

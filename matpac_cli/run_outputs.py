@@ -20,7 +20,7 @@ from typing import Iterable
 from matpac_cli.errors import OutputError
 from matpac_cli.manifest import check_manifest
 from matpac_cli.sidefiles import refuse_symlink
-from matpac_cli.writers import FAILURES_COLUMNS
+from matpac_cli.writers import FAILURES_COLUMNS, not_ours
 
 FAILURES_HEADER = ",".join(FAILURES_COLUMNS).encode()
 
@@ -98,4 +98,4 @@ def check_ours(path: Path | None, option: str, force: bool, recognise) -> None:
     if path is None or force or not path.exists():
         return
     if not recognise(path):
-        raise OutputError(f"{option} {path} exists and was not written by matpac; use --force to replace it")
+        raise OutputError(not_ours(path, option))

@@ -23,6 +23,7 @@ from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
 from matpac_cli.registry import HeadSpec, load_registry
 from matpac_cli.trained_head import check_planned, default_encoder, is_trained_head
+from matpac_cli.writers import not_ours
 
 DEFAULT_MODEL = "matpac-plus-music"
 GENERAL_MODEL = "matpac-plus"
@@ -120,10 +121,10 @@ def _carries_audioset(model: str) -> bool:
 
 
 def check_output(out: Path, force: bool) -> None:
-    """An existing output that this tool's journal did not write is never replaced silently."""
+    """An existing output that matpac's journal does not vouch for is never replaced silently."""
     journal = out.with_name(out.name + ".journal")
     if out.exists() and not force and not journal.exists():
-        raise OutputError(f"{out} exists and was not written by this tool's journal; use --force to replace it")
+        raise OutputError(not_ours(out))
 
 
 def describe(groups: list) -> str:

@@ -107,6 +107,7 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         if config.fmt in writers.BINARY:
             raise UsageError(f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}")
         _stream(items, groups, config, stdout, summary, callbacks, on_warning)
+        summary.streamed = True
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
@@ -200,7 +201,7 @@ def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Call
     journal_path = out.with_name(out.name + ".journal")
     if out.exists() and not config.force:
         if not journal_path.exists():
-            raise OutputError(f"{out} exists and was not written by this tool's journal; use --force to replace it")
+            raise OutputError(writers.not_ours(out))
         differ = jr.settings_differ(journal_path, settings)
         if differ:
             names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",

@@ -189,6 +189,17 @@ def mirror_name(name: str, suffix: str) -> str:
 FAILURES_COLUMNS = ("path", "reason")  # the header of a --failures list: how matpac knows one it wrote
 
 
+def not_ours(path: Path, option: str = "") -> str:
+    """Why an existing file is not replaced without --force (one wording for every output). A
+    `.csv` beside a `.npy` is named as that matrix's row index: replacing it would orphan it."""
+    said = f"{option} {path}".strip()
+    matrix = path.with_suffix(".npy")
+    if path.suffix.lower() == ".csv" and matrix.exists():
+        return (f"{said} is the row index of {matrix}; give another name (--force would replace it and "
+                f"leave {matrix.name} without its index)")
+    return f"{said} exists and was not written by matpac; use --force to replace it"
+
+
 class FailureLog:
     """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
     them in memory for it), to matpac's temporary name, moved into place on `close` (at the end,

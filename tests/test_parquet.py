@@ -192,7 +192,7 @@ def test_a_parquet_not_written_by_matpac_and_a_shared_manifest_are_refused(ckpts
     pq.write_table(pa.table({"x": [1]}), "emb.parquet")
     base = ["embed", "clips", "--model", ckpts["tiny608"], "-q"]
     code, _, err = cli(capsys, *base, "--out", "emb.parquet")
-    assert code == 2 and "emb.parquet exists and was not written by matpac's journal; use --force" in err
+    assert code == 2 and "emb.parquet exists and was not written by matpac; use --force" in err
     assert cli(capsys, *base, "--out", "emb.parquet", "--force")[0] == 0
     assert len(pd.read_parquet("emb.parquet")) == 3
     code, _, err = cli(capsys, *base, "--out", "emb.npy")  # would replace emb.parquet's manifest

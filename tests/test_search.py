@@ -251,7 +251,7 @@ def test_search_subprocess_end_to_end(lib, tmp_path):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["query"], r["rank"]) for r in got] == [(query, k) for k in (1, 2, 3)] + [(lib["paths"][0], k) for k in (1, 2, 3)]
     assert got[0]["path"].endswith("tone675.wav")
-    assert proc.stdout == b"" and b"searched 2 queries (1 embedded, 0 failed)" in proc.stderr
+    assert proc.stdout == b"" and b"2 queries: 2 searched (1 embedded, 1 found in the index), 0 failed" in proc.stderr
 
 
 def test_readme_examples_work_as_written(hub, ckpts, tmp_path, monkeypatch, capsys):

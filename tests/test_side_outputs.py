@@ -409,3 +409,32 @@ def test_a_shard_of_a_parquet_index_is_an_input_of_search_and_train(indexed):
     assert shard.read_bytes() == before
     proc = run_matpac(["search", "lib/c0.wav", "--index", "shards.parquet", "-k", "1"], cwd=indexed)
     assert proc.returncode == 0 and proc.stdout.decode().count("\n") == 2, proc.stderr.decode()  # still an index
+
+
+# ------------------------------------------------------------- what the summary says was written
+
+
+def test_the_summary_names_every_file_written_and_rows_sent_to_stdout(tmp_path, tiny):
+    """--failures and --frames are outputs too; rows on stdout are not 'nothing'."""
+    _clips(tmp_path / "clips")
+    (tmp_path / "junk.wav").write_bytes(b"junk")
+    proc = run_matpac(["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--frames", "fr",
+                       "--model", str(tiny)], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert last.endswith("; wrote e.npy, e.csv, e.manifest.json, fr, f.csv"), last
+    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path))], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.decode().strip().splitlines()[-1].endswith("; wrote rows to stdout"), proc.stderr
+    assert proc.stdout.decode().startswith("path,head,label")
+
+
+def test_a_csv_beside_an_npy_is_named_as_its_row_index(tmp_path, tiny):
+    """`tag --out e.csv` beside `e.npy`: not 'exists', but whose index it is and what --force would do."""
+    _clips(tmp_path / "clips")
+    assert run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path).returncode == 0
+    before = (tmp_path / "e.csv").read_bytes()
+    line = _one_error(run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)),
+                                  "--out", "e.csv"], cwd=tmp_path))
+    assert "e.csv is the row index of e.npy" in line and "--force would replace it" in line, line
+    assert (tmp_path / "e.csv").read_bytes() == before

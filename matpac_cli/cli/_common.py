@@ -222,7 +222,9 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     retries = getattr(summary, "retries", 0)
     if retries:
         line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"
-    written = ", ".join(str(p) for p in summary.outputs if Path(p).exists())
+    failures = [] if reporter.failure_log is None else [reporter.failure_log.path]  # in place by now
+    written = ", ".join((["rows to stdout"] if getattr(summary, "streamed", False) else [])
+                        + [str(p) for p in [*summary.outputs, *failures] if Path(p).exists()])
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:
         line += f"; wrote {written}"

@@ -88,9 +88,10 @@ def search(
             reporter.close()
         answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
         embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
-        reporter.info(f"matpac: searched {answered} quer{'y' if answered == 1 else 'ies'} ({embedded} embedded, "
-                      f"{reporter.failed} failed) against {matrix.shape[0]} x {matrix.shape[1]} in "
-                      f"{time.monotonic() - started:.1f} s{_wrote(target)}")
+        asked = answered + reporter.failed
+        reporter.info(f"matpac: {asked} quer{'y' if asked == 1 else 'ies'}: {answered} searched ({embedded} embedded, "
+                      f"{answered - embedded} found in the index), {reporter.failed} failed; against "
+                      f"{matrix.shape[0]} x {matrix.shape[1]} in {time.monotonic() - started:.1f} s{_wrote(target)}")
         raise typer.Exit(1 if reporter.failed else 0)
 
 

@@ -39,7 +39,7 @@ class AudioSource:
         self.expected_frames: int | None = None  # what the header promises, where it says
         self._sf = self._av = None
         if not path.is_file():
-            raise InputError(self.name, "no such file" if not path.exists() else "not a regular file")
+            raise InputError(self.name, "does not exist" if not path.exists() else "not a regular file")
         if path.stat().st_size == 0:
             raise InputError(self.name, "empty file (0 bytes)")
         if path.suffix.lower().lstrip(".") in SOUNDFILE_FORMATS:

@@ -66,7 +66,7 @@ def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIO
                 for item in sorted(_walk(path, name, exts)):
                     items.setdefault(item.name, item)
             else:  # a missing file fails on its own, like any other bad input
-                items.setdefault(name, Item(name, path))
+                items.setdefault(name, Item(name, path, _named_problem(path)))
     return _unique_files(list(items.values()))
 
 
@@ -137,6 +137,17 @@ def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
                     problem = _link_problem(exc)
             yield Item(shown_as(dirpath, fname), Path(full), problem)
     yield from problems
+
+
+def _named_problem(path: Path) -> str | None:
+    """A symlink named on the command line that leads nowhere: said as the folder walk says it."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return _link_problem(exc)
+    return None
 
 
 def _link_problem(exc: OSError) -> str:

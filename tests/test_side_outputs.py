@@ -438,3 +438,18 @@ def test_a_csv_beside_an_npy_is_named_as_its_row_index(tmp_path, tiny):
                                   "--out", "e.csv"], cwd=tmp_path))
     assert "e.csv is the row index of e.npy" in line and "--force would replace it" in line, line
     assert (tmp_path / "e.csv").read_bytes() == before
+
+
+def test_a_link_named_on_the_command_line_is_said_as_the_folder_walk_says_it(tmp_path, tiny):
+    """A broken link or a loop given by name: the same reason as inside a folder, and alone it is
+    refused before the model loads, as a missing path is."""
+    _clips(tmp_path / "clips")
+    (tmp_path / "broken.wav").symlink_to(tmp_path / "gone.wav")
+    (tmp_path / "self.wav").symlink_to(tmp_path / "self.wav")
+    line = _one_error(run_matpac(["embed", "broken.wav", "--out", "e.npy", "--model", "no-such.pt"], cwd=tmp_path))
+    assert line == "matpac: error: broken.wav: broken symlink (its target does not exist)", line
+    proc = run_matpac(["embed", "clips", "self.wav", "gone.wav", "--out", "e.npy", "--model", str(tiny)],
+                      cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "matpac: skipped self.wav: symlink loop" in err and "matpac: skipped gone.wav: does not exist" in err, err

@@ -261,12 +261,12 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
     items = discover(inputs, parse_extensions(ext), sys.stdin, null)
     if not items:
         raise MatpacError(f"no audio files found in {' '.join(inputs)}")
-    if "-" not in inputs and not any(os.path.lexists(item.path) for item in items):
+    if "-" not in inputs and all(item.problem or not os.path.lexists(item.path) for item in items):
         # nothing to do at all: said now, not after a model download (one missing input among
         # others fails as that file, and the run goes on)
-        missing = [item.name for item in items]
-        raise MatpacError(f"{missing[0]} does not exist" if len(missing) == 1 else
-                          f"none of the inputs exists: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        why = [f"{item.name}: {item.problem}" if item.problem else f"{item.name} does not exist" for item in items]
+        raise MatpacError(why[0] if len(why) == 1 else
+                          f"none of the inputs can be read: {'; '.join(why[:5])}{' ...' if len(why) > 5 else ''}")
     return items
 
 

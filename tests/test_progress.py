@@ -101,8 +101,8 @@ def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tr
                     r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; 0\.00 h reused; wrote ", first), first
     again = run_matpac(base).stderr.decode().strip().splitlines()[-1]
     # the reused hours are their own figure: the rate covers only what was computed (none here)
-    assert re.match(r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; 0\.00 h of audio computed in "
-                    r"\d+:\d\d:\d\d \(0\.0x real time\) on cpu, fp32; 0\.17 h reused; wrote ", again), again
+    assert re.match(r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; nothing computed in "
+                    r"\d+:\d\d:\d\d on cpu, fp32; 0\.17 h reused; wrote ", again), again
 
 
 def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path):

@@ -211,9 +211,10 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     wall = time.monotonic() - reporter.started
     computed_s = max(summary.audio_s - reporter.reused_s, 0.0)
     rate = computed_s / wall if wall > 0 else 0.0
+    computed = (f"{computed_s / 3600:.2f} h of audio computed in {_clock(wall)} ({rate:.1f}x real time)"
+                if summary.done else f"nothing computed in {_clock(wall)}")  # no 0.0x rate for reuse alone
     line = (f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
-            f"{len(summary.failures)} failed; {computed_s / 3600:.2f} h of audio computed in {_clock(wall)} "
-            f"({rate:.1f}x real time)")
+            f"{len(summary.failures)} failed; {computed}")
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
     ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:

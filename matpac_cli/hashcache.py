@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 
 from matpac_cli.errors import MatpacError
-from matpac_cli.sidefiles import create
+from matpac_cli.sidefiles import create, open_existing
 
 MAX_ENTRIES = 256  # a cache of weight files, not of a library
 MAX_BYTES = 1 << 20  # 256 entries take about 50 kB
@@ -49,8 +49,10 @@ def _stamp(st: os.stat_result) -> list[int]:
 def _entries(path: Path) -> dict:
     """The cache's entries, or none when it cannot be trusted (see the module docstring)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd = open_existing(path)  # never through a symlink, only a regular file
+    except (OSError, MatpacError):
+        return {}
+    if fd is None:
         return {}
     with open(fd, "rb") as fh:
         try:

@@ -65,19 +65,25 @@ def _journal_records(path: Path) -> int:
     return len(jr.read(path)[1])
 
 
+def _stopped(tiny: Path, inputs: Path, out: Path, journal: Path, records: int, sig: int):
+    """`matpac embed` stopped by `sig` once `records` files are journalled: (process, its stderr)."""
+    args = [sys.executable, "-m", "matpac_cli", "embed", str(inputs), "--out", str(out),
+            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _journal_records(journal) < records and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before {records} files were journalled"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, sig):
     out = tmp_path / "emb.npy"
     journal = tmp_path / "emb.npy.journal"
-    args = [sys.executable, "-m", "matpac_cli", "embed", str(tracks), "--out", str(out),
-            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while _journal_records(journal) < 12 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before 60% of its files were journalled"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    proc, err = _stopped(tiny, tracks, out, journal, 12, sig)
     kept = _journal_records(journal)
     assert kept >= 12
     if sig != signal.SIGKILL:
@@ -116,15 +122,7 @@ def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tm
     for i in range(2):
         (folder / f"a_broken{i}.wav").write_bytes(b"RIFF0000WAVEjunk")  # sorted first: fail before the stop
     out, journal = tmp_path / "emb.npy", tmp_path / "emb.npy.journal"
-    args = [sys.executable, "-m", "matpac_cli", "embed", str(folder), "--out", str(out),
-            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while _journal_records(journal) < 8 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it was interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc, err = _stopped(tiny, folder, out, journal, 8, signal.SIGINT)
     last = err.decode().strip().splitlines()[-1]
     got = re.match(r"matpac: interrupted after (\d+) of 22 file\(s\) \((\d+) finished, (\d+) failed\);", last)
     assert got, last

@@ -14,16 +14,9 @@ import pytest
 import torch
 
 from conftest import REPO, run_matpac, write_audio
-from reference import make_checkpoint
+from test_hostile import tiny  # noqa: E402,F401 - the same tiny encoder, a module fixture
 
 VICTIM = b"precious: not matpac's\n"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
-    return path
 
 
 @pytest.fixture()

@@ -274,7 +274,7 @@ def plan_queries(emb: Embeddings, queries: Sequence[str],
         elif os.path.isfile(name):
             planned.append(Query(name, path=Path(name)))
         else:
-            failed.append(InputError(name, f"not a path in {index_csv} and no such file"))
+            failed.append(InputError(name, f"not a path in {index_csv} and does not exist"))
     return planned, failed
 
 

@@ -110,7 +110,7 @@ def _contenders(args: argparse.Namespace, tmp: Path, ckpt: Path, clips: Path, fi
         contenders[kind] = (cmd, {"MATPAC_CPU_LINEAR": kind})
     if args.glibc_defaults:
         cmd = list(contenders[default][0])
-        cmd[1:3] = ["-c", "import sys; from matpac_cli import cpu; cpu.keep_freed_memory = lambda: False; "
+        cmd[1:3] = ["-c", "import sys; from matpac_cli.encoder import cpu; cpu.keep_freed_memory = lambda: False; "
                           "from matpac_cli.cli import entry; sys.argv[0] = 'matpac'; entry()"]
         cmd[cmd.index("--out") + 1] = str(tmp / "glibc.npy")
         contenders["glibc"] = (cmd, {"MATPAC_CPU_LINEAR": default})
@@ -127,7 +127,7 @@ def compare(args: argparse.Namespace) -> None:
     for i in range(args.files):
         files.append(clips / f"clip{i:02d}.flac")
         make_flac(files[-1], args.seconds, seed=i)
-    default = subprocess.run([sys.executable, "-c", "from matpac_cli.cpu import choose; print(choose())"],
+    default = subprocess.run([sys.executable, "-c", "from matpac_cli.encoder.cpu import choose; print(choose())"],
                              capture_output=True, text=True, check=True).stdout.strip()
     contenders = _contenders(args, tmp, ckpt, clips, files, default)
     for cmd, env in contenders.values():  # warm-up: page cache, first-run caches (hash, probes)
@@ -171,8 +171,8 @@ def batch_sweep(args: argparse.Namespace) -> None:
     printed, with their spread and the median of each round's plain/oneDNN ratio."""
     import torch
 
-    from matpac_cli import cpu
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.encoder import cpu
+    from matpac_cli.inference.predictor import Predictor
 
     tmp = Path(tempfile.mkdtemp(prefix="matpac-sweep-"))
     make_checkpoint(tmp / "vitb.pt")

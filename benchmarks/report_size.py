@@ -51,9 +51,9 @@ def _top5(name: str, head: str, tags: list[str], scores: np.ndarray, times=None)
 def write_run(folder: Path, n: int, dim: int, seed: int = 0) -> None:
     # imported here: tag_rows brings torch, and a parent that holds torch makes its children's
     # peak RSS (counted from the fork, before exec) look 500 MB larger
-    from matpac_cli import writers
-    from matpac_cli.readers import INDEX_COLUMNS
-    from matpac_cli.tag_rows import columns
+    from matpac_cli.outputs import writers
+    from matpac_cli.outputs.readers import INDEX_COLUMNS
+    from matpac_cli.jobs.tag_rows import columns
 
     rng = np.random.default_rng(seed)
     style = rng.integers(0, STYLES, n)

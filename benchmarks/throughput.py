@@ -42,7 +42,7 @@ import torch
 def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
     """Full-size ViT-B weights in the release layout (random, but with realistic scales)."""
     from matpac_cli.config import EncoderDims
-    from matpac_cli.model import MatpacEncoder
+    from matpac_cli.encoder.vit import MatpacEncoder
 
     torch.manual_seed(seed)
     model = MatpacEncoder(EncoderDims(width=768, depth=12, heads=12, mlp_width=3072, n_t=n_t))
@@ -71,7 +71,7 @@ def make_flac(path: Path, seconds: float, seed: int, sr: int = 44100, fmt: str =
 
 def encoder_only(ckpt: Path, device: str, precision: str, batch: int, min_seconds: float = 3.0) -> float:
     """Audio-seconds per second on ready log-mel chunks, timed for at least `min_seconds`."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)
     n_t = pred.dims.n_t
@@ -124,9 +124,9 @@ class GpuBusy:
 def end_to_end(ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int,
                workers: int | None) -> tuple[float, float, np.ndarray, float | None]:
     """`embed` on the folder: rate, audio seconds, embeddings, and the GPU's busy share."""
-    from matpac_cli.discovery import discover
-    from matpac_cli.embedding import EmbedConfig, embed
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.discovery import discover
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.inference.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)
     items = discover([str(folder)])
@@ -144,8 +144,8 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
     """Audio-seconds per second of the decoding side alone, as the pipeline runs it for `device`:
     decode, downmix and cut in the worker threads, and on a CPU resample there too (on a GPU the
     batch resamples on the device): the ceiling for (b)."""
-    from matpac_cli.discovery import discover
-    from matpac_cli.decoding import IDLE, decoded, default_workers
+    from matpac_cli.pipeline.discovery import discover
+    from matpac_cli.pipeline.feed import IDLE, decoded, default_workers
 
     items = discover([str(folder)])
     before = torch.get_num_threads()
@@ -164,8 +164,8 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
 
 def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float, np.ndarray]:
     """One file at a time, whole file in memory, one chunk per forward, nothing overlapped."""
-    from matpac_cli.frontend import LogMel, resample
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.encoder.logmel import LogMel, resample
+    from matpac_cli.inference.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)
     logmel = LogMel().to(pred.device)
@@ -243,7 +243,7 @@ def formats_table(tmp: Path, ckpt: Path, args: argparse.Namespace, precision: st
 
 
 def _header(args: argparse.Namespace) -> str:
-    from matpac_cli.decoding import default_workers
+    from matpac_cli.pipeline.feed import default_workers
 
     where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     workers = args.workers or default_workers(args.device)
@@ -272,7 +272,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true",
                     help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32")
     args = ap.parse_args()
-    from matpac_cli import cpu
+    from matpac_cli.encoder import cpu
 
     cpu.keep_freed_memory()  # the allocator setting the `matpac` program makes for itself
     if args.sweep:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.discovery import Item
-from matpac_cli.train import TrainConfig
-from matpac_cli.train_data import Features, Labelled
-from matpac_cli.train_job import train
+from matpac_cli.pipeline.discovery import Item
+from matpac_cli.jobs.probe import TrainConfig
+from matpac_cli.jobs.train_data import Features, Labelled
+from matpac_cli.jobs.train import train
 
 SEPARATION = 0.08  # class-mean scale against unit noise: about 85% validation accuracy, not 100%
 

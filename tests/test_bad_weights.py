@@ -204,7 +204,7 @@ def test_bad_probe_file_is_one_line_exit_2_and_writes_nothing(work, probes, tmp_
 
 def test_load_checkpoint_names_the_first_bad_tensor(work):
     from matpac_cli.errors import ModelError
-    from matpac_cli.weights import load_checkpoint
+    from matpac_cli.checkpoints.resolve import load_checkpoint
 
     with pytest.raises(ModelError, match=rf"^model .*nan\.pt: tensor {QKV} has NaN values: refusing it$"):
         load_checkpoint(work / "nan.pt")
@@ -216,7 +216,7 @@ def test_load_checkpoint_names_the_first_bad_tensor(work):
 
 def test_probe_folder_is_named_a_folder(probes, monkeypatch):
     from matpac_cli.errors import UsageError
-    from matpac_cli.heads import resolve_head
+    from matpac_cli.inference.heads import resolve_head
 
     monkeypatch.chdir(probes / "folder")
     with pytest.raises(UsageError, match=r"^head \./openmic\.pth is a folder, not a probe file$"):
@@ -226,7 +226,7 @@ def test_probe_folder_is_named_a_folder(probes, monkeypatch):
 def test_finite_check_is_one_reduction_per_clean_tensor(work, monkeypatch):
     """The element-wise isfinite (about ten times the cost of a sum) runs only on a tensor whose
     sum is not finite, so a 350 MB checkpoint loads a fraction of a second slower, not seconds."""
-    from matpac_cli.weights import check_finite
+    from matpac_cli.checkpoints.resolve import check_finite
 
     sd = torch.load(work / "good.pt", weights_only=True)
     real = torch.isfinite

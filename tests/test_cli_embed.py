@@ -245,7 +245,7 @@ def test_unrelated_csv_next_to_out_is_not_overwritten_silently(matpac, work, ckp
 
 
 def test_models_list_shows_registry_models_and_heads():
-    from matpac_cli.registry import load_registry
+    from matpac_cli.checkpoints.registry import load_registry
 
     r = run_matpac(["models", "list"], env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr.decode()
@@ -293,7 +293,7 @@ def test_usage_errors_are_a_message_and_exit_2(tmp_path, args, says):
 
 
 def test_the_same_file_named_twice_gives_one_row(tmp_path, monkeypatch):
-    from matpac_cli.discovery import discover
+    from matpac_cli.pipeline.discovery import discover
 
     write_audio(tmp_path / "d" / "a.wav", 0.5)
     monkeypatch.chdir(tmp_path)

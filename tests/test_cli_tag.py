@@ -244,7 +244,7 @@ def test_segments_rows_per_encoder_chunk(ckpts, long_file, openmic, capsys):
 @pytest.fixture()
 def encoder_spy(monkeypatch) -> dict:
     """Counts model loads and the encoder chunks each loaded model runs."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     seen: dict = {"loads": [], "chunks": {}}
     orig_load, orig_launch = Predictor.load.__func__, Predictor.launch

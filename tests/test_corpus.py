@@ -54,7 +54,7 @@ def base(tmp_path_factory, ckpts) -> dict:
 def _head(path: Path, model: dict, model_path: str, dim: int, **meta) -> dict:
     from safetensors.numpy import save
 
-    from matpac_cli.trained_head import TrainedHead, to_bytes
+    from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
     head = TrainedHead(np.ones((2, dim), np.float32), np.zeros(2, np.float32), np.zeros(dim, np.float32),
                        np.ones(dim, np.float32), ["x", "y"], "single",

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from matpac_cli import cpu
+from matpac_cli.encoder import cpu
 from matpac_cli.errors import UsageError
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -86,7 +86,7 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
 @linux_only
 def test_freed_memory_is_kept_in_the_heap():
     assert _off(_placed("import json; print(json.dumps(placed()))"))  # glibc's defaults
-    got = _placed("import json; from matpac_cli import cpu; assert cpu.keep_freed_memory(); print(json.dumps(placed()))")
+    got = _placed("import json; from matpac_cli.encoder import cpu; assert cpu.keep_freed_memory(); print(json.dumps(placed()))")
     assert _on(got), got
 
 
@@ -96,7 +96,7 @@ def test_what_loading_freed_is_handed_back_first():
     setting must not keep it resident."""
     got = _placed("""
         import json
-        from matpac_cli import cpu
+        from matpac_cli.encoder import cpu
         libc.mallopt(-1, 1 << 30); libc.mallopt(-3, 32 << 20)  # a heap that keeps what is freed
         junk = [torch.ones(7 * 1024 * 1024) for _ in range(10)]  # 10 x 28 MB from the heap
         del junk
@@ -117,7 +117,7 @@ def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tm
     torch.save(make_checkpoint(), ckpt)
     library = _placed(f"""
         import json
-        from matpac_cli.predictor import Predictor
+        from matpac_cli.inference.predictor import Predictor
         Predictor.load({str(ckpt)!r}, "cpu")
         print(json.dumps(placed()))
     """)

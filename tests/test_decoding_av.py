@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from matpac_cli.audio import AudioSource, _downmix
+from matpac_cli.pipeline.audio import AudioSource, _downmix
 from matpac_cli.errors import InputError
 
 LAYOUTS = {1: "mono", 2: "stereo"}
@@ -192,7 +192,7 @@ def test_garbage_mp3_and_flac_leave_stderr_alone(tmp_path):
     (tmp_path / "text.mp3").write_bytes(b"this is not audio\n" * 100)
     (tmp_path / "garbage.flac").write_bytes(np.random.default_rng(1).bytes(5000))
     (tmp_path / "garbage.wav").write_bytes(np.random.default_rng(2).bytes(5000))
-    code = ("import sys; from pathlib import Path; from matpac_cli.audio import AudioSource\n"
+    code = ("import sys; from pathlib import Path; from matpac_cli.pipeline.audio import AudioSource\n"
             "from matpac_cli.errors import InputError\n"
             "for p in sys.argv[1:]:\n"
             "    try: list(AudioSource(Path(p)).blocks())\n"

@@ -16,9 +16,9 @@ from conftest import write_audio
 
 @pytest.fixture(scope="module")
 def setup(ckpts, tmp_path_factory):
-    from matpac_cli.discovery import AUDIO_EXTENSIONS, discover
-    from matpac_cli.pipeline import Plan
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, discover
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.inference.predictor import Predictor
 
     d = tmp_path_factory.mktemp("work")
     for i, (seconds, sr) in enumerate([(3, 16000), (8.5, 44100), (13, 48000), (0.01, 16000)]):
@@ -32,7 +32,7 @@ def setup(ckpts, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _no_allocator_setting(monkeypatch):
     """The actors' allocator setting is process-wide: not for the test process."""
-    from matpac_cli import cpu
+    from matpac_cli.encoder import cpu
 
     monkeypatch.setattr(cpu, "keep_freed_memory", lambda: False)
 

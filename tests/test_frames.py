@@ -86,7 +86,7 @@ def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
 def test_two_runs_never_write_one_frames_folder_at_once(tmp_path, ckpts):
     write_audio(tmp_path / "a.wav", 0.5, seed=1)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
         "with writers.locked(Path('fr') / 'frames'):\n    print('held', flush=True); time.sleep(60)")],
         cwd=tmp_path, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

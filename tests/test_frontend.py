@@ -56,7 +56,7 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sr", [44100, 48000, 22050, 8000, 11025, 96000])
 def test_resample_is_the_spec_call(sr):
-    from matpac_cli.frontend import resample
+    from matpac_cli.encoder.logmel import resample
 
     x = wave(int(1.3 * sr), seed=1, sr=sr)
     got = resample(x, sr)
@@ -69,14 +69,14 @@ def test_resample_is_the_spec_call(sr):
 
 
 def test_resample_skips_16k():
-    from matpac_cli.frontend import resample
+    from matpac_cli.encoder.logmel import resample
 
     x = wave(5000)
     assert torch.equal(resample(x, 16000), x)
 
 
 def _stream_resampler():
-    from matpac_cli import frontend
+    from matpac_cli.encoder import logmel as frontend
 
     cls = getattr(frontend, "StreamResampler", None)
     if cls is None:
@@ -114,7 +114,7 @@ def test_stream_resampler_equals_whole_file(sr, blocks):
 def test_logmel_batch_matches_spec_per_wave():
     """A zero-padded batch of different lengths: each row is its own spectrogram, normalised,
     zero-padded on the right to a multiple of 16 frames."""
-    from matpac_cli.frontend import LogMel
+    from matpac_cli.encoder.logmel import LogMel
 
     lengths = [97_520, 5_000, 400, 2_960, 97_679]
     xs = [wave(n, seed=i) for i, n in enumerate(lengths)]
@@ -134,7 +134,7 @@ def test_logmel_batch_matches_spec_per_wave():
 
 
 def test_logmel_matches_float64_reference():
-    from matpac_cli.frontend import LogMel
+    from matpac_cli.encoder.logmel import LogMel
 
     x = wave(31_000, seed=3)
     out = LogMel()(x[None], torch.tensor([len(x)]))[0]
@@ -145,7 +145,7 @@ def test_logmel_matches_float64_reference():
 
 def test_logmel_of_silence_is_log_eps():
     """Silence gives log(eps), normalised: the eps is float32's, added before the log."""
-    from matpac_cli.frontend import LogMel
+    from matpac_cli.encoder.logmel import LogMel
 
     out = LogMel()(torch.zeros(1, 1000), torch.tensor([1000]))[0]
     expected = (math.log(EPS) + 7.056) / 4.193
@@ -157,7 +157,7 @@ def test_logmel_of_silence_is_log_eps():
 # chunking.windows
 # ---------------------------------------------------------------------------------------------
 def _windows(n, n_t=608):
-    from matpac_cli.chunking import windows
+    from matpac_cli.pipeline.chunking import windows
 
     return windows(n, n_t)
 
@@ -228,7 +228,7 @@ def test_windows_tile_the_whole_file_frames(n, n_t):
 def test_chunk_logmel_equals_whole_file_frames(n_t, n):
     """Chunk k's log-mel is whole-file frames k*n_t ..; checked both with the spec's torchaudio
     calls on each window's samples and with the production LogMel on the batched windows."""
-    from matpac_cli.frontend import LogMel
+    from matpac_cli.encoder.logmel import LogMel
 
     x = wave(n, seed=4)
     whole = spec_logmel(x)
@@ -252,7 +252,7 @@ def k0(w, n_t):
 
 
 def _window_stream():
-    from matpac_cli import chunking
+    from matpac_cli.pipeline import chunking
 
     cls = getattr(chunking, "WindowStream", None)
     if cls is None:
@@ -286,7 +286,7 @@ def small_sd():
 
 
 def _load(sd):
-    from matpac_cli.model import MatpacEncoder
+    from matpac_cli.encoder.vit import MatpacEncoder
 
     return MatpacEncoder.from_state_dict(sd)
 
@@ -400,7 +400,7 @@ def test_geometry_of_vit_base_shapes(n_t, rows):
 
 def test_geometry_from_weights_not_file_name(ckpts, tmp_path):
     """A 608-frame checkpoint saved under the AudioSet (992) release name is still 608."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     target = tmp_path / "matpac_plus_as_48_1_map_enc_and_head.pt"
     target.write_bytes(ckpts["tiny608"].read_bytes())
@@ -411,7 +411,7 @@ def test_geometry_from_weights_not_file_name(ckpts, tmp_path):
 def test_odd_geometry_runs_like_the_reference():
     """Width 192 (3 heads), depth 3, MLP ratio 2, 320-frame chunks: the encoder built from these
     weights computes what the reference computes, for every layer and a short chunk."""
-    from matpac_cli.model import MatpacEncoder
+    from matpac_cli.encoder.vit import MatpacEncoder
 
     sd = R.make_checkpoint(width=192, depth=3, n_t=320, seed=11, mlp_ratio=2)
     enc = MatpacEncoder.from_state_dict(sd)

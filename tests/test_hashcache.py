@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from matpac_cli import hashcache
+from matpac_cli.checkpoints import hashcache
 
 
 @pytest.fixture()
@@ -88,7 +88,7 @@ def test_resolve_reuses_hash_and_refuses_a_rewritten_release_file(hub, counted):
 
     from reference import make_checkpoint
 
-    from matpac_cli import weights as W
+    from matpac_cli.checkpoints import resolve as W
     from matpac_cli.errors import ChecksumError
 
     buf = io.BytesIO()

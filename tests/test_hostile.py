@@ -190,7 +190,7 @@ def test_when_every_input_fails_the_old_output_is_not_reported_as_written(tmp_pa
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, tiny):
     _clips(tmp_path / "clips", 1)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
         "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
         str(tmp_path / "e.npy")], stdout=subprocess.PIPE)
     try:
@@ -211,9 +211,9 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, t
 
 def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
     """A journal that still holds payloads (as after kill -9): stop an in-process run at the end."""
-    from matpac_cli.discovery import discover
-    from matpac_cli.embedding import EmbedConfig, embed
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.discovery import discover
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.inference.predictor import Predictor
 
     class Killed(Exception):
         pass
@@ -250,7 +250,7 @@ def test_flipped_payload_bytes_are_dropped_with_a_warning_and_recomputed(tmp_pat
 
 
 def test_a_forged_record_with_a_wrong_shape_or_missing_field_is_dropped_not_fatal(tmp_path, tiny):
-    from matpac_cli import journal as jr
+    from matpac_cli.outputs import journal as jr
 
     _clips(tmp_path / "clips", 2)
     journal = _journal_after_kill(tmp_path, tiny, 2)
@@ -319,7 +319,7 @@ def test_tag_writes_a_non_utf8_name_as_its_bytes_in_csv_and_escaped_in_jsonl(tmp
 
 
 def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
-    from matpac_cli import writers
+    from matpac_cli.outputs import writers
 
     _clips(tmp_path / "clips", 1)
     with writers.locked(tmp_path / "t.csv"):  # this process holds it, as a running matpac would
@@ -331,8 +331,8 @@ def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
 
 def test_a_file_that_changes_while_it_is_computed_is_not_reused(tmp_path):
     """The key stored is the one read before decoding: a growing recording is recomputed."""
-    from matpac_cli import journal as jr
-    from matpac_cli.discovery import Item
+    from matpac_cli.outputs import journal as jr
+    from matpac_cli.pipeline.discovery import Item
 
     wav = write_audio(tmp_path / "rec.wav", 1.0)
     item = Item("rec.wav", wav)
@@ -346,7 +346,7 @@ def test_a_file_that_changes_while_it_is_computed_is_not_reused(tmp_path):
 
 
 def test_a_damaged_length_field_stops_reading_there_without_a_huge_read(tmp_path):
-    from matpac_cli import journal as jr
+    from matpac_cli.outputs import journal as jr
 
     good = jr._frame({"key": ["/a", 1, 2, 3, 4], "duration_s": 1.0}, {"embedding": np.ones(4, np.float32)})
     data = jr.MAGIC + jr._frame({"settings": {"job": "t"}}, {}) + good + b"\xf0\xff\xff\xff" + good

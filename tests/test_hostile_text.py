@@ -78,7 +78,7 @@ def test_the_row_index_quotes_formulas_and_carriage_returns_and_reads_back_exact
     frame = pd.read_csv(d / "emb.csv")
     assert len(frame) == len(NAMES) and sorted(frame["path"]) == sorted(paths)  # no row split by \r
     assert sorted(pq.read_table(d / "pq.parquet", columns=["path"]).column("path").to_pylist()) == sorted(NAMES)
-    from matpac_cli.readers import read_embeddings
+    from matpac_cli.outputs.readers import read_embeddings
 
     assert sorted(read_embeddings(d / "emb.npy").paths) == sorted(NAMES)
 
@@ -102,7 +102,7 @@ def test_tag_rows_escape_formula_labels_and_paths_in_csv_only_and_report_reads_t
     table = pq.read_table(d / "tags.parquet").to_pylist()
     for rows in (jsonl, table):
         assert sorted(r["path"] for r in rows) == sorted(NAMES) and {r["label"] for r in rows} <= set(LABELS)
-    from matpac_cli.readers import read_tags
+    from matpac_cli.outputs.readers import read_tags
 
     back = read_tags(d / "tags.csv").rows
     assert [(r["path"], r["label"]) for r in back] == [(r["path"], r["label"]) for r in jsonl]
@@ -131,7 +131,7 @@ def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):
 def test_a_leading_quote_matpac_did_not_write_is_kept(lib, tmp_path):
     """A row index written before the spreadsheet rule (or by hand) names `'quote.wav` with one
     `'`: only a `'` the writer could have put (before = + - @ tab CR LF or ') comes off."""
-    from matpac_cli.safetext import from_spreadsheet
+    from matpac_cli.outputs.safetext import from_spreadsheet
 
     assert [from_spreadsheet(c) for c in ("'=x", "''x", "'x", "'\tx", "'", 5)] == ["=x", "'x", "'x", "\tx", "'", 5]
     shutil.copy(lib["dir"] / "emb.npy", tmp_path / "emb.npy")

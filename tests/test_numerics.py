@@ -89,20 +89,20 @@ def ref992(clips, sd992) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def predictor(ckpts):
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     return Predictor.load(str(ckpts["tiny608"]), device="cpu", precision="fp32")
 
 
 def _items(clips: Path):
-    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline.discovery import Item
 
     return [Item(str(clips / name), clips / name) for name in sorted(CLIPS)]
 
 
 def _run_pipeline(predictor, clips, layers, batch_size, frames=True):
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
+    from matpac_cli.pipeline.assemble import Plan
 
     results, failures = {}, []
     run(_items(clips), [Plan(predictor, layers=layers, frames=frames)], batch_size=batch_size,
@@ -197,9 +197,9 @@ def test_library_batch_size_invariance(predictor, clips, lib_results):
 def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib_results, tmp_path):
     """Four files decode at once and their chunks share batches, yet results and failures come
     back in input order with the values of the one-file-at-a-time run."""
-    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
+    from matpac_cli.pipeline.assemble import Plan
 
     bad = tmp_path / "e_bad.wav"
     bad.write_bytes(b"RIFF not really a wave file" * 10)
@@ -221,9 +221,9 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
 def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd608):
     """More files than may wait at once, each far smaller than a batch: the run neither stalls
     nor drops any, and each keeps its own embedding."""
-    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
+    from matpac_cli.pipeline.assemble import Plan
 
     paths = [write_audio(tmp_path / f"s{i:02d}.wav", 0.3 + 0.05 * i, seed=i) for i in range(40)]
     got: list = []
@@ -240,9 +240,9 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
     keep the process from exiting, even while the caller still holds the exception."""
     import threading
 
-    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
+    from matpac_cli.pipeline.assemble import Plan
 
     paths = [write_audio(tmp_path / f"w{i}.wav", 8.0, seed=i) for i in range(12)]
 
@@ -281,8 +281,8 @@ def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.inference.predictor import Predictor
 
     p992 = Predictor.load(str(ckpts["tiny992_as"]), device="cpu", precision="fp32")
     assert p992.dims.n_t == 992
@@ -301,7 +301,7 @@ def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
 # Library: embedding.embed (writes emb.npy / emb.csv / frames)
 # ---------------------------------------------------------------------------------------------
 def test_embed_library_layer_all_with_frames(predictor, clips, ref608, tmp_path):
-    from matpac_cli.embedding import EmbedConfig, embed
+    from matpac_cli.jobs.embed import EmbedConfig, embed
 
     out = tmp_path / "emb.npy"
     frames_dir = tmp_path / "frames"
@@ -523,7 +523,7 @@ def test_file_too_short_for_a_frame_is_refused(ckpts, tmp_path, capsys, sr):
 def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608):
     """fp32 on CUDA (TF32 off) through the asynchronous path (pinned staging, batches in flight,
     interleaved decoding) gives each file its reference embedding and frames."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="fp32")
     one = _run_pipeline(p, clips, layers=(2,), batch_size=1)
@@ -540,7 +540,7 @@ def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_auto_precision_is_reduced_and_close(ckpts, clips, ref608):
     """`--precision auto` on CUDA runs bf16 (or fp16) and stays near the float64 reference."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="auto")
     assert p.dtype in (torch.bfloat16, torch.float16)
@@ -551,7 +551,7 @@ def test_cuda_auto_precision_is_reduced_and_close(ckpts, clips, ref608):
 
 def test_predictor_embed_on_arrays_matches_reference(ckpts):
     """The in-memory API (`Predictor.embed`) gives the spec's embedding for arrays, any rate."""
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     pred = Predictor.load(str(ckpts["tiny608"]), device="cpu")
     sd = torch.load(ckpts["tiny608"], weights_only=True)

@@ -22,9 +22,9 @@ from conftest import REPO, run_matpac, write_audio
 from fakeserver import patch_hub
 from test_heads import zip_bytes
 
-from matpac_cli import weights as W
+from matpac_cli.checkpoints import resolve as W
 from matpac_cli.errors import ModelError, UsageError, WeightsError
-from matpac_cli.registry import load_registry
+from matpac_cli.checkpoints.registry import load_registry
 
 PROBES = "Probes_weights/Weights_probes_matpac.zip"
 PROBES_LOCAL = "matpac/releases/Probes_weights/Weights_probes_matpac.zip"
@@ -298,8 +298,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_weights_does_not_import_heads_and_old_imports_still_work():
-    assert "matpac_cli.heads" not in _imports(REPO / "matpac_cli" / "weights.py")
-    from matpac_cli.heads import has_audioset_head, split_head_keys
+    assert "matpac_cli.inference.heads" not in _imports(REPO / "matpac_cli" / "checkpoints" / "resolve.py")
+    from matpac_cli.inference.heads import has_audioset_head, split_head_keys
 
     enc, heads = split_head_keys({"cls_token": 1, "head.weight": 2, "head_norm.running_var": 3})
     assert enc == {"cls_token": 1} and set(heads) == {"head.weight", "head_norm.running_var"}

@@ -10,8 +10,8 @@ import torch
 
 from reference import make_checkpoint
 
-from matpac_cli import cpu, onednn
-from matpac_cli.model import MatpacEncoder
+from matpac_cli.encoder import cpu, onednn
+from matpac_cli.encoder.vit import MatpacEncoder
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear ops")
 
@@ -50,7 +50,7 @@ def test_plain_is_kept_when_asked(state, monkeypatch):
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
 def test_load_follows_the_choice(state, tmp_path, monkeypatch, vendor):
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     monkeypatch.delenv("MATPAC_CPU_LINEAR", raising=False)
     monkeypatch.setattr(cpu, "cpu_vendor", lambda: vendor)
@@ -69,7 +69,7 @@ def test_bf16_or_gpu_encoders_are_not_packed(state):
 def test_predictor_matches_reference_with_either_kind(state, tmp_path, monkeypatch, kind):
     import reference as R
 
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     if kind == "onednn" and not onednn.available():
         pytest.skip("this torch build has no oneDNN linear ops")

@@ -107,7 +107,7 @@ def test_layer_all_is_a_list_of_layers_of_vectors(made):
     got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     assert got.shape == (3, 2, EMB)
     np.testing.assert_allclose(got[:, -1], np.load(made / "npy" / "emb.npy"), atol=1e-6)
-    from matpac_cli.readers import read_embeddings
+    from matpac_cli.outputs.readers import read_embeddings
 
     emb = read_embeddings(made / "all" / "emb.parquet")
     assert emb.matrix.shape == (3, 2, EMB) and emb.matrix.dtype == np.float32
@@ -135,7 +135,7 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
             assert g[c] == (float(w[c]) if w[c] else None)
     man = json.loads((made / "tags.parquet.manifest.json").read_text())
     assert man["output"]["format"] == "parquet" and man["output"]["path"] == "tags.parquet"
-    from matpac_cli.readers import read_tags, scan_tags
+    from matpac_cli.outputs.readers import read_tags, scan_tags
 
     tags, csv_tags = read_tags(made / "tags.parquet"), read_tags(made / "tags.csv")
     assert tags.segments and tags.heads == ["openmic"] and tags.files == NAMES
@@ -203,7 +203,7 @@ def test_a_parquet_not_written_by_matpac_and_a_shared_manifest_are_refused(ckpts
 def test_a_failed_parquet_write_leaves_the_old_output_whole(ckpts, tmp_path, capsys, monkeypatch):
     import errno
 
-    from matpac_cli import parquet
+    from matpac_cli.outputs import parquet
 
     monkeypatch.chdir(tmp_path)
     make_clips(tmp_path)
@@ -259,7 +259,7 @@ def _shard(path: Path, names: list[str], X: np.ndarray, tensor_style: bool = Fal
 
 
 def test_a_folder_of_shards_is_read_in_shard_order_and_hidden_files_are_ignored(made, tmp_path):
-    from matpac_cli.readers import read_embeddings
+    from matpac_cli.outputs.readers import read_embeddings
 
     X = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     folder = tmp_path / "emb.parquet"
@@ -279,7 +279,7 @@ def test_a_folder_of_shards_is_read_in_shard_order_and_hidden_files_are_ignored(
 
 
 def test_a_folder_of_tag_shards_reads_as_the_one_file(made, tmp_path):
-    from matpac_cli.readers import read_tags, scan_tags
+    from matpac_cli.outputs.readers import read_tags, scan_tags
 
     table = pq.read_table(made / "tags.parquet")
     cut = table.column("path").to_pylist().index("clips/sub/b.flac")  # each file's rows in one shard
@@ -302,7 +302,7 @@ def test_a_folder_of_tag_shards_reads_as_the_one_file(made, tmp_path):
 ])
 def test_bad_parquet_embeddings_are_one_line(tmp_path, case, says):
     from matpac_cli.errors import UsageError
-    from matpac_cli.readers import read_embeddings
+    from matpac_cli.outputs.readers import read_embeddings
 
     path = tmp_path / "emb.parquet"
     if case == "garbage":

@@ -38,10 +38,10 @@ def tracks(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers):
-    from matpac_cli.discovery import discover
+    from matpac_cli.pipeline.discovery import discover
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline import Plan
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.inference.predictor import Predictor
 
     predictor = Predictor.load(str(tiny), device="cpu", precision="fp32")
     encoded = [0.0]
@@ -60,7 +60,7 @@ def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers)
 
 def _journal_records(path: Path) -> int:
     """Sound records in a journal being written (a torn tail is not counted)."""
-    from matpac_cli import journal as jr
+    from matpac_cli.outputs import journal as jr
 
     return len(jr.read(path)[1])
 

@@ -179,7 +179,7 @@ def _kill_one(node: Node, title: str) -> bool:
 
 def _journal_records(out: Path) -> int:
     """Files finished so far, as the journal beside `out` holds them."""
-    from matpac_cli import journal as jr
+    from matpac_cli.outputs import journal as jr
 
     journal = out.with_name(out.name + ".journal")
     return len(jr.read(journal)[1]) if journal.exists() else 0
@@ -305,7 +305,7 @@ def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():
     deep in the exception's causes, is a round to run again; any other failure is the job's."""
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from matpac_cli.engines.ray import _worker_lost
+    from matpac_cli.engines.ray.driver import _worker_lost
 
     try:
         try:

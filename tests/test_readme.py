@@ -145,7 +145,7 @@ def _matpac(capsys, line: str) -> str:
 
 def _cpu(monkeypatch) -> None:
     """`--device auto` stays on the CPU (fp32), so numbers compare with the reference everywhere."""
-    import matpac_cli.predictor as predictor
+    import matpac_cli.inference.predictor as predictor
 
     monkeypatch.setattr(predictor, "pick_device", lambda name="auto": "cpu")
 
@@ -205,7 +205,7 @@ def test_embeddings_examples_work_as_written(hub, tmp_path, monkeypatch, capsys)
 
 def _serve_probe_zip(hub, heads: dict[str, tuple[str, ...]]) -> None:
     """A probe zip (nested layout) with random heads of the right class counts."""
-    from matpac_cli.registry import load_registry
+    from matpac_cli.checkpoints.registry import load_registry
 
     registry = load_registry()
     entries = {}

@@ -126,7 +126,7 @@ def test_missing_weights_offline_exit_two_with_fetch_command(tmp_path):
 
 
 def _journal_records(path: Path) -> int:
-    from matpac_cli import journal
+    from matpac_cli.outputs import journal
 
     return len(journal.read(path)[1])
 
@@ -283,9 +283,9 @@ def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
     clean = np.load(tmp_path / "emb.npy")
     # a run killed just after its last record: the journal still holds every payload (a finished
     # run compacts it), so stop one in-process once all three files are journalled
-    from matpac_cli.discovery import discover
-    from matpac_cli.embedding import EmbedConfig, embed
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.discovery import discover
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.inference.predictor import Predictor
 
     class Killed(Exception):
         pass

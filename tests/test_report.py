@@ -164,7 +164,7 @@ def test_map_is_the_pca_and_neighbours_the_cosine_of_the_embeddings(run, report)
 
 
 def test_pca_of_a_large_matrix_matches_numpy_svd():
-    from matpac_cli.report.mapping import pca2
+    from matpac_cli.jobs.report.mapping import pca2
 
     rng = np.random.default_rng(3)
     X = (rng.standard_normal((3000, 6)) * [9, 5, 2, 1, 1, 1]) @ rng.standard_normal((6, 300))
@@ -189,8 +189,8 @@ def test_tag_report_shortcut_writes_the_same_page(run, report):
 
 
 def test_jsonl_input_gives_the_same_page(run, tmp_path):
-    from matpac_cli.readers import read_tags, scan_tags
-    from matpac_cli.writers import RowWriter
+    from matpac_cli.outputs.readers import read_tags, scan_tags
+    from matpac_cli.outputs.writers import RowWriter
 
     src = read_tags(run / "tags.csv")
     out = tmp_path / "tags.ndjson"
@@ -301,7 +301,7 @@ def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts,
     (no label, score, tag_id), so the report counts all four tagged files; a broken file has no
     row and is named in the page and on stderr; every row carries its file's duration_s, which
     gives the page its durations without embeddings or segments."""
-    from matpac_cli.readers import read_tags
+    from matpac_cli.outputs.readers import read_tags
 
     top1 = sorted(float(r["score"]) for r in rows(run / "tags.csv")
                   if r["head"] == "mtg_genre" and r["rank"] == "1" and r["start_s"] == "")
@@ -359,8 +359,8 @@ def test_tag_report_needs_a_file_out_and_is_refused_before_the_model_loads(tmp_p
 
 
 def test_a_large_library_is_sampled_on_the_map_and_says_so(tmp_path):
-    from matpac_cli.report import build_report
-    from matpac_cli.report.page import MAP_POINTS
+    from matpac_cli.jobs.report import build_report
+    from matpac_cli.jobs.report.page import MAP_POINTS
 
     n = MAP_POINTS + 500
     names = [f"lib/{i:05d}.wav" for i in range(n)]

@@ -44,7 +44,7 @@ def test_a_segment_per_label_file_is_reported_in_bounded_memory(tmp_path):
 
 
 def test_heads_and_labels_past_the_bounds_are_left_out_and_said(tmp_path):
-    from matpac_cli.report.data import MAX_HEADS, MAX_LABELS
+    from matpac_cli.jobs.report.data import MAX_HEADS, MAX_LABELS
 
     rows = [f"a.wav,genre,l{i},0.5,{i + 1},l{i},,\n" for i in range(MAX_LABELS + 5)]
     rows += [f"b.wav,h{i},l,0.5,1,l,,\n" for i in range(MAX_HEADS + 1)]  # with genre: 2 too many
@@ -65,7 +65,7 @@ def test_files_past_the_bound_are_counted_as_files(tmp_path):
     as their rows: 4 files of 3 rows leave out 2 file(s) (6 rows)."""
     rows = [f"{name}.wav,genre,l{i},0.5,{i + 1},l{i},,\n" for name in "abcd" for i in range(3)]
     (tmp_path / "t.csv").write_text(HEADER + "".join(rows))
-    script = ("import sys\nfrom matpac_cli.report import data\nfrom matpac_cli.cli import main\n"
+    script = ("import sys\nfrom matpac_cli.jobs.report import data\nfrom matpac_cli.cli import main\n"
               "data.MAX_FILES = 2\nsys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", script, "report", "t.csv", "--out", "r.html"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})

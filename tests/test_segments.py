@@ -1,4 +1,4 @@
-"""Chunks cut at the input rate and resampled per batch (matpac_cli/segments.py).
+"""Chunks cut at the input rate and resampled per batch (matpac_cli/encoder/resample.py).
 
 On a CPU these run the very functions a GPU batch runs: cutting input-rate segments in the
 decoding workers and resampling them per batch. The resampled samples must be exactly the
@@ -19,8 +19,8 @@ import torchaudio.functional as AF
 import reference as R
 from test_numerics import CLIP_ATOL, CLIPS, _run_pipeline, clips, ref608, sd608  # noqa: F401
 
-from matpac_cli import segments as S
-from matpac_cli.chunking import windows
+from matpac_cli.encoder import resample as S
+from matpac_cli.pipeline.chunking import windows
 
 RATES = [8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
 
@@ -102,7 +102,7 @@ def test_short_files_make_no_windows_or_one():
 
 @pytest.fixture(scope="module")
 def cpu_predictor(ckpts):
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     return Predictor.load(str(ckpts["tiny608"]), device="cpu", precision="fp32")
 
@@ -157,7 +157,7 @@ def test_cuda_resampling_matches_the_whole_file_resampler():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_pipeline_resamples_on_the_device_and_matches_reference(ckpts, clips, ref608):
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="fp32")
     assert p.resample_on_device

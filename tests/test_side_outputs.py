@@ -99,7 +99,7 @@ def _refused(call, victim: Path) -> None:
 
 
 def test_a_temporary_name_planted_as_a_symlink_is_refused(tmp_path, victim):
-    from matpac_cli import writers
+    from matpac_cli.outputs import writers
 
     _planted(tmp_path / f".x.csv.tmp{os.getpid()}", victim)
     _refused(lambda: writers.write_csv(tmp_path / "x.csv", ["a"], [[1]]), victim)
@@ -107,21 +107,21 @@ def test_a_temporary_name_planted_as_a_symlink_is_refused(tmp_path, victim):
 
 
 def test_a_probe_name_planted_as_a_symlink_is_refused(tmp_path, victim):
-    from matpac_cli import writers
+    from matpac_cli.outputs import writers
 
     _planted(tmp_path / f".x.csv.probe{os.getpid()}", victim)
     _refused(lambda: writers.ensure_writable(tmp_path / "x.csv"), victim)
 
 
 def test_the_failures_temporary_planted_as_a_symlink_is_refused(tmp_path, victim):
-    from matpac_cli import writers
+    from matpac_cli.outputs import writers
 
     _planted(tmp_path / f".f.csv.tmp{os.getpid()}", victim)
     _refused(lambda: writers.FailureLog(tmp_path / "f.csv"), victim)
 
 
 def test_the_journal_and_its_temporary_planted_as_symlinks_are_refused(tmp_path, victim):
-    from matpac_cli import journal as jr
+    from matpac_cli.outputs import journal as jr
 
     _planted(tmp_path / f".j.tmp{os.getpid()}", victim)
     _refused(lambda: jr.Journal(tmp_path / "j", {"job": "t"}), victim)
@@ -131,7 +131,7 @@ def test_the_journal_and_its_temporary_planted_as_symlinks_are_refused(tmp_path,
 
 def test_a_stale_temporary_with_this_pid_is_replaced_not_written_through(tmp_path):
     """A plain file left at this PID's temporary name (a dead run, a recycled PID)."""
-    from matpac_cli import writers
+    from matpac_cli.outputs import writers
 
     stale = tmp_path / f".x.csv.tmp{os.getpid()}"
     other = tmp_path / "other"
@@ -224,7 +224,7 @@ def test_a_manifest_is_matpacs_by_the_rule_every_reader_uses(tmp_path, tiny):
 def _hold(path: Path) -> subprocess.Popen:
     """Another process holding matpac's lock on `path`, as a running matpac would."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli import writers\n"
+        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
         "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
         str(path)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert holder.stdout.readline() == b"held\n"
@@ -235,7 +235,7 @@ def test_tag_out_x_csv_is_refused_while_embed_out_x_npy_runs(tmp_path, tiny):
     """`embed --out x.npy` writes x.csv: holding x.npy's files (as that embed does) refuses the tag."""
     _clips(tmp_path / "clips")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli import embedding, writers\n"
+        "import sys, time; from pathlib import Path; from matpac_cli.jobs import embed as embedding\nfrom matpac_cli.outputs import writers\n"
         "paths = embedding.outputs_for(Path(sys.argv[1]))\n"
         "with writers.locked(*[p for k, p in paths.items() if k != 'journal']):\n"
         "    print('held', flush=True); time.sleep(60)"), str(tmp_path / "x.npy")],

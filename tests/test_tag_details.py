@@ -55,8 +55,8 @@ def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_pat
     """A 3-hour file: 6 significant digits would write its times to 0.1 s (10800.1); CSV writes
     them with 3 decimals, as emb.csv writes durations, and `truncated` as 1/0, as emb.csv does.
     JSON Lines keeps the numbers and true/false as they are."""
-    from matpac_cli.tag_rows import columns
-    from matpac_cli.writers import RowWriter
+    from matpac_cli.jobs.tag_rows import columns
+    from matpac_cli.outputs.writers import RowWriter
 
     clip = {"path": "long.wav", "head": "mtg_genre", "label": "rock", "score": 0.5, "rank": 1,
             "tag_id": "genre---rock", "duration_s": 10800.123, "truncated": True, "start_s": None, "end_s": None}
@@ -122,7 +122,7 @@ def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckp
     serve_probes(hub)
     rc, online, err = _cli(capsys, "tag", music, "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
-    from matpac_cli.weights import release_path
+    from matpac_cli.checkpoints.resolve import release_path
 
     copy = tmp_path / "my-encoder.pt"
     copy.write_bytes(release_path(RELEASE_MUSIC).read_bytes())
@@ -132,7 +132,7 @@ def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckp
     assert rc == 0, err
     assert offline == online
     # the probe zip gone from the cache: said before the model loads, with both ways out
-    from matpac_cli.registry import load_registry
+    from matpac_cli.checkpoints.registry import load_registry
 
     release_path(load_registry().probes_release).unlink()
     rc, out, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--device", "cpu")
@@ -176,7 +176,7 @@ def test_one_display_rule_prefixes_dropped_and_underscores_as_spaces(capsys):
 def _trained_head(path, classes):
     import numpy as np
 
-    from matpac_cli.trained_head import TrainedHead, to_bytes
+    from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
     d = 8
     path.write_bytes(to_bytes(TrainedHead(np.zeros((len(classes), d)), np.zeros(len(classes)), np.zeros(d),
@@ -208,7 +208,7 @@ def test_a_users_class_names_reach_the_rows_exactly_and_the_registrys_get_the_di
     as given (`hip_hop`), a registry probe's dataset tags by `plain_labels` (`mallet percussion`)."""
     import torch
 
-    from matpac_cli.heads import load_probe, load_trained, spec_for_stem
+    from matpac_cli.inference.heads import load_probe, load_trained, spec_for_stem
 
     classes = ["hip_hop", "genre---rock", "cat"]
     trained = load_trained(_trained_head(tmp_path / "mine.safetensors", classes), 8)

@@ -110,8 +110,8 @@ def test_rows_show_plain_labels_and_keep_the_dataset_tag(release, music_dir, ref
 
 
 def test_plain_labels_of_every_registry_head_are_unique():
-    from matpac_cli.heads import plain_labels
-    from matpac_cli.registry import load_registry
+    from matpac_cli.inference.heads import plain_labels
+    from matpac_cli.checkpoints.registry import load_registry
 
     for spec in load_registry().heads.values():
         names = plain_labels(spec.labels())
@@ -124,7 +124,7 @@ def test_plain_labels_of_every_registry_head_are_unique():
 
 
 def test_plan_gives_each_head_its_own_default_encoder():
-    from matpac_cli.tag_plan import plan_groups
+    from matpac_cli.jobs.tag_plan import plan_groups
 
     heads = ["genre", "sounds", "us8k", "events", "gtzan", "esc50", "mtt", "instruments", "nsynth", "mood"]
     assert plan_groups(heads, None) == [
@@ -262,7 +262,7 @@ def test_stdout_gets_a_manifest_only_when_asked(release, music_dir, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def predictor(ckpts):
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     return Predictor.load(str(ckpts["tiny608"]), device="cpu")
 

@@ -50,9 +50,9 @@ def write(path: Path, x: np.ndarray) -> str:
 def corpus(tmp_path_factory, ckpts) -> dict:
     """labelled/<class>/*.wav (8 per class), heldout/ (6 per class), multi/ + multi.csv (5 per
     combination), multi_heldout/ (4 per combination); one emb.npy of all of them."""
-    from matpac_cli.discovery import discover
-    from matpac_cli.embedding import EmbedConfig, embed
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.pipeline.discovery import discover
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.inference.predictor import Predictor
 
     root = tmp_path_factory.mktemp("train")
     rng = np.random.default_rng(0)
@@ -91,7 +91,7 @@ def rows_of(text: str) -> list[dict]:
 
 
 def index_vectors(corpus: dict, names) -> np.ndarray:
-    from matpac_cli.readers import read_embeddings
+    from matpac_cli.outputs.readers import read_embeddings
 
     emb = read_embeddings(corpus["emb"])
     where = {p: i for i, p in enumerate(emb.paths)}
@@ -114,7 +114,7 @@ def numpy_scores(head: Path, x: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def labelled_features(corpus: dict, source: Path, task: str = "auto"):
-    from matpac_cli.train_data import from_index, read_labels
+    from matpac_cli.jobs.train_data import from_index, read_labels
 
     return from_index(read_labels(source, task), corpus["emb"])
 
@@ -150,8 +150,8 @@ def test_train_then_tag_labels_heldout_files_with_the_real_programs(corpus, tmp_
 def test_heldout_accuracy_and_map_beat_a_bound_that_shuffled_labels_do_not(corpus):
     """Real labels: held-out accuracy >= 0.9 and mAP >= 0.85. Control: the same files with labels
     that carry no information (within each true class the labels cycle through all classes)."""
-    from matpac_cli.train import TrainConfig
-    from matpac_cli.train_job import train
+    from matpac_cli.jobs.probe import TrainConfig
+    from matpac_cli.jobs.train import train
 
     def heldout_figure(features, truth_of, task):
         result = train(features, TrainConfig(seed=0, lrs=(1e-3,)))
@@ -206,8 +206,8 @@ def test_csv_multilabel_head_through_tag_matches_numpy(corpus, tmp_path, capsys)
 
 
 def test_tag_gives_the_trainers_own_scores_and_applies_the_scaler_once(corpus, tmp_path, capsys):
-    from matpac_cli.train import TrainConfig
-    from matpac_cli.train_job import train
+    from matpac_cli.jobs.probe import TrainConfig
+    from matpac_cli.jobs.train import train
 
     head = tmp_path / "h.safetensors"
     result = train(labelled_features(corpus, corpus["root"] / "labelled"), TrainConfig(val=0.25, lrs=(1e-3,)), head)
@@ -278,7 +278,7 @@ def test_folds_map_is_the_mean_of_the_per_class_aps_it_prints(corpus, tmp_path, 
 
 
 def test_scaler_ap_and_split_against_numpy():
-    from matpac_cli.train import average_precision, fit_scaler, stratified_split
+    from matpac_cli.jobs.probe import average_precision, fit_scaler, stratified_split
 
     rng = np.random.default_rng(1)
     x = rng.normal(3.0, 2.0, (50, 7)).astype(np.float32)
@@ -389,7 +389,7 @@ def test_head_on_another_encoder_is_refused_naming_both(corpus, tmp_path, capsys
 
 
 def test_head_of_a_registry_encoder_is_refused_on_another_before_any_download(tmp_path, capsys):
-    from matpac_cli.trained_head import TrainedHead, to_bytes
+    from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
     dim = 640
     head = TrainedHead(np.zeros((2, dim), np.float32), np.zeros(2, np.float32), np.zeros(dim, np.float32),

@@ -21,10 +21,10 @@ from conftest import run_matpac, write_audio
 from fakeserver import FakeServer, patch_hub
 from reference import make_checkpoint
 
-from matpac_cli import weights as W
+from matpac_cli.checkpoints import resolve as W
 from matpac_cli.errors import ModelError, WeightsError
-from matpac_cli.predictor import Predictor
-from matpac_cli.registry import load_registry
+from matpac_cli.inference.predictor import Predictor
+from matpac_cli.checkpoints.registry import load_registry
 
 MODEL = "matpac-plus"
 HUB_REPO = "auriankelen/matpac_general_audio"

@@ -36,7 +36,7 @@ from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
 from matpac_cli.cli import train as _train
 from matpac_cli.errors import MatpacError
-from matpac_cli.safetext import for_terminal
+from matpac_cli.outputs.safetext import for_terminal
 
 app = typer.Typer(
     name="matpac",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from matpac_cli.errors import MatpacError, OutputError
-from matpac_cli.safetext import for_terminal
+from matpac_cli.outputs.safetext import for_terminal
 
 
 class Stopped(BaseException):
@@ -86,7 +86,7 @@ class Reporter:
     def __init__(self, quiet: bool, items: Sequence = (), started: float | None = None, keeps: str = "",
                  failures: Optional[Path] = None) -> None:
         from rich.console import Console
-        from matpac_cli.writers import FailureLog
+        from matpac_cli.outputs.writers import FailureLog
 
         self.failure_log = FailureLog(failures) if failures is not None else None
         if items and not gc.isenabled():  # a run that loads no model: its start-up is over too
@@ -114,7 +114,7 @@ class Reporter:
             threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
 
     def _size_run(self, items: list) -> None:
-        from matpac_cli.audio import probe_duration
+        from matpac_cli.pipeline.audio import probe_duration
 
         known, unknown = 0.0, 0
         for item in items:
@@ -239,7 +239,7 @@ def check_run_options(batch_size: Optional[int], workers: Optional[int], threads
                       device: str = "auto", precision: str = "auto") -> None:
     """Option errors that depend only on the arguments: refused before anything loads (torch
     included: `--precision fp8` is refused at once)."""
-    from matpac_cli.cpu import check_device, check_precision
+    from matpac_cli.encoder.cpu import check_device, check_precision
     from matpac_cli.errors import UsageError
 
     check_device(device)
@@ -251,13 +251,13 @@ def check_run_options(batch_size: Optional[int], workers: Optional[int], threads
         raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
     if threads is not None and threads < 0:
         raise UsageError(f"--threads {threads}: give a positive count, or 0 for the default")
-    from matpac_cli.cpu import choose
+    from matpac_cli.encoder.cpu import choose
 
     choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
 
 
 def items_for(inputs: list[str], ext: Optional[str], null: bool):
-    from matpac_cli.discovery import discover, parse_extensions
+    from matpac_cli.pipeline.discovery import discover, parse_extensions
 
     items = discover(inputs, parse_extensions(ext), sys.stdin, null)
     if not items:
@@ -273,7 +273,7 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
 
 def named_inputs(*names: Optional[str]) -> list:
     """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
-    from matpac_cli.discovery import Item
+    from matpac_cli.pipeline.discovery import Item
 
     return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
 
@@ -282,7 +282,7 @@ def check_outputs(outputs: dict, items, force: bool, failures: Optional[Path],
                   ours: Optional[dict] = None, journals: Sequence[Path] = ()) -> list[Path]:
     """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
     model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
-    from matpac_cli import run_outputs as R
+    from matpac_cli.outputs import rules as R
 
     outputs = {k: Path(v) for k, v in outputs.items() if v is not None}
     if failures is not None:
@@ -299,8 +299,8 @@ def check_outputs(outputs: dict, items, force: bool, failures: Optional[Path],
 def check_model(model: str):
     """Refuse an unknown model name before anything loads; a local file is resolved (hashed)
     here once, a registry or hf: name is left for `load_predictor` to download."""
-    from matpac_cli.registry import load_registry
-    from matpac_cli.weights import resolve
+    from matpac_cli.checkpoints.registry import load_registry
+    from matpac_cli.checkpoints.resolve import resolve
 
     if model.startswith("hf:") or model in load_registry().models:
         return model
@@ -311,7 +311,7 @@ def startup_done() -> None:
     """Imports and model loading are over: freeze what they made (the collector never walks it
     again), turn the collector back on (`entry` turned it off), and have glibc keep each batch's
     freed temporaries for the next (`cpu.keep_freed_memory`: this process is the program's own)."""
-    from matpac_cli.cpu import keep_freed_memory
+    from matpac_cli.encoder.cpu import keep_freed_memory
 
     gc.freeze()
     gc.enable()
@@ -321,7 +321,7 @@ def startup_done() -> None:
 def load_predictor(model, device: str, precision: str, threads: Optional[int], quiet: bool, note: bool = True):
     import torch
 
-    from matpac_cli.predictor import Predictor
+    from matpac_cli.inference.predictor import Predictor
 
     predictor = Predictor.load(model, device, precision, threads, progress=not quiet and sys.stderr.isatty())
     startup_done()

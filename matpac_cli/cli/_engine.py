@@ -19,7 +19,7 @@ class Engine:
         self.address, self.cluster = address, None
         self.device, self.precision, self.remote = device, precision, None
         if self.name == "ray":
-            from matpac_cli.engines.ray import Cluster
+            from matpac_cli.engines.ray.driver import Cluster
 
             self.cluster = Cluster(address)
             self.remote, self.precision = self.cluster.placement(device, precision)

@@ -43,9 +43,9 @@ def embed(
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
-    from matpac_cli.embedding import EmbedConfig, check_config, embed as run_embed, frames_lock, outputs_for
+    from matpac_cli.jobs.embed import EmbedConfig, check_config, embed as run_embed, frames_lock, outputs_for
     from matpac_cli.engines import check as check_engine
-    from matpac_cli.writers import ensure_writable, locked
+    from matpac_cli.outputs.writers import ensure_writable, locked
 
     check_engine(engine)
     config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers or None,

@@ -21,9 +21,9 @@ def catalog() -> dict:
     import urllib.parse
 
     from matpac_cli.errors import WeightsError
-    from matpac_cli.heads import zip_tasks
-    from matpac_cli.registry import load_registry
-    from matpac_cli.weights import cached_files, release_base, release_path
+    from matpac_cli.inference.heads import zip_tasks
+    from matpac_cli.checkpoints.registry import load_registry
+    from matpac_cli.checkpoints.resolve import cached_files, release_base, release_path
 
     reg = load_registry()
     models = [
@@ -125,7 +125,7 @@ def models_list(
 def download_targets(names: list[str]) -> list[str]:
     """Expand `all`, refuse unknown names (with a near miss), keep the order, drop repeats."""
     from matpac_cli.errors import UsageError
-    from matpac_cli.registry import load_registry, suggest
+    from matpac_cli.checkpoints.registry import load_registry, suggest
 
     models = list(load_registry().models)
     known = [*models, "probes", "all"]
@@ -146,10 +146,10 @@ def download_targets(names: list[str]) -> list[str]:
 def _fetch(name: str, force: bool) -> str:
     progress = sys.stderr.isatty()
     if name == "probes":
-        from matpac_cli.heads import probes_dir
+        from matpac_cli.inference.heads import probes_dir
 
         return f"matpac: probe heads ready in {probes_dir(progress=progress, force=force)}"
-    from matpac_cli.weights import resolve
+    from matpac_cli.checkpoints.resolve import resolve
 
     res = resolve(name, progress=progress, force=force)
     return f"matpac: {res.name} ready: {res.path} (sha256 {res.sha256}, from {res.source})"
@@ -167,7 +167,7 @@ def models_download(
     Example: matpac models download matpac-plus probes
     """
     from matpac_cli.errors import ModelError, WeightsError
-    from matpac_cli.weights import NoNetwork, offline
+    from matpac_cli.checkpoints.resolve import NoNetwork, offline
 
     targets = download_targets(names)
     if offline():
@@ -200,7 +200,7 @@ def models_labels(
     """Print a head's labels as tag outputs name them, one per line, in the index order its weights
     were trained with (--raw: the dataset's tag ids; a trained head's classes are shown as given). On a terminal, control characters in a label (a head
     someone else trained) are shown as escapes; a pipe gets the exact text."""
-    from matpac_cli.heads import plain_labels
+    from matpac_cli.inference.heads import plain_labels
 
     tag_ids, dataset = _head_tag_ids(head)
     labels = plain_labels(tag_ids) if dataset and not raw else tag_ids
@@ -210,7 +210,7 @@ def models_labels(
 
 def _for_stdout(line: str) -> str:
     """`line` as printed on stdout: escaped for a terminal (as `RowWriter`), exact into a pipe."""
-    from matpac_cli.safetext import for_terminal
+    from matpac_cli.outputs.safetext import for_terminal
 
     return for_terminal(line) if sys.stdout.isatty() else line
 
@@ -221,9 +221,9 @@ def _head_tag_ids(head: str) -> tuple[list[str], bool]:
     from pathlib import Path
 
     from matpac_cli.errors import UsageError
-    from matpac_cli.heads import HEAD_SUFFIXES, spec_for_stem
-    from matpac_cli.registry import load_registry
-    from matpac_cli.trained_head import is_trained_head, load_head
+    from matpac_cli.inference.heads import HEAD_SUFFIXES, spec_for_stem
+    from matpac_cli.checkpoints.registry import load_registry
+    from matpac_cli.checkpoints.trained_head import is_trained_head, load_head
 
     path = Path(head).expanduser()
     if path.suffix in HEAD_SUFFIXES:
@@ -246,7 +246,7 @@ def _head_tag_ids(head: str) -> tuple[list[str], bool]:
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
     from matpac_cli.errors import WeightsError
-    from matpac_cli.weights import cached_for_verify, recorded_hashes, verify
+    from matpac_cli.checkpoints.resolve import cached_for_verify, recorded_hashes, verify
 
     reporter = Reporter(False)
     checked = cached_for_verify()

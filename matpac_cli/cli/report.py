@@ -40,7 +40,7 @@ def report(
 
     Example: matpac report tags.csv --embeddings emb.npy --out report.html
     """
-    from matpac_cli.report import build_report
+    from matpac_cli.jobs.report import build_report
 
     started = time.monotonic()
     result = build_report(tags, out, embeddings=embeddings, audio=audio, audio_root=audio_root, title=title,

@@ -62,8 +62,8 @@ def search(
     Examples: matpac search song.flac --index emb.npy --top-k 5
               matpac search --index emb.npy --duplicates --threshold 0.98 --out dups.csv
     """
-    from matpac_cli import search as S
-    from matpac_cli.writers import locked, output_format
+    from matpac_cli.jobs import search as S
+    from matpac_cli.outputs.writers import locked, output_format
 
     started = time.monotonic()
     _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
@@ -120,7 +120,7 @@ def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, t
 def _listed(queries: list[str], null: bool) -> list[str]:
     """The queries with `-` replaced by the names stdin lists, read before the output checks, so
     a query named there is an input like any other: never replaced, even with --force."""
-    from matpac_cli.discovery import read_path_list
+    from matpac_cli.pipeline.discovery import read_path_list
 
     names: list[str] = []
     for query in queries:
@@ -132,9 +132,9 @@ def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool
                    queries: list[str], ext: Optional[str]) -> list[Path]:
     """--out's rules for --out and --failures (the index and the queries are this run's inputs);
     the files to lock."""
-    from matpac_cli.discovery import Item, discover
-    from matpac_cli.readers import embeddings_inputs
-    from matpac_cli.writers import ensure_writable
+    from matpac_cli.pipeline.discovery import Item, discover
+    from matpac_cli.outputs.readers import embeddings_inputs
+    from matpac_cli.outputs.writers import ensure_writable
 
     for path in (target, failures):
         if path is not None:
@@ -149,7 +149,7 @@ def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool
 
 
 def _extensions(ext: Optional[str]):
-    from matpac_cli.discovery import parse_extensions
+    from matpac_cli.pipeline.discovery import parse_extensions
 
     return parse_extensions(ext)
 
@@ -165,7 +165,7 @@ def _embedded(S, emb, plan, model, layer, device, precision, batch_size, workers
 
 def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[Path]) -> int:
     """Stream rows to stdout, or to `target` (atomically: the file appears whole or not at all)."""
-    from matpac_cli.writers import RowWriter, Unit, row_file
+    from matpac_cli.outputs.writers import RowWriter, Unit, row_file
 
     count = 0
     if target is None:

@@ -79,13 +79,13 @@ def tag(
     items = items_for(inputs, ext, null)
     written = _check_outputs(target, manifest, failures, report,
                              items + named_inputs(model, labels, *(head or ())), force)
-    from matpac_cli.writers import locked
+    from matpac_cli.outputs.writers import locked
 
     with locked(*written):
         groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, threads, quiet,
                                          failures, started, device, precision)
         if report is not None and target in summary.outputs:
-            from matpac_cli.report import build_report
+            from matpac_cli.jobs.report import build_report
 
             page = build_report(target, report, force=True)  # checked before the run
             for cut in page.cuts:
@@ -100,11 +100,11 @@ def _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments
     the --out file (None: stdout) and which encoder each head runs on."""
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
     from matpac_cli.engines import check as check_engine
-    from matpac_cli.tag_plan import DEFAULT_HEADS, check_output, plan_groups
-    from matpac_cli.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
-    from matpac_cli.tagging import TagConfig
-    from matpac_cli.weights import parse_hf
-    from matpac_cli.writers import output_format
+    from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, check_output, plan_groups
+    from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
+    from matpac_cli.jobs.tag import TagConfig
+    from matpac_cli.checkpoints.resolve import parse_hf
+    from matpac_cli.outputs.writers import output_format
 
     check_selection(top_k, threshold)
     min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
@@ -127,7 +127,7 @@ def _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments
 def _run(items: list, plan: list, config, target: Optional[Path], labels: Optional[Path], threads: Optional[int],
          quiet: bool, failures: Optional[Path], started: float, device: str, precision: str):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
-    from matpac_cli.tagging import tag as run_tag
+    from matpac_cli.jobs.tag import tag as run_tag
 
     if config.engine == "local":  # with ray, the cluster's devices count, not the driver's
         _check_device(device, precision)
@@ -150,7 +150,7 @@ def _run(items: list, plan: list, config, target: Optional[Path], labels: Option
 def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path],
                    report: Optional[Path], items: list, force: bool) -> list[Path]:
     """--out's rules for every file the run writes; the files to lock."""
-    from matpac_cli.run_outputs import is_manifest
+    from matpac_cli.outputs.rules import is_manifest
 
     outputs: dict = {"--out": target}
     journals = []
@@ -166,8 +166,8 @@ def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: O
 
 def _load_groups(plan: list, runner: Engine, labels: Optional[Path], threads: Optional[int], quiet: bool) -> list:
     """Each encoder of the plan loaded once, with its heads; what will run is said once."""
-    from matpac_cli.tag_plan import describe
-    from matpac_cli.tagging import Group, build_heads
+    from matpac_cli.jobs.tag_plan import describe
+    from matpac_cli.jobs.tag import Group, build_heads
 
     reporter = Reporter(quiet)
     groups = []
@@ -190,14 +190,14 @@ def _check_report(report: Optional[Path], target: Optional[Path], force: bool) -
         from matpac_cli.errors import UsageError
 
         raise UsageError(f"--report {report} is built from the tags file: give --out tags.csv (not stdout)")
-    from matpac_cli.report import check_out
+    from matpac_cli.jobs.report import check_out
 
     check_out(report, force, "--report")
 
 
 def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path], force: bool,
                  check_output) -> None:
-    from matpac_cli.writers import ensure_writable
+    from matpac_cli.outputs.writers import ensure_writable
 
     for path in (target, manifest, failures):
         if path is not None:
@@ -209,13 +209,13 @@ def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Opt
 def _check_models(plan: list) -> list:
     """Every model of the plan is checked before the first one loads (a typo in the second
     costs no download of the first): [(name, what to load, heads)]. A local file is hashed here."""
-    from matpac_cli.tag_plan import check_encoders
+    from matpac_cli.jobs.tag_plan import check_encoders
 
     check_encoders(plan)
     return [(name, check_model(name), heads) for name, heads in plan]
 
 
 def _check_device(device: str, precision: str) -> None:
-    from matpac_cli.predictor import pick_device, pick_dtype
+    from matpac_cli.inference.predictor import pick_device, pick_dtype
 
     pick_dtype(precision, pick_device(device))

@@ -49,12 +49,12 @@ def train(
 
     Example: matpac train ./labelled --out mine.safetensors, then matpac tag ./new --head ./mine.safetensors
     """
-    from matpac_cli.discovery import parse_extensions
+    from matpac_cli.pipeline.discovery import parse_extensions
     from matpac_cli.errors import UsageError
-    from matpac_cli.train import LR_GRID, TrainConfig
-    from matpac_cli.train_data import check_counts, from_index, read_labels
-    from matpac_cli.train_job import check_outputs as check_head, check_trainable
-    from matpac_cli.writers import locked
+    from matpac_cli.jobs.probe import LR_GRID, TrainConfig
+    from matpac_cli.jobs.train_data import check_counts, from_index, read_labels
+    from matpac_cli.jobs.train import check_outputs as check_head, check_trainable
+    from matpac_cli.outputs.writers import locked
 
     started = time.monotonic()
     check_run_options(batch_size, workers, threads, device, precision)
@@ -87,7 +87,7 @@ def train(
 
 def _fit(features, config, out: Path, reporter: Reporter) -> None:
     """Train the head and say what was trained, how well it did, and what was written."""
-    from matpac_cli.train_job import train as run_train
+    from matpac_cli.jobs.train import train as run_train
 
     reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
                   f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
@@ -101,10 +101,10 @@ def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: O
                    failures: Optional[Path], items: list, force: bool) -> list[Path]:
     """--out's rules for every file the run writes (the head, its report, the embeddings it
     computes, --failures); the labels, the audio and --embeddings are inputs. The files to lock."""
-    from matpac_cli.discovery import Item
-    from matpac_cli.embedding import outputs_for
-    from matpac_cli.readers import embeddings_inputs
-    from matpac_cli.train_job import report_path
+    from matpac_cli.pipeline.discovery import Item
+    from matpac_cli.jobs.embed import outputs_for
+    from matpac_cli.outputs.readers import embeddings_inputs
+    from matpac_cli.jobs.train import report_path
 
     outputs = {"--out": Path(out), "the report of --out": report_path(out)}
     journals = []
@@ -121,14 +121,14 @@ def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: O
 
 def _embed(labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force,
            started):
-    from matpac_cli.embedding import EmbedConfig, check_config
-    from matpac_cli.train_data import embed_labelled
+    from matpac_cli.jobs.embed import EmbedConfig, check_config
+    from matpac_cli.jobs.train_data import embed_labelled
 
     cache = cache or Path(out).with_suffix(".emb.npy")
     config = EmbedConfig(out=cache, batch_size=batch_size, workers=workers or None, force=force)
     check_config(config)
     if failures is not None:
-        from matpac_cli.writers import ensure_writable
+        from matpac_cli.outputs.writers import ensure_writable
 
         ensure_writable(failures)
     predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)

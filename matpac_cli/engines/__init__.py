@@ -14,7 +14,7 @@ def check(engine: str) -> str:
     if name not in ENGINES:
         raise UsageError(f"--engine {engine}: expected {' or '.join(ENGINES)}")
     if name == "ray":
-        from matpac_cli.engines.ray import require
+        from matpac_cli.engines.ray.driver import require
 
         require()
     return name
@@ -25,7 +25,7 @@ def run(engine: str, *args, address: str | None = None, on_warning=None, **kwarg
     on the chosen engine; returns how many tries were reruns of work whose process died (Ray's).
     `on_warning` hears of a Ray job stopped for making no progress and run again."""
     if engine == "ray":
-        from matpac_cli.engines.ray import run as run_ray
+        from matpac_cli.engines.ray.driver import run as run_ray
 
         return run_ray(*args, address=address, on_warning=on_warning or (lambda text: None), **kwargs)
     from matpac_cli.engines.local import run as run_local

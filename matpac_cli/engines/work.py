@@ -26,10 +26,10 @@ from typing import Iterator
 
 import numpy as np
 
-from matpac_cli import cpu
-from matpac_cli.discovery import Item
+from matpac_cli.encoder import cpu
+from matpac_cli.pipeline.discovery import Item
 from matpac_cli.errors import InputError, MatpacError, ModelError
-from matpac_cli.pipeline import Plan, Slot, chunk_output, hand_on, run_layers
+from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
@@ -111,8 +111,8 @@ class Recipe:
                    plan.resolved_layers(), plan.frames, plan.segments, p.encoder.linear_kind)
 
     def load(self) -> Plan:
-        from matpac_cli.predictor import Predictor
-        from matpac_cli.weights import resolve
+        from matpac_cli.inference.predictor import Predictor
+        from matpac_cli.checkpoints.resolve import resolve
 
         resolved = resolve(self.path) if Path(self.path).is_file() else resolve(self.name)
         if resolved.sha256 != self.sha256:
@@ -211,7 +211,7 @@ def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: boo
 
 
 def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -> Iterator[dict[str, np.ndarray]]:
-    from matpac_cli.decoding import END, Feed
+    from matpac_cli.pipeline.feed import END, Feed
 
     messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
     feed = Feed(item, messages, n_ts, defer)

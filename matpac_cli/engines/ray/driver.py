@@ -1,0 +1,289 @@
+"""`--engine ray`: the same jobs on a Ray cluster, through Ray Data.
+
+The pipeline has the shape of Ray's own batch-inference examples:
+- the driver discovers the files (the local engine's rules) and makes a dataset of them;
+- CPU tasks decode, resample and cut each file into encoder chunks with the local engine's own
+  `decoding.Feed`, so every chunk holds the same samples as a local run;
+- an actor pool of callable classes, each loading the run's encoders once (`Predictor`), encodes
+  batches of chunks from any files (one GPU per actor where the cluster has GPUs);
+- the driver streams the per-chunk results back, sums each file's chunks with the local
+  engine's `pipeline.Slot`, and hands every finished file to the job's callbacks, so the job code
+  (journal, resume, writers, `--failures`, the summary) is the local one.
+
+A file that fails never fails the job: decoding and encoding catch each file's error and send it
+on as that file's row (one exception in a Ray Data batch fails the whole job, and
+`max_errored_blocks` would drop the batch's good rows with it). Decoding tasks whose worker or
+node died are Ray's to rerun; the driver ignores a chunk it already has. Ray reruns them for
+ever, so each try is counted in an `Attempts` actor beside the driver: a file whose decoding
+killed its process `GIVE_UP` times is given up as that file's error, and the run says how many
+tries were reruns. Encoder actors are not restarted: one that dies (or its node) ends the round,
+and the files left run again on a pool sized for the cluster then (`_run`); decoding claims no
+CPU, so actors can never starve it; a no-progress timeout is the backstop.
+Results arrive as files finish, not in input order (the file outputs are written in input order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+from matpac_cli.pipeline.discovery import Item
+from matpac_cli.errors import InputError, MatpacError
+from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
+from matpac_cli.engines.work import (GIVE_UP, Attempts, Collector, Encoder, Recipe, crash_on, decode_files, died,
+                                     first_line)
+from matpac_cli.pipeline.assemble import Plan
+
+DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
+MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
+STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
+LEDGER_S = 30.0  # the longest a try waits on the ledger's answer (it answers in a millisecond or so)
+STALLS = 3  # rounds in a row that finish no file before the job fails
+
+
+def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
+        on_result: Callable = lambda r: None, on_failure: Callable[[InputError], None] = lambda e: None,
+        on_progress: Callable[[Item, float], None] = lambda i, s: None,
+        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None,
+        on_warning: Callable[[str], None] = lambda text: None) -> int:
+    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
+    Returns how many tries were reruns of work whose process (or node) died."""
+    items = list(items)
+    if not items or not plans:
+        return 0
+    cluster = Cluster(address)
+    ledger = None
+    try:
+        ledger = _Ledger.start()
+        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio),
+             ledger, on_warning)
+        return ledger.retries()
+    finally:
+        if ledger is not None:
+            ledger.stop()
+        cluster.close()
+
+
+class _Ledger:
+    """`Attempts` in an actor on the head node (it outlives any worker and any other node), by
+    name, so that a task or actor anywhere on the cluster reaches it; a try that cannot reach it
+    goes ahead. (Ray Data's own bound, `max_retries` for its tasks, is deprecated in Ray 2.60.)"""
+
+    def __init__(self, name: str, round_: int = 0) -> None:
+        self.name, self.round, self._handle, self._lost = name, round_, None, False
+        self.reruns = 0  # files run again in a later round (the driver's count)
+
+    def for_round(self, round_: int) -> "_Ledger":
+        """Keys of their own for each round: a try that a stopped round cut short is no death."""
+        view = _Ledger(self.name, round_)
+        view._handle = self._handle
+        return view
+
+    @classmethod
+    def start(cls) -> "_Ledger":
+        import uuid
+
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ledger = cls(f"matpac-attempts-{uuid.uuid4().hex}")
+        heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+        here = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
+        ledger._handle = ray.remote(Attempts).options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1,
+                                                      scheduling_strategy=here).remote()
+        return ledger
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "round": self.round}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self.round, self._handle, self.reruns, self._lost = state["name"], state["round"], None, 0, False
+
+    def _actor(self):
+        import ray
+
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name, namespace="matpac")
+        return self._handle
+
+    def _call(self, method: str, *args, default=None):
+        """One round trip; a ledger that did not answer once is not asked again by this copy (an
+        actor's, a task's): a try goes ahead uncounted rather than wait on it for each batch."""
+        import ray
+
+        if self._lost:
+            return default
+        try:
+            return ray.get(getattr(self._actor(), method).remote(*args), timeout=LEDGER_S)
+        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
+            self._lost = True
+            return default
+
+    def _send(self, method: str, *args) -> None:
+        """Fire and forget: nothing waits on the answer (Ray runs one caller's calls to an actor
+        in order, so this process's next `begin` comes after it)."""
+        if self._lost:
+            return
+        with contextlib.suppress(Exception):
+            getattr(self._actor(), method).remote(*args)
+
+    def begin(self, key) -> int:
+        return self._call("begin", (self.round, key), default=0)
+
+    def end(self, key) -> None:
+        self._send("end", (self.round, key))
+
+    def retries(self) -> int:
+        return self._call("retries", default=0) + self.reruns
+
+    def enlist(self) -> None:
+        """From an encoder actor: its own handle, kept with its round."""
+        import ray
+
+        self._send("enlist", self.round, ray.get_runtime_context().current_actor)
+
+    def dismiss(self) -> None:
+        """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
+        collected, holding their CPUs (and restarting ones their claim) meanwhile."""
+        import ray
+
+        for actor in self._call("enlisted_in", self.round, default=[]) or []:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+    def stop(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self._handle)
+
+
+def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
+    """How many encoder actors, what each holds, and its torch threads. A GPU each where the
+    cluster has GPUs; else `--threads` CPUs each (default 1), a quarter of the CPUs left to
+    decoding. Room for one decoding task is always kept, or nothing could feed the actors."""
+    free = max(cpus - DECODE_CPUS, DECODE_CPUS)
+    if device.startswith("cuda"):
+        return max(1, gpus), {"num_gpus": 1, "num_cpus": min(1.0, free / max(gpus, 1))}, threads
+    per = min(float(threads or 1), free)
+    actors = max(1, min(int(free // per), int((cpus - max(1, cpus // 4)) // per)))
+    return actors, {"num_cpus": per}, threads or 1
+
+
+class _Lost(Exception):
+    """A round ended because an encoder actor (or the node it ran on) died."""
+
+
+def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector",
+         ledger: _Ledger, on_warning: Callable[[str], None]) -> None:
+    """The job in rounds, each on the files left with an actor pool sized for the cluster as it
+    is then. Encoder actors are never restarted (`max_restarts=0`): Ray would restart a lost
+    node's actors for ever where the nodes left have no room for them, holding their batches,
+    while the ones that did restart take the CPUs decoding needed (ray-project/ray#44687; so
+    decoding now claims none, `_round`). So a dead actor ends its round at once (`_Lost`),
+    and a round that makes no progress for
+    `stall_s()` (Ray Data stops it) is a backstop for any other hang. `GIVE_UP` rounds in a row
+    lost with no file finished give the files left up as their errors (an encoder that dies on
+    their audio); `STALLS` rounds in a row with no file finished otherwise end the job."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    idle = lost = 0
+    for round_ in itertools.count(1):
+        left = [i for i in range(len(items)) if i not in collector.done]
+        if not left:
+            break
+        done = len(collector.done)
+        try:
+            _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
+            break
+        except (ExecutionTimeoutError, _Lost) as exc:
+            ledger.for_round(round_).dismiss()
+            progress = len(collector.done) > done
+            idle = 0 if progress else idle + 1
+            lost = 0 if progress or not isinstance(exc, _Lost) else lost + 1
+            if lost >= GIVE_UP:
+                collector.finish(died(lost, "encoding it (or a file batched with it)"))
+                return
+            if idle >= STALLS:
+                raise MatpacError(f"the Ray job made no progress, {STALLS} rounds in a row (see `ray status`); "
+                                  "the finished files are kept") from None
+            again = len(left) - (len(collector.done) - done)
+            ledger.reruns += again
+            why = ("lost an encoder actor (its worker or node died)" if isinstance(exc, _Lost) else
+                   f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)")
+            on_warning(f"the Ray job {why}; running the {again} file(s) left again")
+    collector.finish()
+
+
+def _worker_lost(exc: BaseException | None) -> bool:
+    """Whether Ray Data failed the round because an actor died or a lost node took work with it."""
+    from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (RayActorError, ActorUnavailableError, ObjectLostError)):
+            return True
+        cause = getattr(exc, "cause", None)  # a RayTaskError's
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return False
+
+
+def stall_s() -> float:
+    """Seconds without progress before a round stops: MATPAC_RAY_STALL_S, else `STALL_S` (a
+    cluster that waits long for new nodes, or downloads the model slowly on each, may want more)."""
+    try:
+        return max(float(os.environ.get("MATPAC_RAY_STALL_S", "") or STALL_S), 1.0)
+    except ValueError:
+        return STALL_S
+
+
+def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Plan], batch_size: int | None,
+           collector: "Collector", ledger: _Ledger) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from matpac_cli.inference.predictor import default_batch
+
+    device = plans[0].predictor.device
+    actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
+    recipes = [Recipe.of(p, device, threads) for p in plans]
+    rows = [{"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
+            for i in left]
+    DataContext.get_current().execution_no_progress_timeout_s = stall_s()
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
+    # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
+    # stages into the actors, where decoding would wait on the encoder). They claim no CPU, so
+    # that actors holding every CPU of the nodes left after a node is lost cannot starve them
+    # (the job hung so); `concurrency` bounds them instead (two per CPU), spread over the nodes
+    decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
+    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=0, concurrency=decoders,
+                        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
+                                   "crash_on": crash_on()})
+    # the recipes travel inside the class, not as constructor arguments in the object store
+    # (which Ray warns a restarted actor could lose)
+    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
+    with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
+        warnings.simplefilter("ignore")
+        ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
+                            compute=ActorPoolStrategy(min_size=1, max_size=actors), max_restarts=0, **resources)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):
+                collector.add(int(i), int(grid), int(k), data)
+    except (MatpacError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2
+        from ray.data.exceptions import ExecutionTimeoutError
+
+        if isinstance(exc, ExecutionTimeoutError):
+            raise
+        if _worker_lost(exc):
+            raise _Lost() from None
+        raise MatpacError(f"the Ray job failed: {first_line(exc)}") from None

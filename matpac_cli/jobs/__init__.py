@@ -1,0 +1,1 @@
+"""What each command does (embed, tag, search, train, report): no terminal, no flags."""

@@ -1,0 +1,337 @@
+"""The `embed` job: a folder of audio -> one N x 3840 matrix (+ row index, manifest, frames).
+
+The matrix is `emb.npy` with its row index `emb.csv`, or one Parquet table `emb.parquet` whose
+`path` column is the index (`parquet`); the journal, resume and manifest are the same for both.
+Resumable: every finished file is journalled next to the output as soon as it is done; re-running
+the same command reuses finished files (same real path, size, mtime, inode, model and settings)
+and only computes the rest. Once the final matrix is written, the journal keeps only keys and row
+numbers (the matrix holds the data), so a finished output does not cost its size twice on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from matpac_cli.outputs import journal as jr
+from matpac_cli.outputs import writers
+from matpac_cli.config import FRONT_END, PATCH
+from matpac_cli.pipeline.discovery import Item
+from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
+from matpac_cli.outputs.manifest import manifest
+from matpac_cli import engines
+from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.inference.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    out: Path
+    layer: str = "last"  # "last", "all" or "1".."12"
+    frames_dir: Path | None = None
+    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
+    workers: int | None = None
+    force: bool = False
+    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    reused: int = 0
+    failures: list[InputError] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    audio_s: float = 0.0
+    truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
+    left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
+    retries: int = 0  # tries that reran work whose process died (--engine ray)
+    streamed: bool = False  # rows went to stdout (`tag --out -`)
+
+
+def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
+    text = str(layer).strip().lower()
+    if text in ("last", ""):
+        return (depth,)
+    if text == "all":
+        return tuple(range(1, depth + 1))
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--layer {layer}: expected 1..{depth}, last or all") from None
+    if not 1 <= value <= depth:
+        raise UsageError(f"--layer {layer}: this model has layers 1..{depth}")
+    return (value,)
+
+
+SETTING_NAMES = {"model_sha256": "the model (--model)", "layers": "--layer", "precision": "--precision",
+                 "job": "the job (embed vs tag)"}
+
+
+SUFFIXES = (".npy", ".parquet")
+
+
+def outputs_for(out: Path) -> dict[str, Path]:
+    """The files of one output: the matrix, its row index (.npy only), manifest and journal."""
+    if out.suffix not in SUFFIXES:
+        raise UsageError(f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
+                         "in emb.csv) or .parquet (emb.parquet)")
+    paths = {"matrix": out, "index": out.with_suffix(".csv"), "manifest": out.with_suffix(".manifest.json"),
+             "journal": out.with_name(out.name + ".journal")}
+    if out.suffix == ".parquet":
+        del paths["index"]  # the path column is the index
+    return paths
+
+
+def check_config(config: EmbedConfig) -> None:
+    """Everything about the outputs and options that can be refused before a model loads."""
+    paths = outputs_for(config.out)
+    text = str(config.layer).strip().lower()
+    if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
+        raise UsageError(f"--layer {config.layer}: expected a layer number, last or all")
+    for path in paths.values():
+        writers.ensure_writable(path)
+    if config.frames_dir is not None:
+        writers.ensure_writable(config.frames_dir / "probe.npy")
+    if not config.force and not paths["journal"].exists():
+        for key, path in paths.items():
+            if key != "journal" and path.exists():
+                raise OutputError(_not_ours(paths, key))
+
+
+def _not_ours(paths: dict[str, Path], key: str) -> str:
+    """Why an existing file is not replaced; `emb.npy` and `emb.parquet` would share `emb.manifest.json`."""
+    path = paths[key]
+    others = [paths["matrix"].with_suffix(s) for s in SUFFIXES if s != paths["matrix"].suffix]
+    owner = next((o for o in others if key == "manifest" and o.exists()), None)
+    if owner is not None:
+        return (f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
+                "(or --force to replace that manifest)")
+    return writers.not_ours(path)
+
+
+def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
+          on_progress: Callable[[Item, float], None] = lambda i, s: None,
+          on_failure: Callable[[InputError], None] = lambda e: None,
+          argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
+          on_reused: Callable[[Item, float], None] | None = None,
+          on_warning: Callable[[str], None] = lambda text: None) -> Summary:
+    """Embed `items`, write the outputs, and say what happened.
+
+    `on_reused` hears of files taken from an earlier run (default: `on_progress`); `on_warning`
+    of files that decoded but not as their header promised (embedded as read, marked truncated).
+    """
+    check_config(config)
+    paths = outputs_for(config.out)
+    frames = [frames_lock(config.frames_dir)] if config.frames_dir is not None else []
+    with writers.locked(*[path for key, path in paths.items() if key != "journal"], *frames):
+        writers.clean_stale_temps(paths["matrix"])
+        return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
+                      on_reused or on_progress, on_warning)
+
+
+def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio, on_reused, on_warning) -> Summary:
+    layers = parse_layers(config.layer, predictor.dims.depth)
+    settings = {
+        "job": "embed",
+        "model_sha256": predictor.resolved.sha256,
+        "layers": list(layers),
+        "precision": str(predictor.dtype).replace("torch.", ""),
+    }
+    _refuse_overwrite(paths, settings, config.force)
+    journal = jr.Journal(paths["journal"], settings, fresh=config.force)
+    if journal.damaged:
+        on_warning(f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+    previous = _previous_matrix(journal, paths["matrix"])
+    summary = Summary()
+    shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
+    todo = _reuse(items, journal, config, summary, on_reused, shape)
+    _refuse_foreign_frames(todo, journal, config)
+
+    def on_result(res: FileResult) -> None:
+        out = res.outputs[0]
+        if config.frames_dir is not None:
+            frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
+            writers.write_array(writers.mirror_path(config.frames_dir, res.item.name, ".npy"), frames)
+        emb = out.embedding[0] if len(layers) == 1 else out.embedding
+        meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
+        if res.truncated:
+            meta["truncated"] = list(res.truncated)
+            summary.truncated.append(res.item.name)
+            on_warning(f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+                       f"{res.truncated[1]} could be read (file cut short?); embedded what was read")
+        journal.add(res.item, meta, {"embedding": emb})
+        summary.done += 1
+        summary.audio_s += res.duration_s
+
+    def failed(err: InputError) -> None:
+        summary.failures.append(err)
+        on_failure(err)
+
+    plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
+    try:
+        summary.retries += engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
+                    address=config.ray_address, on_warning=on_warning)
+    finally:
+        journal.close()
+    done = _finished_rows(items, journal, previous)
+    if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
+        journal.discard()  # one this run started, with nothing in it, is not left behind
+        summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
+        return summary
+    with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
+        _write_matrix(unit, paths, done, shape, config.frames_dir is not None)
+        unit.json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[],
+                                              extra={"truncated": summary.truncated,
+                                                     "output": _described(paths, config.frames_dir)}))
+    stamp = jr.compact_stamp(paths["matrix"])
+    if stamp is not None:
+        jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
+    summary.outputs = [path for key, path in paths.items() if key != "journal"]
+    if config.frames_dir is not None:
+        summary.outputs.append(config.frames_dir)
+    return summary
+
+
+def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...],
+                  frames: bool = False) -> None:
+    """The matrix and its row index; with `--frames`, each row also names its frames file
+    (relative to the --frames folder) and the seconds between two of its frames."""
+    if "index" in paths:
+        unit.matrix(paths["matrix"], [row for _, _, row in done])
+        unit.csv(paths["index"], INDEX_COLUMNS + (FRAMES_COLUMNS if frames else []), _index_rows(done, frames))
+        return
+    from matpac_cli.outputs import parquet
+
+    with unit.open(paths["matrix"], "wb") as fh:
+        parquet.write_embeddings(fh, [(item.name, rec.meta, row) for item, rec, row in done], shape,
+                                 frames=[_frames_name(item) for item, _, _ in done] if frames else None)
+
+
+FRAMES_COLUMNS = ["frames", "frame_s"]
+FRAME_S = FRONT_END.hop_length * PATCH / FRONT_END.sample_rate  # 0.16 s: one frames row per 16 spectrogram frames
+
+
+def _frames_name(item: Item) -> str:
+    return writers.mirror_name(item.name, ".npy")
+
+
+def _described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
+    """The manifest's `output`: what was written and how its rows are indexed."""
+    out = paths["matrix"]
+    if "index" in paths:
+        described = {"path": str(out), "format": "npy", "index": str(paths["index"])}
+    else:
+        from matpac_cli.outputs.parquet import EMBED_COLUMNS
+
+        described = {"path": str(out), "format": "parquet", "columns": EMBED_COLUMNS + (["frames"] if frames_dir else [])}
+    if frames_dir is not None:
+        described["frames"] = {"folder": str(frames_dir), "column": "frames", "frame_s": FRAME_S,
+                               "window_s": round(FRAME_S + (FRONT_END.win_length - FRONT_END.hop_length)
+                                                 / FRONT_END.sample_rate, 6)}
+    return described
+
+
+def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary: Summary,
+           on_reused: Callable[[Item, float], None], shape: tuple[int, ...]) -> list[Item]:
+    """Count the files an earlier run finished; return the ones still to compute."""
+    todo: list[Item] = []
+    for item in items:
+        rec = journal.finished(item)
+        frames_ok = config.frames_dir is None or _exists(writers.mirror_path(config.frames_dir, item.name, ".npy"))
+        usable = rec is not None and ("embedding" not in rec.arrays or rec.arrays["embedding"].shape == shape)
+        if usable and frames_ok:
+            summary.reused += 1
+            summary.audio_s += rec.meta["duration_s"]
+            if rec.meta.get("truncated"):
+                summary.truncated.append(item.name)
+            on_reused(item, rec.meta["duration_s"])
+        else:
+            todo.append(item)
+    return todo
+
+
+def frames_lock(frames_dir: Path) -> Path:
+    """The name locked for a --frames folder (`.frames.lock` inside it), so two runs never write
+    one folder's frames files at once."""
+    return frames_dir / "frames"
+
+
+def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedConfig) -> None:
+    """A frames file already there is replaced, without --force, only when this output's journal
+    has a record of its input (an earlier run of this --out wrote it): a file of someone else's in
+    the --frames folder is never overwritten. Said before any file is computed."""
+    if config.frames_dir is None or config.force:
+        return
+    for item in todo:
+        path = writers.mirror_path(config.frames_dir, item.name, ".npy")
+        if os.path.lexists(path) and jr.real_path(item) not in journal.done:
+            raise OutputError(f"--frames: {path} exists and was not written by this output's runs "
+                              f"({journal.path}); use --force to replace it, or choose another --frames folder")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name the system cannot look up is not there
+        return False
+
+
+def _previous_matrix(journal: jr.Journal, out: Path) -> np.ndarray | None:
+    """The finished matrix a compact journal points into (a .npy memory-mapped, a Parquet
+    table's embedding column read into memory); records whose rows it no longer holds (it was
+    replaced or edited since) are dropped and recomputed."""
+    compact = {k for k, rec in journal.done.items() if "embedding" not in rec.arrays}
+    if not compact:
+        return None
+    if journal.stamp is not None and journal.stamp == jr.compact_stamp(out):
+        try:
+            if out.suffix == ".parquet":
+                from matpac_cli.outputs.parquet import read_matrix
+
+                matrix = read_matrix(out)
+            else:
+                matrix = np.load(out, mmap_mode="r")
+            if all(0 <= journal.done[k].meta.get("row", -1) < len(matrix) for k in compact):
+                return matrix
+        except (OSError, ValueError, MatpacError):
+            pass
+    journal.forget(compact)
+    return None
+
+
+def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
+    if force or not paths["matrix"].exists():
+        return
+    differ = jr.settings_differ(paths["journal"], settings)
+    if differ:
+        what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
+        raise OutputError(f"{paths['matrix']} was made with another {what}; use --force to replace it "
+                          "or choose another --out")
+
+
+INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
+
+
+def _finished_rows(items: list[Item], journal: jr.Journal,
+                   previous: np.ndarray | None) -> list[tuple[Item, jr.Record, np.ndarray]]:
+    """Every finished file of this input list, in input order, with its embedding: from the
+    journal, or from the earlier matrix a compact journal points into."""
+    done = []
+    for item in items:
+        rec = journal.finished(item)
+        if rec is not None:
+            row = rec.arrays["embedding"] if "embedding" in rec.arrays else previous[rec.meta["row"]]
+            done.append((item, rec, row))
+    return done
+
+
+def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = False):
+    for i, (item, rec, _) in enumerate(done):
+        row = (i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"],
+               1 if rec.meta.get("truncated") else 0)
+        yield row + ((_frames_name(item), f"{FRAME_S:g}") if frames else ())

@@ -1,0 +1,323 @@
+"""Output files: embedding matrix + row index, per-file frames, tag rows, manifest, failures
+(Parquet tables through `parquet`, into the same atomic units).
+
+Every file is written to a temporary name and moved into place, so a reader never sees half a
+file and a killed run never destroys the previous output. CSV is plain RFC 4180 with a header and
+'.' decimals whatever the locale, so pandas and the csv module read it without options; a text
+cell a spreadsheet would run as a formula gets a `'` in front (`safetext`, which `readers` undoes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import signal
+from contextlib import contextmanager
+from pathlib import Path, PurePath
+from typing import IO, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.outputs.safetext import CsvWriter, for_terminal
+from matpac_cli.sidefiles import create, ensure_writable, locked  # noqa: F401 - writers' public names
+
+
+def _tmp(path: Path) -> Path:
+    """matpac's temporary name for `path`: hidden, in the same folder, with this process's PID."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _fail(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class Unit:
+    """Files that make one output (matrix, index, manifest): each is written whole to a temporary
+    name first, and only when all of them are written do they replace the old ones, so a failure
+    on any of them leaves the previous output as it was, every file of it."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def __enter__(self) -> "Unit":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            # Ctrl-C or SIGTERM waits until every file is in place: never a new matrix beside
+            # the old index (the signal is delivered, and the run stops, right after)
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                for tmp, path in self.staged:
+                    try:
+                        os.replace(tmp, path)
+                    except OSError as err:
+                        self._discard()
+                        raise _fail(path, err) from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self._discard()
+
+    def _discard(self) -> None:
+        for tmp, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @contextmanager
+    def open(self, path: Path, mode: str = "w") -> Iterator[IO]:
+        tmp = _tmp(path)
+        self.staged.append((tmp, path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with create(tmp, mode) as fh:  # never through a symlink planted at the temporary name
+                yield fh
+        except OSError as exc:
+            raise _fail(path, exc) from None
+
+    def matrix(self, path: Path, rows: Sequence[np.ndarray]) -> None:
+        """Stack per-file arrays into one .npy, row by row: no second copy in memory, and no
+        memory map (a full disk under a map kills the process with SIGBUS; a write says ENOSPC)."""
+        shape = (len(rows),) + (tuple(rows[0].shape) if rows else (0,))
+        with self.open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            for row in rows:
+                fh.write(np.ascontiguousarray(row, dtype="<f4").tobytes())
+
+    def csv(self, path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+        with self.open(path) as fh:
+            w = CsvWriter(fh)
+            w.writerow(header)
+            w.writerows(rows)
+
+    def json(self, path: Path, data: dict) -> None:
+        with self.open(path) as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+
+
+@contextmanager
+def atomic(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Write to a temporary name, then replace `path`; the old file survives any failure."""
+    with Unit() as unit, unit.open(path, mode) as fh:
+        yield fh
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove temporary files that a killed matpac left beside `path` (`.emb.npy.tmp1234`,
+    `.emb.csv.tmp1234`, ...: the stem's files, whose PID is no longer running)."""
+    removed = []
+    folder, stem = path.parent, path.name.split(".")[0]
+    try:
+        candidates = list(folder.glob(f".{glob.escape(stem)}.*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        m = re.search(r"\.(?:tmp|probe)(\d+)$", tmp.name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive, not ours to judge
+        return True
+    return True
+
+
+def write_matrix(path: Path, rows: Sequence[np.ndarray]) -> None:
+    with Unit() as unit:
+        unit.matrix(path, rows)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    with Unit() as unit:
+        unit.csv(path, header, rows)
+
+
+def write_json(path: Path, data: dict) -> None:
+    with Unit() as unit:
+        unit.json(path, data)
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    with atomic(path, "wb") as fh:
+        np.save(fh, np.asarray(array, dtype=np.float32))
+
+
+def mirror_path(root: Path, name: str, suffix: str) -> Path:
+    """Where a per-file output for input `name` goes under `root` (never outside it)."""
+    return root / mirror_name(name, suffix)
+
+
+MIRROR_MAX = 1024  # bytes of a mirrored name; past this (or a component past 240) it is hashed
+
+
+def mirror_name(name: str, suffix: str) -> str:
+    """The name, relative to an output folder, of the per-file output of input `name`: its path
+    mirrored, one to one, so two inputs never share one. A component that begins with `_` gets
+    one more (`_x` -> `__x`), which leaves `_`-names free for what is not a plain component:
+    `..` is `_up`, a leading `/` is `_root` (`../x` -> `_up/x.npy`, `/tmp/x` -> `_root/tmp/x.npy`).
+    A name too long to mirror (a component past 240 bytes, or 1 KiB in all) is
+    `_long/<sha256 of the name, 16 hex>/<its last 100 characters>`."""
+    pure = PurePath(name)
+    parts = ["_root" if pure.anchor and i == 0 else "_up" if p == ".." else "__" + p[1:] if p[:1] == "_" else p
+             for i, p in enumerate(pure.parts) if p not in (".", "")]
+    parts = [p for p in parts if p not in ("/", "\\")]
+    mirrored = "/".join(parts) + suffix
+    if parts and max(len(os.fsencode(p)) for p in parts) + len(suffix) <= 240 \
+            and len(os.fsencode(mirrored)) <= MIRROR_MAX:
+        return mirrored
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    tail = (pure.name or "file")[-100:]
+    return f"_long/{digest}/{tail}{suffix}"
+
+
+FAILURES_COLUMNS = ("path", "reason")  # the header of a --failures list: how matpac knows one it wrote
+
+
+def not_ours(path: Path, option: str = "") -> str:
+    """Why an existing file is not replaced without --force (one wording for every output). A
+    `.csv` beside a `.npy` is named as that matrix's row index: replacing it would orphan it."""
+    said = f"{option} {path}".strip()
+    matrix = path.with_suffix(".npy")
+    if path.suffix.lower() == ".csv" and matrix.exists():
+        return (f"{said} is the row index of {matrix}; give another name (--force would replace it and "
+                f"leave {matrix.name} without its index)")
+    return f"{said} exists and was not written by matpac; use --force to replace it"
+
+
+class FailureLog:
+    """`--failures FILE`, written as failures happen (a run over 50,000 bad files holds none of
+    them in memory for it), to matpac's temporary name, moved into place on `close` (at the end,
+    and when the run is interrupted: the list so far), so FILE is never half-written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, _tmp(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(path)  # a killed run's list (the caller holds FILE's lock)
+            self.fh = create(self.tmp, "w")
+            self.csv = CsvWriter(self.fh)
+            self.csv.writerow(FAILURES_COLUMNS)
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(path, exc) from None
+
+    def add(self, err: InputError) -> None:
+        try:
+            self.csv.writerow([err.path, err.reason])
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self.path, exc) from None
+
+    def close(self) -> None:
+        if self.fh.closed:
+            return
+        try:
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            raise _fail(self.path, exc) from None
+
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+BINARY = {"parquet"}  # formats that are files only, never stdout
+
+
+def output_format(out: str | None, fmt: str | None) -> str:
+    """The row format for `--out`/`--format`: refused, in one line, unless both agree on a
+    supported one. `out` None or '-' is stdout (csv unless --format says jsonl; never Parquet,
+    which is binary)."""
+    supported = ", ".join(sorted(set(FORMATS.values())))
+    if fmt is not None and fmt.lower() not in FORMATS.values():
+        raise UsageError(f"--format {fmt}: supported formats are {supported}")
+    if out in (None, "-"):
+        if fmt is not None and fmt.lower() in BINARY:
+            raise UsageError(f"--format {fmt.lower()} is binary and is not written to stdout; "
+                             f"give --out FILE.{fmt.lower()}")
+        return (fmt or "csv").lower()
+    ext = Path(out).suffix.lower()
+    if ext not in FORMATS:
+        raise UsageError(f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
+                         f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout")
+    if fmt is not None and fmt.lower() != FORMATS[ext]:
+        raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
+    return FORMATS[ext]
+
+
+@contextmanager
+def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterator["RowWriter"]:
+    """A row writer into `path`, one of `unit`'s files: CSV or JSON Lines as text, or a Parquet
+    table (`parquet.RowTable`, the same `write(row)`), whose footer is written on success."""
+    if fmt not in BINARY:
+        with unit.open(path) as fh:
+            yield RowWriter(fh, fmt, columns)
+        return
+    from matpac_cli.outputs.parquet import RowTable
+
+    with unit.open(path, "wb") as fh:
+        table = RowTable(fh, columns)
+        try:
+            yield table
+        except BaseException:
+            table.abort()
+            raise
+        table.close()
+
+
+class RowWriter:
+    """Streams tag rows as CSV or JSON Lines to an open text stream (a file or stdout): CSV writes
+    flags as 1/0 and seconds with 3 decimals, JSON Lines true/false and the values as they are. On a
+    terminal (stdout not redirected) control characters in the text are shown as escapes, so a
+    file name or label cannot drive the terminal; a file or a pipe gets the exact text."""
+
+    def __init__(self, stream: IO[str], fmt: str, columns: Sequence[str]) -> None:
+        if fmt not in ("csv", "jsonl"):
+            raise OutputError(f"--format {fmt}: expected csv or jsonl")
+        self.stream, self.fmt, self.columns = stream, fmt, list(columns)
+        self.terminal = _isatty(stream)
+        self._csv = CsvWriter(stream) if fmt == "csv" else None
+        self._seconds = [i for i, c in enumerate(self.columns) if c.endswith("_s")]
+        if self._csv:
+            self._csv.writerow(self.columns)
+
+    def write(self, row: dict) -> None:
+        if self._csv:
+            # CSV spells a flag 1/0 (as emb.csv does) and a time in seconds (a column named *_s) to
+            # the millisecond: 6 significant digits would cut a 3-hour file's times to 0.1 s
+            cells = [int(v) if v.__class__ is bool else v for v in (row.get(c) for c in self.columns)]
+            for i in self._seconds:
+                if cells[i] is not None:
+                    cells[i] = f"{cells[i]:.3f}"
+            if self.terminal:
+                cells = [for_terminal(v) if isinstance(v, str) else v for v in cells]
+            self._csv.writerow(cells)
+            return
+        line = json.dumps({c: row[c] for c in self.columns if c in row})  # every other control is \u-escaped
+        self.stream.write((line.replace("\x7f", "\\u007f") if self.terminal else line) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False

@@ -1,0 +1,1 @@
+"""From a folder to per-file results: discovery -> audio -> feed -> chunking -> assemble."""

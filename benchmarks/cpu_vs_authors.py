@@ -43,7 +43,7 @@ from throughput import make_checkpoint, make_flac  # noqa: E402
 
 QUIET_LOAD = 0.2  # others' load (cores) under which a round counts as quiet
 
-AUTHORS_RUNNER = textwrap.dedent('''
+AUTHORS_RUNNER = textwrap.dedent("""
     import sys
     import numpy as np, soundfile as sf, torch, torchaudio
     import matpac.encoder as E
@@ -61,7 +61,7 @@ AUTHORS_RUNNER = textwrap.dedent('''
             emb, _ = model(x[None])
             rows.append(emb[0].numpy())
     np.save(out, np.stack(rows))
-''')
+""")
 
 
 def busy_s() -> float:
@@ -96,22 +96,43 @@ def wait_quiet(limit_s: float = 300.0, load: float = QUIET_LOAD) -> float:
             return others
 
 
-def _contenders(args: argparse.Namespace, tmp: Path, ckpt: Path, clips: Path, files: list[Path],
-                default: str) -> dict[str, tuple[list[str], dict]]:
+def _contenders(
+    args: argparse.Namespace, tmp: Path, ckpt: Path, clips: Path, files: list[Path], default: str
+) -> dict[str, tuple[list[str], dict]]:
     """The commands timed each round: the authors' code, matpac with each kind of linear layers
     and, with --glibc-defaults, matpac's default kind without the allocator setting."""
     runner = tmp / "authors_runner.py"
     runner.write_text(AUTHORS_RUNNER)
-    contenders = {"authors": ([args.authors_python, str(runner), str(ckpt), str(tmp / "authors.npy"),
-                               *map(str, files)], {"PYTHONPATH": str(Path(args.authors).resolve())})}
+    contenders = {
+        "authors": (
+            [args.authors_python, str(runner), str(ckpt), str(tmp / "authors.npy"), *map(str, files)],
+            {"PYTHONPATH": str(Path(args.authors).resolve())},
+        )
+    }
     for kind in ("onednn", "plain"):
-        cmd = [sys.executable, "-m", "matpac_cli", "embed", str(clips), "--out", str(tmp / f"{kind}.npy"),
-               "--model", str(ckpt), "--device", "cpu", "--quiet", "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "matpac_cli",
+            "embed",
+            str(clips),
+            "--out",
+            str(tmp / f"{kind}.npy"),
+            "--model",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--force",
+        ]
         contenders[kind] = (cmd, {"MATPAC_CPU_LINEAR": kind})
     if args.glibc_defaults:
         cmd = list(contenders[default][0])
-        cmd[1:3] = ["-c", "import sys; from matpac_cli.encoder import cpu; cpu.keep_freed_memory = lambda: False; "
-                          "from matpac_cli.cli import entry; sys.argv[0] = 'matpac'; entry()"]
+        cmd[1:3] = [
+            "-c",
+            "import sys; from matpac_cli.encoder import cpu; cpu.keep_freed_memory = lambda: False; "
+            "from matpac_cli.cli import entry; sys.argv[0] = 'matpac'; entry()",
+        ]
         cmd[cmd.index("--out") + 1] = str(tmp / "glibc.npy")
         contenders["glibc"] = (cmd, {"MATPAC_CPU_LINEAR": default})
     return contenders
@@ -127,8 +148,12 @@ def compare(args: argparse.Namespace) -> None:
     for i in range(args.files):
         files.append(clips / f"clip{i:02d}.flac")
         make_flac(files[-1], args.seconds, seed=i)
-    default = subprocess.run([sys.executable, "-c", "from matpac_cli.encoder.cpu import choose; print(choose())"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    default = subprocess.run(
+        [sys.executable, "-c", "from matpac_cli.encoder.cpu import choose; print(choose())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     contenders = _contenders(args, tmp, ckpt, clips, files, default)
     for cmd, env in contenders.values():  # warm-up: page cache, first-run caches (hash, probes)
         timed(cmd, env)
@@ -136,30 +161,45 @@ def compare(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {k: [] for k in contenders}
     others: list[float] = []
     audio_s = args.files * args.seconds
-    print(f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC ({audio_s / 60:.1f} min), full-size random ViT-B, "
-          f"fp32, {os.cpu_count()} cores; matpac's default linear layers here: {default}"
-          + (f"; glibc = {default} without the allocator setting" if "glibc" in mine else ""))
-    print("round  authors  " + "  ".join(f"{k:>6}" for k in mine) + "  " + "  ".join(f"authors/{k}" for k in mine)
-          + "  others' load (cores)")
+    print(
+        f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC ({audio_s / 60:.1f} min), full-size random ViT-B, "
+        f"fp32, {os.cpu_count()} cores; matpac's default linear layers here: {default}"
+        + (f"; glibc = {default} without the allocator setting" if "glibc" in mine else "")
+    )
+    print(
+        "round  authors  "
+        + "  ".join(f"{k:>6}" for k in mine)
+        + "  "
+        + "  ".join(f"authors/{k}" for k in mine)
+        + "  others' load (cores)"
+    )
     for r in range(args.rounds):
         if args.wait_quiet:
             wait_quiet()
         load = 0.0
-        for name in (list(contenders) if r % 2 == 0 else list(reversed(contenders))):
+        for name in list(contenders) if r % 2 == 0 else list(reversed(contenders)):
             took, busy = timed(*contenders[name])
             times[name].append(took)
             load = max(load, busy)
         others.append(load)
         a = times["authors"][-1]
-        print(f"{r + 1:5d}  {a:7.2f}  " + "  ".join(f"{times[k][-1]:6.2f}" for k in mine) + "  "
-              + "  ".join(f"{a / times[k][-1]:{len(k) + 8}.2f}" for k in mine) + f"  {load:5.2f}", flush=True)
+        print(
+            f"{r + 1:5d}  {a:7.2f}  "
+            + "  ".join(f"{times[k][-1]:6.2f}" for k in mine)
+            + "  "
+            + "  ".join(f"{a / times[k][-1]:{len(k) + 8}.2f}" for k in mine)
+            + f"  {load:5.2f}",
+            flush=True,
+        )
     quiet = [r for r in range(args.rounds) if others[r] < QUIET_LOAD] or list(range(args.rounds))
     label = f"{len(quiet)} rounds with others' load < {QUIET_LOAD}" if len(quiet) < args.rounds else "all rounds"
     for kind in mine:
         ratios = [times["authors"][r] / times[kind][r] for r in quiet]
         mark = "  <- matpac's default here" if kind == default else ""
-        print(f"median authors/{kind} = {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
-              f"max {max(ratios):.2f}; {label}){mark}")
+        print(
+            f"median authors/{kind} = {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+            f"max {max(ratios):.2f}; {label}){mark}"
+        )
     ref = np.load(tmp / "authors.npy")
     print(", ".join(f"max |{k} - authors| = {np.abs(np.load(tmp / f'{k}.npy') - ref).max():.2e}" for k in mine))
 
@@ -187,8 +227,10 @@ def batch_sweep(args: argparse.Namespace) -> None:
     cells = [(k, b) for b in batches for k in encoders]
     ms: dict[tuple, list[float]] = {c: [] for c in cells}
     others: list[float] = []
-    print(f"{torch.get_num_threads()} threads, {args.rounds} rounds of max(16, batch) chunks per cell; "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds of max(16, batch) chunks per cell; "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     with torch.inference_mode():
         for kind, b in cells:  # warm-up: oneDNN primitives, allocator
             encoders[kind](mels[b])
@@ -196,7 +238,7 @@ def batch_sweep(args: argparse.Namespace) -> None:
             if args.wait_quiet:
                 wait_quiet()
             busy0, self0, t_round = busy_s(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            for kind, b in (cells if r % 2 == 0 else cells[::-1]):
+            for kind, b in cells if r % 2 == 0 else cells[::-1]:
                 t0, reps = time.perf_counter(), max(1, 16 // b)
                 for _ in range(reps):
                     encoders[kind](mels[b])
@@ -204,16 +246,22 @@ def batch_sweep(args: argparse.Namespace) -> None:
             self1 = resource.getrusage(resource.RUSAGE_SELF)
             own = self1.ru_utime - self0.ru_utime + self1.ru_stime - self0.ru_stime
             others.append(max(0.0, busy_s() - busy0 - own) / (time.perf_counter() - t_round))
-            print(f"  round {r + 1}: " + "  ".join(f"{k[0]}{b}={ms[(k, b)][-1]:.0f}" for k, b in cells)
-                  + f"   others' load {others[-1]:.2f}", flush=True)
+            print(
+                f"  round {r + 1}: "
+                + "  ".join(f"{k[0]}{b}={ms[(k, b)][-1]:.0f}" for k, b in cells)
+                + f"   others' load {others[-1]:.2f}",
+                flush=True,
+            )
     quiet = [r for r in range(args.rounds) if others[r] < QUIET_LOAD] or list(range(args.rounds))
     print(f"over {len(quiet)} of {args.rounds} rounds (others' load < {QUIET_LOAD}, or all if none was):")
     print("batch  onednn ms/chunk (min..max)  plain ms/chunk (min..max)  plain/onednn: median of rounds' ratios")
     for b in batches:
         o, p = [ms[("onednn", b)][r] for r in quiet], [ms[("plain", b)][r] for r in quiet]
         paired = statistics.median(y / x for x, y in zip(o, p))  # each round's two cells ran back to back
-        print(f"{b:5d}  {statistics.median(o):6.1f} ({min(o):.0f}..{max(o):.0f})        "
-              f"{statistics.median(p):6.1f} ({min(p):.0f}..{max(p):.0f})       {paired:5.2f}")
+        print(
+            f"{b:5d}  {statistics.median(o):6.1f} ({min(o):.0f}..{max(o):.0f})        "
+            f"{statistics.median(p):6.1f} ({min(p):.0f}..{max(p):.0f})       {paired:5.2f}"
+        )
 
 
 def main() -> None:
@@ -224,10 +272,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batch-sweep", action="store_true")
-    ap.add_argument("--glibc-defaults", action="store_true",
-                    help="also time matpac's default layers without its allocator setting")
-    ap.add_argument("--wait-quiet", action="store_true",
-                    help="before each round, wait (up to 5 min) until other tenants leave the cores idle")
+    ap.add_argument(
+        "--glibc-defaults", action="store_true", help="also time matpac's default layers without its allocator setting"
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        action="store_true",
+        help="before each round, wait (up to 5 min) until other tenants leave the cores idle",
+    )
     args = ap.parse_args()
     if args.batch_sweep:
         batch_sweep(args)

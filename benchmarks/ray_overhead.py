@@ -57,10 +57,14 @@ def main() -> None:
         base = ["embed", str(clips), "--model", str(ckpt), "-q", "--force"]
         runs = {
             "local": (base + ["--out", str(work / "local.npy")], {}),
-            "ray, running cluster": (base + ["--out", str(work / "ray.npy"), "--engine", "ray"],
-                                     {**ENV, "RAY_ADDRESS": head.address}),
-            "ray, local instance": (base + ["--out", str(work / "inst.npy"), "--engine", "ray"],
-                                    {"RAY_USAGE_STATS_ENABLED": "0"}),
+            "ray, running cluster": (
+                base + ["--out", str(work / "ray.npy"), "--engine", "ray"],
+                {**ENV, "RAY_ADDRESS": head.address},
+            ),
+            "ray, local instance": (
+                base + ["--out", str(work / "inst.npy"), "--engine", "ray"],
+                {"RAY_USAGE_STATS_ENABLED": "0"},
+            ),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(a.rounds):
@@ -72,8 +76,10 @@ def main() -> None:
     local = np.load(work / "local.npy")
     diff = max(float(np.abs(np.load(work / f) - local).max()) for f in ("ray.npy", "inst.npy"))
     audio = a.files * a.seconds
-    print(f"\n{a.files} files x {a.seconds:.0f} s (44.1 kHz stereo FLAC), ViT-B, {os.cpu_count()} cores; "
-          f"max |ray - local| = {diff:.2e}")
+    print(
+        f"\n{a.files} files x {a.seconds:.0f} s (44.1 kHz stereo FLAC), ViT-B, {os.cpu_count()} cores; "
+        f"max |ray - local| = {diff:.2e}"
+    )
     med_local = statistics.median(times["local"])
     for name, values in times.items():
         med = statistics.median(values)

@@ -41,8 +41,16 @@ def _labels(head: str) -> list[str]:
 
 def _top5(name: str, head: str, tags: list[str], scores: np.ndarray, times=None):
     for rank, i in enumerate(np.argsort(-scores)[:5], start=1):
-        row = {"path": name, "head": head, "label": tags[i].rsplit("---", 1)[-1], "score": float(scores[i]),
-               "rank": rank, "tag_id": tags[i], "start_s": None, "end_s": None}
+        row = {
+            "path": name,
+            "head": head,
+            "label": tags[i].rsplit("---", 1)[-1],
+            "score": float(scores[i]),
+            "rank": rank,
+            "tag_id": tags[i],
+            "start_s": None,
+            "end_s": None,
+        }
         if times is not None:
             row.update(start_s=round(times[0], 3), end_s=round(times[1], 3))
         yield row
@@ -51,15 +59,17 @@ def _top5(name: str, head: str, tags: list[str], scores: np.ndarray, times=None)
 def write_run(folder: Path, n: int, dim: int, seed: int = 0) -> None:
     # imported here: tag_rows brings torch, and a parent that holds torch makes its children's
     # peak RSS (counted from the fork, before exec) look 500 MB larger
+    from matpac_cli.jobs.tag_rows import columns
     from matpac_cli.outputs import writers
     from matpac_cli.outputs.readers import INDEX_COLUMNS
-    from matpac_cli.jobs.tag_rows import columns
 
     rng = np.random.default_rng(seed)
     style = rng.integers(0, STYLES, n)
     durations = np.clip(rng.lognormal(np.log(210), 0.35, n), 20, 900)
-    names = [f"music/{['rock', 'jazz', 'ambient', 'electronic'][s % 4]}/album{s:02d}/track{i:05d}.flac"
-             for i, s in enumerate(style)]
+    names = [
+        f"music/{['rock', 'jazz', 'ambient', 'electronic'][s % 4]}/album{s:02d}/track{i:05d}.flac"
+        for i, s in enumerate(style)
+    ]
     centres = rng.standard_normal((STYLES, dim)).astype(np.float32)
     tags = {h: _labels(h) for h in HEADS}
     bias = {h: rng.normal(0, 2.2, (STYLES, len(tags[h]))) - 2.0 for h in HEADS}
@@ -76,19 +86,40 @@ def write_run(folder: Path, n: int, dim: int, seed: int = 0) -> None:
                     times = (s, min(s + LENGTH, durations[i] - 0.005))
                     for row in _top5(name, h, tags[h], seg, times):
                         out.write(row)
-    manifest = {"matpac_version": "0.1.0", "created": "2026-01-01T00:00:00+00:00",
-                "command": ["matpac", "tag", "music", "--segments", "--out", "tags.csv"],
-                "models": [{"name": "matpac-plus-music", "source": "synthetic", "sha256": "0" * 64,
-                            "device": "cuda", "precision": "bfloat16"}],
-                "heads": [{"name": h, "encoder": "matpac-plus-music", "source": f"probes:music/{h}.pth",
-                           "activation": "sigmoid", "classes": len(tags[h])} for h in HEADS],
-                "output": {"path": "tags.csv", "format": "csv", "columns": columns(True), "top_k": 5, "threshold": None}}
+    manifest = {
+        "matpac_version": "0.1.0",
+        "created": "2026-01-01T00:00:00+00:00",
+        "command": ["matpac", "tag", "music", "--segments", "--out", "tags.csv"],
+        "models": [
+            {
+                "name": "matpac-plus-music",
+                "source": "synthetic",
+                "sha256": "0" * 64,
+                "device": "cuda",
+                "precision": "bfloat16",
+            }
+        ],
+        "heads": [
+            {
+                "name": h,
+                "encoder": "matpac-plus-music",
+                "source": f"probes:music/{h}.pth",
+                "activation": "sigmoid",
+                "classes": len(tags[h]),
+            }
+            for h in HEADS
+        ],
+        "output": {"path": "tags.csv", "format": "csv", "columns": columns(True), "top_k": 5, "threshold": None},
+    }
     writers.write_json(folder / "tags.csv.manifest.json", manifest)
     rows = (centres[s] + 0.9 * rng.standard_normal(dim).astype(np.float32) for s in style)
     with writers.Unit() as unit:
         unit.matrix(folder / "emb.npy", list(rows))
-        unit.csv(folder / "emb.csv", INDEX_COLUMNS, [[i, name, f"{d:.3f}", 44100, 2, 0]
-                                                     for i, (name, d) in enumerate(zip(names, durations))])
+        unit.csv(
+            folder / "emb.csv",
+            INDEX_COLUMNS,
+            [[i, name, f"{d:.3f}", 44100, 2, 0] for i, (name, d) in enumerate(zip(names, durations))],
+        )
         unit.json(folder / "emb.manifest.json", {"matpac_version": "0.1.0", "models": [{"name": "matpac-plus-music"}]})
 
 
@@ -106,13 +137,36 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, __file__, "--files", str(args.files), "--dim", str(args.dim),
-                        "--inputs-only", str(folder)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--files",
+                str(args.files),
+                "--dim",
+                str(args.dim),
+                "--inputs-only",
+                str(folder),
+            ],
+            check=True,
+        )
         rows = sum(1 for _ in open(folder / "tags.csv")) - 1
-        print(f"inputs: {args.files} tracks, {rows:,} tag rows ({(folder / 'tags.csv').stat().st_size / 2**20:.0f} MB), "
-              f"{args.files} x {args.dim} embeddings; written in {time.monotonic() - started:.1f} s")
-        cmd = [sys.executable, "-m", "matpac_cli", "report", "tags.csv", "--embeddings", "emb.npy",
-               "--out", "report.html", "--force"]
+        print(
+            f"inputs: {args.files} tracks, {rows:,} tag rows ({(folder / 'tags.csv').stat().st_size / 2**20:.0f} MB), "
+            f"{args.files} x {args.dim} embeddings; written in {time.monotonic() - started:.1f} s"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "matpac_cli",
+            "report",
+            "tags.csv",
+            "--embeddings",
+            "emb.npy",
+            "--out",
+            "report.html",
+            "--force",
+        ]
         started = time.monotonic()
         with open(folder / "report.stderr", "w+") as err:
             proc = subprocess.Popen(cmd, cwd=folder, stderr=err, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -124,8 +178,9 @@ def main() -> None:
             sys.exit(f"matpac report failed: {message}")
         rss = usage.ru_maxrss / 1024
         size = (folder / "report.html").stat().st_size
-        print(f"report.html: {size / 2**20:.2f} MB for {args.files} tracks; built in {wall:.1f} s, "
-              f"peak RSS {rss:.0f} MB")
+        print(
+            f"report.html: {size / 2**20:.2f} MB for {args.files} tracks; built in {wall:.1f} s, peak RSS {rss:.0f} MB"
+        )
         print(message)
 
 

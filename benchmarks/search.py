@@ -80,8 +80,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    result = {"rows": args.rows, "dim": args.dim, "queries": args.queries, "cpus": os.cpu_count(),
-              "machine": platform.processor() or platform.machine()}
+    result = {
+        "rows": args.rows,
+        "dim": args.dim,
+        "queries": args.queries,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
     with tempfile.TemporaryDirectory(prefix="matpac-bench-search-") as tmp:
         t0 = time.perf_counter()
         npy = write_index(Path(tmp), args.rows, args.dim)
@@ -93,8 +98,19 @@ def main() -> None:
         result["nearest_s"], got = best_of(args.repeat, lambda: nearest(index, queries, 10, picks.tolist()))
         result["max_score_error"] = check(index, picks, got)
         names = [f"lib/track{i:06d}.flac" for i in picks]
-        cmd = [sys.executable, "-m", "matpac_cli", "search", *names, "--index", str(npy), "--quiet",
-               "--out", str(Path(tmp) / "near.csv"), "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "matpac_cli",
+            "search",
+            *names,
+            "--index",
+            str(npy),
+            "--quiet",
+            "--out",
+            str(Path(tmp) / "near.csv"),
+            "--force",
+        ]
         result["cli_s"], _ = best_of(args.repeat, lambda: subprocess.run(cmd, check=True))
         sub = index[: args.dup_rows]
         result["dup_rows"] = len(sub)
@@ -102,13 +118,19 @@ def main() -> None:
         result["duplicate_pairs"] = len(pairs)
     for key in ("nearest_s", "cli_s", "duplicates_s"):
         result[key] = round(result[key], 2)
-    print(f"index {args.rows} x {args.dim} float32 ({args.rows * args.dim * 4 / 2**30:.2f} GiB), "
-          f"{result['cpus']} CPUs, {result['machine']}")
-    print(f"(a) nearest, {args.queries} queries, top 10, exact: {result['nearest_s']} s "
-          f"(max |score - numpy float64| {result['max_score_error']:.1e})")
+    print(
+        f"index {args.rows} x {args.dim} float32 ({args.rows * args.dim * 4 / 2**30:.2f} GiB), "
+        f"{result['cpus']} CPUs, {result['machine']}"
+    )
+    print(
+        f"(a) nearest, {args.queries} queries, top 10, exact: {result['nearest_s']} s "
+        f"(max |score - numpy float64| {result['max_score_error']:.1e})"
+    )
     print(f"(b) `matpac search` program, {args.queries} path queries: {result['cli_s']} s")
-    print(f"(c) duplicates over {result['dup_rows']} rows (all pairs): {result['duplicates_s']} s, "
-          f"{result['duplicate_pairs']} pairs >= 0.98")
+    print(
+        f"(c) duplicates over {result['dup_rows']} rows (all pairs): {result['duplicates_s']} s, "
+        f"{result['duplicate_pairs']} pairs >= 0.98"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

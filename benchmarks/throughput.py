@@ -46,8 +46,10 @@ def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     model = MatpacEncoder(EncoderDims(width=768, depth=12, heads=12, mlp_width=3072, n_t=n_t))
-    sd = {k: (torch.randn_like(v) * 0.02 if v.ndim > 1 else v + 0.01 * torch.randn_like(v))
-          for k, v in model.state_dict().items()}
+    sd = {
+        k: (torch.randn_like(v) * 0.02 if v.ndim > 1 else v + 0.01 * torch.randn_like(v))
+        for k, v in model.state_dict().items()
+    }
     torch.save(sd, path)
 
 
@@ -97,7 +99,7 @@ class GpuBusy:
     def __init__(self, device: str) -> None:
         self.device, self.samples, self._stop = device, [], threading.Event()
 
-    def __enter__(self) -> "GpuBusy":
+    def __enter__(self) -> GpuBusy:
         if self.device.startswith("cuda"):
             try:
                 torch.cuda.utilization(torch.device(self.device))
@@ -121,17 +123,20 @@ class GpuBusy:
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
-def end_to_end(ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int,
-               workers: int | None) -> tuple[float, float, np.ndarray, float | None]:
+def end_to_end(
+    ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int, workers: int | None
+) -> tuple[float, float, np.ndarray, float | None]:
     """`embed` on the folder: rate, audio seconds, embeddings, and the GPU's busy share."""
-    from matpac_cli.pipeline.discovery import discover
-    from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.pipeline.discovery import discover
 
     pred = Predictor.load(str(ckpt), device, precision)
     items = discover([str(folder)])
     if device.startswith("cuda"):  # warm-up on one file, so kernel selection is not timed
-        embed(items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), batch_size=batch, workers=workers, force=True))
+        embed(
+            items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), batch_size=batch, workers=workers, force=True)
+        )
     with GpuBusy(device) as busy:
         t0 = time.perf_counter()
         summary = embed(items, pred, EmbedConfig(out=out, batch_size=batch, workers=workers, force=True))
@@ -247,9 +252,11 @@ def _header(args: argparse.Namespace) -> str:
 
     where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     workers = args.workers or default_workers(args.device)
-    return (f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-            f"decode workers {workers}; precision {args.precision}, batch {args.batch_size}; "
-            f"{args.files} x {args.seconds:.0f} s stereo files (FLAC and MP3 at 44.1 kHz, WAV at 16 kHz)")
+    return (
+        f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"decode workers {workers}; precision {args.precision}, batch {args.batch_size}; "
+        f"{args.files} x {args.seconds:.0f} s stereo files (FLAC and MP3 at 44.1 kHz, WAV at 16 kHz)"
+    )
 
 
 def _sync(device: str) -> None:
@@ -267,10 +274,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each FLAC file")
     ap.add_argument("--skip-memory", action="store_true", help="skip (d)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
-    ap.add_argument("--formats", default="flac,mp3,wav16",
-                    help="formats for the end-to-end / decode-only table (flac, mp3, wav16)")
-    ap.add_argument("--sweep", action="store_true",
-                    help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32")
+    ap.add_argument(
+        "--formats", default="flac,mp3,wav16", help="formats for the end-to-end / decode-only table (flac, mp3, wav16)"
+    )
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="(a) and (b) for batch sizes 8/32/128 in fp32 and reduced precision, with max diff vs fp32",
+    )
     args = ap.parse_args()
     from matpac_cli.encoder import cpu
 
@@ -284,7 +295,9 @@ def main() -> None:
         print(_header(args))
         a = encoder_only(ckpt, args.device, args.precision, args.batch_size)
         print(f"(a) encoder only      : {a:8.1f} audio-s/s")
-        b, _, emb, busy = end_to_end(ckpt, folder, tmp / "emb.npy", args.device, args.precision, args.batch_size, args.workers)
+        b, _, emb, busy = end_to_end(
+            ckpt, folder, tmp / "emb.npy", args.device, args.precision, args.batch_size, args.workers
+        )
         print(f"(b) end-to-end embed  : {b:8.1f} audio-s/s" + (f"   GPU busy {busy:.0%}" if busy is not None else ""))
         dec = decode_only(folder, args.workers, args.device)
         print(f"    decoding side only: {dec:8.1f} audio-s/s (decode, resample, cut; the ceiling for b)")
@@ -292,8 +305,16 @@ def main() -> None:
         print(f"(c) naive loop        : {c:8.1f} audio-s/s")
         diff = float(np.abs(emb - ref).max())
         print(f"    b/a = {b / a:.2f}   b/c = {b / c:.2f}   max |embed - naive| = {diff:.2e}")
-        figures = {"encoder_only": a, "end_to_end": b, "naive": c, "b_over_a": b / a, "b_over_c": b / c,
-                   "max_abs_diff": diff, "gpu_busy": busy, "decode_only": dec}
+        figures = {
+            "encoder_only": a,
+            "end_to_end": b,
+            "naive": c,
+            "b_over_a": b / a,
+            "b_over_c": b / c,
+            "max_abs_diff": diff,
+            "gpu_busy": busy,
+            "decode_only": dec,
+        }
         if args.formats:
             figures["formats"] = formats_table(tmp, ckpt, args, args.precision, args.batch_size)
         if not args.skip_memory:
@@ -302,7 +323,9 @@ def main() -> None:
             make_flac(long, 1800, seed=2)
             m1 = peak_rss_mb(ckpt, short, tmp / "m1.npy", args.device)
             m30 = peak_rss_mb(ckpt, long, tmp / "m30.npy", args.device)
-            print(f"(d) peak RSS          : 1-min file {m1:.0f} MB, 30-min file {m30:.0f} MB, difference {m30 - m1:.0f} MB")
+            print(
+                f"(d) peak RSS          : 1-min file {m1:.0f} MB, 30-min file {m30:.0f} MB, difference {m30 - m1:.0f} MB"
+            )
             figures.update(rss_1min_mb=m1, rss_30min_mb=m30)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
@@ -327,8 +350,17 @@ def sweep(args: argparse.Namespace) -> None:
                 diff = float(np.abs(emb - reference[batch]).max()) if reference[batch] is not None else float("nan")
                 shown = f"{busy:8.0%}" if busy is not None else "       -"
                 print(f"{batch:5d} {precision:9s} {a:12.1f} {b:11.1f} {b / a:5.0%}  {shown}  {diff:.2e}", flush=True)
-                rows.append({"batch": batch, "precision": precision, "encoder_only": a, "end_to_end": b,
-                             "b_over_a": b / a, "gpu_busy": busy, "max_abs_diff_vs_fp32": diff})
+                rows.append(
+                    {
+                        "batch": batch,
+                        "precision": precision,
+                        "encoder_only": a,
+                        "end_to_end": b,
+                        "b_over_a": b / a,
+                        "gpu_busy": busy,
+                        "max_abs_diff_vs_fp32": diff,
+                    }
+                )
         best = "bf16" if args.device.startswith("cuda") else "fp32"
         if args.formats:
             rows.append({"formats": formats_table(tmp, ckpt, args, best, 128 if args.device.startswith("cuda") else 8)})

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.pipeline.discovery import Item
 from matpac_cli.jobs.probe import TrainConfig
-from matpac_cli.jobs.train_data import Features, Labelled
 from matpac_cli.jobs.train import train
+from matpac_cli.jobs.train_data import Features, Labelled
+from matpac_cli.pipeline.discovery import Item
 
 SEPARATION = 0.08  # class-mean scale against unit noise: about 85% validation accuracy, not 100%
 
@@ -43,8 +43,9 @@ def synthetic(n: int, dim: int, classes: int, task: str, seed: int) -> Features:
         x = (y @ centres) * SEPARATION + rng.normal(0, 1, (n, dim))
     items = [Item(f"f{i}.wav", Path(f"f{i}.wav")) for i in range(n)]
     labelled = Labelled(Path("synthetic"), items, labels, sorted(names), task)
-    return Features(x.astype(np.float32) + 3.0, labelled, {"name": "synthetic", "source": "none", "sha256": ""},
-                    "synthetic", 12)
+    return Features(
+        x.astype(np.float32) + 3.0, labelled, {"name": "synthetic", "source": "none", "sha256": ""}, "synthetic", 12
+    )
 
 
 def main() -> None:
@@ -64,14 +65,24 @@ def main() -> None:
     result = train(features, TrainConfig(folds=args.folds, seed=args.seed))
     seconds = time.perf_counter() - start
     r = result.report
-    out = {"n": args.n, "dim": args.dim, "classes": args.classes, "task": args.task, "folds": args.folds,
-           "seconds": round(seconds, 2), "metric": r["metric"], "chosen": r["chosen"],
-           "epochs_run": [s.get("epochs_run") for s in r["search"]],
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
-    print(f"train {args.n} x {args.dim}, {args.classes} classes ({args.task}"
-          f"{f', {args.folds} folds' if args.folds else ', 0.1 split'}): {seconds:.2f} s; "
-          f"validation {r['metric']['name']} {r['metric']['value']:.3f}, lr {r['chosen']['lr']:g}, "
-          f"epoch {r['chosen']['epoch']}")
+    out = {
+        "n": args.n,
+        "dim": args.dim,
+        "classes": args.classes,
+        "task": args.task,
+        "folds": args.folds,
+        "seconds": round(seconds, 2),
+        "metric": r["metric"],
+        "chosen": r["chosen"],
+        "epochs_run": [s.get("epochs_run") for s in r["search"]],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+    }
+    print(
+        f"train {args.n} x {args.dim}, {args.classes} classes ({args.task}"
+        f"{f', {args.folds} folds' if args.folds else ', 0.1 split'}): {seconds:.2f} s; "
+        f"validation {r['metric']['name']} {r['metric']['value']:.3f}, lr {r['chosen']['lr']:g}, "
+        f"epoch {r['chosen']['epoch']}"
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -62,23 +62,49 @@ def main() -> None:
         t0 = time.perf_counter()
         build_tree(tmp_path / "tree", args.files, args.good)
         torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=0), tmp_path / "tiny.pt")
-        print(f"tree: {args.files} empty/1-byte .wav + {args.good} good, built in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"tree: {args.files} empty/1-byte .wav + {args.good} good, built in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
-        cmd = [sys.executable, "-m", "matpac_cli", "embed", "tree", "--out", "e.npy", "--model", "tiny.pt", "-q",
-               *(["--workers", args.workers] if args.workers else [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "matpac_cli",
+            "embed",
+            "tree",
+            "--out",
+            "e.npy",
+            "--model",
+            "tiny.pt",
+            "-q",
+            *(["--workers", args.workers] if args.workers else []),
+        ]
         start = time.perf_counter()
         with open(tmp_path / "stderr.txt", "wb") as err:
-            proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
-                                  stdin=subprocess.DEVNULL, env=dict(os.environ), check=False)
+            proc = subprocess.run(
+                cmd,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ),
+                check=False,
+            )
         wall = time.perf_counter() - start
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
 
         lines = (tmp_path / "stderr.txt").read_text(errors="replace").splitlines()
         rows = np.load(tmp_path / "e.npy").shape[0] if (tmp_path / "e.npy").exists() else 0
         total = args.files + args.good
-        probe = subprocess.run([sys.executable, "-c", "import matpac_cli, sys; sys.stdout.write(matpac_cli.__file__)"],
-                               cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ), check=False).stdout
+        probe = subprocess.run(
+            [sys.executable, "-c", "import matpac_cli, sys; sys.stdout.write(matpac_cli.__file__)"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            check=False,
+        ).stdout
         print(f"matpac_cli: {Path(probe).parent}")
         print(f"exit status {proc.returncode}; {rows} row(s) embedded; {len(lines)} line(s) on stderr")
         for line in lines[:2]:

@@ -7,8 +7,8 @@ The encoder geometry is read off the weights (`EncoderDims.from_state_dict`), ne
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 PATCH = 16  # patch side, in mel bins and in frames
 
@@ -72,7 +72,7 @@ class EncoderDims:
         return self.n_freq * self.width
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, "object"]) -> "EncoderDims":
+    def from_state_dict(cls, sd: Mapping[str, object]) -> EncoderDims:
         from matpac_cli.errors import ModelError
 
         try:
@@ -87,9 +87,7 @@ class EncoderDims:
         depth = max(blocks) + 1
         n_freq = 5
         if width % 64 or (pos_rows - 1) % n_freq:
-            raise ModelError(
-                f"checkpoint geometry not understood: width {width}, pos_embed rows {pos_rows}"
-            )
+            raise ModelError(f"checkpoint geometry not understood: width {width}, pos_embed rows {pos_rows}")
         return cls(
             width=width,
             depth=depth,

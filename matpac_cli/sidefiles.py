@@ -13,9 +13,10 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from matpac_cli.errors import OutputError
 
@@ -136,8 +137,9 @@ def _take(lock: Path, path: Path, fcntl) -> tuple[int, bool]:
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise OutputError(f"another matpac is writing {path} (pid {pid}); wait for it to finish "
-                              "or choose another --out") from None
+            raise OutputError(
+                f"another matpac is writing {path} (pid {pid}); wait for it to finish or choose another --out"
+            ) from None
         try:
             now = os.lstat(lock)
         except FileNotFoundError:

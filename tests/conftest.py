@@ -70,8 +70,9 @@ def hub(server, tmp_path, monkeypatch):
     return server
 
 
-def write_audio(path: Path, seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0,
-                subtype: str | None = None) -> Path:
+def write_audio(
+    path: Path, seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0, subtype: str | None = None
+) -> Path:
     """Noise plus a tone, so every chunk has energy in many mel bands."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sr))
@@ -82,10 +83,17 @@ def write_audio(path: Path, seconds: float, sr: int = 16000, channels: int = 1, 
     return path
 
 
-def run_matpac(args: list[str], env: dict | None = None, input: bytes | None = None,
-               cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_matpac(
+    args: list[str], env: dict | None = None, input: bytes | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real command in a subprocess (stdout, stderr and exit status as a shell sees them)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "matpac_cli", *args], env=full_env, input=input,
-                          capture_output=True, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "matpac_cli", *args],
+        env=full_env,
+        input=input,
+        capture_output=True,
+        cwd=cwd,
+        timeout=timeout,
+    )

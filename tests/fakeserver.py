@@ -13,6 +13,7 @@ url + "/{repo_id}/resolve/{revision}/{filename}" (hf_hub_download), ``HF_HUB_CAC
 (no /api/agent-harnesses request) and ``HF_HUB_OFFLINE`` (True: no request at all, cached
 files only; read on every call, so it may be flipped mid-test). ``patch_hub`` does all that.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,12 @@ def patch_hub(monkeypatch: Any, url: str, home: Any, offline: bool = False) -> N
 
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    env = {"HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_OFFLINE": "1" if offline else "0"}
+    env = {
+        "HF_ENDPOINT": url,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+    }
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     monkeypatch.setattr(hf, "ENDPOINT", url)
@@ -46,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Routes requests to the owning FakeServer."""
 
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Stay quiet."""
@@ -60,7 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "FakeServer"
+    owner: FakeServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients hanging up (and deliberate aborts) are expected: stay quiet."""
@@ -78,7 +83,7 @@ class FakeServer:
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "FakeServer":
+    def start(self) -> FakeServer:
         """Bind an ephemeral port and serve in a daemon thread."""
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
@@ -131,14 +136,14 @@ class FakeServer:
         path, query = raw.path, parse_qs(raw.query)
         try:
             if path.startswith("/api/models/"):
-                self._api(h, method, path[len("/api/models/"):], query)
+                self._api(h, method, path[len("/api/models/") :], query)
             elif path.startswith("/api/"):
                 self._send_json(h, method, 404, {"error": "not found"})
             elif "/resolve/" in path:
                 self._resolve(h, method, path)
             else:
                 self._serve_release(h, method, unquote(path.lstrip("/")))
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             h.close_connection = True
 
     def _find(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
@@ -176,8 +181,13 @@ class FakeServer:
             if found is None:
                 return self._error(h, 404, "RevisionNotFound", "Invalid rev id")
             commit, files = found
-            body: Any = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
-                         "siblings": [{"rfilename": name} for name in sorted(files)]}
+            body: Any = {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": commit,
+                "private": False,
+                "siblings": [{"rfilename": name} for name in sorted(files)],
+            }
         elif tail[0] == "tree" and len(tail) >= 2:
             found = self._find(repo_id, unquote(tail[1]))
             if found is None:
@@ -197,15 +207,22 @@ class FakeServer:
         for name in sorted(files):
             if not name.startswith(base):
                 continue
-            sub = name[len(base):]
+            sub = name[len(base) :]
             if not recursive and "/" in sub:
                 folders.add(base + sub.split("/")[0])
                 continue
             data = files[name]
             blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
             sha256 = hashlib.sha256(data).hexdigest()
-            out.append({"type": "file", "path": name, "size": len(data), "oid": blob,
-                        "lfs": {"oid": sha256, "size": len(data), "pointerSize": 134}})
+            out.append(
+                {
+                    "type": "file",
+                    "path": name,
+                    "size": len(data),
+                    "oid": blob,
+                    "lfs": {"oid": sha256, "size": len(data), "pointerSize": 134},
+                }
+            )
         for folder in sorted(folders):
             out.append({"type": "directory", "path": folder, "oid": hashlib.sha1(folder.encode()).hexdigest()})
         return out
@@ -217,23 +234,26 @@ class FakeServer:
             return self._send_json(h, method, 404, {"error": "not found"})
         self._send_bytes(h, method, data, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"'}, path)
 
-    def _send_bytes(self, h: _Handler, method: str, data: bytes, headers: dict[str, str],
-                    fail_key: str | None) -> None:
+    def _send_bytes(self, h: _Handler, method: str, data: bytes, headers: dict[str, str], fail_key: str | None) -> None:
         """Send ``data`` honouring ``Range: bytes=N-[M]``; abort early if asked to."""
         start, end, status = 0, len(data) - 1, 200
         rng = h.headers.get("Range", "")
         if rng.startswith("bytes="):
-            first, _, last = rng[len("bytes="):].split(",")[0].partition("-")
+            first, _, last = rng[len("bytes=") :].split(",")[0].partition("-")
             start = int(first) if first else max(len(data) - int(last or 0), 0)
             end = min(int(last), len(data) - 1) if first and last else len(data) - 1
             if start >= len(data) > 0:
                 return self._send_json(h, method, 416, {}, {"Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         h.send_response(status)
-        for k, v in {**headers, "Accept-Ranges": "bytes", "Content-Length": str(len(body)),
-                     "Content-Type": "application/octet-stream"}.items():
+        for k, v in {
+            **headers,
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(len(body)),
+            "Content-Type": "application/octet-stream",
+        }.items():
             h.send_header(k, v)
         h.end_headers()
         if method == "HEAD":
@@ -254,18 +274,15 @@ class FakeServer:
         h.wfile.write(body)
 
     @staticmethod
-    def _error(h: _Handler, status: int, code: str | None, message: str,
-               extra: dict[str, str] | None = None) -> None:
+    def _error(h: _Handler, status: int, code: str | None, message: str, extra: dict[str, str] | None = None) -> None:
         headers = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {}), **(extra or {})}
         FakeServer._send_json(h, h.command, status, {"error": message if code else "not found"}, headers)
 
     @staticmethod
-    def _send_json(h: _Handler, method: str, status: int, body: Any,
-                   headers: dict[str, str] | None = None) -> None:
+    def _send_json(h: _Handler, method: str, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         raw = json.dumps(body).encode()
         h.send_response(status)
-        for k, v in {**(headers or {}), "Content-Type": "application/json",
-                     "Content-Length": str(len(raw))}.items():
+        for k, v in {**(headers or {}), "Content-Type": "application/json", "Content-Length": str(len(raw))}.items():
             h.send_header(k, v)
         h.end_headers()
         if method != "HEAD":

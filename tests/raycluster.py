@@ -59,15 +59,24 @@ class Node:
         self.ip = ip
         self.temp = tempfile.mkdtemp(prefix=f"mr{ip.rsplit('.', 1)[1]}", dir="/tmp")  # short: Unix socket paths
         self.port = free_port(ip) if head is None else None
-        args = [RAY, "start", "--block", "--node-ip-address", ip, f"--num-cpus={cpus}", "--num-gpus=0",
-                "--disable-usage-stats"]
+        args = [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address",
+            ip,
+            f"--num-cpus={cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+        ]
         if head is None:
             args += ["--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", self.temp]
         else:
             args += ["--address", head]
         self.log = open(Path(self.temp) / "start.log", "wb")
-        self.proc = subprocess.Popen(args, env={**os.environ, **ENV}, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env={**os.environ, **ENV}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         if head is None:
             wait_port(ip, self.port)
 

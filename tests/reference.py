@@ -53,9 +53,15 @@ DTYPE = torch.float64
 # ---------------------------------------------------------------------------------------------
 # Random checkpoint in the release layout
 # ---------------------------------------------------------------------------------------------
-def make_checkpoint(width: int = 128, depth: int = 2, n_t: int = 608, seed: int = 0,
-                    with_audioset_head: bool = False, n_classes: int = 527,
-                    mlp_ratio: int = 4) -> dict[str, torch.Tensor]:
+def make_checkpoint(
+    width: int = 128,
+    depth: int = 2,
+    n_t: int = 608,
+    seed: int = 0,
+    with_audioset_head: bool = False,
+    n_classes: int = 527,
+    mlp_ratio: int = 4,
+) -> dict[str, torch.Tensor]:
     """A random float32 state dict in the release layout of spec section 6.
 
     Scales are chosen so activations stay O(1) and attention is clearly non-uniform
@@ -69,7 +75,7 @@ def make_checkpoint(width: int = 128, depth: int = 2, n_t: int = 608, seed: int 
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, std=1.0, mean=0.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float32) * std + mean)
+        return torch.randn(*shape, generator=g, dtype=torch.float32) * std + mean
 
     W = width
     hidden = mlp_ratio * W
@@ -85,11 +91,14 @@ def make_checkpoint(width: int = 128, depth: int = 2, n_t: int = 608, seed: int 
         sd[p + "norm1.bias"] = randn(W, std=0.1)
         # q and k entries ~ std 1.5 after a unit-variance LayerNorm output, so q.k * 64**-0.5 has
         # std ~ 1.5**2 ~ 2.3: attention clearly non-uniform but not one-hot. v smaller.
-        sd[p + "attn.qkv.weight"] = torch.cat([
-            randn(W, W, std=1.5 / math.sqrt(W)),  # q
-            randn(W, W, std=1.5 / math.sqrt(W)),  # k
-            randn(W, W, std=1.0 / math.sqrt(W)),  # v
-        ], dim=0)
+        sd[p + "attn.qkv.weight"] = torch.cat(
+            [
+                randn(W, W, std=1.5 / math.sqrt(W)),  # q
+                randn(W, W, std=1.5 / math.sqrt(W)),  # k
+                randn(W, W, std=1.0 / math.sqrt(W)),  # v
+            ],
+            dim=0,
+        )
         sd[p + "attn.qkv.bias"] = randn(3 * W, std=0.1)
         sd[p + "attn.proj.weight"] = randn(W, W, std=0.7 / math.sqrt(W))
         sd[p + "attn.proj.bias"] = randn(W, std=0.1)
@@ -103,7 +112,7 @@ def make_checkpoint(width: int = 128, depth: int = 2, n_t: int = 608, seed: int 
     sd["student_encoder.norm.bias"] = randn(W, std=0.1)
     if with_audioset_head:
         sd["head_norm.running_mean"] = randn(W, std=0.1)
-        sd["head_norm.running_var"] = (torch.rand(W, generator=g, dtype=torch.float32) * 0.2 + 0.05)
+        sd["head_norm.running_var"] = torch.rand(W, generator=g, dtype=torch.float32) * 0.2 + 0.05
         sd["head_norm.num_batches_tracked"] = torch.tensor(1000, dtype=torch.int64)
         sd["head.weight"] = randn(n_classes, W, std=1.0 / math.sqrt(W))
         sd["head.bias"] = randn(n_classes, std=0.5)
@@ -159,7 +168,9 @@ def reference_waveform(wave: np.ndarray, sr: int) -> torch.Tensor:
     sr = int(sr)
     if sr != TARGET_SR:
         x = torchaudio.functional.resample(
-            x, sr, TARGET_SR,
+            x,
+            sr,
+            TARGET_SR,
             lowpass_filter_width=RESAMPLE_LOWPASS_FILTER_WIDTH,
             rolloff=RESAMPLE_ROLLOFF,
             resampling_method="sinc_interp_kaiser",
@@ -181,9 +192,17 @@ def reference_logmel(wave: np.ndarray, sr: int) -> torch.Tensor:
     if n < N_FFT:
         raise ValueError(f"audio too short: {n} samples at 16 kHz, need at least {N_FFT}")
     mel_tf = torchaudio.transforms.MelSpectrogram(
-        sample_rate=TARGET_SR, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
-        f_min=F_MIN, f_max=F_MAX, n_mels=N_MELS, power=2.0, center=False,
-        norm="slaney", mel_scale="slaney",  # window_fn defaults to torch.hann_window
+        sample_rate=TARGET_SR,
+        n_fft=N_FFT,
+        win_length=WIN_LENGTH,
+        hop_length=HOP_LENGTH,
+        f_min=F_MIN,
+        f_max=F_MAX,
+        n_mels=N_MELS,
+        power=2.0,
+        center=False,
+        norm="slaney",
+        mel_scale="slaney",  # window_fn defaults to torch.hann_window
     ).to(DTYPE)
     mel = mel_tf(x)  # (80, T)
     logmel = torch.log(mel + LOG_EPS)
@@ -219,8 +238,7 @@ def split_chunks(padded: torch.Tensor, n_t: int) -> list[torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # Building blocks, written out
 # ---------------------------------------------------------------------------------------------
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               eps: float = LN_EPS) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
     mean = x.mean(dim=-1, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased variance
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
@@ -249,14 +267,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -
     return probs @ v
 
 
-def multi_head_self_attention(x: torch.Tensor, qkv_w, qkv_b, proj_w, proj_b,
-                              n_heads: int) -> torch.Tensor:
+def multi_head_self_attention(x: torch.Tensor, qkv_w, qkv_b, proj_w, proj_b, n_heads: int) -> torch.Tensor:
     """x: (N, W). qkv output splits as (3, heads, 64) -> q, k, v; heads concatenated in order."""
     n_tokens, width = x.shape
     head_dim = width // n_heads
     qkv = linear(x, qkv_w, qkv_b)  # (N, 3W)
     qkv = qkv.reshape(n_tokens, 3, n_heads, head_dim)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     head_outputs = []
     for h in range(n_heads):
         q = qkv[:, 0, h, :]
@@ -279,7 +296,7 @@ def patch_embed(chunk: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     tokens = []
     for f in range(n_rows):
         for t in range(n_cols):
-            patch = chunk[f * PATCH:(f + 1) * PATCH, t * PATCH:(t + 1) * PATCH]  # (freq, time)
+            patch = chunk[f * PATCH : (f + 1) * PATCH, t * PATCH : (t + 1) * PATCH]  # (freq, time)
             tokens.append(w_flat @ patch.reshape(PATCH * PATCH) + bias)
     return torch.stack(tokens, dim=0)
 
@@ -308,8 +325,9 @@ def encode_chunk(state_dict, chunk: torch.Tensor, layer: int | None = None) -> t
     chunk = chunk.to(DTYPE)
     W = geo["width"]
 
-    x = patch_embed(chunk, _p(state_dict, "patch_embed.proj.weight"),
-                    _p(state_dict, "patch_embed.proj.bias"))  # (5*n_cols, W)
+    x = patch_embed(
+        chunk, _p(state_dict, "patch_embed.proj.weight"), _p(state_dict, "patch_embed.proj.bias")
+    )  # (5*n_cols, W)
     pos = _p(state_dict, "pos_embed")[0]  # (1 + 5*G, W)
     grid = pos[1:].reshape(N_FREQ_ROWS, geo["grid_cols"], W)
     pos_tokens = []
@@ -324,9 +342,13 @@ def encode_chunk(state_dict, chunk: torch.Tensor, layer: int | None = None) -> t
         p = f"student_encoder.blocks.{i}."
         h = layer_norm(x, _p(state_dict, p + "norm1.weight"), _p(state_dict, p + "norm1.bias"))
         h = multi_head_self_attention(
-            h, _p(state_dict, p + "attn.qkv.weight"), _p(state_dict, p + "attn.qkv.bias"),
-            _p(state_dict, p + "attn.proj.weight"), _p(state_dict, p + "attn.proj.bias"),
-            geo["heads"])
+            h,
+            _p(state_dict, p + "attn.qkv.weight"),
+            _p(state_dict, p + "attn.qkv.bias"),
+            _p(state_dict, p + "attn.proj.weight"),
+            _p(state_dict, p + "attn.proj.bias"),
+            geo["heads"],
+        )
         x = x + h
         h = layer_norm(x, _p(state_dict, p + "norm2.weight"), _p(state_dict, p + "norm2.bias"))
         h = linear(h, _p(state_dict, p + "mlp.fc1.weight"), _p(state_dict, p + "mlp.fc1.bias"))
@@ -335,8 +357,7 @@ def encode_chunk(state_dict, chunk: torch.Tensor, layer: int | None = None) -> t
         x = x + h
         if i + 1 == layer and layer < depth:
             return x[1:]
-    x = layer_norm(x, _p(state_dict, "student_encoder.norm.weight"),
-                   _p(state_dict, "student_encoder.norm.bias"))
+    x = layer_norm(x, _p(state_dict, "student_encoder.norm.weight"), _p(state_dict, "student_encoder.norm.bias"))
     return x[1:]
 
 
@@ -346,7 +367,7 @@ def tokens_to_columns(tokens: torch.Tensor, n_cols: int) -> torch.Tensor:
     out = torch.zeros(n_cols, N_FREQ_ROWS * width, dtype=tokens.dtype)
     for t in range(n_cols):
         for f in range(N_FREQ_ROWS):
-            out[t, f * width:(f + 1) * width] = tokens[f * n_cols + t]
+            out[t, f * width : (f + 1) * width] = tokens[f * n_cols + t]
     return out
 
 
@@ -372,8 +393,7 @@ def reference_frames(state_dict, wave: np.ndarray, sr: int, layer: int | None = 
     return torch.cat(columns, dim=0).numpy()
 
 
-def reference_embedding(state_dict, wave: np.ndarray, sr: int,
-                        layer: int | None = None) -> np.ndarray:
+def reference_embedding(state_dict, wave: np.ndarray, sr: int, layer: int | None = None) -> np.ndarray:
     """Clip embedding (5*W,): mean over all time columns of all chunks."""
     frames = reference_frames(state_dict, wave, sr, layer)
     total = np.zeros(frames.shape[1], dtype=np.float64)
@@ -395,8 +415,9 @@ def _softmax_np(z: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def reference_probe_scores(embedding: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                           activation: str, mean=None, scale=None) -> np.ndarray:
+def reference_probe_scores(
+    embedding: np.ndarray, weight: np.ndarray, bias: np.ndarray, activation: str, mean=None, scale=None
+) -> np.ndarray:
     """Optional (x - mean) / scale, then x @ weight.T + bias, then sigmoid or softmax.
 
     embedding: (D,) or (N, D); weight (C, D); bias (C,). Returns (C,) or (N, C), float64.

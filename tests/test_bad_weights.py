@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 
@@ -105,8 +104,10 @@ CASES = [  # file, words the one line must hold
     ("random.pt", ["not a PyTorch checkpoint"]),
     ("random.safetensors", ["not a valid .safetensors file"]),
     ("tensor.pt", ["holds a Tensor, not a state dict"]),
-    ("object.pt", ["Python objects beyond plain tensors", "NotATensor", "for safety",
-                   "plain state dict", ".safetensors"]),
+    (
+        "object.pt",
+        ["Python objects beyond plain tensors", "NotATensor", "for safety", "plain state dict", ".safetensors"],
+    ),
     ("os_system.pt", ["Python objects beyond plain tensors", "system", "for safety", ".safetensors"]),
     ("os_system_pickle.pt", ["not a PyTorch checkpoint"]),
     ("geometry.pt", ["geometry not understood"]),
@@ -134,8 +135,11 @@ def assert_one_clean_line(proc, name: str, words: list[str]) -> str:
 def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(work, tmp_path, name, words):
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_matpac(["embed", str(work / "a.wav"), "--out", str(out / "e.npy"), "--model", name,
-                       "--device", "cpu"], cwd=work, timeout=120)
+    proc = run_matpac(
+        ["embed", str(work / "a.wav"), "--out", str(out / "e.npy"), "--model", name, "--device", "cpu"],
+        cwd=work,
+        timeout=120,
+    )
     assert_one_clean_line(proc, name, words)
     assert proc.stdout == b""
     assert sorted(os.listdir(out)) == [], "an output was written for a refused checkpoint"
@@ -145,8 +149,11 @@ def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(work, tmp_path, na
 def test_good_checkpoints_still_load(work, tmp_path):
     """The checks refuse only bad files: the same weights, clean, embed in both formats."""
     for name in ("good.pt", "good.safetensors"):
-        proc = run_matpac(["embed", "a.wav", "--out", str(tmp_path / f"{name}.npy"), "--model", name,
-                           "--device", "cpu", "-q"], cwd=work, timeout=120)
+        proc = run_matpac(
+            ["embed", "a.wav", "--out", str(tmp_path / f"{name}.npy"), "--model", name, "--device", "cpu", "-q"],
+            cwd=work,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr.decode()
         assert (tmp_path / f"{name}.npy").is_file()
 
@@ -166,8 +173,9 @@ def probes(work) -> Path:
     (d / "nan").mkdir()
     torch.save(_poison(good, "probe.weight", float("nan")), d / "nan" / "openmic.pth")
     (d / "inf_stats").mkdir()
-    torch.save({**good, "mean": torch.zeros(emb), "scale": torch.full((emb,), float("inf"))},
-               d / "inf_stats" / "openmic.pth")
+    torch.save(
+        {**good, "mean": torch.zeros(emb), "scale": torch.full((emb,), float("inf"))}, d / "inf_stats" / "openmic.pth"
+    )
     (d / "empty").mkdir()
     (d / "empty" / "openmic.pth").write_bytes(b"")
     (d / "object").mkdir()
@@ -192,8 +200,22 @@ PROBE_CASES = [
 @pytest.mark.parametrize("case, words", PROBE_CASES)
 def test_bad_probe_file_is_one_line_exit_2_and_writes_nothing(work, probes, tmp_path, case, words):
     out = tmp_path / "tags.csv"
-    proc = run_matpac(["tag", str(work / "a.wav"), "--model", str(work / "good.pt"), "--head", "./openmic.pth",
-                       "--out", str(out), "--device", "cpu"], cwd=probes / case, timeout=120)
+    proc = run_matpac(
+        [
+            "tag",
+            str(work / "a.wav"),
+            "--model",
+            str(work / "good.pt"),
+            "--head",
+            "./openmic.pth",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        cwd=probes / case,
+        timeout=120,
+    )
     assert_one_clean_line(proc, "openmic.pth", words)
     # (hf_home may hold the model's remembered sha256: a cache, not an output)
     assert [p for p in tmp_path.iterdir() if p.name != "hf_home"] == [], "an output was written for a refused probe"
@@ -203,8 +225,8 @@ def test_bad_probe_file_is_one_line_exit_2_and_writes_nothing(work, probes, tmp_
 
 
 def test_load_checkpoint_names_the_first_bad_tensor(work):
-    from matpac_cli.errors import ModelError
     from matpac_cli.checkpoints.resolve import load_checkpoint
+    from matpac_cli.errors import ModelError
 
     with pytest.raises(ModelError, match=rf"^model .*nan\.pt: tensor {QKV} has NaN values: refusing it$"):
         load_checkpoint(work / "nan.pt")

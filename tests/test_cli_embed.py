@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint, reference_embedding, reference_frames
 
@@ -261,11 +260,13 @@ def test_models_list_shows_registry_models_and_heads():
 
 
 def test_help_is_instant_without_torch():
-    code = ("import sys; from matpac_cli.cli import main; "
-            "assert 'torch' not in sys.modules, 'import'; "
-            "rc = [main([*a, '--help']) for a in ([], ['embed'], ['tag'], ['models'])]; "
-            "assert rc == [0, 0, 0, 0], rc; "
-            "assert 'torch' not in sys.modules, 'help'")
+    code = (
+        "import sys; from matpac_cli.cli import main; "
+        "assert 'torch' not in sys.modules, 'import'; "
+        "rc = [main([*a, '--help']) for a in ([], ['embed'], ['tag'], ['models'])]; "
+        "assert rc == [0, 0, 0, 0], rc; "
+        "assert 'torch' not in sys.modules, 'help'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode()
     assert "--out" in r.stdout.decode() and "--layer" in r.stdout.decode()
@@ -278,12 +279,15 @@ def test_python_m_matpac_cli_help():
     assert "Usage" in out and all(cmd in out for cmd in ("embed", "tag", "models"))
 
 
-@pytest.mark.parametrize("args, says", [
-    ([], "Usage"),
-    (["embed", "clips"], "--out"),
-    (["embed", "clips", "--out", "e.npy", "--bogus"], "--bogus"),
-    (["embed", "clips", "--out", "e.npy", "--batch-size", "many"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ([], "Usage"),
+        (["embed", "clips"], "--out"),
+        (["embed", "clips", "--out", "e.npy", "--bogus"], "--bogus"),
+        (["embed", "clips", "--out", "e.npy", "--batch-size", "many"], "--batch-size"),
+    ],
+)
 def test_usage_errors_are_a_message_and_exit_2(tmp_path, args, says):
     r = run_matpac(args, cwd=tmp_path)
     out = r.stdout.decode() + r.stderr.decode()

@@ -21,12 +21,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference as R  # noqa: E402
 from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import (  # noqa: E402
-    TAG_COLUMNS, DEFAULT_HEADS, GENERAL, MUSIC, RELEASE_AS, RELEASE_GENERAL, SPEC_HEADS, TOL, assert_scores, by_file_head, cli,
-    expected_probe, tag_labels, load_sd, parse_csv, probe_tensors, read_wave,
-    serve_music_model, serve_probes,
+from test_heads import (  # noqa: E402  # noqa: E402,F401 - shared module fixtures
+    DEFAULT_HEADS,
+    GENERAL,
+    MUSIC,
+    RELEASE_AS,
+    RELEASE_GENERAL,
+    SPEC_HEADS,
+    TAG_COLUMNS,
+    TOL,
+    assert_scores,
+    by_file_head,
+    cli,
+    expected_probe,
+    load_sd,
+    parse_csv,
+    probe_tensors,
+    read_wave,
+    serve_music_model,
+    serve_probes,
+    tag_labels,
 )
-from test_heads import music_dir, ref608  # noqa: E402,F401 - shared module fixtures
 
 
 @pytest.fixture()
@@ -48,8 +63,11 @@ def openmic(tmp_path, monkeypatch) -> tuple[Path, dict]:
 
 
 def expected_default(ref608: dict, probes: dict) -> dict[tuple[str, str], np.ndarray]:
-    return {(f, h): expected_probe(emb, probes[(MUSIC, h)], SPEC_HEADS[h][1])
-            for f, emb in ref608.items() for h in DEFAULT_HEADS}
+    return {
+        (f, h): expected_probe(emb, probes[(MUSIC, h)], SPEC_HEADS[h][1])
+        for f, emb in ref608.items()
+        for h in DEFAULT_HEADS
+    }
 
 
 def assert_top(rows: list[dict], labels: list[str], expected: np.ndarray, k: int) -> None:
@@ -205,8 +223,20 @@ def chunk_embeddings(sd: dict, path: Path) -> list[np.ndarray]:
 def test_segments_rows_per_encoder_chunk(ckpts, long_file, openmic, capsys):
     _, probe = openmic
     sd = load_sd(ckpts["tiny608"])
-    rc, out, err = cli(capsys, "tag", long_file, "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--segments", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        long_file,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--segments",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     reader = csv.DictReader(io.StringIO(out))
     rows = list(reader)
@@ -229,8 +259,22 @@ def test_segments_rows_per_encoder_chunk(ckpts, long_file, openmic, capsys):
         assert_scores(seg_rows[span], labels, expected_probe(emb, probe, "sigmoid"))
 
     # the same in JSON Lines: clip rows carry null times
-    rc, out, err = cli(capsys, "tag", long_file, "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--segments", "--format", "jsonl", "--top-k", "1", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        long_file,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--segments",
+        "--format",
+        "jsonl",
+        "--top-k",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["start_s"], r["end_s"]) for r in rows][0] == (None, None)
@@ -264,8 +308,9 @@ def encoder_spy(monkeypatch) -> dict:
 
 
 def n_chunks(sd: dict, folder: Path) -> int:
-    return sum(len(R.reference_chunks(sd, *read_wave(p))) for p in sorted(folder.rglob("*"))
-               if p.suffix in (".wav", ".flac"))
+    return sum(
+        len(R.reference_chunks(sd, *read_wave(p))) for p in sorted(folder.rglob("*")) if p.suffix in (".wav", ".flac")
+    )
 
 
 def test_model_head_qualifier_runs_two_encoders_once(ckpts, music_dir, ref608, openmic, encoder_spy, capsys):
@@ -273,19 +318,38 @@ def test_model_head_qualifier_runs_two_encoders_once(ckpts, music_dir, ref608, o
     _, probe = openmic
     sd_as = load_sd(ckpts["tiny992_as"])
     as_model = str(ckpts["tiny992_as"])
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--head", f"{as_model}:events", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--head",
+        f"{as_model}:events",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     assert "2 encoders" in err and "once" in err
     assert sorted(encoder_spy["loads"]) == sorted([str(ckpts["tiny608"]), as_model])
     # every file went through each encoder exactly once: chunk counts of a single pass
-    assert encoder_spy["chunks"] == {str(ckpts["tiny608"]): n_chunks(load_sd(ckpts["tiny608"]), music_dir),
-                                     as_model: n_chunks(sd_as, music_dir)}
+    assert encoder_spy["chunks"] == {
+        str(ckpts["tiny608"]): n_chunks(load_sd(ckpts["tiny608"]), music_dir),
+        as_model: n_chunks(sd_as, music_dir),
+    }
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {(f, h) for f in ("a.wav", "b.flac") for h in ("openmic", "audioset")}
     for p in (music_dir / "a.wav", music_dir / "sub" / "b.flac"):
-        assert_scores(groups[(p.name, "openmic")], tag_labels("openmic.txt"), expected_probe(ref608[p.name], probe, "sigmoid"))
-        assert_scores(groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
+        assert_scores(
+            groups[(p.name, "openmic")], tag_labels("openmic.txt"), expected_probe(ref608[p.name], probe, "sigmoid")
+        )
+        assert_scores(
+            groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p))
+        )
 
 
 @pytest.mark.parametrize("events", ["events", "matpac-plus-audioset:audioset"])
@@ -299,16 +363,23 @@ def test_genre_and_events_use_two_registry_encoders(hub, ckpts, music_dir, ref60
     assert rc == 0, err
     assert "2 encoders" in err and "matpac-plus-music" in err and "matpac-plus-audioset" in err
     assert sorted(encoder_spy["loads"]) == ["matpac-plus-audioset", "matpac-plus-music"]
-    assert encoder_spy["chunks"] == {"matpac-plus-music": n_chunks(load_sd(ckpts["tiny608"]), music_dir),
-                                     "matpac-plus-audioset": n_chunks(sd_as, music_dir)}
+    assert encoder_spy["chunks"] == {
+        "matpac-plus-music": n_chunks(load_sd(ckpts["tiny608"]), music_dir),
+        "matpac-plus-audioset": n_chunks(sd_as, music_dir),
+    }
     assert hub.count("GET", "matpac_plus_music_6s_2048_enconly.pt") == 1
     assert hub.count("GET", "matpac_plus_as_48_1_map_enc_and_head.pt") == 1
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {(f, h) for f in ("a.wav", "b.flac") for h in ("mtg_genre", "audioset")}
     for p in (music_dir / "a.wav", music_dir / "sub" / "b.flac"):
-        assert_scores(groups[(p.name, "mtg_genre")], tag_labels("mtg_genre.txt"),
-                      expected_probe(ref608[p.name], probes[(MUSIC, "mtg_genre")], "sigmoid"))
-        assert_scores(groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p)))
+        assert_scores(
+            groups[(p.name, "mtg_genre")],
+            tag_labels("mtg_genre.txt"),
+            expected_probe(ref608[p.name], probes[(MUSIC, "mtg_genre")], "sigmoid"),
+        )
+        assert_scores(
+            groups[(p.name, "audioset")], tag_labels("audioset.txt"), R.reference_audioset_scores(sd_as, *read_wave(p))
+        )
 
 
 def test_events_alone_needs_only_the_audioset_model(hub, ckpts, music_dir, encoder_spy, capsys):
@@ -328,15 +399,33 @@ def test_hf_model_qualifier_with_revision(hub, ckpts, music_dir, ref608, openmic
     _, probe = openmic
     hub.add_hub_file("acme/as-port", "model.pt", ckpts["tiny992_as"].read_bytes(), revision="v1")
     sd_as = load_sd(ckpts["tiny992_as"])
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--head", "hf:acme/as-port@v1:audioset", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--head",
+        "hf:acme/as-port@v1:audioset",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     assert "2 encoders" in err
     assert sorted(encoder_spy["loads"]) == sorted([str(ckpts["tiny608"]), "hf:acme/as-port@v1"])
     groups = by_file_head(parse_csv(out))
-    assert_scores(groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], probe, "sigmoid"))
-    assert_scores(groups[("a.wav", "audioset")], tag_labels("audioset.txt"),
-                  R.reference_audioset_scores(sd_as, *read_wave(music_dir / "a.wav")))
+    assert_scores(
+        groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], probe, "sigmoid")
+    )
+    assert_scores(
+        groups[("a.wav", "audioset")],
+        tag_labels("audioset.txt"),
+        R.reference_audioset_scores(sd_as, *read_wave(music_dir / "a.wav")),
+    )
 
 
 def reference_audioset_chunk_scores(sd: dict, path: Path) -> list[np.ndarray]:
@@ -361,16 +450,32 @@ def test_segments_with_two_encoders_use_each_encoders_chunks(ckpts, long_file, o
     heads = ["./openmic.pth", f"{ckpts['tiny992_as']}:audioset"]
     if first == "audioset":
         heads.reverse()
-    rc, out, err = cli(capsys, "tag", long_file, "--model", ckpts["tiny608"], "--head", heads[0], "--head", heads[1],
-                       "--segments", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        long_file,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        heads[0],
+        "--head",
+        heads[1],
+        "--segments",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     spans: dict[str, dict[tuple[float, float], list[dict]]] = {"openmic": {}, "audioset": {}}
     for r in parse_csv(out):
         if r["start_s"] != "":
             spans[r["head"]].setdefault((float(r["start_s"]), float(r["end_s"])), []).append(r)
     want = {"openmic": [(0.0, 6.08), (6.08, 12.16), (12.16, 14.0)], "audioset": [(0.0, 9.92), (9.92, 14.0)]}
-    expected = {"openmic": [expected_probe(e, probe, "sigmoid") for e in chunk_embeddings(sd, long_file)],
-                "audioset": reference_audioset_chunk_scores(sd_as, long_file)}
+    expected = {
+        "openmic": [expected_probe(e, probe, "sigmoid") for e in chunk_embeddings(sd, long_file)],
+        "audioset": reference_audioset_chunk_scores(sd_as, long_file),
+    }
     labels = {"openmic": tag_labels("openmic.txt"), "audioset": tag_labels("audioset.txt")}
     for head in ("openmic", "audioset"):
         got = sorted(spans[head])
@@ -393,8 +498,21 @@ def test_threshold_applies_to_softmax_heads_too(hub, ckpts, music_dir, ref608, c
     best = np.sort(exp)[::-1]
     t = float(best[1] + best[2]) / 2  # two esc50 labels above it
     assert best[1] - t > 10 * TOL and t - best[2] > 10 * TOL
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", "matpac-plus", "--head", "genre",
-                       "--head", "esc50", "--threshold", f"{t:.6f}", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        "matpac-plus",
+        "--head",
+        "genre",
+        "--head",
+        "esc50",
+        "--threshold",
+        f"{t:.6f}",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     genre = groups[("a.wav", "mtg_genre")]

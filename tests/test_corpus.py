@@ -16,12 +16,11 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from conftest import run_matpac, write_audio
 
 TALLY = {"cases": 0, "one-line errors": 0, "accepted": 0, "tracebacks": 0}
@@ -56,10 +55,16 @@ def _head(path: Path, model: dict, model_path: str, dim: int, **meta) -> dict:
 
     from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
-    head = TrainedHead(np.ones((2, dim), np.float32), np.zeros(2, np.float32), np.zeros(dim, np.float32),
-                       np.ones(dim, np.float32), ["x", "y"], "single",
-                       {"name": model_path, "source": "file", "sha256": model["sha256"], "path": model_path},
-                       layer=model["geometry"]["depth"])
+    head = TrainedHead(
+        np.ones((2, dim), np.float32),
+        np.zeros(2, np.float32),
+        np.zeros(dim, np.float32),
+        np.ones(dim, np.float32),
+        ["x", "y"],
+        "single",
+        {"name": model_path, "source": "file", "sha256": model["sha256"], "path": model_path},
+        layer=model["geometry"]["depth"],
+    )
     path.write_bytes(to_bytes(head))
     from safetensors import safe_open
 
@@ -111,6 +116,7 @@ def _set(path: str, value):
         for k in keys[:-1]:
             node = node[int(k)] if isinstance(node, list) else node[k]
         node[keys[-1]] = value
+
     return change
 
 
@@ -119,11 +125,24 @@ def _parquet(d, base, **columns) -> Path:
     import pyarrow.parquet as pq
 
     X = np.load(base["dir"] / "e.npy")
-    data = {"path": ["clips/a.wav", "clips/b.wav", "clips/c.wav"], "duration_s": [0.5] * 3,
-            "sample_rate": [16000] * 3, "channels": [1] * 3, "embedding": [list(map(float, r)) for r in X]}
+    data = {
+        "path": ["clips/a.wav", "clips/b.wav", "clips/c.wav"],
+        "duration_s": [0.5] * 3,
+        "sample_rate": [16000] * 3,
+        "channels": [1] * 3,
+        "embedding": [list(map(float, r)) for r in X],
+    }
     data.update(columns)
-    table = pa.table({k: (pa.array(v, pa.list_(pa.float32())) if k == "embedding" and v and isinstance(v[0], list)
-                          else pa.array(v)) for k, v in data.items()})
+    table = pa.table(
+        {
+            k: (
+                pa.array(v, pa.list_(pa.float32()))
+                if k == "embedding" and v and isinstance(v[0], list)
+                else pa.array(v)
+            )
+            for k, v in data.items()
+        }
+    )
     pq.write_table(table, d / "e.parquet")
     return d / "e.parquet"
 
@@ -195,8 +214,7 @@ def _long_name_input(d: Path) -> list[str]:
     (d / "clips" / "d").mkdir()
     long = "clips/" + "d/../" * 830 + "c.wav"
     assert len(long) > 4096
-    return ["embed", "clips/a.wav", long, "clips/b.wav", "--out", "o.npy", "--frames", "fr",
-            "--model", "{model}", "-q"]
+    return ["embed", "clips/a.wav", long, "clips/b.wav", "--out", "o.npy", "--frames", "fr", "--model", "{model}", "-q"]
 
 
 def _nul_in_list(d: Path, base: dict) -> list[str]:
@@ -220,28 +238,67 @@ CASES: list[tuple[str, str, Callable, int]] = [
     ("search", "npy truncated", lambda d, b: search(_npy(d, b, raw=(b["dir"] / "e.npy").read_bytes()[:300])), 2),
     ("search", "npy header only", lambda d, b: search(_npy(d, b, raw=(b["dir"] / "e.npy").read_bytes()[:128])), 2),
     ("search", "npy not npy", lambda d, b: search(_npy(d, b, raw=b"\x93NUMPY\x01\x00\xff\xff{'descr'")), 2),
-    ("search", "npy Fortran order (accepted)",
-     lambda d, b: search(_npy(d, b, np.load(b["dir"] / "e.npy"), fortran=True)), 0),
+    (
+        "search",
+        "npy Fortran order (accepted)",
+        lambda d, b: search(_npy(d, b, np.load(b["dir"] / "e.npy"), fortran=True)),
+        0,
+    ),
     # search --index: the row index
-    ("search", "csv fewer rows than npy", lambda d, b: search(_index_csv(d, b, edit=lambda t: "\n".join(t.splitlines()[:-1]) + "\n")), 2),
-    ("search", "csv field over 131,072 chars", lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("clips/c.wav", HUGE_FIELD))), 2),
-    ("search", "csv duplicate header column", lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("row,path,", "row,path,path,", 1))), 2),
-    ("search", "csv NUL byte", lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("clips/c", "cl\0ps/c"))), 2),
+    (
+        "search",
+        "csv fewer rows than npy",
+        lambda d, b: search(_index_csv(d, b, edit=lambda t: "\n".join(t.splitlines()[:-1]) + "\n")),
+        2,
+    ),
+    (
+        "search",
+        "csv field over 131,072 chars",
+        lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("clips/c.wav", HUGE_FIELD))),
+        2,
+    ),
+    (
+        "search",
+        "csv duplicate header column",
+        lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("row,path,", "row,path,path,", 1))),
+        2,
+    ),
+    (
+        "search",
+        "csv NUL byte",
+        lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("clips/c", "cl\0ps/c"))),
+        2,
+    ),
     ("search", "csv empty", lambda d, b: search(_index_csv(d, b, text="")), 2),
-    ("search", "csv row not a number", lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("\n2,", "\nzz,"))), 2),
+    (
+        "search",
+        "csv row not a number",
+        lambda d, b: search(_index_csv(d, b, edit=lambda t: t.replace("\n2,", "\nzz,"))),
+        2,
+    ),
     ("search", "csv byte-order mark (accepted)", lambda d, b: search(_index_csv(d, b, edit=lambda t: "\ufeff" + t)), 0),
     # search --index: the manifest
     ("search", "manifest models a string", lambda d, b: search(_manifest(d, b, _set("models", "tiny"))), 2),
     ("search", "manifest models[0] a number", lambda d, b: search(_manifest(d, b, _set("models", [7]))), 2),
     ("search", "manifest settings a list", lambda d, b: search(_manifest(d, b, _set("settings", [1, 2]))), 2),
     ("search", "manifest layers a number", lambda d, b: search(_manifest(d, b, _set("settings.layers", 12))), 2),
-    ("search", "manifest geometry strings", lambda d, b: search(_manifest(d, b, _set("models.0.geometry", {"depth": "x"}))), 2),
+    (
+        "search",
+        "manifest geometry strings",
+        lambda d, b: search(_manifest(d, b, _set("models.0.geometry", {"depth": "x"}))),
+        2,
+    ),
     ("search", "manifest a list", lambda d, b: search(_manifest(d, b, lambda m: [m])), 2),
     ("search", "manifest nested too deep", lambda d, b: search(_manifest(d, b, text=DEEP_JSON)), 2),
     ("search", "manifest truncated", lambda d, b: search(_manifest(d, b, text='{"matpac_version": "1", "mod')), 2),
     ("duplicates", "npy N x 0 x D", lambda d, b: dups(_npy(d, b, np.zeros((3, 0, 8), np.float32))), 2),
     ("duplicates", "manifest layers strings", lambda d, b: dups(_manifest(d, b, _set("settings.layers", ["a"]))), 2),
-    ("duplicates", "csv field over 131,072 chars", lambda d, b: dups(_index_csv(d, b, edit=lambda t: t.replace("clips/a.wav", HUGE_FIELD))), 2),
+    (
+        "duplicates",
+        "csv field over 131,072 chars",
+        lambda d, b: dups(_index_csv(d, b, edit=lambda t: t.replace("clips/a.wav", HUGE_FIELD))),
+        2,
+    ),
     # search --index X.parquet
     ("search", "parquet duration_s strings", lambda d, b: search(_parquet(d, b, duration_s=["long"] * 3)), 2),
     ("search", "parquet sample_rate strings", lambda d, b: search(_parquet(d, b, sample_rate=["16k"] * 3)), 2),
@@ -253,49 +310,162 @@ CASES: list[tuple[str, str, Callable, int]] = [
     # report: the tags file
     ("report", "score NaN", lambda d, b: report(_tags(d, b, [_row("nan")])), 2),
     ("report", "score inf", lambda d, b: report(_tags(d, b, [_row("inf")])), 2),
-    ("report", "score -Infinity in JSON Lines", lambda d, b: report(_tags(d, b, name="t.jsonl", text=json.dumps(
-        dict(zip(["path", "head", "label", "score", "rank", "tag_id"], ["a", "g", "l", float("-inf"), 1, "l"]))) + "\n")), 2),
-    ("report", "score a list in JSON Lines", lambda d, b: report(_tags(d, b, [["a", "g", "l", [1], 1, "l", None, None]], name="t.jsonl")), 2),
+    (
+        "report",
+        "score -Infinity in JSON Lines",
+        lambda d, b: report(
+            _tags(
+                d,
+                b,
+                name="t.jsonl",
+                text=json.dumps(
+                    dict(
+                        zip(
+                            ["path", "head", "label", "score", "rank", "tag_id"], ["a", "g", "l", float("-inf"), 1, "l"]
+                        )
+                    )
+                )
+                + "\n",
+            )
+        ),
+        2,
+    ),
+    (
+        "report",
+        "score a list in JSON Lines",
+        lambda d, b: report(_tags(d, b, [["a", "g", "l", [1], 1, "l", None, None]], name="t.jsonl")),
+        2,
+    ),
     ("report", "start_s inf", lambda d, b: report(_tags(d, b, [_row(), _row(start="inf", end="1")])), 2),
     ("report", "end_s 1e309", lambda d, b: report(_tags(d, b, [_row(), _row(start="0", end="1e309")])), 2),
     ("report", "rank 1.5", lambda d, b: report(_tags(d, b, [_row(rank="1.5")])), 2),
     ("report", "csv field over 131,072 chars", lambda d, b: report(_tags(d, b, [_row(path=HUGE_FIELD)])), 2),
-    ("report", "csv duplicate header column", lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id,score\n")), 2),
-    ("report", "csv NUL byte", lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id\na\0,g,l,1,1,l\n")), 2),
+    (
+        "report",
+        "csv duplicate header column",
+        lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id,score\n")),
+        2,
+    ),
+    (
+        "report",
+        "csv NUL byte",
+        lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id\na\0,g,l,1,1,l\n")),
+        2,
+    ),
     ("report", "csv empty", lambda d, b: report(_tags(d, b, text="")), 2),
-    ("report", "csv truncated row", lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id\na.wav,genre,ro")), 2),
-    ("report", "JSON Lines nested too deep", lambda d, b: report(_tags(d, b, name="t.jsonl", text=DEEP_JSON + "\n")), 2),
-    ("report", "csv byte-order mark (accepted)", lambda d, b: report(_tags(d, b, text="\ufeff" + (b["dir"] / "tags.csv").read_text())), 0),
+    (
+        "report",
+        "csv truncated row",
+        lambda d, b: report(_tags(d, b, text="path,head,label,score,rank,tag_id\na.wav,genre,ro")),
+        2,
+    ),
+    (
+        "report",
+        "JSON Lines nested too deep",
+        lambda d, b: report(_tags(d, b, name="t.jsonl", text=DEEP_JSON + "\n")),
+        2,
+    ),
+    (
+        "report",
+        "csv byte-order mark (accepted)",
+        lambda d, b: report(_tags(d, b, text="\ufeff" + (b["dir"] / "tags.csv").read_text())),
+        0,
+    ),
     ("report", "parquet score strings", lambda d, b: report(_tag_parquet(d, score=["high"])), 2),
     ("report", "parquet score NaN", lambda d, b: report(_tag_parquet(d, score=[float("nan")])), 2),
     ("report", "manifest heads a string", lambda d, b: report(_tags_manifest(d, b, _set("heads", "genre"))), 2),
     ("report", "manifest heads[0] a string", lambda d, b: report(_tags_manifest(d, b, _set("heads", ["genre"]))), 2),
-    ("report", "manifest threshold a string", lambda d, b: report(_tags_manifest(d, b, _set("output", {"threshold": "high"}))), 2),
-    ("report", "manifest command a string", lambda d, b: report(_tags_manifest(d, b, _set("command", "matpac tag"))), 2),
-    ("report", "manifest models[0].sha256 a number", lambda d, b: report(_tags_manifest(d, b, _set("models", [{"sha256": 5}]))), 2),
-    ("report", "--embeddings npy N x 0 x D", lambda d, b: report(b["dir"] / "tags.csv", _npy(d, b, np.zeros((3, 0, 8), np.float32))), 2),
-    ("report", "--embeddings manifest models[0] a list", lambda d, b: report(b["dir"] / "tags.csv", _manifest(d, b, _set("models", [[1]]))), 2),
+    (
+        "report",
+        "manifest threshold a string",
+        lambda d, b: report(_tags_manifest(d, b, _set("output", {"threshold": "high"}))),
+        2,
+    ),
+    (
+        "report",
+        "manifest command a string",
+        lambda d, b: report(_tags_manifest(d, b, _set("command", "matpac tag"))),
+        2,
+    ),
+    (
+        "report",
+        "manifest models[0].sha256 a number",
+        lambda d, b: report(_tags_manifest(d, b, _set("models", [{"sha256": 5}]))),
+        2,
+    ),
+    (
+        "report",
+        "--embeddings npy N x 0 x D",
+        lambda d, b: report(b["dir"] / "tags.csv", _npy(d, b, np.zeros((3, 0, 8), np.float32))),
+        2,
+    ),
+    (
+        "report",
+        "--embeddings manifest models[0] a list",
+        lambda d, b: report(b["dir"] / "tags.csv", _manifest(d, b, _set("models", [[1]]))),
+        2,
+    ),
     # train: --embeddings and the labels CSV
-    ("train", "--embeddings manifest models[0] a number", lambda d, b: train_emb(_manifest(d, b, _set("models", [1]))), 2),
-    ("train", "--embeddings manifest depth a string", lambda d, b: train_emb(_manifest(d, b, _set("models.0.geometry.depth", "12"))), 2),
-    ("train", "--embeddings manifest layers strings", lambda d, b: train_emb(_manifest(d, b, _set("settings.layers", ["last"]))), 2),
+    (
+        "train",
+        "--embeddings manifest models[0] a number",
+        lambda d, b: train_emb(_manifest(d, b, _set("models", [1]))),
+        2,
+    ),
+    (
+        "train",
+        "--embeddings manifest depth a string",
+        lambda d, b: train_emb(_manifest(d, b, _set("models.0.geometry.depth", "12"))),
+        2,
+    ),
+    (
+        "train",
+        "--embeddings manifest layers strings",
+        lambda d, b: train_emb(_manifest(d, b, _set("settings.layers", ["last"]))),
+        2,
+    ),
     ("train", "--embeddings npy N x 0 x D", lambda d, b: train_emb(_npy(d, b, np.zeros((3, 0, 8), np.float32))), 2),
-    ("train", "labels csv field over 131,072 chars", lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", f"path,label\nclips/a.wav,{HUGE_FIELD}\n")), 2),
-    ("train", "labels csv NUL byte", lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", "path,label\nclips/a\0.wav,x\n")), 2),
+    (
+        "train",
+        "labels csv field over 131,072 chars",
+        lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", f"path,label\nclips/a.wav,{HUGE_FIELD}\n")),
+        2,
+    ),
+    (
+        "train",
+        "labels csv NUL byte",
+        lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", "path,label\nclips/a\0.wav,x\n")),
+        2,
+    ),
     ("train", "labels csv empty", lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", "")), 2),
-    ("train", "labels csv duplicate header column", lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", "path,label,label\nclips/a.wav,x,y\n")), 2),
+    (
+        "train",
+        "labels csv duplicate header column",
+        lambda d, b: train_emb(_copy_index(d, b), _text(d / "l.csv", "path,label,label\nclips/a.wav,x,y\n")),
+        2,
+    ),
     # tag --head FILE: a trained head's metadata
     ("tag --head", "classes a number", lambda d, b: tag_head(_head_with(d, b, classes="5"), b), 2),
     ("tag --head", "classes numbers", lambda d, b: tag_head(_head_with(d, b, classes="[1, 2]"), b), 2),
     ("tag --head", "encoder a list", lambda d, b: tag_head(_head_with(d, b, encoder="[]"), b), 2),
-    ("tag --head", "encoder name a number", lambda d, b: tag_head(_head_with(d, b, encoder='{"name": 5, "source": "file"}'), b), 2),
+    (
+        "tag --head",
+        "encoder name a number",
+        lambda d, b: tag_head(_head_with(d, b, encoder='{"name": 5, "source": "file"}'), b),
+        2,
+    ),
     ("tag --head", "metrics a list", lambda d, b: tag_head(_head_with(d, b, metrics="[]"), b), 2),
     ("tag --head", "classes nested too deep", lambda d, b: tag_head(_head_with(d, b, classes=DEEP_JSON), b), 2),
     ("tag --head", "file truncated", lambda d, b: tag_head(_truncated_head(d, b), b), 2),
     ("tag --head", "probe .pth complex weight", lambda d, b: tag_head(_probe(d, b, torch_dtype="complex64"), b), 2),
     ("tag --head", "probe .pth not a pickle", lambda d, b: tag_head(_text(d / "p.pth", b"\x80\x02garbage"), b), 2),
     ("tag --head", "probe .pth a pickle that runs code", lambda d, b: tag_head(_evil_pickle(d), b), 2),
-    ("tag --labels", "labels file not UTF-8", lambda d, b: tag_head(_probe(d, b), b) + ["--labels", _text(d / "l.txt", b"\xff\xfe\x00a\n")], 2),
+    (
+        "tag --labels",
+        "labels file not UTF-8",
+        lambda d, b: tag_head(_probe(d, b), b) + ["--labels", _text(d / "l.txt", b"\xff\xfe\x00a\n")],
+        2,
+    ),
     # embed: resuming from a journal
     ("embed resume", "journal garbage (recomputed)", lambda d, b: _resume(d, b, lambda j: b"\x00garbage" * 100), 0),
     ("embed resume", "journal truncated (recomputed)", lambda d, b: _resume(d, b, lambda j: j[: len(j) // 2]), 0),
@@ -321,8 +491,10 @@ def _probe(d: Path, base: dict, torch_dtype: str = "float32") -> str:
     import torch
 
     dtype = getattr(torch, torch_dtype)
-    torch.save({"probe.weight": torch.ones(2, base["dim"], dtype=dtype), "probe.bias": torch.zeros(2, dtype=dtype)},
-               d / "p.pth")
+    torch.save(
+        {"probe.weight": torch.ones(2, base["dim"], dtype=dtype), "probe.bias": torch.zeros(2, dtype=dtype)},
+        d / "p.pth",
+    )
     return str(d / "p.pth")
 
 
@@ -397,8 +569,10 @@ def test_the_corpus_counts():
     if TALLY["cases"] < len(CASES):
         pytest.skip("run with the whole corpus to count it")
     kinds = len({k for _, k, _, _ in CASES})
-    print(f"\nhostile corpus: {TALLY['cases']} cases ({kinds} kinds, {len({r for r, *_ in CASES})} readers), "
-          f"{TALLY['one-line errors']} one-line errors, {TALLY['accepted']} accepted, "
-          f"{TALLY['tracebacks']} tracebacks")
+    print(
+        f"\nhostile corpus: {TALLY['cases']} cases ({kinds} kinds, {len({r for r, *_ in CASES})} readers), "
+        f"{TALLY['one-line errors']} one-line errors, {TALLY['accepted']} accepted, "
+        f"{TALLY['tracebacks']} tracebacks"
+    )
     assert TALLY["tracebacks"] == 0
     assert TALLY["one-line errors"] + TALLY["accepted"] == TALLY["cases"]

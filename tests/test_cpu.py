@@ -40,8 +40,9 @@ MALLINFO = textwrap.dedent("""
 
 
 def _placed(body: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", MALLINFO + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", MALLINFO + textwrap.dedent(body)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -54,14 +55,17 @@ def _off(got: dict) -> bool:  # mapped afresh
     return got["mapped"] >= 64 << 20
 
 
-@pytest.mark.parametrize("env, vendor, want", [
-    ("", "GenuineIntel", "plain"),  # MKL's AVX-512 path: as fast in the encoder, no packing at load
-    ("auto", "GenuineIntel", "plain"),
-    ("", "AuthenticAMD", "onednn"),  # MKL takes AVX2 on AMD; oneDNN its AVX-512 kernels
-    ("", "", "onednn"),  # no vendor line (ARM, macOS): oneDNN where its self-check passes
-    ("onednn", "GenuineIntel", "onednn"),
-    (" Plain ", "AuthenticAMD", "plain"),
-])
+@pytest.mark.parametrize(
+    "env, vendor, want",
+    [
+        ("", "GenuineIntel", "plain"),  # MKL's AVX-512 path: as fast in the encoder, no packing at load
+        ("auto", "GenuineIntel", "plain"),
+        ("", "AuthenticAMD", "onednn"),  # MKL takes AVX2 on AMD; oneDNN its AVX-512 kernels
+        ("", "", "onednn"),  # no vendor line (ARM, macOS): oneDNN where its self-check passes
+        ("onednn", "GenuineIntel", "onednn"),
+        (" Plain ", "AuthenticAMD", "plain"),
+    ],
+)
 def test_choice_by_vendor_with_the_variable_overriding(env, vendor, want):
     assert cpu.choose(env, vendor) == want
 
@@ -86,7 +90,9 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
 @linux_only
 def test_freed_memory_is_kept_in_the_heap():
     assert _off(_placed("import json; print(json.dumps(placed()))"))  # glibc's defaults
-    got = _placed("import json; from matpac_cli.encoder import cpu; assert cpu.keep_freed_memory(); print(json.dumps(placed()))")
+    got = _placed(
+        "import json; from matpac_cli.encoder import cpu; assert cpu.keep_freed_memory(); print(json.dumps(placed()))"
+    )
     assert _on(got), got
 
 
@@ -110,7 +116,6 @@ def test_what_loading_freed_is_handed_back_first():
 @linux_only
 def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tmp_path):
     import torch
-
     from reference import make_checkpoint
 
     ckpt = tmp_path / "m.pt"

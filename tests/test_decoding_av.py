@@ -21,8 +21,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from matpac_cli.pipeline.audio import AudioSource, _downmix
 from matpac_cli.errors import InputError
+from matpac_cli.pipeline.audio import AudioSource, _downmix
 
 LAYOUTS = {1: "mono", 2: "stereo"}
 
@@ -36,8 +36,9 @@ def signal(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray:
     return (0.05 * rng.standard_normal((channels, n)) + np.array(tones)).astype(np.float32)
 
 
-def write_encoded(path: Path, seconds: float, sr: int, channels: int, seed: int = 0,
-                  codec: str = "aac", container: str = "ipod") -> Path:
+def write_encoded(
+    path: Path, seconds: float, sr: int, channels: int, seed: int = 0, codec: str = "aac", container: str = "ipod"
+) -> Path:
     """Encode `signal` with PyAV: AAC in an .m4a (ipod muxer) by default."""
     x = signal(seconds, sr, channels, seed)
     with av.open(str(path), "w", format=container) as out:
@@ -47,7 +48,7 @@ def write_encoded(path: Path, seconds: float, sr: int, channels: int, seed: int 
         fmt = next(f for f in ("fltp", "flt", "s16p", "s16") if f in offered)
         step = 1152 if codec in ("mp3", "libmp3lame", "mp2") else 1024
         for start in range(0, x.shape[1], step):
-            block = x[:, start:start + step]
+            block = x[:, start : start + step]
             if not fmt.endswith("p"):  # packed sample format: interleave
                 block = block.T.reshape(1, -1)
             if fmt.startswith("s16"):
@@ -67,14 +68,18 @@ def write_m4a(path: Path, seconds: float, sr: int = 44100, channels: int = 2, se
 
 def ffmpeg_cli_samples(path: Path, channels: int) -> np.ndarray:
     """(n, channels) float32 as `ffmpeg -i x -f f32le -acodec pcm_f32le -` decodes it."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le",
-                          "-acodec", "pcm_f32le", "-"], capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(out, dtype="<f4").reshape(-1, channels)
 
 
 @pytest.fixture()
 def no_subprocess(monkeypatch):
     """Decoding must stay in this process: starting any program fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"decoding started a subprocess: {args[0] if args else kwargs}")
 
@@ -89,6 +94,7 @@ def decode(path: Path, block_frames: int | None = None) -> tuple[AudioSource, np
 
 
 # ------------------------------------------------------------------ PyAV: formats libsndfile lacks
+
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (the reference decoder)")
 @pytest.mark.parametrize("sr", [44100, 48000])
@@ -127,11 +133,15 @@ def test_wma_and_other_named_extensions_decode_in_process(tmp_path, no_subproces
         assert abs(len(mono) / sr - 2.0) < 0.2 and np.abs(mono).max() > 0.2
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)),
-    lambda p: p.write_bytes(b"\0\0\0\x20ftypM4A " + bytes(100)),
-    lambda p: p.write_bytes(write_m4a(p, 2.0).read_bytes()[: p.stat().st_size // 2]),  # moov lost
-], ids=["random", "ftyp-only", "cut"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)),
+        lambda p: p.write_bytes(b"\0\0\0\x20ftypM4A " + bytes(100)),
+        lambda p: p.write_bytes(write_m4a(p, 2.0).read_bytes()[: p.stat().st_size // 2]),  # moov lost
+    ],
+    ids=["random", "ftyp-only", "cut"],
+)
 def test_broken_m4a_is_one_line_naming_the_file(tmp_path, no_subprocess, make):
     path = tmp_path / "bad.m4a"
     make(path)
@@ -151,6 +161,7 @@ def test_decoding_m4a_raises_no_warning_into_torch(tmp_path, no_subprocess):
 
 
 # ------------------------------------------------------------------ libsndfile's formats: no fallback
+
 
 def _wav(x: np.ndarray, sr: int = 16000) -> bytes:
     buf = io.BytesIO()
@@ -192,28 +203,34 @@ def test_garbage_mp3_and_flac_leave_stderr_alone(tmp_path):
     (tmp_path / "text.mp3").write_bytes(b"this is not audio\n" * 100)
     (tmp_path / "garbage.flac").write_bytes(np.random.default_rng(1).bytes(5000))
     (tmp_path / "garbage.wav").write_bytes(np.random.default_rng(2).bytes(5000))
-    code = ("import sys; from pathlib import Path; from matpac_cli.pipeline.audio import AudioSource\n"
-            "from matpac_cli.errors import InputError\n"
-            "for p in sys.argv[1:]:\n"
-            "    try: list(AudioSource(Path(p)).blocks())\n"
-            "    except InputError as e: print(e)\n")
+    code = (
+        "import sys; from pathlib import Path; from matpac_cli.pipeline.audio import AudioSource\n"
+        "from matpac_cli.errors import InputError\n"
+        "for p in sys.argv[1:]:\n"
+        "    try: list(AudioSource(Path(p)).blocks())\n"
+        "    except InputError as e: print(e)\n"
+    )
     files = [str(tmp_path / n) for n in ("text.mp3", "garbage.flac", "garbage.wav")]
     proc = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, timeout=120, check=False)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode(errors="replace")
     assert len(proc.stdout.decode().splitlines()) == 3
 
 
-@pytest.mark.parametrize("codec,sr,channels,prefix", [
-    ("libmp3lame", 44100, 2, b""),      # MPEG-1 layer III, with the ID3v2 tag the muxer writes
-    ("libmp3lame", 22050, 1, b""),      # MPEG-2
-    ("libmp3lame", 8000, 1, b""),       # MPEG-2.5
-    ("libmp3lame", 48000, 2, bytes(700)),  # junk before the first frame: decoders resync
-    ("mp2", 48000, 2, b""),             # layer II in a .mp3
-])
+@pytest.mark.parametrize(
+    "codec,sr,channels,prefix",
+    [
+        ("libmp3lame", 44100, 2, b""),  # MPEG-1 layer III, with the ID3v2 tag the muxer writes
+        ("libmp3lame", 22050, 1, b""),  # MPEG-2
+        ("libmp3lame", 8000, 1, b""),  # MPEG-2.5
+        ("libmp3lame", 48000, 2, bytes(700)),  # junk before the first frame: decoders resync
+        ("mp2", 48000, 2, b""),  # layer II in a .mp3
+    ],
+)
 def test_real_mp3s_still_reach_libsndfile(tmp_path, no_subprocess, codec, sr, channels, prefix):
     """The check that spares libmpg123's noise must not turn away anything it would decode."""
-    path = write_encoded(tmp_path / "x.mp3", 2.0, sr, channels, codec=codec,
-                         container="mp2" if codec == "mp2" else "mp3")
+    path = write_encoded(
+        tmp_path / "x.mp3", 2.0, sr, channels, codec=codec, container="mp2" if codec == "mp2" else "mp3"
+    )
     path.write_bytes(prefix + path.read_bytes())
     src, mono = decode(path)
     assert (src.sample_rate, src.channels) == (sr, channels)

@@ -10,15 +10,14 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_audio
 
 
 @pytest.fixture(scope="module")
 def setup(ckpts, tmp_path_factory):
-    from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, discover
-    from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, discover
 
     d = tmp_path_factory.mktemp("work")
     for i, (seconds, sr) in enumerate([(3, 16000), (8.5, 44100), (13, 48000), (0.01, 16000)]):
@@ -41,8 +40,12 @@ def _local(items, plan) -> tuple[dict, dict]:
     from matpac_cli.engines.local import run
 
     results, failures = {}, {}
-    run(items, [plan], on_result=lambda r: results.__setitem__(r.item.name, r),
-        on_failure=lambda e: failures.__setitem__(e.path, e.reason))
+    run(
+        items,
+        [plan],
+        on_result=lambda r: results.__setitem__(r.item.name, r),
+        on_failure=lambda e: failures.__setitem__(e.path, e.reason),
+    )
     return results, failures
 
 
@@ -53,15 +56,20 @@ def _rows(items, plan) -> list[tuple[int, int, int, bytes]]:
     encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)]})()
     decoded = []
     for i, item in enumerate(items):
-        for part in decode_files({"i": np.array([i]), "item": np.array([pickle.dumps(item)], dtype=object)},
-                                 (plan.predictor.dims.n_t,), False):
+        for part in decode_files(
+            {"i": np.array([i]), "item": np.array([pickle.dumps(item)], dtype=object)},
+            (plan.predictor.dims.n_t,),
+            False,
+        ):
             decoded += list(zip(part["i"], part["grid"], part["k"], part["data"]))
     random.Random(0).shuffle(decoded)  # other files' chunks share a batch, facts rows anywhere
     out = []
     for start in range(0, len(decoded), 3):
-        rows = decoded[start:start + 3]
-        batch = {key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
-                 for n, key in enumerate(("i", "grid", "k", "data"))}
+        rows = decoded[start : start + 3]
+        batch = {
+            key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
+            for n, key in enumerate(("i", "grid", "k", "data"))
+        }
         res = encoder(batch)
         out += list(zip(res["i"], res["grid"], res["k"], res["data"]))
     return out
@@ -76,9 +84,14 @@ def test_rows_in_any_order_and_twice_give_the_local_results(setup):
     rows = rows + rows[: len(rows) // 2]  # a retried task's answers, again
     random.Random(1).shuffle(rows)
     got, failed, progress = {}, {}, []
-    collector = Collector(items, [plan], lambda r: got.__setitem__(r.item.name, r),
-                          lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: progress.append(i.name),
-                          lambda s: None)
+    collector = Collector(
+        items,
+        [plan],
+        lambda r: got.__setitem__(r.item.name, r),
+        lambda e: failed.__setitem__(e.path, e.reason),
+        lambda i, s: progress.append(i.name),
+        lambda s: None,
+    )
     for row in rows:
         collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
     collector.finish()
@@ -97,8 +110,9 @@ def test_a_file_the_cluster_never_answers_for_is_named(setup):
     items, plan = setup
     rows = [r for r in _rows(items, plan) if int(r[0]) != 1]
     failed = {}
-    collector = Collector(items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason),
-                          lambda i, s: None, lambda s: None)
+    collector = Collector(
+        items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: None, lambda s: None
+    )
     for row in rows:
         collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
     collector.finish()
@@ -118,11 +132,13 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     rows = list(decode_files(batch, (plan.predictor.dims.n_t,), False, attempts))
     assert len(rows) == 1 and int(rows[0]["k"][0]) == -1  # the facts row only: nothing decoded
     failed = {}
-    collector = Collector(items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason),
-                          lambda i, s: None, lambda s: None)
+    collector = Collector(
+        items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: None, lambda s: None
+    )
     collector.add(0, 0, -1, rows[0]["data"][0])
-    assert failed == {items[0].name: "the Ray worker decoding it died 3 times (a crash, or killed for memory?); "
-                                     "matpac gave up on it"}
+    assert failed == {
+        items[0].name: "the Ray worker decoding it died 3 times (a crash, or killed for memory?); matpac gave up on it"
+    }
     assert attempts.retries() == 3
     assert len(list(decode_files(batch, (plan.predictor.dims.n_t,), False, Attempts()))) > 1  # a first try decodes
 
@@ -165,8 +181,10 @@ def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path)
     wrong = replace(Recipe.of(plan, "cpu", 1), sha256="0" * 64)  # this node's copy is another file
     encoder = type("Encoder", (Encoder,), {"recipes": [wrong]})()
     rows = [r for r in _rows(items, plan) if int(r[2]) >= 0][:2]
-    batch = {key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
-             for n, key in enumerate(("i", "grid", "k", "data"))}
+    batch = {
+        key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
+        for n, key in enumerate(("i", "grid", "k", "data"))
+    }
     res = encoder(batch)
     collector = Collector(items, [plan], lambda r: None, lambda e: None, lambda i, s: None, lambda s: None)
     with pytest.raises(ModelError, match="is not the driver's: sha256"):

@@ -9,9 +9,11 @@ import sys
 
 def _run(tmp_path, args: list[str], stdout=subprocess.PIPE):
     flag = tmp_path / "teardown-ran"
-    code = ("import atexit, sys; from matpac_cli.cli import entry; "
-            f"atexit.register(lambda: open({str(flag)!r}, 'w').close()); "
-            f"sys.argv = ['matpac', *{args!r}]; entry()")
+    code = (
+        "import atexit, sys; from matpac_cli.cli import entry; "
+        f"atexit.register(lambda: open({str(flag)!r}, 'w').close()); "
+        f"sys.argv = ['matpac', *{args!r}]; entry()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, timeout=120)
     return proc, flag.exists()
 

@@ -1,4 +1,5 @@
 """The fake server works with the real huggingface_hub and plain urllib (no mocks)."""
+
 from __future__ import annotations
 
 import http.client
@@ -8,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeserver import FakeServer, patch_hub
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-from fakeserver import FakeServer, patch_hub
 
 REPO = "someone/matpac"
 DATA = bytes(range(256)) * 40

@@ -12,19 +12,27 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from conftest import REPO, run_matpac, write_audio
 
 
 def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
     work = tmp_path / "work"
-    names = ["clips/x.wav", "../x.wav", str(tmp_path / "tmp" / "x.wav"), "tmp/x.wav", "__/x.wav",
-             "_up/x.wav", "clips/sub/../y.wav", "clips/" + "n" * 251 + ".wav"]
+    names = [
+        "clips/x.wav",
+        "../x.wav",
+        str(tmp_path / "tmp" / "x.wav"),
+        "tmp/x.wav",
+        "__/x.wav",
+        "_up/x.wav",
+        "clips/sub/../y.wav",
+        "clips/" + "n" * 251 + ".wav",
+    ]
     for seed, name in enumerate(names):  # every file sounds different, so a clobbered file shows
         write_audio(work / name if not os.path.isabs(name) else tmp_path / name, 0.7 + 0.1 * seed, seed=seed)
     (work / "clips" / "sub").mkdir(exist_ok=True)
-    proc = run_matpac(["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"],
-                      cwd=work)
+    proc = run_matpac(
+        ["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"], cwd=work
+    )
     assert proc.returncode == 0, proc.stderr
     with open(work / "e.csv", newline="") as fh:
         index = list(csv.DictReader(fh))
@@ -46,15 +54,19 @@ def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
     assert output["frames"] == {"folder": "fr", "column": "frames", "frame_s": 0.16, "window_s": 0.175}
     search = run_matpac(["search", "clips/x.wav", "--index", "e.npy", "-k", "1"], cwd=work)
     assert search.returncode == 0, search.stderr  # readers take the index with its new columns
-    again = run_matpac(["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])], cwd=work)
+    again = run_matpac(
+        ["embed", *names, "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])], cwd=work
+    )
     assert again.returncode == 0 and "8 reused" in again.stderr.decode(), again.stderr
 
 
 def test_parquet_output_names_the_frames_files_too(tmp_path, ckpts):
     write_audio(tmp_path / "a" / "x.wav", 0.5, seed=1)
     write_audio(tmp_path / "b" / "x.wav", 0.5, seed=2)
-    proc = run_matpac(["embed", "a", "b", "--out", "e.parquet", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"],
-                      cwd=tmp_path)
+    proc = run_matpac(
+        ["embed", "a", "b", "--out", "e.parquet", "--frames", "fr", "--model", str(ckpts["tiny608"]), "-q"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(tmp_path / "e.parquet")
     assert table.column("frames").to_pylist() == ["a/x.wav.npy", "b/x.wav.npy"]
@@ -85,14 +97,24 @@ def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
 
 def test_two_runs_never_write_one_frames_folder_at_once(tmp_path, ckpts):
     write_audio(tmp_path / "a.wav", 0.5, seed=1)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
-        "with writers.locked(Path('fr') / 'frames'):\n    print('held', flush=True); time.sleep(60)")],
-        cwd=tmp_path, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
+                "with writers.locked(Path('fr') / 'frames'):\n    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline() == b"held\n"
-        proc = run_matpac(["embed", "a.wav", "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])],
-                          cwd=tmp_path)
+        proc = run_matpac(
+            ["embed", "a.wav", "--out", "e.npy", "--frames", "fr", "--model", str(ckpts["tiny608"])], cwd=tmp_path
+        )
         err = proc.stderr.decode()
         assert proc.returncode == 2 and f"another matpac is writing fr/frames (pid {holder.pid})" in err, err
         assert not (tmp_path / "e.npy").exists() and not (tmp_path / "fr" / "a.wav.npy").exists()

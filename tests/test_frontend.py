@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pytest
+import reference as R
 import torch
 import torchaudio
-
-import reference as R
 
 SR = 16000
 EPS = torch.finfo(torch.float32).eps
@@ -24,13 +23,29 @@ EPS = torch.finfo(torch.float32).eps
 # ---------------------------------------------------------------------------------------------
 def spec_resample(x: torch.Tensor, orig: int) -> torch.Tensor:
     return torchaudio.functional.resample(
-        x, orig, 16000, lowpass_filter_width=64, rolloff=0.9475937167399596,
-        resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
+        x,
+        orig,
+        16000,
+        lowpass_filter_width=64,
+        rolloff=0.9475937167399596,
+        resampling_method="sinc_interp_kaiser",
+        beta=14.769656459379492,
+    )
 
 
 _MEL = torchaudio.transforms.MelSpectrogram(
-    sample_rate=16000, n_fft=400, win_length=400, hop_length=160, f_min=50, f_max=8000, n_mels=80,
-    power=2.0, center=False, norm="slaney", mel_scale="slaney")
+    sample_rate=16000,
+    n_fft=400,
+    win_length=400,
+    hop_length=160,
+    f_min=50,
+    f_max=8000,
+    n_mels=80,
+    power=2.0,
+    center=False,
+    norm="slaney",
+    mel_scale="slaney",
+)
 
 
 def spec_logmel(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +58,7 @@ def wave(n: int, seed: int = 0, sr: int = SR) -> torch.Tensor:
     """Noise with a moving envelope plus a chirp: energy in every mel band, varying over time."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / sr
-    x = 0.3 * np.sin(2 * np.pi * (150 * t + 700 * t ** 2)) + 0.2 * (0.6 + 0.4 * np.sin(3 * t)) * rng.standard_normal(n)
+    x = 0.3 * np.sin(2 * np.pi * (150 * t + 700 * t**2)) + 0.2 * (0.6 + 0.4 * np.sin(3 * t)) * rng.standard_normal(n)
     return torch.from_numpy(np.clip(x, -1, 1).astype(np.float32))
 
 
@@ -301,12 +316,21 @@ def _refused(sd, key: str) -> str:
     return msg
 
 
-@pytest.mark.parametrize("key", [
-    "cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-    "student_encoder.blocks.0.attn.qkv.bias", "student_encoder.blocks.1.mlp.fc2.weight",
-    "student_encoder.blocks.1.norm2.bias", "student_encoder.blocks.0.mlp.fc1.weight",
-    "student_encoder.norm.weight", "student_encoder.norm.bias",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "student_encoder.blocks.0.attn.qkv.bias",
+        "student_encoder.blocks.1.mlp.fc2.weight",
+        "student_encoder.blocks.1.norm2.bias",
+        "student_encoder.blocks.0.mlp.fc1.weight",
+        "student_encoder.norm.weight",
+        "student_encoder.norm.bias",
+    ],
+)
 def test_missing_key_is_named(small_sd, key):
     sd = dict(small_sd)
     del sd[key]
@@ -322,23 +346,31 @@ def test_missing_norm1_weight_is_named(small_sd, key):
     _refused(sd, key)
 
 
-@pytest.mark.parametrize("key", [
-    "student_encoder.blocks.0.attn.q_bias", "decoder.pred.weight", "student_encoder.blocks.2.mlp.fc1.weight",
-    "mask_token",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "student_encoder.blocks.0.attn.q_bias",
+        "decoder.pred.weight",
+        "student_encoder.blocks.2.mlp.fc1.weight",
+        "mask_token",
+    ],
+)
 def test_extra_key_is_named(small_sd, key):
     sd = dict(small_sd)
     sd[key] = torch.zeros(64)
     _refused(sd, key)
 
 
-@pytest.mark.parametrize("key, shape", [
-    ("student_encoder.blocks.1.attn.qkv.weight", (192, 65)),
-    ("student_encoder.blocks.0.attn.proj.bias", (63,)),
-    ("patch_embed.proj.weight", (64, 1, 16, 8)),
-    ("student_encoder.norm.bias", (1, 64)),
-    ("student_encoder.blocks.1.mlp.fc2.bias", (128,)),
-])
+@pytest.mark.parametrize(
+    "key, shape",
+    [
+        ("student_encoder.blocks.1.attn.qkv.weight", (192, 65)),
+        ("student_encoder.blocks.0.attn.proj.bias", (63,)),
+        ("patch_embed.proj.weight", (64, 1, 16, 8)),
+        ("student_encoder.norm.bias", (1, 64)),
+        ("student_encoder.blocks.1.mlp.fc2.bias", (128,)),
+    ],
+)
 def test_misshapen_key_is_named(small_sd, key, shape):
     sd = dict(small_sd)
     sd[key] = torch.zeros(shape)
@@ -357,6 +389,7 @@ def test_strict_load_uses_every_weight(small_sd):
 def test_bad_checkpoint_through_cli_names_key(small_sd, tmp_path, capsys):
     """A user pointing `--model` at a damaged file gets exit 2 and the key's name, no output."""
     from conftest import write_audio
+
     from matpac_cli.cli import main
 
     sd = dict(small_sd)
@@ -364,8 +397,9 @@ def test_bad_checkpoint_through_cli_names_key(small_sd, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     torch.save(sd, bad)
     clip = write_audio(tmp_path / "a.wav", 0.5)
-    rc = main(["embed", str(clip), "--out", str(tmp_path / "emb.npy"), "--model", str(bad),
-               "--device", "cpu", "--quiet"])
+    rc = main(
+        ["embed", str(clip), "--out", str(tmp_path / "emb.npy"), "--model", str(bad), "--device", "cpu", "--quiet"]
+    )
     assert rc == 2
     assert "student_encoder.blocks.1.attn.proj.weight" in capsys.readouterr().err
     assert not (tmp_path / "emb.npy").exists()
@@ -391,8 +425,14 @@ def test_geometry_of_vit_base_shapes(n_t, rows):
     shapes = {"cls_token": (1, 1, 768), "pos_embed": (1, rows, 768), "patch_embed.proj.weight": (768, 1, 16, 16)}
     for i in range(12):
         p = f"student_encoder.blocks.{i}."
-        shapes.update({p + "norm1.weight": (768,), p + "attn.qkv.weight": (2304, 768),
-                       p + "mlp.fc1.weight": (3072, 768), p + "mlp.fc2.weight": (768, 3072)})
+        shapes.update(
+            {
+                p + "norm1.weight": (768,),
+                p + "attn.qkv.weight": (2304, 768),
+                p + "mlp.fc1.weight": (3072, 768),
+                p + "mlp.fc2.weight": (768, 3072),
+            }
+        )
     sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     d = EncoderDims.from_state_dict(sd)
     assert (d.width, d.depth, d.heads, d.mlp_width, d.n_t, d.embed_dim) == (768, 12, 12, 3072, n_t, 3840)

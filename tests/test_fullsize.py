@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint, reference_embedding
 
@@ -38,8 +37,7 @@ def test_full_size_embeddings_match_the_reference(tmp_path, vitb):
     for i, (name, (length, sr, ch)) in enumerate(CASES.items()):
         seconds = length / sr if isinstance(length, int) else length
         write_audio(tmp_path / "clips" / name, seconds, sr=sr, channels=ch, seed=i)
-    proc = run_matpac(["embed", "clips", "--out", "emb.npy", "--model", str(path), "--batch-size", "4"],
-                      cwd=tmp_path)
+    proc = run_matpac(["embed", "clips", "--out", "emb.npy", "--model", str(path), "--batch-size", "4"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     emb = np.load(tmp_path / "emb.npy")
     assert emb.shape == (len(CASES), 3840) and emb.dtype == np.float32

@@ -85,7 +85,6 @@ def test_resolve_reuses_hash_and_refuses_a_rewritten_release_file(hub, counted):
     import io
 
     import torch
-
     from reference import make_checkpoint
 
     from matpac_cli.checkpoints import resolve as W
@@ -116,8 +115,9 @@ def _forge(cache, f, mode=0o600) -> str:
     """An entry for `f` with its current stamp and a digest that is not its own."""
     fake = hashlib.sha256(b"another checkpoint").hexdigest()
     st = os.stat(f)
-    cache.write_text(json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                         st.st_ino, st.st_dev, fake]}))
+    cache.write_text(
+        json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, fake]})
+    )
     cache.chmod(mode)
     return fake
 
@@ -160,8 +160,9 @@ def test_a_malformed_entry_is_ignored(tmp_path, counted, digest):
     f, cache = tmp_path / "w.pt", tmp_path / "cache.json"
     f.write_bytes(b"a" * 5000)
     st = os.stat(f)
-    cache.write_text(json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                         st.st_ino, st.st_dev, digest]}))
+    cache.write_text(
+        json.dumps({os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, digest]})
+    )
     cache.chmod(0o600)
     assert hashcache.file_sha256(f, cache) == _sha(f)
     assert len(counted) == 1

@@ -68,7 +68,7 @@ def tag_labels(name: str) -> list[str]:
 def probe_tensors(classes: int, seed: int, style: str = "probe", width: int = EMB) -> dict:
     """A random probe file's content. Scales give logits of a few units: scores spread over (0, 1)."""
     g = torch.Generator().manual_seed(seed)
-    w = torch.randn(classes, width, generator=g) * (2.0 / width ** 0.5)
+    w = torch.randn(classes, width, generator=g) * (2.0 / width**0.5)
     b = torch.randn(classes, generator=g) * 0.5
     if style == "bare":
         return {"weight": w, "bias": b}
@@ -112,9 +112,13 @@ def entry_name(layout: str, folder: str, task: str) -> str:
     raise ValueError(layout)
 
 
-def serve_probes(hub, layout: str = "nested", styles: dict[str, str] | None = None,
-                 music: tuple[str, ...] = DEFAULT_HEADS + ("openmic",),
-                 general: tuple[str, ...] = ("esc50", "mtg_genre", "openmic")) -> dict:
+def serve_probes(
+    hub,
+    layout: str = "nested",
+    styles: dict[str, str] | None = None,
+    music: tuple[str, ...] = DEFAULT_HEADS + ("openmic",),
+    general: tuple[str, ...] = ("esc50", "mtg_genre", "openmic"),
+) -> dict:
     """Serve a probe zip with both family folders; return {(folder, task): tensors}.
 
     Every task present in both folders gets different weights, so a head read from the wrong
@@ -269,14 +273,19 @@ def test_music_model_from_the_hub(hub, ckpts, music_dir, ref608, capsys):
     from safetensors.torch import save as st_save
 
     sd = load_sd(ckpts["tiny608"])
-    hub.add_hub_file("auriankelen/matpac_music", "model.safetensors", st_save({k: v.contiguous() for k, v in sd.items()}))
+    hub.add_hub_file(
+        "auriankelen/matpac_music", "model.safetensors", st_save({k: v.contiguous() for k, v in sd.items()})
+    )
     hub.add_hub_file("auriankelen/matpac_music", "README.md", b"# port\n")
     probes = serve_probes(hub)
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "instrument", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     rows = by_file_head(parse_csv(out))[("a.wav", "mtg_instrument")]
-    assert_scores(rows, tag_labels("mtg_instrument.txt"),
-                  expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_instrument")], "sigmoid"))
+    assert_scores(
+        rows,
+        tag_labels("mtg_instrument.txt"),
+        expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_instrument")], "sigmoid"),
+    )
     assert hub.count("GET", "matpac_plus_music_6s_2048_enconly.pt") == 0
 
 
@@ -306,22 +315,28 @@ def test_unreachable_hub_falls_back_to_the_release(server, ckpts, music_dir, ref
     probes = serve_probes(server)
     rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "mtg_genre")], tag_labels("mtg_genre.txt"),
-                  expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_genre")], "sigmoid"))
+    assert_scores(
+        by_file_head(parse_csv(out))[("a.wav", "mtg_genre")],
+        tag_labels("mtg_genre.txt"),
+        expected_probe(ref608["a.wav"], probes[(MUSIC, "mtg_genre")], "sigmoid"),
+    )
 
 
 def test_softmax_head_of_general_audio_family(hub, ckpts, music_dir, ref608, capsys):
     """`--model matpac-plus --head esc50`: read from matpac++_general_audio, softmax, sums to 1."""
     hub.add_release_file(RELEASE_GENERAL, ckpts["tiny608"].read_bytes())
     probes = serve_probes(hub, "flat", music=DEFAULT_HEADS + ("esc50",))  # decoy esc50 for music
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", "matpac-plus", "--head", "esc50",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--model", "matpac-plus", "--head", "esc50", "--top-k", "0", "--device", "cpu"
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {("a.wav", "esc50"), ("b.flac", "esc50")}
     for (fname, _), rows in groups.items():
         assert len(rows) == 50
-        assert_scores(rows, tag_labels("esc50.txt"), expected_probe(ref608[fname], probes[(GENERAL, "esc50")], "softmax"))
+        assert_scores(
+            rows, tag_labels("esc50.txt"), expected_probe(ref608[fname], probes[(GENERAL, "esc50")], "softmax")
+        )
         assert abs(sum(float(r["score"]) for r in rows) - 1.0) <= 1e-4
 
 
@@ -329,12 +344,24 @@ def test_same_task_in_both_family_folders_picks_the_model_family(hub, ckpts, mus
     """mtg_genre exists in both folders with different weights: matpac-plus reads the general one."""
     hub.add_release_file(RELEASE_GENERAL, ckpts["tiny608"].read_bytes())
     probes = serve_probes(hub, "nested")
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", "matpac-plus", "--head", "genre",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        "matpac-plus",
+        "--head",
+        "genre",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     rows = by_file_head(parse_csv(out))[("a.wav", "mtg_genre")]
-    assert_scores(rows, tag_labels("mtg_genre.txt"),
-                  expected_probe(ref608["a.wav"], probes[(GENERAL, "mtg_genre")], "sigmoid"))
+    assert_scores(
+        rows, tag_labels("mtg_genre.txt"), expected_probe(ref608["a.wav"], probes[(GENERAL, "mtg_genre")], "sigmoid")
+    )
 
 
 def test_head_missing_from_the_zip_is_a_clear_error(hub, ckpts, music_dir, capsys):
@@ -346,12 +373,21 @@ def test_head_missing_from_the_zip_is_a_clear_error(hub, ckpts, music_dir, capsy
     assert out == ""
 
 
-@pytest.mark.parametrize("bad", ["../x", "../../../../escaped.bin", "matpac++_music/../../../../../../escaped2.bin",
-                                 "/tmp/matpac_absolute_escape.bin"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "../../../../escaped.bin",
+        "matpac++_music/../../../../../../escaped2.bin",
+        "/tmp/matpac_absolute_escape.bin",
+    ],
+)
 def test_hostile_zip_entry_is_refused(hub, ckpts, music_dir, tmp_path, capsys, bad):
     serve_music_model(hub, ckpts)
-    entries = {entry_name("nested", MUSIC, t): torch_bytes(probe_tensors(SPEC_HEADS[t][0], i))
-               for i, t in enumerate(DEFAULT_HEADS)}
+    entries = {
+        entry_name("nested", MUSIC, t): torch_bytes(probe_tensors(SPEC_HEADS[t][0], i))
+        for i, t in enumerate(DEFAULT_HEADS)
+    }
     entries[bad] = b"owned\n"
     hub.add_release_file(RELEASE_PROBES, zip_bytes(entries))
     cache = tmp_path / "hf_home"
@@ -392,8 +428,19 @@ def test_local_probe_file_with_registry_name(ckpts, music_dir, ref608, tiny_prob
     classes, activation, labels = SPEC_HEADS[stem]
     sd = probe_tensors(classes, seed=7)
     torch.save(sd, tiny_probe_dir / f"{stem}.pth")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", f"./{stem}.pth",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        f"./{stem}.pth",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {("a.wav", stem), ("b.flac", stem)}
@@ -405,15 +452,30 @@ def test_local_probe_file_with_registry_name(ckpts, music_dir, ref608, tiny_prob
 def test_unknown_probe_needs_labels(ckpts, music_dir, ref608, tiny_probe_dir, capsys):
     sd = probe_tensors(7, seed=8)
     torch.save(sd, tiny_probe_dir / "birds.pth")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./birds.pth", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./birds.pth", "--device", "cpu"
+    )
     assert rc == 2
     assert "--labels" in err and "birds" in err
     assert out == ""
 
     names = ["robin", "wren", "crow", "owl", "gull", "tit", "jay"]
     (tiny_probe_dir / "birds.txt").write_text("\n".join(names) + "\n")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./birds.pth",
-                       "--labels", "birds.txt", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./birds.pth",
+        "--labels",
+        "birds.txt",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {("a.wav", "birds"), ("b.flac", "birds")}
@@ -430,8 +492,19 @@ def test_unknown_probe_needs_labels(ckpts, music_dir, ref608, tiny_probe_dir, ca
 def test_labels_file_with_wrong_count_is_refused(ckpts, music_dir, tiny_probe_dir, capsys):
     torch.save(probe_tensors(7, seed=8), tiny_probe_dir / "birds.pth")
     (tiny_probe_dir / "birds.txt").write_text("robin\nwren\ncrow\n")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./birds.pth",
-                       "--labels", "birds.txt", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./birds.pth",
+        "--labels",
+        "birds.txt",
+        "--device",
+        "cpu",
+    )
     assert rc == 2
     assert "7" in err and "3" in err
     assert out == ""
@@ -446,19 +519,38 @@ def test_labels_option_only_names_the_unknown_probe(ckpts, music_dir, ref608, ti
     torch.save(om, tiny_probe_dir / "openmic.pth")
     torch.save(probe_tensors(20, seed=9), tiny_probe_dir / "birds.pth")
     (tiny_probe_dir / "birds.txt").write_text("".join(f"bird{i}\n" for i in range(20)))
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--head", "./birds.pth", "--labels", "birds.txt", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--head",
+        "./birds.pth",
+        "--labels",
+        "birds.txt",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert {r["label"] for r in groups[("a.wav", "birds")]} == {f"bird{i}" for i in range(20)}
-    assert_scores(groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], om, "sigmoid"))
+    assert_scores(
+        groups[("a.wav", "openmic")], tag_labels("openmic.txt"), expected_probe(ref608["a.wav"], om, "sigmoid")
+    )
 
 
 def test_probe_with_two_weight_matrices_is_refused(ckpts, music_dir, tiny_probe_dir, capsys):
     sd = probe_tensors(20, seed=7)
     sd["aux_head.weight"] = torch.randn(20, EMB)
     torch.save(sd, tiny_probe_dir / "openmic.pth")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--device", "cpu"
+    )
     assert rc == 2
     assert "probe.weight" in err and "aux_head.weight" in err
     assert out == ""
@@ -467,7 +559,9 @@ def test_probe_with_two_weight_matrices_is_refused(ckpts, music_dir, tiny_probe_
 def test_probe_for_another_encoder_width_is_refused(ckpts, music_dir, tiny_probe_dir, capsys):
     """A ViT-B probe (20, 3840) on the 640-d tiny encoder names the key and its shape."""
     torch.save(probe_tensors(20, seed=7, width=3840), tiny_probe_dir / "openmic.pth")
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--device", "cpu"
+    )
     assert rc == 2
     assert "probe.weight" in err and "3840" in err
     assert out == ""
@@ -476,12 +570,26 @@ def test_probe_for_another_encoder_width_is_refused(ckpts, music_dir, tiny_probe
 def test_local_probe_with_standardisation_stats(ckpts, music_dir, ref608, tiny_probe_dir, capsys):
     sd = probe_tensors(20, seed=11, style="stats")
     torch.save(sd, tiny_probe_dir / "openmic.pth")
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     assert "openmic" in err and "standardis" in err
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], tag_labels("openmic.txt"),
-                  expected_probe(ref608["a.wav"], sd, "sigmoid"))
+    assert_scores(
+        by_file_head(parse_csv(out))[("a.wav", "openmic")],
+        tag_labels("openmic.txt"),
+        expected_probe(ref608["a.wav"], sd, "sigmoid"),
+    )
 
 
 @pytest.mark.parametrize("keys", [("scaler.mean", "scaler.scale"), ("scaler.mean_", "scaler.scale_", "scaler.var_")])
@@ -496,14 +604,30 @@ def test_standardisation_stats_under_a_scaler_prefix(ckpts, music_dir, ref608, t
     sd = probe_tensors(20, seed=12)
     sd[keys[0]], sd[keys[1]] = mean, scale
     if len(keys) == 3:
-        sd[keys[2]] = scale ** 2
+        sd[keys[2]] = scale**2
     torch.save(sd, tiny_probe_dir / "openmic.pth")
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", ckpts["tiny608"], "--head", "./openmic.pth",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
-    expected = R.reference_probe_scores(ref608["a.wav"], sd["probe.weight"].double().numpy(),
-                                        sd["probe.bias"].double().numpy(), "sigmoid",
-                                        mean.double().numpy(), scale.double().numpy())
+    expected = R.reference_probe_scores(
+        ref608["a.wav"],
+        sd["probe.weight"].double().numpy(),
+        sd["probe.bias"].double().numpy(),
+        "sigmoid",
+        mean.double().numpy(),
+        scale.double().numpy(),
+    )
     assert_scores(by_file_head(parse_csv(out))[("a.wav", "openmic")], tag_labels("openmic.txt"), expected)
 
 
@@ -513,8 +637,9 @@ def test_standardisation_stats_under_a_scaler_prefix(ckpts, music_dir, ref608, t
 @pytest.mark.parametrize("name", ["audioset", "events"])
 def test_audioset_head_matches_reference(ckpts, music_dir, capsys, name):
     sd = load_sd(ckpts["tiny992_as"])
-    rc, out, err = cli(capsys, "tag", music_dir, "--model", ckpts["tiny992_as"], "--head", name,
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--model", ckpts["tiny992_as"], "--head", name, "--top-k", "0", "--device", "cpu"
+    )
     assert rc == 0, err
     groups = by_file_head(parse_csv(out))
     assert set(groups) == {("a.wav", "audioset"), ("b.flac", "audioset")}

@@ -11,14 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 
@@ -189,10 +187,18 @@ def test_when_every_input_fails_the_old_output_is_not_reported_as_written(tmp_pa
 
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, tiny):
     _clips(tmp_path / "clips", 1)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
-        "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
-        str(tmp_path / "e.npy")], stdout=subprocess.PIPE)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
+                "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / "e.npy"),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline() == b"held\n"  # a run writing e.npy, as far as the lock goes
         second = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
@@ -211,21 +217,27 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, t
 
 def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
     """A journal that still holds payloads (as after kill -9): stop an in-process run at the end."""
-    from matpac_cli.pipeline.discovery import discover
-    from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.pipeline.discovery import discover
 
     class Killed(Exception):
         pass
 
-    def stop(item, seconds, seen=[]):
+    seen = []
+
+    def stop(item, seconds):
         seen.append(item)
         if len(seen) == n:
             raise Killed()
 
     with pytest.raises(Killed):
-        embed(discover([str(tmp_path / "clips")]), Predictor.load(str(tiny), device="cpu"),
-              EmbedConfig(out=tmp_path / "e.npy", force=True), on_progress=stop)
+        embed(
+            discover([str(tmp_path / "clips")]),
+            Predictor.load(str(tiny), device="cpu"),
+            EmbedConfig(out=tmp_path / "e.npy", force=True),
+            on_progress=stop,
+        )
     return tmp_path / "e.npy.journal"
 
 
@@ -278,7 +290,9 @@ def test_same_size_and_mtime_but_other_audio_is_recomputed(tmp_path, tiny):
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     first = np.load(tmp_path / "e.npy")
     subprocess.run(["cp", "-p", str(tmp_path / "other.wav"), str(clips / "a.wav")], check=True)
-    os.utime(clips / "a.wav", ns=(os.stat(tmp_path / "other.wav").st_atime_ns, os.stat(tmp_path / "other.wav").st_mtime_ns))
+    os.utime(
+        clips / "a.wav", ns=(os.stat(tmp_path / "other.wav").st_atime_ns, os.stat(tmp_path / "other.wav").st_mtime_ns)
+    )
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     assert json.loads((tmp_path / "e.manifest.json").read_text())["counts"]["computed"] == 1
     assert not np.allclose(np.load(tmp_path / "e.npy"), first)
@@ -299,8 +313,12 @@ def test_tag_to_a_full_stdout_is_one_line_exit_2(tmp_path, tiny):
     _clips(tmp_path / "clips", 2)
     probe = _probe_file(tmp_path)
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "matpac_cli", "tag", "clips", "--model", str(tiny),
-                               "--head", str(probe)], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE)
+        proc = subprocess.run(
+            [sys.executable, "-m", "matpac_cli", "tag", "clips", "--model", str(tiny), "--head", str(probe)],
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+        )
     line = _one_error_line(proc)
     assert "stdout" in line and "No space left on device" in line, line
 
@@ -323,8 +341,9 @@ def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
 
     _clips(tmp_path / "clips", 1)
     with writers.locked(tmp_path / "t.csv"):  # this process holds it, as a running matpac would
-        proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe_file(tmp_path)),
-                           "--out", "t.csv"], cwd=tmp_path)
+        proc = run_matpac(
+            ["tag", "clips", "--model", str(tiny), "--head", str(_probe_file(tmp_path)), "--out", "t.csv"], cwd=tmp_path
+        )
     line = _one_error_line(proc)
     assert f"another matpac is writing t.csv (pid {os.getpid()})" in line, line
 

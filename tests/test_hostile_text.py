@@ -24,7 +24,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 
@@ -50,11 +49,16 @@ def lib(tmp_path_factory) -> dict:
     for out in ("emb.npy", "pq.parquet"):
         proc = run_matpac(["embed", "-", "--null", "--out", out, "--model", str(model), "-q"], input=listed, cwd=lib)
         assert proc.returncode == 0, proc.stderr.decode()
-    proc = run_matpac(["train", "labels.csv", "--embeddings", "emb.npy", "--out", "head.safetensors",
-                       "--lr", "1e-3", "-q"], cwd=lib)
+    proc = run_matpac(
+        ["train", "labels.csv", "--embeddings", "emb.npy", "--out", "head.safetensors", "--lr", "1e-3", "-q"], cwd=lib
+    )
     assert proc.returncode == 0, proc.stderr.decode()  # train --embeddings matched every escaped path
-    return {"dir": lib, "model": model, "listed": listed,
-            "tag": ["tag", "-", "--null", "--model", str(model), "--head", "head.safetensors", "--top-k", "1"]}
+    return {
+        "dir": lib,
+        "model": model,
+        "listed": listed,
+        "tag": ["tag", "-", "--null", "--model", str(model), "--head", "head.safetensors", "--top-k", "1"],
+    }
 
 
 def _csv_cells(path: Path) -> list[list[str]]:
@@ -116,7 +120,7 @@ def test_tag_rows_escape_formula_labels_and_paths_in_csv_only_and_report_reads_t
 
 def test_search_reads_escaped_paths_back_and_escapes_its_own_csv(lib):
     d = lib["dir"]
-    queries = ["=HYPERLINK(\"http:evil\",\"click\").wav", "@at.wav", "a\rb.wav"]
+    queries = ['=HYPERLINK("http:evil","click").wav', "@at.wav", "a\rb.wav"]
     proc = run_matpac(["search", "--index", "emb.npy", "--top-k", "2", "--out", "s.jsonl", "--", *queries], cwd=d)
     assert proc.returncode == 0, proc.stderr.decode()
     assert "0 embedded" in proc.stderr.decode()  # every query was found in the index by its path
@@ -136,7 +140,7 @@ def test_a_leading_quote_matpac_did_not_write_is_kept(lib, tmp_path):
     assert [from_spreadsheet(c) for c in ("'=x", "''x", "'x", "'\tx", "'", 5)] == ["=x", "'x", "'x", "\tx", "'", 5]
     shutil.copy(lib["dir"] / "emb.npy", tmp_path / "emb.npy")
     shutil.copy(lib["dir"] / "emb.manifest.json", tmp_path / "emb.manifest.json")
-    old = (lib["dir"] / "emb.csv").read_text(encoding="utf-8").replace(',"\'\'quote.wav",', ",'quote.wav,")
+    old = (lib["dir"] / "emb.csv").read_text(encoding="utf-8").replace(",\"''quote.wav\",", ",'quote.wav,")
     assert ",'quote.wav," in old
     (tmp_path / "emb.csv").write_text(old, encoding="utf-8")
     proc = run_matpac(["search", "'quote.wav", "--index", "emb.npy", "-k", "1", "--format", "jsonl"], cwd=tmp_path)
@@ -147,8 +151,13 @@ def test_a_leading_quote_matpac_did_not_write_is_kept(lib, tmp_path):
 @pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice (soffice) is not installed")
 def test_libreoffice_opens_the_index_with_no_formula_and_one_row_per_file(lib, tmp_path):
     shutil.copy(lib["dir"] / "emb.csv", tmp_path / "emb.csv")
-    proc = subprocess.run(["soffice", "--headless", "--convert-to", "fods", "emb.csv"], cwd=tmp_path,
-                          env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, timeout=180)
+    proc = subprocess.run(
+        ["soffice", "--headless", "--convert-to", "fods", "emb.csv"],
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(tmp_path)},
+        capture_output=True,
+        timeout=180,
+    )
     assert proc.returncode == 0 and (tmp_path / "emb.fods").exists(), proc.stderr
     sheet = (tmp_path / "emb.fods").read_text(encoding="utf-8")
     assert "table:formula" not in sheet  # =HYPERLINK(...), +, -, @ are all text
@@ -162,8 +171,9 @@ def test_libreoffice_opens_the_index_with_no_formula_and_one_row_per_file(lib, t
 def _on_a_terminal(args: list[str], cwd: Path, stdin: bytes) -> tuple[int, bytes, bytes]:
     """The real command with stdout on a pseudo-terminal (stdin and stderr are pipes)."""
     main, sub = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "matpac_cli", *args], cwd=cwd, stdin=subprocess.PIPE,
-                            stdout=sub, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matpac_cli", *args], cwd=cwd, stdin=subprocess.PIPE, stdout=sub, stderr=subprocess.PIPE
+    )
     os.close(sub)
     proc.stdin.write(stdin)
     proc.stdin.close()
@@ -192,7 +202,7 @@ def test_stdout_on_a_terminal_shows_escapes_and_a_pipe_gets_the_exact_bytes(lib)
     assert "'=HYPERLINK" in text
     piped = run_matpac(lib["tag"], input=lib["listed"], cwd=d)
     assert piped.returncode == 0, piped.stderr.decode()
-    assert "\x1b]0;title\x07\x1b[2Jscreen.wav".encode() in piped.stdout and LABELS[1].encode() in piped.stdout
+    assert b"\x1b]0;title\x07\x1b[2Jscreen.wav" in piped.stdout and LABELS[1].encode() in piped.stdout
     code, out, err = _on_a_terminal(lib["tag"] + ["--format", "jsonl"], d, lib["listed"])
     assert code == 0 and not any(b in out for b in RAW), out
 
@@ -209,8 +219,11 @@ def test_a_failing_file_named_with_escapes_is_shown_escaped_on_stderr(lib, tmp_p
     assert b"\\x1b]0;title\\x07\\x1b[2Jbad.wav" in proc.stderr
     failed = [row[0] for row in _csv_cells(tmp_path / "f.csv")[1:]]
     assert failed == [bad, "'" + formula]  # the exact name, a formula made text
-    for args in (["search", "--index", bad + ".npy", "x.wav"],  # matpac's own one-line error
-                 ["tag", "x.wav", "--top-k", bad], ["tag", "--" + bad]):  # typer's usage errors
+    for args in (
+        ["search", "--index", bad + ".npy", "x.wav"],  # matpac's own one-line error
+        ["tag", "x.wav", "--top-k", bad],
+        ["tag", "--" + bad],
+    ):  # typer's usage errors
         proc = run_matpac(args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert not any(b in proc.stderr for b in RAW), proc.stderr

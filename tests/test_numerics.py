@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 import soundfile as sf
 import torch
-
-import reference as R
 from conftest import REPO, run_matpac, write_audio
 
 CLIP_ATOL = 1e-4
@@ -105,9 +104,14 @@ def _run_pipeline(predictor, clips, layers, batch_size, frames=True):
     from matpac_cli.pipeline.assemble import Plan
 
     results, failures = {}, []
-    run(_items(clips), [Plan(predictor, layers=layers, frames=frames)], batch_size=batch_size,
-        workers=2, on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
-        on_failure=failures.append)
+    run(
+        _items(clips),
+        [Plan(predictor, layers=layers, frames=frames)],
+        batch_size=batch_size,
+        workers=2,
+        on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
+        on_failure=failures.append,
+    )
     assert failures == []
     return results
 
@@ -197,17 +201,23 @@ def test_library_batch_size_invariance(predictor, clips, lib_results):
 def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib_results, tmp_path):
     """Four files decode at once and their chunks share batches, yet results and failures come
     back in input order with the values of the one-file-at-a-time run."""
-    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
     from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import Item
 
     bad = tmp_path / "e_bad.wav"
     bad.write_bytes(b"RIFF not really a wave file" * 10)
     items = _items(clips)
     items.insert(5, Item(str(bad), bad))
     seen: list[tuple[str, object]] = []
-    run(items, [Plan(predictor, layers=(1, 2), frames=True)], batch_size=3, workers=4,
-        on_result=lambda r: seen.append((r.item.name, r)), on_failure=lambda e: seen.append((e.path, e)))
+    run(
+        items,
+        [Plan(predictor, layers=(1, 2), frames=True)],
+        batch_size=3,
+        workers=4,
+        on_result=lambda r: seen.append((r.item.name, r)),
+        on_failure=lambda e: seen.append((e.path, e)),
+    )
     assert [name for name, _ in seen] == [item.name for item in items]
     for name, got in seen:
         if name == str(bad):
@@ -221,16 +231,22 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
 def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd608):
     """More files than may wait at once, each far smaller than a batch: the run neither stalls
     nor drops any, and each keeps its own embedding."""
-    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
     from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import Item
 
     paths = [write_audio(tmp_path / f"s{i:02d}.wav", 0.3 + 0.05 * i, seed=i) for i in range(40)]
     got: list = []
-    run([Item(str(p), p) for p in paths], [Plan(predictor)], batch_size=64, workers=1,
-        on_result=got.append, on_failure=lambda e: pytest.fail(str(e)))
+    run(
+        [Item(str(p), p) for p in paths],
+        [Plan(predictor)],
+        batch_size=64,
+        workers=1,
+        on_result=got.append,
+        on_failure=lambda e: pytest.fail(str(e)),
+    )
     assert [r.item.path for r in got] == paths
-    for r in got[:: 13]:
+    for r in got[::13]:
         wave, sr = _read(r.item.path)
         _assert_close(r.outputs[0].embedding[0], R.reference_frames(sd608, wave, sr).mean(0), CLIP_ATOL, r.item.name)
 
@@ -240,9 +256,9 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
     keep the process from exiting, even while the caller still holds the exception."""
     import threading
 
-    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.engines.local import run
     from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import Item
 
     paths = [write_audio(tmp_path / f"w{i}.wav", 8.0, seed=i) for i in range(12)]
 
@@ -281,14 +297,19 @@ def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
 
     p992 = Predictor.load(str(ckpts["tiny992_as"]), device="cpu", precision="fp32")
     assert p992.dims.n_t == 992
     results = {}
-    run(_items(clips), [Plan(predictor), Plan(p992, frames=True)], batch_size=4, workers=1,
-        on_result=lambda r: results.__setitem__(Path(r.item.name).name, r))
+    run(
+        _items(clips),
+        [Plan(predictor), Plan(p992, frames=True)],
+        batch_size=4,
+        workers=1,
+        on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
+    )
     assert sorted(results) == sorted(CLIPS)
     for name in CLIPS:
         out608, out992 = results[name].outputs
@@ -305,8 +326,9 @@ def test_embed_library_layer_all_with_frames(predictor, clips, ref608, tmp_path)
 
     out = tmp_path / "emb.npy"
     frames_dir = tmp_path / "frames"
-    summary = embed(_items(clips), predictor,
-                    EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2))
+    summary = embed(
+        _items(clips), predictor, EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2)
+    )
     assert summary.done == len(CLIPS) and not summary.failures
     X = np.load(out)
     assert X.dtype == np.float32 and X.shape == (len(CLIPS), 2, 640)
@@ -334,8 +356,22 @@ def _cli(args: list[str]) -> int:
 
 
 def _embed_cli(clips: Path, out: Path, ckpt: Path, *extra: str) -> tuple[np.ndarray, list[dict]]:
-    rc = _cli(["embed", str(clips), "--out", str(out), "--model", str(ckpt), "--device", "cpu",
-               "--precision", "fp32", "--quiet", *extra])
+    rc = _cli(
+        [
+            "embed",
+            str(clips),
+            "--out",
+            str(out),
+            "--model",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--quiet",
+            *extra,
+        ]
+    )
     assert rc == 0
     return np.load(out), _read_index(out.with_suffix(".csv"))
 
@@ -369,8 +405,7 @@ def test_cli_layer_all_and_frames(ckpts, clips, ref608, tmp_path, monkeypatch):
     local.mkdir()
     for name in CLIPS:
         (local / name).write_bytes((clips / name).read_bytes())
-    X, rows = _embed_cli(Path("in"), Path("emb.npy"), ckpts["tiny608"], "--layer", "all",
-                         "--frames", "frames")
+    X, rows = _embed_cli(Path("in"), Path("emb.npy"), ckpts["tiny608"], "--layer", "all", "--frames", "frames")
     assert X.shape == (len(CLIPS), 2, 640)
     npys = sorted((tmp_path / "frames").rglob("*.npy"))
     assert len(npys) == len(CLIPS)
@@ -403,8 +438,9 @@ def test_cli_frames_last_layer(ckpts, clips, ref608, tmp_path):
 
 def test_cli_992_frame_checkpoint(ckpts, clips, ref992, tmp_path):
     frames_dir = tmp_path / "frames"
-    X, rows = _embed_cli(clips, tmp_path / "emb.npy", ckpts["tiny992_as"], "--frames", str(frames_dir),
-                         "--batch-size", "3")
+    X, rows = _embed_cli(
+        clips, tmp_path / "emb.npy", ckpts["tiny992_as"], "--frames", str(frames_dir), "--batch-size", "3"
+    )
     assert X.shape == (len(CLIPS), 640)
     npys = sorted(frames_dir.rglob("*.npy"))
     for i, row in enumerate(rows):
@@ -415,10 +451,8 @@ def test_cli_992_frame_checkpoint(ckpts, clips, ref992, tmp_path):
 
 
 def test_cli_batch_size_invariance(ckpts, clips, ref608, tmp_path):
-    X1, rows1 = _embed_cli(clips, tmp_path / "b1" / "emb.npy", ckpts["tiny608"], "--batch-size", "1",
-                           "--layer", "all")
-    X7, rows7 = _embed_cli(clips, tmp_path / "b7" / "emb.npy", ckpts["tiny608"], "--batch-size", "7",
-                           "--layer", "all")
+    X1, rows1 = _embed_cli(clips, tmp_path / "b1" / "emb.npy", ckpts["tiny608"], "--batch-size", "1", "--layer", "all")
+    X7, rows7 = _embed_cli(clips, tmp_path / "b7" / "emb.npy", ckpts["tiny608"], "--batch-size", "7", "--layer", "all")
     assert [r["path"] for r in rows1] == [r["path"] for r in rows7]
     assert X1.shape == X7.shape == (len(CLIPS), 2, 640)
     err = float(np.max(np.abs(X1.astype(np.float64) - X7)))
@@ -434,9 +468,25 @@ def test_cli_audioset_scores(ckpts, clips, sd992, tmp_path):
     assert len(labels) == 527 and len(set(labels)) == 527
     names = ["a_tiny.wav", "c_long14s.wav", "f_48k_stereo.wav"]
     out = tmp_path / "tags.csv"
-    rc = _cli(["tag", *[str(clips / n) for n in names], "--model", str(ckpts["tiny992_as"]),
-               "--head", "events", "--top-k", "0", "--out", str(out), "--device", "cpu",
-               "--precision", "fp32", "--quiet"])
+    rc = _cli(
+        [
+            "tag",
+            *[str(clips / n) for n in names],
+            "--model",
+            str(ckpts["tiny992_as"]),
+            "--head",
+            "events",
+            "--top-k",
+            "0",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = _read_index(out)
     for name in names:
@@ -455,8 +505,22 @@ def test_cli_audioset_scores(ckpts, clips, sd992, tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_subprocess_embed(ckpts, clips, ref608, tmp_path):
     out = tmp_path / "emb.npy"
-    proc = run_matpac(["embed", str(clips), "--out", str(out), "--model", str(ckpts["tiny608"]),
-                       "--device", "cpu", "--batch-size", "4", "--quiet"], cwd=tmp_path)
+    proc = run_matpac(
+        [
+            "embed",
+            str(clips),
+            "--out",
+            str(out),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     X = np.load(out)
     rows = _read_index(out.with_suffix(".csv"))
@@ -487,8 +551,21 @@ def test_shortest_file_with_one_frame_is_embedded(ckpts, sd608, tmp_path, capsys
     x = (0.2 * np.random.default_rng(sr).standard_normal(n)).astype(np.float32)
     path = tmp_path / f"short_{sr}.wav"
     sf.write(path, x, sr, subtype="FLOAT")
-    rc = _cli(["embed", str(path), "--out", str(tmp_path / "emb.npy"), "--model", str(ckpts["tiny608"]),
-               "--device", "cpu", "--precision", "fp32", "--quiet"])
+    rc = _cli(
+        [
+            "embed",
+            str(path),
+            "--out",
+            str(tmp_path / "emb.npy"),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     X = np.load(tmp_path / "emb.npy")
@@ -505,9 +582,20 @@ def test_file_too_short_for_a_frame_is_refused(ckpts, tmp_path, capsys, sr):
     bad = tmp_path / "in" / "too_short.wav"
     bad.parent.mkdir()
     sf.write(bad, x, sr, subtype="FLOAT")
-    good = write_audio(tmp_path / "in" / "ok.wav", 0.3, sr=sr)
-    rc = _cli(["embed", str(tmp_path / "in"), "--out", str(tmp_path / "emb.npy"), "--model", str(ckpts["tiny608"]),
-               "--device", "cpu", "--quiet"])
+    write_audio(tmp_path / "in" / "ok.wav", 0.3, sr=sr)
+    rc = _cli(
+        [
+            "embed",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "emb.npy"),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 1  # some inputs failed, the rest were written
     assert "too_short.wav" in capsys.readouterr().err
     rows = _read_index(tmp_path / "emb.csv")
@@ -532,8 +620,9 @@ def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608
         got = seven[name].outputs[0]
         _assert_close(got.embedding[0], ref608[name][2].mean(0), CLIP_ATOL, name)
         _assert_close(got.frames[:, 0], ref608[name][2], FRAME_ATOL, f"{name} frames")
-        _assert_close(got.embedding[0], one[name].outputs[0].embedding[0].astype(np.float64), BATCH_ATOL,
-                      f"{name} b1 vs b7")
+        _assert_close(
+            got.embedding[0], one[name].outputs[0].embedding[0].astype(np.float64), BATCH_ATOL, f"{name} b1 vs b7"
+        )
 
 
 @pytest.mark.gpu

@@ -17,14 +17,13 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_matpac, write_audio
 from fakeserver import patch_hub
 from test_heads import zip_bytes
 
 from matpac_cli.checkpoints import resolve as W
-from matpac_cli.errors import ModelError, UsageError, WeightsError
 from matpac_cli.checkpoints.registry import load_registry
+from matpac_cli.errors import ModelError, UsageError, WeightsError
 
 PROBES = "Probes_weights/Weights_probes_matpac.zip"
 PROBES_LOCAL = "matpac/releases/Probes_weights/Weights_probes_matpac.zip"
@@ -60,8 +59,13 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def env_for(tmp_path: Path, endpoint: str, release: str | None = None, **extra: str) -> dict:
-    return {"HF_ENDPOINT": endpoint, "MATPAC_RELEASE_URL": (release or endpoint) + "/",
-            "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1", **extra}
+    return {
+        "HF_ENDPOINT": endpoint,
+        "MATPAC_RELEASE_URL": (release or endpoint) + "/",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        **extra,
+    }
 
 
 def assert_no_network_line(err: str, fetch: str, local: str) -> None:
@@ -81,8 +85,11 @@ def assert_no_network_line(err: str, fetch: str, local: str) -> None:
 def test_embed_without_network_fails_at_once_in_one_line(tmp_path, endpoint):
     clip = write_audio(tmp_path / "clips" / "a.wav", 0.5)
     started = time.monotonic()
-    r = run_matpac(["embed", str(clip.parent), "--out", str(tmp_path / "e.npy"), "--device", "cpu"],
-                   env=env_for(tmp_path, endpoint), timeout=120)
+    r = run_matpac(
+        ["embed", str(clip.parent), "--out", str(tmp_path / "e.npy"), "--device", "cpu"],
+        env=env_for(tmp_path, endpoint),
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     err = r.stderr.decode()
     assert r.returncode == 2, err
@@ -130,15 +137,18 @@ def test_release_download_cut_part_way_says_resume_other_failures_do_not(hub, ck
     assert W.resolve("matpac").path.read_bytes() == data
 
 
-@pytest.mark.parametrize("exc, why", [
-    (urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution")), "host name not resolved"),
-    (urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "connection refused"),
-    (urllib.error.URLError(OSError(errno.ENETUNREACH, "Network is unreachable")), "network unreachable"),
-    (urllib.error.URLError(OSError(errno.EHOSTUNREACH, "No route to host")), "host unreachable"),
-    (urllib.error.URLError(TimeoutError("timed out")), "connection timed out"),
-    (urllib.error.HTTPError("http://x", 503, "Unavailable", None, None), None),  # the server answered
-    (ConnectionResetError(errno.ECONNRESET, "reset"), None),  # connected, then dropped
-])
+@pytest.mark.parametrize(
+    "exc, why",
+    [
+        (urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution")), "host name not resolved"),
+        (urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "connection refused"),
+        (urllib.error.URLError(OSError(errno.ENETUNREACH, "Network is unreachable")), "network unreachable"),
+        (urllib.error.URLError(OSError(errno.EHOSTUNREACH, "No route to host")), "host unreachable"),
+        (urllib.error.URLError(TimeoutError("timed out")), "connection timed out"),
+        (urllib.error.HTTPError("http://x", 503, "Unavailable", None, None), None),  # the server answered
+        (ConnectionResetError(errno.ECONNRESET, "reset"), None),  # connected, then dropped
+    ],
+)
 def test_connection_failures_are_told_apart_from_server_errors(exc, why):
     assert W.connection_failure(exc) == why
 
@@ -211,11 +221,14 @@ def test_download_force_refetches_a_rotten_probe_zip(hub, ckpts, tmp_path, capsy
     assert zpath.read_bytes() == served["probes"]
 
 
-@pytest.mark.parametrize("args, hint", [
-    (["models", "download", "matpac-pluss"], "did you mean matpac-plus?"),
-    (["models", "download", "probe"], "did you mean probes?"),
-    (["models", "labels", "genr"], "did you mean genre?"),
-])
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["models", "download", "matpac-pluss"], "did you mean matpac-plus?"),
+        (["models", "download", "probe"], "did you mean probes?"),
+        (["models", "labels", "genr"], "did you mean genre?"),
+    ],
+)
 def test_unknown_names_get_a_suggestion(capsys, args, hint):
     rc, out, err = cli(capsys, *args)
     assert rc == 2

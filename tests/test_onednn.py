@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from reference import make_checkpoint
 
 from matpac_cli.encoder import cpu, onednn

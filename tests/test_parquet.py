@@ -91,8 +91,11 @@ def test_embed_parquet_holds_the_npy_rows_read_with_pyarrow_and_pandas(made):
 def test_embed_parquet_has_the_npy_manifest_naming_its_output_and_a_compact_journal(made):
     man = json.loads((made / "pq" / "emb.manifest.json").read_text())
     npy_man = json.loads((made / "npy" / "emb.manifest.json").read_text())
-    assert man["output"] == {"path": "pq/emb.parquet", "format": "parquet",
-                             "columns": ["path", "duration_s", "sample_rate", "channels", "embedding"]}
+    assert man["output"] == {
+        "path": "pq/emb.parquet",
+        "format": "parquet",
+        "columns": ["path", "duration_s", "sample_rate", "channels", "embedding"],
+    }
     assert npy_man["output"]["format"] == "npy"
     assert man["settings"] == npy_man["settings"] and man["models"][0]["sha256"] == npy_man["models"][0]["sha256"]
     assert man["counts"] == {"computed": 3, "reused": 0, "failed": 0}
@@ -120,15 +123,24 @@ def test_layer_all_is_a_list_of_layers_of_vectors(made):
 def test_tag_parquet_rows_are_the_csv_rows_typed(made):
     table = pq.read_table(made / "tags.parquet")
     assert [(f.name, f.type) for f in table.schema] == [
-        ("path", pa.string()), ("head", pa.string()), ("label", pa.string()), ("score", pa.float32()),
-        ("rank", pa.int32()), ("tag_id", pa.string()), ("duration_s", pa.float64()), ("truncated", pa.bool_()),
+        ("path", pa.string()),
+        ("head", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("rank", pa.int32()),
+        ("tag_id", pa.string()),
+        ("duration_s", pa.float64()),
+        ("truncated", pa.bool_()),
         ("start_s", pa.float64()),
-        ("end_s", pa.float64())]
+        ("end_s", pa.float64()),
+    ]
     want = list(csv.DictReader(open(made / "tags.csv", newline="")))
     got = table.to_pylist()
     assert len(got) == len(want) > 3 * 4 * 2  # clip rows and segment rows, every file
     for g, w in zip(got, want):
-        assert [g[c] for c in ("path", "head", "label", "tag_id")] == [w[c] for c in ("path", "head", "label", "tag_id")]
+        assert [g[c] for c in ("path", "head", "label", "tag_id")] == [
+            w[c] for c in ("path", "head", "label", "tag_id")
+        ]
         assert g["rank"] == int(w["rank"])
         assert g["score"] == pytest.approx(float(w["score"]), rel=1e-5, abs=1e-6)  # CSV prints 6 digits
         for c in ("duration_s", "start_s", "end_s"):
@@ -144,11 +156,14 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
     np.testing.assert_allclose([r["score"] for r in tags.rows], [r["score"] for r in csv_tags.rows], rtol=1e-5)
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--format", "parquet"], "binary"),
-    (["--format", "parquet", "--out", "-"], "give --out FILE.parquet"),
-    (["--format", "jsonl", "--out", "t.parquet"], "contradicts"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--format", "parquet"], "binary"),
+        (["--format", "parquet", "--out", "-"], "give --out FILE.parquet"),
+        (["--format", "jsonl", "--out", "t.parquet"], "contradicts"),
+    ],
+)
 def test_parquet_to_stdout_is_refused_in_one_line(made, capsys, args, says, monkeypatch, tmp_path):
     monkeypatch.chdir(made)
     code, out, err = cli(capsys, "tag", "clips", "--model", "tiny.pt", "--head", "./openmic.pth", *args)
@@ -254,8 +269,18 @@ def _shard(path: Path, names: list[str], X: np.ndarray, tensor_style: bool = Fal
     else:
         emb = pa.FixedSizeListArray.from_arrays(flat, X.shape[1])
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"path": names, "duration_s": [1.0] * len(names), "sample_rate": [16000] * len(names),
-                             "channels": [1] * len(names), "embedding": emb}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "path": names,
+                "duration_s": [1.0] * len(names),
+                "sample_rate": [16000] * len(names),
+                "channels": [1] * len(names),
+                "embedding": emb,
+            }
+        ),
+        path,
+    )
 
 
 def test_a_folder_of_shards_is_read_in_shard_order_and_hidden_files_are_ignored(made, tmp_path):
@@ -272,8 +297,14 @@ def test_a_folder_of_shards_is_read_in_shard_order_and_hidden_files_are_ignored(
     emb = read_embeddings(folder)
     assert emb.paths == [f"x/{i}.wav" for i in range(5)]
     np.testing.assert_array_equal(emb.matrix, X)
-    assert emb.index[4] == {"row": 4, "path": "x/4.wav", "duration_s": 1.0, "sample_rate": 16000,
-                            "channels": 1, "truncated": False}
+    assert emb.index[4] == {
+        "row": 4,
+        "path": "x/4.wav",
+        "duration_s": 1.0,
+        "sample_rate": 16000,
+        "channels": 1,
+        "truncated": False,
+    }
     assert emb.model == "tiny.pt"  # the manifest beside the folder
     assert pd.read_parquet(folder).shape[0] == 5  # what pandas reads too
 
@@ -293,13 +324,16 @@ def test_a_folder_of_tag_shards_reads_as_the_one_file(made, tmp_path):
     assert stream.segments and list(stream.rows()) == read_tags(folder).rows
 
 
-@pytest.mark.parametrize("case, says", [
-    ("garbage", "not a readable Parquet file"),
-    ("no_embedding", "no embedding column"),
-    ("ragged", "different lengths"),
-    ("float64", "float32"),
-    ("empty_folder", "no .parquet file"),
-])
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("garbage", "not a readable Parquet file"),
+        ("no_embedding", "no embedding column"),
+        ("ragged", "different lengths"),
+        ("float64", "float32"),
+        ("empty_folder", "no .parquet file"),
+    ],
+)
 def test_bad_parquet_embeddings_are_one_line(tmp_path, case, says):
     from matpac_cli.errors import UsageError
     from matpac_cli.outputs.readers import read_embeddings
@@ -310,7 +344,9 @@ def test_bad_parquet_embeddings_are_one_line(tmp_path, case, says):
     elif case == "no_embedding":
         pq.write_table(pa.table({"path": ["a.wav"]}), path)
     elif case == "ragged":
-        pq.write_table(pa.table({"path": ["a", "b"], "embedding": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))}), path)
+        pq.write_table(
+            pa.table({"path": ["a", "b"], "embedding": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))}), path
+        )
     elif case == "float64":
         pq.write_table(pa.table({"path": ["a"], "embedding": pa.array([[1.0, 2.0]], pa.list_(pa.float64(), 2))}), path)
     else:
@@ -349,18 +385,39 @@ def test_report_of_parquet_tags_and_embeddings(made, capsys, monkeypatch):
     code, _, err = cli(capsys, "report", "tags.parquet", "--embeddings", "pq/emb.parquet", "--out", "r.html")
     assert code == 0, err
     html = Path("r.html").read_text()
-    data = json.loads(re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1)
+    )
     assert sorted(data["paths"]) == NAMES and data["nn"]
-    code, _, err = cli(capsys, "tag", "clips", "--model", "tiny.pt", "--head", "./openmic.pth", "--segments",
-                       "--min-segment", "0", "--top-k", "4", "--out", "tags.parquet", "--report", "tagged.html", "-q")
+    code, _, err = cli(
+        capsys,
+        "tag",
+        "clips",
+        "--model",
+        "tiny.pt",
+        "--head",
+        "./openmic.pth",
+        "--segments",
+        "--min-segment",
+        "0",
+        "--top-k",
+        "4",
+        "--out",
+        "tags.parquet",
+        "--report",
+        "tagged.html",
+        "-q",
+    )
     assert code == 0 and Path("tagged.html").exists(), err
 
 
 def test_parquet_is_not_imported_by_help_or_an_npy_run(made, tmp_path):
-    script = ("import sys; from matpac_cli.cli import main; "
-              "main(['--help']) if sys.argv[1] == 'help' else "
-              "main(['embed', 'clips/a.wav', '--out', sys.argv[1], '--model', 'tiny.pt', '-q']); "
-              "print('pyarrow' in sys.modules)")
+    script = (
+        "import sys; from matpac_cli.cli import main; "
+        "main(['--help']) if sys.argv[1] == 'help' else "
+        "main(['embed', 'clips/a.wav', '--out', sys.argv[1], '--model', 'tiny.pt', '-q']); "
+        "print('pyarrow' in sys.modules)"
+    )
     for arg in ("help", str(tmp_path / "e.npy")):
         proc = subprocess.run([sys.executable, "-c", script, arg], cwd=made, capture_output=True, timeout=300)
         assert proc.stdout.decode().strip().splitlines()[-1] == "False", proc.stderr

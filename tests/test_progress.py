@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 
@@ -38,24 +37,30 @@ def tracks(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers):
-    from matpac_cli.pipeline.discovery import discover
     from matpac_cli.engines.local import run
-    from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import discover
 
     predictor = Predictor.load(str(tiny), device="cpu", precision="fp32")
     encoded = [0.0]
     emitted: list[tuple[str, float]] = []
-    run(discover([str(tracks)]), [Plan(predictor)], batch_size=16, workers=workers,
+    run(
+        discover([str(tracks)]),
+        [Plan(predictor)],
+        batch_size=16,
+        workers=workers,
         on_result=lambda r: emitted.append((r.item.name, encoded[0])),
-        on_audio=lambda s: encoded.__setitem__(0, encoded[0] + s))
+        on_audio=lambda s: encoded.__setitem__(0, encoded[0] + s),
+    )
     assert len(emitted) == 20
     # two batches of audio (the one in hand, the one the tail rides with), plus the other files
     # decoding alongside it, whose chunks interleave with this one's
     slack = 2 * 16 * HOP_S + (workers - 1) * 30.0
     for i, (name, at) in enumerate(emitted):
         assert at <= 30.0 * (i + 1) + slack, (
-            f"{name} came out after {at:.0f} s of audio were encoded; its own audio ends at {30.0 * (i + 1):.0f} s")
+            f"{name} came out after {at:.0f} s of audio were encoded; its own audio ends at {30.0 * (i + 1):.0f} s"
+        )
 
 
 def _journal_records(path: Path) -> int:
@@ -67,8 +72,23 @@ def _journal_records(path: Path) -> int:
 
 def _stopped(tiny: Path, inputs: Path, out: Path, journal: Path, records: int, sig: int):
     """`matpac embed` stopped by `sig` once `records` files are journalled: (process, its stderr)."""
-    args = [sys.executable, "-m", "matpac_cli", "embed", str(inputs), "--out", str(out),
-            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "matpac_cli",
+        "embed",
+        str(inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _journal_records(journal) < records and proc.poll() is None and time.monotonic() < deadline:
@@ -103,12 +123,18 @@ def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tr
     out = tmp_path / "emb.npy"
     base = ["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"]
     first = run_matpac(base).stderr.decode().strip().splitlines()[-1]
-    assert re.match(r"matpac: embedded 20 file\(s\): 20 done, 0 reused, 0 failed; 0\.17 h of audio computed in "
-                    r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; 0\.00 h reused; wrote ", first), first
+    assert re.match(
+        r"matpac: embedded 20 file\(s\): 20 done, 0 reused, 0 failed; 0\.17 h of audio computed in "
+        r"\d+:\d\d:\d\d \([\d.]+x real time\) on cpu, fp32; 0\.00 h reused; wrote ",
+        first,
+    ), first
     again = run_matpac(base).stderr.decode().strip().splitlines()[-1]
     # the reused hours are their own figure: the rate covers only what was computed (none here)
-    assert re.match(r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; nothing computed in "
-                    r"\d+:\d\d:\d\d on cpu, fp32; 0\.17 h reused; wrote ", again), again
+    assert re.match(
+        r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; nothing computed in "
+        r"\d+:\d\d:\d\d on cpu, fp32; 0\.17 h reused; wrote ",
+        again,
+    ), again
 
 
 def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path):
@@ -137,8 +163,25 @@ def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved
     """The --failures list is moved into place in a `finally`: if that fails while Ctrl-C is on
     its way (a folder now stands at its name), it is a warning, and the run still ends 130."""
     out, journal, failures = tmp_path / "emb.npy", tmp_path / "emb.npy.journal", tmp_path / "f.csv"
-    args = [sys.executable, "-m", "matpac_cli", "embed", str(tracks), "--out", str(out), "--failures", str(failures),
-            "--model", str(tiny), "--device", "cpu", "--batch-size", "16", "--workers", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "matpac_cli",
+        "embed",
+        str(tracks),
+        "--out",
+        str(out),
+        "--failures",
+        str(failures),
+        "--model",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _journal_records(journal) < 4 and proc.poll() is None and time.monotonic() < deadline:

@@ -44,8 +44,9 @@ def ray_env(head) -> dict:
 def clips(tmp_path_factory) -> Path:
     """Six files at three rates and lengths (one with a short last chunk), and a broken one."""
     d = tmp_path_factory.mktemp("clips")
-    for i, (seconds, sr, ch) in enumerate([(3, 16000, 1), (8.5, 44100, 2), (2, 22050, 1),
-                                            (13, 48000, 2), (0.9, 16000, 1), (6.2, 32000, 1)]):
+    for i, (seconds, sr, ch) in enumerate(
+        [(3, 16000, 1), (8.5, 44100, 2), (2, 22050, 1), (13, 48000, 2), (0.9, 16000, 1), (6.2, 32000, 1)]
+    ):
         write_audio(d / f"c{i}.wav", seconds, sr=sr, channels=ch, seed=i)
     (d / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     return d
@@ -70,8 +71,21 @@ def test_ray_embed_gives_the_local_numbers_names_the_bad_file_and_exits_1(ckpts,
     tiny = ckpts["tiny608"]
     local = _local(clips, tiny, tmp_path / "local.npy")
     assert local.returncode == 1, local.stderr
-    proc = run_matpac(["embed", str(clips), "--model", str(tiny), "--out", str(tmp_path / "ray.parquet"),
-                       "--engine", "ray", "--failures", str(tmp_path / "failed.csv")], env=ray_env)
+    proc = run_matpac(
+        [
+            "embed",
+            str(clips),
+            "--model",
+            str(tiny),
+            "--out",
+            str(tmp_path / "ray.parquet"),
+            "--engine",
+            "ray",
+            "--failures",
+            str(tmp_path / "failed.csv"),
+        ],
+        env=ray_env,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert f"matpac: skipped {clips}/broken.wav: cannot decode" in err
@@ -102,14 +116,30 @@ def test_a_file_that_kills_its_decoder_every_time_is_its_error_and_stdout_stays_
     a test-only hook: the task SIGKILLs its own process, as a segfault or an OOM kill would). Ray would retry it for
     ever; matpac gives up after 3 deaths, names the file and finishes the others. Ray's notices
     of the deaths ("(raylet) A worker died ...") never reach stdout, which carries the CSV only."""
-    proc = run_matpac(["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(_probe(tmp_path / "openmic.pth")),
-                       "--out", "-", "--engine", "ray", "--failures", str(tmp_path / "failed.csv")],
-                      env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav", "MATPAC_TEST_HOOKS": "1"})
+    proc = run_matpac(
+        [
+            "tag",
+            str(clips),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--head",
+            str(_probe(tmp_path / "openmic.pth")),
+            "--out",
+            "-",
+            "--engine",
+            "ray",
+            "--failures",
+            str(tmp_path / "failed.csv"),
+        ],
+        env={**ray_env, "MATPAC_TEST_CRASH_ON": "c2.wav", "MATPAC_TEST_HOOKS": "1"},
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     skipped = [line for line in err.splitlines() if "c2.wav" in line]
-    assert skipped == [f"matpac: skipped {clips}/c2.wav: the Ray worker decoding it died 3 times "
-                       "(a crash, or killed for memory?); matpac gave up on it"], err
+    assert skipped == [
+        f"matpac: skipped {clips}/c2.wav: the Ray worker decoding it died 3 times "
+        "(a crash, or killed for memory?); matpac gave up on it"
+    ], err
     assert "5 done, 0 reused, 2 failed" in err and "; 3 task retries" in err, err
     assert "Traceback" not in err, err
     assert "c2.wav" in (tmp_path / "failed.csv").read_text()
@@ -122,8 +152,18 @@ def test_a_file_that_kills_its_decoder_every_time_is_its_error_and_stdout_stays_
 
 def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
     probe = _probe(tmp_path / "openmic.pth")
-    args = ["tag", str(clips), "--model", str(ckpts["tiny608"]), "--head", str(probe), "--top-k", "0",
-            "--segments", "-q"]
+    args = [
+        "tag",
+        str(clips),
+        "--model",
+        str(ckpts["tiny608"]),
+        "--head",
+        str(probe),
+        "--top-k",
+        "0",
+        "--segments",
+        "-q",
+    ]
     local = run_matpac([*args, "--out", str(tmp_path / "local.csv")])
     remote = run_matpac([*args, "--out", str(tmp_path / "ray.csv"), "--engine", "ray"], env=ray_env)
     assert local.returncode == remote.returncode == 1, remote.stderr
@@ -138,12 +178,26 @@ def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
 
 def test_ray_run_resumes_from_its_journal(ckpts, clips, tmp_path, ray_env):
     out = tmp_path / "emb.npy"
-    first = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                        "--engine", "ray", "--ext", "wav"], env=ray_env)
+    first = run_matpac(
+        ["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(out), "--engine", "ray", "--ext", "wav"],
+        env=ray_env,
+    )
     assert first.returncode == 1
     write_audio(clips.parent / "more" / "new.wav", 2.5, seed=9)
-    again = run_matpac(["embed", str(clips), str(clips.parent / "more"), "--model", str(ckpts["tiny608"]),
-                        "--out", str(out), "--engine", "ray"], env=ray_env)
+    again = run_matpac(
+        [
+            "embed",
+            str(clips),
+            str(clips.parent / "more"),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+        ],
+        env=ray_env,
+    )
     err = again.stderr.decode()
     assert "1 done, 6 reused, 1 failed" in err, err
     assert len(_embeddings(out)) == 7
@@ -186,15 +240,33 @@ def _journal_records(out: Path) -> int:
 
 
 def _background(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "matpac_cli", *args], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "matpac_cli", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_path, ray_env):
     folder = _many(tmp_path / "many", 16)
     out = tmp_path / "emb.npy"
-    job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                       "--engine", "ray", "-q", "--batch-size", "2"], ray_env)
+    job = _background(
+        [
+            "embed",
+            str(folder),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+            "-q",
+            "--batch-size",
+            "2",
+        ],
+        ray_env,
+    )
     try:
         _wait_for(lambda: _journal_records(out) >= 1)  # mid-job: some files are done
         _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)"))
@@ -225,8 +297,23 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
         _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
         folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
-        job = _background(["embed", str(folder), "--model", str(ckpts["tiny608"]), "--out", str(out),
-                           "--engine", "ray", "--batch-size", "2", "--threads", "2"], ray_env)
+        job = _background(
+            [
+                "embed",
+                str(folder),
+                "--model",
+                str(ckpts["tiny608"]),
+                "--out",
+                str(out),
+                "--engine",
+                "ray",
+                "--batch-size",
+                "2",
+                "--threads",
+                "2",
+            ],
+            ray_env,
+        )
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
@@ -249,16 +336,34 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
 
 def test_an_unreachable_cluster_is_one_line_at_once(tmp_path, clips, ckpts):
     started = time.monotonic()
-    proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
-                       "--engine", "ray", "--ray-address", "127.0.0.2:1"], env=ENV)
+    proc = run_matpac(
+        [
+            "embed",
+            str(clips),
+            "--model",
+            str(ckpts["tiny608"]),
+            "--out",
+            str(tmp_path / "e.npy"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            "127.0.0.2:1",
+        ],
+        env=ENV,
+    )
     lines = proc.stderr.decode().strip().splitlines()
-    assert proc.returncode == 2 and lines == ["matpac: error: cannot reach the Ray cluster at 127.0.0.2:1: Connection refused"]
+    assert proc.returncode == 2 and lines == [
+        "matpac: error: cannot reach the Ray cluster at 127.0.0.2:1: Connection refused"
+    ]
     assert time.monotonic() - started < 60
     assert not (tmp_path / "e.npy").exists()
 
 
-@pytest.mark.parametrize("reply, heard", [(b"HTTP/1.1 400 Bad Request\r\n\r\n", "it said 'HTTP/1.1 400 Bad Request'"),
-                                          (None, "it said nothing in 5 s")], ids=["http", "silent"])
+@pytest.mark.parametrize(
+    "reply, heard",
+    [(b"HTTP/1.1 400 Bad Request\r\n\r\n", "it said 'HTTP/1.1 400 Bad Request'"), (None, "it said nothing in 5 s")],
+    ids=["http", "silent"],
+)
 def test_a_port_that_is_not_ray_is_one_line_within_seconds(tmp_path, clips, ckpts, reply, heard):
     """An open port that is not a Ray GCS (a web server, one that says nothing): one line saying
     so, exit 2. Ray itself would retry it for 14 minutes (the timeout is a hang guard)."""
@@ -276,16 +381,32 @@ def test_a_port_that_is_not_ray_is_one_line_within_seconds(tmp_path, clips, ckpt
     threading.Thread(target=serve, daemon=True).start()
     address = f"127.0.0.2:{server.getsockname()[1]}"
     try:
-        proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
-                           "--engine", "ray", "--ray-address", address], env=ENV, timeout=120)
+        proc = run_matpac(
+            [
+                "embed",
+                str(clips),
+                "--model",
+                str(ckpts["tiny608"]),
+                "--out",
+                str(tmp_path / "e.npy"),
+                "--engine",
+                "ray",
+                "--ray-address",
+                address,
+            ],
+            env=ENV,
+            timeout=120,
+        )
     finally:
         server.close()
         for conn in held:
             conn.close()
     lines = proc.stderr.decode().strip().splitlines()
-    assert proc.returncode == 2 and lines == [f"matpac: error: {address} answered but is not a Ray cluster (GCS): "
-                                              f"{heard}; give the head's GCS port (6379 unless `ray start --head "
-                                              "--port` chose another)"], lines
+    assert proc.returncode == 2 and lines == [
+        f"matpac: error: {address} answered but is not a Ray cluster (GCS): "
+        f"{heard}; give the head's GCS port (6379 unless `ray start --head "
+        "--port` chose another)"
+    ], lines
     assert not (tmp_path / "e.npy").exists()
 
 
@@ -293,11 +414,14 @@ def test_without_ray_installed_the_engine_names_the_extra(tmp_path, clips, ckpts
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
-    proc = run_matpac(["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"),
-                       "--engine", "ray"], env={"PYTHONPATH": str(fake.parent)})
+    proc = run_matpac(
+        ["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(tmp_path / "e.npy"), "--engine", "ray"],
+        env={"PYTHONPATH": str(fake.parent)},
+    )
     assert proc.returncode == 2
-    assert proc.stderr.decode().strip() == ("matpac: error: --engine ray needs Ray Data, an optional extra: "
-                                            "pip install '.[ray]' in matpac's source folder")
+    assert proc.stderr.decode().strip() == (
+        "matpac: error: --engine ray needs Ray Data, an optional extra: pip install '.[ray]' in matpac's source folder"
+    )
 
 
 def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():

@@ -15,18 +15,30 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import reference as R
+import torch
 from conftest import REPO, write_audio
-from test_heads import (GENERAL, MUSIC, RELEASE_AS, RELEASE_GENERAL, RELEASE_PROBES, cli, entry_name,
-                        probe_tensors, read_wave, serve_music_model, serve_probes, torch_bytes, zip_bytes)
+from test_heads import (
+    GENERAL,
+    MUSIC,
+    RELEASE_AS,
+    RELEASE_GENERAL,
+    RELEASE_PROBES,
+    cli,
+    entry_name,
+    probe_tensors,
+    read_wave,
+    serve_music_model,
+    serve_probes,
+    torch_bytes,
+    zip_bytes,
+)
 
 
 def _readme_block(marker: str) -> str:
     """The shell lines of the README example that follows `marker` (continuations joined)."""
     text = (REPO / "README.md").read_text()
-    block = text[text.index(marker):]
+    block = text[text.index(marker) :]
     lines = [ln for ln in block.split("\n")[1:] if not ln.startswith("#")]
     out = []
     for line in lines:
@@ -46,8 +58,11 @@ def test_scripting_genre_histogram_works_as_written(hub, ckpts, tmp_path):
     command = _readme_block("# a genre histogram of a library")
     assert command.startswith("find ~/Music -name '*.flac' -print0 | matpac tag - --null --out -")
     env_path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
-    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True,
-                          env={**__import__("os").environ, "HOME": str(tmp_path), "PATH": env_path})
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}"],
+        capture_output=True,
+        env={**__import__("os").environ, "HOME": str(tmp_path), "PATH": env_path},
+    )
     assert proc.returncode == 0, proc.stderr.decode()
 
     # expected: each file's top mtg_genre label, from the reference arithmetic, counted
@@ -57,8 +72,9 @@ def test_scripting_genre_histogram_works_as_written(hub, ckpts, tmp_path):
     top = []
     for path in sorted(music.rglob("*.flac")):
         emb = R.reference_embedding(sd, *read_wave(path))
-        scores = R.reference_probe_scores(emb, w["probe.weight"].double().numpy(),
-                                          w["probe.bias"].double().numpy(), "sigmoid")
+        scores = R.reference_probe_scores(
+            emb, w["probe.weight"].double().numpy(), w["probe.bias"].double().numpy(), "sigmoid"
+        )
         top.append(labels[int(np.argmax(scores))].rsplit("---", 1)[-1].replace("_", " "))  # the plain name
     got = Counter()
     for line in proc.stdout.decode().splitlines():
@@ -127,8 +143,9 @@ def _bash_lines(marker: str) -> list[str]:
 def _sh(command: str, cwd: Path) -> subprocess.CompletedProcess:
     """One README line in bash, as a user's shell runs it (the venv's `matpac` first on PATH)."""
     env = {**os.environ, "HOME": str(cwd), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=cwd, env=env,
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}"], cwd=cwd, env=env, capture_output=True, timeout=300
+    )
     assert proc.returncode == 0, f"{command}\n{proc.stderr.decode()}"
     return proc
 
@@ -183,8 +200,9 @@ def test_embeddings_examples_work_as_written(hub, tmp_path, monkeypatch, capsys)
         results[line] = np.load(tmp_path / "emb.npy")
         assert (tmp_path / "emb.csv").exists() and (tmp_path / "emb.manifest.json").exists()
         if "--frames" in line:
-            assert sorted(p.relative_to(tmp_path / "frames").as_posix() for p in (tmp_path / "frames").rglob("*.npy")) \
-                == ["clips/sub/y.flac.npy", "clips/x.wav.npy"]
+            assert sorted(
+                p.relative_to(tmp_path / "frames").as_posix() for p in (tmp_path / "frames").rglob("*.npy")
+            ) == ["clips/sub/y.flac.npy", "clips/x.wav.npy"]
         if line == lines[0]:  # the section's Python snippet reads what the first line wrote
             index_rows = (tmp_path / "emb.csv").read_text().splitlines()[1:]
             snippet = _fenced_block("## Embeddings", "python")

@@ -32,14 +32,16 @@ def make_wave(n: int, sr: int = SR, channels: int | None = None, seed: int = 0) 
     """A varied test signal: noise bursts plus a chirp, float32 in [-1, 1]."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / sr
-    chirp = 0.3 * np.sin(2 * np.pi * (200 * t + 900 * t ** 2))
+    chirp = 0.3 * np.sin(2 * np.pi * (200 * t + 900 * t**2))
     env = 0.5 + 0.5 * np.sin(2 * np.pi * 1.7 * t + rng.uniform(0, 6))
     noise = 0.2 * env * rng.standard_normal(n)
     mono = (chirp + noise).astype(np.float32)
     if channels is None:
         return np.clip(mono, -1, 1)
-    cols = [np.clip(mono * (0.5 + 0.5 * c) + 0.05 * rng.standard_normal(n).astype(np.float32),
-                    -1, 1) for c in range(channels)]
+    cols = [
+        np.clip(mono * (0.5 + 0.5 * c) + 0.05 * rng.standard_normal(n).astype(np.float32), -1, 1)
+        for c in range(channels)
+    ]
     return np.stack(cols, axis=1).astype(np.float32)
 
 
@@ -76,8 +78,7 @@ def test_checkpoint_layout(sd):
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert not any(k.startswith("head") for k in sd)
     geo = R.geometry(sd)
-    assert geo == {"width": 128, "depth": 2, "heads": 2, "mlp_hidden": 512,
-                   "grid_cols": 38, "n_t": 608}
+    assert geo == {"width": 128, "depth": 2, "heads": 2, "mlp_hidden": 512, "grid_cols": 38, "n_t": 608}
 
 
 def test_checkpoint_deterministic_and_seeded():
@@ -110,8 +111,7 @@ def test_checkpoint_real_geometry_rows():
 # ------------------------------------------------------------------------------------------
 # Front end
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, frames", [(400, 1), (559, 1), (560, 2), (97_520, 608),
-                                       (n_samples_for_frames(1300), 1300)])
+@pytest.mark.parametrize("n, frames", [(400, 1), (559, 1), (560, 2), (97_520, 608), (n_samples_for_frames(1300), 1300)])
 def test_logmel_frame_count(n, frames):
     lm = R.reference_logmel(make_wave(n), SR)
     assert lm.shape == (80, frames)
@@ -141,12 +141,16 @@ def test_logmel_matches_manual_stft():
     x = wave.astype(np.float64)
     n_frames = 1 + (len(x) - WIN) // HOP
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WIN) / WIN)  # periodic Hann
-    fb = torchaudio.functional.melscale_fbanks(
-        n_freqs=201, f_min=50.0, f_max=8000.0, n_mels=80, sample_rate=SR,
-        norm="slaney", mel_scale="slaney").double().numpy()  # (201, 80)
+    fb = (
+        torchaudio.functional.melscale_fbanks(
+            n_freqs=201, f_min=50.0, f_max=8000.0, n_mels=80, sample_rate=SR, norm="slaney", mel_scale="slaney"
+        )
+        .double()
+        .numpy()
+    )  # (201, 80)
     spec = np.zeros((201, n_frames))
     for i in range(n_frames):
-        frame = x[i * HOP:i * HOP + WIN] * window
+        frame = x[i * HOP : i * HOP + WIN] * window
         spec[:, i] = np.abs(np.fft.rfft(frame, n=400)) ** 2
     mel = fb.T @ spec
     expected = (np.log(mel + np.finfo(np.float32).eps) + 7.056) / 4.193
@@ -177,17 +181,21 @@ def test_resample_preserves_a_tone():
     freqs = np.fft.rfftfreq(len(x) - 4000, 1 / 16000)
     assert abs(freqs[np.argmax(spec)] - 1000) < 2
     t16 = np.arange(16000) / 16000
-    np.testing.assert_allclose(x[200:-200], 0.5 * np.sin(2 * np.pi * 1000 * t16)[200:-200],
-                               atol=2e-3)
+    np.testing.assert_allclose(x[200:-200], 0.5 * np.sin(2 * np.pi * 1000 * t16)[200:-200], atol=2e-3)
 
 
 def test_resample_uses_spec_parameters():
     sr = 44100
     wave = make_wave(sr // 2, sr, seed=9)
     expected = torchaudio.functional.resample(
-        torch.from_numpy(wave.astype(np.float64)), sr, 16000, lowpass_filter_width=64,
-        rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser",
-        beta=14.769656459379492)
+        torch.from_numpy(wave.astype(np.float64)),
+        sr,
+        16000,
+        lowpass_filter_width=64,
+        rolloff=0.9475937167399596,
+        resampling_method="sinc_interp_kaiser",
+        beta=14.769656459379492,
+    )
     torch.testing.assert_close(R.reference_waveform(wave, sr), expected)
     default = torchaudio.functional.resample(torch.from_numpy(wave.astype(np.float64)), sr, 16000)
     assert not torch.allclose(expected, default, atol=1e-6)
@@ -204,18 +212,28 @@ def test_stereo_is_mean_of_channels_before_resampling(sd, sr):
     mono = stereo.astype(np.float64).mean(axis=1)
     # mono first, then resample (in float64; the reference casts its input to float32 first,
     # so compare against the float64 path directly)
-    expected = torchaudio.functional.resample(
-        torch.from_numpy(mono), sr, 16000, lowpass_filter_width=64,
-        rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser",
-        beta=14.769656459379492) if sr != SR else torch.from_numpy(mono)
+    expected = (
+        torchaudio.functional.resample(
+            torch.from_numpy(mono),
+            sr,
+            16000,
+            lowpass_filter_width=64,
+            rolloff=0.9475937167399596,
+            resampling_method="sinc_interp_kaiser",
+            beta=14.769656459379492,
+        )
+        if sr != SR
+        else torch.from_numpy(mono)
+    )
     torch.testing.assert_close(R.reference_waveform(stereo, sr), expected, rtol=1e-12, atol=1e-12)
     # through the whole model the float32 rounding of a float64 mono input is invisible
-    np.testing.assert_allclose(R.reference_frames(sd, stereo, sr),
-                               R.reference_frames(sd, mono, sr), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        R.reference_frames(sd, stereo, sr), R.reference_frames(sd, mono, sr), rtol=1e-4, atol=1e-4
+    )
     dup = np.stack([mono, mono], axis=1).astype(np.float32)
-    np.testing.assert_allclose(R.reference_frames(sd, dup, sr),
-                               R.reference_frames(sd, mono.astype(np.float32), sr),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        R.reference_frames(sd, dup, sr), R.reference_frames(sd, mono.astype(np.float32), sr), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_stereo_three_channels(sd):
@@ -268,8 +286,7 @@ def test_long_file_1300_frames(sd):
     np.testing.assert_allclose(emb, fr.mean(axis=0), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n, cols", [(400, 1), (400 + 14 * HOP, 1), (400 + 15 * HOP, 1),
-                                     (400 + 16 * HOP, 2)])
+@pytest.mark.parametrize("n, cols", [(400, 1), (400 + 14 * HOP, 1), (400 + 15 * HOP, 1), (400 + 16 * HOP, 2)])
 def test_short_files_one_or_two_columns(sd, n, cols):
     wave = make_wave(n, seed=7)
     fr = R.reference_frames(sd, wave, SR)
@@ -285,17 +302,16 @@ def test_chunks_are_independent(sd):
     first = R.reference_frames(sd, long_wave[:97_520], SR)
     np.testing.assert_allclose(first, full[:38], rtol=1e-9, atol=1e-9)
     # second chunk alone: hop of 608 frames = 97,280 samples, positions restart at 0
-    second = R.reference_frames(sd, long_wave[97_280:97_280 + 97_520], SR)
+    second = R.reference_frames(sd, long_wave[97_280 : 97_280 + 97_520], SR)
     np.testing.assert_allclose(second, full[38:76], rtol=1e-9, atol=1e-9)
     # the short last chunk alone: frames 1216..1299 (84 frames, padded to 96)
-    tail = R.reference_frames(sd, long_wave[2 * 97_280:], SR)
+    tail = R.reference_frames(sd, long_wave[2 * 97_280 :], SR)
     assert tail.shape == (6, 640)
     np.testing.assert_allclose(tail, full[76:], rtol=1e-9, atol=1e-9)
     # and the clip embedding is the mean over all 82 columns, not a mean of chunk means
     emb = R.reference_embedding(sd, long_wave, SR)
     chunk_means = np.mean([first.mean(0), second.mean(0), tail.mean(0)], axis=0)
-    np.testing.assert_allclose(emb, (first.sum(0) + second.sum(0) + tail.sum(0)) / 82,
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(emb, (first.sum(0) + second.sum(0) + tail.sum(0)) / 82, rtol=1e-9, atol=1e-9)
     assert not np.allclose(emb, chunk_means, atol=1e-6)
 
 
@@ -319,8 +335,7 @@ def test_layers(sd):
     for bad in (0, 3, 12, -1):
         with pytest.raises(ValueError):
             R.reference_frames(sd, wave, SR, layer=bad)
-    np.testing.assert_allclose(R.reference_embedding(sd, wave, SR, layer=1), first.mean(0),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(R.reference_embedding(sd, wave, SR, layer=1), first.mean(0), rtol=1e-12, atol=1e-12)
 
 
 def test_column_layout_f_order(sd):
@@ -333,8 +348,7 @@ def test_column_layout_f_order(sd):
     fr = R.reference_frames(sd, wave, SR)
     for t in range(n_cols):
         for f in range(5):
-            np.testing.assert_array_equal(fr[t, f * 128:(f + 1) * 128],
-                                          tokens[f * n_cols + t].numpy())
+            np.testing.assert_array_equal(fr[t, f * 128 : (f + 1) * 128], tokens[f * n_cols + t].numpy())
 
 
 # ------------------------------------------------------------------------------------------
@@ -343,7 +357,7 @@ def test_column_layout_f_order(sd):
 def test_attention_matches_sdpa():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(37, 64, generator=g, dtype=torch.float64) * 2 for _ in range(3))
-    got = R.attention(q, k, v, 64 ** -0.5)
+    got = R.attention(q, k, v, 64**-0.5)
     expected = F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
@@ -369,8 +383,7 @@ def test_layer_norm_matches_torch():
     x = torch.randn(11, 96, generator=g, dtype=torch.float64) * 3 + 1
     w = torch.randn(96, generator=g, dtype=torch.float64)
     b = torch.randn(96, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(R.layer_norm(x, w, b), F.layer_norm(x, (96,), w, b, eps=1e-6),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(R.layer_norm(x, w, b), F.layer_norm(x, (96,), w, b, eps=1e-6), rtol=1e-10, atol=1e-10)
 
 
 def test_gelu_matches_torch():
@@ -408,8 +421,9 @@ def _torch_encoder(sd, chunk: torch.Tensor, layer: int | None = None) -> torch.T
     depth = R.geometry(sd)["depth"]
     layer = depth if layer is None else layer
     n_cols = chunk.shape[1] // 16
-    x = F.conv2d(chunk[None, None].double(), p["patch_embed.proj.weight"],
-                 p["patch_embed.proj.bias"], stride=16)  # (1, W, 5, n_cols)
+    x = F.conv2d(
+        chunk[None, None].double(), p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=16
+    )  # (1, W, 5, n_cols)
     x = x.flatten(2).transpose(1, 2)  # (1, 5*n_cols, W)
     grid = p["pos_embed"][:, 1:].reshape(1, 5, -1, width)[:, :, :n_cols].reshape(1, -1, width)
     x = x + grid
@@ -424,13 +438,15 @@ def _torch_encoder(sd, chunk: torch.Tensor, layer: int | None = None) -> torch.T
         o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(1, n, width)
         x = x + F.linear(o, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
         h = F.layer_norm(x, (width,), p[b + "norm2.weight"], p[b + "norm2.bias"], 1e-6)
-        h = F.linear(F.gelu(F.linear(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])),
-                     p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])),
+            p[b + "mlp.fc2.weight"],
+            p[b + "mlp.fc2.bias"],
+        )
         x = x + h
         if i + 1 == layer and layer < depth:
             return x[0, 1:]
-    x = F.layer_norm(x, (width,), p["student_encoder.norm.weight"],
-                     p["student_encoder.norm.bias"], 1e-6)
+    x = F.layer_norm(x, (width,), p["student_encoder.norm.weight"], p["student_encoder.norm.bias"], 1e-6)
     return x[0, 1:]
 
 
@@ -450,8 +466,9 @@ def test_encoder_three_heads_wider_mlp():
     assert (geo["heads"], geo["depth"], geo["mlp_hidden"], geo["n_t"]) == (3, 3, 384, 96)
     chunk = torch.randn(80, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for layer in (1, 2, 3):
-        torch.testing.assert_close(R.encode_chunk(sd3, chunk, layer),
-                                   _torch_encoder(sd3, chunk, layer), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            R.encode_chunk(sd3, chunk, layer), _torch_encoder(sd3, chunk, layer), rtol=1e-9, atol=1e-9
+        )
     with pytest.raises(ValueError):
         R.encode_chunk(sd3, torch.zeros(80, 112, dtype=torch.float64))  # > n_t columns
 

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 from test_decoding_av import write_m4a
@@ -86,8 +85,21 @@ def test_bad_inputs_are_named_skipped_and_counted(tmp_path, tiny, workers):
     bad = make_bad_corpus(corpus)
     write_audio(corpus / "good_a.wav", 1.0, seed=1)
     write_audio(corpus / "good_b.flac", 2.5, sr=44100, channels=2, seed=2)
-    proc = run_matpac(["embed", "corpus", "missing.wav", "--out", "emb.npy", "--model", str(tiny),
-                       "--failures", "failed.csv", *(["--workers", workers] if workers else [])], cwd=tmp_path)
+    proc = run_matpac(
+        [
+            "embed",
+            "corpus",
+            "missing.wav",
+            "--out",
+            "emb.npy",
+            "--model",
+            str(tiny),
+            "--failures",
+            "failed.csv",
+            *(["--workers", workers] if workers else []),
+        ],
+        cwd=tmp_path,
+    )
     stderr = proc.stderr.decode()
     assert proc.returncode == 1, stderr
     # every bad file named on a line of its own, with a reason after the name
@@ -119,8 +131,11 @@ def test_all_good_exits_zero_and_usage_error_exits_two(tmp_path, tiny):
 
 def test_missing_weights_offline_exit_two_with_fetch_command(tmp_path):
     write_audio(tmp_path / "a.wav", 0.5)
-    proc = run_matpac(["embed", "a.wav", "--out", "e.npy", "--model", "matpac"], cwd=tmp_path,
-                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = run_matpac(
+        ["embed", "a.wav", "--out", "e.npy", "--model", "matpac"],
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert proc.returncode == 2
     assert b"matpac models download matpac" in proc.stderr
 
@@ -141,8 +156,13 @@ def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny):
     assert clean.returncode == 0, clean.stderr
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "matpac_cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matpac_cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal_path = tmp_path / "emb.npy.journal"
     deadline = time.time() + 120
     while time.time() < deadline and (not journal_path.exists() or _journal_records(journal_path) < 5):
@@ -204,8 +224,10 @@ def test_tag_stdout_is_only_data_and_pipes(tmp_path, tiny):
     (tmp_path / "music" / "broken.wav").write_bytes(b"RIFF....")
     probe = {"probe.weight": torch.randn(20, 640) * 0.05, "probe.bias": torch.zeros(20)}
     torch.save(probe, tmp_path / "openmic.pth")
-    script = (f"find music -type f -print0 | {sys.executable} -m matpac_cli tag - --null --out - "
-              f"--model {tiny} --head ./openmic.pth --top-k 2")
+    script = (
+        f"find music -type f -print0 | {sys.executable} -m matpac_cli tag - --null --out - "
+        f"--model {tiny} --head ./openmic.pth --top-k 2"
+    )
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True)
     assert proc.returncode == 1, proc.stderr  # broken.wav failed, the rest landed
     rows = list(csv.DictReader(io.StringIO(proc.stdout.decode())))
@@ -237,13 +259,16 @@ def test_m4a_embeds_in_process_quietly(tmp_path, tiny):
     """m4a needs no ffmpeg program (PyAV decodes it in-process), and -q prints nothing at all."""
     write_m4a(tmp_path / "song.m4a", 3.0, sr=44100, channels=2, seed=4)
     write_m4a(tmp_path / "mono.m4a", 2.0, sr=22050, channels=1, seed=5)
-    proc = run_matpac(["embed", "song.m4a", "mono.m4a", "--out", "e.npy", "--model", str(tiny), "-q"],
-                      cwd=tmp_path, env=NO_FFMPEG)
+    proc = run_matpac(
+        ["embed", "song.m4a", "mono.m4a", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path, env=NO_FFMPEG
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == b"", proc.stderr  # -q: nothing at all, no library warning either
     index = list(csv.DictReader(open(tmp_path / "e.csv")))
     assert [(r["path"], r["sample_rate"], r["channels"]) for r in index] == [
-        ("song.m4a", "44100", "2"), ("mono.m4a", "22050", "1")]
+        ("song.m4a", "44100", "2"),
+        ("mono.m4a", "22050", "1"),
+    ]
     assert abs(float(index[0]["duration_s"]) - 3.0) < 0.1
     assert np.load(tmp_path / "e.npy").shape == (2, 640)
 
@@ -252,10 +277,11 @@ def test_m4a_embeds_in_process_quietly(tmp_path, tiny):
 def test_m4a_embeds_as_the_ffmpeg_program_decodes_it(tmp_path, tiny):
     write_m4a(tmp_path / "song.m4a", 3.0, sr=44100, channels=2, seed=4)
     # what the ffmpeg program decodes, as a float WAV: matpac must give the same embedding for both
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "song.m4a"), "-c:a", "pcm_f32le",
-                    str(tmp_path / "decoded.wav")], check=True)
-    proc = run_matpac(["embed", "song.m4a", "decoded.wav", "--out", "e.npy", "--model", str(tiny), "-q"],
-                      cwd=tmp_path)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "song.m4a"), "-c:a", "pcm_f32le", str(tmp_path / "decoded.wav")],
+        check=True,
+    )
+    proc = run_matpac(["embed", "song.m4a", "decoded.wav", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     emb = np.load(tmp_path / "e.npy")
     assert [r["path"] for r in csv.DictReader(open(tmp_path / "e.csv"))] == ["song.m4a", "decoded.wav"]
@@ -265,8 +291,9 @@ def test_m4a_embeds_as_the_ffmpeg_program_decodes_it(tmp_path, tiny):
 def test_garbage_m4a_is_one_line_with_the_decoders_reason(tmp_path, tiny):
     (tmp_path / "song.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + bytes(100))
     (tmp_path / "noise.m4a").write_bytes(np.random.default_rng(7).bytes(4000))
-    proc = run_matpac(["embed", "song.m4a", "noise.m4a", "--out", "e.npy", "--model", str(tiny), "-q"],
-                      cwd=tmp_path, env=NO_FFMPEG)
+    proc = run_matpac(
+        ["embed", "song.m4a", "noise.m4a", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path, env=NO_FFMPEG
+    )
     assert proc.returncode == 1
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 2, lines  # -q: one line per file, no decoder log around them
@@ -283,21 +310,27 @@ def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
     clean = np.load(tmp_path / "emb.npy")
     # a run killed just after its last record: the journal still holds every payload (a finished
     # run compacts it), so stop one in-process once all three files are journalled
-    from matpac_cli.pipeline.discovery import discover
-    from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.pipeline.discovery import discover
 
     class Killed(Exception):
         pass
 
-    def stop_after_three(item, seconds, seen=[]):
+    seen = []
+
+    def stop_after_three(item, seconds):
         seen.append(item)
         if len(seen) == 3:
             raise Killed()
 
     with pytest.raises(Killed):
-        embed(discover([str(tmp_path / "d")]), Predictor.load(str(tiny), device="cpu"),
-              EmbedConfig(out=tmp_path / "emb.npy", force=True), on_progress=stop_after_three)
+        embed(
+            discover([str(tmp_path / "d")]),
+            Predictor.load(str(tiny), device="cpu"),
+            EmbedConfig(out=tmp_path / "emb.npy", force=True),
+            on_progress=stop_after_three,
+        )
     journal = tmp_path / "emb.npy.journal"
     data = journal.read_bytes()
     journal.write_bytes(data[: len(data) - 1000])  # the last record loses its tail

@@ -48,8 +48,24 @@ def run(ckpts, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)
         common = ["music", "--model", str(ckpts["tiny608"]), "--device", "cpu", "-q"]
-        assert main(["tag", *common, "--head", "./mtg_genre.pth", "--head", "./mtg_mood.pth", "--segments",
-                     "--out", "tags.csv", "--report", "tagged.html"]) == 0
+        assert (
+            main(
+                [
+                    "tag",
+                    *common,
+                    "--head",
+                    "./mtg_genre.pth",
+                    "--head",
+                    "./mtg_mood.pth",
+                    "--segments",
+                    "--out",
+                    "tags.csv",
+                    "--report",
+                    "tagged.html",
+                ]
+            )
+            == 0
+        )
         assert main(["embed", *common, "--out", "emb.npy"]) == 0
     return d
 
@@ -60,7 +76,9 @@ def rows(path: Path) -> list[dict]:
 
 
 def page_data(html: str) -> dict:
-    data = json.loads(re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="matpac-data">(.*?)</script>', html, re.S).group(1)
+    )
     blob = re.search(r'id="matpac-timelines">(.*?)</script>', html, re.S).group(1).strip()
     data["timelines"] = json.loads(gzip.decompress(base64.b64decode(blob))) if blob else None
     return data
@@ -69,11 +87,13 @@ def page_data(html: str) -> dict:
 @pytest.fixture(scope="module")
 def report(run) -> Path:
     """The real command, in a subprocess, as a user runs it."""
-    proc = run_matpac(["report", "tags.csv", "--embeddings", "emb.npy", "--out", "out/report.html", "--audio"],
-                      cwd=run, timeout=120)
+    proc = run_matpac(
+        ["report", "tags.csv", "--embeddings", "emb.npy", "--out", "out/report.html", "--audio"], cwd=run, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr.decode()
-    assert re.fullmatch(r"matpac: report of 4 file\(s\) in [\d.]+ s; wrote out/report.html \(\d+ KB\)\n",
-                        proc.stderr.decode())
+    assert re.fullmatch(
+        r"matpac: report of 4 file\(s\) in [\d.]+ s; wrote out/report.html \(\d+ KB\)\n", proc.stderr.decode()
+    )
     return run / "out" / "report.html"
 
 
@@ -86,8 +106,10 @@ def test_label_counts_are_those_of_the_clip_rows(run, report):
     for head in HEADS:
         top1 = Counter(r["label"] for r in clip if r["head"] == head and r["rank"] == "1")
         kept = Counter(r["label"] for r in clip if r["head"] == head)
-        drawn = re.findall(r"<title>([^<]+): top-1 of (\d+) file\(s\), in top 5 in (\d+)</title>",
-                           html.split(f"<figcaption>{head}:")[1].split("</figure>")[0])
+        drawn = re.findall(
+            r"<title>([^<]+): top-1 of (\d+) file\(s\), in top 5 in (\d+)</title>",
+            html.split(f"<figcaption>{head}:")[1].split("</figure>")[0],
+        )
         expected = sorted(kept, key=lambda label: (-kept[label], -top1[label], label))[:20]
         assert [label for label, _, _ in drawn] == expected
         assert all(int(t) == top1[label] and int(k) == kept[label] for label, t, k in drawn)
@@ -152,7 +174,7 @@ def test_map_is_the_pca_and_neighbours_the_cosine_of_the_embeddings(run, report)
         assert np.allclose(np.array(flat[1::2]) / 1000, cos[i, expected], atol=1e-3)
     centred = X - X.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    share = s[:2] ** 2 / (s ** 2).sum()
+    share = s[:2] ** 2 / (s**2).sum()
     assert f"PC1 ({share[0]:.0%} of the variance)" in html and f"PC2 ({share[1]:.0%} of the variance)" in html
     points = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="3.5" class="[^"]*" data-i="(\d+)">', html)
     assert sorted(int(i) for _, _, i in points) == [0, 1, 2, 3]
@@ -176,13 +198,15 @@ def test_pca_of_a_large_matrix_matches_numpy_svd():
     ref = c @ vt[:2].T
     for k in range(2):
         assert np.allclose(np.abs(xy[:, k]), np.abs(ref[:, k]), rtol=1e-3, atol=1e-2 * np.abs(ref[:, k]).max())
-    assert np.allclose(shares, s[:2] ** 2 / (s ** 2).sum(), rtol=1e-4)
+    assert np.allclose(shares, s[:2] ** 2 / (s**2).sum(), rtol=1e-4)
 
 
 def test_tag_report_shortcut_writes_the_same_page(run, report):
     tagged = page_data((run / "tagged.html").read_text())
     full = page_data(report.read_text())
-    assert tagged["paths"] == full["paths"] and tagged["timelines"] == full["timelines"] and tagged["top"] == full["top"]
+    assert (
+        tagged["paths"] == full["paths"] and tagged["timelines"] == full["timelines"] and tagged["top"] == full["top"]
+    )
     assert tagged["nn"] is None and tagged["audio"] is None
     ends = {p: max(float(r["end_s"]) for r in rows(run / "tags.csv") if r["path"] == p and r["end_s"]) for p in FILES}
     assert tagged["dur"] == [round(ends[p], 1) for p in tagged["paths"]]  # no embeddings: the segment ends
@@ -214,7 +238,7 @@ def test_page_is_self_contained(report):
     assert urls <= {"http://www.w3.org/2000/svg"}  # the SVG namespace name, never fetched
     assert report.stat().st_size < 200_000
     # the hostile name is escaped everywhere: no stray comment or tag opened by it
-    assert "<!--b>" not in html and 'music/&lt;!--b&gt;&amp;&quot;x.wav' in html
+    assert "<!--b>" not in html and "music/&lt;!--b&gt;&amp;&quot;x.wav" in html
 
 
 def test_audio_sources_are_relative_to_the_page(run, report):
@@ -227,9 +251,9 @@ def test_audio_sources_are_relative_to_the_page(run, report):
 
 def test_readme_report_line_works_as_written(run):
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text[text.index("## See your library"):]
-    block = section[section.index("```bash\n") + 8:]
-    lines = block[:block.index("```")].splitlines()
+    section = text[text.index("## See your library") :]
+    block = section[section.index("```bash\n") + 8 :]
+    lines = block[: block.index("```")].splitlines()
     assert lines[0].startswith("matpac tag ./music --segments --out tags.csv --report report.html")
     words = shlex.split(next(ln for ln in lines if ln.startswith("matpac report ")), comments=True)
     with pytest.MonkeyPatch.context() as mp:
@@ -244,13 +268,20 @@ def test_readme_report_line_works_as_written(run):
 
 @pytest.mark.parametrize("case", ["not_tags", "other_files", "parquet", "txt_out", "existing", "split_rows"])
 def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
-    args = {"not_tags": ["emb.csv"], "other_files": ["tags.csv", "--embeddings", str(tmp_path / "o.npy")],
-            "parquet": ["tags.csv", "--embeddings", str(tmp_path / "emb.parquet")], "txt_out": ["tags.csv"],
-            "existing": ["tags.csv"], "split_rows": [str(tmp_path / "split.csv")]}[case]
+    args = {
+        "not_tags": ["emb.csv"],
+        "other_files": ["tags.csv", "--embeddings", str(tmp_path / "o.npy")],
+        "parquet": ["tags.csv", "--embeddings", str(tmp_path / "emb.parquet")],
+        "txt_out": ["tags.csv"],
+        "existing": ["tags.csv"],
+        "split_rows": [str(tmp_path / "split.csv")],
+    }[case]
     out = tmp_path / ("r.txt" if case == "txt_out" else "r.html")
     if case == "other_files":
         np.save(tmp_path / "o.npy", np.ones((1, 4), dtype=np.float32))
-        (tmp_path / "o.csv").write_text("row,path,duration_s,sample_rate,channels,truncated\n0,elsewhere/z.wav,1,16000,1,0\n")
+        (tmp_path / "o.csv").write_text(
+            "row,path,duration_s,sample_rate,channels,truncated\n0,elsewhere/z.wav,1,16000,1,0\n"
+        )
     if case == "existing":
         out.write_text("<html>my notes</html>")
     if case == "parquet":
@@ -265,9 +296,14 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys, case):
         code = main(["report", *args, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("matpac: error: ") and err.count("\n") == 1, err
-    expected = {"not_tags": "emb.csv: not a matpac tags file", "other_files": "these embeddings are of other files",
-                "parquet": "emb.parquet: not a readable Parquet file", "txt_out": "a report is an .html file",
-                "existing": "exists and is not a matpac report; use --force", "split_rows": "are not together"}[case]
+    expected = {
+        "not_tags": "emb.csv: not a matpac tags file",
+        "other_files": "these embeddings are of other files",
+        "parquet": "emb.parquet: not a readable Parquet file",
+        "txt_out": "a report is an .html file",
+        "existing": "exists and is not a matpac report; use --force",
+        "split_rows": "are not together",
+    }[case]
     assert expected in err
     if case == "existing":
         assert out.read_text() == "<html>my notes</html>"
@@ -286,7 +322,9 @@ def test_a_report_replaces_its_own_page_and_notes_partial_embeddings(run, tmp_pa
         mp.chdir(run)
         for _ in range(2):  # the second run replaces the page the first wrote
             capsys.readouterr()
-            assert main(["report", "tags.csv", "--embeddings", str(tmp_path / "part.npy"), "--out", str(out), "-q"]) == 0
+            assert (
+                main(["report", "tags.csv", "--embeddings", str(tmp_path / "part.npy"), "--out", str(out), "-q"]) == 0
+            )
     html = out.read_text()
     assert "2 tagged file(s) are not in part.npy: they are not on the map." in html
     err = capsys.readouterr().err  # not only in the page: on stderr, even with -q
@@ -303,16 +341,34 @@ def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts,
     gives the page its durations without embeddings or segments."""
     from matpac_cli.outputs.readers import read_tags
 
-    top1 = sorted(float(r["score"]) for r in rows(run / "tags.csv")
-                  if r["head"] == "mtg_genre" and r["rank"] == "1" and r["start_s"] == "")
+    top1 = sorted(
+        float(r["score"])
+        for r in rows(run / "tags.csv")
+        if r["head"] == "mtg_genre" and r["rank"] == "1" and r["start_s"] == ""
+    )
     threshold = round((top1[0] + top1[-1]) / 2, 6)
     (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
     heads = ["--head", "./mtg_genre.pth", "--head", "./mtg_mood.pth", "--threshold", str(threshold)]
     outs = {}
     for fmt in ("csv", "jsonl", "parquet"):
         outs[fmt] = tmp_path / f"t.{fmt}"
-        proc = run_matpac(["tag", "music", str(tmp_path / "broken.wav"), "--model", str(ckpts["tiny608"]),
-                           "--device", "cpu", "-q", *heads, "--out", str(outs[fmt])], cwd=run, timeout=300)
+        proc = run_matpac(
+            [
+                "tag",
+                "music",
+                str(tmp_path / "broken.wav"),
+                "--model",
+                str(ckpts["tiny608"]),
+                "--device",
+                "cpu",
+                "-q",
+                *heads,
+                "--out",
+                str(outs[fmt]),
+            ],
+            cwd=run,
+            timeout=300,
+        )
         assert proc.returncode == 1, proc.stderr.decode()  # the broken file
     got = rows(outs["csv"])
     genre = {r["path"]: r for r in got if r["head"] == "mtg_genre" and r["rank"] in ("0", "1")}
@@ -325,8 +381,9 @@ def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts,
     assert all(float(r["score"]) >= threshold for r in got if r["rank"] != "0")
     typed = {fmt: read_tags(out).rows for fmt, out in outs.items()}
     for fmt in ("jsonl", "parquet"):  # the same rows, the no-label ones null in every format
-        assert [(r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed[fmt]] == \
-            [(r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed["csv"]]
+        assert [(r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed[fmt]] == [
+            (r["path"], r["head"], r["label"], r["rank"], r["duration_s"]) for r in typed["csv"]
+        ]
     assert all(r["label"] is r["score"] is r["tag_id"] is None for r in typed["jsonl"] if r["rank"] == 0)
     raw = [json.loads(line) for line in outs["jsonl"].read_text().splitlines()]
     assert any(r["rank"] == 0 and r["label"] is None and r["score"] is None for r in raw)
@@ -350,11 +407,27 @@ def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts,
 def test_tag_report_needs_a_file_out_and_is_refused_before_the_model_loads(tmp_path, capsys):
     write_audio(tmp_path / "a.wav", 1.0)
     capsys.readouterr()
-    code = main(["tag", str(tmp_path / "a.wav"), "--model", str(tmp_path / "missing.pt"), "--report", str(tmp_path / "r.html")])
+    code = main(
+        ["tag", str(tmp_path / "a.wav"), "--model", str(tmp_path / "missing.pt"), "--report", str(tmp_path / "r.html")]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and err == f"matpac: error: --report {tmp_path / 'r.html'} is built from the tags file: give --out tags.csv (not stdout)\n"
-    code = main(["tag", str(tmp_path / "a.wav"), "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "t.csv"),
-                 "--report", str(tmp_path / "r.txt")])
+    assert (
+        code == 2
+        and err
+        == f"matpac: error: --report {tmp_path / 'r.html'} is built from the tags file: give --out tags.csv (not stdout)\n"
+    )
+    code = main(
+        [
+            "tag",
+            str(tmp_path / "a.wav"),
+            "--model",
+            str(tmp_path / "missing.pt"),
+            "--out",
+            str(tmp_path / "t.csv"),
+            "--report",
+            str(tmp_path / "r.txt"),
+        ]
+    )
     assert code == 2 and "--report" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
 
 
@@ -369,8 +442,10 @@ def test_a_large_library_is_sampled_on_the_map_and_says_so(tmp_path):
         fh.writelines(f"{p},mtg_genre,{'rock' if i % 3 else 'jazz'},0.9,1,genre---x\n" for i, p in enumerate(names))
     rng = np.random.default_rng(0)
     np.save(tmp_path / "e.npy", rng.standard_normal((n, 8)).astype(np.float32))
-    (tmp_path / "e.csv").write_text("row,path,duration_s,sample_rate,channels,truncated\n"
-                                    + "".join(f"{i},{p},30,16000,1,0\n" for i, p in enumerate(names)))
+    (tmp_path / "e.csv").write_text(
+        "row,path,duration_s,sample_rate,channels,truncated\n"
+        + "".join(f"{i},{p},30,16000,1,0\n" for i, p in enumerate(names))
+    )
     result = build_report(tmp_path / "t.csv", tmp_path / "r.html", embeddings=tmp_path / "e.npy", neighbours=0)
     html = (tmp_path / "r.html").read_text()
     assert result.files == n and len(re.findall(r"<circle ", html)) == MAP_POINTS
@@ -393,8 +468,15 @@ def chromium() -> str:
 
 
 def browse(page: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=5000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     proc = subprocess.run([chromium(), *flags, *extra, page.as_uri()], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     return proc
@@ -430,8 +512,14 @@ def test_page_in_headless_chromium(report, tmp_path):
     page = report.parent / "harness.html"
     page.write_text(report.read_text().replace("</body>", HARNESS))
     dom = browse(page, tmp_path, "--dump-dom").stdout.decode()
-    found = json.loads(re.search(r'<pre id="harness">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"')
-                       .replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    found = json.loads(
+        re.search(r'<pre id="harness">(.*?)</pre>', dom, re.S)
+        .group(1)
+        .replace("&quot;", '"')
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+    )
     assert sorted(found["all"]) == sorted(FILES)
     assert found["filtered"] == ["music/sub/c d.flac"] and found["count"] == "1 of 4 files match"
     assert found["longest_first"] == sorted(FILES, key=lambda p: -FILES[p])

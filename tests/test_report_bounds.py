@@ -18,10 +18,12 @@ HEADER = "path,head,label,score,rank,tag_id,start_s,end_s\n"
 def _peak_rss_mib(args: list[str], cwd: Path) -> tuple[int, float, str]:
     """(exit status, peak resident MiB, stderr) of `matpac ARGS`, alone in a fresh parent so no
     other child of this test session counts in RUSAGE_CHILDREN."""
-    code = ("import resource, subprocess, sys\n"
-            f"r = subprocess.run([sys.executable, '-m', 'matpac_cli', *{args!r}], stderr=subprocess.PIPE)\n"
-            "sys.stderr.buffer.write(r.stderr)\n"
-            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    code = (
+        "import resource, subprocess, sys\n"
+        f"r = subprocess.run([sys.executable, '-m', 'matpac_cli', *{args!r}], stderr=subprocess.PIPE)\n"
+        "sys.stderr.buffer.write(r.stderr)\n"
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, check=True, text=True)
     rc, kib = out.stdout.split()
     return int(rc), int(kib) / 1024, out.stderr
@@ -65,9 +67,16 @@ def test_files_past_the_bound_are_counted_as_files(tmp_path):
     as their rows: 4 files of 3 rows leave out 2 file(s) (6 rows)."""
     rows = [f"{name}.wav,genre,l{i},0.5,{i + 1},l{i},,\n" for name in "abcd" for i in range(3)]
     (tmp_path / "t.csv").write_text(HEADER + "".join(rows))
-    script = ("import sys\nfrom matpac_cli.jobs.report import data\nfrom matpac_cli.cli import main\n"
-              "data.MAX_FILES = 2\nsys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, "report", "t.csv", "--out", "r.html"], cwd=tmp_path,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    script = (
+        "import sys\nfrom matpac_cli.jobs.report import data\nfrom matpac_cli.cli import main\n"
+        "data.MAX_FILES = 2\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "report", "t.csv", "--out", "r.html"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "t.csv: more than 2 files; the report leaves out the last 2 file(s)" in proc.stderr, proc.stderr

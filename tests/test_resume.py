@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint
 

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-
 from conftest import run_matpac
+
 from matpac_cli.cli import main
 from matpac_cli.jobs.search import duplicates, nearest
 
@@ -30,6 +30,7 @@ PITCHES = (200, 300, 450, 675, 1000, 1500, 2250, 3400)
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """float64 cosine of every row of `a` with every row of `b` (a zero row: 0, by convention)."""
+
     def unit(x):
         x = np.asarray(x, dtype=np.float64)
         n = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -72,8 +73,14 @@ def lib(tmp_path_factory, ckpts):
     code = main(["embed", str(lib), "--out", str(root / "emb.npy"), "--model", str(model), "--quiet"])
     assert code == 0
     paths = [r["path"] for r in csv.DictReader(open(root / "emb.csv"))]
-    return {"root": root, "lib": lib, "npy": root / "emb.npy", "paths": paths,
-            "X": np.load(root / "emb.npy"), "model": model}
+    return {
+        "root": root,
+        "lib": lib,
+        "npy": root / "emb.npy",
+        "paths": paths,
+        "X": np.load(root / "emb.npy"),
+        "model": model,
+    }
 
 
 # ------------------------------------------------------------------ the numerics, in blocks
@@ -148,7 +155,9 @@ def test_audio_query_embedded_with_the_index_model(lib, capsys):
     y = torchaudio.functional.resample(torch.from_numpy(tone(1500)), 16000, 22050).numpy()
     sf.write(outside / "q1500.flac", np.stack([y, y], axis=1), 22050)
     again = f"{outside}/./query675.wav"  # the same file named twice: embedded once, answered twice
-    code, out, err = cli(capsys, "search", str(outside), again, "--index", str(lib["npy"]), "-k", "2", "--format", "jsonl")
+    code, out, err = cli(
+        capsys, "search", str(outside), again, "--index", str(lib["npy"]), "-k", "2", "--format", "jsonl"
+    )
     assert code == 0, err
     got = [json.loads(line) for line in out.splitlines()]
     top = {r["query"]: r for r in got if r["rank"] == 1}
@@ -172,14 +181,16 @@ def test_duplicates_finds_the_planted_copies_only(lib, capsys):
     assert len(got) == 2  # each pair once
     X, paths = lib["X"], lib["paths"]
     for r in got:
-        assert float(r["score"]) == pytest.approx(float(cosine(X[paths.index(r["path_a"])], X[paths.index(r["path_b"])])),
-                                                  abs=1e-5)
+        assert float(r["score"]) == pytest.approx(
+            float(cosine(X[paths.index(r["path_a"])], X[paths.index(r["path_b"])])), abs=1e-5
+        )
     assert "2 pair(s)" in err
 
 
 def test_threshold_keeps_only_close_neighbours(lib, capsys):
-    code, out, _ = cli(capsys, "search", str(lib["lib"] / "tone450.wav"), "--index", str(lib["npy"]),
-                       "--threshold", "0.98")
+    code, out, _ = cli(
+        capsys, "search", str(lib["lib"] / "tone450.wav"), "--index", str(lib["npy"]), "--threshold", "0.98"
+    )
     assert code == 0 and [r["path"] for r in rows(out)] == [str(lib["lib"] / "copy450.flac")]
 
 
@@ -205,18 +216,23 @@ def test_layer_of_an_all_layers_index(lib, tmp_path, capsys):
 
 
 def test_unknown_query_fails_alone(lib, capsys):
-    code, out, err = cli(capsys, "search", "nowhere.wav", str(lib["lib"] / "tone200.wav"), "--index", str(lib["npy"]), "-k", "1")
+    code, out, err = cli(
+        capsys, "search", "nowhere.wav", str(lib["lib"] / "tone200.wav"), "--index", str(lib["npy"]), "-k", "1"
+    )
     assert code == 1
     assert "nowhere.wav: not a path in" in err and len(rows(out)) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--duplicates", "x.wav"], "give no QUERY"),
-    ([], "give at least one QUERY"),
-    (["x.wav", "--top-k", "-1"], "--top-k -1"),
-    (["x.wav", "--threshold", "1.5"], "between -1 and 1"),
-    (["x.wav", "--out", "n.txt"], "is not supported"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--duplicates", "x.wav"], "give no QUERY"),
+        ([], "give at least one QUERY"),
+        (["x.wav", "--top-k", "-1"], "--top-k -1"),
+        (["x.wav", "--threshold", "1.5"], "between -1 and 1"),
+        (["x.wav", "--out", "n.txt"], "is not supported"),
+    ],
+)
 def test_bad_options_are_one_line(lib, capsys, args, message):
     code, _, err = cli(capsys, "search", "--index", str(lib["npy"]), *args)
     assert code == 2 and message in err and err.count("\n") == 1
@@ -238,7 +254,9 @@ def test_index_and_model_problems_are_one_line(lib, tmp_path, capsys):
     code, out, _ = cli(capsys, "search", lib["paths"][0], "--index", str(tmp_path / "emb.npy"), "-k", "1")
     assert code == 0 and len(rows(out)) == 1
     (tmp_path / "taken.csv").write_text("mine\n")
-    code, _, err = cli(capsys, "search", lib["paths"][0], "--index", str(lib["npy"]), "--out", str(tmp_path / "taken.csv"))
+    code, _, err = cli(
+        capsys, "search", lib["paths"][0], "--index", str(lib["npy"]), "--out", str(tmp_path / "taken.csv")
+    )
     assert code == 2 and "use --force" in err and (tmp_path / "taken.csv").read_text() == "mine\n"
 
 
@@ -249,7 +267,9 @@ def test_search_subprocess_end_to_end(lib, tmp_path):
     proc = run_matpac(["search", query, lib["paths"][0], "--index", str(lib["npy"]), "-k", "3", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr.decode()
     got = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["query"], r["rank"]) for r in got] == [(query, k) for k in (1, 2, 3)] + [(lib["paths"][0], k) for k in (1, 2, 3)]
+    assert [(r["query"], r["rank"]) for r in got] == [(query, k) for k in (1, 2, 3)] + [
+        (lib["paths"][0], k) for k in (1, 2, 3)
+    ]
     assert got[0]["path"].endswith("tone675.wav")
     assert proc.stdout == b"" and b"2 queries: 2 searched (1 embedded, 1 found in the index), 0 failed" in proc.stderr
 
@@ -284,10 +304,13 @@ def test_readme_examples_work_as_written(hub, ckpts, tmp_path, monkeypatch, caps
     near = rows(out[1])
     assert len(near) == 5 and near[0]["path"] == "./music/song_48k.wav"  # 6 files, the query left out
     found = [json.loads(x) for x in out[2].splitlines()]
-    assert [(r["query"], r["rank"]) for r in found] == [("new.wav", k) for k in (1, 2, 3)] + [("./inbox/x.wav", k) for k in (1, 2, 3)]
+    assert [(r["query"], r["rank"]) for r in found] == [("new.wav", k) for k in (1, 2, 3)] + [
+        ("./inbox/x.wav", k) for k in (1, 2, 3)
+    ]
     assert found[0]["path"] == "./music/t300.wav" and found[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert [(r["path_a"], r["path_b"]) for r in rows((tmp_path / "dups.csv").read_text())] == \
-        [("./music/song.flac", "./music/song_48k.wav")]
+    assert [(r["path_a"], r["path_b"]) for r in rows((tmp_path / "dups.csv").read_text())] == [
+        ("./music/song.flac", "./music/song_48k.wav")
+    ]
 
 
 def _mkdir(path: Path) -> Path:
@@ -301,9 +324,11 @@ def test_path_queries_load_no_torch(lib):
     import subprocess
     import sys
 
-    code = ("import sys; from matpac_cli.cli import main; "
-            f"rc = main(['search', {lib['paths'][0]!r}, '--index', {str(lib['npy'])!r}, '-k', '2', '-q']); "
-            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from matpac_cli.cli import main; "
+        f"rc = main(['search', {lib['paths'][0]!r}, '--index', {str(lib['npy'])!r}, '-k', '2', '-q']); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert len(rows(proc.stdout.decode())) == 2

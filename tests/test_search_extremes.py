@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from conftest import REPO, run_matpac
+from conftest import run_matpac
 
 
 def write_index(folder: Path, matrix: np.ndarray) -> Path:
@@ -43,19 +42,21 @@ def test_huge_and_tiny_values_keep_their_cosines(tmp_path):
         unit = base / np.linalg.norm(base, axis=1, keepdims=True)
         want = unit[1:] @ unit[0]
         assert got[0]["path"] == "f0001.wav", (scale, got)
-        np.testing.assert_allclose(sorted((float(r["score"]) for r in got), reverse=True),
-                                   np.sort(want)[::-1], atol=1e-5)
-    dup = run_matpac(["search", "--index", str(tmp_path / "s1e+30" / "e.npy"), "--duplicates",
-                      "--threshold", "0.99"])
+        np.testing.assert_allclose(
+            sorted((float(r["score"]) for r in got), reverse=True), np.sort(want)[::-1], atol=1e-5
+        )
+    dup = run_matpac(["search", "--index", str(tmp_path / "s1e+30" / "e.npy"), "--duplicates", "--threshold", "0.99"])
     assert dup.returncode == 0 and dup.stdout.decode().splitlines()[1].startswith("f0000.wav,f0001.wav,")
 
 
 def _peak_rss_mib(args: list[str], cwd: Path) -> tuple[int, float]:
     """(exit status, peak resident MiB) of `matpac ARGS` alone in a fresh parent, so no other
     child of this test session counts in RUSAGE_CHILDREN."""
-    code = ("import resource, subprocess, sys\n"
-            f"r = subprocess.run([sys.executable, '-m', 'matpac_cli', *{args!r}], stdout=subprocess.DEVNULL)\n"
-            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    code = (
+        "import resource, subprocess, sys\n"
+        f"r = subprocess.run([sys.executable, '-m', 'matpac_cli', *{args!r}], stdout=subprocess.DEVNULL)\n"
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, check=True, text=True)
     rc, kib = out.stdout.split()
     return int(rc), int(kib) / 1024
@@ -66,7 +67,7 @@ def test_duplicates_of_3000_identical_rows_stream_in_bounded_memory(tmp_path):
     command's peak memory stays far below what holding them costs (before pairs were streamed
     the command held a block's pairs as a list and peaked at 992 MiB; streamed, 140 MiB)."""
     n = 3000
-    npy = write_index(tmp_path, np.ones((n, 8)))
+    write_index(tmp_path, np.ones((n, 8)))
     rc, peak = _peak_rss_mib(["search", "--index", "e.npy", "--duplicates", "--out", "d.csv", "-q"], tmp_path)
     assert rc == 0
     with open(tmp_path / "d.csv", "rb") as fh:

@@ -9,14 +9,12 @@ pipeline's results the same whichever side resamples.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 import torch
 import torchaudio.functional as AF
-
-import reference as R
 from test_numerics import CLIP_ATOL, CLIPS, _run_pipeline, clips, ref608, sd608  # noqa: F401
 
 from matpac_cli.encoder import resample as S
@@ -27,8 +25,15 @@ RATES = [8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
 
 def _whole(x: np.ndarray, sr: int) -> torch.Tensor:
     """The spec's resampler on the whole file (float32, as the decoder hands it over)."""
-    return AF.resample(torch.from_numpy(x), sr, 16000, lowpass_filter_width=R.RESAMPLE_LOWPASS_FILTER_WIDTH,
-                       rolloff=R.RESAMPLE_ROLLOFF, resampling_method="sinc_interp_kaiser", beta=R.RESAMPLE_BETA)
+    return AF.resample(
+        torch.from_numpy(x),
+        sr,
+        16000,
+        lowpass_filter_width=R.RESAMPLE_LOWPASS_FILTER_WIDTH,
+        rolloff=R.RESAMPLE_ROLLOFF,
+        resampling_method="sinc_interp_kaiser",
+        beta=R.RESAMPLE_BETA,
+    )
 
 
 def _cut(x: np.ndarray, sr: int, n_t: int, seed: int) -> list:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_matpac, write_audio
 from test_hostile import tiny  # noqa: E402,F401 - the same tiny encoder, a module fixture
 
@@ -66,8 +65,9 @@ def test_a_symlink_planted_beside_the_output_is_refused_and_its_target_kept(tmp_
 def test_a_tag_run_does_not_empty_the_target_of_a_planted_lock(tmp_path, tiny, victim):
     _clips(tmp_path / "clips")
     (tmp_path / ".tags.csv.lock").symlink_to(victim)
-    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "tags.csv"],
-                      cwd=tmp_path)
+    proc = run_matpac(
+        ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "tags.csv"], cwd=tmp_path
+    )
     assert ".tags.csv.lock" in _one_error(proc)
     assert victim.read_bytes() == VICTIM
 
@@ -148,11 +148,16 @@ def test_failures_or_manifest_naming_an_input_are_refused_even_with_force(tmp_pa
     clips = _clips(tmp_path / "clips")
     before = (clips / "c1.wav").read_bytes()
     base = ["--model", str(tiny), "--force"]
-    line = _one_error(run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "clips/c1.wav", *base],
-                                 cwd=tmp_path))
+    line = _one_error(
+        run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "clips/c1.wav", *base], cwd=tmp_path)
+    )
     assert "--failures clips/c1.wav is an input" in line, line
-    line = _one_error(run_matpac(["tag", "clips", "--head", str(_probe(tmp_path)), "--out", "t.csv",
-                                  "--manifest", "clips/c1.wav", *base], cwd=tmp_path))
+    line = _one_error(
+        run_matpac(
+            ["tag", "clips", "--head", str(_probe(tmp_path)), "--out", "t.csv", "--manifest", "clips/c1.wav", *base],
+            cwd=tmp_path,
+        )
+    )
     assert "--manifest clips/c1.wav is an input" in line, line
     assert (clips / "c1.wav").read_bytes() == before
     weights = tiny.read_bytes()  # files named by options are inputs too
@@ -162,24 +167,27 @@ def test_failures_or_manifest_naming_an_input_are_refused_even_with_force(tmp_pa
     assert not (tmp_path / "e.npy").exists() and not (tmp_path / "t.csv").exists()
 
 
-@pytest.mark.parametrize("args, said", [
-    (["--out", "t.csv", "--manifest", "t.csv"], "--manifest t.csv is also --out"),
-    (["--out", "t.csv", "--failures", "t.csv"], "--failures t.csv is also --out"),
-    (["--out", "t.csv", "--failures", "t.csv.manifest.json"], "is also the manifest of --out"),
-    (["--manifest", "m.json", "--failures", "m.json"], "--failures m.json is also --manifest"),
-])
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--out", "t.csv", "--manifest", "t.csv"], "--manifest t.csv is also --out"),
+        (["--out", "t.csv", "--failures", "t.csv"], "--failures t.csv is also --out"),
+        (["--out", "t.csv", "--failures", "t.csv.manifest.json"], "is also the manifest of --out"),
+        (["--manifest", "m.json", "--failures", "m.json"], "--failures m.json is also --manifest"),
+    ],
+)
 def test_two_outputs_of_one_run_never_share_a_path(tmp_path, tiny, args, said):
     _clips(tmp_path / "clips")
-    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--force", *args],
-                      cwd=tmp_path)
+    proc = run_matpac(
+        ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--force", *args], cwd=tmp_path
+    )
     assert said in _one_error(proc)
     assert not list(tmp_path.glob("t.csv*")) and not (tmp_path / "m.json").exists()
 
 
 def test_embed_failures_on_its_own_index_is_refused(tmp_path, tiny):
     _clips(tmp_path / "clips")
-    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "e.csv", "--model", str(tiny)],
-                      cwd=tmp_path)
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--failures", "e.csv", "--model", str(tiny)], cwd=tmp_path)
     assert "--failures e.csv is also the row index of --out" in _one_error(proc)
 
 
@@ -223,10 +231,19 @@ def test_a_manifest_is_matpacs_by_the_rule_every_reader_uses(tmp_path, tiny):
 
 def _hold(path: Path) -> subprocess.Popen:
     """Another process holding matpac's lock on `path`, as a running matpac would."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
-        "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"),
-        str(path)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from matpac_cli.outputs import writers\n"
+                "with writers.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+            ),
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert holder.stdout.readline() == b"held\n"
     return holder
 
@@ -234,16 +251,26 @@ def _hold(path: Path) -> subprocess.Popen:
 def test_tag_out_x_csv_is_refused_while_embed_out_x_npy_runs(tmp_path, tiny):
     """`embed --out x.npy` writes x.csv: holding x.npy's files (as that embed does) refuses the tag."""
     _clips(tmp_path / "clips")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from matpac_cli.jobs import embed as embedding\nfrom matpac_cli.outputs import writers\n"
-        "paths = embedding.outputs_for(Path(sys.argv[1]))\n"
-        "with writers.locked(*[p for k, p in paths.items() if k != 'journal']):\n"
-        "    print('held', flush=True); time.sleep(60)"), str(tmp_path / "x.npy")],
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from matpac_cli.jobs import embed as embedding\nfrom matpac_cli.outputs import writers\n"
+                "paths = embedding.outputs_for(Path(sys.argv[1]))\n"
+                "with writers.locked(*[p for k, p in paths.items() if k != 'journal']):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / "x.npy"),
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline() == b"held\n"
-        proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "x.csv"],
-                          cwd=tmp_path)
+        proc = run_matpac(
+            ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "x.csv"], cwd=tmp_path
+        )
         line = _one_error(proc)
         assert f"another matpac is writing x.csv (pid {holder.pid})" in line, line
         # .npy and .parquet share x.manifest.json
@@ -259,8 +286,9 @@ def test_two_real_runs_sharing_a_failures_file_the_second_is_refused(tmp_path, t
     _clips(tmp_path / "clips")
     holder = _hold(tmp_path / "f.csv")
     try:
-        proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "--failures", "f.csv"],
-                          cwd=tmp_path)
+        proc = run_matpac(
+            ["embed", "clips", "--out", "e.npy", "--model", str(tiny), "--failures", "f.csv"], cwd=tmp_path
+        )
         assert f"another matpac is writing f.csv (pid {holder.pid})" in _one_error(proc)
     finally:
         holder.kill()
@@ -281,8 +309,10 @@ def test_a_finished_run_leaves_no_lock_files(tmp_path, tiny):
     """Like git's index.lock: every `.NAME.lock` goes when the run ends, whatever it wrote."""
     _clips(tmp_path / "clips")
     (tmp_path / "junk.wav").write_bytes(b"junk")
-    proc = run_matpac(["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--model", str(tiny),
-                       "-q"], cwd=tmp_path)
+    proc = run_matpac(
+        ["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--model", str(tiny), "-q"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert left == [], left
@@ -335,14 +365,25 @@ def test_tag_refuses_a_second_writer_before_it_reads_a_model_file_or_looks_for_t
 
 
 @pytest.mark.parametrize("args", [["--precision", "fp8"], ["--device", "gpu"], ["--device", "cuda:x"]])
-@pytest.mark.parametrize("command", [["embed", "a.wav", "--out", "e.npy"], ["tag", "a.wav"],
-                                     ["train", "lib", "--out", "h.safetensors"],
-                                     ["search", "a.wav", "--index", "e.npy"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["embed", "a.wav", "--out", "e.npy"],
+        ["tag", "a.wav"],
+        ["train", "lib", "--out", "h.safetensors"],
+        ["search", "a.wav", "--index", "e.npy"],
+    ],
+)
 def test_a_bad_precision_or_device_is_refused_before_torch_is_imported(tmp_path, command, args):
-    script = ("import sys\nfrom matpac_cli.cli import main\ncode = main(sys.argv[1:])\n"
-              "print(code, 'torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", script, *command, *args], cwd=tmp_path, capture_output=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    script = (
+        "import sys\nfrom matpac_cli.cli import main\ncode = main(sys.argv[1:])\nprint(code, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *command, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.decode().split() == ["2", "False"], (proc.stdout, proc.stderr)
     assert proc.stderr.decode().startswith(f"matpac: error: {args[0]} {args[1]}: expected"), proc.stderr
 
@@ -352,8 +393,9 @@ def test_train_and_search_never_write_failures_over_an_input(tmp_path):
     for label in ("a", "b"):
         _clips(tmp_path / "lib" / label, 4)
     before = (tmp_path / "lib" / "a" / "c1.wav").read_bytes()
-    line = _one_error(run_matpac(["train", "lib", "--out", "h.safetensors", "--failures", "lib/a/c1.wav", "--force"],
-                                 cwd=tmp_path))
+    line = _one_error(
+        run_matpac(["train", "lib", "--out", "h.safetensors", "--failures", "lib/a/c1.wav", "--force"], cwd=tmp_path)
+    )
     assert "--failures lib/a/c1.wav is an input" in line, line
     assert (tmp_path / "lib" / "a" / "c1.wav").read_bytes() == before
     line = _one_error(run_matpac(["train", "lib", "--out", "h.safetensors", "--failures", "h.emb.csv"], cwd=tmp_path))
@@ -380,8 +422,9 @@ def indexed(tmp_path, tiny) -> Path:
 def test_search_queries_read_from_stdin_are_inputs_even_with_force(indexed):
     before = (indexed / "lib" / "c0.wav").read_bytes()
     for listed in (b"lib/c0.wav\n", b"lib\n"):  # the file itself, or a folder holding it
-        proc = run_matpac(["search", "-", "--index", "e.npy", "--failures", "lib/c0.wav", "--force"],
-                          input=listed, cwd=indexed)
+        proc = run_matpac(
+            ["search", "-", "--index", "e.npy", "--failures", "lib/c0.wav", "--force"], input=listed, cwd=indexed
+        )
         assert "--failures lib/c0.wav is an input" in _one_error(proc)
         assert (indexed / "lib" / "c0.wav").read_bytes() == before
     proc = run_matpac(["search", "-", "--index", "e.npy", "-k", "1"], input=b"lib/c0.wav\nlib/c1.wav\n", cwd=indexed)
@@ -392,12 +435,38 @@ def test_search_queries_read_from_stdin_are_inputs_even_with_force(indexed):
 def test_a_shard_of_a_parquet_index_is_an_input_of_search_and_train(indexed):
     shard = indexed / "shards.parquet" / "part-0.parquet"
     before = shard.read_bytes()
-    line = _one_error(run_matpac(["search", "lib/c0.wav", "--index", "shards.parquet", "--failures",
-                                  "shards.parquet/part-0.parquet", "--force"], cwd=indexed))
+    line = _one_error(
+        run_matpac(
+            [
+                "search",
+                "lib/c0.wav",
+                "--index",
+                "shards.parquet",
+                "--failures",
+                "shards.parquet/part-0.parquet",
+                "--force",
+            ],
+            cwd=indexed,
+        )
+    )
     assert "--failures shards.parquet/part-0.parquet is an input" in line, line
     (indexed / "labels.csv").write_text("path,label\n" + "".join(f"lib/c{i}.wav,{'ab'[i // 2]}\n" for i in range(4)))
-    line = _one_error(run_matpac(["train", "labels.csv", "--embeddings", "shards.parquet", "--out", "h.safetensors",
-                                  "--failures", "shards.parquet/part-0.parquet", "--force"], cwd=indexed))
+    line = _one_error(
+        run_matpac(
+            [
+                "train",
+                "labels.csv",
+                "--embeddings",
+                "shards.parquet",
+                "--out",
+                "h.safetensors",
+                "--failures",
+                "shards.parquet/part-0.parquet",
+                "--force",
+            ],
+            cwd=indexed,
+        )
+    )
     assert "--failures shards.parquet/part-0.parquet is an input" in line, line
     assert shard.read_bytes() == before
     proc = run_matpac(["search", "lib/c0.wav", "--index", "shards.parquet", "-k", "1"], cwd=indexed)
@@ -411,8 +480,10 @@ def test_the_summary_names_every_file_written_and_rows_sent_to_stdout(tmp_path, 
     """--failures and --frames are outputs too; rows on stdout are not 'nothing'."""
     _clips(tmp_path / "clips")
     (tmp_path / "junk.wav").write_bytes(b"junk")
-    proc = run_matpac(["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--frames", "fr",
-                       "--model", str(tiny)], cwd=tmp_path)
+    proc = run_matpac(
+        ["embed", "clips", "junk.wav", "--out", "e.npy", "--failures", "f.csv", "--frames", "fr", "--model", str(tiny)],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.decode().strip().splitlines()[-1]
     assert last.endswith("; wrote e.npy, e.csv, e.manifest.json, fr, f.csv"), last
@@ -427,8 +498,11 @@ def test_a_csv_beside_an_npy_is_named_as_its_row_index(tmp_path, tiny):
     _clips(tmp_path / "clips")
     assert run_matpac(["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q"], cwd=tmp_path).returncode == 0
     before = (tmp_path / "e.csv").read_bytes()
-    line = _one_error(run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)),
-                                  "--out", "e.csv"], cwd=tmp_path))
+    line = _one_error(
+        run_matpac(
+            ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "e.csv"], cwd=tmp_path
+        )
+    )
     assert "e.csv is the row index of e.npy" in line and "--force would replace it" in line, line
     assert (tmp_path / "e.csv").read_bytes() == before
 
@@ -441,8 +515,7 @@ def test_a_link_named_on_the_command_line_is_said_as_the_folder_walk_says_it(tmp
     (tmp_path / "self.wav").symlink_to(tmp_path / "self.wav")
     line = _one_error(run_matpac(["embed", "broken.wav", "--out", "e.npy", "--model", "no-such.pt"], cwd=tmp_path))
     assert line == "matpac: error: broken.wav: broken symlink (its target does not exist)", line
-    proc = run_matpac(["embed", "clips", "self.wav", "gone.wav", "--out", "e.npy", "--model", str(tiny)],
-                      cwd=tmp_path)
+    proc = run_matpac(["embed", "clips", "self.wav", "gone.wav", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "matpac: skipped self.wav: symlink loop" in err and "matpac: skipped gone.wav: does not exist" in err, err

@@ -29,8 +29,23 @@ def _truncated_by_path(rows: list[dict]) -> dict[str, set]:
 def test_a_cut_file_is_tagged_with_a_warning_a_column_and_the_manifest(cut_and_full, ckpts, fmt):
     d = cut_and_full
     out = ["--out", "-", "--manifest", "m.json"] if fmt == "stdout" else ["--out", f"tags.{fmt}"]
-    proc = run_matpac(["tag", "cut.wav", "full.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events",
-                       "--top-k", "2", "--device", "cpu", *out], cwd=d)
+    proc = run_matpac(
+        [
+            "tag",
+            "cut.wav",
+            "full.wav",
+            "--model",
+            str(ckpts["tiny992_as"]),
+            "--head",
+            "events",
+            "--top-k",
+            "2",
+            "--device",
+            "cpu",
+            *out,
+        ],
+        cwd=d,
+    )
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.decode()
     warning = [ln for ln in err.splitlines() if "cut.wav" in ln]
@@ -58,8 +73,18 @@ def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_pat
     from matpac_cli.jobs.tag_rows import columns
     from matpac_cli.outputs.writers import RowWriter
 
-    clip = {"path": "long.wav", "head": "mtg_genre", "label": "rock", "score": 0.5, "rank": 1,
-            "tag_id": "genre---rock", "duration_s": 10800.123, "truncated": True, "start_s": None, "end_s": None}
+    clip = {
+        "path": "long.wav",
+        "head": "mtg_genre",
+        "label": "rock",
+        "score": 0.5,
+        "rank": 1,
+        "tag_id": "genre---rock",
+        "duration_s": 10800.123,
+        "truncated": True,
+        "start_s": None,
+        "end_s": None,
+    }
     seg = {**clip, "truncated": False, "start_s": 10795.5, "end_s": 10800.123}
     for fmt in ("csv", "jsonl"):
         with open(tmp_path / f"t.{fmt}", "w", newline="") as fh:
@@ -68,16 +93,31 @@ def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_pat
             writer.write(seg)
     rows = list(csv.DictReader(open(tmp_path / "t.csv", newline="")))
     assert [(r["duration_s"], r["truncated"], r["start_s"], r["end_s"]) for r in rows] == [
-        ("10800.123", "1", "", ""), ("10800.123", "0", "10795.500", "10800.123")]
+        ("10800.123", "1", "", ""),
+        ("10800.123", "0", "10795.500", "10800.123"),
+    ]
     rows = [json.loads(ln) for ln in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert [(r["duration_s"], r["truncated"], r["start_s"]) for r in rows] == [(10800.123, True, None),
-                                                                               (10800.123, False, 10795.5)]
+    assert [(r["duration_s"], r["truncated"], r["start_s"]) for r in rows] == [
+        (10800.123, True, None),
+        (10800.123, False, 10795.5),
+    ]
 
 
 def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     d = cut_and_full
-    args = ["tag", "cut.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events", "--device", "cpu",
-            "--out", "tags.csv", "-q"]
+    args = [
+        "tag",
+        "cut.wav",
+        "--model",
+        str(ckpts["tiny992_as"]),
+        "--head",
+        "events",
+        "--device",
+        "cpu",
+        "--out",
+        "tags.csv",
+        "-q",
+    ]
     assert run_matpac(args, cwd=d).returncode == 0
     proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav reused from the journal
     assert proc.returncode == 0, proc.stderr
@@ -104,8 +144,9 @@ def test_offline_probe_on_an_unknown_model_file_says_what_to_do_before_it_loads(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_audio(tmp_path / "a.wav", 1.0)
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint at all" * 100)
-    rc, out, err = _cli(capsys, "tag", tmp_path / "a.wav", "--model", tmp_path / "model.pt", "--head", "genre",
-                        "--device", "cpu")
+    rc, out, err = _cli(
+        capsys, "tag", tmp_path / "a.wav", "--model", tmp_path / "model.pt", "--head", "genre", "--device", "cpu"
+    )
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("matpac: error: "), err
@@ -127,8 +168,7 @@ def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckp
     copy = tmp_path / "my-encoder.pt"
     copy.write_bytes(release_path(RELEASE_MUSIC).read_bytes())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rc, offline, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--top-k", "0",
-                            "--device", "cpu")
+    rc, offline, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     assert offline == online
     # the probe zip gone from the cache: said before the model loads, with both ways out
@@ -148,8 +188,19 @@ def test_models_labels_prints_what_tag_rows_say_and_raw_the_tag_ids(ckpts, tmp_p
     """`models labels events` lines are the rows' `label`s, `--raw` their `tag_id`s (AudioSet:
     527 labels, 75 with commas; the rows are read with a CSV parser, not cut)."""
     write_audio(tmp_path / "a.wav", 1.0)
-    rc, out, err = _cli(capsys, "tag", tmp_path / "a.wav", "--model", ckpts["tiny992_as"], "--head", "events",
-                        "--top-k", "0", "--device", "cpu")
+    rc, out, err = _cli(
+        capsys,
+        "tag",
+        tmp_path / "a.wav",
+        "--model",
+        ckpts["tiny992_as"],
+        "--head",
+        "events",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     rows = list(csv.DictReader(out.splitlines()))
     rc, plain, _ = _cli(capsys, "models", "labels", "events")
@@ -179,8 +230,19 @@ def _trained_head(path, classes):
     from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
     d = 8
-    path.write_bytes(to_bytes(TrainedHead(np.zeros((len(classes), d)), np.zeros(len(classes)), np.zeros(d),
-                                          np.ones(d), classes, "single", {"name": "matpac-plus", "sha256": "0" * 64})))
+    path.write_bytes(
+        to_bytes(
+            TrainedHead(
+                np.zeros((len(classes), d)),
+                np.zeros(len(classes)),
+                np.zeros(d),
+                np.ones(d),
+                classes,
+                "single",
+                {"name": "matpac-plus", "sha256": "0" * 64},
+            )
+        )
+    )
     return path
 
 
@@ -235,17 +297,27 @@ def test_a_short_tail_joins_the_segment_before_it_scored_on_their_pooled_columns
     """12.56 s at 608 frames: chunks at 0, 6.08 and 12.16 s, the last 0.4 s long. It joins the second:
     one segment 6.08..12.555 s (the end of its last frame) whose embedding is the mean over both chunks' columns (reference
     arithmetic), not a 0.4 s segment of its own; --min-segment 0 keeps it apart."""
+    import reference as R
     import torch
     from test_heads import assert_scores, expected_probe, load_sd, probe_tensors, read_wave, tag_labels
-
-    import reference as R
 
     monkeypatch.chdir(tmp_path)
     song = write_audio(tmp_path / "song.wav", 12.56, seed=4)
     probe = probe_tensors(20, seed=7)
     torch.save(probe, tmp_path / "openmic.pth")
-    base = ["tag", song, "--model", ckpts["tiny608"], "--head", "./openmic.pth", "--segments", "--top-k", "0",
-            "--device", "cpu"]
+    base = [
+        "tag",
+        song,
+        "--model",
+        ckpts["tiny608"],
+        "--head",
+        "./openmic.pth",
+        "--segments",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    ]
     rc, out, err = _cli(capsys, *base)
     assert rc == 0, err
     spans = _segments(list(csv.DictReader(out.splitlines())))
@@ -276,8 +348,21 @@ def test_a_file_of_one_short_segment_keeps_it_and_a_merged_pair_is_the_clip(ckpt
     are the clip's. A 0.6 s file keeps its only segment."""
     long = write_audio(tmp_path / "long.wav", 10.42, seed=5)
     short = write_audio(tmp_path / "short.wav", 0.6, seed=6)
-    rc, out, err = _cli(capsys, "tag", long, short, "--model", ckpts["tiny992_as"], "--head", "events",
-                        "--segments", "--top-k", "0", "--device", "cpu")
+    rc, out, err = _cli(
+        capsys,
+        "tag",
+        long,
+        short,
+        "--model",
+        ckpts["tiny992_as"],
+        "--head",
+        "events",
+        "--segments",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     rows = list(csv.DictReader(out.splitlines()))
     for path, span in ((str(long), (0.0, 10.415)), (str(short), (0.0, 0.595))):
@@ -292,12 +377,26 @@ def test_a_file_of_one_short_segment_keeps_it_and_a_merged_pair_is_the_clip(ckpt
 def test_min_segment_is_checked_first_and_is_part_of_a_resumable_output(ckpts, tmp_path):
     song = write_audio(tmp_path / "s.wav", 1.0)
     for bad in ("-1", "nan", "inf"):
-        proc = run_matpac(["tag", str(song), "--model", str(tmp_path / "missing.pt"), "--segments",
-                           "--min-segment", bad], cwd=tmp_path)
+        proc = run_matpac(
+            ["tag", str(song), "--model", str(tmp_path / "missing.pt"), "--segments", "--min-segment", bad],
+            cwd=tmp_path,
+        )
         err = proc.stderr.decode()
         assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and "--min-segment" in err, err
-    args = ["tag", "s.wav", "--model", str(ckpts["tiny992_as"]), "--head", "events", "--segments", "--device", "cpu",
-            "--out", "t.csv", "-q"]
+    args = [
+        "tag",
+        "s.wav",
+        "--model",
+        str(ckpts["tiny992_as"]),
+        "--head",
+        "events",
+        "--segments",
+        "--device",
+        "cpu",
+        "--out",
+        "t.csv",
+        "-q",
+    ]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     proc = run_matpac(args + ["--min-segment", "0.5"], cwd=tmp_path)
     err = proc.stderr.decode()
@@ -307,17 +406,20 @@ def test_min_segment_is_checked_first_and_is_part_of_a_resumable_output(ckpts, t
 # ------------------------------------------------------------------ help text
 
 
-@pytest.mark.parametrize("command,usage", [
-    ([], "matpac [OPTIONS] COMMAND [ARGS]..."),
-    (["tag"], "matpac tag [OPTIONS] INPUTS..."),
-    (["embed"], "matpac embed [OPTIONS] INPUTS..."),
-    (["search"], "matpac search [OPTIONS] [QUERIES...]"),
-    (["train"], "matpac train [OPTIONS] LABELS"),
-    (["report"], "matpac report [OPTIONS] TAGS"),
-    (["models"], "matpac models [OPTIONS] COMMAND [ARGS]..."),
-    (["models", "download"], "matpac models download [OPTIONS] NAME..."),
-    (["models", "labels"], "matpac models labels [OPTIONS] HEAD"),
-])
+@pytest.mark.parametrize(
+    "command,usage",
+    [
+        ([], "matpac [OPTIONS] COMMAND [ARGS]..."),
+        (["tag"], "matpac tag [OPTIONS] INPUTS..."),
+        (["embed"], "matpac embed [OPTIONS] INPUTS..."),
+        (["search"], "matpac search [OPTIONS] [QUERIES...]"),
+        (["train"], "matpac train [OPTIONS] LABELS"),
+        (["report"], "matpac report [OPTIONS] TAGS"),
+        (["models"], "matpac models [OPTIONS] COMMAND [ARGS]..."),
+        (["models", "download"], "matpac models download [OPTIONS] NAME..."),
+        (["models", "labels"], "matpac models labels [OPTIONS] HEAD"),
+    ],
+)
 def test_help_shows_clean_flags_and_argument_names(command, usage):
     proc = run_matpac([*command, "--help"], env={"COLUMNS": "200", "TERM": "dumb"}, timeout=60)
     text = proc.stdout.decode()

@@ -21,11 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference as R  # noqa: E402
 from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import (  # noqa: E402
-    DEFAULT_HEADS, GENERAL, MUSIC, RELEASE_GENERAL, TAG_COLUMNS, assert_scores, by_file_head, cli, expected_probe,
-    label_file, load_sd, parse_csv, serve_music_model, serve_probes, tag_labels,
+from test_heads import (  # noqa: E402  # noqa: E402,F401 - shared module fixtures
+    DEFAULT_HEADS,
+    GENERAL,
+    MUSIC,
+    RELEASE_GENERAL,
+    TAG_COLUMNS,
+    assert_scores,
+    by_file_head,
+    cli,
+    expected_probe,
+    label_file,
+    load_sd,
+    parse_csv,
+    serve_music_model,
+    serve_probes,
+    tag_labels,
 )
-from test_heads import music_dir, ref608  # noqa: E402,F401 - shared module fixtures
 
 
 @pytest.fixture()
@@ -51,17 +63,20 @@ def one_line_error(proc, *words: str) -> str:
 # ------------------------------------------------------------------------------------ output formats
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--out", "tags.json"], [".json", ".csv", ".jsonl", ".ndjson"]),
-    (["--out", "tags.xlsx"], [".xlsx", ".csv", ".jsonl", ".parquet"]),
-    (["--format", "parquet"], ["parquet is binary", "--out FILE.parquet"]),
-    (["--format", "parquet", "--out", "-"], ["parquet is binary", "--out FILE.parquet"]),
-    (["--out", "tags"], ["no extension", ".csv"]),
-    (["--format", "xml"], ["xml", "csv", "jsonl"]),
-    (["--format", "json", "--out", "-"], ["json", "csv, jsonl"]),
-    (["--format", "jsonl", "--out", "tags.csv"], ["contradicts", "tags.csv", "csv"]),
-    (["--format", "csv", "--out", "tags.ndjson"], ["contradicts", "jsonl"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--out", "tags.json"], [".json", ".csv", ".jsonl", ".ndjson"]),
+        (["--out", "tags.xlsx"], [".xlsx", ".csv", ".jsonl", ".parquet"]),
+        (["--format", "parquet"], ["parquet is binary", "--out FILE.parquet"]),
+        (["--format", "parquet", "--out", "-"], ["parquet is binary", "--out FILE.parquet"]),
+        (["--out", "tags"], ["no extension", ".csv"]),
+        (["--format", "xml"], ["xml", "csv", "jsonl"]),
+        (["--format", "json", "--out", "-"], ["json", "csv, jsonl"]),
+        (["--format", "jsonl", "--out", "tags.csv"], ["contradicts", "tags.csv", "csv"]),
+        (["--format", "csv", "--out", "tags.ndjson"], ["contradicts", "jsonl"]),
+    ],
+)
 def test_unsupported_output_is_refused_before_the_model_loads(hub, music_dir, tmp_path, args, words):
     """(Regression: `--out tags.json` and `--out tags.parquet` wrote CSV and exited 0; Parquet is now
     written, to a file only.)"""
@@ -99,25 +114,32 @@ def test_rows_show_plain_labels_and_keep_the_dataset_tag(release, music_dir, ref
     for (fname, head), group in by_file_head(rows).items():
         ids = label_file(f"{head}.txt")
         assert {r["tag_id"] for r in group} == set(ids)
-        assert_scores(group, tag_labels(f"{head}.txt"), expected_probe(ref608[fname], release[(MUSIC, head)], "sigmoid"))
+        assert_scores(
+            group, tag_labels(f"{head}.txt"), expected_probe(ref608[fname], release[(MUSIC, head)], "sigmoid")
+        )
     labels = {r["label"] for r in rows}
     assert {"electronic", "happy", "piano"} <= labels
 
-    rc, out, err = cli(capsys, "tag", music_dir, "--head", "mood", "--format", "jsonl", "--top-k", "3", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir, "--head", "mood", "--format", "jsonl", "--top-k", "3", "--device", "cpu"
+    )
     assert rc == 0, err
     for row in map(json.loads, out.splitlines()):
         assert row["tag_id"] == "mood/theme---" + row["label"]
 
 
 def test_plain_labels_of_every_registry_head_are_unique():
-    from matpac_cli.inference.heads import plain_labels
     from matpac_cli.checkpoints.registry import load_registry
+    from matpac_cli.inference.heads import plain_labels
 
     for spec in load_registry().heads.values():
         names = plain_labels(spec.labels())
         assert len(set(names)) == len(names), spec.name
-    assert plain_labels(["genre---rock", "mood/theme---rock", "genre---pop"]) == \
-        ["genre---rock", "mood/theme---rock", "pop"]  # a clash keeps the full tags
+    assert plain_labels(["genre---rock", "mood/theme---rock", "genre---pop"]) == [
+        "genre---rock",
+        "mood/theme---rock",
+        "pop",
+    ]  # a clash keeps the full tags
 
 
 # ------------------------------------------------------------------------------------ default encoders
@@ -134,7 +156,9 @@ def test_plan_gives_each_head_its_own_default_encoder():
     ]
     # an explicit --model is used by every probe head; MODEL:HEAD still wins for its head
     assert plan_groups(["genre", "sounds", "matpac-plus-music:esc50"], "matpac-plus") == [
-        ("matpac-plus", ["genre", "sounds"]), ("matpac-plus-music", ["esc50"])]
+        ("matpac-plus", ["genre", "sounds"]),
+        ("matpac-plus-music", ["esc50"]),
+    ]
     assert plan_groups(["sounds", "genre"], "matpac-plus-music") == [("matpac-plus-music", ["sounds", "genre"])]
 
 
@@ -144,23 +168,49 @@ def test_sound_event_head_defaults_to_the_general_audio_encoder(release, music_d
 
     (Regression: every head ran on matpac-plus-music, so esc50 read the music encoder's probe.)
     """
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--head", "genre", "--head", "esc50",
-                       "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys, "tag", music_dir / "a.wav", "--head", "genre", "--head", "esc50", "--top-k", "0", "--device", "cpu"
+    )
     assert rc == 0, err
-    assert "matpac: heads: mtg_genre (genre) on matpac-plus-music; esc50 on matpac-plus (2 encoders, each run once per file)" in err
+    assert (
+        "matpac: heads: mtg_genre (genre) on matpac-plus-music; esc50 on matpac-plus (2 encoders, each run once per file)"
+        in err
+    )
     groups = by_file_head(parse_csv(out))
-    assert_scores(groups[("a.wav", "mtg_genre")], tag_labels("mtg_genre.txt"),
-                  expected_probe(ref608["a.wav"], release[(MUSIC, "mtg_genre")], "sigmoid"))
-    assert_scores(groups[("a.wav", "esc50")], tag_labels("esc50.txt"),
-                  expected_probe(ref608["a.wav"], release[(GENERAL, "esc50")], "softmax"))
+    assert_scores(
+        groups[("a.wav", "mtg_genre")],
+        tag_labels("mtg_genre.txt"),
+        expected_probe(ref608["a.wav"], release[(MUSIC, "mtg_genre")], "sigmoid"),
+    )
+    assert_scores(
+        groups[("a.wav", "esc50")],
+        tag_labels("esc50.txt"),
+        expected_probe(ref608["a.wav"], release[(GENERAL, "esc50")], "softmax"),
+    )
 
     # --model given: both heads use it, and the summary says so even for one encoder
-    rc, out, err = cli(capsys, "tag", music_dir / "a.wav", "--model", "matpac-plus-music", "--head", "genre",
-                       "--head", "esc50", "--top-k", "0", "--device", "cpu")
+    rc, out, err = cli(
+        capsys,
+        "tag",
+        music_dir / "a.wav",
+        "--model",
+        "matpac-plus-music",
+        "--head",
+        "genre",
+        "--head",
+        "esc50",
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     assert "matpac: heads: mtg_genre (genre), esc50 on matpac-plus-music\n" in err
-    assert_scores(by_file_head(parse_csv(out))[("a.wav", "esc50")], tag_labels("esc50.txt"),
-                  expected_probe(ref608["a.wav"], release[(MUSIC, "esc50")], "softmax"))
+    assert_scores(
+        by_file_head(parse_csv(out))[("a.wav", "esc50")],
+        tag_labels("esc50.txt"),
+        expected_probe(ref608["a.wav"], release[(MUSIC, "esc50")], "softmax"),
+    )
 
 
 # ------------------------------------------------------------------------------------ errors before loading
@@ -171,23 +221,26 @@ def a_file(tmp_path) -> Path:
     return write_audio(tmp_path / "a.wav", 1.0)
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--batch-size", "0"], ["--batch-size 0"]),
-    (["--workers", "-2"], ["--workers -2"]),
-    (["--threads", "-1"], ["--threads -1"]),
-    (["--top-k", "-1"], ["--top-k -1"]),
-    (["--head", "genree"], ["genree"]),
-    (["--head", "genre", "--head", "mtg_genre"], ["twice", "mtg_genre"]),
-    (["--head", "./nowhere.pth"], ["nowhere.pth", "does not exist"]),
-    (["--model", "matpac-pluss"], ["matpac-pluss"]),
-    (["--head", "genre", "--head", "matpac-pluss:esc50"], ["matpac-pluss"]),  # checked before genre's model loads
-    (["--head", "genre", "--head", "hf:not-a-repo:esc50"], ["hf:not-a-repo"]),
-    (["--head", "genre", "--head", "nowhere"], ["nowhere"]),
-    (["--model", "./missing.pt"], ["missing.pt"]),
-    (["--precision", "fp64"], ["--precision fp64"]),
-    (["--out", "/proc/x.csv"], ["/proc/x.csv"]),
-    (["--out", "-", "--manifest", "/proc/m.json"], ["/proc/m.json"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--batch-size", "0"], ["--batch-size 0"]),
+        (["--workers", "-2"], ["--workers -2"]),
+        (["--threads", "-1"], ["--threads -1"]),
+        (["--top-k", "-1"], ["--top-k -1"]),
+        (["--head", "genree"], ["genree"]),
+        (["--head", "genre", "--head", "mtg_genre"], ["twice", "mtg_genre"]),
+        (["--head", "./nowhere.pth"], ["nowhere.pth", "does not exist"]),
+        (["--model", "matpac-pluss"], ["matpac-pluss"]),
+        (["--head", "genre", "--head", "matpac-pluss:esc50"], ["matpac-pluss"]),  # checked before genre's model loads
+        (["--head", "genre", "--head", "hf:not-a-repo:esc50"], ["hf:not-a-repo"]),
+        (["--head", "genre", "--head", "nowhere"], ["nowhere"]),
+        (["--model", "./missing.pt"], ["missing.pt"]),
+        (["--precision", "fp64"], ["--precision fp64"]),
+        (["--out", "/proc/x.csv"], ["/proc/x.csv"]),
+        (["--out", "-", "--manifest", "/proc/m.json"], ["/proc/m.json"]),
+    ],
+)
 def test_bad_run_is_refused_before_any_download(hub, a_file, tmp_path, args, words):
     """One line, exit 2, no CSV header on stdout and no request to the (loopback) internet."""
     proc = run_matpac(["tag", str(a_file), "--device", "cpu", *args], cwd=tmp_path, timeout=60)
@@ -221,18 +274,37 @@ def test_same_stem_outputs_get_their_own_manifests(release, music_dir, tmp_path,
     (Regression: both wrote t.manifest.json, the second replacing the first.)
     """
     monkeypatch.chdir(tmp_path)
-    rc, _, err = cli(capsys, "tag", music_dir, "--out", "t.csv", "--top-k", "3", "--head", "genre",
-                     "--head", "esc50", "--device", "cpu")
+    rc, _, err = cli(
+        capsys,
+        "tag",
+        music_dir,
+        "--out",
+        "t.csv",
+        "--top-k",
+        "3",
+        "--head",
+        "genre",
+        "--head",
+        "esc50",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
-    rc, _, err = cli(capsys, "tag", music_dir, "--out", "t.jsonl", "--threshold", "0.25", "--head", "genre",
-                     "--device", "cpu")
+    rc, _, err = cli(
+        capsys, "tag", music_dir, "--out", "t.jsonl", "--threshold", "0.25", "--head", "genre", "--device", "cpu"
+    )
     assert rc == 0, err
     assert not (tmp_path / "t.manifest.json").exists()
     csv_man = json.loads((tmp_path / "t.csv.manifest.json").read_text())
     jsonl_man = json.loads((tmp_path / "t.jsonl.manifest.json").read_text())
     assert "t.csv.manifest.json" in err or "t.jsonl.manifest.json" in err
-    assert csv_man["output"] | {"columns": None} == {"path": "t.csv", "format": "csv", "top_k": 3, "threshold": None,
-                                                     "columns": None}
+    assert csv_man["output"] | {"columns": None} == {
+        "path": "t.csv",
+        "format": "csv",
+        "top_k": 3,
+        "threshold": None,
+        "columns": None,
+    }
     assert jsonl_man["output"]["format"] == "jsonl"
     assert (jsonl_man["output"]["top_k"], jsonl_man["output"]["threshold"]) == (0, 0.25)  # all above it
     heads = {h["name"]: h for h in csv_man["heads"]}
@@ -241,7 +313,9 @@ def test_same_stem_outputs_get_their_own_manifests(release, music_dir, tmp_path,
         assert heads[name]["sha256"] == want
     assert heads["mtg_genre"]["encoder"] == "matpac-plus-music" and heads["esc50"]["encoder"] == "matpac-plus"
     assert [(m["name"], m["device"], m["precision"]) for m in csv_man["models"]] == [
-        ("matpac-plus-music", "cpu", "float32"), ("matpac-plus", "cpu", "float32")]
+        ("matpac-plus-music", "cpu", "float32"),
+        ("matpac-plus", "cpu", "float32"),
+    ]
 
 
 def test_stdout_gets_a_manifest_only_when_asked(release, music_dir, tmp_path, monkeypatch, capsys):
@@ -253,7 +327,9 @@ def test_stdout_gets_a_manifest_only_when_asked(release, music_dir, tmp_path, mo
     assert rc == 0 and out.startswith("path,head,label"), err
     man = json.loads((tmp_path / "run.json").read_text())
     assert man["output"]["path"] == "-" and man["output"]["top_k"] == 5
-    assert man["heads"][0]["sha256"] == hashlib.sha256(probe_file(tmp_path, MUSIC, "mtg_genre").read_bytes()).hexdigest()
+    assert (
+        man["heads"][0]["sha256"] == hashlib.sha256(probe_file(tmp_path, MUSIC, "mtg_genre").read_bytes()).hexdigest()
+    )
     assert "run.json" in err
 
 
@@ -277,9 +353,15 @@ def _pcm_file(tmp_path: Path, subtype: str, fmt: str, channels: int = 1) -> Path
     return path
 
 
-@pytest.mark.parametrize("subtype,fmt,dtype", [
-    ("PCM_16", "WAV", "int16"), ("PCM_32", "WAV", "int32"), ("PCM_U8", "WAV", "uint8"), ("PCM_S8", "AIFF", "int8"),
-])
+@pytest.mark.parametrize(
+    "subtype,fmt,dtype",
+    [
+        ("PCM_16", "WAV", "int16"),
+        ("PCM_32", "WAV", "int32"),
+        ("PCM_U8", "WAV", "uint8"),
+        ("PCM_S8", "AIFF", "int8"),
+    ],
+)
 def test_embed_scales_integer_pcm_as_soundfile_does(predictor, ckpts, tmp_path, subtype, fmt, dtype):
     """An int16 (int32, int8, uint8) array embeds like soundfile's float reading of the same file.
 
@@ -317,9 +399,13 @@ def test_embed_channels_first(predictor, tmp_path):
         predictor.embed(floats.T, sr)
     assert "channels_first=True" in str(info.value) and "transpose" in str(info.value)
     assert "short" not in str(info.value)
-    np.testing.assert_allclose(predictor.embed(floats.T, sr, channels_first=True), predictor.embed(floats, sr), atol=1e-6)
+    np.testing.assert_allclose(
+        predictor.embed(floats.T, sr, channels_first=True), predictor.embed(floats, sr), atol=1e-6
+    )
     mono = floats.mean(axis=1, dtype=np.float32)
-    np.testing.assert_allclose(predictor.embed(mono[None], sr, channels_first=True), predictor.embed(mono, sr), atol=1e-6)
+    np.testing.assert_allclose(
+        predictor.embed(mono[None], sr, channels_first=True), predictor.embed(mono, sr), atol=1e-6
+    )
     with pytest.raises(InputError, match="channels_first"):
         predictor.embed(mono[None], sr)  # (1, n) too
     with pytest.raises(InputError, match="drop channels_first"):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import run_matpac
 
 SR = 16000
@@ -50,9 +49,9 @@ def write(path: Path, x: np.ndarray) -> str:
 def corpus(tmp_path_factory, ckpts) -> dict:
     """labelled/<class>/*.wav (8 per class), heldout/ (6 per class), multi/ + multi.csv (5 per
     combination), multi_heldout/ (4 per combination); one emb.npy of all of them."""
-    from matpac_cli.pipeline.discovery import discover
-    from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.pipeline.discovery import discover
 
     root = tmp_path_factory.mktemp("train")
     rng = np.random.default_rng(0)
@@ -73,8 +72,13 @@ def corpus(tmp_path_factory, ckpts) -> dict:
     predictor = Predictor.load(str(ckpts["tiny608"]), "cpu")
     items = discover([str(root / d) for d in ("labelled", "heldout", "multi", "multi_heldout")])
     embed(items, predictor, EmbedConfig(out=root / "emb.npy"))
-    return {"root": root, "emb": root / "emb.npy", "heldout": heldout, "multi_heldout": multi_heldout,
-            "model": ckpts["tiny608"]}
+    return {
+        "root": root,
+        "emb": root / "emb.npy",
+        "heldout": heldout,
+        "multi_heldout": multi_heldout,
+        "model": ckpts["tiny608"],
+    }
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -177,10 +181,12 @@ def test_heldout_accuracy_and_map_beat_a_bound_that_shuffled_labels_do_not(corpu
     multi = labelled_features(corpus, corpus["root"] / "multi.csv")
     assert heldout_figure(single, corpus["heldout"], "single") >= 0.9
     assert heldout_figure(multi, corpus["multi_heldout"], "multi") >= 0.85
-    shuffled_single = heldout_figure(uninformative(labelled_features(corpus, corpus["root"] / "labelled")),
-                                     corpus["heldout"], "single")
-    shuffled_multi = heldout_figure(uninformative(labelled_features(corpus, corpus["root"] / "multi.csv")),
-                                    corpus["multi_heldout"], "multi")
+    shuffled_single = heldout_figure(
+        uninformative(labelled_features(corpus, corpus["root"] / "labelled")), corpus["heldout"], "single"
+    )
+    shuffled_multi = heldout_figure(
+        uninformative(labelled_features(corpus, corpus["root"] / "multi.csv")), corpus["multi_heldout"], "multi"
+    )
     assert shuffled_single < 0.7 and shuffled_multi < 0.75, (shuffled_single, shuffled_multi)
 
 
@@ -244,8 +250,9 @@ def test_same_seed_same_head_other_seed_other_head(corpus, tmp_path, capsys):
 
 def test_folds_report_and_head_on_every_file(corpus, tmp_path, capsys):
     head = tmp_path / "f.safetensors"
-    rc, _, err = cli(capsys, "train", corpus["root"] / "labelled", "--out", head, "--embeddings", corpus["emb"],
-                     "--folds", 4, *FAST)
+    rc, _, err = cli(
+        capsys, "train", corpus["root"] / "labelled", "--out", head, "--embeddings", corpus["emb"], "--folds", 4, *FAST
+    )
     assert rc == 0, err
     assert "4-fold cross-validation" in err
     report = json.loads(head.with_suffix(".report.json").read_text())
@@ -262,8 +269,20 @@ def test_folds_map_is_the_mean_of_the_per_class_aps_it_prints(corpus, tmp_path, 
     """`--folds` once printed the mean of the folds' own mAPs beside per-class APs (pooled
     out-of-fold) that averaged to another figure; the headline is now their mean, and says so."""
     head = tmp_path / "m.safetensors"
-    rc, _, err = cli(capsys, "train", corpus["root"] / "multi.csv", "--out", head, "--embeddings", corpus["emb"],
-                     "--folds", 5, "--seed", 3, *FAST)
+    rc, _, err = cli(
+        capsys,
+        "train",
+        corpus["root"] / "multi.csv",
+        "--out",
+        head,
+        "--embeddings",
+        corpus["emb"],
+        "--folds",
+        5,
+        "--seed",
+        3,
+        *FAST,
+    )
     assert rc == 0, err
     report = json.loads(head.with_suffix(".report.json").read_text())
     aps = [c["ap"] for c in report["per_class_ap"]]
@@ -300,11 +319,14 @@ def test_scaler_ap_and_split_against_numpy():
 
 def test_class_missing_from_validation_is_a_warning(corpus, tmp_path, capsys):
     csv_path = tmp_path / "few.csv"
-    names = [f"labelled/{c}/{c}{i}.wav" for c in ("high", "low") for i in range(8)] + ["labelled/noise/noise0.wav",
-                                                                                        "labelled/noise/noise1.wav"]
+    names = [f"labelled/{c}/{c}{i}.wav" for c in ("high", "low") for i in range(8)] + [
+        "labelled/noise/noise0.wav",
+        "labelled/noise/noise1.wav",
+    ]
     csv_path.write_text("path,label\n" + "".join(f"{corpus['root'] / n},{n.split('/')[1]}\n" for n in names))
-    rc, _, err = cli(capsys, "train", csv_path, "--out", tmp_path / "few.safetensors", "--embeddings", corpus["emb"],
-                     *FAST)
+    rc, _, err = cli(
+        capsys, "train", csv_path, "--out", tmp_path / "few.safetensors", "--embeddings", corpus["emb"], *FAST
+    )
     assert rc == 0, err
     assert "warning: 1 class(es) missing from the validation split: noise" in err
     assert "warning: only 2 validation file(s) (3 class(es) with fewer than 2): " in err and "--folds 5" in err
@@ -320,8 +342,18 @@ def test_a_small_validation_split_is_a_warning_that_suggests_folds(corpus, tmp_p
     assert rc == 0 and "matpac: warning: only 2 validation file(s) (3 class(es) with fewer than 2)" in err, err
     assert "--folds 5 validates on every file" in err
     for extra in (["--val", "0.5"], ["--folds", "3"]):
-        rc, _, err = cli(capsys, "train", folder, "--out", tmp_path / "b.safetensors", "--embeddings", corpus["emb"],
-                         "--force", *extra, *FAST)
+        rc, _, err = cli(
+            capsys,
+            "train",
+            folder,
+            "--out",
+            tmp_path / "b.safetensors",
+            "--embeddings",
+            corpus["emb"],
+            "--force",
+            *extra,
+            *FAST,
+        )
         assert rc == 0 and "validation file(s)" not in err, err
 
 
@@ -334,14 +366,24 @@ def test_embeddings_are_matched_by_real_path(corpus, tmp_path, capsys):
     os.symlink(corpus["root"] / "labelled", tmp_path / "data" / "link")
     rows = [f"link/{c}/{c}{i}.wav,{c}" for c in CLASSES for i in range(8)]
     (tmp_path / "data" / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    rc, _, err = cli(capsys, "train", tmp_path / "data" / "l.csv", "--out", tmp_path / "l.safetensors",
-                     "--embeddings", corpus["emb"], *FAST)
+    rc, _, err = cli(
+        capsys,
+        "train",
+        tmp_path / "data" / "l.csv",
+        "--out",
+        tmp_path / "l.safetensors",
+        "--embeddings",
+        corpus["emb"],
+        *FAST,
+    )
     assert rc == 0, err
     assert json.loads((tmp_path / "l.report.json").read_text())["files"] == 24
 
 
-@pytest.mark.parametrize("case", ["one_example", "single_but_two_labels", "not_in_index", "deleted", "bad_out",
-                                  "exists", "no_labels", "bad_header"])
+@pytest.mark.parametrize(
+    "case",
+    ["one_example", "single_but_two_labels", "not_in_index", "deleted", "bad_out", "exists", "no_labels", "bad_header"],
+)
 def test_refusals_are_one_line_exit_2(corpus, tmp_path, capsys, case):
     root, emb = corpus["root"], corpus["emb"]
     labels, out, extra = tmp_path / "l.csv", tmp_path / "h.safetensors", []
@@ -392,9 +434,15 @@ def test_head_of_a_registry_encoder_is_refused_on_another_before_any_download(tm
     from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
     dim = 640
-    head = TrainedHead(np.zeros((2, dim), np.float32), np.zeros(2, np.float32), np.zeros(dim, np.float32),
-                       np.ones(dim, np.float32), ["a", "b"], "single",
-                       {"name": "matpac-plus", "source": "hub:x", "sha256": "0" * 64})
+    head = TrainedHead(
+        np.zeros((2, dim), np.float32),
+        np.zeros(2, np.float32),
+        np.zeros(dim, np.float32),
+        np.ones(dim, np.float32),
+        ["a", "b"],
+        "single",
+        {"name": "matpac-plus", "source": "hub:x", "sha256": "0" * 64},
+    )
     path = tmp_path / "reg.safetensors"
     path.write_bytes(to_bytes(head))
     (tmp_path / "x.wav").write_bytes(b"")
@@ -419,6 +467,16 @@ def test_a_broken_file_is_skipped_and_the_head_still_written(corpus, tmp_path, c
     assert "broken.wav" in err and "1 failed" in err
     assert "1 audio file(s) directly in the folder" in err
     assert json.loads(head.with_suffix(".report.json").read_text())["files"] == 24
-    rc, _, err = cli(capsys, "train", folder, "--out", tmp_path / "again.safetensors", "--model", corpus["model"],
-                     "--embeddings-out", head.with_suffix(".emb.npy"), *FAST)
+    rc, _, err = cli(
+        capsys,
+        "train",
+        folder,
+        "--out",
+        tmp_path / "again.safetensors",
+        "--model",
+        corpus["model"],
+        "--embeddings-out",
+        head.with_suffix(".emb.npy"),
+        *FAST,
+    )
     assert rc == 1 and "24 reused" in err

@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save as st_save
-
 from conftest import run_matpac, write_audio
 from fakeserver import FakeServer, patch_hub
 from reference import make_checkpoint
+from safetensors.torch import save as st_save
 
 from matpac_cli.checkpoints import resolve as W
+from matpac_cli.checkpoints.registry import load_registry
 from matpac_cli.errors import ModelError, WeightsError
 from matpac_cli.inference.predictor import Predictor
-from matpac_cli.checkpoints.registry import load_registry
 
 MODEL = "matpac-plus"
 HUB_REPO = "auriankelen/matpac_general_audio"
@@ -87,10 +86,12 @@ def transformers_style(state: dict) -> dict:
     """Names a transformers port might use: nothing maps onto the release layout."""
     out = {}
     for k, v in state.items():
-        k = (k.replace("student_encoder.blocks.", "encoder.layer.")
-              .replace("cls_token", "embeddings.cls_token_param")
-              .replace("pos_embed", "embeddings.position_embeddings")
-              .replace("patch_embed.proj", "embeddings.patch_embeddings.projection"))
+        k = (
+            k.replace("student_encoder.blocks.", "encoder.layer.")
+            .replace("cls_token", "embeddings.cls_token_param")
+            .replace("pos_embed", "embeddings.position_embeddings")
+            .replace("patch_embed.proj", "embeddings.patch_embeddings.projection")
+        )
         out["matpac." + k] = v
     return out
 
@@ -268,8 +269,7 @@ def test_offline_model_never_downloaded_says_how_to_fetch_it(hub, home, sd, monk
 
 def test_offline_cli_error_exit_2(hub, home, tmp_path):
     clip = write_audio(tmp_path / "a.wav", 0.5)
-    env = {"HF_ENDPOINT": hub.url, "MATPAC_RELEASE_URL": hub.url + "/", "HF_HOME": str(home),
-           "HF_HUB_OFFLINE": "1"}
+    env = {"HF_ENDPOINT": hub.url, "MATPAC_RELEASE_URL": hub.url + "/", "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     r = run_matpac(["embed", str(clip), "--out", str(tmp_path / "e.npy")], env=env)
     assert r.returncode == 2
     assert "matpac models download matpac-plus" in r.stderr.decode()
@@ -416,7 +416,9 @@ def test_checkpoint_missing_a_key_is_refused_naming_it(tmp_path, sd, capsys):
     del bad["student_encoder.norm.weight"]
     torch.save(bad, tmp_path / "bad.pt")
     clip = write_audio(tmp_path / "in" / "a.wav", 0.5)
-    rc, err = cli(capsys, "embed", str(clip.parent), "--out", str(tmp_path / "e.npy"), "--model", str(tmp_path / "bad.pt"))
+    rc, err = cli(
+        capsys, "embed", str(clip.parent), "--out", str(tmp_path / "e.npy"), "--model", str(tmp_path / "bad.pt")
+    )
     assert rc == 2
     assert "student_encoder.norm.weight" in err and "missing" in err
     assert "Traceback" not in err

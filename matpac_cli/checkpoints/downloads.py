@@ -9,7 +9,6 @@ checked against the registry, or against the hash recorded the first time it was
 from __future__ import annotations
 
 import contextlib
-
 import errno
 import http.client
 import json
@@ -22,10 +21,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-
-from matpac_cli.errors import ChecksumError, WeightsError
 from matpac_cli.checkpoints.hashcache import file_sha256
 from matpac_cli.checkpoints.registry import load_registry
+from matpac_cli.errors import ChecksumError, WeightsError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _TRUE = {"1", "true", "yes", "on"}
@@ -45,7 +43,6 @@ class Unreachable(WeightsError):
 
 class NoNetwork(WeightsError):
     """No source of a file could be reached; the message names the ways to work offline."""
-
 
 
 # ---------------------------------------------------------------- cache locations
@@ -105,11 +102,15 @@ def recorded_hashes() -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as exc:
-        raise WeightsError(f"{path}: unreadable hash records ({_reason(exc)}); delete it to record "
-                           "the hashes again at the next download") from None
+        raise WeightsError(
+            f"{path}: unreadable hash records ({_reason(exc)}); delete it to record "
+            "the hashes again at the next download"
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, str) and _HEX.fullmatch(v) for v in data.values()):
-        raise WeightsError(f"{path}: damaged hash records (not a JSON object of sha256 digests); delete it "
-                           "to record the hashes again at the next download")
+        raise WeightsError(
+            f"{path}: damaged hash records (not a JSON object of sha256 digests); delete it "
+            "to record the hashes again at the next download"
+        )
     return data
 
 
@@ -150,8 +151,12 @@ def verify(path: Path, key: str, expected: str | None, fetch_hint: str, fresh: b
 
 # ---------------------------------------------------------------- connection failures
 
-_NET_ERRNOS = {errno.ENETUNREACH: "network unreachable", errno.ENETDOWN: "network down",
-               errno.EHOSTUNREACH: "host unreachable", errno.EHOSTDOWN: "host down"}
+_NET_ERRNOS = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.ENETDOWN: "network down",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.EHOSTDOWN: "host down",
+}
 
 
 def connection_failure(exc: BaseException | None) -> str | None:
@@ -218,7 +223,10 @@ def _hub_download(repo: str, revision: str | None, progress: bool, force: bool =
     if offline():
         folder = Path(
             snapshot_download(
-                repo, revision=revision, cache_dir=hub_cache(), local_files_only=True,
+                repo,
+                revision=revision,
+                cache_dir=hub_cache(),
+                local_files_only=True,
                 allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES],
             )
         )
@@ -229,8 +237,9 @@ def _hub_download(repo: str, revision: str | None, progress: bool, force: bool =
     files = [s.rfilename for s in siblings]
     filename = pick_weights_file(files, repo)
     local = Path(
-        hf_hub_download(repo, filename, revision=revision, cache_dir=hub_cache(), endpoint=endpoint,
-                        force_download=force)
+        hf_hub_download(
+            repo, filename, revision=revision, cache_dir=hub_cache(), endpoint=endpoint, force_download=force
+        )
     )
     commit = local.parents[len(Path(filename).parts) - 1].name  # snapshots/<commit>/<filename>
     return local, f"hub:{repo}@{commit}"
@@ -245,8 +254,7 @@ def pick_weights_file(files: list[str], repo: str) -> str:
     raise WeightsError(f"Hub repo {repo} has no weights file (looked for {', '.join(WEIGHT_SUFFIXES)})")
 
 
-def release_download(relpath: str, progress: bool, force: bool = False,
-                     hint: str | None = None) -> tuple[Path, str]:
+def release_download(relpath: str, progress: bool, force: bool = False, hint: str | None = None) -> tuple[Path, str]:
     """Fetch `release_base()/relpath` into the cache, resuming a partial download.
 
     `hint` is the command that fetches the file, named when HF_HUB_OFFLINE keeps it out.
@@ -300,14 +308,20 @@ def _stream(url: str, part: Path, progress: bool) -> None:
         total = int(total) + have if total is not None else None
         from tqdm.auto import tqdm
 
-        with open(part, "ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5],
-            disable=not progress, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as out,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name[:-5],
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: resp.read(1 << 20), b""):
                 out.write(block)
                 bar.update(len(block))
     if total is not None and part.stat().st_size != total:
         raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
-
-

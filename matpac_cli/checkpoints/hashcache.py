@@ -67,13 +67,17 @@ def _entries(path: Path) -> dict:
 
 def _trusted(st: os.stat_result) -> bool:
     """This user's own regular file, which nobody else may write."""
-    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-            and st.st_size <= MAX_BYTES)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022 and st.st_size <= MAX_BYTES
 
 
 def _valid(hit: object) -> bool:
-    return (isinstance(hit, list) and len(hit) == 6 and all(type(v) is int for v in hit[:5])
-            and isinstance(hit[5], str) and re.fullmatch(r"[0-9a-f]{64}", hit[5]) is not None)
+    return (
+        isinstance(hit, list)
+        and len(hit) == 6
+        and all(type(v) is int for v in hit[:5])
+        and isinstance(hit[5], str)
+        and re.fullmatch(r"[0-9a-f]{64}", hit[5]) is not None
+    )
 
 
 def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:

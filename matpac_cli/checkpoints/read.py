@@ -8,11 +8,9 @@ names (`weights.py`).
 
 from __future__ import annotations
 
-
 import re
 import warnings
 from pathlib import Path
-
 
 from matpac_cli.errors import ModelError
 
@@ -43,9 +41,7 @@ def split_head_keys(state: dict) -> tuple[dict, dict]:
 
 def has_audioset_head(state: dict) -> bool:
     """Whether a checkpoint carries the AudioSet classifier (`head_norm.*` and `head.*`)."""
-    return all(
-        k in state for k in ("head.weight", "head.bias", "head_norm.running_mean", "head_norm.running_var")
-    )
+    return all(k in state for k in ("head.weight", "head.bias", "head_norm.running_mean", "head_norm.running_var"))
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
@@ -56,8 +52,9 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return type(exc).__name__
 
 
-def read_weights_file(path: Path, label: str = "checkpoint",
-                      fix: str = "a plain state dict of tensors or a .safetensors file") -> object:
+def read_weights_file(
+    path: Path, label: str = "checkpoint", fix: str = "a plain state dict of tensors or a .safetensors file"
+) -> object:
     """Read a weights file without running any code from it; every failure is one ModelError line.
 
     `.safetensors` goes through safetensors, anything else through `torch.load(weights_only=True)`.
@@ -107,13 +104,17 @@ def _unpickling_reason(message: str, fix: str) -> str:
     found = _GLOBAL.search(message)
     if found or "unsupported global" in message.lower():
         what = f" (unsupported global {found.group(1)})" if found else ""
-        return (f"it holds Python objects beyond plain tensors{what}; matpac refuses to unpickle such "
-                f"files for safety; it needs {fix}")
+        return (
+            f"it holds Python objects beyond plain tensors{what}; matpac refuses to unpickle such "
+            f"files for safety; it needs {fix}"
+        )
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.lower().startswith("unsupported")), None)
     if detail is None:
-        detail = next((ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the doc"))),
-                      lines[0] if lines else "")
+        detail = next(
+            (ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the doc"))),
+            lines[0] if lines else "",
+        )
     detail = detail.split(". ")[0][:120]
     return f"not a PyTorch checkpoint, or a damaged one ({detail or 'unreadable pickle'})"
 
@@ -158,8 +159,9 @@ def load_checkpoint(path: Path) -> dict:
         raise ModelError(f"checkpoint {path} holds a {type(raw).__name__}, not a state dict of named tensors")
     odd = next((k for k, v in raw.items() if not isinstance(v, torch.Tensor)), None)
     if odd is not None:
-        raise ModelError(f"checkpoint {path} is not a flat state dict of tensors "
-                         f"(key {odd!r} holds a {type(raw[odd]).__name__})")
+        raise ModelError(
+            f"checkpoint {path} is not a flat state dict of tensors (key {odd!r} holds a {type(raw[odd]).__name__})"
+        )
     if not raw:
         raise ModelError(f"checkpoint {path} holds an empty state dict")
     check_finite(raw, f"model {path}")
@@ -180,11 +182,7 @@ def map_keys(sd: dict, where: str) -> dict:
                 out[key] = value
                 continue
             raise ModelError(f"{where}: key {key!r} is outside the encoder prefix {prefix!r}")
-        out[key[len(prefix):]] = value
+        out[key[len(prefix) :]] = value
     if any(k.startswith("blocks.") for k in out) and not any(k.startswith("student_encoder.") for k in out):
-        out = {
-            ("student_encoder." + k if k.startswith(("blocks.", "norm.")) else k): v
-            for k, v in out.items()
-        }
+        out = {("student_encoder." + k if k.startswith(("blocks.", "norm.")) else k): v for k, v in out.items()}
     return out
-

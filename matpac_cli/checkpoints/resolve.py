@@ -13,19 +13,44 @@ Pickles are only read with `torch.load(weights_only=True)`; no remote code ever 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from matpac_cli.checkpoints.read import (  # noqa: F401 - re-exported: callers load through weights
-    check_encoder_keys, check_finite, first_line, has_audioset_head, load_checkpoint, map_keys,
-    read_weights_file, split_head_keys)
 from matpac_cli.checkpoints.downloads import (  # noqa: F401 - re-exported for callers and messages
-    LOCAL_MODEL, PROBES_HINT, WEIGHT_SUFFIXES, NoNetwork, Unreachable, _hub_download,
-    connection_failure, hf_home, host_of, hub_cache, hub_endpoint, matpac_cache, no_network, offline,
-    recorded_hashes, release_base, release_download, release_path, sha256_of, verify)
-from matpac_cli.errors import ChecksumError, ModelError, WeightsError
+    LOCAL_MODEL,
+    PROBES_HINT,
+    WEIGHT_SUFFIXES,
+    NoNetwork,
+    Unreachable,
+    _hub_download,
+    connection_failure,
+    hf_home,
+    host_of,
+    hub_cache,
+    hub_endpoint,
+    matpac_cache,
+    no_network,
+    offline,
+    recorded_hashes,
+    release_base,
+    release_download,
+    release_path,
+    sha256_of,
+    verify,
+)
+from matpac_cli.checkpoints.read import (  # noqa: F401 - re-exported: callers load through weights
+    check_encoder_keys,
+    check_finite,
+    first_line,
+    has_audioset_head,
+    load_checkpoint,
+    map_keys,
+    read_weights_file,
+    split_head_keys,
+)
 from matpac_cli.checkpoints.registry import ModelSpec, load_registry, suggest
+from matpac_cli.errors import ChecksumError, ModelError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -174,8 +199,7 @@ def _hub_error(exc: Exception, name: str) -> WeightsError:
         return Unreachable(host_of(hub_endpoint()), why)
     if isinstance(exc, hf_errors.LocalEntryNotFoundError) and offline():
         return WeightsError(
-            f"{name} is not in the cache and HF_HUB_OFFLINE is set; "
-            f"run `{fetch_hint(name)}` with network access first"
+            f"{name} is not in the cache and HF_HUB_OFFLINE is set; run `{fetch_hint(name)}` with network access first"
         )
     if isinstance(exc, (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError)):
         return WeightsError(f"{name}: {type(exc).__name__}")
@@ -210,5 +234,3 @@ def cached_for_verify() -> list[tuple[str, str, Path, str | None]]:
     if zpath.is_file():
         out.append(("probes", f"probes|release:{release_base() + registry.probes_release}", zpath, None))
     return out
-
-

@@ -65,9 +65,14 @@ def to_bytes(head: TrainedHead) -> bytes:
     tensors = {"probe.weight": head.weight, "probe.bias": head.bias, "mean": head.mean, "scale": head.scale}
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     metadata = {
-        "format": FORMAT, "version": VERSION, "classes": json.dumps(head.classes),
-        "activation": head.activation, "task": head.task, "layer": str(head.layer),
-        "encoder": json.dumps(head.encoder), "metrics": json.dumps(head.metrics),
+        "format": FORMAT,
+        "version": VERSION,
+        "classes": json.dumps(head.classes),
+        "activation": head.activation,
+        "task": head.task,
+        "layer": str(head.layer),
+        "encoder": json.dumps(head.encoder),
+        "metrics": json.dumps(head.metrics),
     }
     return save(tensors, metadata=metadata)
 
@@ -118,10 +123,19 @@ def load_head(path: Path) -> TrainedHead:
         raise ModelError(f"{path}: expected tensors {', '.join(TENSORS)}, found {', '.join(sorted(tensors))}")
     w, b, mean, scale = (tensors[k].astype(np.float64) for k in TENSORS)
     n_classes, dim = w.shape if w.ndim == 2 else (0, 0)
-    if (task not in ACTIVATIONS or meta.get("activation") != ACTIVATIONS[task] or b.shape != (n_classes,)
-            or mean.shape != (dim,) or scale.shape != (dim,) or len(classes) != n_classes or n_classes == 0):
-        raise ModelError(f"{path}: inconsistent trained head (weight {w.shape}, bias {b.shape}, "
-                         f"{len(classes)} class names, task {task!r})")
+    if (
+        task not in ACTIVATIONS
+        or meta.get("activation") != ACTIVATIONS[task]
+        or b.shape != (n_classes,)
+        or mean.shape != (dim,)
+        or scale.shape != (dim,)
+        or len(classes) != n_classes
+        or n_classes == 0
+    ):
+        raise ModelError(
+            f"{path}: inconsistent trained head (weight {w.shape}, bias {b.shape}, "
+            f"{len(classes)} class names, task {task!r})"
+        )
     if not all(np.isfinite(t).all() for t in (w, b, mean, scale)) or (scale <= 0).any():
         raise ModelError(f"{path}: trained head holds NaN, infinite or non-positive scale values")
     return TrainedHead(w, b, mean, scale, [str(c) for c in classes], task, encoder, layer, metrics)
@@ -144,7 +158,9 @@ def _json(meta: dict, key: str, kind: type, path: Path, default: str | None = No
 def _encoder(meta: dict, path: Path) -> dict:
     """The `encoder` record: an object whose name, source, sha256 and path are strings."""
     encoder = _json(meta, "encoder", dict, path)
-    if any(encoder.get(k) is not None and not isinstance(encoder[k], str) for k in ("name", "source", "sha256", "path")):
+    if any(
+        encoder.get(k) is not None and not isinstance(encoder[k], str) for k in ("name", "source", "sha256", "path")
+    ):
         raise ModelError(f"{path}: damaged trained head (encoder record of the wrong types)")
     return encoder
 
@@ -179,7 +195,8 @@ def check_encoder(path: Path, encoder: dict, name: str, sha256: str) -> None:
         raise UsageError(
             f"head {path} was trained on encoder {encoder_label(encoder)}, but this run uses "
             f"{name} (sha256 {sha256[:12]}); use --model {encoder.get('path') or encoder.get('name')} (or MODEL:HEAD), "
-            "or train a head on this encoder")
+            "or train a head on this encoder"
+        )
 
 
 def check_planned(path: Path, target: str) -> None:
@@ -193,6 +210,8 @@ def check_planned(path: Path, target: str) -> None:
         return
     trained_on = _encoder(meta, path)
     if trained_on.get("name") in models and trained_on.get("name") != target:
-        raise UsageError(f"head {path} was trained on encoder {encoder_label(trained_on)}, but this run "
-                         f"uses {target}; use --model {trained_on.get('name')} (or MODEL:HEAD), or train a "
-                         "head on this encoder")
+        raise UsageError(
+            f"head {path} was trained on encoder {encoder_label(trained_on)}, but this run "
+            f"uses {target}; use --model {trained_on.get('name')} (or MODEL:HEAD), or train a "
+            "head on this encoder"
+        )

@@ -22,19 +22,19 @@ import gc
 import os
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from matpac_cli import __version__
 from matpac_cli.cli import _common
-from matpac_cli.cli._options import Command, Group
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
 from matpac_cli.cli import report as _report
 from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
 from matpac_cli.cli import train as _train
+from matpac_cli.cli._options import Command, Group
 from matpac_cli.errors import MatpacError
 from matpac_cli.outputs.safetext import for_terminal
 
@@ -55,8 +55,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option(
-        "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
     """Tag and embed audio with the MATPAC / MATPAC++ self-supervised audio encoders.
 
     Exit status: 0 every input done; 1 some inputs failed; 2 usage, model, weights or output
@@ -71,6 +75,7 @@ app.command("search", cls=Command)(_search.search)
 app.command("train", cls=Command)(_train.train)
 app.command("report", cls=Command)(_report.report)
 app.add_typer(_models.app, name="models")
+
 
 def _on_signal(signum, frame) -> None:
     raise _common.Stopped(143 if signum == signal.SIGTERM else 130)
@@ -141,8 +146,10 @@ def entry() -> None:
         except (OSError, ValueError) as exc:
             if stream is sys.stdout:
                 with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(for_terminal(f"matpac: error: cannot write to stdout: "
-                                                  f"{getattr(exc, 'strerror', None) or exc}") + "\n")
+                    sys.stderr.write(
+                        for_terminal(f"matpac: error: cannot write to stdout: {getattr(exc, 'strerror', None) or exc}")
+                        + "\n"
+                    )
                     sys.stderr.flush()
                 code = code or 2
     os._exit(code)

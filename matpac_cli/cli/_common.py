@@ -7,8 +7,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from matpac_cli.errors import MatpacError, OutputError
 from matpac_cli.outputs.safetext import for_terminal
@@ -61,7 +61,7 @@ class SafeStdout:
             raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
-_ACTIVE: list["Reporter"] = []  # the run's reporter, for the line printed when it is stopped
+_ACTIVE: list[Reporter] = []  # the run's reporter, for the line printed when it is stopped
 
 
 def stop_note() -> str:
@@ -83,9 +83,16 @@ class Reporter:
     in times real time, elapsed time and an ETA from the audio still to go.
     """
 
-    def __init__(self, quiet: bool, items: Sequence = (), started: float | None = None, keeps: str = "",
-                 failures: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        quiet: bool,
+        items: Sequence = (),
+        started: float | None = None,
+        keeps: str = "",
+        failures: Path | None = None,
+    ) -> None:
         from rich.console import Console
+
         from matpac_cli.outputs.writers import FailureLog
 
         self.failure_log = FailureLog(failures) if failures is not None else None
@@ -106,9 +113,15 @@ class Reporter:
         if not quiet and sys.stderr.isatty() and items:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
-                                     console=self.console, transient=True)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=self.console,
+                transient=True,
+            )
             self.task = self.progress.add_task("matpac", total=None, info="", eta="")
             self.progress.start()
             threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
@@ -211,10 +224,15 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     wall = time.monotonic() - reporter.started
     computed_s = max(summary.audio_s - reporter.reused_s, 0.0)
     rate = computed_s / wall if wall > 0 else 0.0
-    computed = (f"{computed_s / 3600:.2f} h of audio computed in {_clock(wall)} ({rate:.1f}x real time)"
-                if summary.done else f"nothing computed in {_clock(wall)}")  # no 0.0x rate for reuse alone
-    line = (f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
-            f"{len(summary.failures)} failed; {computed}")
+    computed = (
+        f"{computed_s / 3600:.2f} h of audio computed in {_clock(wall)} ({rate:.1f}x real time)"
+        if summary.done
+        else f"nothing computed in {_clock(wall)}"
+    )  # no 0.0x rate for reuse alone
+    line = (
+        f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
+        f"{len(summary.failures)} failed; {computed}"
+    )
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
     ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
@@ -224,8 +242,10 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     if retries:
         line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"
     failures = [] if reporter.failure_log is None else [reporter.failure_log.path]  # in place by now
-    written = ", ".join((["rows to stdout"] if getattr(summary, "streamed", False) else [])
-                        + [str(p) for p in [*summary.outputs, *failures] if Path(p).exists()])
+    written = ", ".join(
+        (["rows to stdout"] if getattr(summary, "streamed", False) else [])
+        + [str(p) for p in [*summary.outputs, *failures] if Path(p).exists()]
+    )
     left = ", ".join(str(p) for p in getattr(summary, "left", []))
     if written:
         line += f"; wrote {written}"
@@ -235,8 +255,9 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     return 1 if summary.failures else 0
 
 
-def check_run_options(batch_size: Optional[int], workers: Optional[int], threads: Optional[int],
-                      device: str = "auto", precision: str = "auto") -> None:
+def check_run_options(
+    batch_size: int | None, workers: int | None, threads: int | None, device: str = "auto", precision: str = "auto"
+) -> None:
     """Option errors that depend only on the arguments: refused before anything loads (torch
     included: `--precision fp8` is refused at once)."""
     from matpac_cli.encoder.cpu import check_device, check_precision
@@ -256,7 +277,7 @@ def check_run_options(batch_size: Optional[int], workers: Optional[int], threads
     choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
 
 
-def items_for(inputs: list[str], ext: Optional[str], null: bool):
+def items_for(inputs: list[str], ext: str | None, null: bool):
     from matpac_cli.pipeline.discovery import discover, parse_extensions
 
     items = discover(inputs, parse_extensions(ext), sys.stdin, null)
@@ -266,20 +287,24 @@ def items_for(inputs: list[str], ext: Optional[str], null: bool):
         # nothing to do at all: said now, not after a model download (one missing input among
         # others fails as that file, and the run goes on)
         why = [f"{item.name}: {item.problem}" if item.problem else f"{item.name} does not exist" for item in items]
-        raise MatpacError(why[0] if len(why) == 1 else
-                          f"none of the inputs can be read: {'; '.join(why[:5])}{' ...' if len(why) > 5 else ''}")
+        raise MatpacError(
+            why[0]
+            if len(why) == 1
+            else f"none of the inputs can be read: {'; '.join(why[:5])}{' ...' if len(why) > 5 else ''}"
+        )
     return items
 
 
-def named_inputs(*names: Optional[str]) -> list:
+def named_inputs(*names: str | None) -> list:
     """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
     from matpac_cli.pipeline.discovery import Item
 
     return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
 
 
-def check_outputs(outputs: dict, items, force: bool, failures: Optional[Path],
-                  ours: Optional[dict] = None, journals: Sequence[Path] = ()) -> list[Path]:
+def check_outputs(
+    outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None, journals: Sequence[Path] = ()
+) -> list[Path]:
     """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
     model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
     from matpac_cli.outputs import rules as R
@@ -318,7 +343,7 @@ def startup_done() -> None:
     keep_freed_memory()
 
 
-def load_predictor(model, device: str, precision: str, threads: Optional[int], quiet: bool, note: bool = True):
+def load_predictor(model, device: str, precision: str, threads: int | None, quiet: bool, note: bool = True):
     import torch
 
     from matpac_cli.inference.predictor import Predictor

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from matpac_cli.cli._common import load_predictor
 
 
@@ -12,7 +10,7 @@ class Engine:
     unreachable one is one line, at once) and decides where the encoder runs: the driver then
     loads its copy on its own CPU, at the actors' precision, only to describe the run."""
 
-    def __init__(self, engine: str, address: Optional[str], device: str, precision: str) -> None:
+    def __init__(self, engine: str, address: str | None, device: str, precision: str) -> None:
         from matpac_cli.engines import check
 
         self.name = check(engine)
@@ -25,7 +23,7 @@ class Engine:
             self.remote, self.precision = self.cluster.placement(device, precision)
             self.device = "cpu"
 
-    def load(self, model, threads: Optional[int], quiet: bool):
+    def load(self, model, threads: int | None, quiet: bool):
         predictor = load_predictor(model, self.device, self.precision, threads, quiet, note=self.remote is None)
         if self.remote is not None:
             predictor.device = self.remote  # where the actors run it: the summary and manifest say so

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -44,19 +44,52 @@ class Group(TyperGroup):
         return _tidy(super().get_params(ctx))
 
 
-Inputs = Annotated[list[str], typer.Argument(help="Audio files and/or folders (recursive); '-' reads paths from stdin.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV].")]
+Inputs = Annotated[
+    list[str],
+    typer.Argument(help="Audio files and/or folders (recursive); '-' reads paths from stdin.", show_default=False),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV].")
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across files. Default: 8 on a CPU, 128 on a GPU (the measured best).")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    help="Decoding threads (default: up to 4 when the CPU runs the encoder, all cores but two with a GPU).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(
-    help="torch CPU threads (default: torch's choice; 1 per decoding thread when a GPU runs the encoder).")]
-ExtOpt = Annotated[Optional[str], typer.Option("--ext", help="Extensions to pick up in folders, comma-separated.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help="Encoder chunks (6 s each) per batch, across files. Default: 8 on a CPU, 128 on a GPU (the measured best).",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Decoding threads (default: up to 4 when the CPU runs the encoder, all cores but two with a GPU)."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="torch CPU threads (default: torch's choice; 1 per decoding thread when a GPU runs the encoder)."
+    ),
+]
+ExtOpt = Annotated[str | None, typer.Option("--ext", help="Extensions to pick up in folders, comma-separated.")]
 NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still go to stderr.")]
-FailuresOpt = Annotated[Optional[Path], typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")]
+FailuresOpt = Annotated[
+    Path | None, typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install '.\\[ray]' in matpac's source folder).")]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on with --engine ray, HOST:PORT of its head (default: RAY_ADDRESS).")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this machine) or ray (a Ray cluster: RAY_ADDRESS or --ray-address, else a local Ray instance; pip install '.\\[ray]' in matpac's source folder).",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="Ray cluster to run on with --engine ray, HOST:PORT of its head (default: RAY_ADDRESS)."
+    ),
+]

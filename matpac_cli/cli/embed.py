@@ -4,25 +4,61 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
-                                    items_for, named_inputs)
+from matpac_cli.cli._common import (
+    Reporter,
+    argv,
+    check_model,
+    check_outputs,
+    check_run_options,
+    finish,
+    items_for,
+    named_inputs,
+)
 from matpac_cli.cli._engine import Engine
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs, ModelOpt,
-                                     NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._options import (
+    BatchOpt,
+    DeviceOpt,
+    EngineOpt,
+    ExtOpt,
+    FailuresOpt,
+    ForceOpt,
+    Inputs,
+    ModelOpt,
+    NullOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
 
 def embed(
     inputs: Inputs,
-    out: Annotated[Path, typer.Option("--out", "-o", help=(
-        "Output .npy (N x 3840; FILE.csv indexes its rows) or .parquet (one row per file: path, duration_s, "
-        "sample_rate, channels, embedding)."))],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help=(
+                "Output .npy (N x 3840; FILE.csv indexes its rows) or .parquet (one row per file: path, duration_s, "
+                "sample_rate, channels, embedding)."
+            ),
+        ),
+    ],
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option(help="Encoder layer 1-12, 'last' (12) or 'all' (N x 12 x 3840).")] = "last",
-    frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree; emb.csv names each file in its frames column).")] = None,
+    frames: Annotated[
+        Path | None,
+        typer.Option(
+            "--frames",
+            help="Also write one 3840-d vector per 160 ms per file, as .npy under this folder (mirrors the input tree; emb.csv names each file in its frames column).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None,
@@ -43,31 +79,63 @@ def embed(
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
-    from matpac_cli.jobs.embed import EmbedConfig, check_config, embed as run_embed, frames_lock, outputs_for
     from matpac_cli.engines import check as check_engine
+    from matpac_cli.jobs.embed import EmbedConfig, check_config, frames_lock, outputs_for
+    from matpac_cli.jobs.embed import embed as run_embed
     from matpac_cli.outputs.writers import ensure_writable, locked
 
     check_engine(engine)
-    config = EmbedConfig(out=out, layer=layer, frames_dir=frames, batch_size=batch_size, workers=workers or None,
-                         force=force, engine=engine.lower(), ray_address=ray_address)
+    config = EmbedConfig(
+        out=out,
+        layer=layer,
+        frames_dir=frames,
+        batch_size=batch_size,
+        workers=workers or None,
+        force=force,
+        engine=engine.lower(),
+        ray_address=ray_address,
+    )
     check_config(config)  # --out, --layer, --frames: refused before the model loads
     if failures is not None:
         ensure_writable(failures)
     items = items_for(inputs, ext, null)
     paths = outputs_for(config.out)
-    written = check_outputs({"--out": paths["matrix"], "the row index of --out": paths.get("index"),
-                             "the manifest of --out": paths["manifest"], "the journal of --out": paths["journal"]},
-                            items + named_inputs(model), force, failures, journals=[paths["journal"]])
+    written = check_outputs(
+        {
+            "--out": paths["matrix"],
+            "the row index of --out": paths.get("index"),
+            "the manifest of --out": paths["manifest"],
+            "the journal of --out": paths["journal"],
+        },
+        items + named_inputs(model),
+        force,
+        failures,
+        journals=[paths["journal"]],
+    )
     with locked(*written, *([frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
         runner = Engine(engine, ray_address, device, precision)
         try:
             predictor = runner.load(spec, threads or None, quiet)
-            reporter = Reporter(quiet, items, started, failures=failures,
-                                keeps=f"finished files are kept in {paths['journal']}; run the same command to resume")
+            reporter = Reporter(
+                quiet,
+                items,
+                started,
+                failures=failures,
+                keeps=f"finished files are kept in {paths['journal']}; run the same command to resume",
+            )
             try:
-                summary = run_embed(items, predictor, config, reporter.advance, reporter.failure, argv=argv(),
-                                    on_audio=reporter.audio, on_reused=reporter.reused, on_warning=reporter.warning)
+                summary = run_embed(
+                    items,
+                    predictor,
+                    config,
+                    reporter.advance,
+                    reporter.failure,
+                    argv=argv(),
+                    on_audio=reporter.audio,
+                    on_reused=reporter.reused,
+                    on_warning=reporter.warning,
+                )
             finally:
                 reporter.close()
         finally:

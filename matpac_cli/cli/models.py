@@ -20,16 +20,23 @@ def catalog() -> dict:
     """Every model and head of the registry, where it comes from, and what is cached (JSON-ready)."""
     import urllib.parse
 
-    from matpac_cli.errors import WeightsError
-    from matpac_cli.inference.heads import zip_tasks
     from matpac_cli.checkpoints.registry import load_registry
     from matpac_cli.checkpoints.resolve import cached_files, release_base, release_path
+    from matpac_cli.errors import WeightsError
+    from matpac_cli.inference.heads import zip_tasks
 
     reg = load_registry()
     models = [
-        {"name": m.name, "description": m.description, "family": m.family, "hub": m.hub,
-         "revision": m.revision, "release": m.release and urllib.parse.unquote(m.release),
-         "cached": bool(files := cached_files(m)), "files": [str(p) for _, p in files]}
+        {
+            "name": m.name,
+            "description": m.description,
+            "family": m.family,
+            "hub": m.hub,
+            "revision": m.revision,
+            "release": m.release and urllib.parse.unquote(m.release),
+            "cached": bool(files := cached_files(m)),
+            "files": [str(p) for _, p in files],
+        }
         for m in reg.models.values()
     ]
     cached = {m["name"]: m["cached"] for m in models}
@@ -45,14 +52,25 @@ def catalog() -> dict:
         encoders = reg.encoders_for(h)
         if tasks is not None and not h.builtin:
             encoders = [e for e in encoders if (h.task or h.name) in tasks.get(reg.models[e].family, set())]
-        heads.append({
-            "name": h.name, "aliases": list(h.aliases), "description": h.description, "classes": h.classes,
-            "activation": h.activation, "kind": "builtin" if h.builtin else "probe", "encoders": encoders,
-            "cached": cached.get(h.builtin, False) if h.builtin else zpath.is_file(),
-            "label_order": "confirmed" if h.confirmed_order else "unconfirmed",
-        })
-    probes = {"release": urllib.parse.unquote(reg.probes_release), "url": release_base() + reg.probes_release,
-              "cached": zpath.is_file(), "path": str(zpath) if zpath.is_file() else None}
+        heads.append(
+            {
+                "name": h.name,
+                "aliases": list(h.aliases),
+                "description": h.description,
+                "classes": h.classes,
+                "activation": h.activation,
+                "kind": "builtin" if h.builtin else "probe",
+                "encoders": encoders,
+                "cached": cached.get(h.builtin, False) if h.builtin else zpath.is_file(),
+                "label_order": "confirmed" if h.confirmed_order else "unconfirmed",
+            }
+        )
+    probes = {
+        "release": urllib.parse.unquote(reg.probes_release),
+        "url": release_base() + reg.probes_release,
+        "cached": zpath.is_file(),
+        "path": str(zpath) if zpath.is_file() else None,
+    }
     return {"models": models, "heads": heads, "probes": probes}
 
 
@@ -62,16 +80,28 @@ def _model_row(m: dict) -> list[str]:
 
 
 def _head_row(h: dict) -> list[str]:
-    return [h["name"], ",".join(h["aliases"]) or "-", str(h["classes"]), h["activation"],
-            ",".join(h["encoders"]) or "-", "yes" if h["cached"] else "no", h["label_order"]]
+    return [
+        h["name"],
+        ",".join(h["aliases"]) or "-",
+        str(h["classes"]),
+        h["activation"],
+        ",".join(h["encoders"]) or "-",
+        "yes" if h["cached"] else "no",
+        h["label_order"],
+    ]
 
 
 def _print_tsv(data: dict) -> None:
     def line(cells) -> str:
         return "\t".join(str(c).replace("\t", " ") for c in cells) + "\n"
 
-    out = [line(MODEL_COLUMNS), *(line(_model_row(m)) for m in data["models"]), "\n",
-           line(HEAD_COLUMNS), *(line(_head_row(h)) for h in data["heads"])]
+    out = [
+        line(MODEL_COLUMNS),
+        *(line(_model_row(m)) for m in data["models"]),
+        "\n",
+        line(HEAD_COLUMNS),
+        *(line(_head_row(h)) for h in data["heads"]),
+    ]
     sys.stdout.write("".join(out))
 
 
@@ -106,7 +136,9 @@ def _print_tables(data: dict) -> None:
 
 @app.command("list", cls=Command)
 def models_list(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the models, heads and probe zip.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object with the models, heads and probe zip.")
+    ] = False,
 ) -> int:
     """Models and heads this version knows, where they come from, which encoders each head exists
     for, and whether they are cached. Tab-separated columns when stdout is not a terminal."""
@@ -124,8 +156,8 @@ def models_list(
 
 def download_targets(names: list[str]) -> list[str]:
     """Expand `all`, refuse unknown names (with a near miss), keep the order, drop repeats."""
-    from matpac_cli.errors import UsageError
     from matpac_cli.checkpoints.registry import load_registry, suggest
+    from matpac_cli.errors import UsageError
 
     models = list(load_registry().models)
     known = [*models, "probes", "all"]
@@ -157,17 +189,22 @@ def _fetch(name: str, force: bool) -> str:
 
 @app.command("download", cls=Command)
 def models_download(
-    names: Annotated[list[str], typer.Argument(
-        help="Model names, 'probes' (the probe-head zip), or 'all' (every model and the probes).",
-        show_default=False, metavar="NAME...")],
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model names, 'probes' (the probe-head zip), or 'all' (every model and the probes).",
+            show_default=False,
+            metavar="NAME...",
+        ),
+    ],
     force: ForceOpt = False,
 ) -> int:
     """Fetch models (and the probe zip) into the cache and record their sha256.
 
     Example: matpac models download matpac-plus probes
     """
-    from matpac_cli.errors import ModelError, WeightsError
     from matpac_cli.checkpoints.resolve import NoNetwork, offline
+    from matpac_cli.errors import ModelError, WeightsError
 
     targets = download_targets(names)
     if offline():
@@ -194,8 +231,15 @@ def models_download(
 
 @app.command("labels", cls=Command)
 def models_labels(
-    head: Annotated[str, typer.Argument(help="Head name or alias, or a head file (from `matpac train`, or a registry head's probe file).")],
-    raw: Annotated[bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")] = False,
+    head: Annotated[
+        str,
+        typer.Argument(
+            help="Head name or alias, or a head file (from `matpac train`, or a registry head's probe file)."
+        ),
+    ],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The dataset's own tag ids (genre---trance), as the tag_id column has them.")
+    ] = False,
 ) -> int:
     """Print a head's labels as tag outputs name them, one per line, in the index order its weights
     were trained with (--raw: the dataset's tag ids; a trained head's classes are shown as given). On a terminal, control characters in a label (a head
@@ -220,10 +264,10 @@ def _head_tag_ids(head: str) -> tuple[list[str], bool]:
     whether they are a registry dataset's tags (shown by `plain_labels`) rather than a user's."""
     from pathlib import Path
 
-    from matpac_cli.errors import UsageError
-    from matpac_cli.inference.heads import HEAD_SUFFIXES, spec_for_stem
     from matpac_cli.checkpoints.registry import load_registry
     from matpac_cli.checkpoints.trained_head import is_trained_head, load_head
+    from matpac_cli.errors import UsageError
+    from matpac_cli.inference.heads import HEAD_SUFFIXES, spec_for_stem
 
     path = Path(head).expanduser()
     if path.suffix in HEAD_SUFFIXES:
@@ -233,20 +277,24 @@ def _head_tag_ids(head: str) -> tuple[list[str], bool]:
             return load_head(path).classes, False
         spec = spec_for_stem(path.stem)
         if spec is None:
-            raise UsageError(f"{head}: not a head `matpac train` wrote, nor a probe file of a registry head; "
-                             "its labels are what you give with --labels")
+            raise UsageError(
+                f"{head}: not a head `matpac train` wrote, nor a probe file of a registry head; "
+                "its labels are what you give with --labels"
+            )
     else:
         spec = load_registry().head(head)
     if not spec.confirmed_order:
-        Reporter(False).info(f"matpac: note: the authors did not publish the {spec.name} label order; this is the likely one")
+        Reporter(False).info(
+            f"matpac: note: the authors did not publish the {spec.name} label order; this is the likely one"
+        )
     return spec.labels(), True
 
 
 @app.command("verify", cls=Command)
 def models_verify() -> None:
     """Re-hash every cached weight file; a mismatch is reported and the file is refused on use."""
-    from matpac_cli.errors import WeightsError
     from matpac_cli.checkpoints.resolve import cached_for_verify, recorded_hashes, verify
+    from matpac_cli.errors import WeightsError
 
     reporter = Reporter(False)
     checked = cached_for_verify()

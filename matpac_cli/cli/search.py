@@ -4,33 +4,87 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Iterable, Optional
+from typing import Annotated
 
 import typer
 
 from matpac_cli.cli._common import Reporter, SafeStdout, check_outputs, check_run_options, load_predictor
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, NullOpt, PrecisionOpt, QuietOpt,
-                                     ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._options import (
+    BatchOpt,
+    DeviceOpt,
+    ExtOpt,
+    FailuresOpt,
+    NullOpt,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 from matpac_cli.errors import OutputError, UsageError
 
-QueriesArg = Annotated[Optional[list[str]], typer.Argument(
-    help="Paths already in the index, audio files or folders (embedded with the index's model); '-' reads them from stdin.",
-    show_default=False)]
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="The .npy (its .csv and manifest beside it) or .parquet (a file or a folder of shards) that `matpac embed --out` wrote.")]
+QueriesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Paths already in the index, audio files or folders (embedded with the index's model); '-' reads them from stdin.",
+        show_default=False,
+    ),
+]
+IndexOpt = Annotated[
+    Path,
+    typer.Option(
+        "--index",
+        "-i",
+        help="The .npy (its .csv and manifest beside it) or .parquet (a file or a folder of shards) that `matpac embed --out` wrote.",
+    ),
+]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Neighbours per query (0: every row).")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
-    "Cosine, -1 to 1. With --duplicates: pairs scoring at least this (default 0.98). "
-    "Otherwise: only neighbours scoring at least this."))]
-DuplicatesOpt = Annotated[bool, typer.Option("--duplicates", help="List pairs of near-identical files in the index (path_a,path_b,score), each pair once.")]
-SelfOpt = Annotated[bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default).")]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        help=(
+            "Cosine, -1 to 1. With --duplicates: pairs scoring at least this (default 0.98). "
+            "Otherwise: only neighbours scoring at least this."
+        )
+    ),
+]
+DuplicatesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--duplicates", help="List pairs of near-identical files in the index (path_a,path_b,score), each pair once."
+    ),
+]
+SelfOpt = Annotated[
+    bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")
+]
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv, jsonl or parquet (a file only; default: from the --out extension, else csv).")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
-    "The checkpoint to embed audio queries with, where the manifest's cannot be found from here; "
-    "it must have the sha256 the manifest records."))]
-LayerOpt = Annotated[Optional[str], typer.Option(help="The layer to search in an `--layer all` index (1-12 or last; default last).")]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="csv, jsonl or parquet (a file only; default: from the --out extension, else csv)."
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help=(
+            "The checkpoint to embed audio queries with, where the manifest's cannot be found from here; "
+            "it must have the sha256 the manifest records."
+        ),
+    ),
+]
+LayerOpt = Annotated[
+    str | None, typer.Option(help="The layer to search in an `--layer all` index (1-12 or last; default last).")
+]
 
 
 def search(
@@ -81,7 +135,9 @@ def search(
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
-            vectors = _embedded(S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter)
+            vectors = _embedded(
+                S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter
+            )
             rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
             _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
         finally:
@@ -89,19 +145,24 @@ def search(
         answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
         embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
         asked = answered + reporter.failed
-        reporter.info(f"matpac: {asked} quer{'y' if asked == 1 else 'ies'}: {answered} searched ({embedded} embedded, "
-                      f"{answered - embedded} found in the index), {reporter.failed} failed; against "
-                      f"{matrix.shape[0]} x {matrix.shape[1]} in {time.monotonic() - started:.1f} s{_wrote(target)}")
+        reporter.info(
+            f"matpac: {asked} quer{'y' if asked == 1 else 'ies'}: {answered} searched ({embedded} embedded, "
+            f"{answered - embedded} found in the index), {reporter.failed} failed; against "
+            f"{matrix.shape[0]} x {matrix.shape[1]} in {time.monotonic() - started:.1f} s{_wrote(target)}"
+        )
         raise typer.Exit(1 if reporter.failed else 0)
 
 
-def _duplicates(S, emb, matrix, threshold: Optional[float], fmt: str, target: Optional[Path], reporter: Reporter,
-                started: float) -> None:
+def _duplicates(
+    S, emb, matrix, threshold: float | None, fmt: str, target: Path | None, reporter: Reporter, started: float
+) -> None:
     """`--duplicates`: every pair scoring at least the threshold (0.98 by default), streamed."""
     cut = 0.98 if threshold is None else threshold
     count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
-    reporter.info(f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
-                  f"in {time.monotonic() - started:.1f} s{_wrote(target)}")
+    reporter.info(
+        f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
+        f"in {time.monotonic() - started:.1f} s{_wrote(target)}"
+    )
     raise typer.Exit(0)
 
 
@@ -128,13 +189,14 @@ def _listed(queries: list[str], null: bool) -> list[str]:
     return names
 
 
-def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool, index: Path,
-                   queries: list[str], ext: Optional[str]) -> list[Path]:
+def _check_outputs(
+    target: Path | None, failures: Path | None, force: bool, index: Path, queries: list[str], ext: str | None
+) -> list[Path]:
     """--out's rules for --out and --failures (the index and the queries are this run's inputs);
     the files to lock."""
-    from matpac_cli.pipeline.discovery import Item, discover
     from matpac_cli.outputs.readers import embeddings_inputs
     from matpac_cli.outputs.writers import ensure_writable
+    from matpac_cli.pipeline.discovery import Item, discover
 
     for path in (target, failures):
         if path is not None:
@@ -148,7 +210,7 @@ def _check_outputs(target: Optional[Path], failures: Optional[Path], force: bool
     return check_outputs({"--out": target}, inputs, force, failures)
 
 
-def _extensions(ext: Optional[str]):
+def _extensions(ext: str | None):
     from matpac_cli.pipeline.discovery import parse_extensions
 
     return parse_extensions(ext)
@@ -163,7 +225,7 @@ def _embedded(S, emb, plan, model, layer, device, precision, batch_size, workers
     return S.embed_queries(plan, predictor, layer, batch_size, workers or None, on_failure=reporter.failure)
 
 
-def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[Path]) -> int:
+def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Path | None) -> int:
     """Stream rows to stdout, or to `target` (atomically: the file appears whole or not at all)."""
     from matpac_cli.outputs.writers import RowWriter, Unit, row_file
 
@@ -182,5 +244,5 @@ def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Optional[
     return count
 
 
-def _wrote(target: Optional[Path]) -> str:
+def _wrote(target: Path | None) -> str:
     return f"; wrote {target}" if target is not None else ""

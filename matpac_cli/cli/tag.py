@@ -5,37 +5,115 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, SafeStdout, argv, check_model, check_outputs,
-                                    check_run_options, finish, items_for, named_inputs)
+from matpac_cli.cli._common import (
+    Reporter,
+    SafeStdout,
+    argv,
+    check_model,
+    check_outputs,
+    check_run_options,
+    finish,
+    items_for,
+    named_inputs,
+)
 from matpac_cli.cli._engine import Engine
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, EngineOpt, ExtOpt, FailuresOpt, ForceOpt, Inputs,
-                                     NullOpt, PrecisionOpt, QuietOpt, RayAddressOpt, ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._options import (
+    BatchOpt,
+    DeviceOpt,
+    EngineOpt,
+    ExtOpt,
+    FailuresOpt,
+    ForceOpt,
+    Inputs,
+    NullOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
-
-ModelTagOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
-    "Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV]; every head then uses it. Default: each "
-    "head's own encoder: matpac-plus for sounds (fsd50k), esc50, us8k; matpac-plus-audioset for events; "
-    "matpac-plus-music for the others."))]
-HeadOpt = Annotated[Optional[list[str]], typer.Option("--head", "-H", help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable. The head column gives the head's own name (genre: mtg_genre, events: audioset).")]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold.")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(help=(
-    "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
-    "independent probabilities, a single-label (softmax) head's class probabilities."))]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default).")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv, jsonl or parquet (a file only, typed columns; default: from the --out extension, else csv).")]
-ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help=(
-    "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
-    "with --out - (stdout) none unless this is given."))]
+ModelTagOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help=(
+            "Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV]; every head then uses it. Default: each "
+            "head's own encoder: matpac-plus for sounds (fsd50k), esc50, us8k; matpac-plus-audioset for events; "
+            "matpac-plus-music for the others."
+        ),
+    ),
+]
+HeadOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--head",
+        "-H",
+        help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable. The head column gives the head's own name (genre: mtg_genre, events: audioset).",
+    ),
+]
+TopKOpt = Annotated[
+    int | None,
+    typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        help=(
+            "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
+            "independent probabilities, a single-label (softmax) head's class probabilities."
+        )
+    ),
+]
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="csv, jsonl or parquet (a file only, typed columns; default: from the --out extension, else csv).",
+    ),
+]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help=(
+            "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
+            "with --out - (stdout) none unless this is given."
+        ),
+    ),
+]
 SegmentsOpt = Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")]
-MinSegmentOpt = Annotated[Optional[float], typer.Option("--min-segment", metavar="SECONDS", help=(
-    "With --segments: a last segment shorter than this joins the one before it, scored as one window "
-    "(0 keeps every segment). Default 1."))]
-LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
-ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write an offline HTML page of the run's tags (as `matpac report` does); needs a file --out.")]
+MinSegmentOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-segment",
+        metavar="SECONDS",
+        help=(
+            "With --segments: a last segment shorter than this joins the one before it, scored as one window "
+            "(0 keeps every segment). Default 1."
+        ),
+    ),
+]
+LabelsOpt = Annotated[Path | None, typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Also write an offline HTML page of the run's tags (as `matpac report` does); needs a file --out.",
+    ),
+]
 
 
 def tag(
@@ -73,17 +151,37 @@ def tag(
     started = time.monotonic()
     # the arguments alone, then the inputs, then every output and its lock; only then anything
     # that reads a model file (a local --model is hashed, the probe zip looked for) or loads one
-    config, target, plan = _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments,
-                                            min_segment, batch_size, workers, threads, device, precision,
-                                            failures, report, force, engine, ray_address)
+    config, target, plan = _check_arguments(
+        head,
+        model,
+        top_k,
+        threshold,
+        out,
+        fmt,
+        manifest,
+        segments,
+        min_segment,
+        batch_size,
+        workers,
+        threads,
+        device,
+        precision,
+        failures,
+        report,
+        force,
+        engine,
+        ray_address,
+    )
     items = items_for(inputs, ext, null)
-    written = _check_outputs(target, manifest, failures, report,
-                             items + named_inputs(model, labels, *(head or ())), force)
+    written = _check_outputs(
+        target, manifest, failures, report, items + named_inputs(model, labels, *(head or ())), force
+    )
     from matpac_cli.outputs.writers import locked
 
     with locked(*written):
-        groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, threads, quiet,
-                                         failures, started, device, precision)
+        groups, summary, reporter = _run(
+            items, _check_models(plan), config, target, labels, threads, quiet, failures, started, device, precision
+        )
         if report is not None and target in summary.outputs:
             from matpac_cli.jobs.report import build_report
 
@@ -94,16 +192,35 @@ def tag(
     raise typer.Exit(finish(summary, reporter, "tagged", [g.predictor for g in groups]))
 
 
-def _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments, min_segment, batch_size,
-                     workers, threads, device, precision, failures, report, force, engine, ray_address):
+def _check_arguments(
+    head,
+    model,
+    top_k,
+    threshold,
+    out,
+    fmt,
+    manifest,
+    segments,
+    min_segment,
+    batch_size,
+    workers,
+    threads,
+    device,
+    precision,
+    failures,
+    report,
+    force,
+    engine,
+    ray_address,
+):
     """Everything the arguments alone decide (no torch, no model file read): the run's settings,
     the --out file (None: stdout) and which encoder each head runs on."""
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
+    from matpac_cli.jobs.tag import TagConfig
     from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, check_output, plan_groups
     from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
-    from matpac_cli.jobs.tag import TagConfig
-    from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.outputs.writers import output_format
 
     check_selection(top_k, threshold)
@@ -118,14 +235,35 @@ def _check_arguments(head, model, top_k, threshold, out, fmt, manifest, segments
         if name.startswith("hf:"):
             parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
     check_engine(engine)
-    config = TagConfig(top_k=top_k, threshold=threshold, segments=segments, min_segment=min_segment, fmt=fmt,
-                       batch_size=batch_size, workers=workers or None, force=force, manifest=manifest,
-                       engine=engine.lower(), ray_address=ray_address)
+    config = TagConfig(
+        top_k=top_k,
+        threshold=threshold,
+        segments=segments,
+        min_segment=min_segment,
+        fmt=fmt,
+        batch_size=batch_size,
+        workers=workers or None,
+        force=force,
+        manifest=manifest,
+        engine=engine.lower(),
+        ray_address=ray_address,
+    )
     return config, target, plan
 
 
-def _run(items: list, plan: list, config, target: Optional[Path], labels: Optional[Path], threads: Optional[int],
-         quiet: bool, failures: Optional[Path], started: float, device: str, precision: str):
+def _run(
+    items: list,
+    plan: list,
+    config,
+    target: Path | None,
+    labels: Path | None,
+    threads: int | None,
+    quiet: bool,
+    failures: Path | None,
+    started: float,
+    device: str,
+    precision: str,
+):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
     from matpac_cli.jobs.tag import tag as run_tag
 
@@ -137,9 +275,19 @@ def _run(items: list, plan: list, config, target: Optional[Path], labels: Option
         keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
-            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter.advance,
-                              reporter.failure, argv=argv(), on_audio=reporter.audio, on_reused=reporter.reused,
-                              on_warning=reporter.warning)
+            summary = run_tag(
+                items,
+                groups,
+                config,
+                target,
+                SafeStdout(sys.stdout),
+                reporter.advance,
+                reporter.failure,
+                argv=argv(),
+                on_audio=reporter.audio,
+                on_reused=reporter.reused,
+                on_warning=reporter.warning,
+            )
         finally:
             reporter.close()
     finally:
@@ -147,8 +295,9 @@ def _run(items: list, plan: list, config, target: Optional[Path], labels: Option
     return groups, summary, reporter
 
 
-def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path],
-                   report: Optional[Path], items: list, force: bool) -> list[Path]:
+def _check_outputs(
+    target: Path | None, manifest: Path | None, failures: Path | None, report: Path | None, items: list, force: bool
+) -> list[Path]:
     """--out's rules for every file the run writes; the files to lock."""
     from matpac_cli.outputs.rules import is_manifest
 
@@ -164,16 +313,18 @@ def _check_outputs(target: Optional[Path], manifest: Optional[Path], failures: O
     return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
 
 
-def _load_groups(plan: list, runner: Engine, labels: Optional[Path], threads: Optional[int], quiet: bool) -> list:
+def _load_groups(plan: list, runner: Engine, labels: Path | None, threads: int | None, quiet: bool) -> list:
     """Each encoder of the plan loaded once, with its heads; what will run is said once."""
-    from matpac_cli.jobs.tag_plan import describe
     from matpac_cli.jobs.tag import Group, build_heads
+    from matpac_cli.jobs.tag_plan import describe
 
     reporter = Reporter(quiet)
     groups = []
     for model_name, spec, head_names in plan:
         predictor = runner.load(spec, threads, quiet)
-        groups.append(Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor))
+        groups.append(
+            Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor)
+        )
     reporter.info(f"matpac: {describe(groups)}")
     for g in groups:
         for h in g.heads:
@@ -182,7 +333,7 @@ def _load_groups(plan: list, runner: Engine, labels: Optional[Path], threads: Op
     return groups
 
 
-def _check_report(report: Optional[Path], target: Optional[Path], force: bool) -> None:
+def _check_report(report: Path | None, target: Path | None, force: bool) -> None:
     """`--report` is refused before any model loads: it is built from the --out file."""
     if report is None:
         return
@@ -195,8 +346,7 @@ def _check_report(report: Optional[Path], target: Optional[Path], force: bool) -
     check_out(report, force, "--report")
 
 
-def _check_paths(target: Optional[Path], manifest: Optional[Path], failures: Optional[Path], force: bool,
-                 check_output) -> None:
+def _check_paths(target: Path | None, manifest: Path | None, failures: Path | None, force: bool, check_output) -> None:
     from matpac_cli.outputs.writers import ensure_writable
 
     for path in (target, manifest, failures):

@@ -4,24 +4,70 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (Reporter, argv, check_model, check_outputs, check_run_options, finish,
-                                    load_predictor, named_inputs, startup_done)
-from matpac_cli.cli._options import (BatchOpt, DeviceOpt, ExtOpt, FailuresOpt, ForceOpt, ModelOpt, PrecisionOpt,
-                                     QuietOpt, ThreadsOpt, WorkersOpt)
+from matpac_cli.cli._common import (
+    Reporter,
+    argv,
+    check_model,
+    check_outputs,
+    check_run_options,
+    finish,
+    load_predictor,
+    named_inputs,
+    startup_done,
+)
+from matpac_cli.cli._options import (
+    BatchOpt,
+    DeviceOpt,
+    ExtOpt,
+    FailuresOpt,
+    ForceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
-LabelsArg = Annotated[Path, typer.Argument(help="A folder with one subfolder per class, or a CSV with columns path,label (a path on several rows has several labels).", show_default=False)]
-HeadOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The head to write (.safetensors); HEAD.report.json goes beside it.")]
-TaskOpt = Annotated[str, typer.Option(help="auto (multi-label when any file has two labels), single (softmax) or multi (sigmoid).")]
-ValOpt = Annotated[float, typer.Option(help="Fraction of the files held out (stratified) to pick the learning rate and epoch.")]
-FoldsOpt = Annotated[Optional[int], typer.Option(help="K-fold cross-validation instead of --val; the head is then trained on every file.")]
+LabelsArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder with one subfolder per class, or a CSV with columns path,label (a path on several rows has several labels).",
+        show_default=False,
+    ),
+]
+HeadOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="The head to write (.safetensors); HEAD.report.json goes beside it.")
+]
+TaskOpt = Annotated[
+    str, typer.Option(help="auto (multi-label when any file has two labels), single (softmax) or multi (sigmoid).")
+]
+ValOpt = Annotated[
+    float, typer.Option(help="Fraction of the files held out (stratified) to pick the learning rate and epoch.")
+]
+FoldsOpt = Annotated[
+    int | None, typer.Option(help="K-fold cross-validation instead of --val; the head is then trained on every file.")
+]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")]
-LrOpt = Annotated[Optional[str], typer.Option("--lr", help="Learning rates to try, comma-separated (default 1e-4,3e-4,1e-3,3e-3).")]
-EmbeddingsOpt = Annotated[Optional[Path], typer.Option(help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` or `emb.parquet` (matched by path) instead of computing them.")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--embeddings-out", help="Where the computed embeddings go (default HEAD.emb.npy beside the head); a re-run reuses them.")]
+LrOpt = Annotated[
+    str | None, typer.Option("--lr", help="Learning rates to try, comma-separated (default 1e-4,3e-4,1e-3,3e-3).")
+]
+EmbeddingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` or `emb.parquet` (matched by path) instead of computing them."
+    ),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--embeddings-out",
+        help="Where the computed embeddings go (default HEAD.emb.npy beside the head); a re-run reuses them.",
+    ),
+]
 
 
 def train(
@@ -49,12 +95,13 @@ def train(
 
     Example: matpac train ./labelled --out mine.safetensors, then matpac tag ./new --head ./mine.safetensors
     """
-    from matpac_cli.pipeline.discovery import parse_extensions
     from matpac_cli.errors import UsageError
     from matpac_cli.jobs.probe import LR_GRID, TrainConfig
+    from matpac_cli.jobs.train import check_outputs as check_head
+    from matpac_cli.jobs.train import check_trainable
     from matpac_cli.jobs.train_data import check_counts, from_index, read_labels
-    from matpac_cli.jobs.train import check_outputs as check_head, check_trainable
     from matpac_cli.outputs.writers import locked
+    from matpac_cli.pipeline.discovery import parse_extensions
 
     started = time.monotonic()
     check_run_options(batch_size, workers, threads, device, precision)
@@ -62,24 +109,41 @@ def train(
     config.check()
     check_head(out, force)
     if embeddings is not None and (model is not None or embeddings_out is not None):
-        raise UsageError(f"--embeddings {embeddings}: the embeddings are read, not computed, so "
-                         f"{'--model' if model is not None else '--embeddings-out'} does not apply")
+        raise UsageError(
+            f"--embeddings {embeddings}: the embeddings are read, not computed, so "
+            f"{'--model' if model is not None else '--embeddings-out'} does not apply"
+        )
     labelled = read_labels(labels, task, parse_extensions(ext))
     check_counts(labelled)
-    written = _check_written(out, labels, embeddings, embeddings_out, failures,
-                             labelled.items + named_inputs(model), force)
+    written = _check_written(
+        out, labels, embeddings, embeddings_out, failures, labelled.items + named_inputs(model), force
+    )
     with locked(*written):  # every file this run writes, until it ends
         reporter = Reporter(quiet)
         if labelled.ignored:
-            reporter.warning(f"{labels}: {labelled.ignored} audio file(s) directly in the folder, in no class "
-                             "folder, are left out")
+            reporter.warning(
+                f"{labels}: {labelled.ignored} audio file(s) directly in the folder, in no class folder, are left out"
+            )
         code = 0
         if embeddings is not None:
             features = from_index(labelled, embeddings)
             startup_done()  # no model loads: the start-up is over
         else:
-            features, code = _embed(labelled, out, embeddings_out, model, device, precision, batch_size, workers,
-                                    threads, quiet, failures, force, started)
+            features, code = _embed(
+                labelled,
+                out,
+                embeddings_out,
+                model,
+                device,
+                precision,
+                batch_size,
+                workers,
+                threads,
+                quiet,
+                failures,
+                force,
+                started,
+            )
         check_trainable(features, config)
         _fit(features, config, out, reporter)
         raise typer.Exit(code)
@@ -89,22 +153,31 @@ def _fit(features, config, out: Path, reporter: Reporter) -> None:
     """Train the head and say what was trained, how well it did, and what was written."""
     from matpac_cli.jobs.train import train as run_train
 
-    reporter.info(f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
-                  f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})")
+    reporter.info(
+        f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
+        f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})"
+    )
     result = run_train(features, config, out, argv(), reporter.warning)
     for line in render(result.report):
         reporter.info(line)
     reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
 
 
-def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: Optional[Path],
-                   failures: Optional[Path], items: list, force: bool) -> list[Path]:
+def _check_written(
+    out: Path,
+    labels: Path,
+    embeddings: Path | None,
+    cache: Path | None,
+    failures: Path | None,
+    items: list,
+    force: bool,
+) -> list[Path]:
     """--out's rules for every file the run writes (the head, its report, the embeddings it
     computes, --failures); the labels, the audio and --embeddings are inputs. The files to lock."""
-    from matpac_cli.pipeline.discovery import Item
     from matpac_cli.jobs.embed import outputs_for
-    from matpac_cli.outputs.readers import embeddings_inputs
     from matpac_cli.jobs.train import report_path
+    from matpac_cli.outputs.readers import embeddings_inputs
+    from matpac_cli.pipeline.discovery import Item
 
     outputs = {"--out": Path(out), "the report of --out": report_path(out)}
     journals = []
@@ -113,14 +186,21 @@ def _check_written(out: Path, labels: Path, embeddings: Optional[Path], cache: O
         inputs += [Item(str(p), p) for p in embeddings_inputs(Path(embeddings))]
     else:
         paths = outputs_for(Path(cache) if cache is not None else Path(out).with_suffix(".emb.npy"))
-        outputs.update({"--embeddings-out": paths["matrix"], "its row index": paths.get("index"),
-                        "its manifest": paths["manifest"], "its journal": paths["journal"]})
+        outputs.update(
+            {
+                "--embeddings-out": paths["matrix"],
+                "its row index": paths.get("index"),
+                "its manifest": paths["manifest"],
+                "its journal": paths["journal"],
+            }
+        )
         journals.append(paths["journal"])
     return check_outputs(outputs, inputs, force, failures, journals=journals)
 
 
-def _embed(labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force,
-           started):
+def _embed(
+    labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force, started
+):
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.train_data import embed_labelled
 
@@ -133,12 +213,25 @@ def _embed(labelled, out, cache, model, device, precision, batch_size, workers, 
         ensure_writable(failures)
     predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)
     journal = cache.with_name(cache.name + ".journal")
-    reporter = Reporter(quiet, labelled.items, started, failures=failures,
-                        keeps=f"finished files are kept in {journal}; run the same command to resume")
+    reporter = Reporter(
+        quiet,
+        labelled.items,
+        started,
+        failures=failures,
+        keeps=f"finished files are kept in {journal}; run the same command to resume",
+    )
     try:
-        features, summary = embed_labelled(labelled, predictor, config, reporter.advance, reporter.failure, argv(),
-                                           on_audio=reporter.audio, on_reused=reporter.reused,
-                                           on_warning=reporter.warning)
+        features, summary = embed_labelled(
+            labelled,
+            predictor,
+            config,
+            reporter.advance,
+            reporter.failure,
+            argv(),
+            on_audio=reporter.audio,
+            on_reused=reporter.reused,
+            on_warning=reporter.warning,
+        )
     finally:
         reporter.close()
     return features, finish(summary, reporter, "embedded", [predictor])
@@ -159,16 +252,22 @@ def render(report: dict) -> list[str]:
     metric = report["metric"]
     name, value = ("macro mAP" if metric["name"] == "mAP" else metric["name"]), metric["value"]
     v = report["validation"]
-    how = (f"{v['folds']}-fold cross-validation (out-of-fold scores of all {report['files']} files pooled)"
-           if v["method"] == "folds" else f"{v['validation_files']} held-out files ({v['fraction']:g} stratified split)")
+    how = (
+        f"{v['folds']}-fold cross-validation (out-of-fold scores of all {report['files']} files pooled)"
+        if v["method"] == "folds"
+        else f"{v['validation_files']} held-out files ({v['fraction']:g} stratified split)"
+    )
     lines = ["matpac: classes (files): " + ", ".join(f"{c['name']} ({c['files']})" for c in report["classes"])]
     for s in report["search"]:
-        lines.append(f"matpac:   lr {s['lr']:g}: validation {name} {_fmt(s['metric'])}"
-                     + (f", best epoch {s['best_epoch']} of {s['epochs_run']}" if "best_epoch" in s else ""))
+        lines.append(
+            f"matpac:   lr {s['lr']:g}: validation {name} {_fmt(s['metric'])}"
+            + (f", best epoch {s['best_epoch']} of {s['epochs_run']}" if "best_epoch" in s else "")
+        )
     chosen = report["chosen"]
     what = f" (the mean of the {metric['classes_averaged']} per-class APs)" if "classes_averaged" in metric else ""
-    lines.append(f"matpac: validation {name}{what} {_fmt(value)} on {how}; chosen lr {chosen['lr']:g}, "
-                 f"epoch {chosen['epoch']}")
+    lines.append(
+        f"matpac: validation {name}{what} {_fmt(value)} on {how}; chosen lr {chosen['lr']:g}, epoch {chosen['epoch']}"
+    )
     if "confusion_matrix" in report:
         cm = report["confusion_matrix"]
         names = cm["classes"]
@@ -177,7 +276,9 @@ def render(report: dict) -> list[str]:
         lines.append(" " * first + " ".join(f"{c[:cell]:>{cell}}" for c in names))
         lines.extend(f"{c:<{first}}" + " ".join(f"{n:>{cell}}" for n in row) for c, row in zip(names, cm["counts"]))
     else:
-        lines.append("matpac: per-class AP: " + ", ".join(f"{c['name']} {_fmt(c['ap'])}" for c in report["per_class_ap"]))
+        lines.append(
+            "matpac: per-class AP: " + ", ".join(f"{c['name']} {_fmt(c['ap'])}" for c in report["per_class_ap"])
+        )
     return lines
 
 

@@ -40,7 +40,7 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def choose(env: str | None = None, vendor: str | None = None) -> str:
-    """"onednn" or "plain": `MATPAC_CPU_LINEAR` when set (plain, onednn; auto or empty: the
+    """ "onednn" or "plain": `MATPAC_CPU_LINEAR` when set (plain, onednn; auto or empty: the
     rule), else by vendor: plain `nn.Linear` on Intel CPUs, where MKL takes its AVX-512 code
     path; oneDNN's kernels on every other CPU (AMD; ARM and others where its self-check passes)."""
     given = os.environ.get("MATPAC_CPU_LINEAR", "") if env is None else env

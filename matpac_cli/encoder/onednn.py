@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matpac_cli.encoder.cpu import choose
-from matpac_cli.encoder.vit import Attention, Mlp, MatpacEncoder
+from matpac_cli.encoder.vit import Attention, MatpacEncoder, Mlp
 
 ROWS_HINT = 8  # chunks per batch the packed layout is tuned for (the CPU default batch)
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
 
-from matpac_cli.pipeline.chunking import Window
 from matpac_cli.config import FRONT_END, PATCH, FrontEnd
 from matpac_cli.encoder.logmel import sinc_options
+from matpac_cli.pipeline.chunking import Window
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Grid:
         return a, a + groups * self.o + 2 * self.width
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernel(rate: int, fe: FrontEnd) -> tuple[torch.Tensor, int]:
     """torchaudio's own sinc kernel (n, 1, 2 * width + o) for this rate pair, built once."""
     import torchaudio.transforms as AT
@@ -140,8 +140,9 @@ class SegmentStream:
         return window, RateSegment(seg, self.grid.rate, length)
 
 
-def resample_batch(segments: list[RateSegment], device: str | torch.device = "cpu",
-                   fe: FrontEnd = FRONT_END) -> list[torch.Tensor]:
+def resample_batch(
+    segments: list[RateSegment], device: str | torch.device = "cpu", fe: FrontEnd = FRONT_END
+) -> list[torch.Tensor]:
     """Each segment's 16 kHz samples (a tensor of its `length` on `device`), one convolution per
     input rate; segments of one rate are zero-padded to the longest, which only adds groups
     past each one's own, and those are cut off."""
@@ -164,7 +165,7 @@ def resample_batch(segments: list[RateSegment], device: str | torch.device = "cp
     return out  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=None)
+@cache
 def device_kernel(rate: int, device: str, fe: FrontEnd = FRONT_END) -> torch.Tensor:
     """The rate's sinc kernel, copied to `device` once."""
     return _kernel(rate, fe)[0].to(device)

@@ -7,7 +7,7 @@ keeps every chunk's result what it would be alone.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class MatpacEncoder(nn.Module):
         self.student_encoder = _Trunk(dims)
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Tensor]) -> "MatpacEncoder":
+    def from_state_dict(cls, sd: Mapping[str, Tensor]) -> MatpacEncoder:
         """Build with the geometry the weights imply and load them strictly."""
         with torch.device("meta"):  # no second copy of the weights while loading
             model = cls(EncoderDims.from_state_dict(sd))
@@ -94,9 +94,7 @@ class MatpacEncoder(nn.Module):
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
         return model.eval()
 
-    def forward(
-        self, mel: Tensor, widths: Tensor | None = None, layers: Iterable[int] = (-1,)
-    ) -> dict[int, Tensor]:
+    def forward(self, mel: Tensor, widths: Tensor | None = None, layers: Iterable[int] = (-1,)) -> dict[int, Tensor]:
         """Return {layer: (B, columns, n_freq * width)} for 1-based layers (-1: the last).
 
         `widths[b]` is the number of valid time columns of chunk b; columns past it are padding
@@ -166,9 +164,7 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
     missing = [k for k in expected if k not in sd]
     extra = [k for k in sd if k not in expected]
     misshapen = [
-        f"{k} {tuple(sd[k].shape)} != {expected[k]}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != expected[k]
+        f"{k} {tuple(sd[k].shape)} != {expected[k]}" for k in expected if k in sd and tuple(sd[k].shape) != expected[k]
     ]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", extra), ("misshapen", misshapen)):

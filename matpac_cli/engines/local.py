@@ -8,16 +8,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from matpac_cli.pipeline.chunking import Window
-from matpac_cli.pipeline.feed import END, IDLE, START, TICK, Feed, decoded, default_workers
-from matpac_cli.pipeline.discovery import Item
 from matpac_cli.errors import InputError
-from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.inference.predictor import Pending, default_batch
+from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
+from matpac_cli.pipeline.chunking import Window
+from matpac_cli.pipeline.discovery import Item
+from matpac_cli.pipeline.feed import END, IDLE, START, TICK, Feed, decoded, default_workers
 
 
 class _Batcher:
@@ -125,11 +125,16 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
-        on_result: Callable[[FileResult], None] = lambda r: None,
-        on_failure: Callable[[InputError], None] = lambda e: None,
-        on_progress: Callable[[Item, float], None] = lambda i, s: None,
-        on_audio: Callable[[float], None] = lambda s: None) -> None:
+def run(
+    items: Iterable[Item],
+    plans: list[Plan],
+    batch_size: int | None = None,
+    workers: int | None = None,
+    on_result: Callable[[FileResult], None] = lambda r: None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+    on_progress: Callable[[Item, float], None] = lambda i, s: None,
+    on_audio: Callable[[float], None] = lambda s: None,
+) -> None:
     """Process every item with every plan; results arrive in input order through `on_result`.
 
     `on_progress` fires once per finished file, `on_audio` per batch with the seconds of audio
@@ -141,8 +146,7 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None,
         from matpac_cli.errors import UsageError
 
         raise UsageError("--batch-size must be at least 1")
-    batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None))
-                for i, plan in enumerate(plans)]
+    batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)]
     order: collections.deque[Slot] = collections.deque()
     slots: dict[Feed, Slot] = {}
     workers = workers or default_workers(plans[0].predictor.device if plans else "cpu")
@@ -199,5 +203,3 @@ def _emit_ready(order: collections.deque[Slot], plans: list[Plan], on_result, on
     """Hand on, in input order, every file at the front of the queue that is finished."""
     while order and order[0].finished():
         hand_on(order.popleft(), plans, on_result, on_failure, on_progress)
-
-

@@ -19,17 +19,18 @@ import queue
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 
 from matpac_cli.encoder import cpu
-from matpac_cli.pipeline.discovery import Item
 from matpac_cli.errors import InputError, MatpacError, ModelError
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
+from matpac_cli.pipeline.discovery import Item
 
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
@@ -78,8 +79,7 @@ def crash_on() -> str | None:
 
 
 def died(times: int, what: str) -> str:
-    return (f"the Ray worker {what} died {times} times (a crash, or killed for memory?); "
-            "matpac gave up on it")
+    return f"the Ray worker {what} died {times} times (a crash, or killed for memory?); matpac gave up on it"
 
 
 def first_line(exc: BaseException) -> str:
@@ -103,21 +103,32 @@ class Recipe:
     linear: str = "plain"  # the driver's linear layers on a CPU (what the manifest records)
 
     @classmethod
-    def of(cls, plan: Plan, device: str, threads: int | None) -> "Recipe":
+    def of(cls, plan: Plan, device: str, threads: int | None) -> Recipe:
         p = plan.predictor
         name = str(Path(p.resolved.path).absolute()) if p.resolved.source == "file" else p.resolved.name
-        return cls(name, str(Path(p.resolved.path).absolute()), p.resolved.sha256, device,
-                   PRECISION.get(str(p.dtype).replace("torch.", ""), "fp32"), threads,
-                   plan.resolved_layers(), plan.frames, plan.segments, p.encoder.linear_kind)
+        return cls(
+            name,
+            str(Path(p.resolved.path).absolute()),
+            p.resolved.sha256,
+            device,
+            PRECISION.get(str(p.dtype).replace("torch.", ""), "fp32"),
+            threads,
+            plan.resolved_layers(),
+            plan.frames,
+            plan.segments,
+            p.encoder.linear_kind,
+        )
 
     def load(self) -> Plan:
-        from matpac_cli.inference.predictor import Predictor
         from matpac_cli.checkpoints.resolve import resolve
+        from matpac_cli.inference.predictor import Predictor
 
         resolved = resolve(self.path) if Path(self.path).is_file() else resolve(self.name)
         if resolved.sha256 != self.sha256:
-            raise ModelError(f"the model on Ray node {socket.gethostname()} ({resolved.path}) is not the "
-                             f"driver's: sha256 {resolved.sha256[:12]} against {self.sha256[:12]}")
+            raise ModelError(
+                f"the model on Ray node {socket.gethostname()} ({resolved.path}) is not the "
+                f"driver's: sha256 {resolved.sha256[:12]} against {self.sha256[:12]}"
+            )
         predictor = Predictor.load(resolved, self.device, self.precision, self.threads, linear=self.linear)
         return Plan(predictor, self.layers, self.frames, self.segments)
 
@@ -189,12 +200,17 @@ class Collector:
 def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarray]:
     data = np.empty(len(entries), dtype=object)
     data[:] = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for _, _, obj in entries]
-    return {"i": np.full(len(entries), i, dtype=np.int64), "grid": np.array([g for g, _, _ in entries], dtype=np.int64),
-            "k": np.array([k for _, k, _ in entries], dtype=np.int64), "data": data}
+    return {
+        "i": np.full(len(entries), i, dtype=np.int64),
+        "grid": np.array([g for g, _, _ in entries], dtype=np.int64),
+        "k": np.array([k for _, k, _ in entries], dtype=np.int64),
+        "data": data,
+    }
 
 
-def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts=None,
-                 crash_on: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+def decode_files(
+    batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts=None, crash_on: str | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """A Ray task: each file's chunks as they are cut, then its facts row (k = -1). A file whose
     decoding killed the process `GIVE_UP` times is not decoded again: its facts row says so.
     `attempts` has `Attempts`' methods (a Ray actor's, through engines.ray; else this process's)."""
@@ -207,7 +223,7 @@ def decode_files(batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: boo
             continue
         if crash_on and item.name.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults
-        yield from _decode_one(int(i), item, n_ts, defer, lambda: attempts.end(("decode", int(i))))
+        yield from _decode_one(int(i), item, n_ts, defer, partial(attempts.end, ("decode", int(i))))
 
 
 def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -> Iterator[dict[str, np.ndarray]]:
@@ -244,9 +260,14 @@ def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -
 
 
 def _facts_row(i: int, counts: dict, error: InputError | None, source) -> dict[str, np.ndarray]:
-    facts = {"chunks": counts, "error": error,
-             "duration_s": source.duration_s if source else 0.0, "sample_rate": source.sample_rate if source else 0,
-             "channels": source.channels if source else 0, "truncated": source.truncated if source else None}
+    facts = {
+        "chunks": counts,
+        "error": error,
+        "duration_s": source.duration_s if source else 0.0,
+        "sample_rate": source.sample_rate if source else 0,
+        "channels": source.channels if source else 0,
+        "truncated": source.truncated if source else None,
+    }
     return _rows(i, [(0, -1, facts)])
 
 
@@ -283,8 +304,9 @@ class Encoder:
                 except Exception as exc:  # noqa: BLE001 - this batch's files fail, named; the job goes on
                     outs = [f"the encoder failed on Ray node {socket.gethostname()}: {first_line(exc)}"] * len(idx)
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
-                data[j] = pickle.dumps(out if isinstance(out, (str, ModelError)) else (chunk[0], out),
-                                       protocol=pickle.HIGHEST_PROTOCOL)
+                data[j] = pickle.dumps(
+                    out if isinstance(out, (str, ModelError)) else (chunk[0], out), protocol=pickle.HIGHEST_PROTOCOL
+                )
         column = np.empty(len(data), dtype=object)
         column[:] = data
         return {"i": batch["i"], "grid": batch["grid"], "k": batch["k"], "data": column}
@@ -299,8 +321,10 @@ class Encoder:
                 continue
             full = p.fe.chunk_samples(grid)
             layers, needed = plan.resolved_layers(), run_layers(plan)
-            for group in ([j for j, (w, _) in enumerate(chunks) if w.length == full],
-                          [j for j, (w, _) in enumerate(chunks) if w.length != full]):
+            for group in (
+                [j for j, (w, _) in enumerate(chunks) if w.length == full],
+                [j for j, (w, _) in enumerate(chunks) if w.length != full],
+            ):
                 if not group:
                     continue
                 result = p.launch([chunks[j][1] for j in group], needed, pooled=not plan.frames).result()

@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from matpac_cli.errors import ModelError, UsageError, WeightsError
 from matpac_cli.checkpoints.registry import HeadSpec, load_registry, read_labels
-from matpac_cli.checkpoints.trained_head import is_trained_head
 from matpac_cli.checkpoints.resolve import has_audioset_head, split_head_keys  # noqa: F401 - re-exported for callers
+from matpac_cli.checkpoints.trained_head import is_trained_head
+from matpac_cli.errors import ModelError, UsageError, WeightsError
 
 BN_EPS = 1e-5
 HEAD_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -89,8 +89,16 @@ def audioset_head(state: dict, spec: HeadSpec | None, source: str) -> Head:
     dataset = spec is not None and len(spec.labels()) == len(w)
     labels = spec.labels() if dataset else _numbered(len(w))
     return Head(
-        name="audioset", tag_ids=labels, activation="sigmoid", weight=w, bias=b, kind="audioset",
-        mean=rm, scale=np.sqrt(rv + BN_EPS), source=source, dataset=dataset,
+        name="audioset",
+        tag_ids=labels,
+        activation="sigmoid",
+        weight=w,
+        bias=b,
+        kind="audioset",
+        mean=rm,
+        scale=np.sqrt(rv + BN_EPS),
+        source=source,
+        dataset=dataset,
     )
 
 
@@ -118,10 +126,17 @@ def load_probe(path: Path, spec: HeadSpec | None, in_dim: int, labels: list[str]
     if len(labels) != classes:
         raise ModelError(f"{path}: head has {classes} classes but its label list has {len(labels)}")
     return Head(
-        name=name, tag_ids=labels, activation=spec.activation if spec else "sigmoid",
-        weight=weight.double().numpy(), bias=tensors[bias_keys[0]].double().numpy(),
-        mean=mean, scale=scale, source=str(path), sha256=_sha256(path),
-        confirmed_order=spec.confirmed_order if spec else False, dataset=dataset,
+        name=name,
+        tag_ids=labels,
+        activation=spec.activation if spec else "sigmoid",
+        weight=weight.double().numpy(),
+        bias=tensors[bias_keys[0]].double().numpy(),
+        mean=mean,
+        scale=scale,
+        source=str(path),
+        sha256=_sha256(path),
+        confirmed_order=spec.confirmed_order if spec else False,
+        dataset=dataset,
     )
 
 
@@ -151,6 +166,7 @@ def _flat_tensors(path: Path) -> dict:
 def _standardisation(stats: dict, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
     if not stats:
         return None, None
+
     def kind(key: str) -> str:  # last key component, sklearn's trailing underscore dropped
         return key.lower().rsplit(".", 1)[-1].rstrip("_")
 
@@ -183,7 +199,13 @@ def _numbered(n: int) -> list[str]:
 def probes_dir(progress: bool = False, force: bool = False) -> Path:
     """Download (once), verify and safely extract the authors' probe zip; return its folder."""
     from matpac_cli.checkpoints.resolve import (
-        PROBES_HINT, Unreachable, matpac_cache, no_network, release_base, release_download, verify,
+        PROBES_HINT,
+        Unreachable,
+        matpac_cache,
+        no_network,
+        release_base,
+        release_download,
+        verify,
     )
 
     registry = load_registry()
@@ -216,7 +238,8 @@ def check_probes_cached() -> None:
         raise WeightsError(
             f"the probe heads need {zpath.name}, which is not in the cache and HF_HUB_OFFLINE is set; "
             f"run `{PROBES_HINT}` on a connected machine and copy its HF_HOME here, "
-            "or give --head FILE with a probe file (such as mtg_genre.pth from that zip)")
+            "or give --head FILE with a probe file (such as mtg_genre.pth from that zip)"
+        )
 
 
 def extract_safely(zpath: Path, target: Path) -> None:
@@ -243,9 +266,9 @@ def find_probe(folder: Path, family: str, task: str) -> Path:
     """Find `<task>.pth` under the family's folder, whatever the nesting."""
     fam_folder = load_registry().families.get(family, family)
     hits = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix in HEAD_SUFFIXES and p.stem == task
-        and fam_folder in p.relative_to(folder).parts
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in HEAD_SUFFIXES and p.stem == task and fam_folder in p.relative_to(folder).parts
     )
     if not hits:
         raise WeightsError(f"the probe zip has no {task} head for the {family} encoder")
@@ -266,8 +289,14 @@ def zip_tasks(zpath: Path) -> dict[str, set[str]]:
     }
 
 
-def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = False,
-                 labels_file: Path | None = None, encoder: tuple[str, str] | None = None) -> Head:
+def resolve_head(
+    name: str,
+    family: str | None,
+    in_dim: int,
+    progress: bool = False,
+    labels_file: Path | None = None,
+    encoder: tuple[str, str] | None = None,
+) -> Head:
     """A registry head (name or alias) for an encoder family, or a local probe file.
 
     `encoder` (name, sha256) is the model the head will run on; a head from `matpac train` is
@@ -301,11 +330,13 @@ def resolve_head(name: str, family: str | None, in_dim: int, progress: bool = Fa
 def probe_encoder_unknown(spec: HeadSpec, model: str | None) -> str:
     """Why a registry probe cannot run on `model`, and what to do instead."""
     what = f"model {model}" if model else "this model"
-    return (f"head {spec.name} is the authors' probe for the MATPAC++ encoders, and {what} is not one of them "
-            "as far as matpac can tell (a checkpoint file is known by the sha256 recorded when matpac "
-            "downloaded it, not by its name); use --model matpac-plus-music or matpac-plus (offline: "
-            "`matpac models download matpac-plus-music probes` on a connected machine, then copy its "
-            f"HF_HOME here), or --head FILE with a probe file ({spec.task or spec.name}.pth from the probe zip)")
+    return (
+        f"head {spec.name} is the authors' probe for the MATPAC++ encoders, and {what} is not one of them "
+        "as far as matpac can tell (a checkpoint file is known by the sha256 recorded when matpac "
+        "downloaded it, not by its name); use --model matpac-plus-music or matpac-plus (offline: "
+        "`matpac models download matpac-plus-music probes` on a connected machine, then copy its "
+        f"HF_HOME here), or --head FILE with a probe file ({spec.task or spec.name}.pth from the probe zip)"
+    )
 
 
 def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None) -> Head:
@@ -317,8 +348,17 @@ def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None
         check_encoder(path, trained.encoder, *encoder)
     if trained.weight.shape[1] != in_dim:
         raise ModelError(f"{path}: head takes {trained.weight.shape[1]}-d embeddings, the encoder gives {in_dim}")
-    return Head(name=path.stem, tag_ids=trained.classes, activation=trained.activation, weight=trained.weight,
-                bias=trained.bias, mean=trained.mean, scale=trained.scale, source=str(path), sha256=_sha256(path))
+    return Head(
+        name=path.stem,
+        tag_ids=trained.classes,
+        activation=trained.activation,
+        weight=trained.weight,
+        bias=trained.bias,
+        mean=trained.mean,
+        scale=trained.scale,
+        source=str(path),
+        sha256=_sha256(path),
+    )
 
 
 def spec_for_stem(stem: str) -> HeadSpec | None:

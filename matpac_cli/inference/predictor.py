@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from matpac_cli.checkpoints.resolve import Resolved, resolve
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
 from matpac_cli.encoder.cpu import check_device, check_precision
-from matpac_cli.errors import InputError, UsageError
 from matpac_cli.encoder.resample import RateSegment, resample_batch
-from matpac_cli.checkpoints.resolve import Resolved, resolve
+from matpac_cli.errors import InputError, UsageError
 
 
 def pick_device(name: str = "auto") -> str:
@@ -88,16 +88,23 @@ class Predictor:
         return self.encoder.dims
 
     @classmethod
-    def load(cls, model: str | Resolved, device: str = "auto", precision: str = "auto",
-             threads: int | None = None, progress: bool = False, linear: str | None = None) -> "Predictor":
+    def load(
+        cls,
+        model: str | Resolved,
+        device: str = "auto",
+        precision: str = "auto",
+        threads: int | None = None,
+        progress: bool = False,
+        linear: str | None = None,
+    ) -> Predictor:
         """Resolve (download if needed), verify and load a model by name, path or hf: spec.
         `linear` ("onednn" or "plain") sets the fp32 CPU encoder's linear layers; by default
         `cpu.choose()` picks them for this CPU."""
         import torch
 
         from matpac_cli.encoder.logmel import LogMel
-        from matpac_cli.inference.heads import split_head_keys
         from matpac_cli.encoder.vit import MatpacEncoder
+        from matpac_cli.inference.heads import split_head_keys
 
         dev = pick_device(device)
         if dev == "cpu" and linear is None:
@@ -121,8 +128,7 @@ class Predictor:
 
             pack(encoder, linear)  # oneDNN linear layers where they are the faster (cpu.choose); else plain
         logmel = LogMel().to(dev)
-        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads,
-                   resample_on_device=dev != "cpu")
+        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads, resample_on_device=dev != "cpu")
 
     def columns(self, waves: np.ndarray, lengths: np.ndarray, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """(B, S) zero-padded 16 kHz chunks with valid lengths -> {layer: (B, C, E) float32}.
@@ -133,7 +139,7 @@ class Predictor:
 
         return self._launch(torch.from_numpy(waves), torch.from_numpy(lengths.astype(np.int64)), layers).result()
 
-    def launch(self, chunks: list[np.ndarray], layers: tuple[int, ...], pooled: bool = False) -> "Pending":
+    def launch(self, chunks: list[np.ndarray], layers: tuple[int, ...], pooled: bool = False) -> Pending:
         """`columns` of waveform chunks of any lengths, returning before a GPU has finished, so
         the caller can prepare the next batch while this one computes.
 
@@ -168,7 +174,7 @@ class Predictor:
                 rows[i] = dev[row, : len(chunks[i])]
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
-    def _launch(self, waves, lengths, layers: tuple[int, ...], pooled: bool = False) -> "Pending":
+    def _launch(self, waves, lengths, layers: tuple[int, ...], pooled: bool = False) -> Pending:
         import torch
 
         from matpac_cli.encoder.vit import send
@@ -196,8 +202,14 @@ class Predictor:
             done.record(torch.cuda.current_stream(torch.device(self.device)))
             return Pending(host, done)
 
-    def embed(self, wave: np.ndarray, sample_rate: int, layers: tuple[int, ...] = (-1,),
-              batch_size: int = 16, channels_first: bool = False) -> np.ndarray:
+    def embed(
+        self,
+        wave: np.ndarray,
+        sample_rate: int,
+        layers: tuple[int, ...] = (-1,),
+        batch_size: int = 16,
+        channels_first: bool = False,
+    ) -> np.ndarray:
         """Clip embedding of audio already in memory: (n,) or (n, channels) -> (E,), or (L, E)
         when several layers are asked for. Same front end, chunking and pooling as `matpac embed`.
 
@@ -206,8 +218,8 @@ class Predictor:
         (channels, n) arrays; without it such an array is refused rather than guessed at."""
         import torch
 
-        from matpac_cli.pipeline.chunking import windows
         from matpac_cli.encoder.logmel import resample
+        from matpac_cli.pipeline.chunking import windows
 
         mono = to_mono(wave, channels_first)
         w16 = resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
@@ -236,8 +248,12 @@ def _staged(chunks: list, width: int, pinned: bool):
 
 
 # integer PCM -> float as soundfile (libsndfile) reads it: (x - offset) / scale
-PCM_SCALE = {np.dtype(np.int8): (0, 128.0), np.dtype(np.uint8): (128, 128.0),
-             np.dtype(np.int16): (0, 32768.0), np.dtype(np.int32): (0, 2.0 ** 31)}
+PCM_SCALE = {
+    np.dtype(np.int8): (0, 128.0),
+    np.dtype(np.uint8): (128, 128.0),
+    np.dtype(np.int16): (0, 32768.0),
+    np.dtype(np.int32): (0, 2.0**31),
+}
 
 
 def to_float(wave: np.ndarray) -> np.ndarray:
@@ -248,8 +264,10 @@ def to_float(wave: np.ndarray) -> np.ndarray:
     if x.dtype in PCM_SCALE:
         offset, scale = PCM_SCALE[x.dtype]
         return ((x.astype(np.float64) - offset) / scale).astype(np.float32)
-    raise InputError("<array>", f"samples of dtype {x.dtype} are not supported; give float samples "
-                                "or int8, uint8, int16 or int32 PCM")
+    raise InputError(
+        "<array>",
+        f"samples of dtype {x.dtype} are not supported; give float samples or int8, uint8, int16 or int32 PCM",
+    )
 
 
 def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
@@ -264,9 +282,12 @@ def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
         raise InputError("<array>", f"no samples (shape {x.shape})")
     if x.ndim == 2:
         rows, cols = x.shape
-        if (rows < cols if not channels_first else rows > cols):
-            looks, fix = ("(samples, channels)", "drop channels_first=True") if channels_first else \
-                ("(channels, samples)", "pass channels_first=True")
+        if rows < cols if not channels_first else rows > cols:
+            looks, fix = (
+                ("(samples, channels)", "drop channels_first=True")
+                if channels_first
+                else ("(channels, samples)", "pass channels_first=True")
+            )
             raise InputError("<array>", f"shape {x.shape} looks like {looks}; {fix} or transpose it (wave.T)")
         x = _downmix(np.ascontiguousarray(x.T if channels_first else x))
     if x.ndim != 1:

@@ -11,21 +11,21 @@ numbers (the matrix holds the data), so a finished output does not cost its size
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from matpac_cli import engines
+from matpac_cli.config import FRONT_END, PATCH
+from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
+from matpac_cli.inference.predictor import Predictor
 from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import writers
-from matpac_cli.config import FRONT_END, PATCH
-from matpac_cli.pipeline.discovery import Item
-from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
 from matpac_cli.outputs.manifest import manifest
-from matpac_cli import engines
 from matpac_cli.pipeline.assemble import FileResult, Plan
-from matpac_cli.inference.predictor import Predictor
+from matpac_cli.pipeline.discovery import Item
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,12 @@ def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
     return (value,)
 
 
-SETTING_NAMES = {"model_sha256": "the model (--model)", "layers": "--layer", "precision": "--precision",
-                 "job": "the job (embed vs tag)"}
+SETTING_NAMES = {
+    "model_sha256": "the model (--model)",
+    "layers": "--layer",
+    "precision": "--precision",
+    "job": "the job (embed vs tag)",
+}
 
 
 SUFFIXES = (".npy", ".parquet")
@@ -78,10 +82,16 @@ SUFFIXES = (".npy", ".parquet")
 def outputs_for(out: Path) -> dict[str, Path]:
     """The files of one output: the matrix, its row index (.npy only), manifest and journal."""
     if out.suffix not in SUFFIXES:
-        raise UsageError(f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
-                         "in emb.csv) or .parquet (emb.parquet)")
-    paths = {"matrix": out, "index": out.with_suffix(".csv"), "manifest": out.with_suffix(".manifest.json"),
-             "journal": out.with_name(out.name + ".journal")}
+        raise UsageError(
+            f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
+            "in emb.csv) or .parquet (emb.parquet)"
+        )
+    paths = {
+        "matrix": out,
+        "index": out.with_suffix(".csv"),
+        "manifest": out.with_suffix(".manifest.json"),
+        "journal": out.with_name(out.name + ".journal"),
+    }
     if out.suffix == ".parquet":
         del paths["index"]  # the path column is the index
     return paths
@@ -109,17 +119,24 @@ def _not_ours(paths: dict[str, Path], key: str) -> str:
     others = [paths["matrix"].with_suffix(s) for s in SUFFIXES if s != paths["matrix"].suffix]
     owner = next((o for o in others if key == "manifest" and o.exists()), None)
     if owner is not None:
-        return (f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
-                "(or --force to replace that manifest)")
+        return (
+            f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
+            "(or --force to replace that manifest)"
+        )
     return writers.not_ours(path)
 
 
-def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
-          on_progress: Callable[[Item, float], None] = lambda i, s: None,
-          on_failure: Callable[[InputError], None] = lambda e: None,
-          argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
-          on_reused: Callable[[Item, float], None] | None = None,
-          on_warning: Callable[[str], None] = lambda text: None) -> Summary:
+def embed(
+    items: list[Item],
+    predictor: Predictor,
+    config: EmbedConfig,
+    on_progress: Callable[[Item, float], None] = lambda i, s: None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+    argv: list[str] | None = None,
+    on_audio: Callable[[float], None] = lambda s: None,
+    on_reused: Callable[[Item, float], None] | None = None,
+    on_warning: Callable[[str], None] = lambda text: None,
+) -> Summary:
     """Embed `items`, write the outputs, and say what happened.
 
     `on_reused` hears of files taken from an earlier run (default: `on_progress`); `on_warning`
@@ -130,8 +147,18 @@ def embed(items: list[Item], predictor: Predictor, config: EmbedConfig,
     frames = [frames_lock(config.frames_dir)] if config.frames_dir is not None else []
     with writers.locked(*[path for key, path in paths.items() if key != "journal"], *frames):
         writers.clean_stale_temps(paths["matrix"])
-        return _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio,
-                      on_reused or on_progress, on_warning)
+        return _embed(
+            items,
+            predictor,
+            config,
+            paths,
+            on_progress,
+            on_failure,
+            argv,
+            on_audio,
+            on_reused or on_progress,
+            on_warning,
+        )
 
 
 def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio, on_reused, on_warning) -> Summary:
@@ -162,8 +189,10 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         if res.truncated:
             meta["truncated"] = list(res.truncated)
             summary.truncated.append(res.item.name)
-            on_warning(f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
-                       f"{res.truncated[1]} could be read (file cut short?); embedded what was read")
+            on_warning(
+                f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+                f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
+            )
         journal.add(res.item, meta, {"embedding": emb})
         summary.done += 1
         summary.audio_s += res.duration_s
@@ -174,8 +203,19 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
 
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
-        summary.retries += engines.run(config.engine, todo, [plan], config.batch_size, config.workers, on_result, failed, on_progress, on_audio,
-                    address=config.ray_address, on_warning=on_warning)
+        summary.retries += engines.run(
+            config.engine,
+            todo,
+            [plan],
+            config.batch_size,
+            config.workers,
+            on_result,
+            failed,
+            on_progress,
+            on_audio,
+            address=config.ray_address,
+            on_warning=on_warning,
+        )
     finally:
         journal.close()
     done = _finished_rows(items, journal, previous)
@@ -185,9 +225,17 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         return summary
     with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
         _write_matrix(unit, paths, done, shape, config.frames_dir is not None)
-        unit.json(paths["manifest"], manifest([predictor], settings, summary, argv, heads=[],
-                                              extra={"truncated": summary.truncated,
-                                                     "output": _described(paths, config.frames_dir)}))
+        unit.json(
+            paths["manifest"],
+            manifest(
+                [predictor],
+                settings,
+                summary,
+                argv,
+                heads=[],
+                extra={"truncated": summary.truncated, "output": _described(paths, config.frames_dir)},
+            ),
+        )
     stamp = jr.compact_stamp(paths["matrix"])
     if stamp is not None:
         jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
@@ -197,8 +245,9 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     return summary
 
 
-def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...],
-                  frames: bool = False) -> None:
+def _write_matrix(
+    unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...], frames: bool = False
+) -> None:
     """The matrix and its row index; with `--frames`, each row also names its frames file
     (relative to the --frames folder) and the seconds between two of its frames."""
     if "index" in paths:
@@ -208,8 +257,12 @@ def _write_matrix(unit: writers.Unit, paths: dict[str, Path], done: list, shape:
     from matpac_cli.outputs import parquet
 
     with unit.open(paths["matrix"], "wb") as fh:
-        parquet.write_embeddings(fh, [(item.name, rec.meta, row) for item, rec, row in done], shape,
-                                 frames=[_frames_name(item) for item, _, _ in done] if frames else None)
+        parquet.write_embeddings(
+            fh,
+            [(item.name, rec.meta, row) for item, rec, row in done],
+            shape,
+            frames=[_frames_name(item) for item, _, _ in done] if frames else None,
+        )
 
 
 FRAMES_COLUMNS = ["frames", "frame_s"]
@@ -228,16 +281,29 @@ def _described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
     else:
         from matpac_cli.outputs.parquet import EMBED_COLUMNS
 
-        described = {"path": str(out), "format": "parquet", "columns": EMBED_COLUMNS + (["frames"] if frames_dir else [])}
+        described = {
+            "path": str(out),
+            "format": "parquet",
+            "columns": EMBED_COLUMNS + (["frames"] if frames_dir else []),
+        }
     if frames_dir is not None:
-        described["frames"] = {"folder": str(frames_dir), "column": "frames", "frame_s": FRAME_S,
-                               "window_s": round(FRAME_S + (FRONT_END.win_length - FRONT_END.hop_length)
-                                                 / FRONT_END.sample_rate, 6)}
+        described["frames"] = {
+            "folder": str(frames_dir),
+            "column": "frames",
+            "frame_s": FRAME_S,
+            "window_s": round(FRAME_S + (FRONT_END.win_length - FRONT_END.hop_length) / FRONT_END.sample_rate, 6),
+        }
     return described
 
 
-def _reuse(items: list[Item], journal: jr.Journal, config: EmbedConfig, summary: Summary,
-           on_reused: Callable[[Item, float], None], shape: tuple[int, ...]) -> list[Item]:
+def _reuse(
+    items: list[Item],
+    journal: jr.Journal,
+    config: EmbedConfig,
+    summary: Summary,
+    on_reused: Callable[[Item, float], None],
+    shape: tuple[int, ...],
+) -> list[Item]:
     """Count the files an earlier run finished; return the ones still to compute."""
     todo: list[Item] = []
     for item in items:
@@ -270,8 +336,10 @@ def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedC
     for item in todo:
         path = writers.mirror_path(config.frames_dir, item.name, ".npy")
         if os.path.lexists(path) and jr.real_path(item) not in journal.done:
-            raise OutputError(f"--frames: {path} exists and was not written by this output's runs "
-                              f"({journal.path}); use --force to replace it, or choose another --frames folder")
+            raise OutputError(
+                f"--frames: {path} exists and was not written by this output's runs "
+                f"({journal.path}); use --force to replace it, or choose another --frames folder"
+            )
 
 
 def _exists(path: Path) -> bool:
@@ -310,15 +378,17 @@ def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> No
     differ = jr.settings_differ(paths["journal"], settings)
     if differ:
         what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
-        raise OutputError(f"{paths['matrix']} was made with another {what}; use --force to replace it "
-                          "or choose another --out")
+        raise OutputError(
+            f"{paths['matrix']} was made with another {what}; use --force to replace it or choose another --out"
+        )
 
 
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 
 
-def _finished_rows(items: list[Item], journal: jr.Journal,
-                   previous: np.ndarray | None) -> list[tuple[Item, jr.Record, np.ndarray]]:
+def _finished_rows(
+    items: list[Item], journal: jr.Journal, previous: np.ndarray | None
+) -> list[tuple[Item, jr.Record, np.ndarray]]:
     """Every finished file of this input list, in input order, with its embedding: from the
     journal, or from the earlier matrix a compact journal points into."""
     done = []
@@ -332,6 +402,12 @@ def _finished_rows(items: list[Item], journal: jr.Journal,
 
 def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = False):
     for i, (item, rec, _) in enumerate(done):
-        row = (i, item.name, f"{rec.meta['duration_s']:.3f}", rec.meta["sample_rate"], rec.meta["channels"],
-               1 if rec.meta.get("truncated") else 0)
+        row = (
+            i,
+            item.name,
+            f"{rec.meta['duration_s']:.3f}",
+            rec.meta["sample_rate"],
+            rec.meta["channels"],
+            1 if rec.meta.get("truncated") else 0,
+        )
         yield row + ((_frames_name(item), f"{FRAME_S:g}") if frames else ())

@@ -176,9 +176,18 @@ def metric(y: np.ndarray, scores: np.ndarray, task: str) -> float:
 # ---------------------------------------------------------------- training
 
 
-def fit_linear(z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_val: np.ndarray,
-               task: str, n_classes: int, lr: float, seed: int, max_epochs: int = MAX_EPOCHS,
-               patience: int | None = PATIENCE) -> Fit:
+def fit_linear(
+    z_train: np.ndarray,
+    y_train: np.ndarray,
+    z_val: np.ndarray,
+    y_val: np.ndarray,
+    task: str,
+    n_classes: int,
+    lr: float,
+    seed: int,
+    max_epochs: int = MAX_EPOCHS,
+    patience: int | None = PATIENCE,
+) -> Fit:
     """Train one linear layer on standardised features; `patience` None trains `max_epochs`."""
     import torch
 
@@ -190,8 +199,9 @@ def fit_linear(z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_va
     bound = 1.0 / np.sqrt(xt.shape[1])
     weight = ((torch.rand(n_classes, xt.shape[1], generator=gen) * 2 - 1) * bound).requires_grad_()
     bias = ((torch.rand(n_classes, generator=gen) * 2 - 1) * bound).requires_grad_()
-    loss_fn = torch.nn.functional.cross_entropy if task == "single" else \
-        torch.nn.functional.binary_cross_entropy_with_logits
+    loss_fn = (
+        torch.nn.functional.cross_entropy if task == "single" else torch.nn.functional.binary_cross_entropy_with_logits
+    )
     opt = torch.optim.Adam([weight, bias], lr=lr, weight_decay=WEIGHT_DECAY)
     batch = min(MAX_BATCH, len(xt))
     best: Fit | None = None
@@ -222,13 +232,18 @@ def _better(value: float, loss: float, best: Fit) -> bool:
     return v > b or (v == b and loss < best.loss)
 
 
-def grid(x: np.ndarray, y: np.ndarray, split: Split, task: str, n_classes: int, config: TrainConfig,
-         seed: int) -> tuple[list[Fit], tuple[np.ndarray, np.ndarray]]:
+def grid(
+    x: np.ndarray, y: np.ndarray, split: Split, task: str, n_classes: int, config: TrainConfig, seed: int
+) -> tuple[list[Fit], tuple[np.ndarray, np.ndarray]]:
     """One fit per learning rate on one split, on features standardised with its training part."""
     mean, scale = fit_scaler(x[split.train])
     z_train, z_val = standardise(x[split.train], mean, scale), standardise(x[split.val], mean, scale)
-    fits = [fit_linear(z_train, y[split.train], z_val, y[split.val], task, n_classes, lr, seed,
-                       config.max_epochs, config.patience) for lr in config.lrs]
+    fits = [
+        fit_linear(
+            z_train, y[split.train], z_val, y[split.val], task, n_classes, lr, seed, config.max_epochs, config.patience
+        )
+        for lr in config.lrs
+    ]
     return fits, (mean, scale)
 
 
@@ -295,8 +310,10 @@ def _train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config
         split = stratified_split(groups, config.val, config.seed)
         fits, (mean, scale) = grid(x, y, split, task, n_classes, config, config.seed)
         best = pick(fits)
-        search = [{"lr": f.lr, "metric": f.metric, "loss": f.loss, "best_epoch": f.epoch,
-                   "epochs_run": f.epochs_run} for f in fits]
+        search = [
+            {"lr": f.lr, "metric": f.metric, "loss": f.loss, "best_epoch": f.epoch, "epochs_run": f.epochs_run}
+            for f in fits
+        ]
         probe = Probe(best.weight, best.bias, mean, scale, best.lr, best.epoch, search, split.val, splits=[split])
         probe.val_scores = scores_of(x[split.val], best.weight, best.bias, mean, scale, task)
         return probe
@@ -307,20 +324,49 @@ def _cross_validate(x, y, groups, task, n_classes, config: TrainConfig) -> Probe
     splits = stratified_folds(groups, config.folds, config.seed)
     runs = [grid(x, y, s, task, n_classes, config, config.seed + i) for i, s in enumerate(splits)]
     pooled = [_out_of_fold(x, splits, runs, j, task, n_classes) for j in range(len(config.lrs))]
-    by_lr = [Fit(None, None, lr, 0, 0, metric(y, pooled[j], task), _mean([f[j].loss for f, _ in runs]))
-             for j, lr in enumerate(config.lrs)]
+    by_lr = [
+        Fit(None, None, lr, 0, 0, metric(y, pooled[j], task), _mean([f[j].loss for f, _ in runs]))
+        for j, lr in enumerate(config.lrs)
+    ]
     j = by_lr.index(pick(by_lr))
     epochs = int(np.median([fits[j].epoch for fits, _ in runs]))
     out_of_fold = pooled[j]
     mean, scale = fit_scaler(x)
     z = standardise(x, mean, scale)
     final = fit_linear(z, y, z[:0], y[:0], task, n_classes, config.lrs[j], config.seed, epochs, None)
-    search = [{"lr": lr, "metric": by_lr[i].metric, "loss": by_lr[i].loss, "fold_metrics": [f[i].metric for f, _ in runs],
-               "best_epochs": [f[i].epoch for f, _ in runs]} for i, lr in enumerate(config.lrs)]
-    folds = [{"fold": i + 1, "n_train": len(s.train), "n_val": len(s.val), "metric": runs[i][0][j].metric,
-              "best_epoch": runs[i][0][j].epoch} for i, s in enumerate(splits)]
-    return Probe(final.weight, final.bias, mean, scale, config.lrs[j], epochs, search,
-                 np.arange(len(x)), out_of_fold, folds, splits)
+    search = [
+        {
+            "lr": lr,
+            "metric": by_lr[i].metric,
+            "loss": by_lr[i].loss,
+            "fold_metrics": [f[i].metric for f, _ in runs],
+            "best_epochs": [f[i].epoch for f, _ in runs],
+        }
+        for i, lr in enumerate(config.lrs)
+    ]
+    folds = [
+        {
+            "fold": i + 1,
+            "n_train": len(s.train),
+            "n_val": len(s.val),
+            "metric": runs[i][0][j].metric,
+            "best_epoch": runs[i][0][j].epoch,
+        }
+        for i, s in enumerate(splits)
+    ]
+    return Probe(
+        final.weight,
+        final.bias,
+        mean,
+        scale,
+        config.lrs[j],
+        epochs,
+        search,
+        np.arange(len(x)),
+        out_of_fold,
+        folds,
+        splits,
+    )
 
 
 def _out_of_fold(x, splits: list[Split], runs, j: int, task: str, n_classes: int) -> np.ndarray:

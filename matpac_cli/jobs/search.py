@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 from matpac_cli.errors import InputError, UsageError
 from matpac_cli.outputs.readers import Embeddings, embeddings_paths, read_embeddings
+from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 
 BLOCK_BYTES = 64 * 2**20  # index rows read, normalised and multiplied at a time
 QUERY_BLOCK = 1024  # queries per pass over the index
@@ -63,8 +63,13 @@ def block_rows(dim: int, block_bytes: int = BLOCK_BYTES) -> int:
     return max(1, block_bytes // (4 * max(dim, 1)))
 
 
-def nearest(index: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[int | None] | None = None,
-            rows_per_block: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def nearest(
+    index: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    exclude: Sequence[int | None] | None = None,
+    rows_per_block: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The `k` rows of `index` (N, D) most cosine-similar to each of `queries` (Q, D), best first.
 
     `k` 0 means every row. `exclude[q]`, when not None, is a row never returned for query q (the
@@ -127,8 +132,9 @@ def _nearest_pass(index, q, k, exclude, step):
     return found
 
 
-def duplicates(index: np.ndarray, threshold: float = 0.98, rows_per_block: int | None = None,
-               pair_budget: int = PAIR_BUDGET) -> Iterator[tuple[int, int, float]]:
+def duplicates(
+    index: np.ndarray, threshold: float = 0.98, rows_per_block: int | None = None, pair_budget: int = PAIR_BUDGET
+) -> Iterator[tuple[int, int, float]]:
     """Every pair of rows (a < b) whose cosine is at least `threshold`, each pair once, in row
     order, yielded as found. Compares a block of rows with the blocks after them, counting the
     matches of each row; while a block's pairs fit `pair_budget` they are kept and yielded in
@@ -254,8 +260,9 @@ class PathLookup:
         return self._real.get(os.path.realpath(name))
 
 
-def plan_queries(emb: Embeddings, queries: Sequence[str],
-                 extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> tuple[list[Query], list[InputError]]:
+def plan_queries(
+    emb: Embeddings, queries: Sequence[str], extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+) -> tuple[list[Query], list[InputError]]:
     """Each query: a path of the index (its row), an audio file (to embed), or a folder of them
     (the command has read a `-` list from stdin already). A name that is none of these is a
     per-query failure."""
@@ -281,32 +288,43 @@ def plan_queries(emb: Embeddings, queries: Sequence[str],
 def query_model(emb: Embeddings, model: str | None = None):
     """The model that made the index, resolved and verified (a `weights.Resolved` for
     `Predictor.load`): the manifest's, or `model` in its place (same sha256 where recorded)."""
-    from matpac_cli.errors import ModelError
     from matpac_cli.checkpoints.resolve import resolve
+    from matpac_cli.errors import ModelError
 
     manifest_path = embeddings_paths(emb.path)["manifest"]
     info = ((emb.manifest or {}).get("models") or [{}])[0]
     spec = model or info.get("name")
     if not spec:
-        raise UsageError(f"{manifest_path}: missing, so the model that made {emb.path} is unknown; "
-                         "give it with --model to embed audio queries")
+        raise UsageError(
+            f"{manifest_path}: missing, so the model that made {emb.path} is unknown; "
+            "give it with --model to embed audio queries"
+        )
     try:
         resolved = resolve(spec)
     except ModelError as exc:
         if model is None and info.get("source") == "file":
-            raise UsageError(f"{emb.path} was made with the checkpoint file {spec}, which is not found "
-                             "from here; give it with --model FILE") from None
+            raise UsageError(
+                f"{emb.path} was made with the checkpoint file {spec}, which is not found "
+                "from here; give it with --model FILE"
+            ) from None
         raise exc from None
     want = info.get("sha256")
     if want and resolved.sha256 != want:
-        raise UsageError(f"model {spec} has sha256 {resolved.sha256[:12]}..., but {emb.path} was made with "
-                         f"{info.get('name')} (sha256 {want[:12]}...); give that checkpoint with --model")
+        raise UsageError(
+            f"model {spec} has sha256 {resolved.sha256[:12]}..., but {emb.path} was made with "
+            f"{info.get('name')} (sha256 {want[:12]}...); give that checkpoint with --model"
+        )
     return resolved
 
 
-def embed_queries(queries: Sequence[Query], predictor, layer: int | None, batch_size: int = 16,
-                  workers: int | None = None,
-                  on_failure: Callable[[InputError], None] = lambda e: None) -> dict[str, np.ndarray]:
+def embed_queries(
+    queries: Sequence[Query],
+    predictor,
+    layer: int | None,
+    batch_size: int = 16,
+    workers: int | None = None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+) -> dict[str, np.ndarray]:
     """{query name: clip embedding} for the audio-file queries, through the `embed` job itself
     (same decoding, chunking and pooling as the index), into a temporary folder."""
     from matpac_cli.jobs.embed import EmbedConfig, embed
@@ -326,9 +344,15 @@ def embed_queries(queries: Sequence[Query], predictor, layer: int | None, batch_
     return {q.name: by_file[real[q.name]] for q in files if real[q.name] in by_file}
 
 
-def neighbour_rows(emb_paths: Sequence[str], matrix: np.ndarray, queries: Sequence[Query],
-                   vectors: dict[str, np.ndarray], top_k: int = 10, include_self: bool = False,
-                   threshold: float | None = None) -> Iterator[dict]:
+def neighbour_rows(
+    emb_paths: Sequence[str],
+    matrix: np.ndarray,
+    queries: Sequence[Query],
+    vectors: dict[str, np.ndarray],
+    top_k: int = 10,
+    include_self: bool = False,
+    threshold: float | None = None,
+) -> Iterator[dict]:
     """Long-format rows `query, rank, path, score` for every query that has a vector, in order."""
     ready = [q for q in queries if q.row is not None or q.name in vectors]
     if not ready:

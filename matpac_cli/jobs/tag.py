@@ -11,23 +11,24 @@ file, per-file scores are journalled so a re-run resumes; every file output gets
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from matpac_cli.outputs import journal as jr
-from matpac_cli.outputs import writers
-from matpac_cli.pipeline.discovery import Item
-from matpac_cli.jobs.embed import Summary
+from matpac_cli import engines
+from matpac_cli.checkpoints.registry import load_registry
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.inference.heads import Head, audioset_head, has_audioset_head, resolve_head
-from matpac_cli.outputs.manifest import manifest
-from matpac_cli import engines
-from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.inference.predictor import Predictor
-from matpac_cli.checkpoints.registry import load_registry
+from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
+from matpac_cli.outputs import journal as jr
+from matpac_cli.outputs import writers
+from matpac_cli.outputs.manifest import manifest
+from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.discovery import Item
 
 MANIFEST_FAILURES = 1000  # failed files named in a tag manifest (`counts.failed` has them all)
 
@@ -69,8 +70,14 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
                 raise UsageError(f"{predictor.resolved.name}: AudioSet head does not fit the encoder width")
             head.sha256 = predictor.resolved.sha256  # the head's tensors are in the checkpoint
         else:
-            head = resolve_head(name, family, predictor.dims.embed_dim, progress, labels_file,
-                                (predictor.resolved.name, predictor.resolved.sha256))
+            head = resolve_head(
+                name,
+                family,
+                predictor.dims.embed_dim,
+                progress,
+                labels_file,
+                (predictor.resolved.name, predictor.resolved.sha256),
+            )
         heads.append(head)
     return heads
 
@@ -78,12 +85,19 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
 Callbacks = tuple[Callable[[Item, float], None], Callable[[InputError], None], Callable[[float], None]]
 
 
-def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | None, stdout: TextIO,
-        on_progress: Callable[[Item, float], None] = lambda i, s: None,
-        on_failure: Callable[[InputError], None] = lambda e: None,
-        argv: list[str] | None = None, on_audio: Callable[[float], None] = lambda s: None,
-        on_reused: Callable[[Item, float], None] | None = None,
-        on_warning: Callable[[str], None] = lambda text: None) -> Summary:
+def tag(
+    items: list[Item],
+    groups: list[Group],
+    config: TagConfig,
+    out: Path | None,
+    stdout: TextIO,
+    on_progress: Callable[[Item, float], None] = lambda i, s: None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+    argv: list[str] | None = None,
+    on_audio: Callable[[float], None] = lambda s: None,
+    on_reused: Callable[[Item, float], None] | None = None,
+    on_warning: Callable[[str], None] = lambda text: None,
+) -> Summary:
     """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`.
 
     `on_reused` hears of files taken from an earlier run's journal (default: `on_progress`)."""
@@ -105,7 +119,9 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
     make_manifest = lambda: tag_manifest(groups, settings, config, out, summary, argv)  # noqa: E731
     if out is None:
         if config.fmt in writers.BINARY:
-            raise UsageError(f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}")
+            raise UsageError(
+                f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}"
+            )
         _stream(items, groups, config, stdout, summary, callbacks, on_warning)
         summary.streamed = True
         if man_path is not None:
@@ -114,8 +130,18 @@ def tag(items: list[Item], groups: list[Group], config: TagConfig, out: Path | N
         return summary
     with writers.locked(out, man_path):
         writers.clean_stale_temps(out)
-        _to_file(items, groups, config, out, settings, summary, callbacks, on_reused or on_progress,
-                 (man_path, make_manifest), on_warning)
+        _to_file(
+            items,
+            groups,
+            config,
+            out,
+            settings,
+            summary,
+            callbacks,
+            on_reused or on_progress,
+            (man_path, make_manifest),
+            on_warning,
+        )
     return summary
 
 
@@ -125,13 +151,22 @@ def _truncated(res: FileResult, summary: Summary, on_warning: Callable[[str], No
     if not res.truncated:
         return False
     summary.truncated.append(res.item.name)
-    on_warning(f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
-               f"{res.truncated[1]} could be read (file cut short?); tagged what was read")
+    on_warning(
+        f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+        f"{res.truncated[1]} could be read (file cut short?); tagged what was read"
+    )
     return True
 
 
-def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: TextIO, summary: Summary,
-            callbacks: Callbacks, on_warning: Callable[[str], None]) -> None:
+def _stream(
+    items: list[Item],
+    groups: list[Group],
+    config: TagConfig,
+    stdout: TextIO,
+    summary: Summary,
+    callbacks: Callbacks,
+    on_warning: Callable[[str], None],
+) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
@@ -139,21 +174,42 @@ def _stream(items: list[Item], groups: list[Group], config: TagConfig, stdout: T
     def on_result(res: FileResult) -> None:
         cut = _truncated(res, summary, on_warning)
         scores = score(res, groups, config.segments, config.min_segment)
-        for row in rows_for(res.item.name, heads, scores, config.top_k, config.threshold, config.segments,
-                            res.duration_s, cut):
+        for row in rows_for(
+            res.item.name, heads, scores, config.top_k, config.threshold, config.segments, res.duration_s, cut
+        ):
             writer.write(row)
         writer.flush()
         summary.done += 1
         summary.audio_s += res.duration_s
 
     on_progress, on_failure, on_audio = callbacks
-    summary.retries += engines.run(config.engine, items, plans, config.batch_size, config.workers, on_result, on_failure, on_progress, on_audio,
-                    address=config.ray_address, on_warning=on_warning)
+    summary.retries += engines.run(
+        config.engine,
+        items,
+        plans,
+        config.batch_size,
+        config.workers,
+        on_result,
+        on_failure,
+        on_progress,
+        on_audio,
+        address=config.ray_address,
+        on_warning=on_warning,
+    )
 
 
-def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Path, settings: dict,
-             summary: Summary, callbacks: Callbacks, on_reused: Callable[[Item, float], None],
-             manifest_for: tuple[Path, Callable[[], dict]], on_warning: Callable[[str], None]) -> None:
+def _to_file(
+    items: list[Item],
+    groups: list[Group],
+    config: TagConfig,
+    out: Path,
+    settings: dict,
+    summary: Summary,
+    callbacks: Callbacks,
+    on_reused: Callable[[Item, float], None],
+    manifest_for: tuple[Path, Callable[[], dict]],
+    on_warning: Callable[[str], None],
+) -> None:
     """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
     manifest (both replace the old ones together). With nothing finished, an earlier output is
     left as it was and not called fresh."""
@@ -179,8 +235,19 @@ def _to_file(items: list[Item], groups: list[Group], config: TagConfig, out: Pat
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        summary.retries += engines.run(config.engine, todo, plans, config.batch_size, config.workers, on_journal, on_failure, on_progress, on_audio,
-                    address=config.ray_address, on_warning=on_warning)
+        summary.retries += engines.run(
+            config.engine,
+            todo,
+            plans,
+            config.batch_size,
+            config.workers,
+            on_journal,
+            on_failure,
+            on_progress,
+            on_audio,
+            address=config.ray_address,
+            on_warning=on_warning,
+        )
     finally:
         journal.close()
     heads = [h for g in groups for h in g.heads]
@@ -204,44 +271,76 @@ def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Call
             raise OutputError(writers.not_ours(out))
         differ = jr.settings_differ(journal_path, settings)
         if differ:
-            names = {"models": "model (--model)", "heads": "heads (--head)", "segments": "--segments",
-                     "min_segment": "--min-segment",
-                     "job": "job (embed vs tag)"}
-            raise OutputError(f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
-                              "use --force to replace it or choose another --out")
+            names = {
+                "models": "model (--model)",
+                "heads": "heads (--head)",
+                "segments": "--segments",
+                "min_segment": "--min-segment",
+                "job": "job (embed vs tag)",
+            }
+            raise OutputError(
+                f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
+                "use --force to replace it or choose another --out"
+            )
     journal = jr.Journal(journal_path, settings, fresh=config.force)
     if journal.damaged:
         on_warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
     return journal
 
 
-def _write(out: Path, finished: list, heads: list, config: TagConfig, man_path: Path,
-           make_manifest: Callable[[], dict]) -> None:
+def _write(
+    out: Path, finished: list, heads: list, config: TagConfig, man_path: Path, make_manifest: Callable[[], dict]
+) -> None:
     """Every finished file's rows to `out` and the manifest beside it, replaced together."""
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
             for item, rec in finished:
-                for row in rows_for(item.name, heads, rec.arrays, config.top_k, config.threshold, config.segments,
-                                    rec.meta["duration_s"], bool(rec.meta.get("truncated"))):
+                for row in rows_for(
+                    item.name,
+                    heads,
+                    rec.arrays,
+                    config.top_k,
+                    config.threshold,
+                    config.segments,
+                    rec.meta["duration_s"],
+                    bool(rec.meta.get("truncated")),
+                ):
                     writer.write(row)
         unit.json(man_path, make_manifest())
 
 
-def tag_manifest(groups: list[Group], settings: dict, config: TagConfig, out: Path | None, summary: Summary,
-                 argv: list[str] | None) -> dict:
+def tag_manifest(
+    groups: list[Group], settings: dict, config: TagConfig, out: Path | None, summary: Summary, argv: list[str] | None
+) -> dict:
     """Provenance of a tag output: models (with the device and precision they ran at), every
     head's source file and sha256, and the selection that cut the rows."""
-    head_info = [{"name": h.name, "encoder": g.model, "source": h.source, "sha256": h.sha256,
-                  "activation": h.activation, "classes": len(h.labels), "standardised": h.standardised,
-                  "label_order_confirmed": h.confirmed_order} for g in groups for h in g.heads]
-    man = manifest([g.predictor for g in groups], settings, summary, argv, head_info,
-                   extra={"truncated": summary.truncated})
+    head_info = [
+        {
+            "name": h.name,
+            "encoder": g.model,
+            "source": h.source,
+            "sha256": h.sha256,
+            "activation": h.activation,
+            "classes": len(h.labels),
+            "standardised": h.standardised,
+            "label_order_confirmed": h.confirmed_order,
+        }
+        for g in groups
+        for h in g.heads
+    ]
+    man = manifest(
+        [g.predictor for g in groups], settings, summary, argv, head_info, extra={"truncated": summary.truncated}
+    )
     for entry, g in zip(man["models"], groups):
         entry["device"] = g.predictor.device
         entry["precision"] = str(g.predictor.dtype).replace("torch.", "")
-    man["output"] = {"path": str(out) if out is not None else "-", "format": config.fmt,
-                     "columns": columns(config.segments),
-                     "top_k": effective_top_k(config.top_k, config.threshold), "threshold": config.threshold}
+    man["output"] = {
+        "path": str(out) if out is not None else "-",
+        "format": config.fmt,
+        "columns": columns(config.segments),
+        "top_k": effective_top_k(config.top_k, config.threshold),
+        "threshold": config.threshold,
+    }
     # the files that failed have no rows: named here (the first MANIFEST_FAILURES), so a report can list them
     man["failures"] = [{"path": e.path, "reason": e.reason} for e in summary.failures[:MANIFEST_FAILURES]]
     return man

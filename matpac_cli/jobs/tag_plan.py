@@ -16,13 +16,13 @@ encoder it was trained on; naming another registry model for it is refused here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from matpac_cli.errors import OutputError, UsageError
-from matpac_cli.inference.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
 from matpac_cli.checkpoints.registry import HeadSpec, load_registry
 from matpac_cli.checkpoints.trained_head import check_planned, default_encoder, is_trained_head
+from matpac_cli.errors import OutputError, UsageError
+from matpac_cli.inference.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
 from matpac_cli.outputs.writers import not_ours
 
 DEFAULT_MODEL = "matpac-plus-music"
@@ -102,8 +102,12 @@ def check_encoders(plan: list[tuple[str, list[str]]]) -> None:
     from matpac_cli.checkpoints.resolve import model_file_spec
 
     registry = load_registry()
-    probes = [(target, spec) for target, names in plan for name in names
-              if Path(name).suffix not in HEAD_SUFFIXES and (spec := _spec(name)) and not spec.builtin]
+    probes = [
+        (target, spec)
+        for target, names in plan
+        for name in names
+        if Path(name).suffix not in HEAD_SUFFIXES and (spec := _spec(name)) and not spec.builtin
+    ]
     for target, spec in probes:
         model = registry.models.get(target) or model_file_spec(target)
         if model is None or model.family not in registry.families:

@@ -14,7 +14,7 @@ Parquet): "tagged, nothing above the threshold" stays apart from "never tagged".
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from matpac_cli.pipeline.assemble import FileResult, merge_short_tail
 
 DEFAULT_TOP_K = 5
 MIN_SEGMENT_S = 1.0  # --min-segment: a shorter last segment joins the one before it
+
+
 # --out extensions and the format each implies; nothing else is written
 def check_selection(top_k: int | None, threshold: float | None) -> None:
     if top_k is not None and top_k < 0:
@@ -64,19 +66,42 @@ def columns(segments: bool) -> list[str]:
 
 
 def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int, truncated: bool) -> dict:
-    return {"path": name, "head": head.name, "label": head.labels[i], "score": float(scores[i]),
-            "rank": rank, "tag_id": head.tag_ids[i], "truncated": truncated}
+    return {
+        "path": name,
+        "head": head.name,
+        "label": head.labels[i],
+        "score": float(scores[i]),
+        "rank": rank,
+        "tag_id": head.tag_ids[i],
+        "truncated": truncated,
+    }
 
 
-def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, threshold: float | None,
-             segments: bool, duration_s: float | None = None, truncated: bool = False) -> Iterable[dict]:
+def rows_for(
+    name: str,
+    heads: list[Head],
+    rec_arrays: dict,
+    top_k: int | None,
+    threshold: float | None,
+    segments: bool,
+    duration_s: float | None = None,
+    truncated: bool = False,
+) -> Iterable[dict]:
     length = None if duration_s is None else round(float(duration_s), 3)
     for head in heads:
         scores = rec_arrays[f"clip:{head.name}"]
         kept = select(scores, top_k, threshold)
         clip_rows = [_row(name, head, scores, rank, i, truncated) for rank, i in kept] or [
-            {"path": name, "head": head.name, "label": None, "score": None, "rank": 0, "tag_id": None,
-             "truncated": truncated}]
+            {
+                "path": name,
+                "head": head.name,
+                "label": None,
+                "score": None,
+                "rank": 0,
+                "tag_id": None,
+                "truncated": truncated,
+            }
+        ]
         for row in clip_rows:
             row["duration_s"] = length
             if segments:
@@ -87,12 +112,15 @@ def rows_for(name: str, heads: list[Head], rec_arrays: dict, top_k: int | None, 
             for s in range(len(seg_scores)):
                 for rank, i in select(seg_scores[s], top_k, threshold):
                     row = _row(name, head, seg_scores[s], rank, i, truncated)
-                    row.update(duration_s=length, start_s=round(float(times[s][0]), 3),
-                               end_s=round(float(times[s][1]), 3))
+                    row.update(
+                        duration_s=length, start_s=round(float(times[s][0]), 3), end_s=round(float(times[s][1]), 3)
+                    )
                     yield row
 
 
-def score(result: FileResult, groups: list, segments: bool, min_segment: float = MIN_SEGMENT_S) -> dict[str, np.ndarray]:
+def score(
+    result: FileResult, groups: list, segments: bool, min_segment: float = MIN_SEGMENT_S
+) -> dict[str, np.ndarray]:
     """Every head's clip scores (and per-segment scores, a short tail merged: `merge_short_tail`)
     for one file."""
     arrays: dict[str, np.ndarray] = {}

@@ -10,18 +10,18 @@ protocol's constants; the head's metadata carries the headline figures.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from matpac_cli import __version__
+from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, confusion, per_class_ap, train_probe
 from matpac_cli.jobs.train_data import Features, check_counts
-from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 
 
 @dataclass
@@ -48,8 +48,10 @@ def check_outputs(out: Path, force: bool) -> None:
     for path in (out, report_path(out)):
         ensure_writable(path)
         if path.exists() and not force:
-            raise OutputError(f"{path} exists; use --force to replace it (with --embeddings "
-                              f"{out.with_suffix('.emb.npy')} to retrain on the embeddings it computed)")
+            raise OutputError(
+                f"{path} exists; use --force to replace it (with --embeddings "
+                f"{out.with_suffix('.emb.npy')} to retrain on the embeddings it computed)"
+            )
 
 
 def check_trainable(features: Features, config: TrainConfig) -> None:
@@ -60,8 +62,13 @@ def check_trainable(features: Features, config: TrainConfig) -> None:
         raise UsageError(f"--folds {config.folds}: only {len(features.x)} labelled files")
 
 
-def train(features: Features, config: TrainConfig, out: Path | None = None, argv: list[str] | None = None,
-          on_warning: Callable[[str], None] = lambda text: None) -> Result:
+def train(
+    features: Features,
+    config: TrainConfig,
+    out: Path | None = None,
+    argv: list[str] | None = None,
+    on_warning: Callable[[str], None] = lambda text: None,
+) -> Result:
     """Train a head on `features` and, with `out`, write it and its report."""
     check_trainable(features, config)
     labelled = features.labelled
@@ -72,8 +79,17 @@ def train(features: Features, config: TrainConfig, out: Path | None = None, argv
     for text in warnings:
         on_warning(text)
     report = _report(features, config, probe, y, warnings, out, argv)
-    head = TrainedHead(probe.weight, probe.bias, probe.mean, probe.scale, classes, task, features.encoder,
-                       features.layer, _headline(report))
+    head = TrainedHead(
+        probe.weight,
+        probe.bias,
+        probe.mean,
+        probe.scale,
+        classes,
+        task,
+        features.encoder,
+        features.layer,
+        _headline(report),
+    )
     result = Result(head, probe, report, [labelled.items[i].name for i in probe.val_index])
     if out is not None:
         from matpac_cli.outputs.writers import Unit
@@ -94,8 +110,10 @@ def _missing_warnings(y: np.ndarray, task: str, classes: list[str], probe: Probe
         missing = [c for i, c in enumerate(classes) if i not in present]
         if missing:
             where = "the validation split" if len(probe.splits) == 1 else f"validation fold {k + 1}"
-            out.append(f"{len(missing)} class(es) missing from {where}: {', '.join(missing)} "
-                       "(too few files to hold some out; its figure does not cover them)")
+            out.append(
+                f"{len(missing)} class(es) missing from {where}: {', '.join(missing)} "
+                "(too few files to hold some out; its figure does not cover them)"
+            )
     return out
 
 
@@ -116,12 +134,21 @@ def _small_validation(y: np.ndarray, task: str, probe: Probe, config: TrainConfi
         return []
     why = f" ({few} class(es) with fewer than {MIN_VAL_PER_CLASS})" if few else ""
     k = max(2, min(5, len(y) // 2))
-    return [f"only {len(val)} validation file(s){why}: the validation figure and the learning rate and epoch "
-            f"chosen on it rest on very few files; --folds {k} validates on every file"]
+    return [
+        f"only {len(val)} validation file(s){why}: the validation figure and the learning rate and epoch "
+        f"chosen on it rest on very few files; --folds {k} validates on every file"
+    ]
 
 
-def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray, warnings: list[str],
-            out: Path | None, argv: list[str] | None) -> dict:
+def _report(
+    features: Features,
+    config: TrainConfig,
+    probe: Probe,
+    y: np.ndarray,
+    warnings: list[str],
+    out: Path | None,
+    argv: list[str] | None,
+) -> dict:
     labelled = features.labelled
     task, classes = labelled.task, labelled.classes
     counts = labelled.counts()
@@ -131,34 +158,55 @@ def _report(features: Features, config: TrainConfig, probe: Probe, y: np.ndarray
     folds = config.folds is not None
     report = {
         "matpac_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": argv,
         "head": str(out) if out is not None else None,
-        "task": task, "activation": "softmax" if task == "single" else "sigmoid",
-        "encoder": features.encoder, "layer": features.layer, "embed_dim": int(features.x.shape[1]),
-        "embeddings": features.source, "files": len(y),
-        "classes": [{"name": c, "files": counts[c], "validation_files": int(val_counts[i])}
-                    for i, c in enumerate(classes)],
+        "task": task,
+        "activation": "softmax" if task == "single" else "sigmoid",
+        "encoder": features.encoder,
+        "layer": features.layer,
+        "embed_dim": int(features.x.shape[1]),
+        "embeddings": features.source,
+        "files": len(y),
+        "classes": [
+            {"name": c, "files": counts[c], "validation_files": int(val_counts[i])} for i, c in enumerate(classes)
+        ],
         "protocol": {
             "features": "clip embedding, standardised with the training split's mean and std",
-            "model": "one linear layer", "optimizer": "Adam", "weight_decay": WEIGHT_DECAY,
-            "batch_size": f"min({MAX_BATCH}, training files)", "max_epochs": config.max_epochs,
-            "patience": config.patience, "loss": "cross-entropy" if task == "single" else "binary cross-entropy",
+            "model": "one linear layer",
+            "optimizer": "Adam",
+            "weight_decay": WEIGHT_DECAY,
+            "batch_size": f"min({MAX_BATCH}, training files)",
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "loss": "cross-entropy" if task == "single" else "binary cross-entropy",
             "selection": f"validation {name}{' of the pooled out-of-fold scores' if folds else ''} "
-                         "(ties: lower validation loss)", "lr_grid": list(config.lrs),
+            "(ties: lower validation loss)",
+            "lr_grid": list(config.lrs),
             "seed": config.seed,
         },
-        "validation": ({"method": "folds", "folds": config.folds, "per_fold": probe.folds} if folds else
-                       {"method": "split", "fraction": config.val, "train_files": len(probe.splits[0].train),
-                        "validation_files": len(probe.splits[0].val)}),
+        "validation": (
+            {"method": "folds", "folds": config.folds, "per_fold": probe.folds}
+            if folds
+            else {
+                "method": "split",
+                "fraction": config.val,
+                "train_files": len(probe.splits[0].train),
+                "validation_files": len(probe.splits[0].val),
+            }
+        ),
         "search": probe.search,
         "chosen": {"lr": probe.lr, "epoch": probe.epoch},
         "metric": _metric(val_y, scores, task, config),
         "warnings": warnings,
     }
     if task == "single":
-        report["confusion_matrix"] = {"rows": "true class", "columns": "predicted class", "classes": classes,
-                                      "counts": confusion(val_y, scores.argmax(1), len(classes)).tolist()}
+        report["confusion_matrix"] = {
+            "rows": "true class",
+            "columns": "predicted class",
+            "classes": classes,
+            "counts": confusion(val_y, scores.argmax(1), len(classes)).tolist(),
+        }
     else:
         aps = per_class_ap(val_y, scores)
         report["per_class_ap"] = [{"name": c, "ap": a} for c, a in zip(classes, aps)]
@@ -169,23 +217,39 @@ def _metric(val_y: np.ndarray, scores: np.ndarray, task: str, config: TrainConfi
     """The validation figure, from the very scores the per-class APs (or the confusion matrix)
     are read from: with folds, every file's out-of-fold score pooled, never a mean of the folds'
     own figures (which differs from the per-class APs printed beside it)."""
-    over = (f"out-of-fold scores of all {len(val_y)} files, pooled over the {config.folds} folds"
-            if config.folds is not None else f"the validation split ({len(val_y)} files)")
+    over = (
+        f"out-of-fold scores of all {len(val_y)} files, pooled over the {config.folds} folds"
+        if config.folds is not None
+        else f"the validation split ({len(val_y)} files)"
+    )
     if task == "single":
-        return {"name": "accuracy", "value": float((scores.argmax(1) == val_y).mean()) if len(val_y) else math.nan,
-                "definition": "files whose highest-scoring class is their label, out of all", "over": over}
+        return {
+            "name": "accuracy",
+            "value": float((scores.argmax(1) == val_y).mean()) if len(val_y) else math.nan,
+            "definition": "files whose highest-scoring class is their label, out of all",
+            "over": over,
+        }
     aps = [a for a in per_class_ap(val_y, scores) if not math.isnan(a)]
-    return {"name": "mAP", "value": float(np.mean(aps)) if aps else math.nan,
-            "definition": f"macro: the mean of the {len(aps)} per-class APs (classes with a positive file)",
-            "classes_averaged": len(aps), "over": over}
+    return {
+        "name": "mAP",
+        "value": float(np.mean(aps)) if aps else math.nan,
+        "definition": f"macro: the mean of the {len(aps)} per-class APs (classes with a positive file)",
+        "classes_averaged": len(aps),
+        "over": over,
+    }
 
 
 def _headline(report: dict) -> dict:
     v = report["validation"]
-    return {"metric": report["metric"]["name"], "value": report["metric"]["value"],
-            "validation": f"{v['folds']} folds" if v["method"] == "folds" else f"{v['fraction']:g} split",
-            "lr": report["chosen"]["lr"], "epoch": report["chosen"]["epoch"], "files": report["files"],
-            "seed": report["protocol"]["seed"]}
+    return {
+        "metric": report["metric"]["name"],
+        "value": report["metric"]["value"],
+        "validation": f"{v['folds']} folds" if v["method"] == "folds" else f"{v['fraction']:g} split",
+        "lr": report["chosen"]["lr"],
+        "epoch": report["chosen"]["epoch"],
+        "files": report["files"],
+        "seed": report["protocol"]["seed"],
+    }
 
 
 def _finite(obj):

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 from matpac_cli.errors import UsageError
+from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 
 
 @dataclass
@@ -52,11 +52,17 @@ class Labelled:
                 out[c] += 1
         return out
 
-    def subset(self, keep: list[int]) -> "Labelled":
+    def subset(self, keep: list[int]) -> Labelled:
         """The files at `keep` (those that could be embedded); a class left with too few files
         stays listed, so `check_counts` names it."""
-        return Labelled(self.source, [self.items[i] for i in keep], [self.labels[i] for i in keep],
-                        self.classes, self.task, self.ignored)
+        return Labelled(
+            self.source,
+            [self.items[i] for i in keep],
+            [self.labels[i] for i in keep],
+            self.classes,
+            self.task,
+            self.ignored,
+        )
 
 
 def read_labels(source: Path, task: str = "auto", extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> Labelled:
@@ -78,8 +84,10 @@ def read_labels(source: Path, task: str = "auto", extensions: tuple[str, ...] = 
     multi = [(it.name, ls) for it, ls in zip(items, labels) if len(ls) > 1]
     if task == "single" and multi:
         name, ls = multi[0]
-        raise UsageError(f"{source}: {name} has {len(ls)} labels ({', '.join(ls)}) but --task single "
-                         f"takes one per file ({len(multi)} such file(s)); use --task multi")
+        raise UsageError(
+            f"{source}: {name} has {len(ls)} labels ({', '.join(ls)}) but --task single "
+            f"takes one per file ({len(multi)} such file(s)); use --task multi"
+        )
     resolved = task if task != "auto" else ("multi" if multi else "single")
     classes = sorted({c for ls in labels for c in ls})
     return Labelled(source, items, labels, classes, resolved, ignored)
@@ -91,11 +99,13 @@ def check_counts(labelled: Labelled, at_least: int = 2) -> None:
     few = [(c, n) for c, n in labelled.counts().items() if n < at_least]
     if few:
         listed = ", ".join(f"{c} ({n})" for c, n in few)
-        raise UsageError(f"{labelled.source}: classes with fewer than {at_least} files: {listed}; "
-                         "add files or remove the class")
+        raise UsageError(
+            f"{labelled.source}: classes with fewer than {at_least} files: {listed}; add files or remove the class"
+        )
     if len(labelled.classes) < 2 and labelled.task == "single":
-        raise UsageError(f"{labelled.source}: only one class ({labelled.classes[0]}); a single-label "
-                         "head needs two or more")
+        raise UsageError(
+            f"{labelled.source}: only one class ({labelled.classes[0]}); a single-label head needs two or more"
+        )
 
 
 def _from_folder(root: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[Item, str]], int]:
@@ -168,14 +178,18 @@ def from_index(labelled: Labelled, npy: Path) -> Features:
 
     emb = read_embeddings(Path(npy))
     if emb.manifest is None or not emb.manifest.get("models"):
-        raise UsageError(f"{emb.path}: its manifest ({emb.path.with_suffix('.manifest.json').name}) is missing, "
-                         "so the encoder that made it is unknown; a head must name its encoder")
+        raise UsageError(
+            f"{emb.path}: its manifest ({emb.path.with_suffix('.manifest.json').name}) is missing, "
+            "so the encoder that made it is unknown; a head must name its encoder"
+        )
     model = emb.manifest["models"][0]
     depth = int((model.get("geometry") or {}).get("depth") or 12)
     layers = list((emb.manifest.get("settings") or {}).get("layers") or [depth])
     if layers[-1] != depth:
-        raise UsageError(f"{emb.path} holds layer {layers[-1]} embeddings; heads score layer {depth} "
-                         "(embed with the default --layer, or --layer all)")
+        raise UsageError(
+            f"{emb.path} holds layer {layers[-1]} embeddings; heads score layer {depth} "
+            "(embed with the default --layer, or --layer all)"
+        )
     lookup = _index_keys(emb.paths, emb.path.parent)
     rows, missing = [], []
     for item in labelled.items:
@@ -183,11 +197,15 @@ def from_index(labelled: Labelled, npy: Path) -> Features:
         (missing.append(item.name) if row is None else rows.append(row))
     gone = [it.name for it in labelled.items if it.name in missing and not os.path.exists(it.path)]
     if gone:  # embedding them is no remedy
-        raise UsageError(f"{labelled.source}: {len(gone)} labelled file(s) do not exist ({_few(gone)}) and are not "
-                         f"in {emb.path}; remove them from the labels")
+        raise UsageError(
+            f"{labelled.source}: {len(gone)} labelled file(s) do not exist ({_few(gone)}) and are not "
+            f"in {emb.path}; remove them from the labels"
+        )
     if missing:
-        raise UsageError(f"{emb.path}: {len(missing)} of {len(labelled.items)} labelled files are not in its "
-                         f"index ({_few(missing)}); embed them too, or remove them from the labels")
+        raise UsageError(
+            f"{emb.path}: {len(missing)} of {len(labelled.items)} labelled files are not in its "
+            f"index ({_few(missing)}); embed them too, or remove them from the labels"
+        )
     x = np.asarray(emb.clip(-1)[np.array(rows)], dtype=np.float32)
     return Features(x, labelled, _encoder_record(model), str(emb.path), depth)
 
@@ -218,8 +236,15 @@ def _encoder_record(model: dict) -> dict:
     return record
 
 
-def embed_labelled(labelled: Labelled, predictor, config, on_progress: Callable = lambda i, s: None,
-                   on_failure: Callable = lambda e: None, argv: list[str] | None = None, **callbacks):
+def embed_labelled(
+    labelled: Labelled,
+    predictor,
+    config,
+    on_progress: Callable = lambda i, s: None,
+    on_failure: Callable = lambda e: None,
+    argv: list[str] | None = None,
+    **callbacks,
+):
     """Embed the labelled files into `config.out` (an `EmbedConfig`; journalled, resumable) and
     return (Features of the files that embedded, the embed Summary)."""
     from matpac_cli.jobs.embed import embed

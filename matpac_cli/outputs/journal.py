@@ -15,14 +15,15 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
-from matpac_cli.pipeline.discovery import Item
 from matpac_cli.errors import OutputError
+from matpac_cli.pipeline.discovery import Item
 from matpac_cli.sidefiles import create, open_existing, refuse_symlink
 
 MAGIC = b"MATPACJ2"
@@ -106,8 +107,12 @@ def _record(header: dict | None, payload: bytes) -> Record | None:
     """A record from a frame whose checksum held, if every field has the shape it must have."""
     try:
         key, shapes = header.pop("key"), header.pop("arrays")
-        if not (isinstance(key, list) and len(key) == 5 and isinstance(key[0], str)
-                and all(isinstance(v, int) for v in key[1:])):
+        if not (
+            isinstance(key, list)
+            and len(key) == 5
+            and isinstance(key[0], str)
+            and all(isinstance(v, int) for v in key[1:])
+        ):
             return None
         if not isinstance(header.get("duration_s"), (int, float)):
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from matpac_cli import __version__
 from matpac_cli.config import FRONT_END
@@ -24,14 +24,15 @@ def _model(predictor) -> dict:
     }
 
 
-def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, heads: list,
-             extra: dict | None = None) -> dict:
+def manifest(
+    predictors: list, settings: dict, summary, argv: list[str] | None, heads: list, extra: dict | None = None
+) -> dict:
     import torch
     import torchaudio
 
     return {
         "matpac_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": argv if argv is not None else sys.argv,
         "models": [_model(p) for p in predictors],
         "heads": heads,
@@ -55,11 +56,29 @@ def manifest(predictors: list, settings: dict, summary, argv: list[str] | None, 
 
 # The keys a reader uses, with the JSON types matpac writes them as: a manifest edited or forged
 # into other types is refused in one line, not met later as a traceback.
-_TOP = {"matpac_version": str, "created": str, "command": list, "models": list, "heads": list,
-        "settings": dict, "front_end": dict, "versions": dict, "counts": dict, "truncated": list,
-        "output": dict}
-_MODEL = {"name": str, "source": str, "revision": str, "sha256": str, "geometry": dict,
-          "precision": str, "device": str, "linear": str}
+_TOP = {
+    "matpac_version": str,
+    "created": str,
+    "command": list,
+    "models": list,
+    "heads": list,
+    "settings": dict,
+    "front_end": dict,
+    "versions": dict,
+    "counts": dict,
+    "truncated": list,
+    "output": dict,
+}
+_MODEL = {
+    "name": str,
+    "source": str,
+    "revision": str,
+    "sha256": str,
+    "geometry": dict,
+    "precision": str,
+    "device": str,
+    "linear": str,
+}
 _NUMBER = (int, float)
 
 

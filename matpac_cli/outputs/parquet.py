@@ -21,8 +21,9 @@ read in the order of their sorted paths).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -47,9 +48,21 @@ def arrow():
 def _types() -> dict:
     pa, _ = arrow()
     text, f64 = pa.string(), pa.float64()
-    return {"path": text, "head": text, "label": text, "tag_id": text, "query": text, "path_a": text,
-            "path_b": text, "score": pa.float32(), "rank": pa.int32(), "duration_s": f64, "start_s": f64,
-            "end_s": f64, "truncated": pa.bool_()}
+    return {
+        "path": text,
+        "head": text,
+        "label": text,
+        "tag_id": text,
+        "query": text,
+        "path_a": text,
+        "path_b": text,
+        "score": pa.float32(),
+        "rank": pa.int32(),
+        "duration_s": f64,
+        "start_s": f64,
+        "end_s": f64,
+        "truncated": pa.bool_(),
+    }
 
 
 def _strings(values: list, pa):
@@ -57,8 +70,9 @@ def _strings(values: list, pa):
     try:
         return pa.array(values, pa.string())
     except UnicodeEncodeError:
-        return pa.array([v if v is None else v.encode("utf-8", "backslashreplace").decode("utf-8")
-                         for v in values], pa.string())
+        return pa.array(
+            [v if v is None else v.encode("utf-8", "backslashreplace").decode("utf-8") for v in values], pa.string()
+        )
 
 
 # ---------------------------------------------------------------- writing
@@ -69,12 +83,24 @@ def embedding_schema(shape: tuple[int, ...], frames: bool = False):
     kind = pa.float32()
     for n in reversed(shape):
         kind = pa.list_(kind, n)
-    return pa.schema([("path", pa.string()), ("duration_s", pa.float64()), ("sample_rate", pa.int32()),
-                      ("channels", pa.int32()), ("embedding", kind)] + ([("frames", pa.string())] if frames else []))
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("duration_s", pa.float64()),
+            ("sample_rate", pa.int32()),
+            ("channels", pa.int32()),
+            ("embedding", kind),
+        ]
+        + ([("frames", pa.string())] if frames else [])
+    )
 
 
-def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarray]], shape: tuple[int, ...],
-                     frames: Sequence[str] | None = None) -> None:
+def write_embeddings(
+    fh: IO[bytes],
+    records: Sequence[tuple[str, dict, np.ndarray]],
+    shape: tuple[int, ...],
+    frames: Sequence[str] | None = None,
+) -> None:
     """One row per (name, facts, vector) into the open binary file `fh`, in order; `frames`:
     each row's frames file (`embed --frames`), a last column."""
     pa, pq = arrow()
@@ -83,18 +109,27 @@ def write_embeddings(fh: IO[bytes], records: Sequence[tuple[str, dict, np.ndarra
     with pq.ParquetWriter(fh, schema, compression="snappy", use_dictionary=False) as writer:
         for start in range(0, max(len(records), 1), per_group):
             part = records[start : start + per_group]
-            values = (np.stack([np.asarray(v, dtype=np.float32) for _, _, v in part]) if part
-                      else np.zeros((0, *shape), np.float32))
+            values = (
+                np.stack([np.asarray(v, dtype=np.float32) for _, _, v in part])
+                if part
+                else np.zeros((0, *shape), np.float32)
+            )
             column = pa.array(values.reshape(-1))
             for n in reversed(shape):
                 column = pa.FixedSizeListArray.from_arrays(column, n)
-            writer.write_table(pa.table([
-                _strings([name for name, _, _ in part], pa),
-                pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
-                pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
-                pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
-                column] + ([_strings(list(frames[start : start + per_group]), pa)] if frames is not None else []),
-                schema=schema))
+            writer.write_table(
+                pa.table(
+                    [
+                        _strings([name for name, _, _ in part], pa),
+                        pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
+                        pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
+                        pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
+                        column,
+                    ]
+                    + ([_strings(list(frames[start : start + per_group]), pa)] if frames is not None else []),
+                    schema=schema,
+                )
+            )
 
 
 class RowTable:
@@ -110,8 +145,9 @@ class RowTable:
         self.columns = list(columns)
         self.schema = pa.schema([(c, types[c]) for c in columns])
         self._rows: list[dict] = []
-        self._writer = pq.ParquetWriter(fh, self.schema, compression="snappy",
-                                        use_dictionary=[c for c in columns if c in DICTIONARY])
+        self._writer = pq.ParquetWriter(
+            fh, self.schema, compression="snappy", use_dictionary=[c for c in columns if c in DICTIONARY]
+        )
 
     def write(self, row: dict) -> None:
         self._rows.append(row)
@@ -151,8 +187,11 @@ def shards(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UsageError(f"{path}: no such Parquet file or folder")
-    found = sorted(p for p in path.rglob("*.parquet")
-                   if p.is_file() and not any(part[0] in "._" for part in p.relative_to(path).parts))
+    found = sorted(
+        p
+        for p in path.rglob("*.parquet")
+        if p.is_file() and not any(part[0] in "._" for part in p.relative_to(path).parts)
+    )
     if not found:
         raise UsageError(f"{path}: a folder with no .parquet file in it")
     return found
@@ -190,8 +229,11 @@ def matrix(column, path: Path) -> np.ndarray:
     while True:
         if isinstance(arr.type, pa.ExtensionType):
             arr = arr.storage
-        if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type) \
-                and not pa.types.is_fixed_size_list(arr.type):
+        if (
+            not pa.types.is_list(arr.type)
+            and not pa.types.is_large_list(arr.type)
+            and not pa.types.is_fixed_size_list(arr.type)
+        ):
             break
         if arr.null_count:
             raise UsageError(f"{path}: the embedding column has empty rows")
@@ -205,8 +247,9 @@ def matrix(column, path: Path) -> np.ndarray:
         dims.append(size)
         arr = arr.flatten()
     if arr.type != pa.float32() or arr.null_count or len(dims) not in (1, 2) or 0 in dims:
-        raise UsageError(f"{path}: expected an embedding column of D (or layers x D) float32 values, "
-                         f"found {column.type}")
+        raise UsageError(
+            f"{path}: expected an embedding column of D (or layers x D) float32 values, found {column.type}"
+        )
     values = arr.to_numpy(zero_copy_only=False).reshape(n, *dims)
     values.flags.writeable = False
     return values
@@ -221,14 +264,25 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, list[dict]]:
         raise UsageError(f"{path}: the path column has empty rows")
     facts = {}
     for c in ("duration_s", "sample_rate", "channels"):
-        if c in table.column_names and not pa.types.is_integer(table.column(c).type) \
-                and not (c == "duration_s" and pa.types.is_floating(table.column(c).type)):
-            raise UsageError(f"{path}: the {c} column holds {table.column(c).type}, not numbers; "
-                             "not a matpac Parquet output")
+        if (
+            c in table.column_names
+            and not pa.types.is_integer(table.column(c).type)
+            and not (c == "duration_s" and pa.types.is_floating(table.column(c).type))
+        ):
+            raise UsageError(
+                f"{path}: the {c} column holds {table.column(c).type}, not numbers; not a matpac Parquet output"
+            )
         facts[c] = table.column(c).to_pylist() if c in table.column_names else [None] * len(names)
-    index = [{"row": i, "path": p, "duration_s": float("nan") if d is None else float(d),
-              "sample_rate": int(sr or 0), "channels": int(ch or 0)}
-             for i, (p, d, sr, ch) in enumerate(zip(names, facts["duration_s"], facts["sample_rate"], facts["channels"]))]
+    index = [
+        {
+            "row": i,
+            "path": p,
+            "duration_s": float("nan") if d is None else float(d),
+            "sample_rate": int(sr or 0),
+            "channels": int(ch or 0),
+        }
+        for i, (p, d, sr, ch) in enumerate(zip(names, facts["duration_s"], facts["sample_rate"], facts["channels"]))
+    ]
     return matrix(table.column("embedding"), path), index
 
 

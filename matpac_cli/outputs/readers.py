@@ -15,9 +15,10 @@ import csv
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -38,8 +39,11 @@ def embeddings_paths(path: Path) -> dict[str, Path]:
     """The files of one `matpac embed --out X.npy|X.parquet` output (as `embedding.outputs_for`
     names them); a Parquet output is its own row index."""
     parquet = path.suffix.lower() == PARQUET
-    return {"matrix": path, "index": path if parquet else path.with_suffix(".csv"),
-            "manifest": path.with_suffix(".manifest.json")}
+    return {
+        "matrix": path,
+        "index": path if parquet else path.with_suffix(".csv"),
+        "manifest": path.with_suffix(".manifest.json"),
+    }
 
 
 def embeddings_inputs(path: Path) -> list[Path]:
@@ -113,12 +117,14 @@ def read_embeddings(npy: Path) -> Embeddings:
     except (OSError, ValueError, EOFError) as exc:
         raise UsageError(f"{npy}: not a readable .npy matrix ({_first_line(exc) or 'empty file'})") from None
     if matrix.ndim not in (2, 3) or matrix.dtype != np.float32 or 0 in matrix.shape[1:]:
-        raise UsageError(f"{npy}: expected an N x D (or N x layers x D) float32 matrix, "
-                         f"found {matrix.dtype} {tuple(matrix.shape)}")
+        raise UsageError(
+            f"{npy}: expected an N x D (or N x layers x D) float32 matrix, found {matrix.dtype} {tuple(matrix.shape)}"
+        )
     index = read_index(paths["index"])
     if len(index) != len(matrix):
-        raise UsageError(f"{paths['index']}: {len(index)} rows but {npy} has {len(matrix)}; "
-                         "the two files are not from the same run")
+        raise UsageError(
+            f"{paths['index']}: {len(index)} rows but {npy} has {len(matrix)}; the two files are not from the same run"
+        )
     return Embeddings(npy, matrix, index, read_manifest(paths["manifest"]))
 
 
@@ -146,11 +152,16 @@ def read_index(path: Path) -> list[dict]:
         rows = []
         for n, raw in enumerate(reader):
             try:
-                rows.append({"row": int(raw["row"]), "path": _path(from_spreadsheet(raw["path"])),
-                             "duration_s": float(raw.get("duration_s") or "nan"),
-                             "sample_rate": int(raw.get("sample_rate") or 0),
-                             "channels": int(raw.get("channels") or 0),
-                             "truncated": raw.get("truncated") == "1"})
+                rows.append(
+                    {
+                        "row": int(raw["row"]),
+                        "path": _path(from_spreadsheet(raw["path"])),
+                        "duration_s": float(raw.get("duration_s") or "nan"),
+                        "sample_rate": int(raw.get("sample_rate") or 0),
+                        "channels": int(raw.get("channels") or 0),
+                        "truncated": raw.get("truncated") == "1",
+                    }
+                )
             except (TypeError, ValueError):
                 raise UsageError(f"{path}: line {n + 2} is not a matpac index row") from None
     if [r["row"] for r in rows] != list(range(len(rows))):
@@ -335,11 +346,23 @@ def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
     try:
         rank = int(raw["rank"])
         if rank == 0:  # the head kept no label of this file
-            row = {"path": _path(str(raw["path"])), "head": str(raw["head"]), "label": None, "score": None,
-                   "rank": 0, "tag_id": None}
+            row = {
+                "path": _path(str(raw["path"])),
+                "head": str(raw["head"]),
+                "label": None,
+                "score": None,
+                "rank": 0,
+                "tag_id": None,
+            }
         else:
-            row = {"path": _path(str(raw["path"])), "head": str(raw["head"]), "label": str(raw["label"]),
-                   "score": _finite(float(raw["score"])), "rank": rank, "tag_id": str(raw["tag_id"])}
+            row = {
+                "path": _path(str(raw["path"])),
+                "head": str(raw["head"]),
+                "label": str(raw["label"]),
+                "score": _finite(float(raw["score"])),
+                "rank": rank,
+                "tag_id": str(raw["tag_id"]),
+            }
         row["duration_s"] = _number(raw.get(DURATION_COLUMN), float)
         if segments:
             row["start_s"] = _number(raw.get("start_s"), float)

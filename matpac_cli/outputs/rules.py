@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from matpac_cli.errors import OutputError
 from matpac_cli.outputs.manifest import check_manifest
-from matpac_cli.sidefiles import refuse_symlink
 from matpac_cli.outputs.writers import FAILURES_COLUMNS, not_ours
+from matpac_cli.sidefiles import refuse_symlink
 
 FAILURES_HEADER = ",".join(FAILURES_COLUMNS).encode()
 
@@ -61,8 +61,10 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
             continue
         hit = existing.get((st.st_dev, st.st_ino))
         if hit is not None:
-            raise OutputError(f"{hit[0]} {hit[1]} is an input of this run ({item.name}); an input is never "
-                              "written as an output, even with --force")
+            raise OutputError(
+                f"{hit[0]} {hit[1]} is an input of this run ({item.name}); an input is never "
+                "written as an output, even with --force"
+            )
 
 
 def check_side_files(written: Iterable[Path], journals: Iterable[Path] = ()) -> None:

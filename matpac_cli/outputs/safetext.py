@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numbers
 import re
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 FORMULA_START = frozenset("=+-@\t\r\n'")  # OWASP's list, the line feed, and the escape itself
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # C0, DEL, C1, undecodable bytes

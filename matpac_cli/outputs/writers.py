@@ -15,9 +15,10 @@ import json
 import os
 import re
 import signal
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Unit:
     def __init__(self) -> None:
         self.staged: list[tuple[Path, Path]] = []  # (temporary, final)
 
-    def __enter__(self) -> "Unit":
+    def __enter__(self) -> Unit:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -172,12 +173,18 @@ def mirror_name(name: str, suffix: str) -> str:
     A name too long to mirror (a component past 240 bytes, or 1 KiB in all) is
     `_long/<sha256 of the name, 16 hex>/<its last 100 characters>`."""
     pure = PurePath(name)
-    parts = ["_root" if pure.anchor and i == 0 else "_up" if p == ".." else "__" + p[1:] if p[:1] == "_" else p
-             for i, p in enumerate(pure.parts) if p not in (".", "")]
+    parts = [
+        "_root" if pure.anchor and i == 0 else "_up" if p == ".." else "__" + p[1:] if p[:1] == "_" else p
+        for i, p in enumerate(pure.parts)
+        if p not in (".", "")
+    ]
     parts = [p for p in parts if p not in ("/", "\\")]
     mirrored = "/".join(parts) + suffix
-    if parts and max(len(os.fsencode(p)) for p in parts) + len(suffix) <= 240 \
-            and len(os.fsencode(mirrored)) <= MIRROR_MAX:
+    if (
+        parts
+        and max(len(os.fsencode(p)) for p in parts) + len(suffix) <= 240
+        and len(os.fsencode(mirrored)) <= MIRROR_MAX
+    ):
         return mirrored
     import hashlib
 
@@ -195,8 +202,10 @@ def not_ours(path: Path, option: str = "") -> str:
     said = f"{option} {path}".strip()
     matrix = path.with_suffix(".npy")
     if path.suffix.lower() == ".csv" and matrix.exists():
-        return (f"{said} is the row index of {matrix}; give another name (--force would replace it and "
-                f"leave {matrix.name} without its index)")
+        return (
+            f"{said} is the row index of {matrix}; give another name (--force would replace it and "
+            f"leave {matrix.name} without its index)"
+        )
     return f"{said} exists and was not written by matpac; use --force to replace it"
 
 
@@ -249,20 +258,23 @@ def output_format(out: str | None, fmt: str | None) -> str:
         raise UsageError(f"--format {fmt}: supported formats are {supported}")
     if out in (None, "-"):
         if fmt is not None and fmt.lower() in BINARY:
-            raise UsageError(f"--format {fmt.lower()} is binary and is not written to stdout; "
-                             f"give --out FILE.{fmt.lower()}")
+            raise UsageError(
+                f"--format {fmt.lower()} is binary and is not written to stdout; give --out FILE.{fmt.lower()}"
+            )
         return (fmt or "csv").lower()
     ext = Path(out).suffix.lower()
     if ext not in FORMATS:
-        raise UsageError(f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
-                         f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout")
+        raise UsageError(
+            f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
+            f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout"
+        )
     if fmt is not None and fmt.lower() != FORMATS[ext]:
         raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
     return FORMATS[ext]
 
 
 @contextmanager
-def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterator["RowWriter"]:
+def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterator[RowWriter]:
     """A row writer into `path`, one of `unit`'s files: CSV or JSON Lines as text, or a Parquet
     table (`parquet.RowTable`, the same `write(row)`), whose footer is written on success."""
     if fmt not in BINARY:

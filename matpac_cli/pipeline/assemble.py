@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from matpac_cli.errors import InputError
+from matpac_cli.inference.predictor import Predictor
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.chunking import Window
 from matpac_cli.pipeline.discovery import Item
-from matpac_cli.errors import InputError
-from matpac_cli.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ def merge_short_tail(segments: list[Segment], min_s: float) -> list[Segment]:
         return segments
     prev, tail = segments[-2], segments[-1]
     cols = prev.columns + tail.columns
-    pooled = (prev.embedding.astype(np.float64) * prev.columns + tail.embedding.astype(np.float64) * tail.columns) / cols
+    pooled = (
+        prev.embedding.astype(np.float64) * prev.columns + tail.embedding.astype(np.float64) * tail.columns
+    ) / cols
     return segments[:-2] + [Segment(prev.start_s, tail.end_s, pooled.astype(np.float32), cols)]
 
 
@@ -111,9 +113,11 @@ class Slot:
             self.truncated = source.truncated
         if self.added == 0 and self.error is None:
             ms = 1000 * self.duration_s
-            self.error = InputError(self.item.name, f"too short ({ms:.1f} ms; one 25 ms window, 400 samples at 16 kHz, is needed)")
+            self.error = InputError(
+                self.item.name, f"too short ({ms:.1f} ms; one 25 ms window, 400 samples at 16 kHz, is needed)"
+            )
 
-    def take(self, i: int, w: Window, chunk: "ChunkOutput") -> None:
+    def take(self, i: int, w: Window, chunk: ChunkOutput) -> None:
         """Add one chunk's output for plan `i` (chunks may arrive in any order)."""
         self.sums[i] += chunk.sums
         self.counts[i] += w.columns
@@ -166,8 +170,10 @@ def hand_on(slot: Slot, plans: list[Plan], on_result, on_failure, on_progress) -
     error (input far out of range), never a row."""
     result = slot.result(plans) if slot.error is None else None
     if result is not None and not all(np.isfinite(o.embedding).all() for o in result.outputs):
-        slot.error = InputError(slot.item.name, "the encoder gave NaN or infinite values (samples far "
-                                "outside -1..1?); nothing written for it")
+        slot.error = InputError(
+            slot.item.name,
+            "the encoder gave NaN or infinite values (samples far outside -1..1?); nothing written for it",
+        )
     if slot.error is not None:
         on_failure(slot.error)
         on_progress(slot.item, 0.0)

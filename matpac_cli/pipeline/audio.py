@@ -51,8 +51,11 @@ class AudioSource:
             self.close()
             if self.sample_rate <= 0:
                 raise InputError(self.name, "the header gives no sample rate")
-            raise InputError(self.name, f"sample rate {self.sample_rate} Hz is not supported "
-                                        f"(matpac reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)")
+            raise InputError(
+                self.name,
+                f"sample rate {self.sample_rate} Hz is not supported "
+                f"(matpac reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)",
+            )
         if self.channels < 1:
             self.close()
             raise InputError(self.name, "file has no audio channels")
@@ -162,15 +165,16 @@ class AudioSource:
                 first = None
                 converted = resampler.resample(frame)  # None flushes at the end
             except ValueError as exc:  # PyAV: a frame whose rate or layout differs from the first
-                raise InputError(self.name, f"decoding failed part-way: the audio format changes "
-                                            f"mid-stream ({_short(str(exc))})") from None
+                raise InputError(
+                    self.name, f"decoding failed part-way: the audio format changes mid-stream ({_short(str(exc))})"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - av.FFmpegError and friends
                 raise InputError(self.name, f"decoding failed part-way: {_av_reason(exc)}") from None
             for out in converted:
                 data = out.to_ndarray().reshape(-1, self.channels)
                 while len(data):
                     take = min(size - filled, len(data))
-                    block[filled:filled + take] = data[:take]
+                    block[filled : filled + take] = data[:take]
                     filled, data = filled + take, data[take:]
                     if filled == size:
                         yield block
@@ -193,9 +197,34 @@ def _av_reason(exc: Exception) -> str:
 # file without one reaches libsndfile's last resort, the MPEG probe, and libmpg123 writes its
 # complaints about non-MPEG data straight to the process's stderr (fd 2), naming no file.
 _LIBSNDFILE_MAGIC = (
-    b"RIFF", b"RIFX", b"RF64", b"BW64", b"riff", b"FORM", b".snd", b"dns.", b"fap ", b" paf",
-    b"NIST", b"Crea", b"MATL", b"PVF1", b"Exte", b"caff", b"OggS", b"ALaw", b"Diam", b"LM89",
-    b"2BIT", b"CAT ", b"fLaC", b"wvpk", b"SOUN", b"SY80", b"SY85", b"ajkg",
+    b"RIFF",
+    b"RIFX",
+    b"RF64",
+    b"BW64",
+    b"riff",
+    b"FORM",
+    b".snd",
+    b"dns.",
+    b"fap ",
+    b" paf",
+    b"NIST",
+    b"Crea",
+    b"MATL",
+    b"PVF1",
+    b"Exte",
+    b"caff",
+    b"OggS",
+    b"ALaw",
+    b"Diam",
+    b"LM89",
+    b"2BIT",
+    b"CAT ",
+    b"fLaC",
+    b"wvpk",
+    b"SOUN",
+    b"SY80",
+    b"SY85",
+    b"ajkg",
 )
 _MPEG_SCAN_BYTES = 65_536  # more than libmpg123's own resync limit: never stricter than it is
 _MPEG_KBPS = {  # (MPEG-1?, layer) -> bitrate table, kbit/s
@@ -229,7 +258,7 @@ def _not_for_libsndfile(path: Path) -> str | None:
             return None  # a huge tag: let libsndfile look
     if len(head) - start < 12:
         return None  # too short for the MPEG probe; libsndfile says "Format not recognised" itself
-    if head[start:start + 4] in _LIBSNDFILE_MAGIC or _mpeg_frames_at(head, start, at_eof):
+    if head[start : start + 4] in _LIBSNDFILE_MAGIC or _mpeg_frames_at(head, start, at_eof):
         return None
     return "Format not recognised"
 

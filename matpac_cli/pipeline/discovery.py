@@ -8,12 +8,13 @@ the order given (a stdin list keeps its order), each folder's files sorted by pa
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-import errno
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from matpac_cli.errors import UsageError
 
@@ -48,8 +49,12 @@ def read_path_list(stream: TextIO, null: bool) -> list[str]:
     return [p for p in (x.strip("\r\n") if not null else x for x in parts) if p]
 
 
-def discover(inputs: Iterable[str], extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
-             stdin: TextIO | None = None, null: bool = False) -> list[Item]:
+def discover(
+    inputs: Iterable[str],
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+    stdin: TextIO | None = None,
+    null: bool = False,
+) -> list[Item]:
     """Expand inputs into a de-duplicated list of files; `-` reads paths from stdin.
 
     Inputs keep the order they were given in (so does a stdin list); a folder contributes its
@@ -118,9 +123,15 @@ def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
             if (sub.st_dev, sub.st_ino) in seen:  # entered already: a loop if it is an ancestor
                 real, here = os.path.realpath(full), os.path.realpath(dirpath)
                 if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
-                    problems.append(Item(shown_as(dirpath, d), Path(full),
-                                         f"symlink loop (points back to {os.readlink(full)})"
-                                         if os.path.islink(full) else "folder loop"))
+                    problems.append(
+                        Item(
+                            shown_as(dirpath, d),
+                            Path(full),
+                            f"symlink loop (points back to {os.readlink(full)})"
+                            if os.path.islink(full)
+                            else "folder loop",
+                        )
+                    )
                 continue
             seen.add((sub.st_dev, sub.st_ino))
             keep.append(d)

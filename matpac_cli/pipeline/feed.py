@@ -16,16 +16,16 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
+from matpac_cli.encoder.logmel import StreamResampler
+from matpac_cli.encoder.resample import SegmentStream, eligible, resample_batch
+from matpac_cli.errors import InputError
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.chunking import WindowStream
 from matpac_cli.pipeline.discovery import Item
-from matpac_cli.errors import InputError
-from matpac_cli.encoder.logmel import StreamResampler
-from matpac_cli.encoder.resample import SegmentStream, eligible, resample_batch
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -113,8 +113,9 @@ class Feed:
                 continue
 
 
-def decoded(items: list[Item], workers: int, n_ts: tuple[int, ...], can_start: Callable[[], bool],
-            defer_resample: bool = False) -> Iterator[tuple[Feed | None, object]]:
+def decoded(
+    items: list[Item], workers: int, n_ts: tuple[int, ...], can_start: Callable[[], bool], defer_resample: bool = False
+) -> Iterator[tuple[Feed | None, object]]:
     """Decode up to `workers` files at once and yield (feed, message) as blocks arrive.
 
     Each feed first yields `START` (in input order), then its chunks in order, then `END` or an

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from matpac_cli.engines.work import first_line
 from matpac_cli.errors import MatpacError, UsageError
@@ -148,11 +148,20 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
     with conn:
         if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):  # a TLS GCS answers only TLS
             said = _first_words(conn, timeout)
-            if said is None or len(said) < 9 or said[3] != 0x04 or said[5:9] != bytes(4):  # not an HTTP/2 SETTINGS frame
-                heard = (f"it said {_printable(said)}" if said else
-                         f"it said nothing in {timeout:g} s" if said is None else "it closed the connection")
-                raise MatpacError(f"{address} answered but is not a Ray cluster (GCS): {heard}; give the head's "
-                                  "GCS port (6379 unless `ray start --head --port` chose another)")
+            if (
+                said is None or len(said) < 9 or said[3] != 0x04 or said[5:9] != bytes(4)
+            ):  # not an HTTP/2 SETTINGS frame
+                heard = (
+                    f"it said {_printable(said)}"
+                    if said
+                    else f"it said nothing in {timeout:g} s"
+                    if said is None
+                    else "it closed the connection"
+                )
+                raise MatpacError(
+                    f"{address} answered but is not a Ray cluster (GCS): {heard}; give the head's "
+                    "GCS port (6379 unless `ray start --head --port` chose another)"
+                )
 
 
 def _first_words(conn: socket.socket, timeout: float) -> bytes | None:
@@ -166,7 +175,7 @@ def _first_words(conn: socket.socket, timeout: float) -> bytes | None:
             if not more:
                 break
             said += more
-    except socket.timeout:
+    except TimeoutError:
         return said or None
     except OSError:
         pass

@@ -29,15 +29,24 @@ import itertools
 import os
 import pickle
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from matpac_cli.pipeline.discovery import Item
-from matpac_cli.errors import InputError, MatpacError
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
-from matpac_cli.engines.work import (GIVE_UP, Attempts, Collector, Encoder, Recipe, crash_on, decode_files, died,
-                                     first_line)
+from matpac_cli.engines.work import (
+    GIVE_UP,
+    Attempts,
+    Collector,
+    Encoder,
+    Recipe,
+    crash_on,
+    decode_files,
+    died,
+    first_line,
+)
+from matpac_cli.errors import InputError, MatpacError
 from matpac_cli.pipeline.assemble import Plan
+from matpac_cli.pipeline.discovery import Item
 
 DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
@@ -46,11 +55,18 @@ LEDGER_S = 30.0  # the longest a try waits on the ledger's answer (it answers in
 STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
-def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None, workers: int | None = None,
-        on_result: Callable = lambda r: None, on_failure: Callable[[InputError], None] = lambda e: None,
-        on_progress: Callable[[Item, float], None] = lambda i, s: None,
-        on_audio: Callable[[float], None] = lambda s: None, address: str | None = None,
-        on_warning: Callable[[str], None] = lambda text: None) -> int:
+def run(
+    items: Iterable[Item],
+    plans: list[Plan],
+    batch_size: int | None = None,
+    workers: int | None = None,
+    on_result: Callable = lambda r: None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+    on_progress: Callable[[Item, float], None] = lambda i, s: None,
+    on_audio: Callable[[float], None] = lambda s: None,
+    address: str | None = None,
+    on_warning: Callable[[str], None] = lambda text: None,
+) -> int:
     """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
     Returns how many tries were reruns of work whose process (or node) died."""
     items = list(items)
@@ -60,8 +76,15 @@ def run(items: Iterable[Item], plans: list[Plan], batch_size: int | None = None,
     ledger = None
     try:
         ledger = _Ledger.start()
-        _run(cluster, items, plans, batch_size, Collector(items, plans, on_result, on_failure, on_progress, on_audio),
-             ledger, on_warning)
+        _run(
+            cluster,
+            items,
+            plans,
+            batch_size,
+            Collector(items, plans, on_result, on_failure, on_progress, on_audio),
+            ledger,
+            on_warning,
+        )
         return ledger.retries()
     finally:
         if ledger is not None:
@@ -78,24 +101,29 @@ class _Ledger:
         self.name, self.round, self._handle, self._lost = name, round_, None, False
         self.reruns = 0  # files run again in a later round (the driver's count)
 
-    def for_round(self, round_: int) -> "_Ledger":
+    def for_round(self, round_: int) -> _Ledger:
         """Keys of their own for each round: a try that a stopped round cut short is no death."""
         view = _Ledger(self.name, round_)
         view._handle = self._handle
         return view
 
     @classmethod
-    def start(cls) -> "_Ledger":
+    def start(cls) -> _Ledger:
         import uuid
 
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         ledger = cls(f"matpac-attempts-{uuid.uuid4().hex}")
-        heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+        heads = [
+            n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        ]
         here = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
-        ledger._handle = ray.remote(Attempts).options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1,
-                                                      scheduling_strategy=here).remote()
+        ledger._handle = (
+            ray.remote(Attempts)
+            .options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1, scheduling_strategy=here)
+            .remote()
+        )
         return ledger
 
     def __getstate__(self) -> dict:
@@ -179,8 +207,15 @@ class _Lost(Exception):
     """A round ended because an encoder actor (or the node it ran on) died."""
 
 
-def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int | None, collector: "Collector",
-         ledger: _Ledger, on_warning: Callable[[str], None]) -> None:
+def _run(
+    cluster: Cluster,
+    items: list[Item],
+    plans: list[Plan],
+    batch_size: int | None,
+    collector: Collector,
+    ledger: _Ledger,
+    on_warning: Callable[[str], None],
+) -> None:
     """The job in rounds, each on the files left with an actor pool sized for the cluster as it
     is then. Encoder actors are never restarted (`max_restarts=0`): Ray would restart a lost
     node's actors for ever where the nodes left have no room for them, holding their batches,
@@ -210,12 +245,17 @@ def _run(cluster: Cluster, items: list[Item], plans: list[Plan], batch_size: int
                 collector.finish(died(lost, "encoding it (or a file batched with it)"))
                 return
             if idle >= STALLS:
-                raise MatpacError(f"the Ray job made no progress, {STALLS} rounds in a row (see `ray status`); "
-                                  "the finished files are kept") from None
+                raise MatpacError(
+                    f"the Ray job made no progress, {STALLS} rounds in a row (see `ray status`); "
+                    "the finished files are kept"
+                ) from None
             again = len(left) - (len(collector.done) - done)
             ledger.reruns += again
-            why = ("lost an encoder actor (its worker or node died)" if isinstance(exc, _Lost) else
-                   f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)")
+            why = (
+                "lost an encoder actor (its worker or node died)"
+                if isinstance(exc, _Lost)
+                else f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)"
+            )
             on_warning(f"the Ray job {why}; running the {again} file(s) left again")
     collector.finish()
 
@@ -243,8 +283,15 @@ def stall_s() -> float:
         return STALL_S
 
 
-def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Plan], batch_size: int | None,
-           collector: "Collector", ledger: _Ledger) -> None:
+def _round(
+    cluster: Cluster,
+    items: list[Item],
+    left: list[int],
+    plans: list[Plan],
+    batch_size: int | None,
+    collector: Collector,
+    ledger: _Ledger,
+) -> None:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -253,8 +300,10 @@ def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Pla
     device = plans[0].predictor.device
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
-    rows = [{"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
-            for i in left]
+    rows = [
+        {"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
+        for i in left
+    ]
     DataContext.get_current().execution_no_progress_timeout_s = stall_s()
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
@@ -263,16 +312,25 @@ def _round(cluster: Cluster, items: list[Item], left: list[int], plans: list[Pla
     # that actors holding every CPU of the nodes left after a node is lost cannot starve them
     # (the job hung so); `concurrency` bounds them instead (two per CPU), spread over the nodes
     decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
-    ds = ds.map_batches(decode_files, batch_size=1, num_cpus=0, concurrency=decoders,
-                        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger,
-                                   "crash_on": crash_on()})
+    ds = ds.map_batches(
+        decode_files,
+        batch_size=1,
+        num_cpus=0,
+        concurrency=decoders,
+        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger, "crash_on": crash_on()},
+    )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
     encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
     with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
         warnings.simplefilter("ignore")
-        ds = ds.map_batches(encoder, batch_size=batch_size or default_batch(device),
-                            compute=ActorPoolStrategy(min_size=1, max_size=actors), max_restarts=0, **resources)
+        ds = ds.map_batches(
+            encoder,
+            batch_size=batch_size or default_batch(device),
+            compute=ActorPoolStrategy(min_size=1, max_size=actors),
+            max_restarts=0,
+            **resources,
+        )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):

@@ -18,10 +18,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from matpac_cli.errors import OutputError, UsageError
-from matpac_cli.outputs.readers import read_embeddings, scan_tags
 from matpac_cli.jobs.report.data import Library, collect
 from matpac_cli.jobs.report.mapping import Map, build_map
 from matpac_cli.jobs.report.page import GENERATOR, Content, failures, render
+from matpac_cli.outputs.readers import read_embeddings, scan_tags
 from matpac_cli.outputs.writers import atomic, ensure_writable
 
 SUFFIXES = (".html", ".htm")
@@ -58,9 +58,16 @@ def is_report(path: Path) -> bool:
     return f'<meta name="generator" content="{GENERATOR}'.encode() in head
 
 
-def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | None = None, audio: bool = False,
-                 audio_root: Path | str | None = None, title: str | None = None, neighbours: int = 5,
-                 force: bool = False) -> Report:
+def build_report(
+    tags: Path | str,
+    out: Path | str,
+    embeddings: Path | str | None = None,
+    audio: bool = False,
+    audio_root: Path | str | None = None,
+    title: str | None = None,
+    neighbours: int = 5,
+    force: bool = False,
+) -> Report:
     """Write the report of `tags` to `out`. `audio`: a player per file, its source the tag path
     (taken from `audio_root`, default the current folder) relative to the report's folder."""
     tags, out = Path(tags), Path(out)
@@ -78,15 +85,29 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
         _match_notes(fmap, emb.path, warnings)
     named, failed = failures(stream.manifest)
     if failed:
-        listed = ("the page lists them." if len(named) == failed else f"the page lists {len(named):,} of them."
-                  if named else "its manifest does not name them (the tag run's --failures file does).")
+        listed = (
+            "the page lists them."
+            if len(named) == failed
+            else f"the page lists {len(named):,} of them."
+            if named
+            else "its manifest does not name them (the tag run's --failures file does)."
+        )
         warnings.append(f"{failed:,} file(s) failed in the tag run and have no rows; {listed}")
     notes += warnings
     if stream.manifest is None:
         notes.append(f"No manifest beside {tags} ({tags.name}.manifest.json): the models and heads are not known.")
-    content = Content(title or f"matpac report: {tags.name}", str(tags), lib, durations, stream.manifest, notes,
-                      fmap, emb.paths if emb is not None else [], _emb_label(emb) if emb is not None else "",
-                      audio_sources(lib.paths, out, audio_root) if audio else None)
+    content = Content(
+        title or f"matpac report: {tags.name}",
+        str(tags),
+        lib,
+        durations,
+        stream.manifest,
+        notes,
+        fmap,
+        emb.paths if emb is not None else [],
+        _emb_label(emb) if emb is not None else "",
+        audio_sources(lib.paths, out, audio_root) if audio else None,
+    )
     page = render(content).encode("utf-8", "backslashreplace")  # a non-UTF-8 file name as \udcXX
     with atomic(out, "wb") as fh:
         fh.write(page)
@@ -95,8 +116,10 @@ def build_report(tags: Path | str, out: Path | str, embeddings: Path | str | Non
 
 def _embeddings(path: Path):
     if path.suffix.lower() not in (".npy", ".parquet"):
-        raise UsageError(f"--embeddings {path}: give the .npy (its .csv row index and manifest are read "
-                         "beside it) or the .parquet that `matpac embed --out` writes")
+        raise UsageError(
+            f"--embeddings {path}: give the .npy (its .csv row index and manifest are read "
+            "beside it) or the .parquet that `matpac embed --out` writes"
+        )
     return read_embeddings(path)
 
 
@@ -119,8 +142,9 @@ def _durations(lib: Library, emb, fmap: Map | None, notes: list[str]) -> list[fl
     if fmap is None and lib.segments:
         notes.append("Durations are the end of each file's last segment (within 15 ms of the file's length).")
     elif fmap is None:
-        notes.append("Durations are unknown: the tags have no duration_s column, no --segments, and no "
-                     "--embeddings were given.")
+        notes.append(
+            "Durations are unknown: the tags have no duration_s column, no --segments, and no --embeddings were given."
+        )
     return out
 
 
@@ -128,8 +152,10 @@ def _match_notes(fmap: Map, emb_path: Path, notes: list[str]) -> None:
     if fmap.missing:
         notes.append(f"{fmap.missing:,} tagged file(s) are not in {emb_path.name}: they are not on the map.")
     if fmap.extra:
-        notes.append(f"{len(fmap.extra):,} file(s) of {emb_path.name} are not in the tags: left out of the table "
-                     "and the map, but listed as neighbours where they are near.")
+        notes.append(
+            f"{len(fmap.extra):,} file(s) of {emb_path.name} are not in the tags: left out of the table "
+            "and the map, but listed as neighbours where they are near."
+        )
 
 
 def audio_sources(paths: list[str], out: Path, root: Path | str | None) -> list[str]:

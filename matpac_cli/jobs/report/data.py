@@ -85,8 +85,10 @@ def collect(stream: TagStream) -> Library:
                 _add_file(lib, current, rows, heads, indexes, cut)
             current, rows = row["path"], []
             if current in seen:
-                raise UsageError(f"{stream.path}: the rows of {current} are not together; "
-                                 "not a matpac tags file (matpac writes each file's rows in one run)")
+                raise UsageError(
+                    f"{stream.path}: the rows of {current} are not together; "
+                    "not a matpac tags file (matpac writes each file's rows in one run)"
+                )
             if len(seen) >= MAX_FILES:
                 cut.files += 1
                 continue
@@ -134,24 +136,38 @@ class _Cuts:
     def sentences(self) -> list[str]:
         out = []
         if self.files:
-            out.append(f"{self.path}: more than {MAX_FILES:,} files; the report leaves out the last {self.files:,} file(s)")
+            out.append(
+                f"{self.path}: more than {MAX_FILES:,} files; the report leaves out the last {self.files:,} file(s)"
+            )
         for path, n in list(self.rows.items())[:3]:
-            out.append(f"{self.path}: {path} has more than {MAX_FILE_ROWS:,} rows; the report leaves out its last {n:,}")
+            out.append(
+                f"{self.path}: {path} has more than {MAX_FILE_ROWS:,} rows; the report leaves out its last {n:,}"
+            )
         if len(self.rows) > 3:
             out.append(f"{self.path}: {len(self.rows) - 3:,} more file(s) with more than {MAX_FILE_ROWS:,} rows cut")
         if self.heads:
             out.append(f"{self.path}: more than {MAX_HEADS} heads; the report leaves out {len(self.heads):,} of them")
         if self.labels:
-            out.append(f"{self.path}: a head with more than {MAX_LABELS:,} labels; the report leaves out "
-                       f"{self.labels:,} row(s) of the others")
+            out.append(
+                f"{self.path}: a head with more than {MAX_LABELS:,} labels; the report leaves out "
+                f"{self.labels:,} row(s) of the others"
+            )
         if self.segments:
-            out.append(f"{self.path}: a file with more than {MAX_SEGMENTS:,} segments; its timeline leaves out "
-                       f"{self.segments:,} segment row(s)")
+            out.append(
+                f"{self.path}: a file with more than {MAX_SEGMENTS:,} segments; its timeline leaves out "
+                f"{self.segments:,} segment row(s)"
+            )
         return out
 
 
-def _add_file(lib: Library, path: str, rows: list[dict], heads: dict[str, HeadStats],
-              indexes: dict[str, dict[str, int]], cut: _Cuts) -> None:
+def _add_file(
+    lib: Library,
+    path: str,
+    rows: list[dict],
+    heads: dict[str, HeadStats],
+    indexes: dict[str, dict[str, int]],
+    cut: _Cuts,
+) -> None:
     clip: dict[str, list[dict]] = {}
     segs: dict[str, list[dict]] = {}
     for row in rows:
@@ -176,7 +192,9 @@ def _add_file(lib: Library, path: str, rows: list[dict], heads: dict[str, HeadSt
             stats.kept[stats.label_index(r["label"], index)] += 1
         if kept:
             stats.top1[stats.label_index(kept[0]["label"], index)] += 1
-        top.append([v for r in kept[:TABLE_LABELS] for v in (stats.label_index(r["label"], index), round(r["score"], 3))])
+        top.append(
+            [v for r in kept[:TABLE_LABELS] for v in (stats.label_index(r["label"], index), round(r["score"], 3))]
+        )
         seg_rows = segs.get(stats.name)
         record = timeline(_first_segments(seg_rows, cut), stats, index) if seg_rows else None
         timelines.append(record)
@@ -225,8 +243,12 @@ def timeline(rows: list[dict], stats: HeadStats, index: dict[str, int]) -> dict:
         edges = np.arange(0, len(starts), group)
         scores = np.fmax.reduceat(scores, edges, axis=1)  # NaN only where the whole group is missing
         starts = [starts[e] for e in edges]
-    record = {"l": [stats.label_index(labels[i], index) for i in keep], "q": quantise(scores),
-              "n": len(starts), "end": round(float(end), 3)}
+    record = {
+        "l": [stats.label_index(labels[i], index) for i in keep],
+        "q": quantise(scores),
+        "n": len(starts),
+        "end": round(float(end), 3),
+    }
     record.update(_grid(starts))
     return record
 

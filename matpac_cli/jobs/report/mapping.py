@@ -11,8 +11,8 @@ beyond that are read again from the map on each pass, one block at a time. Neigh
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -46,8 +46,10 @@ def match_rows(paths: Sequence[str], emb: Embeddings) -> tuple[list[int | None],
         rows.setdefault(os.path.normpath(p), i)
     found = [rows.get(os.path.normpath(p)) for p in paths]
     if not any(r is not None for r in found):
-        raise UsageError(f"{emb.path}: none of its {len(emb.paths)} files is in the tags "
-                         f"(first: {emb.paths[0] if emb.paths else 'none'}); these embeddings are of other files")
+        raise UsageError(
+            f"{emb.path}: none of its {len(emb.paths)} files is in the tags "
+            f"(first: {emb.paths[0] if emb.paths else 'none'}); these embeddings are of other files"
+        )
     named = {os.path.normpath(p) for p in paths}
     extra = [p for p in emb.paths if os.path.normpath(p) not in named]
     return found, extra
@@ -73,7 +75,7 @@ def nearest_rows(matrix: np.ndarray, sel: np.ndarray, k: int) -> list[list[tuple
 
     out = []
     for a in range(0, len(sel), QUERY_BLOCK):
-        part = sel[a:a + QUERY_BLOCK]
+        part = sel[a : a + QUERY_BLOCK]
         found = nearest(matrix, np.asarray(matrix[part], dtype=np.float32), k, exclude=part.tolist())
         out.extend([(int(r), round(float(c), 4)) for r, c in zip(rs, cs)] for rs, cs in found)
     return out
@@ -83,7 +85,7 @@ def pca2(matrix: np.ndarray, sel: np.ndarray, seed: int = 0) -> tuple[np.ndarray
     """Rows `sel` of `matrix` (N, D) projected on their first two principal components, and the
     share of the total variance each explains. The sign of an axis is arbitrary."""
     n, dim = len(sel), matrix.shape[1]
-    blocks = [sel[a:a + BLOCK_ROWS] for a in range(0, n, BLOCK_ROWS)]
+    blocks = [sel[a : a + BLOCK_ROWS] for a in range(0, n, BLOCK_ROWS)]
     mean = sum(_read(matrix, b).sum(axis=0, dtype=np.float64) for b in blocks) / max(n, 1)
     centred = _Centred(matrix, blocks, mean.astype(np.float32))
     total = sum(float(np.square(x, dtype=np.float64).sum()) for x in centred)
@@ -131,6 +133,6 @@ class _Centred:
     def t_times(self, y: np.ndarray) -> np.ndarray:  # (X - mean).T @ y, (D, k)
         out, start = np.zeros((self.matrix.shape[1], y.shape[1])), 0
         for x in self:
-            out += x.T @ y[start:start + len(x)].astype(np.float32)
+            out += x.T @ y[start : start + len(x)].astype(np.float32)
             start += len(x)
         return out

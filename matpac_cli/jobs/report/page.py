@@ -12,10 +12,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from importlib.resources import files
-from typing import Sequence
 
 import numpy as np
 
@@ -67,8 +67,9 @@ def failures(manifest: dict | None) -> tuple[list[tuple[str, str]], int]:
     skipped, so a hand-edited manifest still gives a page."""
     man = manifest if isinstance(manifest, dict) else {}
     listed = man.get("failures") if isinstance(man.get("failures"), list) else []
-    named = [(str(f["path"]), str(f.get("reason", ""))) for f in listed[:FAILED_SHOWN]
-             if isinstance(f, dict) and "path" in f]
+    named = [
+        (str(f["path"]), str(f.get("reason", ""))) for f in listed[:FAILED_SHOWN] if isinstance(f, dict) and "path" in f
+    ]
     count = (man.get("counts") if isinstance(man.get("counts"), dict) else {}).get("failed")
     if not isinstance(count, int) or isinstance(count, bool) or count < len(named):
         count = len(named)
@@ -77,7 +78,7 @@ def failures(manifest: dict | None) -> tuple[list[tuple[str, str]], int]:
 
 def _selection(output: dict) -> str:
     k, t = output.get("top_k"), output.get("threshold")
-    parts = ([f"top {k} per head"] if k else ["every label"] if k == 0 and t is None else [])
+    parts = [f"top {k} per head"] if k else ["every label"] if k == 0 and t is None else []
     return ", ".join(parts + ([f"score \u2265 {t:g}"] if t is not None else [])) or "?"
 
 
@@ -91,9 +92,12 @@ def summary_html(c: Content) -> str:
     known = [d for d in c.durations if d is not None]
     hours = f"{sum(known) / 3600:.2f}" if known else "-"
     unknown = len(c.durations) - len(known)
-    facts = [("files", f"{len(c.lib.paths):,}"),
-             ("hours of audio" + (f" ({unknown:,} files of unknown length)" if unknown and known else ""), hours),
-             ("heads", len(c.lib.heads)), ("timelines", "yes" if c.lib.segments else "no (no --segments)")]
+    facts = [
+        ("files", f"{len(c.lib.paths):,}"),
+        ("hours of audio" + (f" ({unknown:,} files of unknown length)" if unknown and known else ""), hours),
+        ("heads", len(c.lib.heads)),
+        ("timelines", "yes" if c.lib.segments else "no (no --segments)"),
+    ]
     if c.map is not None:
         facts.append(("on the map", f"{len(c.map.placed):,}"))
     named, failed = failures(c.manifest)
@@ -101,28 +105,46 @@ def summary_html(c: Content) -> str:
         facts.append(("failed in the tag run (no rows)", f"{failed:,}"))
     out = ['<div class="facts">'] + [f'<div class="fact"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in facts] + ["</div>"]
     man = c.manifest or {}
-    models = [[m.get("name"), m.get("source"), (m.get("sha256") or "")[:12], m.get("device"), m.get("precision")]
-              for m in man.get("models") or []]
-    heads = [[h.get("name"), h.get("encoder"), h.get("classes"), h.get("activation"), h.get("source")]
-             for h in man.get("heads") or []]
+    models = [
+        [m.get("name"), m.get("source"), (m.get("sha256") or "")[:12], m.get("device"), m.get("precision")]
+        for m in man.get("models") or []
+    ]
+    heads = [
+        [h.get("name"), h.get("encoder"), h.get("classes"), h.get("activation"), h.get("source")]
+        for h in man.get("heads") or []
+    ]
     tables = []
     if models:
-        tables.append("<div><h4>Models</h4>" + _table(["model", "source", "sha256", "device", "precision"], models) + "</div>")
+        tables.append(
+            "<div><h4>Models</h4>" + _table(["model", "source", "sha256", "device", "precision"], models) + "</div>"
+        )
     if heads:
-        tables.append("<div><h4>Heads</h4>" + _table(["head", "encoder", "classes", "activation", "probe"], heads) + "</div>")
+        tables.append(
+            "<div><h4>Heads</h4>" + _table(["head", "encoder", "classes", "activation", "probe"], heads) + "</div>"
+        )
     out.append(f'<div class="grid">{"".join(tables)}</div>')
     if man:
         output = man.get("output") or {}
-        out.append(f'<p class="meta">Tagged {_e(man.get("created", "?"))} by matpac {_e(man.get("matpac_version", "?"))}; '
-                   f'rows kept: {_e(_selection(output))}; '
-                   f'command: <code>{_e(" ".join(map(str, man.get("command") or [])))}</code></p>')
+        out.append(
+            f'<p class="meta">Tagged {_e(man.get("created", "?"))} by matpac {_e(man.get("matpac_version", "?"))}; '
+            f"rows kept: {_e(_selection(output))}; "
+            f"command: <code>{_e(' '.join(map(str, man.get('command') or [])))}</code></p>"
+        )
     for note in c.notes:
         out.append(f'<p class="note">{_e(note)}</p>')
     if failed:
         more = failed - len(named)
-        out.append(f"<div><h4>Failed files ({failed:,})</h4>" + (_table(["path", "reason"], named) if named else "")
-                   + (f'<p class="note">{"and " if named else ""}{more:,} {"more " if named else ""}not named here '
-                      "(the tag run's --failures file lists them all)</p>" if more else "") + "</div>")
+        out.append(
+            f"<div><h4>Failed files ({failed:,})</h4>"
+            + (_table(["path", "reason"], named) if named else "")
+            + (
+                f'<p class="note">{"and " if named else ""}{more:,} {"more " if named else ""}not named here '
+                "(the tag run's --failures file lists them all)</p>"
+                if more
+                else ""
+            )
+            + "</div>"
+        )
     return "\n".join(out)
 
 
@@ -135,29 +157,38 @@ def labels_html(c: Content) -> str:
         more = f"; the {shown} most frequent shown" if shown < seen else ""
         if stats.unlabelled:
             more += f"; {stats.unlabelled:,} file(s) with no label {name}"
-        figures.append(f"<figure><figcaption>{_e(stats.name)}: {seen} labels in the clip rows{more}</figcaption>"
-                       f"{chart}</figure>")
-    return (f'<p class="meta">Files per label: dark, the label is the file\'s top-1; light, the label is '
-            f'{_e(name)} (clip scores, one per file).</p><div class="grid">{"".join(figures)}</div>')
+        figures.append(
+            f"<figure><figcaption>{_e(stats.name)}: {seen} labels in the clip rows{more}</figcaption>{chart}</figure>"
+        )
+    return (
+        f'<p class="meta">Files per label: dark, the label is the file\'s top-1; light, the label is '
+        f'{_e(name)} (clip scores, one per file).</p><div class="grid">{"".join(figures)}</div>'
+    )
 
 
 def files_html(c: Content) -> str:
     heads = "".join(f"<th>{_e(h.name)}</th>" for h in c.lib.heads)
-    return ('<input id="filter" type="search" placeholder="filter: path or label words" autocomplete="off">'
-            '<span id="count"></span><div class="scroll"><table id="files"><thead><tr><th>path</th><th>duration</th>'
-            f'{heads}</tr></thead><tbody></tbody></table></div>')
+    return (
+        '<input id="filter" type="search" placeholder="filter: path or label words" autocomplete="off">'
+        '<span id="count"></span><div class="scroll"><table id="files"><thead><tr><th>path</th><th>duration</th>'
+        f"{heads}</tr></thead><tbody></tbody></table></div>"
+    )
 
 
 def timeline_html(c: Content) -> str:
     notes = []
     if c.lib.segments:
-        notes.append(f"Each head's {TIMELINE_LABELS} labels with the highest mean score over the file's segments; "
-                     "grey: the label was not among that segment's kept rows. Hover a cell for its score"
-                     + ("; click it to play that moment." if c.audio else "."))
+        notes.append(
+            f"Each head's {TIMELINE_LABELS} labels with the highest mean score over the file's segments; "
+            "grey: the label was not among that segment's kept rows. Hover a cell for its score"
+            + ("; click it to play that moment." if c.audio else ".")
+        )
         pooled = [f"{h.name}: {h.pooled}" for h in c.lib.heads if h.pooled]
         if pooled:
-            notes.append(f"Files of more than {TIMELINE_COLUMNS} segments are shown pooled (maximum) into "
-                         f"{TIMELINE_COLUMNS} columns ({', '.join(pooled)} files).")
+            notes.append(
+                f"Files of more than {TIMELINE_COLUMNS} segments are shown pooled (maximum) into "
+                f"{TIMELINE_COLUMNS} columns ({', '.join(pooled)} files)."
+            )
     return "".join(f'<p class="note">{_e(n)}</p>' for n in notes) + '<div id="file"></div>'
 
 
@@ -165,8 +196,10 @@ def map_html(c: Content) -> str:
     m = c.map
     n = len(m.placed)
     pick = np.arange(n)
-    notes = [f"Clip embeddings ({_e(c.emb_label)}) on their first two principal components; "
-             "hover a point for its file, click it for its timeline."]
+    notes = [
+        f"Clip embeddings ({_e(c.emb_label)}) on their first two principal components; "
+        "hover a point for its file, click it for its timeline."
+    ]
     if n > MAP_POINTS:
         pick = np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
         notes.append(f"{n:,} files are embedded; a random {MAP_POINTS:,} of them are drawn.")
@@ -178,23 +211,37 @@ def map_html(c: Content) -> str:
         top = [c.lib.top[i][h][0] if c.lib.top[i][h] else None for i in ids]
         col, common = svg.colour_classes(top)
         classes.append(col)
-        keys = "".join(f'<span><i style="background:{svg.PALETTE[k]}"></i>{_e(stats.labels[label])}</span>'
-                       for k, label in enumerate(common))
-        legends.append(f'<div class="legend" data-h="{h}">{keys}<span><i style="background:{svg.OTHER}"></i>'
-                       "other</span></div>")
+        keys = "".join(
+            f'<span><i style="background:{svg.PALETTE[k]}"></i>{_e(stats.labels[label])}</span>'
+            for k, label in enumerate(common)
+        )
+        legends.append(
+            f'<div class="legend" data-h="{h}">{keys}<span><i style="background:{svg.OTHER}"></i>other</span></div>'
+        )
     options = "".join(f'<option value="{h}">{_e(s.name)}</option>' for h, s in enumerate(c.lib.heads))
     axes = tuple(f"PC{k + 1} ({m.explained[k]:.0%} of the variance)" for k in range(2))
     chart = svg.scatter(m.xy[pick], ids, [c.lib.paths[i] for i in ids], classes, axes)
-    return ("".join(f'<p class="note">{t}</p>' for t in notes)
-            + f'<label>colour by the top-1 label of <select id="maphead">{options}</select></label>'
-            + "".join(legends) + chart + f"<style>{svg.colour_css(len(c.lib.heads))}</style>")
+    return (
+        "".join(f'<p class="note">{t}</p>' for t in notes)
+        + f'<label>colour by the top-1 label of <select id="maphead">{options}</select></label>'
+        + "".join(legends)
+        + chart
+        + f"<style>{svg.colour_css(len(c.lib.heads))}</style>"
+    )
 
 
 def data_json(c: Content) -> str:
     lib = c.lib
-    data = {"heads": [{"name": h.name, "labels": h.labels} for h in lib.heads], "paths": lib.paths,
-            "dur": [None if d is None else round(d, 1) for d in c.durations], "top": lib.top,
-            "tl": bool(lib.segments), "audio": c.audio, "nn": None, "xp": []}
+    data = {
+        "heads": [{"name": h.name, "labels": h.labels} for h in lib.heads],
+        "paths": lib.paths,
+        "dur": [None if d is None else round(d, 1) for d in c.durations],
+        "top": lib.top,
+        "tl": bool(lib.segments),
+        "audio": c.audio,
+        "nn": None,
+        "xp": [],
+    }
     if c.map is not None and c.map.neighbours:
         file_of = {row: i for i, row in enumerate(c.map.rows) if row is not None}
         extra: dict[int, int] = {}
@@ -227,8 +274,12 @@ def timelines_blob(c: Content) -> str:
 
 
 def render(c: Content) -> str:
-    sections = [("summary", "Library", summary_html(c)), ("labels", "Labels", labels_html(c)),
-                ("table", "Files", files_html(c)), ("timeline", "File", timeline_html(c))]
+    sections = [
+        ("summary", "Library", summary_html(c)),
+        ("labels", "Labels", labels_html(c)),
+        ("table", "Files", files_html(c)),
+        ("timeline", "File", timeline_html(c)),
+    ]
     if c.map is not None:
         sections.append(("similar", "Map", map_html(c)))
     body = "\n".join(f'<section id="s-{sid}"><h2>{_e(title)}</h2>\n{html}</section>' for sid, title, html in sections)
@@ -240,7 +291,7 @@ def render(c: Content) -> str:
 <style>{_asset("page.css")}</style></head>
 <body><main>
 <h1>{_e(c.title)}</h1>
-<p class="meta">Tags: {_e(c.tags_path)}{' · embeddings: ' + _e(c.emb_label) if c.map is not None else ''} · written by matpac {__version__}; this page needs no network.</p>
+<p class="meta">Tags: {_e(c.tags_path)}{" · embeddings: " + _e(c.emb_label) if c.map is not None else ""} · written by matpac {__version__}; this page needs no network.</p>
 {body}
 </main>
 <script type="application/json" id="matpac-data">{data_json(c)}</script>

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference as R  # noqa: E402
 from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import (  # noqa: E402  # noqa: E402,F401 - shared module fixtures
+from test_heads import (  # noqa: E402
     DEFAULT_HEADS,
     GENERAL,
     MUSIC,
@@ -42,6 +42,9 @@ from test_heads import (  # noqa: E402  # noqa: E402,F401 - shared module fixtur
     serve_probes,
     tag_labels,
 )
+
+# isort: split
+from test_heads import music_dir, ref608  # noqa: F401 - shared module fixtures
 
 
 @pytest.fixture()

@@ -106,6 +106,7 @@ def test_python_api_example_runs_as_written(hub, tmp_path, monkeypatch, capsys):
 
     code = _fenced_block("## Python API", "python")
     assert 'Predictor.load("matpac-plus"' in code and "sf.read(" in code
+    assert "from matpac_cli import " in code and "from matpac_cli." not in code  # the public API only
     ns: dict = {"__name__": "__main__"}
     exec(compile(code, "README.md (Python API)", "exec"), ns)
 

@@ -7,6 +7,16 @@ Exit codes: 1 when some inputs failed (InputError is per file and never stops a 
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first non-blank line of an exception's message, stripped and cut to `limit` characters
+    (None: whole); its type name when the message is empty. Every error matpac shows is one line,
+    so a library's multi-line message (a traceback, a hint block) is reduced here, in one way."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
 class MatpacError(Exception):
     """Base class: the message is meant for the person at the terminal, one line."""
 

@@ -154,13 +154,14 @@ def test_train_then_tag_labels_heldout_files_with_the_real_programs(corpus, tmp_
 def test_heldout_accuracy_and_map_beat_a_bound_that_shuffled_labels_do_not(corpus):
     """Real labels: held-out accuracy >= 0.9 and mAP >= 0.85. Control: the same files with labels
     that carry no information (within each true class the labels cycle through all classes)."""
+    from matpac_cli.inference.heads import Head
     from matpac_cli.jobs.probe import TrainConfig
     from matpac_cli.jobs.train import train
 
     def heldout_figure(features, truth_of, task):
         result = train(features, TrainConfig(seed=0, lrs=(1e-3,)))
         names = list(truth_of)
-        p = result.head.scores(index_vectors(corpus, names))
+        p = Head.from_trained(result.head).scores(index_vectors(corpus, names))
         if task == "single":
             return float(np.mean([CLASSES[k] == truth_of[n] for n, k in zip(names, p.argmax(1))]))
         y = np.array([[c in truth_of[n] for c in CLASSES] for n in names], dtype=float)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from matpac_cli.checkpoints.hashcache import file_sha256
 from matpac_cli.checkpoints.registry import load_registry
-from matpac_cli.errors import ChecksumError, WeightsError
+from matpac_cli.errors import ChecksumError, WeightsError, one_line
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _TRUE = {"1", "true", "yes", "on"}
@@ -115,7 +115,7 @@ def recorded_hashes() -> dict[str, str]:
 
 
 def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return getattr(exc, "strerror", None) or one_line(exc)
 
 
 def _record(key: str, digest: str) -> None:

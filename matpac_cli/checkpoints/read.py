@@ -12,7 +12,7 @@ import re
 import warnings
 from pathlib import Path
 
-from matpac_cli.errors import ModelError
+from matpac_cli.errors import ModelError, one_line
 
 # ---------------------------------------------------------------- loading
 
@@ -44,14 +44,6 @@ def has_audioset_head(state: dict) -> bool:
     return all(k in state for k in ("head.weight", "head.bias", "head_norm.running_mean", "head_norm.running_var"))
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first non-blank line of an exception's message (its type name if it has none)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()[:limit]
-    return type(exc).__name__
-
-
 def read_weights_file(
     path: Path, label: str = "checkpoint", fix: str = "a plain state dict of tensors or a .safetensors file"
 ) -> object:
@@ -71,7 +63,7 @@ def read_weights_file(
     except FileNotFoundError:
         raise ModelError(f"{where}: no such file") from None
     except OSError as exc:
-        raise ModelError(f"{where}: {exc.strerror or first_line(exc)}") from None
+        raise ModelError(f"{where}: {exc.strerror or one_line(exc)}") from None
     if path.is_dir():
         raise ModelError(f"{where}: it is a folder, not a file")
     if size == 0:
@@ -85,9 +77,9 @@ def read_weights_file(
             warnings.simplefilter("ignore")
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except PermissionError as exc:
-        raise ModelError(f"{where}: {exc.strerror or first_line(exc)}") from None
+        raise ModelError(f"{where}: {exc.strerror or one_line(exc)}") from None
     except OSError as exc:  # torch's zip reader on a cut file: EINVAL, not a file-system problem
-        raise ModelError(f"{where}: truncated or damaged file ({exc.strerror or first_line(exc)})") from None
+        raise ModelError(f"{where}: truncated or damaged file ({exc.strerror or one_line(exc)})") from None
     except pickle.UnpicklingError as exc:
         raise ModelError(f"{where}: {_unpickling_reason(str(exc), fix)}") from None
     except EOFError:
@@ -121,7 +113,7 @@ def _unpickling_reason(message: str, fix: str) -> str:
 
 def _damaged_reason(exc: Exception, safetensors: bool) -> str:
     """A file torch or safetensors could not parse: cut short, corrupted, or another format."""
-    detail = first_line(exc).split(". ")[0][:160]
+    detail = one_line(exc).split(". ")[0][:160]
     if safetensors:
         detail = detail.removeprefix("Error while deserializing header: ")
         return f"not a valid .safetensors file, or a truncated one ({detail})"

@@ -42,7 +42,6 @@ from matpac_cli.checkpoints.downloads import (  # noqa: F401 - re-exported for c
 from matpac_cli.checkpoints.read import (  # noqa: F401 - re-exported: callers load through weights
     check_encoder_keys,
     check_finite,
-    first_line,
     has_audioset_head,
     load_checkpoint,
     map_keys,
@@ -50,7 +49,7 @@ from matpac_cli.checkpoints.read import (  # noqa: F401 - re-exported: callers l
     split_head_keys,
 )
 from matpac_cli.checkpoints.registry import ModelSpec, load_registry, suggest
-from matpac_cli.errors import ChecksumError, ModelError, WeightsError
+from matpac_cli.errors import ChecksumError, ModelError, WeightsError, one_line
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ def _hub_error(exc: Exception, name: str) -> WeightsError:
         )
     if isinstance(exc, (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError)):
         return WeightsError(f"{name}: {type(exc).__name__}")
-    return WeightsError(f"{name}: {first_line(exc)}")
+    return WeightsError(f"{name}: {one_line(exc)}")
 
 
 def cached_files(m: ModelSpec) -> list[tuple[str, Path]]:

@@ -4,6 +4,8 @@ A `.safetensors` file (tensors only, never code) holding exactly four float32 te
 `probe.weight` (C, D), `probe.bias` (C,), and the training split's feature statistics `mean` (D,)
 and `scale` (D,). Scores are activation(((x - mean) / scale) @ weight.T + bias): the scaler is
 kept apart from the weight, as the evaluation protocol has it, and applied once when scoring.
+This module keeps the file (write, read, check); scoring is `inference.scoring.probabilities`,
+the rule every head shares (`inference.heads.Head.from_trained` hands it these weights).
 
 Its metadata (safetensors keeps a str -> str map in the header) says everything `matpac tag`
 needs without `--labels`: `format` (`matpac-trained-head`), `version`, `classes` (JSON list, index
@@ -47,15 +49,6 @@ class TrainedHead:
     @property
     def activation(self) -> str:
         return ACTIVATIONS[self.task]
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """(N, D) clip embeddings -> (N, C) probabilities, float64 (what `matpac tag` computes)."""
-        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
-        logits = z @ self.weight.T.astype(np.float64) + self.bias
-        if self.activation == "softmax":
-            e = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return e / e.sum(axis=1, keepdims=True)
-        return 1.0 / (1.0 + np.exp(-logits))
 
 
 def to_bytes(head: TrainedHead) -> bytes:

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from matpac_cli.encoder import cpu
-from matpac_cli.errors import InputError, MatpacError, ModelError
+from matpac_cli.errors import InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
 
@@ -36,6 +36,7 @@ PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
 TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
+RAY_LIMIT = 300  # characters of a Ray error's first line shown (its messages run longer than most)
 
 
 class Attempts:
@@ -80,11 +81,6 @@ def crash_on() -> str | None:
 
 def died(times: int, what: str) -> str:
     return f"the Ray worker {what} died {times} times (a crash, or killed for memory?); matpac gave up on it"
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -288,7 +284,8 @@ class Encoder:
         except MatpacError as exc:
             self.error = ModelError(str(exc))
         except Exception as exc:  # noqa: BLE001 - sent to the driver, which stops the job with it
-            self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {first_line(exc)}")
+            why = one_line(exc, RAY_LIMIT)
+            self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {why}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         data = list(batch["data"])
@@ -302,7 +299,8 @@ class Encoder:
                 try:
                     outs = self._encode(grid, chunks)
                 except Exception as exc:  # noqa: BLE001 - this batch's files fail, named; the job goes on
-                    outs = [f"the encoder failed on Ray node {socket.gethostname()}: {first_line(exc)}"] * len(idx)
+                    why = one_line(exc, RAY_LIMIT)
+                    outs = [f"the encoder failed on Ray node {socket.gethostname()}: {why}"] * len(idx)
             for j, (chunk, out) in zip(idx, zip(chunks, outs)):
                 data[j] = pickle.dumps(
                     out if isinstance(out, (str, ModelError)) else (chunk[0], out), protocol=pickle.HIGHEST_PROTOCOL

@@ -15,8 +15,9 @@ import numpy as np
 
 from matpac_cli.checkpoints.registry import HeadSpec, load_registry, read_labels
 from matpac_cli.checkpoints.resolve import has_audioset_head, split_head_keys  # noqa: F401 - re-exported for callers
-from matpac_cli.checkpoints.trained_head import is_trained_head
+from matpac_cli.checkpoints.trained_head import TrainedHead, is_trained_head
 from matpac_cli.errors import ModelError, UsageError, WeightsError
+from matpac_cli.inference.scoring import probabilities
 
 BN_EPS = 1e-5
 HEAD_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -54,18 +55,30 @@ class Head:
         return self.mean is not None
 
     def scores(self, emb: np.ndarray) -> np.ndarray:
-        """(N, n_freq * width) clip embeddings -> (N, C) probabilities, in float64."""
+        """(N, n_freq * width) clip embeddings -> (N, C) probabilities, in float64.
+
+        The AudioSet head first takes the mean of the frequency tokens (its eval-mode BatchNorm is
+        the standardisation); the rest is the one scoring rule every head shares."""
         x = np.asarray(emb, dtype=np.float64)
-        if self.kind == "audioset":  # mean of the frequency tokens, then eval-mode BatchNorm
+        if self.kind == "audioset":
             x = x.reshape(len(x), -1, self.weight.shape[1]).mean(axis=1)
-        if self.mean is not None:
-            x = (x - self.mean) / self.scale
-        logits = x @ self.weight.T.astype(np.float64) + self.bias
-        if self.activation == "softmax":
-            logits = logits - logits.max(axis=1, keepdims=True)
-            e = np.exp(logits)
-            return e / e.sum(axis=1, keepdims=True)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return probabilities(x, self.weight, self.bias, self.activation, self.mean, self.scale)
+
+    @classmethod
+    def from_trained(cls, trained: TrainedHead, name: str = "trained", source: str = "", sha256: str = "") -> Head:
+        """A head written by `matpac train`, ready to score: its weights and scaler handed over
+        as they are, so it scores exactly as the training run's validation did."""
+        return cls(
+            name=name,
+            tag_ids=trained.classes,
+            activation=trained.activation,
+            weight=trained.weight,
+            bias=trained.bias,
+            mean=trained.mean,
+            scale=trained.scale,
+            source=source,
+            sha256=sha256,
+        )
 
 
 def plain_labels(tag_ids: list[str]) -> list[str]:
@@ -348,17 +361,7 @@ def load_trained(path: Path, in_dim: int, encoder: tuple[str, str] | None = None
         check_encoder(path, trained.encoder, *encoder)
     if trained.weight.shape[1] != in_dim:
         raise ModelError(f"{path}: head takes {trained.weight.shape[1]}-d embeddings, the encoder gives {in_dim}")
-    return Head(
-        name=path.stem,
-        tag_ids=trained.classes,
-        activation=trained.activation,
-        weight=trained.weight,
-        bias=trained.bias,
-        mean=trained.mean,
-        scale=trained.scale,
-        source=str(path),
-        sha256=_sha256(path),
-    )
+    return Head.from_trained(trained, path.stem, str(path), _sha256(path))
 
 
 def spec_for_stem(stem: str) -> HeadSpec | None:

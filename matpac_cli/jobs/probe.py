@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from matpac_cli.checkpoints.trained_head import ACTIVATIONS
 from matpac_cli.errors import UsageError
+from matpac_cli.inference.scoring import probabilities
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 MAX_EPOCHS = 200
@@ -274,13 +276,8 @@ class Probe:
 
 
 def scores_of(x: np.ndarray, weight, bias, mean, scale, task: str) -> np.ndarray:
-    """The head's probabilities in float64, as `matpac tag` computes them."""
-    z = (np.asarray(x, dtype=np.float64) - mean) / scale
-    logits = z @ np.asarray(weight, dtype=np.float64).T + bias
-    if task == "single":
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-logits))
+    """The head's probabilities in float64: the very function `matpac tag` scores a head with."""
+    return probabilities(x, weight, bias, ACTIVATIONS[task], mean, scale)
 
 
 def train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: TrainConfig) -> Probe:

@@ -27,7 +27,7 @@ from typing import IO
 
 import numpy as np
 
-from matpac_cli.errors import OutputError, UsageError
+from matpac_cli.errors import OutputError, UsageError, one_line
 
 GROUP_BYTES = 64 * 2**20  # embedding bytes per row group
 ROW_BATCH = 65536  # tag rows per row group
@@ -199,7 +199,7 @@ def shards(path: Path) -> list[Path]:
 
 def _unreadable(path: Path, exc: Exception) -> UsageError:
     """pyarrow's reason, its last clause only (`Parquet magic bytes not found in footer ...`)."""
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0].rsplit(": ", 1)[-1]
+    reason = one_line(exc, None).rsplit(": ", 1)[-1]
     return UsageError(f"{path}: not a readable Parquet file ({reason})")
 
 

@@ -22,7 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
-from matpac_cli.errors import UsageError
+from matpac_cli.errors import UsageError, one_line
 from matpac_cli.outputs.manifest import check_manifest
 from matpac_cli.outputs.safetext import from_spreadsheet
 
@@ -90,15 +90,11 @@ def read_manifest(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise UsageError(f"{path}: not a matpac manifest ({_first_line(exc)})") from None
+        raise UsageError(f"{path}: not a matpac manifest ({one_line(exc)})") from None
     why = check_manifest(data)
     if why:
         raise UsageError(f"{path}: not a matpac manifest ({why})")
     return data
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def read_embeddings(npy: Path) -> Embeddings:
@@ -115,7 +111,7 @@ def read_embeddings(npy: Path) -> Embeddings:
     try:  # never a pickle: an object array is refused, not loaded
         matrix = np.load(npy, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise UsageError(f"{npy}: not a readable .npy matrix ({_first_line(exc) or 'empty file'})") from None
+        raise UsageError(f"{npy}: not a readable .npy matrix ({one_line(exc)})") from None
     if matrix.ndim not in (2, 3) or matrix.dtype != np.float32 or 0 in matrix.shape[1:]:
         raise UsageError(
             f"{npy}: expected an N x D (or N x layers x D) float32 matrix, found {matrix.dtype} {tuple(matrix.shape)}"
@@ -281,7 +277,7 @@ def _reading(path: Path) -> Iterator[TextIO]:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
             yield fh
     except csv.Error as exc:
-        raise UsageError(f"{path}: not a readable matpac file ({_first_line(exc)})") from None
+        raise UsageError(f"{path}: not a readable matpac file ({one_line(exc)})") from None
 
 
 def _unique_columns(path: Path, columns: list[str]) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from matpac_cli.encoder.logmel import StreamResampler
 from matpac_cli.encoder.resample import SegmentStream, eligible, resample_batch
-from matpac_cli.errors import InputError
+from matpac_cli.errors import InputError, one_line
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.chunking import WindowStream
 from matpac_cli.pipeline.discovery import Item
@@ -69,8 +69,7 @@ class Feed:
             exc.__context__ = exc.__cause__ = None  # kept for the summary: no frames, no samples
             self._put(exc.with_traceback(None))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            self._put(InputError(self.item.name, f"cannot decode: {detail}"))
+            self._put(InputError(self.item.name, f"cannot decode: {one_line(exc)}"))
 
     def _segments(self, rate: int) -> None:
         """Cut at the input rate; resample here, or leave it to the device (`defer_resample`)."""

@@ -12,8 +12,8 @@ import socket
 import sys
 from collections.abc import Iterator
 
-from matpac_cli.engines.work import first_line
-from matpac_cli.errors import MatpacError, UsageError
+from matpac_cli.engines.work import RAY_LIMIT
+from matpac_cli.errors import MatpacError, UsageError, one_line
 
 EXTRA = "pip install '.[ray]' in matpac's source folder"
 
@@ -57,7 +57,7 @@ class Cluster:
             raise
         except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...: one line
             where = self.address or "a local Ray instance"
-            raise MatpacError(f"cannot connect to {where}: {first_line(exc)}") from None
+            raise MatpacError(f"cannot connect to {where}: {one_line(exc, RAY_LIMIT)}") from None
         _quiet_data()
 
     def resources(self) -> tuple[float, int]:

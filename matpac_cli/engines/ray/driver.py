@@ -35,6 +35,7 @@ from pathlib import Path
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
 from matpac_cli.engines.work import (
     GIVE_UP,
+    RAY_LIMIT,
     Attempts,
     Collector,
     Encoder,
@@ -42,9 +43,8 @@ from matpac_cli.engines.work import (
     crash_on,
     decode_files,
     died,
-    first_line,
 )
-from matpac_cli.errors import InputError, MatpacError
+from matpac_cli.errors import InputError, MatpacError, one_line
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -344,4 +344,4 @@ def _round(
             raise
         if _worker_lost(exc):
             raise _Lost() from None
-        raise MatpacError(f"the Ray job failed: {first_line(exc)}") from None
+        raise MatpacError(f"the Ray job failed: {one_line(exc, RAY_LIMIT)}") from None

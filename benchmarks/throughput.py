@@ -169,7 +169,8 @@ def decode_only(folder: Path, workers: int | None, device: str) -> float:
 
 def naive(ckpt: Path, folder: Path, device: str, precision: str) -> tuple[float, np.ndarray]:
     """One file at a time, whole file in memory, one chunk per forward, nothing overlapped."""
-    from matpac_cli.encoder.logmel import LogMel, resample
+    from matpac_cli.encoder.logmel import LogMel
+    from matpac_cli.encoder.resample import resample
     from matpac_cli.inference.predictor import Predictor
 
     pred = Predictor.load(str(ckpt), device, precision)

@@ -1,6 +1,6 @@
 """Chunks cut at the input rate and resampled per batch (matpac_cli/encoder/resample.py).
 
-On a CPU these run the very functions a GPU batch runs: cutting input-rate segments in the
+On a CPU these run the very functions a GPU batch runs: cutting input-rate chunks in the
 decoding workers and resampling them per batch. The resampled samples must be exactly the
 whole-file resampler's (torchaudio.functional.resample with the spec's settings), and the
 pipeline's results the same whichever side resamples.
@@ -18,7 +18,7 @@ import torchaudio.functional as AF
 from test_numerics import CLIP_ATOL, CLIPS, _run_pipeline, clips, ref608, sd608  # noqa: F401
 
 from matpac_cli.encoder import resample as S
-from matpac_cli.pipeline.chunking import windows
+from matpac_cli.pipeline.chunking import WindowStream, windows
 
 RATES = [8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
 
@@ -37,11 +37,11 @@ def _whole(x: np.ndarray, sr: int) -> torch.Tensor:
 
 
 def _cut(x: np.ndarray, sr: int, n_t: int, seed: int) -> list:
-    """Stream `x` in irregular blocks (one empty, one of one sample) through a SegmentStream."""
+    """Stream `x` in irregular blocks (one empty, one of one sample) through an input-rate WindowStream."""
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.choice(np.arange(2, len(x)), size=min(12, len(x) - 3), replace=False))
     cuts = np.concatenate([[0, 1, 1], cuts, [len(x)]])
-    stream = S.SegmentStream(sr, n_t)
+    stream = WindowStream(n_t, rate=sr)
     got = []
     for a, b in zip(cuts[:-1], cuts[1:]):
         got += stream.push(x[a:b])
@@ -97,7 +97,7 @@ def test_eligible_rates():
 
 def test_short_files_make_no_windows_or_one():
     for sr in (44100, 8000):
-        stream = S.SegmentStream(sr, 608)
+        stream = WindowStream(608, rate=sr)
         assert stream.push(np.zeros(399 * sr // 16000, dtype=np.float32)) == []
         assert stream.finish() == []
         x = np.full(401 * sr // 16000 + 1, 0.1, dtype=np.float32)
@@ -113,7 +113,7 @@ def cpu_predictor(ckpts):
 
 
 def test_pipeline_resampling_with_the_batch_equals_resampling_in_workers(cpu_predictor, clips):
-    """The GPU arrangement (segments resampled inside `Predictor.launch`, mixed with 16 kHz
+    """The GPU arrangement (input-rate chunks resampled inside `Predictor.launch`, mixed with 16 kHz
     chunks in one batch) run on the CPU gives the workers-resample results, which
     test_numerics holds to the reference."""
     assert not cpu_predictor.resample_on_device
@@ -135,7 +135,7 @@ def test_launch_receives_input_rate_segments_when_deferred(cpu_predictor, clips,
     real = type(on_device).launch
 
     def spy(self, chunks, *a, **k):
-        seen.extend(c.rate if isinstance(c, S.RateSegment) else 16000 for c in chunks)
+        seen.extend(c.rate if isinstance(c, S.RateChunk) else 16000 for c in chunks)
         return real(self, chunks, *a, **k)
 
     monkeypatch.setattr(type(on_device), "launch", spy)
@@ -146,7 +146,7 @@ def test_launch_receives_input_rate_segments_when_deferred(cpu_predictor, clips,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_resampling_matches_the_whole_file_resampler():
-    """The same segments resampled on the GPU (TF32 off) agree with the CPU's whole-file result."""
+    """The same chunks resampled on the GPU (TF32 off) agree with the CPU's whole-file result."""
     torch.backends.cudnn.allow_tf32 = False
     rng = np.random.default_rng(7)
     for sr in RATES:

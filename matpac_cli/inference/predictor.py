@@ -14,7 +14,7 @@ import numpy as np
 from matpac_cli.checkpoints.resolve import Resolved, resolve
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
 from matpac_cli.encoder.cpu import check_device, check_precision
-from matpac_cli.encoder.resample import RateSegment, resample_batch
+from matpac_cli.encoder.resample import RateChunk, resample_batch
 from matpac_cli.errors import InputError, UsageError
 
 
@@ -80,7 +80,7 @@ class Predictor:
     fe: FrontEnd = FRONT_END
     threads: int | None = None  # torch CPU threads asked for; None: the default for the device
     # chunks arrive at their input rate and are resampled here, per batch (an encoder on a GPU:
-    # the CPU then only decodes); False: the decoding workers resample (segments.py)
+    # the CPU then only decodes); False: the decoding workers resample (encoder/resample.py)
     resample_on_device: bool = False
 
     @property
@@ -151,22 +151,22 @@ class Predictor:
 
         pinned = self.device.startswith("cuda")  # pinned staging lets the copy overlap the GPU's work
         lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
-        if any(isinstance(c, RateSegment) for c in chunks):
+        if any(isinstance(c, RateChunk) for c in chunks):
             waves = self._resampled(chunks, pinned)
         else:
             waves = _staged(chunks, int(lengths.max()), pinned)
         return self._launch(waves, lengths.pin_memory() if pinned else lengths, layers, pooled)
 
     def _resampled(self, chunks: list, pinned: bool):
-        """The batch's 16 kHz waves on the device: input-rate segments resampled there (one
+        """The batch's 16 kHz waves on the device: input-rate chunks resampled there (one
         convolution per rate), 16 kHz chunks copied over; zero past each chunk's length."""
         import torch
 
-        segs = [i for i, c in enumerate(chunks) if isinstance(c, RateSegment)]
+        rated = [i for i, c in enumerate(chunks) if isinstance(c, RateChunk)]
         rows: list = [None] * len(chunks)
-        for i, wave in zip(segs, resample_batch([chunks[i] for i in segs], self.device, self.fe)):
+        for i, wave in zip(rated, resample_batch([chunks[i] for i in rated], self.device, self.fe)):
             rows[i] = wave
-        plain = [i for i, c in enumerate(chunks) if not isinstance(c, RateSegment)]
+        plain = [i for i, c in enumerate(chunks) if not isinstance(c, RateChunk)]
         if plain:
             host = _staged([chunks[i] for i in plain], max(len(chunks[i]) for i in plain), pinned)
             dev = host.to(self.device, non_blocking=pinned)
@@ -218,7 +218,7 @@ class Predictor:
         (channels, n) arrays; without it such an array is refused rather than guessed at."""
         import torch
 
-        from matpac_cli.encoder.logmel import resample
+        from matpac_cli.encoder.resample import resample
         from matpac_cli.pipeline.chunking import windows
 
         mono = to_mono(wave, channels_first)

@@ -3,15 +3,20 @@
 A chunk of `n_t` frames needs (n_t - 1) * 160 + 400 samples and the next one starts n_t * 160
 samples later, so chunk k's frames are whole-file frames k*n_t .. k*n_t + n_t - 1. Only the last
 chunk may be shorter; a tail with fewer than 400 samples adds no frame and so no chunk.
+
+This is the one window cutter: `windows()` lays the grid over a whole waveform, `WindowStream`
+cuts it from a stream, of 16 kHz samples or of input-rate samples to be resampled per batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from matpac_cli.config import FRONT_END, PATCH, FrontEnd
+from matpac_cli.encoder.resample import RateChunk, geometry
 
 
 @dataclass(frozen=True)
@@ -33,54 +38,75 @@ class Window:
 
 def windows(n_samples: int, n_t: int, fe: FrontEnd = FRONT_END) -> list[Window]:
     """All chunks of an `n_samples`-long 16 kHz waveform for a model with `n_t` frames per chunk."""
+    return list(_grid(n_samples, n_t, fe, first=0, final=True))
+
+
+def _grid(total: int, n_t: int, fe: FrontEnd, first: int, final: bool) -> Iterator[Window]:
+    """Windows `first`, `first` + 1, ... of a waveform `total` 16 kHz samples long so far, and the
+    only place a Window is made. Not `final` (more samples may come): only full windows with a
+    sample past them, since a file ending exactly on a window's edge must not produce an extra,
+    empty tail. `final`: every window up to the last, which may be short."""
     size, hop = fe.chunk_samples(n_t), fe.chunk_hop(n_t)
-    out: list[Window] = []
-    start = 0
+    index = first
     while True:
-        length = min(size, n_samples - start)
+        start = index * hop
+        if not final and total <= start + size:
+            return
+        length = min(size, total - start)
         frames = fe.n_frames(length)
         if frames <= 0:
-            break
-        out.append(Window(len(out), start, length, frames, -(-frames // PATCH)))
-        if start + size >= n_samples:
-            break
-        start += hop
-    return out
+            return
+        yield Window(index, start, length, frames, -(-frames // PATCH))
+        if start + size >= total:
+            return
+        index += 1
 
 
 class WindowStream:
-    """The same windows as `windows()`, cut from a 16 kHz stream as its blocks arrive.
+    """The same windows as `windows()`, cut from a stream as its blocks arrive: the one cutter.
 
-    Holds at most one chunk plus one block, so memory stays flat whatever the file length.
+    Without `rate` the stream is 16 kHz samples and each window comes with its samples. With an
+    input `rate` the stream is at that rate, the windows are those of the 16 kHz signal it
+    resamples to, and each comes as a `RateChunk`: its input span with the resampler's context
+    (`Geometry.span`), which `resample_batch` turns into exactly the window's samples. 16 kHz is
+    the identity geometry, so both cut through the same code. Holds at most one chunk's span
+    plus one block, so memory stays flat whatever the file length.
     """
 
-    def __init__(self, n_t: int, fe: FrontEnd = FRONT_END) -> None:
-        self.fe, self.size, self.hop = fe, fe.chunk_samples(n_t), fe.chunk_hop(n_t)
+    def __init__(self, n_t: int, fe: FrontEnd = FRONT_END, *, rate: int | None = None) -> None:
+        self.n_t, self.fe, self.rate = n_t, fe, rate
+        self.geometry = geometry(rate or fe.sample_rate, fe)
+        self.size, self.hop = fe.chunk_samples(n_t), fe.chunk_hop(n_t)
         self.buf = np.zeros(0, dtype=np.float32)
-        self.start = 0  # absolute sample index of buf[0]
-        self.count = 0
+        self.buf_start = 0  # absolute input index of buf[0]
+        self.seen = 0  # input samples pushed so far
+        self.count = 0  # windows emitted so far
 
-    def push(self, block: np.ndarray) -> list[tuple[Window, np.ndarray]]:
-        """Windows completed by this block (full-size ones only; the tail waits for `finish`)."""
+    def push(self, block: np.ndarray) -> list[tuple[Window, np.ndarray | RateChunk]]:
+        """Full windows this block completes: ones with a 16 kHz sample past them and every input
+        sample of their span read (the tail waits for `finish`)."""
         self.buf = np.concatenate([self.buf, np.asarray(block, dtype=np.float32)])
+        self.seen += len(block)
         out = []
-        # A full window is final only once a sample past it exists: a file ending exactly on a
-        # window boundary must not produce an extra, empty tail.
-        while len(self.buf) > self.size:
-            out.append(self._emit(self.size))
-            self.buf = self.buf[self.hop :]
-            self.start += self.hop
+        for w in _grid(self.geometry.out_length(self.seen), self.n_t, self.fe, self.count, final=False):
+            if self.geometry.span(w.start, w.length)[1] > self.seen:
+                break
+            out.append(self._emit(w))
         return out
 
-    def finish(self) -> list[tuple[Window, np.ndarray]]:
-        """The last window (full or short), if the remaining samples make at least one frame."""
-        length = len(self.buf)
-        if self.fe.n_frames(length) <= 0:
-            return []
-        return [self._emit(length)]
+    def finish(self) -> list[tuple[Window, np.ndarray | RateChunk]]:
+        """The windows left once the stream has ended: the last full ones and the short tail."""
+        total = self.geometry.out_length(self.seen)
+        return [self._emit(w) for w in _grid(total, self.n_t, self.fe, self.count, final=True)]
 
-    def _emit(self, length: int) -> tuple[Window, np.ndarray]:
-        frames = self.fe.n_frames(length)
-        w = Window(self.count, self.start, length, frames, -(-frames // PATCH))
-        self.count += 1
-        return w, self.buf[:length].copy()
+    def _emit(self, w: Window) -> tuple[Window, np.ndarray | RateChunk]:
+        a, b = self.geometry.span(w.start, w.length)
+        samples = np.zeros(b - a, dtype=np.float32)  # zeros before the stream's start and past its end
+        lo, hi = max(a, self.buf_start), min(b, self.buf_start + len(self.buf))
+        if hi > lo:
+            samples[lo - a : hi - a] = self.buf[lo - self.buf_start : hi - self.buf_start]
+        self.count = w.index + 1
+        keep = max(self.buf_start, self.geometry.span(self.count * self.hop, self.size)[0])
+        self.buf = self.buf[keep - self.buf_start :]
+        self.buf_start = keep
+        return w, samples if self.rate is None else RateChunk(samples, self.rate, w.length)

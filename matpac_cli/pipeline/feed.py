@@ -4,11 +4,11 @@ Several files decode at once and their chunks arrive through one bounded queue, 
 one long file never leaves the other threads idle and memory stays bounded by the queue. The
 thread feeding the encoder only batches what arrives.
 
-Chunks are cut at the file's own rate (`segments.SegmentStream`, for every rate whose chunk
-starts fall on whole resampler groups). With `defer_resample` (an encoder on a GPU) they travel
-as input-rate segments and are resampled on the device with their batch, so the CPU only
-decodes; otherwise the worker resamples each segment itself with the same function. Other rates
-go through the whole-stream resampler here, as before.
+Chunks are cut at the file's own rate (`chunking.WindowStream` with the input rate, for every
+rate whose chunk starts fall on whole resampler groups). With `defer_resample` (an encoder on a
+GPU) they travel as input-rate chunks (`RateChunk`) and are resampled on the device with their
+batch, so the CPU only decodes; otherwise the worker resamples each chunk itself with the same
+function. Other rates go through the streaming resampler here, then the same cutter at 16 kHz.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from matpac_cli.encoder.logmel import StreamResampler
-from matpac_cli.encoder.resample import SegmentStream, eligible, resample_batch
+from matpac_cli.encoder.resample import StreamResampler, eligible, resample_batch
 from matpac_cli.errors import InputError, one_line
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.chunking import WindowStream
@@ -60,7 +59,7 @@ class Feed:
                 raise InputError(self.item.name, self.item.problem)
             self.source = AudioSource(self.item.path, self.item.name)
             if eligible(self.source.sample_rate, self.n_ts):
-                self._segments(self.source.sample_rate)
+                self._rate_chunks(self.source.sample_rate)
             else:
                 self._resampled(self.source.sample_rate)
             if not self.cancelled:
@@ -71,9 +70,9 @@ class Feed:
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the run's
             self._put(InputError(self.item.name, f"cannot decode: {one_line(exc)}"))
 
-    def _segments(self, rate: int) -> None:
+    def _rate_chunks(self, rate: int) -> None:
         """Cut at the input rate; resample here, or leave it to the device (`defer_resample`)."""
-        cutters = {n_t: SegmentStream(rate, n_t) for n_t in self.n_ts}
+        cutters = {n_t: WindowStream(n_t, rate=rate) for n_t in self.n_ts}
         for block in self.source.blocks():
             self._chunks({n_t: self._ready(c.push(block)) for n_t, c in cutters.items()})
             if self.cancelled:
@@ -83,7 +82,7 @@ class Feed:
     def _ready(self, pairs: list) -> list:
         if self.defer_resample or not pairs:
             return pairs
-        waves = resample_batch([seg for _, seg in pairs])
+        waves = resample_batch([chunk for _, chunk in pairs])
         return [(w, y.numpy()) for (w, _), y in zip(pairs, waves)]
 
     def _resampled(self, rate: int) -> None:

@@ -21,8 +21,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from matpac_cli.encoder.signal import downmix as _downmix
 from matpac_cli.errors import InputError
-from matpac_cli.pipeline.audio import AudioSource, _downmix
+from matpac_cli.pipeline.audio import AudioSource
 
 LAYOUTS = {1: "mono", 2: "stereo"}
 

@@ -172,7 +172,7 @@ def test_logmel_of_silence_is_log_eps():
 # chunking.windows
 # ---------------------------------------------------------------------------------------------
 def _windows(n, n_t=608):
-    from matpac_cli.pipeline.chunking import windows
+    from matpac_cli.encoder.signal import windows
 
     return windows(n, n_t)
 

@@ -43,19 +43,7 @@ TERMINAL = {"typer", "rich", "click"}  # only cli/
 RAY = {"ray"}  # only engines/ray/
 
 # (importing module, imported module): why it is allowed for now. Delete an entry when its fix lands.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("matpac_cli.encoder.resample", "matpac_cli.pipeline.chunking"): (
-        "Window, imported up from pipeline: task H1 (one resampling module, one window cutter) moves it down"
-    ),
-    ("matpac_cli.inference.predictor", "matpac_cli.pipeline.chunking"): (
-        "Predictor.embed (arrays) cuts windows with pipeline's cutter; the cutter is arithmetic on the "
-        "front end's geometry and belongs below inference (with H1's window cutter, or in encoder/)"
-    ),
-    ("matpac_cli.inference.predictor", "matpac_cli.pipeline.audio"): (
-        "to_mono borrows pipeline.audio._downmix; the channel mean belongs beside to_mono in inference "
-        "(pipeline.audio then imports it from there, downward)"
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

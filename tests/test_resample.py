@@ -1,4 +1,4 @@
-"""One resampler and one window cutter (matpac_cli/encoder/resample.py, pipeline/chunking.py).
+"""One resampler and one window grid (matpac_cli/encoder/resample.py, encoder/signal.py).
 
 The whole-signal, streaming and batch resamplers read their geometry (o, n and the kernel's
 width) from one function, and the 16 kHz and input-rate chunks come from one cutter. These tests
@@ -18,7 +18,8 @@ import torch
 import torchaudio
 
 from matpac_cli.encoder import resample as S
-from matpac_cli.pipeline.chunking import WindowStream, windows
+from matpac_cli.encoder.signal import windows
+from matpac_cli.pipeline.chunking import WindowStream
 
 PACKAGE = Path(__file__).resolve().parents[1] / "matpac_cli"
 RATES = [8000, 11025, 22050, 44100, 48000, 96000, 37800, 44056, 12345]
@@ -100,7 +101,11 @@ def test_resampling_and_window_cutting_each_have_one_home():
     assert sources["encoder/resample.py"].count("resample_lowpass_filter_width") == 1
     assert sources["encoder/resample.py"].count("conv1d(") == 1
     made = {name: len(re.findall(r"\bWindow\(", text)) for name, text in sources.items()}
-    assert {name: n for name, n in made.items() if n} == {"pipeline/chunking.py": 1}
+    assert {name: n for name, n in made.items() if n} == {"encoder/signal.py": 1}
     assert not [name for name, text in sources.items() if re.search(r"SegmentStream|RateSegment", text)]
-    for name in ("encoder/resample.py", "encoder/logmel.py"):  # the dependency runs pipeline -> encoder
+    for name in (
+        "encoder/resample.py",
+        "encoder/logmel.py",
+        "encoder/signal.py",
+    ):  # the dependency runs pipeline -> encoder
         assert set(re.findall(r"from matpac_cli\.(\w+)", sources[name])) <= {"config", "errors", "encoder"}, name

@@ -18,7 +18,8 @@ import torchaudio.functional as AF
 from test_numerics import CLIP_ATOL, CLIPS, _run_pipeline, clips, ref608, sd608  # noqa: F401
 
 from matpac_cli.encoder import resample as S
-from matpac_cli.pipeline.chunking import WindowStream, windows
+from matpac_cli.encoder.signal import windows
+from matpac_cli.pipeline.chunking import WindowStream
 
 RATES = [8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
 

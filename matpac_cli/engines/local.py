@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from matpac_cli.encoder.signal import Window
 from matpac_cli.errors import InputError
 from matpac_cli.inference.predictor import Pending, default_batch
 from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
-from matpac_cli.pipeline.chunking import Window
 from matpac_cli.pipeline.discovery import Item
 from matpac_cli.pipeline.feed import END, IDLE, START, TICK, Feed, decoded, default_workers
 

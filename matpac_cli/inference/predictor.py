@@ -15,6 +15,7 @@ from matpac_cli.checkpoints.resolve import Resolved, resolve
 from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
 from matpac_cli.encoder.cpu import check_device, check_precision
 from matpac_cli.encoder.resample import RateChunk, resample_batch
+from matpac_cli.encoder.signal import downmix, windows
 from matpac_cli.errors import InputError, UsageError
 
 
@@ -219,7 +220,6 @@ class Predictor:
         import torch
 
         from matpac_cli.encoder.resample import resample
-        from matpac_cli.pipeline.chunking import windows
 
         mono = to_mono(wave, channels_first)
         w16 = resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
@@ -275,8 +275,6 @@ def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
 
     Audio has far more samples than channels, so a 2-D array with more columns than rows is
     (channels, n): without `channels_first` it is refused, never read as thousands of channels."""
-    from matpac_cli.pipeline.audio import _downmix
-
     x = to_float(wave)
     if x.size == 0:
         raise InputError("<array>", f"no samples (shape {x.shape})")
@@ -289,7 +287,7 @@ def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
                 else ("(channels, samples)", "pass channels_first=True")
             )
             raise InputError("<array>", f"shape {x.shape} looks like {looks}; {fix} or transpose it (wave.T)")
-        x = _downmix(np.ascontiguousarray(x.T if channels_first else x))
+        x = downmix(np.ascontiguousarray(x.T if channels_first else x))
     if x.ndim != 1:
         raise InputError("<array>", f"expected samples shaped (n,) or (n, channels), got shape {x.shape}")
     if not np.isfinite(x).all():

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from matpac_cli.encoder.signal import Window
 from matpac_cli.errors import InputError
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.pipeline.audio import AudioSource
-from matpac_cli.pipeline.chunking import Window
 from matpac_cli.pipeline.discovery import Item
 
 

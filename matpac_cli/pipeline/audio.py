@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matpac_cli.encoder.signal import downmix
 from matpac_cli.errors import InputError
 
 SOUNDFILE_FORMATS = {"wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "au"}
@@ -77,7 +78,7 @@ class AudioSource:
         raw_blocks = self._sf_blocks(size) if self._sf is not None else self._av_blocks(size)
         try:
             for raw in raw_blocks:
-                mono = _downmix(raw)
+                mono = downmix(raw)
                 if not np.isfinite(mono).all():
                     raise InputError(self.name, "samples contain NaN or infinity")
                 self.n_samples += len(mono)
@@ -333,18 +334,6 @@ def probe_duration(path: Path) -> float | None:
     if not info.samplerate or info.frames <= 0 or info.frames >= 2**62:
         return None
     return info.frames / info.samplerate
-
-
-def _downmix(raw: np.ndarray) -> np.ndarray:
-    """Mean over channels. Column by column: numpy's mean over a short inner axis is several
-    times slower, and for stereo both give the same float32 (a + b) / 2."""
-    if raw.shape[1] == 1:
-        return raw[:, 0]
-    acc = raw[:, 0].astype(np.float32, copy=True)
-    for c in range(1, raw.shape[1]):
-        acc += raw[:, c]
-    acc /= np.float32(raw.shape[1])
-    return acc
 
 
 def _short(text: str) -> str:

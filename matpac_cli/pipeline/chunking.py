@@ -1,65 +1,17 @@
 """Waveform windows that reproduce the whole-file spectrogram's chunks exactly (spec section 2).
 
-A chunk of `n_t` frames needs (n_t - 1) * 160 + 400 samples and the next one starts n_t * 160
-samples later, so chunk k's frames are whole-file frames k*n_t .. k*n_t + n_t - 1. Only the last
-chunk may be shorter; a tail with fewer than 400 samples adds no frame and so no chunk.
-
-This is the one window cutter: `windows()` lays the grid over a whole waveform, `WindowStream`
-cuts it from a stream, of 16 kHz samples or of input-rate samples to be resampled per batch.
+The grid itself (`Window`, `windows`, `grid`) is the encoder's geometry (encoder/signal.py);
+`WindowStream` is the one cutter that lays it over a stream, of 16 kHz samples or of input-rate
+samples to be resampled per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import numpy as np
 
-from matpac_cli.config import FRONT_END, PATCH, FrontEnd
+from matpac_cli.config import FRONT_END, FrontEnd
 from matpac_cli.encoder.resample import RateChunk, geometry
-
-
-@dataclass(frozen=True)
-class Window:
-    """One encoder chunk of a file, in 16 kHz samples and in seconds."""
-
-    index: int
-    start: int  # first sample
-    length: int  # samples (<= chunk_samples)
-    frames: int  # valid spectrogram frames
-    columns: int  # time columns after padding frames to a multiple of 16
-
-    def times(self, fe: FrontEnd = FRONT_END) -> tuple[float, float]:
-        """Start and end in seconds of the frames this chunk covers."""
-        start = self.start / fe.sample_rate
-        end = (self.start + (self.frames - 1) * fe.hop_length + fe.win_length) / fe.sample_rate
-        return start, end
-
-
-def windows(n_samples: int, n_t: int, fe: FrontEnd = FRONT_END) -> list[Window]:
-    """All chunks of an `n_samples`-long 16 kHz waveform for a model with `n_t` frames per chunk."""
-    return list(_grid(n_samples, n_t, fe, first=0, final=True))
-
-
-def _grid(total: int, n_t: int, fe: FrontEnd, first: int, final: bool) -> Iterator[Window]:
-    """Windows `first`, `first` + 1, ... of a waveform `total` 16 kHz samples long so far, and the
-    only place a Window is made. Not `final` (more samples may come): only full windows with a
-    sample past them, since a file ending exactly on a window's edge must not produce an extra,
-    empty tail. `final`: every window up to the last, which may be short."""
-    size, hop = fe.chunk_samples(n_t), fe.chunk_hop(n_t)
-    index = first
-    while True:
-        start = index * hop
-        if not final and total <= start + size:
-            return
-        length = min(size, total - start)
-        frames = fe.n_frames(length)
-        if frames <= 0:
-            return
-        yield Window(index, start, length, frames, -(-frames // PATCH))
-        if start + size >= total:
-            return
-        index += 1
+from matpac_cli.encoder.signal import Window, grid
 
 
 class WindowStream:
@@ -88,7 +40,7 @@ class WindowStream:
         self.buf = np.concatenate([self.buf, np.asarray(block, dtype=np.float32)])
         self.seen += len(block)
         out = []
-        for w in _grid(self.geometry.out_length(self.seen), self.n_t, self.fe, self.count, final=False):
+        for w in grid(self.geometry.out_length(self.seen), self.n_t, self.fe, self.count, final=False):
             if self.geometry.span(w.start, w.length)[1] > self.seen:
                 break
             out.append(self._emit(w))
@@ -97,7 +49,7 @@ class WindowStream:
     def finish(self) -> list[tuple[Window, np.ndarray | RateChunk]]:
         """The windows left once the stream has ended: the last full ones and the short tail."""
         total = self.geometry.out_length(self.seen)
-        return [self._emit(w) for w in _grid(total, self.n_t, self.fe, self.count, final=True)]
+        return [self._emit(w) for w in grid(total, self.n_t, self.fe, self.count, final=True)]
 
     def _emit(self, w: Window) -> tuple[Window, np.ndarray | RateChunk]:
         a, b = self.geometry.span(w.start, w.length)

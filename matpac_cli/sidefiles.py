@@ -23,6 +23,17 @@ from matpac_cli.errors import OutputError
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of output `path`: a hidden `.NAME.lock` beside it (see `locked`)."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def temp_path(path: Path) -> Path:
+    """matpac's temporary name for `path`: hidden, in the same folder, with this process's PID
+    (`.NAME.tmp<PID>`), so a killed run's leftovers are recognised and removed."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def symlink_refused(path: Path) -> OutputError:
     return OutputError(f"{path} is a symlink; matpac does not follow symlinks beside its outputs (remove it)")
 
@@ -95,7 +106,7 @@ def _locked(path: Path, key: str) -> Iterator[None]:
         return
     import fcntl
 
-    lock = path.with_name(f".{path.name}.lock")
+    lock = lock_path(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd, created = _take(lock, path, fcntl)

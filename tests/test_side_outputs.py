@@ -256,9 +256,9 @@ def test_tag_out_x_csv_is_refused_while_embed_out_x_npy_runs(tmp_path, tiny):
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from matpac_cli.jobs import embed as embedding\nfrom matpac_cli.outputs import writers\n"
-                "paths = embedding.outputs_for(Path(sys.argv[1]))\n"
-                "with writers.locked(*[p for k, p in paths.items() if k != 'journal']):\n"
+                "import sys, time; from pathlib import Path; from matpac_cli.outputs import naming, writers\n"
+                "paths = naming.embed_outputs(Path(sys.argv[1]))\n"
+                "with writers.locked(*naming.written(paths)):\n"
                 "    print('held', flush=True); time.sleep(60)"
             ),
             str(tmp_path / "x.npy"),

@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 
 from matpac_cli.errors import MatpacError
-from matpac_cli.sidefiles import create, open_existing
+from matpac_cli.sidefiles import create, open_existing, temp_path
 
 MAX_ENTRIES = 256  # a cache of weight files, not of a library
 MAX_BYTES = 1 << 20  # 256 entries take about 50 kB
@@ -100,7 +100,7 @@ def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:
 
 def _save(path: Path, entries: dict) -> None:
     """Atomic; a read-only cache (shared offline clusters) simply remembers nothing."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with create(tmp, "w", 0o600) as fh:

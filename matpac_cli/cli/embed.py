@@ -80,8 +80,9 @@ def embed(
     # everything the arguments alone decide, the inputs and the lock come before any model
     check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
     from matpac_cli.engines import check as check_engine
-    from matpac_cli.jobs.embed import EmbedConfig, check_config, frames_lock, outputs_for
+    from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.embed import embed as run_embed
+    from matpac_cli.outputs import naming
     from matpac_cli.outputs.writers import ensure_writable, locked
 
     check_engine(engine)
@@ -99,7 +100,7 @@ def embed(
     if failures is not None:
         ensure_writable(failures)
     items = items_for(inputs, ext, null)
-    paths = outputs_for(config.out)
+    paths = naming.embed_outputs(config.out)
     written = check_outputs(
         {
             "--out": paths["matrix"],
@@ -112,7 +113,7 @@ def embed(
         failures,
         journals=[paths["journal"]],
     )
-    with locked(*written, *([frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
+    with locked(*written, *([naming.frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
         runner = Engine(engine, ray_address, device, precision)
         try:

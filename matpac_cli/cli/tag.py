@@ -266,13 +266,14 @@ def _run(
 ):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
     from matpac_cli.jobs.tag import tag as run_tag
+    from matpac_cli.outputs import naming
 
     if config.engine == "local":  # with ray, the cluster's devices count, not the driver's
         _check_device(device, precision)
     runner = Engine(config.engine, config.ray_address, device, precision)
     try:
         groups = _load_groups(plan, runner, labels, threads or None, quiet)
-        keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
+        keeps = f"finished files are kept in {naming.journal(target)}; run the same command to resume" if target else ""
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
             summary = run_tag(
@@ -299,14 +300,15 @@ def _check_outputs(
     target: Path | None, manifest: Path | None, failures: Path | None, report: Path | None, items: list, force: bool
 ) -> list[Path]:
     """--out's rules for every file the run writes; the files to lock."""
+    from matpac_cli.outputs import naming
     from matpac_cli.outputs.rules import is_manifest
 
     outputs: dict = {"--out": target}
     journals = []
     if target is not None:
-        journals.append(target.with_name(target.name + ".journal"))
+        journals.append(naming.journal(target))
         outputs["the journal of --out"] = journals[0]
-    man = manifest or (None if target is None else target.with_name(target.name + ".manifest.json"))
+    man = manifest or (None if target is None else naming.tags_manifest(target))
     option = "--manifest" if manifest is not None else "the manifest of --out"
     outputs[option] = man
     outputs["--report"] = report

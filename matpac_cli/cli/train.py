@@ -174,18 +174,17 @@ def _check_written(
 ) -> list[Path]:
     """--out's rules for every file the run writes (the head, its report, the embeddings it
     computes, --failures); the labels, the audio and --embeddings are inputs. The files to lock."""
-    from matpac_cli.jobs.embed import outputs_for
-    from matpac_cli.jobs.train import report_path
+    from matpac_cli.outputs import naming
     from matpac_cli.outputs.readers import embeddings_inputs
     from matpac_cli.pipeline.discovery import Item
 
-    outputs = {"--out": Path(out), "the report of --out": report_path(out)}
+    outputs = {"--out": Path(out), "the report of --out": naming.head_report(out)}
     journals = []
     inputs = list(items) + [Item(str(labels), Path(labels))]
     if embeddings is not None:
         inputs += [Item(str(p), p) for p in embeddings_inputs(Path(embeddings))]
     else:
-        paths = outputs_for(Path(cache) if cache is not None else Path(out).with_suffix(".emb.npy"))
+        paths = naming.embed_outputs(Path(cache) if cache is not None else naming.head_embeddings(out))
         outputs.update(
             {
                 "--embeddings-out": paths["matrix"],
@@ -203,8 +202,9 @@ def _embed(
 ):
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.train_data import embed_labelled
+    from matpac_cli.outputs import naming
 
-    cache = cache or Path(out).with_suffix(".emb.npy")
+    cache = cache or naming.head_embeddings(out)
     config = EmbedConfig(out=cache, batch_size=batch_size, workers=workers or None, force=force)
     check_config(config)
     if failures is not None:
@@ -212,7 +212,7 @@ def _embed(
 
         ensure_writable(failures)
     predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)
-    journal = cache.with_name(cache.name + ".journal")
+    journal = naming.journal(cache)
     reporter = Reporter(
         quiet,
         labelled.items,

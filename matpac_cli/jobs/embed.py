@@ -22,8 +22,9 @@ from matpac_cli.config import FRONT_END, PATCH
 from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.outputs import journal as jr
-from matpac_cli.outputs import writers
+from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.manifest import manifest
+from matpac_cli.outputs.naming import FRAMES_COLUMNS, INDEX_COLUMNS
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -76,30 +77,9 @@ SETTING_NAMES = {
 }
 
 
-SUFFIXES = (".npy", ".parquet")
-
-
-def outputs_for(out: Path) -> dict[str, Path]:
-    """The files of one output: the matrix, its row index (.npy only), manifest and journal."""
-    if out.suffix not in SUFFIXES:
-        raise UsageError(
-            f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
-            "in emb.csv) or .parquet (emb.parquet)"
-        )
-    paths = {
-        "matrix": out,
-        "index": out.with_suffix(".csv"),
-        "manifest": out.with_suffix(".manifest.json"),
-        "journal": out.with_name(out.name + ".journal"),
-    }
-    if out.suffix == ".parquet":
-        del paths["index"]  # the path column is the index
-    return paths
-
-
 def check_config(config: EmbedConfig) -> None:
     """Everything about the outputs and options that can be refused before a model loads."""
-    paths = outputs_for(config.out)
+    paths = naming.embed_outputs(config.out)
     text = str(config.layer).strip().lower()
     if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
         raise UsageError(f"--layer {config.layer}: expected a layer number, last or all")
@@ -116,8 +96,7 @@ def check_config(config: EmbedConfig) -> None:
 def _not_ours(paths: dict[str, Path], key: str) -> str:
     """Why an existing file is not replaced; `emb.npy` and `emb.parquet` would share `emb.manifest.json`."""
     path = paths[key]
-    others = [paths["matrix"].with_suffix(s) for s in SUFFIXES if s != paths["matrix"].suffix]
-    owner = next((o for o in others if key == "manifest" and o.exists()), None)
+    owner = next((o for o in naming.manifest_sharers(paths["matrix"]) if key == "manifest" and o.exists()), None)
     if owner is not None:
         return (
             f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
@@ -143,9 +122,9 @@ def embed(
     of files that decoded but not as their header promised (embedded as read, marked truncated).
     """
     check_config(config)
-    paths = outputs_for(config.out)
-    frames = [frames_lock(config.frames_dir)] if config.frames_dir is not None else []
-    with writers.locked(*[path for key, path in paths.items() if key != "journal"], *frames):
+    paths = naming.embed_outputs(config.out)
+    frames = [naming.frames_lock(config.frames_dir)] if config.frames_dir is not None else []
+    with writers.locked(*naming.written(paths), *frames):
         writers.clean_stale_temps(paths["matrix"])
         return _embed(
             items,
@@ -183,7 +162,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         out = res.outputs[0]
         if config.frames_dir is not None:
             frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
-            writers.write_array(writers.mirror_path(config.frames_dir, res.item.name, ".npy"), frames)
+            writers.write_array(naming.frames_file(config.frames_dir, res.item.name), frames)
         emb = out.embedding[0] if len(layers) == 1 else out.embedding
         meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
         if res.truncated:
@@ -221,7 +200,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     done = _finished_rows(items, journal, previous)
     if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
         journal.discard()  # one this run started, with nothing in it, is not left behind
-        summary.left = [p for key, p in paths.items() if key != "journal" and p.exists()]
+        summary.left = [p for p in naming.written(paths) if p.exists()]
         return summary
     with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
         _write_matrix(unit, paths, done, shape, config.frames_dir is not None)
@@ -239,7 +218,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     stamp = jr.compact_stamp(paths["matrix"])
     if stamp is not None:
         jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
-    summary.outputs = [path for key, path in paths.items() if key != "journal"]
+    summary.outputs = naming.written(paths)
     if config.frames_dir is not None:
         summary.outputs.append(config.frames_dir)
     return summary
@@ -261,16 +240,11 @@ def _write_matrix(
             fh,
             [(item.name, rec.meta, row) for item, rec, row in done],
             shape,
-            frames=[_frames_name(item) for item, _, _ in done] if frames else None,
+            frames=[naming.frames_name(item.name) for item, _, _ in done] if frames else None,
         )
 
 
-FRAMES_COLUMNS = ["frames", "frame_s"]
 FRAME_S = FRONT_END.hop_length * PATCH / FRONT_END.sample_rate  # 0.16 s: one frames row per 16 spectrogram frames
-
-
-def _frames_name(item: Item) -> str:
-    return writers.mirror_name(item.name, ".npy")
 
 
 def _described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
@@ -308,7 +282,7 @@ def _reuse(
     todo: list[Item] = []
     for item in items:
         rec = journal.finished(item)
-        frames_ok = config.frames_dir is None or _exists(writers.mirror_path(config.frames_dir, item.name, ".npy"))
+        frames_ok = config.frames_dir is None or _exists(naming.frames_file(config.frames_dir, item.name))
         usable = rec is not None and ("embedding" not in rec.arrays or rec.arrays["embedding"].shape == shape)
         if usable and frames_ok:
             summary.reused += 1
@@ -321,12 +295,6 @@ def _reuse(
     return todo
 
 
-def frames_lock(frames_dir: Path) -> Path:
-    """The name locked for a --frames folder (`.frames.lock` inside it), so two runs never write
-    one folder's frames files at once."""
-    return frames_dir / "frames"
-
-
 def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedConfig) -> None:
     """A frames file already there is replaced, without --force, only when this output's journal
     has a record of its input (an earlier run of this --out wrote it): a file of someone else's in
@@ -334,7 +302,7 @@ def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedC
     if config.frames_dir is None or config.force:
         return
     for item in todo:
-        path = writers.mirror_path(config.frames_dir, item.name, ".npy")
+        path = naming.frames_file(config.frames_dir, item.name)
         if os.path.lexists(path) and jr.real_path(item) not in journal.done:
             raise OutputError(
                 f"--frames: {path} exists and was not written by this output's runs "
@@ -383,9 +351,6 @@ def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> No
         )
 
 
-INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
-
-
 def _finished_rows(
     items: list[Item], journal: jr.Journal, previous: np.ndarray | None
 ) -> list[tuple[Item, jr.Record, np.ndarray]]:
@@ -410,4 +375,4 @@ def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = F
             rec.meta["channels"],
             1 if rec.meta.get("truncated") else 0,
         )
-        yield row + ((_frames_name(item), f"{FRAME_S:g}") if frames else ())
+        yield row + ((naming.frames_name(item.name), f"{FRAME_S:g}") if frames else ())

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from matpac_cli.errors import InputError, UsageError
-from matpac_cli.outputs.readers import Embeddings, embeddings_paths, read_embeddings
+from matpac_cli.outputs import naming
+from matpac_cli.outputs.readers import Embeddings, read_embeddings
 from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 
 BLOCK_BYTES = 64 * 2**20  # index rows read, normalised and multiplied at a time
@@ -269,7 +270,7 @@ def plan_queries(
     lookup = PathLookup(emb.paths)
     planned: list[Query] = []
     failed: list[InputError] = []
-    index_csv = embeddings_paths(emb.path)["index"]
+    index_csv = naming.row_index(emb.path)
     for name in queries:
         row = lookup.find(name)
         if row is not None:
@@ -291,7 +292,7 @@ def query_model(emb: Embeddings, model: str | None = None):
     from matpac_cli.checkpoints.resolve import resolve
     from matpac_cli.errors import ModelError
 
-    manifest_path = embeddings_paths(emb.path)["manifest"]
+    manifest_path = naming.embed_manifest(emb.path)
     info = ((emb.manifest or {}).get("models") or [{}])[0]
     spec = model or info.get("name")
     if not spec:

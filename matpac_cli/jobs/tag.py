@@ -25,7 +25,7 @@ from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
 from matpac_cli.outputs import journal as jr
-from matpac_cli.outputs import writers
+from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -115,7 +115,7 @@ def tag(
         settings["min_segment"] = config.min_segment
     summary = Summary()
     callbacks = (on_progress, _collect(summary, on_failure), on_audio)
-    man_path = config.manifest or (None if out is None else out.with_name(out.name + ".manifest.json"))
+    man_path = config.manifest or (None if out is None else naming.tags_manifest(out))
     make_manifest = lambda: tag_manifest(groups, settings, config, out, summary, argv)  # noqa: E731
     if out is None:
         if config.fmt in writers.BINARY:
@@ -265,7 +265,7 @@ def _to_file(
 def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Callable[[str], None]) -> jr.Journal:
     """The journal beside `out`: an existing `out` is resumed only from a journal of the same
     settings (else refused without --force), and --force starts a fresh one."""
-    journal_path = out.with_name(out.name + ".journal")
+    journal_path = naming.journal(out)
     if out.exists() and not config.force:
         if not journal_path.exists():
             raise OutputError(writers.not_ours(out))

@@ -23,6 +23,7 @@ from matpac_cli.checkpoints.registry import HeadSpec, load_registry
 from matpac_cli.checkpoints.trained_head import check_planned, default_encoder, is_trained_head
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.inference.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
+from matpac_cli.outputs import naming
 from matpac_cli.outputs.writers import not_ours
 
 DEFAULT_MODEL = "matpac-plus-music"
@@ -126,7 +127,7 @@ def _carries_audioset(model: str) -> bool:
 
 def check_output(out: Path, force: bool) -> None:
     """An existing output that matpac's journal does not vouch for is never replaced silently."""
-    journal = out.with_name(out.name + ".journal")
+    journal = naming.journal(out)
     if out.exists() and not force and not journal.exists():
         raise OutputError(not_ours(out))
 

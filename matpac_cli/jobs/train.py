@@ -22,6 +22,7 @@ from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, confusion, per_class_ap, train_probe
 from matpac_cli.jobs.train_data import Features, check_counts
+from matpac_cli.outputs import naming
 
 
 @dataclass
@@ -33,10 +34,6 @@ class Result:
     outputs: list[Path] = field(default_factory=list)
 
 
-def report_path(out: Path) -> Path:
-    return Path(out).with_suffix(".report.json")
-
-
 def check_outputs(out: Path, force: bool) -> None:
     """Refused before any model loads: a head that is not .safetensors, an unwritable path, or an
     existing head without --force."""
@@ -45,12 +42,12 @@ def check_outputs(out: Path, force: bool) -> None:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out}: a trained head is written as .safetensors (e.g. mine.safetensors)")
-    for path in (out, report_path(out)):
+    for path in (out, naming.head_report(out)):
         ensure_writable(path)
         if path.exists() and not force:
             raise OutputError(
                 f"{path} exists; use --force to replace it (with --embeddings "
-                f"{out.with_suffix('.emb.npy')} to retrain on the embeddings it computed)"
+                f"{naming.head_embeddings(out)} to retrain on the embeddings it computed)"
             )
 
 
@@ -97,8 +94,8 @@ def train(
         with Unit() as unit:  # the head and its report replace the old ones together
             with unit.open(Path(out), "wb") as fh:
                 fh.write(to_bytes(head))
-            unit.json(report_path(out), report)
-        result.outputs = [Path(out), report_path(out)]
+            unit.json(naming.head_report(out), report)
+        result.outputs = [Path(out), naming.head_report(out)]
     return result
 
 

@@ -174,12 +174,13 @@ class Features:
 
 def from_index(labelled: Labelled, npy: Path) -> Features:
     """Clip embeddings of every labelled file from an earlier embed output, matched by path."""
+    from matpac_cli.outputs.naming import embed_manifest
     from matpac_cli.outputs.readers import read_embeddings
 
     emb = read_embeddings(Path(npy))
     if emb.manifest is None or not emb.manifest.get("models"):
         raise UsageError(
-            f"{emb.path}: its manifest ({emb.path.with_suffix('.manifest.json').name}) is missing, "
+            f"{emb.path}: its manifest ({embed_manifest(emb.path).name}) is missing, "
             "so the encoder that made it is unknown; a head must name its encoder"
         )
     model = emb.manifest["models"][0]

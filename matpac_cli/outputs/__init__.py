@@ -1,2 +1,2 @@
-"""Writers and readers of matpac's outputs (npy, csv, jsonl, parquet, manifest, journal)
-and the rules every output path follows."""
+"""Writers and readers of matpac's outputs (npy, csv, jsonl, parquet, manifest, journal),
+the names of the files that go together (`naming`) and the rules every output path follows."""

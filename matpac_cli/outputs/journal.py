@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from matpac_cli.errors import OutputError
+from matpac_cli.outputs.naming import temp_path
 from matpac_cli.pipeline.discovery import Item
 from matpac_cli.sidefiles import create, open_existing, refuse_symlink
 
@@ -189,7 +190,7 @@ class Journal:
     def _rewrite(self, settings: dict) -> None:
         """Start the file anew with the kept records, dropping any torn or damaged ones, so new
         records append cleanly."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        tmp = temp_path(self.path)
         try:
             with create(tmp) as fh:
                 fh.write(MAGIC)
@@ -255,7 +256,7 @@ def compact(path: Path, settings: dict, stamp: dict, rows: list[tuple[Record, in
     its key, facts and row in that output, and `stamp` identifies the output file, so a journal
     next to a finished `--layer all` output does not double the disk. A record whose output was
     replaced since (another stamp) is recomputed, never read from the wrong rows."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with create(tmp) as fh:
             fh.write(MAGIC)

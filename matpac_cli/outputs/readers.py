@@ -23,39 +23,24 @@ from typing import TextIO
 import numpy as np
 
 from matpac_cli.errors import UsageError, one_line
+from matpac_cli.outputs import naming
 from matpac_cli.outputs.manifest import check_manifest
+from matpac_cli.outputs.naming import INDEX_COLUMNS, PARQUET
 from matpac_cli.outputs.safetext import from_spreadsheet
 
-INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
 DURATION_COLUMN = "duration_s"  # each file's length (optional: tag outputs written before it have none)
 SEGMENT_COLUMNS = ["start_s", "end_s"]
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
-PARQUET = ".parquet"  # a file, or a folder of shards named so
 TAG_SUFFIXES = (".csv", *JSONL_SUFFIXES, PARQUET)
-
-
-def embeddings_paths(path: Path) -> dict[str, Path]:
-    """The files of one `matpac embed --out X.npy|X.parquet` output (as `embedding.outputs_for`
-    names them); a Parquet output is its own row index."""
-    parquet = path.suffix.lower() == PARQUET
-    return {
-        "matrix": path,
-        "index": path if parquet else path.with_suffix(".csv"),
-        "manifest": path.with_suffix(".manifest.json"),
-    }
 
 
 def embeddings_inputs(path: Path) -> list[Path]:
     """Every file of the embed output `path` a run reads (each shard of a Parquet folder too)."""
-    files = list(dict.fromkeys(embeddings_paths(path).values()))
-    if path.suffix.lower() == PARQUET and path.is_dir():
+    files = naming.embed_files(path)
+    if naming.is_parquet(path) and path.is_dir():
         files += sorted(p for p in path.rglob("*") if p.is_file())
     return files
-
-
-def tags_manifest_path(out: Path) -> Path:
-    return out.with_name(out.name + ".manifest.json")
 
 
 @dataclass
@@ -101,9 +86,8 @@ def read_embeddings(npy: Path) -> Embeddings:
     """Read `X.npy` with `X.csv`, or `X.parquet` (a file or a folder of shards), and, where
     present, `X.manifest.json`."""
     npy = Path(npy)
-    paths = embeddings_paths(npy)
-    if npy.suffix.lower() == PARQUET:
-        return _parquet_embeddings(npy, paths)
+    if naming.is_parquet(npy):
+        return _parquet_embeddings(npy)
     if npy.suffix != ".npy":
         raise UsageError(f"{npy}: expected the .npy or .parquet that `matpac embed --out` writes")
     if not npy.is_file():
@@ -116,21 +100,22 @@ def read_embeddings(npy: Path) -> Embeddings:
         raise UsageError(
             f"{npy}: expected an N x D (or N x layers x D) float32 matrix, found {matrix.dtype} {tuple(matrix.shape)}"
         )
-    index = read_index(paths["index"])
+    index_path = naming.row_index(npy)
+    index = read_index(index_path)
     if len(index) != len(matrix):
         raise UsageError(
-            f"{paths['index']}: {len(index)} rows but {npy} has {len(matrix)}; the two files are not from the same run"
+            f"{index_path}: {len(index)} rows but {npy} has {len(matrix)}; the two files are not from the same run"
         )
-    return Embeddings(npy, matrix, index, read_manifest(paths["manifest"]))
+    return Embeddings(npy, matrix, index, read_manifest(naming.embed_manifest(npy)))
 
 
-def _parquet_embeddings(path: Path, paths: dict[str, Path]) -> Embeddings:
+def _parquet_embeddings(path: Path) -> Embeddings:
     from matpac_cli.outputs import parquet
 
     if not path.exists():
         raise UsageError(f"{path}: no such embeddings file")
     matrix, index = parquet.read_embeddings(path)
-    manifest = read_manifest(paths["manifest"])
+    manifest = read_manifest(naming.embed_manifest(path))
     truncated = set((manifest or {}).get("truncated") or [])  # a Parquet output lists them there
     for row in index:
         row["truncated"] = row["path"] in truncated
@@ -202,7 +187,7 @@ def read_tags(path: Path) -> Tags:
     segments = set(SEGMENT_COLUMNS) <= set(columns)
     rows = [_typed(r, path, n, segments) for n, r in enumerate(raw_rows)]
     heads = list(dict.fromkeys(r["head"] for r in rows))
-    return Tags(path, rows, segments, read_manifest(tags_manifest_path(path)), heads)
+    return Tags(path, rows, segments, read_manifest(naming.tags_manifest(path)), heads)
 
 
 @dataclass
@@ -248,7 +233,7 @@ def scan_tags(path: Path) -> TagStream:
         columns = column_names(path)
         if not set(TAG_COLUMNS) <= set(columns):
             raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
-        return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
+        return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
     with _reading(path) as fh:
         if suffix == ".csv":
             columns = next(csv.reader(fh), [])
@@ -258,7 +243,7 @@ def scan_tags(path: Path) -> TagStream:
             columns = list(_json_object(first, path, 0)) if first is not None else []
     if not set(TAG_COLUMNS) <= set(columns):
         raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
-    return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(tags_manifest_path(path)))
+    return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
 
 
 def _check_tags_path(path: Path) -> None:

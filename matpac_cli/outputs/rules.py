@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from matpac_cli.errors import OutputError
+from matpac_cli.outputs import naming
 from matpac_cli.outputs.manifest import check_manifest
 from matpac_cli.outputs.writers import FAILURES_COLUMNS, not_ours
 from matpac_cli.sidefiles import refuse_symlink
@@ -71,7 +72,7 @@ def check_side_files(written: Iterable[Path], journals: Iterable[Path] = ()) -> 
     """A symlink planted at one of matpac's own names beside an output (a lock, a journal) is
     refused now, in one line."""
     for path in written:
-        refuse_symlink(path.with_name(f".{path.name}.lock"))
+        refuse_symlink(naming.lock_path(path))
     for path in journals:
         refuse_symlink(path)
 

@@ -17,19 +17,15 @@ import re
 import signal
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import IO
 
 import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.outputs import naming
 from matpac_cli.outputs.safetext import CsvWriter, for_terminal
 from matpac_cli.sidefiles import create, ensure_writable, locked  # noqa: F401 - writers' public names
-
-
-def _tmp(path: Path) -> Path:
-    """matpac's temporary name for `path`: hidden, in the same folder, with this process's PID."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def _fail(path: Path, exc: OSError) -> OutputError:
@@ -70,7 +66,7 @@ class Unit:
 
     @contextmanager
     def open(self, path: Path, mode: str = "w") -> Iterator[IO]:
-        tmp = _tmp(path)
+        tmp = naming.temp_path(path)
         self.staged.append((tmp, path))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,42 +153,6 @@ def write_array(path: Path, array: np.ndarray) -> None:
         np.save(fh, np.asarray(array, dtype=np.float32))
 
 
-def mirror_path(root: Path, name: str, suffix: str) -> Path:
-    """Where a per-file output for input `name` goes under `root` (never outside it)."""
-    return root / mirror_name(name, suffix)
-
-
-MIRROR_MAX = 1024  # bytes of a mirrored name; past this (or a component past 240) it is hashed
-
-
-def mirror_name(name: str, suffix: str) -> str:
-    """The name, relative to an output folder, of the per-file output of input `name`: its path
-    mirrored, one to one, so two inputs never share one. A component that begins with `_` gets
-    one more (`_x` -> `__x`), which leaves `_`-names free for what is not a plain component:
-    `..` is `_up`, a leading `/` is `_root` (`../x` -> `_up/x.npy`, `/tmp/x` -> `_root/tmp/x.npy`).
-    A name too long to mirror (a component past 240 bytes, or 1 KiB in all) is
-    `_long/<sha256 of the name, 16 hex>/<its last 100 characters>`."""
-    pure = PurePath(name)
-    parts = [
-        "_root" if pure.anchor and i == 0 else "_up" if p == ".." else "__" + p[1:] if p[:1] == "_" else p
-        for i, p in enumerate(pure.parts)
-        if p not in (".", "")
-    ]
-    parts = [p for p in parts if p not in ("/", "\\")]
-    mirrored = "/".join(parts) + suffix
-    if (
-        parts
-        and max(len(os.fsencode(p)) for p in parts) + len(suffix) <= 240
-        and len(os.fsencode(mirrored)) <= MIRROR_MAX
-    ):
-        return mirrored
-    import hashlib
-
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    tail = (pure.name or "file")[-100:]
-    return f"_long/{digest}/{tail}{suffix}"
-
-
 FAILURES_COLUMNS = ("path", "reason")  # the header of a --failures list: how matpac knows one it wrote
 
 
@@ -200,8 +160,8 @@ def not_ours(path: Path, option: str = "") -> str:
     """Why an existing file is not replaced without --force (one wording for every output). A
     `.csv` beside a `.npy` is named as that matrix's row index: replacing it would orphan it."""
     said = f"{option} {path}".strip()
-    matrix = path.with_suffix(".npy")
-    if path.suffix.lower() == ".csv" and matrix.exists():
+    matrix = naming.indexed_matrix(path)
+    if matrix is not None and matrix.exists():
         return (
             f"{said} is the row index of {matrix}; give another name (--force would replace it and "
             f"leave {matrix.name} without its index)"
@@ -215,7 +175,7 @@ class FailureLog:
     and when the run is interrupted: the list so far), so FILE is never half-written."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.tmp = path, _tmp(path)
+        self.path, self.tmp = path, naming.temp_path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             clean_stale_temps(path)  # a killed run's list (the caller holds FILE's lock)

@@ -21,6 +21,7 @@ from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.jobs.report.data import Library, collect
 from matpac_cli.jobs.report.mapping import Map, build_map
 from matpac_cli.jobs.report.page import GENERATOR, Content, failures, render
+from matpac_cli.outputs import naming
 from matpac_cli.outputs.readers import read_embeddings, scan_tags
 from matpac_cli.outputs.writers import atomic, ensure_writable
 
@@ -95,7 +96,9 @@ def build_report(
         warnings.append(f"{failed:,} file(s) failed in the tag run and have no rows; {listed}")
     notes += warnings
     if stream.manifest is None:
-        notes.append(f"No manifest beside {tags} ({tags.name}.manifest.json): the models and heads are not known.")
+        notes.append(
+            f"No manifest beside {tags} ({naming.tags_manifest(tags).name}): the models and heads are not known."
+        )
     content = Content(
         title or f"matpac report: {tags.name}",
         str(tags),
@@ -115,7 +118,7 @@ def build_report(
 
 
 def _embeddings(path: Path):
-    if path.suffix.lower() not in (".npy", ".parquet"):
+    if path.suffix.lower() not in naming.EMBED_SUFFIXES:
         raise UsageError(
             f"--embeddings {path}: give the .npy (its .csv row index and manifest are read "
             "beside it) or the .parquet that `matpac embed --out` writes"

@@ -18,9 +18,22 @@ def one_line(exc: BaseException, limit: int | None = 200) -> str:
 
 
 class MatpacError(Exception):
-    """Base class: the message is meant for the person at the terminal, one line."""
+    """Base class: the message is meant for the person at the terminal, one line.
+
+    The library is used from Python as well as through the `matpac` command, so a message names a
+    setting as the Python API spells it (the config field or keyword), never as a command-line
+    flag, and lists the settings it names in `settings`. A setting is written in one of two forms:
+    `name=VALUE` for a value (`top_k=-1: give 0 ...`) and the name in backticks for the setting
+    itself (``use `force` to replace it``). The CLI turns exactly these, for the settings listed,
+    into its flags (`--top-k -1`, `--force`) in one place (`cli/_errors.py`), so the terminal reads
+    flags and a Python caller reads the names it passed.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.settings = tuple(settings)  # kept when pickled (a Ray worker's error): it is in __dict__
 
 
 class UsageError(MatpacError):

@@ -149,7 +149,8 @@ def _take(lock: Path, path: Path, fcntl) -> tuple[int, bool]:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise OutputError(
-                f"another matpac is writing {path} (pid {pid}); wait for it to finish or choose another --out"
+                f"another matpac is writing {path} (pid {pid}); wait for it to finish or choose another `out`",
+                settings=("out",),
             ) from None
         try:
             now = os.lstat(lock)

@@ -61,7 +61,7 @@ def test_the_journal_is_never_an_output_and_reading_needs_no_journal():
 
 @pytest.mark.parametrize("out", ["emb.csv", "emb", "emb.NPY", "emb.npz"])
 def test_embed_writes_only_npy_or_parquet(out):
-    with pytest.raises(UsageError, match=r"--out .*written as \.npy .* or \.parquet"):
+    with pytest.raises(UsageError, match=r"out=.*written as \.npy .* or \.parquet"):
         naming.embed_outputs(D / out)
 
 

@@ -29,7 +29,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _TRUE = {"1", "true", "yes", "on"}
 _HEX = re.compile(r"[0-9a-fA-F]{64}")  # a sha256 as recorded
 PROBES_HINT = "matpac models download probes"
-LOCAL_MODEL = "--model FILE with a local checkpoint"  # the way round a download, for messages
+LOCAL_MODEL = "model=FILE with a local checkpoint"  # the way round a download, for messages (names `model`)
 
 
 class Unreachable(WeightsError):
@@ -191,13 +191,16 @@ def host_of(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc or url
 
 
-def no_network(what: str, causes: list[Unreachable], fetch: str, local: str) -> NoNetwork:
+def no_network(
+    what: str, causes: list[Unreachable], fetch: str, local: str, settings: tuple[str, ...] = ()
+) -> NoNetwork:
     """The one line shown when no source could be reached, with the ways to work offline."""
     reasons = list(dict.fromkeys(f"{c.host}: {c.why}" for c in causes))
     return NoNetwork(
         f"cannot download {what}: no network, or the server cannot be reached ({'; '.join(reasons)}); "
         f"to work without network use HF_HUB_OFFLINE=1 with a filled cache, {local}, "
-        f"or run `{fetch}` on a connected machine and copy its HF_HOME here"
+        f"or run `{fetch}` on a connected machine and copy its HF_HOME here",
+        settings=settings,
     )
 
 

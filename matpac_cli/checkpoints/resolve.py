@@ -96,7 +96,7 @@ def resolve(spec: str, progress: bool = False, force: bool = False) -> Resolved:
         try:
             path, source = _guard(lambda: _hub_download(repo, revision, progress, force), spec)
         except Unreachable as exc:
-            raise no_network(f"model {spec}", [exc], fetch_hint(spec), LOCAL_MODEL) from None
+            raise no_network(f"model {spec}", [exc], fetch_hint(spec), LOCAL_MODEL, ("model",)) from None
         return Resolved(spec, path, source, verify(path, source, None, fetch_hint(spec)))
     registry = load_registry()
     if spec in registry.models:
@@ -176,7 +176,7 @@ def _resolve_registered(m: ModelSpec, progress: bool, force: bool) -> Resolved:
         )
     unreachable = [exc for _, exc in errors if isinstance(exc, Unreachable)]
     if unreachable and len(unreachable) == len(errors):
-        raise no_network(f"model {m.name}", unreachable, fetch_hint(m.name), LOCAL_MODEL)
+        raise no_network(f"model {m.name}", unreachable, fetch_hint(m.name), LOCAL_MODEL, ("model",))
     raise WeightsError(f"cannot get model {m.name}: " + "; ".join(f"{label}: {exc}" for label, exc in errors))
 
 

@@ -187,8 +187,9 @@ def check_encoder(path: Path, encoder: dict, name: str, sha256: str) -> None:
     if not same:
         raise UsageError(
             f"head {path} was trained on encoder {encoder_label(encoder)}, but this run uses "
-            f"{name} (sha256 {sha256[:12]}); use --model {encoder.get('path') or encoder.get('name')} (or MODEL:HEAD), "
-            "or train a head on this encoder"
+            f"{name} (sha256 {sha256[:12]}); use model={encoder.get('path') or encoder.get('name')} (or MODEL:HEAD), "
+            "or train a head on this encoder",
+            settings=("model",),
         )
 
 
@@ -205,6 +206,7 @@ def check_planned(path: Path, target: str) -> None:
     if trained_on.get("name") in models and trained_on.get("name") != target:
         raise UsageError(
             f"head {path} was trained on encoder {encoder_label(trained_on)}, but this run "
-            f"uses {target}; use --model {trained_on.get('name')} (or MODEL:HEAD), or train a "
-            "head on this encoder"
+            f"uses {target}; use model={trained_on.get('name')} (or MODEL:HEAD), or train a "
+            "head on this encoder",
+            settings=("model",),
         )

@@ -34,6 +34,7 @@ from matpac_cli.cli import report as _report
 from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
 from matpac_cli.cli import train as _train
+from matpac_cli.cli._errors import flagged
 from matpac_cli.cli._options import Command, Group
 from matpac_cli.errors import MatpacError
 from matpac_cli.outputs.safetext import for_terminal
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except MatpacError as exc:
         _debug()
-        sys.stderr.write(for_terminal(f"matpac: error: {exc}") + "\n")
+        sys.stderr.write(for_terminal(f"matpac: error: {flagged(exc)}") + "\n")
         if isinstance(exc, _common.StdoutError):
             _quiet_stdout()  # or Python's exit flush reports the same full disk again
         return exc.exit_code

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from matpac_cli.cli._errors import flagged
 from matpac_cli.errors import MatpacError, OutputError
 from matpac_cli.outputs.safetext import for_terminal
 
@@ -173,7 +174,9 @@ class Reporter:
         self.failed += 1
         if self.failure_log is not None:
             self.failure_log.add(err)
-        self.console.print(for_terminal(f"matpac: skipped {err}"), markup=False, style="yellow", soft_wrap=True)
+        self.console.print(
+            for_terminal(f"matpac: skipped {flagged(err)}"), markup=False, style="yellow", soft_wrap=True
+        )
 
     def warning(self, text: str) -> None:
         self.console.print(for_terminal(f"matpac: warning: {text}"), markup=False, style="yellow", soft_wrap=True)
@@ -192,7 +195,7 @@ class Reporter:
             except OutputError as exc:
                 if sys.exc_info()[1] is None:  # nothing propagating: this is the run's error
                     raise
-                self.warning(f"{exc} (the list of failed files so far is lost)")
+                self.warning(f"{flagged(exc)} (the list of failed files so far is lost)")
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -267,11 +270,11 @@ def check_run_options(
     check_precision(precision)
 
     if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: give at least 1")
+        raise UsageError(f"batch_size={batch_size}: give at least 1", settings=("batch_size",))
     if workers is not None and workers < 0:
-        raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
+        raise UsageError(f"workers={workers}: give a positive count, or 0 for the default", settings=("workers",))
     if threads is not None and threads < 0:
-        raise UsageError(f"--threads {threads}: give a positive count, or 0 for the default")
+        raise UsageError(f"threads={threads}: give a positive count, or 0 for the default", settings=("threads",))
     from matpac_cli.encoder.cpu import choose
 
     choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from matpac_cli.cli._common import Reporter
+from matpac_cli.cli._errors import flagged
 from matpac_cli.cli._options import Command, ForceOpt, Group
 
 app = typer.Typer(cls=Group, no_args_is_help=True, help="List, download, verify models and heads; print labels.")
@@ -223,7 +224,7 @@ def models_download(
             if len(targets) == 1:
                 raise
             failed.append(name)
-            reporter.info(f"matpac: error: {exc}")
+            reporter.info(f"matpac: error: {flagged(exc)}")
     if failed:
         raise WeightsError(f"{len(failed)} of {len(targets)} not downloaded: {', '.join(failed)}")
     return 0
@@ -307,6 +308,6 @@ def models_verify() -> None:
         except WeightsError as exc:
             bad += 1
             sys.stdout.write("\t".join(map(_for_stdout, ("MISMATCH", name, "-", str(path)))) + "\n")
-            reporter.info(f"matpac: {exc}")
+            reporter.info(f"matpac: {flagged(exc)}")
     reporter.info(f"matpac: {len(checked)} cached file(s) checked, {bad} mismatched")
     raise typer.Exit(2 if bad else 0)

@@ -345,7 +345,7 @@ def _check_report(report: Path | None, target: Path | None, force: bool) -> None
         raise UsageError(f"--report {report} is built from the tags file: give --out tags.csv (not stdout)")
     from matpac_cli.jobs.report import check_out
 
-    check_out(report, force, "--report")
+    check_out(report, force, "report")
 
 
 def _check_paths(target: Path | None, manifest: Path | None, failures: Path | None, force: bool, check_output) -> None:

@@ -60,7 +60,7 @@ def check_device(name: str | None) -> str:
     this machine has it is `predictor.pick_device`'s question, once torch is there."""
     text = (name or "auto").lower()
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,4})?", text):
-        raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"device={name}: expected auto, cpu, cuda, cuda:N or mps", settings=("device",))
     return text
 
 
@@ -68,7 +68,7 @@ def check_precision(precision: str | None) -> str:
     """`--precision`, refused before torch is imported."""
     text = (precision or "auto").lower()
     if text not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
+        raise UsageError(f"precision={precision}: expected auto, fp32, bf16 or fp16", settings=("precision",))
     return text
 
 

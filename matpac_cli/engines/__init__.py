@@ -12,7 +12,7 @@ def check(engine: str) -> str:
     """`--engine`: refused in one line unless known, and `ray` only where Ray Data is installed."""
     name = (engine or "local").lower()
     if name not in ENGINES:
-        raise UsageError(f"--engine {engine}: expected {' or '.join(ENGINES)}")
+        raise UsageError(f"engine={engine}: expected {' or '.join(ENGINES)}", settings=("engine",))
     if name == "ray":
         from matpac_cli.engines.ray.driver import require
 

@@ -145,7 +145,7 @@ def run(
     if batch_size < 1:
         from matpac_cli.errors import UsageError
 
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError("`batch_size` must be at least 1", settings=("batch_size",))
     batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)]
     order: collections.deque[Slot] = collections.deque()
     slots: dict[Feed, Slot] = {}

@@ -282,7 +282,7 @@ class Encoder:
             self.plans = [r.load() for r in self.recipes]
             cpu.keep_freed_memory()  # the actor's process is ours: no page faults for each batch's temporaries
         except MatpacError as exc:
-            self.error = ModelError(str(exc))
+            self.error = ModelError(str(exc), settings=exc.settings)
         except Exception as exc:  # noqa: BLE001 - sent to the driver, which stops the job with it
             why = one_line(exc, RAY_LIMIT)
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {why}")

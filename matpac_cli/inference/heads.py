@@ -229,7 +229,7 @@ def probes_dir(progress: bool = False, force: bool = False) -> Path:
     try:
         zpath, source = release_download(registry.probes_release, progress, force, PROBES_HINT)
     except Unreachable as exc:
-        raise no_network("the probe heads", [exc], PROBES_HINT, "--head FILE with a local probe") from None
+        raise no_network("the probe heads", [exc], PROBES_HINT, "heads=FILE with a local probe", ("heads",)) from None
     digest = verify(zpath, f"probes|{source}", None, PROBES_HINT)
     target = matpac_cache() / "probes" / digest[:16]
     if not (target / ".complete").exists():
@@ -251,7 +251,8 @@ def check_probes_cached() -> None:
         raise WeightsError(
             f"the probe heads need {zpath.name}, which is not in the cache and HF_HUB_OFFLINE is set; "
             f"run `{PROBES_HINT}` on a connected machine and copy its HF_HOME here, "
-            "or give --head FILE with a probe file (such as mtg_genre.pth from that zip)"
+            "or give heads=FILE with a probe file (such as mtg_genre.pth from that zip)",
+            settings=("heads",),
         )
 
 
@@ -323,7 +324,10 @@ def resolve_head(
         if spec is not None:  # a known head: its labels come from the registry
             return load_probe(path, spec, in_dim)
         if labels_file is None:
-            raise UsageError(f"{name}: unknown head name {path.stem!r}; give its labels with --labels FILE")
+            raise UsageError(
+                f"{name}: unknown head name {path.stem!r}; give its labels with labels_file=FILE",
+                settings=("labels_file",),
+            )
         return load_probe(path, None, in_dim, read_labels(labels_file))
     if path.suffix in HEAD_SUFFIXES and path.is_dir():
         raise UsageError(f"head {name} is a folder, not a probe file")
@@ -333,7 +337,7 @@ def resolve_head(
     if spec.builtin:
         raise UsageError(f"head {spec.name} comes with model {spec.builtin}, not the probe zip")
     if family is None:
-        raise UsageError(probe_encoder_unknown(spec, encoder[0] if encoder else None))
+        raise UsageError(probe_encoder_unknown(spec, encoder[0] if encoder else None), settings=("model", "heads"))
     probe = find_probe(probes_dir(progress), family, spec.task or spec.name)
     head = load_probe(probe, spec, in_dim)
     head.source = f"probes:{family}/{probe.name}"
@@ -346,9 +350,9 @@ def probe_encoder_unknown(spec: HeadSpec, model: str | None) -> str:
     return (
         f"head {spec.name} is the authors' probe for the MATPAC++ encoders, and {what} is not one of them "
         "as far as matpac can tell (a checkpoint file is known by the sha256 recorded when matpac "
-        "downloaded it, not by its name); use --model matpac-plus-music or matpac-plus (offline: "
+        "downloaded it, not by its name); use model=matpac-plus-music or matpac-plus (offline: "
         "`matpac models download matpac-plus-music probes` on a connected machine, then copy its "
-        f"HF_HOME here), or --head FILE with a probe file ({spec.task or spec.name}.pth from the probe zip)"
+        f"HF_HOME here), or heads=FILE with a probe file ({spec.task or spec.name}.pth from the probe zip)"
     )
 
 

@@ -32,14 +32,14 @@ def pick_device(name: str = "auto") -> str:
         return "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+            raise UsageError(f"device={name}: CUDA is not available on this machine", settings=("device",))
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s)", settings=("device",))
         return name
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("--device mps: MPS is not available on this machine")
+            raise UsageError("device=mps: MPS is not available on this machine", settings=("device",))
         return name
     return name  # cpu
 

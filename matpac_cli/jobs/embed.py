@@ -63,16 +63,16 @@ def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
     try:
         value = int(text)
     except ValueError:
-        raise UsageError(f"--layer {layer}: expected 1..{depth}, last or all") from None
+        raise UsageError(f"layer={layer}: expected 1..{depth}, last or all", settings=("layer",)) from None
     if not 1 <= value <= depth:
-        raise UsageError(f"--layer {layer}: this model has layers 1..{depth}")
+        raise UsageError(f"layer={layer}: this model has layers 1..{depth}", settings=("layer",))
     return (value,)
 
 
 SETTING_NAMES = {
-    "model_sha256": "the model (--model)",
-    "layers": "--layer",
-    "precision": "--precision",
+    "model_sha256": "the model (`model`)",
+    "layers": "`layer`",
+    "precision": "`precision`",
     "job": "the job (embed vs tag)",
 }
 
@@ -82,7 +82,7 @@ def check_config(config: EmbedConfig) -> None:
     paths = naming.embed_outputs(config.out)
     text = str(config.layer).strip().lower()
     if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
-        raise UsageError(f"--layer {config.layer}: expected a layer number, last or all")
+        raise UsageError(f"layer={config.layer}: expected a layer number, last or all", settings=("layer",))
     for path in paths.values():
         writers.ensure_writable(path)
     if config.frames_dir is not None:
@@ -90,7 +90,7 @@ def check_config(config: EmbedConfig) -> None:
     if not config.force and not paths["journal"].exists():
         for key, path in paths.items():
             if key != "journal" and path.exists():
-                raise OutputError(_not_ours(paths, key))
+                raise OutputError(_not_ours(paths, key), settings=("force",))
 
 
 def _not_ours(paths: dict[str, Path], key: str) -> str:
@@ -100,7 +100,7 @@ def _not_ours(paths: dict[str, Path], key: str) -> str:
     if owner is not None:
         return (
             f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
-            "(or --force to replace that manifest)"
+            "(or `force` to replace that manifest)"
         )
     return writers.not_ours(path)
 
@@ -305,8 +305,9 @@ def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedC
         path = naming.frames_file(config.frames_dir, item.name)
         if os.path.lexists(path) and jr.real_path(item) not in journal.done:
             raise OutputError(
-                f"--frames: {path} exists and was not written by this output's runs "
-                f"({journal.path}); use --force to replace it, or choose another --frames folder"
+                f"`frames_dir`: {path} exists and was not written by this output's runs "
+                f"({journal.path}); use `force` to replace it, or choose another `frames_dir` folder",
+                settings=("frames_dir", "force"),
             )
 
 
@@ -347,7 +348,8 @@ def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> No
     if differ:
         what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
         raise OutputError(
-            f"{paths['matrix']} was made with another {what}; use --force to replace it or choose another --out"
+            f"{paths['matrix']} was made with another {what}; use `force` to replace it or choose another `out`",
+            settings=("model", "layer", "precision", "force", "out"),
         )
 
 

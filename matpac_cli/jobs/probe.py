@@ -49,11 +49,13 @@ class TrainConfig:
 
     def check(self) -> None:
         if self.folds is not None and self.folds < 2:
-            raise UsageError(f"--folds {self.folds}: give 2 or more")
+            raise UsageError(f"folds={self.folds}: give 2 or more", settings=("folds",))
         if self.folds is None and not 0.0 < self.val < 1.0:
-            raise UsageError(f"--val {self.val}: give the validation fraction, between 0 and 1 (e.g. 0.1)")
+            raise UsageError(
+                f"val={self.val}: give the validation fraction, between 0 and 1 (e.g. 0.1)", settings=("val",)
+            )
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
-            raise UsageError("--lr: give positive learning rates, e.g. 1e-4,1e-3")
+            raise UsageError("`lrs`: give positive learning rates, e.g. 1e-4,1e-3", settings=("lrs",))
 
 
 @dataclass
@@ -123,7 +125,7 @@ def stratified_split(groups: np.ndarray, fraction: float, seed: int) -> Split:
 def stratified_folds(groups: np.ndarray, k: int, seed: int) -> list[Split]:
     """K folds, each stratum dealt round the folds in turn (continuing where the last ended)."""
     if k > len(groups):
-        raise UsageError(f"--folds {k}: only {len(groups)} labelled files")
+        raise UsageError(f"folds={k}: only {len(groups)} labelled files", settings=("folds",))
     rng = np.random.default_rng(seed)
     fold = np.empty(len(groups), dtype=int)
     start = 0

@@ -216,7 +216,7 @@ def index_layer(emb: Embeddings, layer: str | None) -> tuple[np.ndarray, int | N
     if emb.matrix.ndim == 2:
         held = recorded[0] if len(recorded) == 1 else None
         if layer not in (None, "last") and held is not None and str(held) != str(layer).strip():
-            raise UsageError(f"--layer {layer}: {emb.path} holds layer {held} only")
+            raise UsageError(f"layer={layer}: {emb.path} holds layer {held} only", settings=("layer",))
         return emb.clip(), held
     depth = emb.matrix.shape[1]
     layers = recorded if len(recorded) == depth else list(range(1, depth + 1))
@@ -224,7 +224,7 @@ def index_layer(emb: Embeddings, layer: str | None) -> tuple[np.ndarray, int | N
     if text == "last":
         return emb.clip(-1), layers[-1]
     if not text.isdigit() or int(text) not in layers:
-        raise UsageError(f"--layer {layer}: {emb.path} holds layers {layers[0]}..{layers[-1]}")
+        raise UsageError(f"layer={layer}: {emb.path} holds layers {layers[0]}..{layers[-1]}", settings=("layer",))
     return emb.clip(layers.index(int(text))), int(text)
 
 
@@ -298,7 +298,8 @@ def query_model(emb: Embeddings, model: str | None = None):
     if not spec:
         raise UsageError(
             f"{manifest_path}: missing, so the model that made {emb.path} is unknown; "
-            "give it with --model to embed audio queries"
+            "give it with `model` to embed audio queries",
+            settings=("model",),
         )
     try:
         resolved = resolve(spec)
@@ -306,14 +307,16 @@ def query_model(emb: Embeddings, model: str | None = None):
         if model is None and info.get("source") == "file":
             raise UsageError(
                 f"{emb.path} was made with the checkpoint file {spec}, which is not found "
-                "from here; give it with --model FILE"
+                "from here; give it with model=FILE",
+                settings=("model",),
             ) from None
         raise exc from None
     want = info.get("sha256")
     if want and resolved.sha256 != want:
         raise UsageError(
             f"model {spec} has sha256 {resolved.sha256[:12]}..., but {emb.path} was made with "
-            f"{info.get('name')} (sha256 {want[:12]}...); give that checkpoint with --model"
+            f"{info.get('name')} (sha256 {want[:12]}...); give that checkpoint with `model`",
+            settings=("model",),
         )
     return resolved
 

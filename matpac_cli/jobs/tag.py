@@ -120,7 +120,8 @@ def tag(
     if out is None:
         if config.fmt in writers.BINARY:
             raise UsageError(
-                f"--format {config.fmt} is binary and is not written to stdout; give --out FILE.{config.fmt}"
+                f"fmt={config.fmt} is binary and is not written to stdout; give out=FILE.{config.fmt}",
+                settings=("fmt", "out"),
             )
         _stream(items, groups, config, stdout, summary, callbacks, on_warning)
         summary.streamed = True
@@ -268,19 +269,20 @@ def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Call
     journal_path = naming.journal(out)
     if out.exists() and not config.force:
         if not journal_path.exists():
-            raise OutputError(writers.not_ours(out))
+            raise OutputError(writers.not_ours(out), settings=("force",))
         differ = jr.settings_differ(journal_path, settings)
         if differ:
             names = {
-                "models": "model (--model)",
-                "heads": "heads (--head)",
-                "segments": "--segments",
-                "min_segment": "--min-segment",
+                "models": "model (`model`)",
+                "heads": "heads (`heads`)",
+                "segments": "`segments`",
+                "min_segment": "`min_segment`",
                 "job": "job (embed vs tag)",
             }
             raise OutputError(
                 f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
-                "use --force to replace it or choose another --out"
+                "use `force` to replace it or choose another `out`",
+                settings=("model", "heads", "segments", "min_segment", "force", "out"),
             )
     journal = jr.Journal(journal_path, settings, fresh=config.force)
     if journal.damaged:

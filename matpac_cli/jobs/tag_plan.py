@@ -46,7 +46,7 @@ def _split(arg: str, model: str | None) -> tuple[str | None, str]:
     if ":" in arg and not Path(arg).exists():
         target, name = arg.rsplit(":", 1)
         if not target or not name:
-            raise UsageError(f"--head {arg}: expected HEAD or MODEL:HEAD")
+            raise UsageError(f"heads={arg}: expected HEAD or MODEL:HEAD", settings=("heads",))
         return target, name
     return model, arg
 
@@ -112,7 +112,7 @@ def check_encoders(plan: list[tuple[str, list[str]]]) -> None:
     for target, spec in probes:
         model = registry.models.get(target) or model_file_spec(target)
         if model is None or model.family not in registry.families:
-            raise UsageError(probe_encoder_unknown(spec, target))
+            raise UsageError(probe_encoder_unknown(spec, target), settings=("model", "heads"))
     if probes:
         check_probes_cached()
 
@@ -129,7 +129,7 @@ def check_output(out: Path, force: bool) -> None:
     """An existing output that matpac's journal does not vouch for is never replaced silently."""
     journal = naming.journal(out)
     if out.exists() and not force and not journal.exists():
-        raise OutputError(not_ours(out))
+        raise OutputError(not_ours(out), settings=("force",))
 
 
 def describe(groups: list) -> str:

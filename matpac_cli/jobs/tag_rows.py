@@ -29,14 +29,17 @@ MIN_SEGMENT_S = 1.0  # --min-segment: a shorter last segment joins the one befor
 # --out extensions and the format each implies; nothing else is written
 def check_selection(top_k: int | None, threshold: float | None) -> None:
     if top_k is not None and top_k < 0:
-        raise UsageError(f"--top-k {top_k}: give 0 (every label) or a positive count")
+        raise UsageError(f"top_k={top_k}: give 0 (every label) or a positive count", settings=("top_k",))
     if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails both
-        raise UsageError(f"--threshold {threshold}: give a probability between 0 and 1")
+        raise UsageError(f"threshold={threshold}: give a probability between 0 and 1", settings=("threshold",))
 
 
 def check_min_segment(seconds: float) -> None:
     if not 0.0 <= seconds < float("inf"):  # NaN fails too
-        raise UsageError(f"--min-segment {seconds}: give a length in seconds, 0 or more (0 keeps every segment)")
+        raise UsageError(
+            f"min_segment={seconds}: give a length in seconds, 0 or more (0 keeps every segment)",
+            settings=("min_segment",),
+        )
 
 
 def effective_top_k(top_k: int | None, threshold: float | None) -> int:

@@ -41,13 +41,16 @@ def check_outputs(out: Path, force: bool) -> None:
 
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise UsageError(f"--out {out}: a trained head is written as .safetensors (e.g. mine.safetensors)")
+        raise UsageError(
+            f"out={out}: a trained head is written as .safetensors (e.g. mine.safetensors)", settings=("out",)
+        )
     for path in (out, naming.head_report(out)):
         ensure_writable(path)
         if path.exists() and not force:
             raise OutputError(
-                f"{path} exists; use --force to replace it (with --embeddings "
-                f"{naming.head_embeddings(out)} to retrain on the embeddings it computed)"
+                f"{path} exists; use `force` to replace it (with embeddings="
+                f"{naming.head_embeddings(out)} to retrain on the embeddings it computed)",
+                settings=("force", "embeddings"),
             )
 
 
@@ -56,7 +59,7 @@ def check_trainable(features: Features, config: TrainConfig) -> None:
     config.check()
     check_counts(features.labelled)
     if config.folds is not None and config.folds > len(features.x):
-        raise UsageError(f"--folds {config.folds}: only {len(features.x)} labelled files")
+        raise UsageError(f"folds={config.folds}: only {len(features.x)} labelled files", settings=("folds",))
 
 
 def train(

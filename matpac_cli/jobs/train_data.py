@@ -69,7 +69,7 @@ def read_labels(source: Path, task: str = "auto", extensions: tuple[str, ...] = 
     """Read a labels folder or CSV; refuse a task that the labels contradict."""
     source = Path(source)
     if task not in ("auto", "single", "multi"):
-        raise UsageError(f"--task {task}: expected auto, single or multi")
+        raise UsageError(f"task={task}: expected auto, single or multi", settings=("task",))
     if source.is_dir():
         pairs, ignored = _from_folder(source, extensions)
     elif source.is_file() and source.suffix.lower() == ".csv":
@@ -85,8 +85,9 @@ def read_labels(source: Path, task: str = "auto", extensions: tuple[str, ...] = 
     if task == "single" and multi:
         name, ls = multi[0]
         raise UsageError(
-            f"{source}: {name} has {len(ls)} labels ({', '.join(ls)}) but --task single "
-            f"takes one per file ({len(multi)} such file(s)); use --task multi"
+            f"{source}: {name} has {len(ls)} labels ({', '.join(ls)}) but task=single "
+            f"takes one per file ({len(multi)} such file(s)); use task=multi",
+            settings=("task",),
         )
     resolved = task if task != "auto" else ("multi" if multi else "single")
     classes = sorted({c for ls in labels for c in ls})
@@ -189,7 +190,8 @@ def from_index(labelled: Labelled, npy: Path) -> Features:
     if layers[-1] != depth:
         raise UsageError(
             f"{emb.path} holds layer {layers[-1]} embeddings; heads score layer {depth} "
-            "(embed with the default --layer, or --layer all)"
+            "(embed with the default `layer`, or layer=all)",
+            settings=("layer",),
         )
     lookup = _index_keys(emb.paths, emb.path.parent)
     rows, missing = [], []

@@ -67,8 +67,9 @@ def embed_outputs(out: Path) -> dict[str, Path]:
     the `journal` it keeps (a side file, not an output: never listed or locked as one)."""
     if out.suffix not in EMBED_SUFFIXES:
         raise UsageError(
-            f"--out {out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
-            "in emb.csv) or .parquet (emb.parquet)"
+            f"out={out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
+            "in emb.csv) or .parquet (emb.parquet)",
+            settings=("out",),
         )
     paths = {"matrix": out, "index": row_index(out), "manifest": embed_manifest(out), "journal": journal(out)}
     if paths["index"] == out:

@@ -64,7 +64,8 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
         if hit is not None:
             raise OutputError(
                 f"{hit[0]} {hit[1]} is an input of this run ({item.name}); an input is never "
-                "written as an output, even with --force"
+                "written as an output, even with `force`",
+                settings=("force",),
             )
 
 
@@ -101,4 +102,4 @@ def check_ours(path: Path | None, option: str, force: bool, recognise) -> None:
     if path is None or force or not path.exists():
         return
     if not recognise(path):
-        raise OutputError(not_ours(path, option))
+        raise OutputError(not_ours(path, option), settings=("force",))

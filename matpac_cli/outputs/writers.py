@@ -163,10 +163,10 @@ def not_ours(path: Path, option: str = "") -> str:
     matrix = naming.indexed_matrix(path)
     if matrix is not None and matrix.exists():
         return (
-            f"{said} is the row index of {matrix}; give another name (--force would replace it and "
+            f"{said} is the row index of {matrix}; give another name (`force` would replace it and "
             f"leave {matrix.name} without its index)"
         )
-    return f"{said} exists and was not written by matpac; use --force to replace it"
+    return f"{said} exists and was not written by matpac; use `force` to replace it"
 
 
 class FailureLog:
@@ -215,21 +215,23 @@ def output_format(out: str | None, fmt: str | None) -> str:
     which is binary)."""
     supported = ", ".join(sorted(set(FORMATS.values())))
     if fmt is not None and fmt.lower() not in FORMATS.values():
-        raise UsageError(f"--format {fmt}: supported formats are {supported}")
+        raise UsageError(f"fmt={fmt}: supported formats are {supported}", settings=("fmt",))
     if out in (None, "-"):
         if fmt is not None and fmt.lower() in BINARY:
             raise UsageError(
-                f"--format {fmt.lower()} is binary and is not written to stdout; give --out FILE.{fmt.lower()}"
+                f"fmt={fmt.lower()} is binary and is not written to stdout; give out=FILE.{fmt.lower()}",
+                settings=("fmt", "out"),
             )
         return (fmt or "csv").lower()
     ext = Path(out).suffix.lower()
     if ext not in FORMATS:
         raise UsageError(
-            f"--out {out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
-            f"give a file ending in {', '.join(FORMATS)}, or --out - for stdout"
+            f"out={out}: {'extension ' + ext if ext else 'no extension'} is not supported; "
+            f"give a file ending in {', '.join(FORMATS)}, or out=- for stdout",
+            settings=("out",),
         )
     if fmt is not None and fmt.lower() != FORMATS[ext]:
-        raise UsageError(f"--format {fmt} contradicts --out {out}, which is {FORMATS[ext]}")
+        raise UsageError(f"fmt={fmt} contradicts out={out}, which is {FORMATS[ext]}", settings=("fmt", "out"))
     return FORMATS[ext]
 
 
@@ -261,7 +263,7 @@ class RowWriter:
 
     def __init__(self, stream: IO[str], fmt: str, columns: Sequence[str]) -> None:
         if fmt not in ("csv", "jsonl"):
-            raise OutputError(f"--format {fmt}: expected csv or jsonl")
+            raise OutputError(f"fmt={fmt}: expected csv or jsonl", settings=("fmt",))
         self.stream, self.fmt, self.columns = stream, fmt, list(columns)
         self.terminal = _isatty(stream)
         self._csv = CsvWriter(stream) if fmt == "csv" else None

@@ -36,7 +36,7 @@ class Plan:
         if bad:
             from matpac_cli.errors import UsageError
 
-            raise UsageError(f"--layer {bad[0]}: this model has layers 1..{depth}")
+            raise UsageError(f"layer={bad[0]}: this model has layers 1..{depth}", settings=("layer",))
         return out
 
 

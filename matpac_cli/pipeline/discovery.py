@@ -38,7 +38,7 @@ def parse_extensions(text: str | None) -> tuple[str, ...]:
         return AUDIO_EXTENSIONS
     exts = tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
     if not exts:
-        raise UsageError("--ext: give a comma-separated list such as wav,flac")
+        raise UsageError("`extensions`: give a comma-separated list such as wav,flac", settings=("extensions",))
     return exts
 
 

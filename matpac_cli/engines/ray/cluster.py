@@ -24,7 +24,7 @@ def require() -> None:
         import ray  # noqa: F401
         import ray.data  # noqa: F401 - the extra, not just ray's core
     except ImportError:
-        raise UsageError(f"--engine ray needs Ray Data, an optional extra: {EXTRA}") from None
+        raise UsageError(f"engine=ray needs Ray Data, an optional extra: {EXTRA}", settings=("engine",)) from None
 
 
 class Cluster:
@@ -76,10 +76,10 @@ class Cluster:
             device = "cuda" if gpus else "cpu"
         elif device.startswith("cuda"):
             if not gpus:
-                raise UsageError(f"--device {device}: the Ray cluster has no GPUs")
+                raise UsageError(f"device={device}: the Ray cluster has no GPUs", settings=("device",))
             device = "cuda"  # each actor sees its own GPU as device 0
         elif device != "cpu":
-            raise UsageError(f"--device {device}: with --engine ray use auto, cpu or cuda")
+            raise UsageError(f"device={device}: with engine=ray use auto, cpu or cuda", settings=("device", "engine"))
         precision = (precision or "auto").lower()
         if precision == "auto":
             precision = "bf16" if device == "cuda" else "fp32"

@@ -38,16 +38,16 @@ class Report:
     cuts: list[str] = field(default_factory=list)  # what the report's bounds left out (said on stderr)
 
 
-def check_out(out: Path, force: bool = False, option: str = "--out") -> None:
+def check_out(out: Path, force: bool = False, setting: str = "out") -> None:
     """Refuse, before any work, a report path that is not .html, cannot be written, or is an
     existing file that matpac did not write (a page it wrote is replaced: it is rebuilt from
     its inputs)."""
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
-        raise UsageError(f"{option} {out}: a report is an .html file")
+        raise UsageError(f"{setting}={out}: a report is an .html file", settings=(setting,))
     ensure_writable(out)
     if out.exists() and not force and not is_report(out):
-        raise OutputError(f"{out} exists and is not a matpac report; use --force to replace it")
+        raise OutputError(f"{out} exists and is not a matpac report; use `force` to replace it", settings=("force",))
 
 
 def is_report(path: Path) -> bool:
@@ -74,7 +74,7 @@ def build_report(
     tags, out = Path(tags), Path(out)
     check_out(out, force)
     if neighbours < 0:
-        raise UsageError(f"--neighbours {neighbours}: give a count, or 0 for none")
+        raise UsageError(f"neighbours={neighbours}: give a count, or 0 for none", settings=("neighbours",))
     emb = _embeddings(Path(embeddings)) if embeddings is not None else None
     stream = scan_tags(tags)
     lib = collect(stream)
@@ -120,8 +120,9 @@ def build_report(
 def _embeddings(path: Path):
     if path.suffix.lower() not in naming.EMBED_SUFFIXES:
         raise UsageError(
-            f"--embeddings {path}: give the .npy (its .csv row index and manifest are read "
-            "beside it) or the .parquet that `matpac embed --out` writes"
+            f"embeddings={path}: give the .npy (its .csv row index and manifest are read "
+            "beside it) or the .parquet that `matpac embed --out` writes",
+            settings=("embeddings",),
         )
     return read_embeddings(path)
 

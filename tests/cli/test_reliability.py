@@ -137,6 +137,7 @@ def _journal_records(path: Path) -> int:
     return len(journal.read(path)[1])
 
 
+@pytest.mark.slow  # five whole runs over 40 files: the longest test outside Ray by far
 def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny):
     folder = tmp_path / "many"
     n_files = 40

@@ -27,6 +27,8 @@ pytest.importorskip("ray.data")
 from conftest import run_matpac, write_audio
 from raycluster import ENV, Node, processes_with
 
+pytestmark = pytest.mark.slow  # starts Ray clusters: minutes
+
 
 @pytest.fixture(scope="module")
 def head():

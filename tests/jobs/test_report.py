@@ -502,6 +502,7 @@ HARNESS = """<script>
 </script></body>"""
 
 
+@pytest.mark.slow  # a browser start
 def test_page_in_headless_chromium(report, tmp_path):
     """The page as a browser renders it: every file in the table, the charts, the filter, the
     sort, a file's timelines with its player and neighbours; no request leaves the page."""
@@ -525,6 +526,7 @@ def test_page_in_headless_chromium(report, tmp_path):
     assert found["resources"] == []
 
 
+@pytest.mark.slow  # a browser start
 def test_screenshot_of_the_page(report, tmp_path):
     shot = tmp_path / "report.png"
     browse(report, tmp_path, "--window-size=1280,1900", f"--screenshot={shot}", "--hide-scrollbars")

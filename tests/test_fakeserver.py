@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,6 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 REPO = "someone/matpac"
 DATA = bytes(range(256)) * 40
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    srv = FakeServer().start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

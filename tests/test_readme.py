@@ -17,17 +17,15 @@ from pathlib import Path
 import numpy as np
 import reference as R
 import torch
-from conftest import REPO, write_audio
-from test_heads import (
+from conftest import REPO, cli, read_wave, write_audio
+from probes import (
     GENERAL,
     MUSIC,
     RELEASE_AS,
     RELEASE_GENERAL,
     RELEASE_PROBES,
-    cli,
     entry_name,
     probe_tensors,
-    read_wave,
     serve_music_model,
     serve_probes,
     torch_bytes,

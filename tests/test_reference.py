@@ -7,17 +7,13 @@ primitives and against the shape / independence facts of the spec.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 import torch
 import torch.nn.functional as F
 import torchaudio
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference as R  # noqa: E402
 
 SR = 16000
 HOP = 160

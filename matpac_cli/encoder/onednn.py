@@ -5,7 +5,7 @@ GEMMs on AVX-512 where MKL would take its AVX2 path (AMD EPYC: the encoder 2.0-2
 fc1's GELU fused in). Whether it is used on this CPU is `cpu.choose()`'s rule (plain layers on
 Intel, oneDNN elsewhere; `MATPAC_CPU_LINEAR=plain|onednn` overrides it), and only where this torch
 has the ops and a small self-check agrees with `nn.Linear`. The numbers stay within float32
-rounding of the plain layers (tests/test_onednn.py: 1e-5).
+rounding of the plain layers (tests/encoder/test_onednn.py: 1e-5).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class Attempts:
 
 def crash_on() -> str | None:
     """The test-only crash hook's file-name ending, or None (always, unless MATPAC_TEST_HOOKS=1
-    is set as well): tests/test_ray.py's stand-in for a decoder that segfaults on one file."""
+    is set as well): tests/engines/test_ray.py's stand-in for a decoder that segfaults on one file."""
     if os.environ.get(TEST_HOOKS) != "1":
         return None
     return os.environ.get(CRASH_ON) or None

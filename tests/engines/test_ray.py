@@ -24,8 +24,10 @@ import torch
 
 pytest.importorskip("ray.data")
 
-from conftest import run_matpac, write_audio  # noqa: E402
-from raycluster import ENV, Node, processes_with  # noqa: E402
+from conftest import run_matpac, write_audio
+from raycluster import ENV, Node, processes_with
+
+pytestmark = pytest.mark.slow  # starts Ray clusters: minutes
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from conftest import run_matpac, write_audio
-from reference import make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
-    return path
 
 
 def _clips(root: Path, n: int = 3) -> Path:

@@ -21,45 +21,10 @@ import pytest
 import reference as R
 import soundfile as sf
 import torch
-from conftest import REPO, run_matpac, write_audio
+from conftest import CLIP_ATOL, CLIPS, REPO, clip_frames, clip_items, read_wave, run_matpac, run_pipeline, write_audio
 
-CLIP_ATOL = 1e-4
 FRAME_ATOL = 5e-4
 BATCH_ATOL = 1e-5
-
-# name -> (seconds, sample rate, channels, columns of the 608-frame model, of the 992-frame model)
-# columns = sum over chunks of ceil(chunk frames / 16), whole-file frames = 1 + (n16k - 400) // 160
-CLIPS = {
-    "a_tiny.wav": (0.05, 16000, 1, 1, 1),  # 800 samples: 3 frames, less than one patch column
-    "b_exact608.wav": (97_520 / 16000, 16000, 1, 38, 38),  # exactly 608 frames: one full chunk
-    "c_long14s.wav": (14.0, 16000, 1, 88, 88),  # 1398 frames: 608 + 608 + 182 (short last chunk)
-    "d_stereo.wav": (2.5, 16000, 2, 16, 16),  # 248 frames
-    "e_44k.wav": (2.0, 44100, 1, 13, 13),  # 32000 samples at 16 kHz: 198 frames
-    "f_48k_stereo.wav": (7.0, 48000, 2, 44, 44),  # 698 frames: 608 + 90 (two chunks at 608)
-    "g_22k.wav": (1.5, 22050, 1, 10, 10),  # 148 frames
-    # longer than the decoder's blocks, so any streamed resampling meets block boundaries
-    "h_44k_long.wav": (12.3, 44100, 1, 77, 77),  # 196,800 samples: 1228 frames = 608+608+12 | 992+236
-    "i_22k_long.wav": (11.0, 22050, 2, 69, 69),  # 176,000 samples: 1098 frames = 608+490 | 992+106
-    "j_8k_long.wav": (10.5, 8000, 1, 66, 66),  # upsampled, 168,000 samples: 1048 frames
-}
-
-
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    data, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    return data, sr
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("clips")
-    for seed, (name, (seconds, sr, ch, _, _)) in enumerate(CLIPS.items()):
-        write_audio(d / name, seconds, sr=sr, channels=ch, seed=seed, subtype="FLOAT")
-    return d
-
-
-@pytest.fixture(scope="module")
-def sd608(ckpts):
-    return torch.load(ckpts["tiny608"], map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,56 +35,22 @@ def sd992(ckpts):
 @pytest.fixture(scope="module")
 def ref608(clips, sd608) -> dict[str, dict[int, np.ndarray]]:
     """name -> {layer: reference frames (columns, 640)} for layers 1 and 2 (the last)."""
-    out = {}
-    for name in CLIPS:
-        wave, sr = _read(clips / name)
-        out[name] = {layer: R.reference_frames(sd608, wave, sr, layer=layer) for layer in (1, 2)}
-    return out
+    return clip_frames(clips, sd608, (1, 2))
 
 
 @pytest.fixture(scope="module")
 def ref992(clips, sd992) -> dict[str, np.ndarray]:
     out = {}
     for name in CLIPS:
-        wave, sr = _read(clips / name)
+        wave, sr = read_wave(clips / name)
         out[name] = R.reference_frames(sd992, wave, sr)
     return out
 
 
 @pytest.fixture(scope="module")
-def predictor(ckpts):
-    from matpac_cli.inference.predictor import Predictor
-
-    return Predictor.load(str(ckpts["tiny608"]), device="cpu", precision="fp32")
-
-
-def _items(clips: Path):
-    from matpac_cli.pipeline.discovery import Item
-
-    return [Item(str(clips / name), clips / name) for name in sorted(CLIPS)]
-
-
-def _run_pipeline(predictor, clips, layers, batch_size, frames=True):
-    from matpac_cli.engines.local import run
-    from matpac_cli.pipeline.assemble import Plan
-
-    results, failures = {}, []
-    run(
-        _items(clips),
-        [Plan(predictor, layers=layers, frames=frames)],
-        batch_size=batch_size,
-        workers=2,
-        on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
-        on_failure=failures.append,
-    )
-    assert failures == []
-    return results
-
-
-@pytest.fixture(scope="module")
 def lib_results(predictor, clips):
     """One library pass over every clip: layers 1 and 2, frames kept, 5 chunks per batch."""
-    return _run_pipeline(predictor, clips, layers=(1, 2), batch_size=5)
+    return run_pipeline(predictor, clips, layers=(1, 2), batch_size=5)
 
 
 def _assert_close(got, expected, atol, what):
@@ -177,8 +108,8 @@ def test_library_reports_source_facts(lib_results):
 
 def test_library_last_layer_default_and_single_layer(predictor, clips, ref608):
     """layers=(-1,) is the last layer; layers=(1,) runs only up to block 1."""
-    last = _run_pipeline(predictor, clips, layers=(-1,), batch_size=16, frames=False)
-    first = _run_pipeline(predictor, clips, layers=(1,), batch_size=3, frames=False)
+    last = run_pipeline(predictor, clips, layers=(-1,), batch_size=16, frames=False)
+    first = run_pipeline(predictor, clips, layers=(1,), batch_size=3, frames=False)
     for name in CLIPS:
         assert last[name].outputs[0].embedding.shape == (1, 640)
         _assert_close(last[name].outputs[0].embedding[0], ref608[name][2].mean(0), CLIP_ATOL, name)
@@ -188,8 +119,8 @@ def test_library_last_layer_default_and_single_layer(predictor, clips, ref608):
 def test_library_batch_size_invariance(predictor, clips, lib_results):
     """Batch 1 (every chunk alone) vs batch 7 (full 38-column chunks padded next to 1-, 10-,
     12-column ones): with correct attention masking the results are the same."""
-    one = _run_pipeline(predictor, clips, layers=(1, 2), batch_size=1)
-    seven = _run_pipeline(predictor, clips, layers=(1, 2), batch_size=7)
+    one = run_pipeline(predictor, clips, layers=(1, 2), batch_size=1)
+    seven = run_pipeline(predictor, clips, layers=(1, 2), batch_size=7)
     for name in CLIPS:
         a, b = one[name].outputs[0], seven[name].outputs[0]
         _assert_close(b.embedding, a.embedding.astype(np.float64), BATCH_ATOL, f"{name} clip")
@@ -207,7 +138,7 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
 
     bad = tmp_path / "e_bad.wav"
     bad.write_bytes(b"RIFF not really a wave file" * 10)
-    items = _items(clips)
+    items = clip_items(clips)
     items.insert(5, Item(str(bad), bad))
     seen: list[tuple[str, object]] = []
     run(
@@ -247,7 +178,7 @@ def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd
     )
     assert [r.item.path for r in got] == paths
     for r in got[::13]:
-        wave, sr = _read(r.item.path)
+        wave, sr = read_wave(r.item.path)
         _assert_close(r.outputs[0].embedding[0], R.reference_frames(sd608, wave, sr).mean(0), CLIP_ATOL, r.item.name)
 
 
@@ -304,7 +235,7 @@ def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     assert p992.dims.n_t == 992
     results = {}
     run(
-        _items(clips),
+        clip_items(clips),
         [Plan(predictor), Plan(p992, frames=True)],
         batch_size=4,
         workers=1,
@@ -327,7 +258,7 @@ def test_embed_library_layer_all_with_frames(predictor, clips, ref608, tmp_path)
     out = tmp_path / "emb.npy"
     frames_dir = tmp_path / "frames"
     summary = embed(
-        _items(clips), predictor, EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2)
+        clip_items(clips), predictor, EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2)
     )
     assert summary.done == len(CLIPS) and not summary.failures
     X = np.load(out)
@@ -490,7 +421,7 @@ def test_cli_audioset_scores(ckpts, clips, sd992, tmp_path):
     assert rc == 0
     rows = _read_index(out)
     for name in names:
-        wave, sr = _read(clips / name)
+        wave, sr = read_wave(clips / name)
         expected = R.reference_audioset_scores(sd992, wave, sr)
         got = np.full(527, np.nan)
         for r in rows:
@@ -614,8 +545,8 @@ def test_cuda_fp32_matches_reference_and_is_batch_invariant(ckpts, clips, ref608
     from matpac_cli.inference.predictor import Predictor
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="fp32")
-    one = _run_pipeline(p, clips, layers=(2,), batch_size=1)
-    seven = _run_pipeline(p, clips, layers=(2,), batch_size=7)
+    one = run_pipeline(p, clips, layers=(2,), batch_size=1)
+    seven = run_pipeline(p, clips, layers=(2,), batch_size=7)
     for name in CLIPS:
         got = seven[name].outputs[0]
         _assert_close(got.embedding[0], ref608[name][2].mean(0), CLIP_ATOL, name)
@@ -633,7 +564,7 @@ def test_cuda_auto_precision_is_reduced_and_close(ckpts, clips, ref608):
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="auto")
     assert p.dtype in (torch.bfloat16, torch.float16)
-    got = _run_pipeline(p, clips, layers=(2,), batch_size=8, frames=False)
+    got = run_pipeline(p, clips, layers=(2,), batch_size=8, frames=False)
     for name in CLIPS:
         _assert_close(got[name].outputs[0].embedding[0], ref608[name][2].mean(0), 5e-2, name)
 

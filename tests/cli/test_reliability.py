@@ -22,9 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_matpac, write_audio
-from reference import make_checkpoint
-from test_decoding_av import write_m4a
+from conftest import run_matpac, write_audio, write_m4a
 
 SR = 16000
 
@@ -68,13 +66,6 @@ def make_bad_corpus(folder: Path) -> list[str]:
     for name, data in bad.items():
         (folder / name).write_bytes(data)
     return sorted(bad)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
-    return path
 
 
 @pytest.mark.parametrize("workers", [None, "4"])
@@ -146,6 +137,7 @@ def _journal_records(path: Path) -> int:
     return len(journal.read(path)[1])
 
 
+@pytest.mark.slow  # five whole runs over 40 files: the longest test outside Ray by far
 def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny):
     folder = tmp_path / "many"
     n_files = 40

@@ -22,22 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import cli, write_audio
+from probes import EMB, probe_tensors
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import write_audio  # noqa: E402
-from test_heads import EMB, probe_tensors  # noqa: E402
-
-from matpac_cli.cli import main  # noqa: E402
+from matpac_cli.cli import main
 
 NAMES = ["clips/a.wav", "clips/sub/b.flac", "clips/z.wav"]  # as discovered (sorted)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    got = capsys.readouterr()
-    return code, got.out, got.err
 
 
 def make_clips(root: Path) -> None:

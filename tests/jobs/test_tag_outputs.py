@@ -3,25 +3,21 @@ names with `tag_id`, each head's default encoder, errors before any download, ta
 `Predictor.embed` on integer PCM and channels-first arrays.
 
 Weights come from the loopback FakeServer through the real download code; scores from
-tests/reference.py arithmetic. Shared helpers live in test_heads.py.
+tests/reference.py arithmetic. Shared helpers live in probes.py and conftest.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 import soundfile as sf
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reference as R  # noqa: E402
-from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import (  # noqa: E402
+from conftest import cli, load_sd, run_matpac, write_audio
+from probes import (
     DEFAULT_HEADS,
     GENERAL,
     MUSIC,
@@ -29,18 +25,13 @@ from test_heads import (  # noqa: E402
     TAG_COLUMNS,
     assert_scores,
     by_file_head,
-    cli,
     expected_probe,
     label_file,
-    load_sd,
     parse_csv,
     serve_music_model,
     serve_probes,
     tag_labels,
 )
-
-# isort: split
-from test_heads import music_dir, ref608  # noqa: F401 - shared module fixtures
 
 
 @pytest.fixture()
@@ -337,13 +328,6 @@ def test_stdout_gets_a_manifest_only_when_asked(release, music_dir, tmp_path, mo
 
 
 # ------------------------------------------------------------------------------------ Predictor.embed arrays
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpts):
-    from matpac_cli.inference.predictor import Predictor
-
-    return Predictor.load(str(ckpts["tiny608"]), device="cpu")
 
 
 def _pcm_file(tmp_path: Path, subtype: str, fmt: str, channels: int = 1) -> Path:

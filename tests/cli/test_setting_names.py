@@ -9,12 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_matpac
+from conftest import REPO, run_matpac
 
 from matpac_cli.cli._errors import FLAGS, flagged, with_flags
 from matpac_cli.errors import MatpacError, OutputError, UsageError
 
-PACKAGE = Path(__file__).resolve().parent.parent / "matpac_cli"
+PACKAGE = REPO / "matpac_cli"
 FLAG = re.compile(r"--[a-z]")
 
 # A command line to type at a shell is quoted whole, flags and all (`matpac embed --out`,

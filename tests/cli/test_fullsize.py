@@ -14,6 +14,8 @@ import torch
 from conftest import run_matpac, write_audio
 from reference import make_checkpoint, reference_embedding
 
+pytestmark = pytest.mark.slow  # a ViT-B through the reference: minutes on a CPU
+
 CASES = {  # name: (seconds or samples, sample rate, channels)
     "mono16k_3s.wav": (3.0, 16000, 1),
     "exact608frames.wav": (97_520, 16000, 1),

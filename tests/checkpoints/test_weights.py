@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_matpac, write_audio
+from conftest import cli, run_matpac, write_audio
 from fakeserver import FakeServer, patch_hub
 from reference import make_checkpoint
 from safetensors.torch import save as st_save
@@ -402,21 +402,12 @@ def test_partly_mappable_hub_port_falls_back_to_release(hub, home, sd, wave, tmp
 # ---------------------------------------------------------------------------------------- strict loading, names
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """`matpac ARGS` in-process through the CLI entry point; (exit status, stderr)."""
-    from matpac_cli.cli import main
-
-    capsys.readouterr()
-    rc = main(list(args))
-    return rc, capsys.readouterr().err
-
-
 def test_checkpoint_missing_a_key_is_refused_naming_it(tmp_path, sd, capsys):
     bad = dict(sd)
     del bad["student_encoder.norm.weight"]
     torch.save(bad, tmp_path / "bad.pt")
     clip = write_audio(tmp_path / "in" / "a.wav", 0.5)
-    rc, err = cli(
+    rc, _, err = cli(
         capsys, "embed", str(clip.parent), "--out", str(tmp_path / "e.npy"), "--model", str(tmp_path / "bad.pt")
     )
     assert rc == 2
@@ -435,7 +426,7 @@ def test_checkpoint_misshapen_key_is_refused_naming_it(tmp_path, sd):
 
 def test_unknown_model_name_lists_registry_names(tmp_path, capsys):
     clip = write_audio(tmp_path / "a.wav", 0.5)
-    rc, err = cli(capsys, "embed", str(clip), "--out", str(tmp_path / "e.npy"), "--model", "matpac-pluss")
+    rc, _, err = cli(capsys, "embed", str(clip), "--out", str(tmp_path / "e.npy"), "--model", "matpac-pluss")
     assert rc == 2
     assert "matpac-pluss" in err
     for name in KNOWN:

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import REPO, run_matpac, write_audio
-from test_hostile import tiny  # noqa: E402,F401 - the same tiny encoder, a module fixture
+from probes import openmic_probe
 
 VICTIM = b"precious: not matpac's\n"
 
@@ -29,14 +28,6 @@ def _clips(folder: Path, n: int = 2) -> Path:
     for i in range(n):
         write_audio(folder / f"c{i}.wav", 0.5, seed=i)
     return folder
-
-
-def _probe(tmp_path: Path) -> Path:
-    """A local openmic probe (20 classes) for the tiny 640-wide encoder."""
-    g = torch.Generator().manual_seed(0)
-    path = tmp_path / "openmic.pth"
-    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, path)
-    return path
 
 
 def _one_error(proc, code: int = 2) -> str:
@@ -66,7 +57,8 @@ def test_a_tag_run_does_not_empty_the_target_of_a_planted_lock(tmp_path, tiny, v
     _clips(tmp_path / "clips")
     (tmp_path / ".tags.csv.lock").symlink_to(victim)
     proc = run_matpac(
-        ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "tags.csv"], cwd=tmp_path
+        ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "tags.csv"],
+        cwd=tmp_path,
     )
     assert ".tags.csv.lock" in _one_error(proc)
     assert victim.read_bytes() == VICTIM
@@ -154,7 +146,17 @@ def test_failures_or_manifest_naming_an_input_are_refused_even_with_force(tmp_pa
     assert "--failures clips/c1.wav is an input" in line, line
     line = _one_error(
         run_matpac(
-            ["tag", "clips", "--head", str(_probe(tmp_path)), "--out", "t.csv", "--manifest", "clips/c1.wav", *base],
+            [
+                "tag",
+                "clips",
+                "--head",
+                str(openmic_probe(tmp_path)),
+                "--out",
+                "t.csv",
+                "--manifest",
+                "clips/c1.wav",
+                *base,
+            ],
             cwd=tmp_path,
         )
     )
@@ -179,7 +181,7 @@ def test_failures_or_manifest_naming_an_input_are_refused_even_with_force(tmp_pa
 def test_two_outputs_of_one_run_never_share_a_path(tmp_path, tiny, args, said):
     _clips(tmp_path / "clips")
     proc = run_matpac(
-        ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--force", *args], cwd=tmp_path
+        ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--force", *args], cwd=tmp_path
     )
     assert said in _one_error(proc)
     assert not list(tmp_path.glob("t.csv*")) and not (tmp_path / "m.json").exists()
@@ -196,7 +198,7 @@ def test_a_failures_or_manifest_file_matpac_did_not_write_needs_force(tmp_path, 
     (clips / "broken.wav").write_bytes(b"not audio")
     for name in ("notes.csv", "m.json"):
         (tmp_path / name).write_bytes(VICTIM)
-    tag = ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "t.csv"]
+    tag = ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "t.csv"]
     line = _one_error(run_matpac([*tag, "--failures", "notes.csv"], cwd=tmp_path))
     assert "--failures notes.csv exists and was not written by matpac" in line, line
     line = _one_error(run_matpac([*tag, "--manifest", "m.json"], cwd=tmp_path))
@@ -220,7 +222,7 @@ def test_a_manifest_is_matpacs_by_the_rule_every_reader_uses(tmp_path, tiny):
     _clips(tmp_path / "clips")
     forged = b'{"matpac_version": "1", "models": "not a list", "notes": "precious"}'
     (tmp_path / "m.json").write_bytes(forged)
-    tag = ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "t.csv"]
+    tag = ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "t.csv"]
     line = _one_error(run_matpac([*tag, "--manifest", "m.json"], cwd=tmp_path))
     assert "--manifest m.json exists and was not written by matpac" in line, line
     assert (tmp_path / "m.json").read_bytes() == forged
@@ -269,7 +271,8 @@ def test_tag_out_x_csv_is_refused_while_embed_out_x_npy_runs(tmp_path, tiny):
     try:
         assert holder.stdout.readline() == b"held\n"
         proc = run_matpac(
-            ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "x.csv"], cwd=tmp_path
+            ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "x.csv"],
+            cwd=tmp_path,
         )
         line = _one_error(proc)
         assert f"another matpac is writing x.csv (pid {holder.pid})" in line, line
@@ -487,7 +490,7 @@ def test_the_summary_names_every_file_written_and_rows_sent_to_stdout(tmp_path, 
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.decode().strip().splitlines()[-1]
     assert last.endswith("; wrote e.npy, e.csv, e.manifest.json, fr, f.csv"), last
-    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path))], cwd=tmp_path)
+    proc = run_matpac(["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path))], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.decode().strip().splitlines()[-1].endswith("; wrote rows to stdout"), proc.stderr
     assert proc.stdout.decode().startswith("path,head,label")
@@ -500,7 +503,8 @@ def test_a_csv_beside_an_npy_is_named_as_its_row_index(tmp_path, tiny):
     before = (tmp_path / "e.csv").read_bytes()
     line = _one_error(
         run_matpac(
-            ["tag", "clips", "--model", str(tiny), "--head", str(_probe(tmp_path)), "--out", "e.csv"], cwd=tmp_path
+            ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "e.csv"],
+            cwd=tmp_path,
         )
     )
     assert "e.csv is the row index of e.npy" in line and "--force would replace it" in line, line

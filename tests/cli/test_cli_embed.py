@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_matpac, write_audio
+from conftest import cli, run_matpac, write_audio
 from reference import make_checkpoint, reference_embedding, reference_frames
 
 NAMES = ["clips/a/c.wav", "clips/a/deeper/d.flac", "clips/b.wav"]
@@ -60,20 +60,15 @@ def work(tmp_path, source_tree) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_sd(ckpts) -> dict:
-    return torch.load(ckpts["tiny608"], map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def expected(source_tree, tiny_sd) -> dict[str, dict[str, np.ndarray]]:
+def expected(source_tree, sd608) -> dict[str, dict[str, np.ndarray]]:
     """Reference clip embeddings (last layer and layer 1) and frames, per discovered name."""
     out = {}
     for name in NAMES:
         wave, sr = sf.read(source_tree.parent / name, dtype="float32")
         out[name] = {
-            "last": reference_embedding(tiny_sd, wave, sr),
-            "layer1": reference_embedding(tiny_sd, wave, sr, layer=1),
-            "frames": reference_frames(tiny_sd, wave, sr),
+            "last": reference_embedding(sd608, wave, sr),
+            "layer1": reference_embedding(sd608, wave, sr, layer=1),
+            "frames": reference_frames(sd608, wave, sr),
         }
     return out
 
@@ -89,14 +84,10 @@ class Result:
 def matpac(monkeypatch, capsys):
     """`matpac ARGS` in this process through the CLI entry point `main(argv)` (torch is already
     imported, so a run costs a fraction of a subprocess); cwd is the test's folder."""
-    from matpac_cli.cli import main
 
     def run(work: Path, *args: str) -> Result:
         monkeypatch.chdir(work)
-        capsys.readouterr()
-        rc = main(list(args))
-        out, err = capsys.readouterr()
-        return Result(rc, out, err)
+        return Result(*cli(capsys, *args))
 
     return run
 

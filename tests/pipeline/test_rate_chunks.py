@@ -15,7 +15,7 @@ import pytest
 import reference as R
 import torch
 import torchaudio.functional as AF
-from test_numerics import CLIP_ATOL, CLIPS, _run_pipeline, clips, ref608, sd608  # noqa: F401
+from conftest import CLIP_ATOL, CLIPS, clip_frames, run_pipeline
 
 from matpac_cli.encoder import resample as S
 from matpac_cli.encoder.signal import windows
@@ -106,21 +106,14 @@ def test_short_files_make_no_windows_or_one():
         assert [w.frames for w, _ in got] == [1]
 
 
-@pytest.fixture(scope="module")
-def cpu_predictor(ckpts):
-    from matpac_cli.inference.predictor import Predictor
-
-    return Predictor.load(str(ckpts["tiny608"]), device="cpu", precision="fp32")
-
-
-def test_pipeline_resampling_with_the_batch_equals_resampling_in_workers(cpu_predictor, clips):
+def test_pipeline_resampling_with_the_batch_equals_resampling_in_workers(predictor, clips):
     """The GPU arrangement (input-rate chunks resampled inside `Predictor.launch`, mixed with 16 kHz
     chunks in one batch) run on the CPU gives the workers-resample results, which
     test_numerics holds to the reference."""
-    assert not cpu_predictor.resample_on_device
-    on_device = dataclasses.replace(cpu_predictor, resample_on_device=True)
-    workers = _run_pipeline(cpu_predictor, clips, layers=(2,), batch_size=7)
-    batched = _run_pipeline(on_device, clips, layers=(2,), batch_size=7)
+    assert not predictor.resample_on_device
+    on_device = dataclasses.replace(predictor, resample_on_device=True)
+    workers = run_pipeline(predictor, clips, layers=(2,), batch_size=7)
+    batched = run_pipeline(on_device, clips, layers=(2,), batch_size=7)
     for name in CLIPS:
         a, b = workers[name].outputs[0], batched[name].outputs[0]
         # batches are made of whichever chunks arrive first, so float rounding may differ slightly
@@ -128,11 +121,11 @@ def test_pipeline_resampling_with_the_batch_equals_resampling_in_workers(cpu_pre
         np.testing.assert_allclose(b.frames, a.frames, atol=1e-5, rtol=0)
 
 
-def test_launch_receives_input_rate_segments_when_deferred(cpu_predictor, clips, monkeypatch):
+def test_launch_receives_input_rate_segments_when_deferred(predictor, clips, monkeypatch):
     """With `resample_on_device`, 44.1/48/22.05/8 kHz chunks reach the predictor at their own
     rate (the CPU did not resample them); 16 kHz chunks as samples."""
     seen = []
-    on_device = dataclasses.replace(cpu_predictor, resample_on_device=True)
+    on_device = dataclasses.replace(predictor, resample_on_device=True)
     real = type(on_device).launch
 
     def spy(self, chunks, *a, **k):
@@ -140,7 +133,7 @@ def test_launch_receives_input_rate_segments_when_deferred(cpu_predictor, clips,
         return real(self, chunks, *a, **k)
 
     monkeypatch.setattr(type(on_device), "launch", spy)
-    _run_pipeline(on_device, clips, layers=(2,), batch_size=4, frames=False)
+    run_pipeline(on_device, clips, layers=(2,), batch_size=4, frames=False)
     assert {44100, 48000, 22050, 8000, 16000} <= set(seen)
 
 
@@ -162,12 +155,14 @@ def test_cuda_resampling_matches_the_whole_file_resampler():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_pipeline_resamples_on_the_device_and_matches_reference(ckpts, clips, ref608):
+def test_cuda_pipeline_resamples_on_the_device_and_matches_reference(ckpts, clips, sd608):
     from matpac_cli.inference.predictor import Predictor
+
+    ref608 = clip_frames(clips, sd608, (2,))
 
     p = Predictor.load(str(ckpts["tiny608"]), device="cuda", precision="fp32")
     assert p.resample_on_device
-    got = _run_pipeline(p, clips, layers=(2,), batch_size=7, frames=False)
+    got = run_pipeline(p, clips, layers=(2,), batch_size=7, frames=False)
     for name in CLIPS:
         err = np.abs(got[name].outputs[0].embedding[0].astype(np.float64) - ref608[name][2].mean(0)).max()
         assert err <= CLIP_ATOL, (name, err)

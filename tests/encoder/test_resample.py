@@ -9,19 +9,19 @@ ones stop agreeing with the spec's torchaudio call.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import reference as R
 import torch
 import torchaudio
+from conftest import REPO
 
 from matpac_cli.encoder import resample as S
 from matpac_cli.encoder.signal import windows
 from matpac_cli.pipeline.chunking import WindowStream
 
-PACKAGE = Path(__file__).resolve().parents[1] / "matpac_cli"
+PACKAGE = REPO / "matpac_cli"
 RATES = [8000, 11025, 22050, 44100, 48000, 96000, 37800, 44056, 12345]
 
 

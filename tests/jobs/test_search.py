@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import run_matpac
+from conftest import cli, run_matpac
 
 from matpac_cli.cli import main
 from matpac_cli.jobs.search import duplicates, nearest
@@ -43,12 +43,6 @@ def tone(f: float, seconds: float = 2.5, sr: int = 16000) -> np.ndarray:
     """A tone with two harmonics, all under 7 kHz (a resampler's round trip keeps it whole)."""
     t = np.arange(int(seconds * sr)) / sr
     return sum(0.3 / h * np.sin(2 * np.pi * f * h * t) for h in (1, 2, 3) if f * h < 7000).astype(np.float32)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    got = capsys.readouterr()
-    return code, got.out, got.err
 
 
 def rows(text: str) -> list[dict]:
@@ -280,7 +274,7 @@ def test_readme_examples_work_as_written(hub, ckpts, tmp_path, monkeypatch, caps
     import shlex
 
     from conftest import REPO
-    from test_heads import RELEASE_GENERAL
+    from probes import RELEASE_GENERAL
 
     hub.add_release_file(RELEASE_GENERAL, ckpts["tiny608"].read_bytes())
     music = _mkdir(tmp_path / "music")

@@ -17,9 +17,9 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_matpac, write_audio
+from conftest import REPO, cli, run_matpac, write_audio
 from fakeserver import patch_hub
-from test_heads import zip_bytes
+from probes import zip_bytes
 
 from matpac_cli.checkpoints import resolve as W
 from matpac_cli.checkpoints.registry import load_registry
@@ -46,16 +46,6 @@ def serve_registry(hub, ckpts) -> dict[str, bytes]:
     hub.add_release_file(PROBES, zdata)
     served["probes"] = zdata
     return served
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`matpac ARGS` in-process; (exit status, stdout, stderr)."""
-    from matpac_cli.cli import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def env_for(tmp_path: Path, endpoint: str, release: str | None = None, **extra: str) -> dict:

@@ -13,18 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_matpac, write_audio
-from reference import make_checkpoint
 
 HOP_S = 97_280 / 16_000  # audio one full chunk advances
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
-    return path
 
 
 @pytest.fixture(scope="module")

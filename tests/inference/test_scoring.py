@@ -7,12 +7,10 @@ give the very same numbers (bit for bit), and no second copy of the rule may cre
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 D, C = 24, 3
 
 

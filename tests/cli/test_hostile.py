@@ -18,14 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import run_matpac, write_audio
-from reference import make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    torch.save(make_checkpoint(width=128, depth=2, n_t=608, seed=3), path)
-    return path
+from probes import openmic_probe
 
 
 @pytest.fixture()
@@ -301,17 +294,9 @@ def test_same_size_and_mtime_but_other_audio_is_recomputed(tmp_path, tiny):
 # -------------------------------------------------------------------- tag: full stdout, odd names, locks
 
 
-def _probe_file(tmp_path: Path) -> Path:
-    """A local openmic probe (20 classes) for the tiny 640-wide encoder."""
-    g = torch.Generator().manual_seed(0)
-    path = tmp_path / "openmic.pth"
-    torch.save({"weight": torch.randn(20, 640, generator=g), "bias": torch.randn(20, generator=g)}, path)
-    return path
-
-
 def test_tag_to_a_full_stdout_is_one_line_exit_2(tmp_path, tiny):
     _clips(tmp_path / "clips", 2)
-    probe = _probe_file(tmp_path)
+    probe = openmic_probe(tmp_path)
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
             [sys.executable, "-m", "matpac_cli", "tag", "clips", "--model", str(tiny), "--head", str(probe)],
@@ -326,7 +311,7 @@ def test_tag_to_a_full_stdout_is_one_line_exit_2(tmp_path, tiny):
 def test_tag_writes_a_non_utf8_name_as_its_bytes_in_csv_and_escaped_in_jsonl(tmp_path, tiny):
     clips = _clips(tmp_path / "clips", 1)
     shutil.copy(clips / "c000.wav", os.fsdecode(os.fsencode(clips) + b"/caf\xe9.wav"))
-    probe = _probe_file(tmp_path)
+    probe = openmic_probe(tmp_path)
     base = ["tag", "clips", "--model", str(tiny), "--head", str(probe), "--top-k", "1", "-q"]
     out = run_matpac(base, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -342,7 +327,8 @@ def test_a_second_tag_run_on_the_same_output_is_refused(tmp_path, tiny):
     _clips(tmp_path / "clips", 1)
     with writers.locked(tmp_path / "t.csv"):  # this process holds it, as a running matpac would
         proc = run_matpac(
-            ["tag", "clips", "--model", str(tiny), "--head", str(_probe_file(tmp_path)), "--out", "t.csv"], cwd=tmp_path
+            ["tag", "clips", "--model", str(tiny), "--head", str(openmic_probe(tmp_path)), "--out", "t.csv"],
+            cwd=tmp_path,
         )
     line = _one_error_line(proc)
     assert f"another matpac is writing t.csv (pid {os.getpid()})" in line, line
@@ -376,7 +362,7 @@ def test_a_damaged_length_field_stops_reading_there_without_a_huge_read(tmp_path
 
 def test_a_probe_replaced_in_place_means_new_scores(tmp_path, tiny):
     _clips(tmp_path / "clips", 2)
-    probe = _probe_file(tmp_path)
+    probe = openmic_probe(tmp_path)
     args = ["tag", "clips", "--model", str(tiny), "--head", str(probe), "--out", "t.csv", "-q"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     before = (tmp_path / "t.csv").read_text()

@@ -18,20 +18,16 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_matpac, write_audio
+from probes import EMB, probe_tensors
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import EMB, probe_tensors  # noqa: E402
-
-from matpac_cli.cli import main  # noqa: E402
+from matpac_cli.cli import main
 
 FILES = {"music/a.wav": 3.0, "music/b.wav": 8.0, "music/sub/c d.flac": 14.0, 'music/<!--b>&"x.wav': 2.0}
 HEADS = ("mtg_genre", "mtg_mood")
@@ -250,7 +246,7 @@ def test_audio_sources_are_relative_to_the_page(run, report):
 
 
 def test_readme_report_line_works_as_written(run):
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     section = text[text.index("## See your library") :]
     block = section[section.index("```bash\n") + 8 :]
     lines = block[: block.index("```")].splitlines()
@@ -506,6 +502,7 @@ HARNESS = """<script>
 </script></body>"""
 
 
+@pytest.mark.slow  # a browser start
 def test_page_in_headless_chromium(report, tmp_path):
     """The page as a browser renders it: every file in the table, the charts, the filter, the
     sort, a file's timelines with its player and neighbours; no request leaves the page."""
@@ -529,6 +526,7 @@ def test_page_in_headless_chromium(report, tmp_path):
     assert found["resources"] == []
 
 
+@pytest.mark.slow  # a browser start
 def test_screenshot_of_the_page(report, tmp_path):
     shot = tmp_path / "report.png"
     browse(report, tmp_path, "--window-size=1280,1900", f"--screenshot={shot}", "--hide-scrollbars")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_matpac
+from conftest import cli, run_matpac
 
 SR = 16000
 CLASSES = ["high", "low", "noise"]  # sorted, as the head orders them
@@ -79,15 +79,6 @@ def corpus(tmp_path_factory, ckpts) -> dict:
         "multi_heldout": multi_heldout,
         "model": ckpts["tiny608"],
     }
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from matpac_cli.cli import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def rows_of(text: str) -> list[dict]:

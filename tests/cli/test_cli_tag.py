@@ -2,7 +2,7 @@
 --segments, and heads that need two encoders.
 
 Expected scores come from tests/reference.py; weights are served by the loopback FakeServer (or
-are local files). Shared helpers live in test_heads.py.
+are local files). Shared helpers live in probes.py and conftest.py.
 """
 
 from __future__ import annotations
@@ -10,18 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reference as R  # noqa: E402
-from conftest import run_matpac, write_audio  # noqa: E402
-from test_heads import (  # noqa: E402
+from conftest import cli, load_sd, read_wave, run_matpac, write_audio
+from probes import (
     DEFAULT_HEADS,
     GENERAL,
     MUSIC,
@@ -32,19 +28,13 @@ from test_heads import (  # noqa: E402
     TOL,
     assert_scores,
     by_file_head,
-    cli,
     expected_probe,
-    load_sd,
     parse_csv,
     probe_tensors,
-    read_wave,
     serve_music_model,
     serve_probes,
     tag_labels,
 )
-
-# isort: split
-from test_heads import music_dir, ref608  # noqa: F401 - shared module fixtures
 
 
 @pytest.fixture()

@@ -15,56 +15,15 @@ import sys
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import signal, write_encoded, write_m4a
 
 from matpac_cli.encoder.signal import downmix as _downmix
 from matpac_cli.errors import InputError
 from matpac_cli.pipeline.audio import AudioSource
-
-LAYOUTS = {1: "mono", 2: "stereo"}
-
-
-def signal(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray:
-    """(channels, n) float32: noise plus a different tone per channel."""
-    n = int(round(seconds * sr))
-    t = np.arange(n) / sr
-    rng = np.random.default_rng(seed)
-    tones = [0.3 * np.sin(2 * np.pi * (330 + 220 * c) * t) for c in range(channels)]
-    return (0.05 * rng.standard_normal((channels, n)) + np.array(tones)).astype(np.float32)
-
-
-def write_encoded(
-    path: Path, seconds: float, sr: int, channels: int, seed: int = 0, codec: str = "aac", container: str = "ipod"
-) -> Path:
-    """Encode `signal` with PyAV: AAC in an .m4a (ipod muxer) by default."""
-    x = signal(seconds, sr, channels, seed)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=sr, layout=LAYOUTS[channels])
-        stream.bit_rate = 128_000
-        offered = [f.name for f in stream.codec_context.codec.audio_formats]
-        fmt = next(f for f in ("fltp", "flt", "s16p", "s16") if f in offered)
-        step = 1152 if codec in ("mp3", "libmp3lame", "mp2") else 1024
-        for start in range(0, x.shape[1], step):
-            block = x[:, start : start + step]
-            if not fmt.endswith("p"):  # packed sample format: interleave
-                block = block.T.reshape(1, -1)
-            if fmt.startswith("s16"):
-                block = (np.clip(block, -1, 1) * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format=fmt, layout=LAYOUTS[channels])
-            frame.sample_rate, frame.pts = sr, start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
-
-
-def write_m4a(path: Path, seconds: float, sr: int = 44100, channels: int = 2, seed: int = 0) -> Path:
-    return write_encoded(path, seconds, sr, channels, seed)
 
 
 def ffmpeg_cli_samples(path: Path, channels: int) -> np.ndarray:

@@ -565,7 +565,7 @@ def test_hostile_input_is_one_line(reader, kind, build, code, base, tmp_path):
 
 
 def test_the_corpus_counts():
-    """The tally of the cases above (run with them: `pytest tests/test_corpus.py -s`)."""
+    """The tally of the cases above (run with them: `pytest tests/cli/test_corpus.py -s`)."""
     if TALLY["cases"] < len(CASES):
         pytest.skip("run with the whole corpus to count it")
     kinds = len({k for _, k, _, _ in CASES})

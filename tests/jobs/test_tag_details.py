@@ -8,7 +8,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_matpac, write_audio
+from conftest import cli, run_matpac, write_audio
 
 
 @pytest.fixture()
@@ -130,21 +130,12 @@ def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
 # ------------------------------------------------------------------ probes on a --model FILE
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from matpac_cli.cli import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_offline_probe_on_an_unknown_model_file_says_what_to_do_before_it_loads(tmp_path, monkeypatch, capsys):
     """A damaged --model file is never read: the head's refusal comes first, with both ways out."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_audio(tmp_path / "a.wav", 1.0)
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint at all" * 100)
-    rc, out, err = _cli(
+    rc, out, err = cli(
         capsys, "tag", tmp_path / "a.wav", "--model", tmp_path / "model.pt", "--head", "genre", "--device", "cpu"
     )
     assert rc == 2 and out == ""
@@ -156,26 +147,27 @@ def test_offline_probe_on_an_unknown_model_file_says_what_to_do_before_it_loads(
 
 def test_a_renamed_copy_of_a_downloaded_encoder_runs_its_probes_offline(hub, ckpts, tmp_path, monkeypatch, capsys):
     """The encoder file is known by its content (sha256 recorded at download), not its name."""
-    from test_heads import RELEASE_MUSIC, make_music_dir, serve_music_model, serve_probes
+    from conftest import make_music_dir
+    from probes import RELEASE_MUSIC, serve_music_model, serve_probes
 
     music = make_music_dir(tmp_path / "music")
     serve_music_model(hub, ckpts)
     serve_probes(hub)
-    rc, online, err = _cli(capsys, "tag", music, "--head", "genre", "--top-k", "0", "--device", "cpu")
+    rc, online, err = cli(capsys, "tag", music, "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     from matpac_cli.checkpoints.resolve import release_path
 
     copy = tmp_path / "my-encoder.pt"
     copy.write_bytes(release_path(RELEASE_MUSIC).read_bytes())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rc, offline, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--top-k", "0", "--device", "cpu")
+    rc, offline, err = cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--top-k", "0", "--device", "cpu")
     assert rc == 0, err
     assert offline == online
     # the probe zip gone from the cache: said before the model loads, with both ways out
     from matpac_cli.checkpoints.registry import load_registry
 
     release_path(load_registry().probes_release).unlink()
-    rc, out, err = _cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--device", "cpu")
+    rc, out, err = cli(capsys, "tag", music, "--model", copy, "--head", "genre", "--device", "cpu")
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert "matpac models download probes" in err and "--head FILE" in err
@@ -188,7 +180,7 @@ def test_models_labels_prints_what_tag_rows_say_and_raw_the_tag_ids(ckpts, tmp_p
     """`models labels events` lines are the rows' `label`s, `--raw` their `tag_id`s (AudioSet:
     527 labels, 75 with commas; the rows are read with a CSV parser, not cut)."""
     write_audio(tmp_path / "a.wav", 1.0)
-    rc, out, err = _cli(
+    rc, out, err = cli(
         capsys,
         "tag",
         tmp_path / "a.wav",
@@ -203,8 +195,8 @@ def test_models_labels_prints_what_tag_rows_say_and_raw_the_tag_ids(ckpts, tmp_p
     )
     assert rc == 0, err
     rows = list(csv.DictReader(out.splitlines()))
-    rc, plain, _ = _cli(capsys, "models", "labels", "events")
-    rc2, raw, _ = _cli(capsys, "models", "labels", "events", "--raw")
+    rc, plain, _ = cli(capsys, "models", "labels", "events")
+    rc2, raw, _ = cli(capsys, "models", "labels", "events", "--raw")
     assert rc == rc2 == 0
     assert sorted(plain.splitlines()) == sorted(r["label"] for r in rows)
     assert sorted(raw.splitlines()) == sorted(r["tag_id"] for r in rows)
@@ -212,15 +204,15 @@ def test_models_labels_prints_what_tag_rows_say_and_raw_the_tag_ids(ckpts, tmp_p
 
 
 def test_one_display_rule_prefixes_dropped_and_underscores_as_spaces(capsys):
-    rc, mood, _ = _cli(capsys, "models", "labels", "mood")
+    rc, mood, _ = cli(capsys, "models", "labels", "mood")
     assert rc == 0 and mood.splitlines()[0] == "action"
-    rc, raw, _ = _cli(capsys, "models", "labels", "mood", "--raw")
+    rc, raw, _ = cli(capsys, "models", "labels", "mood", "--raw")
     assert rc == 0 and raw.splitlines()[0] == "mood/theme---action"
-    rc, sounds, _ = _cli(capsys, "models", "labels", "sounds")
+    rc, sounds, _ = cli(capsys, "models", "labels", "sounds")
     assert "Acoustic guitar" in sounds.splitlines() and "_" not in sounds
-    rc, esc, _ = _cli(capsys, "models", "labels", "esc50")
+    rc, esc, _ = cli(capsys, "models", "labels", "esc50")
     assert "crackling fire" in esc.splitlines() and "_" not in esc
-    rc, raw, _ = _cli(capsys, "models", "labels", "sounds", "--raw")
+    rc, raw, _ = cli(capsys, "models", "labels", "sounds", "--raw")
     assert "Acoustic_guitar" in raw.splitlines()
 
 
@@ -251,16 +243,16 @@ def test_models_labels_reads_a_trained_head_and_a_probe_file(tmp_path, capsys):
 
     classes = ["hip_hop", "genre---rock", "cat"]  # a user's own names: shown exactly, with or without --raw
     head = _trained_head(tmp_path / "mine.safetensors", classes)
-    rc, out, err = _cli(capsys, "models", "labels", head)
+    rc, out, err = cli(capsys, "models", "labels", head)
     assert rc == 0 and out.splitlines() == classes, err
-    rc, out, err = _cli(capsys, "models", "labels", head, "--raw")
+    rc, out, err = cli(capsys, "models", "labels", head, "--raw")
     assert rc == 0 and out.splitlines() == classes, err
     torch.save({"weight": torch.zeros(20, 8), "bias": torch.zeros(20)}, tmp_path / "openmic.pth")
-    rc, out, err = _cli(capsys, "models", "labels", tmp_path / "openmic.pth")
+    rc, out, err = cli(capsys, "models", "labels", tmp_path / "openmic.pth")
     assert rc == 0 and "mallet percussion" in out.splitlines() and len(out.splitlines()) == 20, err
     torch.save({"weight": torch.zeros(3, 8), "bias": torch.zeros(3)}, tmp_path / "mystery.pth")
     for bad in ("mystery.pth", "missing.safetensors"):
-        rc, out, err = _cli(capsys, "models", "labels", tmp_path / bad)
+        rc, out, err = cli(capsys, "models", "labels", tmp_path / bad)
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert err.startswith("matpac: error: ") and bad in err
 
@@ -299,7 +291,8 @@ def test_a_short_tail_joins_the_segment_before_it_scored_on_their_pooled_columns
     arithmetic), not a 0.4 s segment of its own; --min-segment 0 keeps it apart."""
     import reference as R
     import torch
-    from test_heads import assert_scores, expected_probe, load_sd, probe_tensors, read_wave, tag_labels
+    from conftest import load_sd, read_wave
+    from probes import assert_scores, expected_probe, probe_tensors, tag_labels
 
     monkeypatch.chdir(tmp_path)
     song = write_audio(tmp_path / "song.wav", 12.56, seed=4)
@@ -318,7 +311,7 @@ def test_a_short_tail_joins_the_segment_before_it_scored_on_their_pooled_columns
         "--device",
         "cpu",
     ]
-    rc, out, err = _cli(capsys, *base)
+    rc, out, err = cli(capsys, *base)
     assert rc == 0, err
     spans = _segments(list(csv.DictReader(out.splitlines())))
     assert sorted(spans) == [(0.0, 6.095), (6.08, 12.555)]
@@ -336,7 +329,7 @@ def test_a_short_tail_joins_the_segment_before_it_scored_on_their_pooled_columns
     merged = (sums[1] + sums[2]) / (cols[1] + cols[2])
     assert_scores(spans[(6.08, 12.555)], labels, expected_probe(merged, probe, "sigmoid"))
 
-    rc, out, err = _cli(capsys, *base, "--min-segment", "0")
+    rc, out, err = cli(capsys, *base, "--min-segment", "0")
     assert rc == 0, err
     spans = _segments(list(csv.DictReader(out.splitlines())))
     assert sorted(spans) == [(0.0, 6.095), (6.08, 12.175), (12.16, 12.555)]
@@ -348,7 +341,7 @@ def test_a_file_of_one_short_segment_keeps_it_and_a_merged_pair_is_the_clip(ckpt
     are the clip's. A 0.6 s file keeps its only segment."""
     long = write_audio(tmp_path / "long.wav", 10.42, seed=5)
     short = write_audio(tmp_path / "short.wav", 0.6, seed=6)
-    rc, out, err = _cli(
+    rc, out, err = cli(
         capsys,
         "tag",
         long,

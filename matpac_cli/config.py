@@ -1,7 +1,11 @@
-"""Frozen settings: the front end every MATPAC checkpoint expects, and the encoder geometry.
+"""Frozen settings: the front end every MATPAC checkpoint expects, the encoder geometry, and a
+run's options.
 
 The front-end numbers are the model contract (shared spec section 1); they are not options.
 The encoder geometry is read off the weights (`EncoderDims.from_state_dict`), never off a name.
+A run's options (`RunOptions`: device, precision, threads, batch size, workers, engine, address)
+are parsed and checked once, when built, and then carried whole by every job's config; `Device`
+is the one parser of a device name, so no other module tests device strings.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+
+from matpac_cli.errors import UsageError
 
 PATCH = 16  # patch side, in mel bins and in frames
 
@@ -96,3 +102,52 @@ class EncoderDims:
             n_t=(pos_rows - 1) // n_freq * PATCH,
             n_freq=n_freq,
         )
+
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as matpac spells it: `auto`, `cpu`, `cuda`, `cuda:N` or `mps` (any case).
+
+    The one parser of a device name (`parse`), refused before torch is imported; whether this
+    machine has the device is `predictor.pick_device`'s question, once torch is there. Its
+    properties answer what every module asks of a device, so none tests the string itself."""
+
+    kind: str = "auto"
+    index: int | None = None  # cuda:N only
+
+    @classmethod
+    def parse(cls, name: str | Device | None) -> Device:
+        if isinstance(name, Device):
+            return name
+        text = (name or "auto").lower()
+        match = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d{1,4}))?", text)
+        if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+            raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+        return cls(match.group(1), None if match.group(2) is None else int(match.group(2)))
+
+    @property
+    def name(self) -> str:
+        """The name torch takes (`cuda:1`) and the manifest records."""
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_auto(self) -> bool:
+        return self.kind == "auto"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind == "cpu"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def is_mps(self) -> bool:
+        return self.kind == "mps"

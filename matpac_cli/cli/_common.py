@@ -260,10 +260,11 @@ def check_run_options(
 ) -> None:
     """Option errors that depend only on the arguments: refused before anything loads (torch
     included: `--precision fp8` is refused at once)."""
-    from matpac_cli.encoder.cpu import check_device, check_precision
+    from matpac_cli.config import Device
+    from matpac_cli.encoder.cpu import check_precision
     from matpac_cli.errors import UsageError
 
-    check_device(device)
+    Device.parse(device)
     check_precision(precision)
 
     if batch_size is not None and batch_size < 1:
@@ -350,7 +351,7 @@ def load_predictor(model, device: str, precision: str, threads: int | None, quie
 
     predictor = Predictor.load(model, device, precision, threads, progress=not quiet and sys.stderr.isatty())
     startup_done()
-    if note and predictor.device == "cpu" and torch.cuda.is_available() and not quiet:
+    if note and predictor.on.is_cpu and torch.cuda.is_available() and not quiet:
         Reporter(quiet).info("matpac: note: a CUDA GPU is available but --device cpu was asked for")
     return predictor
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import sys
 
 from matpac_cli.errors import UsageError
@@ -53,15 +52,6 @@ def choose(env: str | None = None, vendor: str | None = None) -> str:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_device(name: str | None) -> str:
-    """`--device` as matpac spells devices, refused before torch is imported (seconds); whether
-    this machine has it is `predictor.pick_device`'s question, once torch is there."""
-    text = (name or "auto").lower()
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,4})?", text):
-        raise UsageError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
-    return text
 
 
 def check_precision(precision: str | None) -> str:

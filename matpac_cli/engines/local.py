@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from matpac_cli.config import Device
 from matpac_cli.errors import InputError
 from matpac_cli.inference.predictor import Pending, default_batch
 from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
@@ -44,7 +45,7 @@ class _Batcher:
         self.full_length = plan.predictor.fe.chunk_samples(self.n_t)
         self.hop = plan.predictor.fe.chunk_hop(self.n_t)
         self.pooled = not plan.frames  # clip sums and segment means need no per-column results
-        self.ahead = 2 if plan.predictor.device.startswith("cuda") else 0
+        self.ahead = 2 if plan.predictor.on.is_cuda else 0
         self.full: list[tuple[Slot, Window, np.ndarray]] = []
         self.short: list[tuple[Slot, Window, np.ndarray]] = []
         self.in_flight: collections.deque[tuple[Pending, list, float]] = collections.deque()
@@ -114,7 +115,7 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
     them. So one torch thread for the run, unless threads were asked for; restored afterwards."""
     import torch
 
-    if not plans or any(p.predictor.device == "cpu" or p.predictor.threads for p in plans):
+    if not plans or any(Device.parse(p.predictor.device).is_cpu or p.predictor.threads for p in plans):
         yield
         return
     before = torch.get_num_threads()

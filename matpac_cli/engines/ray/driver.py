@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from matpac_cli.config import Device
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
 from matpac_cli.engines.work import (
     GIVE_UP,
@@ -196,7 +197,7 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     cluster has GPUs; else `--threads` CPUs each (default 1), a quarter of the CPUs left to
     decoding. Room for one decoding task is always kept, or nothing could feed the actors."""
     free = max(cpus - DECODE_CPUS, DECODE_CPUS)
-    if device.startswith("cuda"):
+    if Device.parse(device).is_cuda:
         return max(1, gpus), {"num_gpus": 1, "num_cpus": min(1.0, free / max(gpus, 1))}, threads
     per = min(float(threads or 1), free)
     actors = max(1, min(int(free // per), int((cpus - max(1, cpus // 4)) // per)))
@@ -317,7 +318,7 @@ def _round(
         batch_size=1,
         num_cpus=0,
         concurrency=decoders,
-        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger, "crash_on": crash_on()},
+        fn_kwargs={"n_ts": n_ts, "defer": not Device.parse(device).is_cpu, "attempts": ledger, "crash_on": crash_on()},
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from matpac_cli.errors import UsageError
 
@@ -151,3 +152,54 @@ class Device:
     @property
     def is_mps(self) -> bool:
         return self.kind == "mps"
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("local", "ray")
+
+
+def parse_precision(precision: str | None) -> str:
+    """`--precision` as matpac spells it, refused before torch is imported."""
+    text = (precision or "auto").lower()
+    if text not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
+    return text
+
+
+def _count(value: int | None, flag: str) -> int | None:
+    """A count where 0 (like None) means the default."""
+    if value is not None and value < 0:
+        raise UsageError(f"{flag} {value}: give a positive count, or 0 for the default")
+    return value or None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run computes, as one value: checked once, when built (the CLI builds it before any
+    model loads; a library call gets the defaults), then carried whole by every job's config to
+    the engine, so no option is passed piecemeal or checked again downstream.
+
+    `batch_size`, `workers` and `threads` None (or 0): the device's default (predictor.default_batch,
+    feed.default_workers; torch's own thread count). `address` is the Ray cluster's (`engine` ray;
+    None: RAY_ADDRESS, else a local Ray instance)."""
+
+    device: Device | str = Device()
+    precision: str = "auto"
+    threads: int | None = None
+    batch_size: int | None = None
+    workers: int | None = None
+    engine: str = "local"
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)
+        set_("device", Device.parse(self.device))
+        set_("precision", parse_precision(self.precision))
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: give at least 1")
+        set_("workers", _count(self.workers, "--workers"))
+        set_("threads", _count(self.threads, "--threads"))
+        engine = (self.engine or "local").lower()
+        if engine not in ENGINES:
+            raise UsageError(f"--engine {self.engine}: expected {' or '.join(ENGINES)}")
+        set_("engine", engine)

@@ -130,7 +130,8 @@ def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tm
     program = _placed(f"""
         import json
         from matpac_cli.cli import _common
-        _common.load_predictor({str(ckpt)!r}, "cpu", "auto", None, quiet=True)  # the commands' way
+        from matpac_cli.config import RunOptions
+        _common.load_predictor({str(ckpt)!r}, RunOptions("cpu"), quiet=True)  # the commands' way
         print(json.dumps(placed()))
     """)
     assert _on(program), program

@@ -322,12 +322,15 @@ def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
 # Library: embedding.embed (writes emb.npy / emb.csv / frames)
 # ---------------------------------------------------------------------------------------------
 def test_embed_library_layer_all_with_frames(predictor, clips, ref608, tmp_path):
+    from matpac_cli.config import RunOptions
     from matpac_cli.jobs.embed import EmbedConfig, embed
 
     out = tmp_path / "emb.npy"
     frames_dir = tmp_path / "frames"
     summary = embed(
-        _items(clips), predictor, EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2)
+        _items(clips),
+        predictor,
+        EmbedConfig(out=out, layer="all", frames_dir=frames_dir, options=RunOptions(batch_size=6, workers=2)),
     )
     assert summary.done == len(CLIPS) and not summary.failures
     X = np.load(out)

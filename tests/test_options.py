@@ -52,3 +52,60 @@ def test_every_device_question_is_answered_by_the_one_parser():
     assert pick_device("CPU") == "cpu"
     with pytest.raises(UsageError, match="expected auto, cpu, cuda, cuda:N or mps"):
         pick_device("gpu")
+
+
+def test_run_options_default_and_normalise():
+    from matpac_cli.config import RunOptions
+
+    options = RunOptions()
+    assert options == RunOptions("auto", "auto", None, None, None, "local", None)
+    assert options.device == Device("auto")
+    built = RunOptions("CUDA:1", "BF16", threads=0, batch_size=4, workers=0, engine="Local")
+    assert (built.device, built.precision, built.threads, built.workers, built.engine) == (
+        Device("cuda", 1),
+        "bf16",
+        None,  # 0: the default
+        None,
+        "local",
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "--batch-size 0: give at least 1"),
+        ({"batch_size": -3}, "--batch-size -3: give at least 1"),
+        ({"workers": -1}, "--workers -1: give a positive count, or 0 for the default"),
+        ({"threads": -2}, "--threads -2: give a positive count, or 0 for the default"),
+        ({"precision": "fp8"}, "--precision fp8: expected auto, fp32, bf16 or fp16"),
+        ({"device": "gpu"}, "--device gpu: expected auto, cpu, cuda, cuda:N or mps"),
+        ({"engine": "spark"}, "--engine spark: expected local or ray"),
+    ],
+)
+def test_run_options_are_checked_once_when_built(kwargs, message):
+    from matpac_cli.config import RunOptions
+
+    with pytest.raises(UsageError) as caught:
+        RunOptions(**kwargs)
+    assert str(caught.value) == message
+
+
+def test_a_bad_batch_size_is_refused_once_by_the_options(tmp_path):
+    """The one check of `--batch-size`: the command's line is the options' line, and no other
+    module has a copy of the rule (the engines take the options as built)."""
+    import re
+    from pathlib import Path
+
+    from conftest import run_matpac, write_audio
+
+    write_audio(tmp_path / "a.wav", 1.0)
+    proc = run_matpac(["embed", "a.wav", "--out", "e.npy", "--batch-size", "0"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == "matpac: error: --batch-size 0: give at least 1"
+    package = Path(__file__).resolve().parents[1] / "matpac_cli"
+    homes = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if re.search(r"batch_size\s*<\s*1|--batch-size[^\n]*at least 1", p.read_text(encoding="utf-8"))
+    ]
+    assert homes == ["config.py"], homes

@@ -255,27 +255,23 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     return 1 if summary.failures else 0
 
 
-def check_run_options(
-    batch_size: int | None, workers: int | None, threads: int | None, device: str = "auto", precision: str = "auto"
-) -> None:
-    """Option errors that depend only on the arguments: refused before anything loads (torch
-    included: `--precision fp8` is refused at once)."""
-    from matpac_cli.config import Device
-    from matpac_cli.encoder.cpu import check_precision
-    from matpac_cli.errors import UsageError
-
-    Device.parse(device)
-    check_precision(precision)
-
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: give at least 1")
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers {workers}: give a positive count, or 0 for the default")
-    if threads is not None and threads < 0:
-        raise UsageError(f"--threads {threads}: give a positive count, or 0 for the default")
+def run_options(
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+):
+    """The run's options, built (and so checked) from the arguments alone, before anything loads
+    (torch included: `--precision fp8` is refused at once)."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.encoder.cpu import choose
 
+    options = RunOptions(device, precision, threads, batch_size, workers, engine, address)
     choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
+    return options
 
 
 def items_for(inputs: list[str], ext: str | None, null: bool):
@@ -344,12 +340,16 @@ def startup_done() -> None:
     keep_freed_memory()
 
 
-def load_predictor(model, device: str, precision: str, threads: int | None, quiet: bool, note: bool = True):
+def load_predictor(model, options, quiet: bool, note: bool = True):
+    """The encoder on `options`' device and precision (`RunOptions`), with a note when a GPU
+    sits unused."""
     import torch
 
     from matpac_cli.inference.predictor import Predictor
 
-    predictor = Predictor.load(model, device, precision, threads, progress=not quiet and sys.stderr.isatty())
+    predictor = Predictor.load(
+        model, options.device, options.precision, options.threads, progress=not quiet and sys.stderr.isatty()
+    )
     startup_done()
     if note and predictor.on.is_cpu and torch.cuda.is_available() and not quiet:
         Reporter(quiet).info("matpac: note: a CUDA GPU is available but --device cpu was asked for")

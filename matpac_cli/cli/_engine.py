@@ -10,21 +10,22 @@ class Engine:
     unreachable one is one line, at once) and decides where the encoder runs: the driver then
     loads its copy on its own CPU, at the actors' precision, only to describe the run."""
 
-    def __init__(self, engine: str, address: str | None, device: str, precision: str) -> None:
+    def __init__(self, options) -> None:
+        import dataclasses
+
         from matpac_cli.engines import check
 
-        self.name = check(engine)
-        self.address, self.cluster = address, None
-        self.device, self.precision, self.remote = device, precision, None
-        if self.name == "ray":
+        check(options)
+        self.cluster, self.remote, self.load_options = None, None, options
+        if options.engine == "ray":
             from matpac_cli.engines.ray.driver import Cluster
 
-            self.cluster = Cluster(address)
-            self.remote, self.precision = self.cluster.placement(device, precision)
-            self.device = "cpu"
+            self.cluster = Cluster(options.address)
+            self.remote, precision = self.cluster.placement(options.device, options.precision)
+            self.load_options = dataclasses.replace(options, device="cpu", precision=precision)
 
-    def load(self, model, threads: int | None, quiet: bool):
-        predictor = load_predictor(model, self.device, self.precision, threads, quiet, note=self.remote is None)
+    def load(self, model, quiet: bool):
+        predictor = load_predictor(model, self.load_options, quiet, note=self.remote is None)
         if self.remote is not None:
             predictor.device = self.remote  # where the actors run it: the summary and manifest say so
         return predictor

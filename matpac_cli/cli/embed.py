@@ -13,10 +13,10 @@ from matpac_cli.cli._common import (
     argv,
     check_model,
     check_outputs,
-    check_run_options,
     finish,
     items_for,
     named_inputs,
+    run_options,
 )
 from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (
@@ -78,23 +78,14 @@ def embed(
     """
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
-    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.embed import EmbedConfig, check_config, frames_lock, outputs_for
     from matpac_cli.jobs.embed import embed as run_embed
     from matpac_cli.outputs.writers import ensure_writable, locked
 
-    check_engine(engine)
-    config = EmbedConfig(
-        out=out,
-        layer=layer,
-        frames_dir=frames,
-        batch_size=batch_size,
-        workers=workers or None,
-        force=force,
-        engine=engine.lower(),
-        ray_address=ray_address,
-    )
+    check_engine(options)
+    config = EmbedConfig(out=out, layer=layer, frames_dir=frames, force=force, options=options)
     check_config(config)  # --out, --layer, --frames: refused before the model loads
     if failures is not None:
         ensure_writable(failures)
@@ -114,9 +105,9 @@ def embed(
     )
     with locked(*written, *([frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
-        runner = Engine(engine, ray_address, device, precision)
+        runner = Engine(options)
         try:
-            predictor = runner.load(spec, threads or None, quiet)
+            predictor = runner.load(spec, quiet)
             reporter = Reporter(
                 quiet,
                 items,

@@ -13,10 +13,10 @@ from matpac_cli.cli._common import (
     argv,
     check_model,
     check_outputs,
-    check_run_options,
     finish,
     load_predictor,
     named_inputs,
+    run_options,
     startup_done,
 )
 from matpac_cli.cli._options import (
@@ -104,7 +104,7 @@ def train(
     from matpac_cli.pipeline.discovery import parse_extensions
 
     started = time.monotonic()
-    check_run_options(batch_size, workers, threads, device, precision)
+    options = run_options(device, precision, threads, batch_size, workers)
     config = TrainConfig(task=task, val=val, folds=folds, seed=seed, lrs=_rates(lr) if lr else LR_GRID)
     config.check()
     check_head(out, force)
@@ -129,21 +129,7 @@ def train(
             features = from_index(labelled, embeddings)
             startup_done()  # no model loads: the start-up is over
         else:
-            features, code = _embed(
-                labelled,
-                out,
-                embeddings_out,
-                model,
-                device,
-                precision,
-                batch_size,
-                workers,
-                threads,
-                quiet,
-                failures,
-                force,
-                started,
-            )
+            features, code = _embed(labelled, out, embeddings_out, model, options, quiet, failures, force, started)
         check_trainable(features, config)
         _fit(features, config, out, reporter)
         raise typer.Exit(code)
@@ -198,20 +184,18 @@ def _check_written(
     return check_outputs(outputs, inputs, force, failures, journals=journals)
 
 
-def _embed(
-    labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force, started
-):
+def _embed(labelled, out, cache, model, options, quiet, failures, force, started):
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.train_data import embed_labelled
 
     cache = cache or Path(out).with_suffix(".emb.npy")
-    config = EmbedConfig(out=cache, batch_size=batch_size, workers=workers or None, force=force)
+    config = EmbedConfig(out=cache, force=force, options=options)
     check_config(config)
     if failures is not None:
         from matpac_cli.outputs.writers import ensure_writable
 
         ensure_writable(failures)
-    predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)
+    predictor = load_predictor(check_model(model or "matpac-plus"), options, quiet)
     journal = cache.with_name(cache.name + ".journal")
     reporter = Reporter(
         quiet,

@@ -51,17 +51,6 @@ def choose(env: str | None = None, vendor: str | None = None) -> str:
     return "plain" if (cpu_vendor() if vendor is None else vendor) == "GenuineIntel" else "onednn"
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_precision(precision: str | None) -> str:
-    """`--precision`, refused before torch is imported."""
-    text = (precision or "auto").lower()
-    if text not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
-    return text
-
-
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the encoder's large temporaries for the next batch (Linux only).
     Call it once the model has loaded: what loading freed is handed back first (`malloc_trim`),

@@ -3,32 +3,55 @@ cluster (`ray`, an optional extra). Both take the same plans and call the same c
 
 from __future__ import annotations
 
-from matpac_cli.errors import UsageError
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-ENGINES = ("local", "ray")
+from matpac_cli.config import RunOptions
+
+if TYPE_CHECKING:  # the CLI checks `--engine` through here before torch is imported
+    from matpac_cli.errors import InputError
+    from matpac_cli.pipeline.assemble import FileResult, Plan
+    from matpac_cli.pipeline.discovery import Item
 
 
-def check(engine: str) -> str:
-    """`--engine`: refused in one line unless known, and `ray` only where Ray Data is installed."""
-    name = (engine or "local").lower()
-    if name not in ENGINES:
-        raise UsageError(f"--engine {engine}: expected {' or '.join(ENGINES)}")
-    if name == "ray":
+def check(options: RunOptions) -> None:
+    """`ray` only where Ray Data is installed: one line before any model loads (the engine's
+    name itself was checked when the options were built)."""
+    if options.engine == "ray":
         from matpac_cli.engines.ray.driver import require
 
         require()
-    return name
 
 
-def run(engine: str, *args, address: str | None = None, on_warning=None, **kwargs) -> int:
-    """`pipeline.run(items, plans, batch_size, workers, on_result, on_failure, on_progress, on_audio)`
-    on the chosen engine; returns how many tries were reruns of work whose process died (Ray's).
-    `on_warning` hears of a Ray job stopped for making no progress and run again."""
-    if engine == "ray":
+def run(
+    options: RunOptions,
+    items: Iterable[Item],
+    plans: list[Plan],
+    on_result: Callable[[FileResult], None] = lambda r: None,
+    on_failure: Callable[[InputError], None] = lambda e: None,
+    on_progress: Callable[[Item, float], None] = lambda i, s: None,
+    on_audio: Callable[[float], None] = lambda s: None,
+    on_warning: Callable[[str], None] = lambda text: None,
+) -> int:
+    """Every item through every plan on `options.engine`; returns how many tries were reruns of
+    work whose process died (Ray's). `on_warning` hears of a Ray job stopped for making no
+    progress and run again."""
+    if options.engine == "ray":
         from matpac_cli.engines.ray.driver import run as run_ray
 
-        return run_ray(*args, address=address, on_warning=on_warning or (lambda text: None), **kwargs)
+        return run_ray(
+            items,
+            plans,
+            options.batch_size,
+            options.workers,
+            on_result,
+            on_failure,
+            on_progress,
+            on_audio,
+            address=options.address,
+            on_warning=on_warning,
+        )
     from matpac_cli.engines.local import run as run_local
 
-    run_local(*args, **kwargs)
+    run_local(items, plans, options.batch_size, options.workers, on_result, on_failure, on_progress, on_audio)
     return 0

@@ -143,10 +143,6 @@ def run(
     """
     if batch_size is None:
         batch_size = default_batch(plans[0].predictor.device if plans else "cpu")
-    if batch_size < 1:
-        from matpac_cli.errors import UsageError
-
-        raise UsageError("--batch-size must be at least 1")
     batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)]
     order: collections.deque[Slot] = collections.deque()
     slots: dict[Feed, Slot] = {}

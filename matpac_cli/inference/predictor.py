@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.checkpoints.resolve import Resolved, resolve
-from matpac_cli.config import FRONT_END, Device, EncoderDims, FrontEnd
-from matpac_cli.encoder.cpu import check_precision
+from matpac_cli.config import FRONT_END, Device, EncoderDims, FrontEnd, parse_precision
 from matpac_cli.encoder.resample import RateSegment, resample_batch
 from matpac_cli.errors import InputError, UsageError
 
@@ -56,7 +55,7 @@ def pick_dtype(precision: str, device: str | Device):
     """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
     import torch
 
-    precision = check_precision(precision)
+    precision = parse_precision(precision)
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         if Device.parse(device).is_cuda:

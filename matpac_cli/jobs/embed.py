@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from matpac_cli import engines
-from matpac_cli.config import FRONT_END, PATCH
+from matpac_cli.config import FRONT_END, PATCH, RunOptions
 from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.outputs import journal as jr
@@ -33,11 +33,8 @@ class EmbedConfig:
     out: Path
     layer: str = "last"  # "last", "all" or "1".."12"
     frames_dir: Path | None = None
-    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
-    workers: int | None = None
     force: bool = False
-    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
 
 
 @dataclass
@@ -204,16 +201,13 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
         summary.retries += engines.run(
-            config.engine,
+            config.options,
             todo,
             [plan],
-            config.batch_size,
-            config.workers,
-            on_result,
-            failed,
-            on_progress,
-            on_audio,
-            address=config.ray_address,
+            on_result=on_result,
+            on_failure=failed,
+            on_progress=on_progress,
+            on_audio=on_audio,
             on_warning=on_warning,
         )
     finally:

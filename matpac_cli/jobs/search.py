@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, UsageError
 from matpac_cli.outputs.readers import Embeddings, embeddings_paths, read_embeddings
 from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
@@ -39,6 +40,7 @@ SAFE_NORM = 1e30  # rows longer than this are multiplied in float64 (a float32 d
 PAIR_BUDGET = 1 << 20  # pairs of --duplicates held at once (about 20 MiB), however many match
 NEIGHBOUR_COLUMNS = ["query", "rank", "path", "score"]
 DUPLICATE_COLUMNS = ["path_a", "path_b", "score"]
+QUERY_BATCH = 16  # encoder chunks per batch for audio-file queries (`search --batch-size`'s default)
 
 
 # ---------------------------------------------------------------- numerics
@@ -321,8 +323,7 @@ def embed_queries(
     queries: Sequence[Query],
     predictor,
     layer: int | None,
-    batch_size: int = 16,
-    workers: int | None = None,
+    options: RunOptions | None = None,
     on_failure: Callable[[InputError], None] = lambda e: None,
 ) -> dict[str, np.ndarray]:
     """{query name: clip embedding} for the audio-file queries, through the `embed` job itself
@@ -335,7 +336,7 @@ def embed_queries(
     real = {q.name: os.path.realpath(q.path) for q in files}  # `a.wav` and `./a.wav` are embedded once
     with tempfile.TemporaryDirectory(prefix="matpac-search-") as tmp:
         out = Path(tmp) / "queries.npy"
-        config = EmbedConfig(out=out, layer=str(layer or "last"), batch_size=batch_size, workers=workers)
+        config = EmbedConfig(out=out, layer=str(layer or "last"), options=options or RunOptions(batch_size=QUERY_BATCH))
         summary = embed([Item(q.name, q.path) for q in files], predictor, config, on_failure=on_failure)
         if not summary.done:
             return {}

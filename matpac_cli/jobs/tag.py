@@ -18,6 +18,7 @@ from typing import TextIO
 
 from matpac_cli import engines
 from matpac_cli.checkpoints.registry import load_registry
+from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.inference.heads import Head, audioset_head, has_audioset_head, resolve_head
 from matpac_cli.inference.predictor import Predictor
@@ -40,11 +41,8 @@ class TagConfig:
     segments: bool = False
     min_segment: float = MIN_SEGMENT_S  # seconds; a shorter last segment joins the one before it
     fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
-    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
-    workers: int | None = None
     force: bool = False
-    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
 
 
@@ -184,16 +182,13 @@ def _stream(
 
     on_progress, on_failure, on_audio = callbacks
     summary.retries += engines.run(
-        config.engine,
+        config.options,
         items,
         plans,
-        config.batch_size,
-        config.workers,
-        on_result,
-        on_failure,
-        on_progress,
-        on_audio,
-        address=config.ray_address,
+        on_result=on_result,
+        on_failure=on_failure,
+        on_progress=on_progress,
+        on_audio=on_audio,
         on_warning=on_warning,
     )
 
@@ -236,16 +231,13 @@ def _to_file(
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
         summary.retries += engines.run(
-            config.engine,
+            config.options,
             todo,
             plans,
-            config.batch_size,
-            config.workers,
-            on_journal,
-            on_failure,
-            on_progress,
-            on_audio,
-            address=config.ray_address,
+            on_result=on_journal,
+            on_failure=on_failure,
+            on_progress=on_progress,
+            on_audio=on_audio,
             on_warning=on_warning,
         )
     finally:

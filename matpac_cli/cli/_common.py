@@ -74,7 +74,8 @@ def stop_note() -> str:
 
 
 class Reporter:
-    """stderr messages and a progress display (rich, only on a TTY and without --quiet). Every
+    """The run's events (`events.RunEvents`) as the person at the terminal sees them: stderr
+    messages and a progress display (rich, only on a TTY and without --quiet). Every
     message shows control characters as escapes (`safetext.for_terminal`): a file name or label
     never reaches the terminal as a command.
 
@@ -104,7 +105,7 @@ class Reporter:
         if items:
             _ACTIVE.append(self)
         self.quiet = quiet
-        self.progress = None
+        self.bar = None
         self.total_files = len(items)
         self.files = self.failed = self.reused_files = 0
         self.encoded_s = self.reused_s = 0.0
@@ -113,7 +114,7 @@ class Reporter:
         if not quiet and sys.stderr.isatty() and items:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(
+            self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -122,8 +123,8 @@ class Reporter:
                 console=self.console,
                 transient=True,
             )
-            self.task = self.progress.add_task("matpac", total=None, info="", eta="")
-            self.progress.start()
+            self.task = self.bar.add_task("matpac", total=None, info="", eta="")
+            self.bar.start()
             threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
 
     def _size_run(self, items: list) -> None:
@@ -143,9 +144,9 @@ class Reporter:
     def reused(self, item: object, seconds: float) -> None:
         self.reused_files += 1
         self.reused_s += seconds
-        self.advance(item, 0.0)
+        self.progress(item, 0.0)
 
-    def advance(self, item: object, seconds: float) -> None:
+    def progress(self, item: object, seconds: float) -> None:
         self.files += 1
         self._refresh()
 
@@ -155,7 +156,7 @@ class Reporter:
         self._refresh()
 
     def _refresh(self) -> None:
-        progress = self.progress  # read once: close() may clear it from the main thread meanwhile
+        progress = self.bar  # read once: close() may clear it from the main thread meanwhile
         if progress is None:
             return
         done = self.encoded_s + self.reused_s
@@ -193,9 +194,9 @@ class Reporter:
                 if sys.exc_info()[1] is None:  # nothing propagating: this is the run's error
                     raise
                 self.warning(f"{exc} (the list of failed files so far is lost)")
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _audio(seconds: float | None) -> str:
@@ -234,7 +235,8 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         f"{len(summary.failures)} failed; {computed}"
     )
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
-    ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
+    device = getattr(summary, "ran_on", None)  # where the engine ran the encoder, if not on the predictors' own
+    ran = sorted({f"{device or p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"

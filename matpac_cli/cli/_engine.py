@@ -16,19 +16,18 @@ class Engine:
         from matpac_cli.engines import check
 
         check(options)
-        self.cluster, self.remote, self.load_options = None, None, options
+        self.cluster, self.remote = None, None
+        self.options = self.load_options = options  # the job's, and the driver's copy of the encoder's
         if options.engine == "ray":
             from matpac_cli.engines.ray.driver import Cluster
 
             self.cluster = Cluster(options.address)
             self.remote, precision = self.cluster.placement(options.device, options.precision)
-            self.load_options = dataclasses.replace(options, device="cpu", precision=precision)
+            self.options = dataclasses.replace(options, device=self.remote, precision=precision)
+            self.load_options = dataclasses.replace(self.options, device="cpu")
 
     def load(self, model, quiet: bool):
-        predictor = load_predictor(model, self.load_options, quiet, note=self.remote is None)
-        if self.remote is not None:
-            predictor.device = self.remote  # where the actors run it: the summary and manifest say so
-        return predictor
+        return load_predictor(model, self.load_options, quiet, note=self.remote is None)
 
     def close(self) -> None:
         if self.cluster is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -106,6 +107,7 @@ def embed(
     with locked(*written, *([frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
         runner = Engine(options)
+        config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
         try:
             predictor = runner.load(spec, quiet)
             reporter = Reporter(
@@ -116,17 +118,7 @@ def embed(
                 keeps=f"finished files are kept in {paths['journal']}; run the same command to resume",
             )
             try:
-                summary = run_embed(
-                    items,
-                    predictor,
-                    config,
-                    reporter.advance,
-                    reporter.failure,
-                    argv=argv(),
-                    on_audio=reporter.audio,
-                    on_reused=reporter.reused,
-                    on_warning=reporter.warning,
-                )
+                summary = run_embed(items, predictor, config, reporter, argv())
             finally:
                 reporter.close()
         finally:

@@ -225,7 +225,9 @@ def _embedded(S, emb, plan, model, layer, options, quiet, reporter) -> dict:
         return {}
     resolved = S.query_model(emb, model)
     predictor = load_predictor(resolved, options, quiet)
-    return S.embed_queries(plan, predictor, layer, options, on_failure=reporter.failure)
+    from matpac_cli.events import Listeners
+
+    return S.embed_queries(plan, predictor, layer, options, Listeners(failure=reporter.failure))
 
 
 def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Path | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -262,24 +263,13 @@ def _run(
     if config.options.engine == "local":  # with ray, the cluster's devices count, not the driver's
         _check_device(config.options)
     runner = Engine(config.options)
+    config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
     try:
         groups = _load_groups(plan, runner, labels, quiet)
         keeps = f"finished files are kept in {target}.journal; run the same command to resume" if target else ""
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
-            summary = run_tag(
-                items,
-                groups,
-                config,
-                target,
-                SafeStdout(sys.stdout),
-                reporter.advance,
-                reporter.failure,
-                argv=argv(),
-                on_audio=reporter.audio,
-                on_reused=reporter.reused,
-                on_warning=reporter.warning,
-            )
+            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter, argv())
         finally:
             reporter.close()
     finally:

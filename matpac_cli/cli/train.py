@@ -143,7 +143,7 @@ def _fit(features, config, out: Path, reporter: Reporter) -> None:
         f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
         f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})"
     )
-    result = run_train(features, config, out, argv(), reporter.warning)
+    result = run_train(features, config, out, argv(), reporter)
     for line in render(result.report):
         reporter.info(line)
     reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
@@ -205,17 +205,7 @@ def _embed(labelled, out, cache, model, options, quiet, failures, force, started
         keeps=f"finished files are kept in {journal}; run the same command to resume",
     )
     try:
-        features, summary = embed_labelled(
-            labelled,
-            predictor,
-            config,
-            reporter.advance,
-            reporter.failure,
-            argv(),
-            on_audio=reporter.audio,
-            on_reused=reporter.reused,
-            on_warning=reporter.warning,
-        )
+        features, summary = embed_labelled(labelled, predictor, config, reporter, argv())
     finally:
         reporter.close()
     return features, finish(summary, reporter, "embedded", [predictor])

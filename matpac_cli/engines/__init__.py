@@ -4,14 +4,25 @@ cluster (`ray`, an optional extra). Both take the same plans and call the same c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from matpac_cli.config import RunOptions
+from matpac_cli.events import NoEvents, RunEvents
 
 if TYPE_CHECKING:  # the CLI checks `--engine` through here before torch is imported
-    from matpac_cli.errors import InputError
     from matpac_cli.pipeline.assemble import FileResult, Plan
     from matpac_cli.pipeline.discovery import Item
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What an engine reports of its run: the tries that reran work whose process (or node) died
+    (Ray's), and the device its encoder ran on when that is not the plans' own predictors' (a Ray
+    cluster's actors, e.g. `cuda`, while the driver's copy sits on its CPU); None: theirs."""
+
+    retries: int = 0
+    device: str | None = None
 
 
 def check(options: RunOptions) -> None:
@@ -27,31 +38,16 @@ def run(
     options: RunOptions,
     items: Iterable[Item],
     plans: list[Plan],
+    events: RunEvents | None = None,
     on_result: Callable[[FileResult], None] = lambda r: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_audio: Callable[[float], None] = lambda s: None,
-    on_warning: Callable[[str], None] = lambda text: None,
-) -> int:
-    """Every item through every plan on `options.engine`; returns how many tries were reruns of
-    work whose process died (Ray's). `on_warning` hears of a Ray job stopped for making no
-    progress and run again."""
+) -> Ran:
+    """Every item through every plan on `options.engine`: each finished file to `on_result` (the
+    job's writer), the run's news to `events` (default: none)."""
+    events = events if events is not None else NoEvents()
     if options.engine == "ray":
         from matpac_cli.engines.ray.driver import run as run_ray
 
-        return run_ray(
-            items,
-            plans,
-            options.batch_size,
-            options.workers,
-            on_result,
-            on_failure,
-            on_progress,
-            on_audio,
-            address=options.address,
-            on_warning=on_warning,
-        )
+        return run_ray(options, items, plans, events, on_result)
     from matpac_cli.engines.local import run as run_local
 
-    run_local(items, plans, options.batch_size, options.workers, on_result, on_failure, on_progress, on_audio)
-    return 0
+    return run_local(options, items, plans, events, on_result)

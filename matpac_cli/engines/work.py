@@ -135,12 +135,12 @@ class Recipe:
 
 class Collector:
     """The driver's side: each file's chunks summed as they come back (in any order, each chunk
-    once), then the file handed on to the job's callbacks."""
+    once), then the file handed on to the job's `on_result` and its `events`."""
 
-    def __init__(self, items: list[Item], plans: list[Plan], on_result, on_failure, on_progress, on_audio) -> None:
+    def __init__(self, items: list[Item], plans: list[Plan], events, on_result) -> None:
         self.items, self.plans = items, plans
-        self.callbacks = (on_result, on_failure, on_progress)
-        self.on_audio = on_audio
+        self.callbacks = (on_result, events.failure, events.progress)
+        self.on_audio = events.audio
         self.slots: dict[int, Slot] = {}
         self.expected: dict[int, dict[int, int]] = {}  # file -> chunks per grid (known once decoded)
         self.seen: dict[int, set] = {}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, UsageError
+from matpac_cli.events import RunEvents
 from matpac_cli.outputs.readers import Embeddings, embeddings_paths, read_embeddings
 from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
 
@@ -324,10 +325,11 @@ def embed_queries(
     predictor,
     layer: int | None,
     options: RunOptions | None = None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
+    events: RunEvents | None = None,
 ) -> dict[str, np.ndarray]:
     """{query name: clip embedding} for the audio-file queries, through the `embed` job itself
-    (same decoding, chunking and pooling as the index), into a temporary folder."""
+    (same decoding, chunking and pooling as the index), into a temporary folder. `options`
+    default to `QUERY_BATCH` chunks per batch; `events` hear of each query that fails."""
     from matpac_cli.jobs.embed import EmbedConfig, embed
 
     files = [q for q in queries if q.path is not None]
@@ -337,7 +339,7 @@ def embed_queries(
     with tempfile.TemporaryDirectory(prefix="matpac-search-") as tmp:
         out = Path(tmp) / "queries.npy"
         config = EmbedConfig(out=out, layer=str(layer or "last"), options=options or RunOptions(batch_size=QUERY_BATCH))
-        summary = embed([Item(q.name, q.path) for q in files], predictor, config, on_failure=on_failure)
+        summary = embed([Item(q.name, q.path) for q in files], predictor, config, events)
         if not summary.done:
             return {}
         got = read_embeddings(out)

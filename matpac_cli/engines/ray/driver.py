@@ -32,7 +32,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from matpac_cli.config import Device
+from matpac_cli.config import Device, RunOptions
+from matpac_cli.engines import Ran
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
 from matpac_cli.engines.work import (
     GIVE_UP,
@@ -45,7 +46,8 @@ from matpac_cli.engines.work import (
     died,
     first_line,
 )
-from matpac_cli.errors import InputError, MatpacError
+from matpac_cli.errors import MatpacError
+from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -57,36 +59,28 @@ STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
 def run(
+    options: RunOptions,
     items: Iterable[Item],
     plans: list[Plan],
-    batch_size: int | None = None,
-    workers: int | None = None,
+    events: RunEvents | None = None,
     on_result: Callable = lambda r: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_audio: Callable[[float], None] = lambda s: None,
-    address: str | None = None,
-    on_warning: Callable[[str], None] = lambda text: None,
-) -> int:
-    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
-    Returns how many tries were reruns of work whose process (or node) died."""
+) -> Ran:
+    """`engines.local.run`'s contract on a Ray cluster (`options.workers` is unused: Ray places
+    the tasks). The actors run the encoder where `Cluster.placement` puts `options.device`; the
+    answer says which device that was, and how many tries were reruns of work whose process (or
+    node) died."""
+    events = events if events is not None else NoEvents()
     items = list(items)
     if not items or not plans:
-        return 0
-    cluster = Cluster(address)
+        return Ran(0, None if options.device.is_auto else options.device.name)
+    cluster = Cluster(options.address)
     ledger = None
     try:
+        device, _ = cluster.placement(options.device, options.precision)
         ledger = _Ledger.start()
-        _run(
-            cluster,
-            items,
-            plans,
-            batch_size,
-            Collector(items, plans, on_result, on_failure, on_progress, on_audio),
-            ledger,
-            on_warning,
-        )
-        return ledger.retries()
+        collector = Collector(items, plans, events, on_result)
+        _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events.warning)
+        return Ran(ledger.retries(), device)
     finally:
         if ledger is not None:
             ledger.stop()
@@ -212,7 +206,7 @@ def _run(
     cluster: Cluster,
     items: list[Item],
     plans: list[Plan],
-    batch_size: int | None,
+    shape: tuple[str, int | None],
     collector: Collector,
     ledger: _Ledger,
     on_warning: Callable[[str], None],
@@ -235,7 +229,7 @@ def _run(
             break
         done = len(collector.done)
         try:
-            _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
+            _round(cluster, items, left, plans, shape, collector, ledger.for_round(round_))
             break
         except (ExecutionTimeoutError, _Lost) as exc:
             ledger.for_round(round_).dismiss()
@@ -289,16 +283,18 @@ def _round(
     items: list[Item],
     left: list[int],
     plans: list[Plan],
-    batch_size: int | None,
+    shape: tuple[str, int | None],
     collector: Collector,
     ledger: _Ledger,
 ) -> None:
+    """One round on the files `left`; `shape` is the actors' (device, batch size: None for the
+    device's default)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from matpac_cli.inference.predictor import default_batch
 
-    device = plans[0].predictor.device
+    device, batch_size = shape
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
     rows = [

@@ -90,7 +90,7 @@ def test_the_reporter_is_an_events_object():
     """The CLI's reporter has every method of the protocol, so a job takes it whole."""
     import inspect
 
-    from matpac_cli.cli._common import Reporter
+    from matpac_cli.cli._reporter import Reporter
     from matpac_cli.events import RunEvents
 
     wanted = {n for n, f in inspect.getmembers(RunEvents, inspect.isfunction) if not n.startswith("_")}
@@ -99,3 +99,15 @@ def test_the_reporter_is_an_events_object():
         assert inspect.signature(getattr(Reporter, name)).parameters.keys() == (
             inspect.signature(getattr(RunEvents, name)).parameters.keys()
         ), name
+
+
+def test_the_cli_knows_no_cluster():
+    """Ray knowledge lives in engines/: the commands open an `engines.Engine` and never name Ray's
+    modules or a cluster themselves."""
+    import re
+    from pathlib import Path
+
+    cli = Path(__file__).resolve().parents[1] / "matpac_cli" / "cli"
+    for path in cli.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"engines\.ray|^\s*(import|from) ray\b|Cluster\(|placement\(", text, re.M), path.name

@@ -9,17 +9,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    argv,
-    check_model,
-    check_outputs,
-    finish,
-    items_for,
-    named_inputs,
-    run_options,
-)
-from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -36,6 +25,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv
 
 
 def embed(
@@ -80,6 +72,7 @@ def embed(
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
     options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
+    from matpac_cli.engines import Engine
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.embed import EmbedConfig, check_config, frames_lock, outputs_for
     from matpac_cli.jobs.embed import embed as run_embed
@@ -109,7 +102,7 @@ def embed(
         runner = Engine(options)
         config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
         try:
-            predictor = runner.load(spec, quiet)
+            predictor = load_on(runner, spec, quiet)
             reporter = Reporter(
                 quiet,
                 items,

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import Reporter, SafeStdout, check_outputs, load_predictor, run_options
 from matpac_cli.cli._options import (
     DeviceOpt,
     ExtOpt,
@@ -21,6 +20,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_outputs, load_predictor, run_options
+from matpac_cli.cli._reporter import Reporter
+from matpac_cli.cli._stdout import SafeStdout
 from matpac_cli.errors import OutputError, UsageError
 
 QueriesArg = Annotated[

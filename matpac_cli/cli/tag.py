@@ -10,18 +10,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    SafeStdout,
-    argv,
-    check_model,
-    check_outputs,
-    finish,
-    items_for,
-    named_inputs,
-    run_options,
-)
-from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -37,6 +25,10 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv
+from matpac_cli.cli._stdout import SafeStdout
 
 ModelTagOpt = Annotated[
     str | None,
@@ -258,6 +250,7 @@ def _run(
     started: float,
 ):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
+    from matpac_cli.engines import Engine
     from matpac_cli.jobs.tag import tag as run_tag
 
     if config.options.engine == "local":  # with ray, the cluster's devices count, not the driver's
@@ -295,7 +288,7 @@ def _check_outputs(
     return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
 
 
-def _load_groups(plan: list, runner: Engine, labels: Path | None, quiet: bool) -> list:
+def _load_groups(plan: list, runner, labels: Path | None, quiet: bool) -> list:
     """Each encoder of the plan loaded once, with its heads; what will run is said once."""
     from matpac_cli.jobs.tag import Group, build_heads
     from matpac_cli.jobs.tag_plan import describe
@@ -303,7 +296,7 @@ def _load_groups(plan: list, runner: Engine, labels: Path | None, quiet: bool) -
     reporter = Reporter(quiet)
     groups = []
     for model_name, spec, head_names in plan:
-        predictor = runner.load(spec, quiet)
+        predictor = load_on(runner, spec, quiet)
         groups.append(
             Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor)
         )

@@ -8,17 +8,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    argv,
-    check_model,
-    check_outputs,
-    finish,
-    load_predictor,
-    named_inputs,
-    run_options,
-    startup_done,
-)
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -31,6 +20,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, load_predictor, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv, startup_done
 
 LabelsArg = Annotated[
     Path,

@@ -1,10 +1,13 @@
 """Execution engines: the same jobs, run here (`local`, threads in this process) or on a Ray
-cluster (`ray`, an optional extra). Both take the same plans and call the same callbacks."""
+cluster (`ray`, an optional extra). Both have one shape, `run(options, items, plans, events,
+on_result) -> Ran`: the run's options whole, its news to one events object, each finished file
+to the job's writer. Which device a Ray cluster's actors use is the engine's to say (`Engine`,
+`Ran.device`), never a relabelled predictor's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from matpac_cli.config import RunOptions
@@ -32,6 +35,29 @@ def check(options: RunOptions) -> None:
         from matpac_cli.engines.ray.driver import require
 
         require()
+
+
+class Engine:
+    """The engine of a run, opened before any model loads. With `ray`, the cluster is reached now
+    (an unreachable one is one line, at once) and decides where the encoder runs (`remote`): the
+    job's `options` then say that device and precision, and the driver loads its own copy on its
+    CPU at that precision (`load_options`), only to describe the run. Locally both are `options`."""
+
+    def __init__(self, options: RunOptions) -> None:
+        check(options)
+        self.cluster, self.remote = None, None
+        self.options = self.load_options = options
+        if options.engine == "ray":
+            from matpac_cli.engines.ray.driver import Cluster
+
+            self.cluster = Cluster(options.address)
+            self.remote, precision = self.cluster.placement(options.device, options.precision)
+            self.options = replace(options, device=self.remote, precision=precision)
+            self.load_options = replace(self.options, device="cpu")
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def run(

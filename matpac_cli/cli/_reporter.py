@@ -1,65 +1,18 @@
-"""What the person at the terminal sees on stderr: a progress bar, skipped files, the summary."""
+"""What the person at the terminal sees on stderr: a progress bar, skipped files, warnings, the
+line printed when a run is stopped, and the summary."""
 
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from matpac_cli.cli._startup import startup_done
 from matpac_cli.errors import MatpacError, OutputError
 from matpac_cli.outputs.safetext import for_terminal
-
-
-class Stopped(BaseException):
-    """Ctrl-C (exit 130) or SIGTERM (143), raised by the CLI's signal handlers in the main thread."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class StdoutClosed(BaseException):
-    """The reader of stdout went away (`| head -1`): the run ends quietly, exit 0."""
-
-
-class StdoutError(OutputError):
-    """stdout cannot take the data (`> /dev/full`, a full disk): one line, exit 2."""
-
-
-class SafeStdout:
-    """sys.stdout for data: a closed pipe becomes `StdoutClosed`, any other write error (a full
-    disk) a one-line `StdoutError`, wherever it is written."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stdout
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-        except OSError as exc:
-            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
-
-    def isatty(self) -> bool:
-        """A person's terminal (rows are then shown with control characters escaped)."""
-        try:
-            return self.stream.isatty()
-        except (AttributeError, ValueError, OSError):
-            return False
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-        except OSError as exc:
-            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
-
 
 _ACTIVE: list[Reporter] = []  # the run's reporter, for the line printed when it is stopped
 
@@ -255,108 +208,3 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         line += "; wrote nothing" + (f" ({left} from an earlier run, left as it was)" if left else "")
     reporter.info(line)
     return 1 if summary.failures else 0
-
-
-def run_options(
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    engine: str = "local",
-    address: str | None = None,
-):
-    """The run's options, built (and so checked) from the arguments alone, before anything loads
-    (torch included: `--precision fp8` is refused at once)."""
-    from matpac_cli.config import RunOptions
-    from matpac_cli.encoder.cpu import choose
-
-    options = RunOptions(device, precision, threads, batch_size, workers, engine, address)
-    choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
-    return options
-
-
-def items_for(inputs: list[str], ext: str | None, null: bool):
-    from matpac_cli.pipeline.discovery import discover, parse_extensions
-
-    items = discover(inputs, parse_extensions(ext), sys.stdin, null)
-    if not items:
-        raise MatpacError(f"no audio files found in {' '.join(inputs)}")
-    if "-" not in inputs and all(item.problem or not os.path.lexists(item.path) for item in items):
-        # nothing to do at all: said now, not after a model download (one missing input among
-        # others fails as that file, and the run goes on)
-        why = [f"{item.name}: {item.problem}" if item.problem else f"{item.name} does not exist" for item in items]
-        raise MatpacError(
-            why[0]
-            if len(why) == 1
-            else f"none of the inputs can be read: {'; '.join(why[:5])}{' ...' if len(why) > 5 else ''}"
-        )
-    return items
-
-
-def named_inputs(*names: str | None) -> list:
-    """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
-    from matpac_cli.pipeline.discovery import Item
-
-    return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
-
-
-def check_outputs(
-    outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None, journals: Sequence[Path] = ()
-) -> list[Path]:
-    """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
-    model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
-    from matpac_cli.outputs import rules as R
-
-    outputs = {k: Path(v) for k, v in outputs.items() if v is not None}
-    if failures is not None:
-        outputs["--failures"] = Path(failures)
-    R.check_distinct(outputs)
-    R.check_not_inputs(outputs, items)
-    for option, recognise in {**(ours or {}), "--failures": R.is_failures}.items():
-        R.check_ours(outputs.get(option), option, force, recognise)
-    written = [p for p in outputs.values() if p not in journals]
-    R.check_side_files(written, journals)
-    return written
-
-
-def check_model(model: str):
-    """Refuse an unknown model name before anything loads; a local file is resolved (hashed)
-    here once, a registry or hf: name is left for `load_predictor` to download."""
-    from matpac_cli.checkpoints.registry import load_registry
-    from matpac_cli.checkpoints.resolve import resolve
-
-    if model.startswith("hf:") or model in load_registry().models:
-        return model
-    return resolve(model)
-
-
-def startup_done() -> None:
-    """Imports and model loading are over: freeze what they made (the collector never walks it
-    again), turn the collector back on (`entry` turned it off), and have glibc keep each batch's
-    freed temporaries for the next (`cpu.keep_freed_memory`: this process is the program's own)."""
-    from matpac_cli.encoder.cpu import keep_freed_memory
-
-    gc.freeze()
-    gc.enable()
-    keep_freed_memory()
-
-
-def load_predictor(model, options, quiet: bool, note: bool = True):
-    """The encoder on `options`' device and precision (`RunOptions`), with a note when a GPU
-    sits unused."""
-    import torch
-
-    from matpac_cli.inference.predictor import Predictor
-
-    predictor = Predictor.load(
-        model, options.device, options.precision, options.threads, progress=not quiet and sys.stderr.isatty()
-    )
-    startup_done()
-    if note and predictor.on.is_cpu and torch.cuda.is_available() and not quiet:
-        Reporter(quiet).info("matpac: note: a CUDA GPU is available but --device cpu was asked for")
-    return predictor
-
-
-def argv() -> list[str]:
-    return ["matpac", *sys.argv[1:]]

@@ -202,4 +202,4 @@ def _deliver(slots: dict[Feed, Slot], feed: Feed, msg: object, batchers: list[_B
 def _emit_ready(order: collections.deque[Slot], plans: list[Plan], on_result, events: RunEvents) -> None:
     """Hand on, in input order, every file at the front of the queue that is finished."""
     while order and order[0].finished():
-        hand_on(order.popleft(), plans, on_result, events.failure, events.progress)
+        hand_on(order.popleft(), plans, on_result, events)

@@ -127,19 +127,19 @@ def end_to_end(
     ckpt: Path, folder: Path, out: Path, device: str, precision: str, batch: int, workers: int | None
 ) -> tuple[float, float, np.ndarray, float | None]:
     """`embed` on the folder: rate, audio seconds, embeddings, and the GPU's busy share."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.inference.predictor import Predictor
     from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.pipeline.discovery import discover
 
     pred = Predictor.load(str(ckpt), device, precision)
     items = discover([str(folder)])
+    options = RunOptions(device, precision, batch_size=batch, workers=workers)
     if device.startswith("cuda"):  # warm-up on one file, so kernel selection is not timed
-        embed(
-            items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), batch_size=batch, workers=workers, force=True)
-        )
+        embed(items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), force=True, options=options))
     with GpuBusy(device) as busy:
         t0 = time.perf_counter()
-        summary = embed(items, pred, EmbedConfig(out=out, batch_size=batch, workers=workers, force=True))
+        summary = embed(items, pred, EmbedConfig(out=out, force=True, options=options))
         _sync(pred.device)
         dt = time.perf_counter() - t0
     return summary.audio_s / dt, summary.audio_s, np.load(out), busy.mean

@@ -1,7 +1,11 @@
-"""Frozen settings: the front end every MATPAC checkpoint expects, and the encoder geometry.
+"""Frozen settings: the front end every MATPAC checkpoint expects, the encoder geometry, and a
+run's options.
 
 The front-end numbers are the model contract (shared spec section 1); they are not options.
 The encoder geometry is read off the weights (`EncoderDims.from_state_dict`), never off a name.
+A run's options (`RunOptions`: device, precision, threads, batch size, workers, engine, address)
+are parsed and checked once, when built, and then carried whole by every job's config; `Device`
+is the one parser of a device name, so no other module tests device strings.
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
+
+from matpac_cli.errors import UsageError
 
 PATCH = 16  # patch side, in mel bins and in frames
 
@@ -96,3 +103,103 @@ class EncoderDims:
             n_t=(pos_rows - 1) // n_freq * PATCH,
             n_freq=n_freq,
         )
+
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as matpac spells it: `auto`, `cpu`, `cuda`, `cuda:N` or `mps` (any case).
+
+    The one parser of a device name (`parse`), refused before torch is imported; whether this
+    machine has the device is `predictor.pick_device`'s question, once torch is there. Its
+    properties answer what every module asks of a device, so none tests the string itself."""
+
+    kind: str = "auto"
+    index: int | None = None  # cuda:N only
+
+    @classmethod
+    def parse(cls, name: str | Device | None) -> Device:
+        if isinstance(name, Device):
+            return name
+        text = (name or "auto").lower()
+        match = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d{1,4}))?", text)
+        if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+            raise UsageError(f"device={name}: expected auto, cpu, cuda, cuda:N or mps", settings=("device",))
+        return cls(match.group(1), None if match.group(2) is None else int(match.group(2)))
+
+    @property
+    def name(self) -> str:
+        """The name torch takes (`cuda:1`) and the manifest records."""
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_auto(self) -> bool:
+        return self.kind == "auto"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind == "cpu"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def is_mps(self) -> bool:
+        return self.kind == "mps"
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("local", "ray")
+
+
+def parse_precision(precision: str | None) -> str:
+    """The precision as matpac spells it, refused before torch is imported."""
+    text = (precision or "auto").lower()
+    if text not in PRECISIONS:
+        raise UsageError(f"precision={precision}: expected auto, fp32, bf16 or fp16", settings=("precision",))
+    return text
+
+
+def _count(value: int | None, setting: str) -> int | None:
+    """A count where 0 (like None) means the default."""
+    if value is not None and value < 0:
+        raise UsageError(f"{setting}={value}: give a positive count, or 0 for the default", settings=(setting,))
+    return value or None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run computes, as one value: checked once, when built (the CLI builds it before any
+    model loads; a library call gets the defaults), then carried whole by every job's config to
+    the engine, so no option is passed piecemeal or checked again downstream.
+
+    `batch_size`, `workers` and `threads` None (or 0): the device's default (predictor.default_batch,
+    feed.default_workers; torch's own thread count). `address` is the Ray cluster's (`engine` ray;
+    None: RAY_ADDRESS, else a local Ray instance)."""
+
+    device: Device | str = Device()
+    precision: str = "auto"
+    threads: int | None = None
+    batch_size: int | None = None
+    workers: int | None = None
+    engine: str = "local"
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)
+        set_("device", Device.parse(self.device))
+        set_("precision", parse_precision(self.precision))
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"batch_size={self.batch_size}: give at least 1", settings=("batch_size",))
+        set_("workers", _count(self.workers, "workers"))
+        set_("threads", _count(self.threads, "threads"))
+        engine = (self.engine or "local").lower()
+        if engine not in ENGINES:
+            raise UsageError(f"engine={self.engine}: expected {' or '.join(ENGINES)}", settings=("engine",))
+        set_("engine", engine)

@@ -273,17 +273,18 @@ def clip_items(clips: Path) -> list:
 
 def run_pipeline(predictor, clips, layers, batch_size, frames=True) -> dict:
     """The local engine over every clip with one plan; {file name: result}, no failure allowed."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
+    from matpac_cli.events import Listeners
     from matpac_cli.pipeline.assemble import Plan
 
     results, failures = {}, []
     run(
+        RunOptions(batch_size=batch_size, workers=2),
         clip_items(clips),
         [Plan(predictor, layers=layers, frames=frames)],
-        batch_size=batch_size,
-        workers=2,
+        Listeners(failure=failures.append),
         on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
-        on_failure=failures.append,
     )
     assert failures == []
     return results

@@ -1,7 +1,8 @@
 """The `matpac` command: options -> config -> library call -> messages and exit codes.
 
-One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`); shared option aliases in `_options`,
-stderr rendering in `_common`; the one map from errors to messages and exit codes is `main` here.
+One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`); shared option aliases in
+`_options`, the checks before a run in `_preflight`, stderr rendering in `_reporter`, stdout in `_stdout`, start-up
+tuning in `_startup`; the one map from errors to messages and exit codes is `main` here.
 Only this package imports typer and rich; torch loads inside the commands, so `matpac --help`
 stays instant. Exit codes: 0 all done, 1 some inputs failed, 2 usage/model/weights/output error,
 130 interrupted. Set MATPAC_DEBUG=1 for tracebacks.
@@ -27,7 +28,7 @@ from typing import Annotated
 import typer
 
 from matpac_cli import __version__
-from matpac_cli.cli import _common
+from matpac_cli.cli import _reporter, _stdout
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import models as _models
 from matpac_cli.cli import report as _report
@@ -79,7 +80,7 @@ app.add_typer(_models.app, name="models")
 
 
 def _on_signal(signum, frame) -> None:
-    raise _common.Stopped(143 if signum == signal.SIGTERM else 130)
+    raise _stdout.Stopped(143 if signum == signal.SIGTERM else 130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     except MatpacError as exc:
         _debug()
         sys.stderr.write(for_terminal(f"matpac: error: {flagged(exc)}") + "\n")
-        if isinstance(exc, _common.StdoutError):
+        if isinstance(exc, _stdout.StdoutError):
             _quiet_stdout()  # or Python's exit flush reports the same full disk again
         return exc.exit_code
-    except (_common.Stopped, KeyboardInterrupt) as exc:
+    except (_stdout.Stopped, KeyboardInterrupt) as exc:
         _debug()
         code = getattr(exc, "code", 130)
-        line = f"matpac: {'terminated' if code == 143 else 'interrupted'}{_common.stop_note()}"
+        line = f"matpac: {'terminated' if code == 143 else 'interrupted'}{_reporter.stop_note()}"
         sys.stderr.write(for_terminal(line) + "\n")
         return code
-    except (_common.StdoutClosed, BrokenPipeError):
+    except (_stdout.StdoutClosed, BrokenPipeError):
         _quiet_stdout()
         return 0
     except OSError as exc:  # a machine fault outside matpac's own writers (stdout on a full disk ...)
@@ -134,7 +135,7 @@ def entry() -> None:
     Tearing down after torch costs 0.6-0.7 s, most of it the garbage collector walking torch's
     objects, and does nothing a finished run needs: every output is written, renamed and closed
     by the time `main` returns, so only stdout and stderr are flushed here. The collector also
-    stays off while torch imports and the model loads (`_common.startup_done` turns it back on
+    stays off while torch imports and the model loads (`_startup.startup_done` turns it back on
     and freezes what loading made, and has glibc keep the encoder's freed temporaries for the
     next batch)."""
     gc.disable()

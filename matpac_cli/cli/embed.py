@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    argv,
-    check_model,
-    check_outputs,
-    check_run_options,
-    finish,
-    items_for,
-    named_inputs,
-)
-from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -35,6 +25,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv
 
 
 def embed(
@@ -78,24 +71,16 @@ def embed(
     """
     started = time.monotonic()
     # everything the arguments alone decide, the inputs and the lock come before any model
-    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
+    from matpac_cli.engines import Engine
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.embed import embed as run_embed
     from matpac_cli.outputs import naming
     from matpac_cli.outputs.writers import ensure_writable, locked
 
-    check_engine(engine)
-    config = EmbedConfig(
-        out=out,
-        layer=layer,
-        frames_dir=frames,
-        batch_size=batch_size,
-        workers=workers or None,
-        force=force,
-        engine=engine.lower(),
-        ray_address=ray_address,
-    )
+    check_engine(options)
+    config = EmbedConfig(out=out, layer=layer, frames_dir=frames, force=force, options=options)
     check_config(config)  # --out, --layer, --frames: refused before the model loads
     if failures is not None:
         ensure_writable(failures)
@@ -115,9 +100,10 @@ def embed(
     )
     with locked(*written, *([naming.frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         spec = check_model(model or "matpac-plus")
-        runner = Engine(engine, ray_address, device, precision)
+        runner = Engine(options)
+        config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
         try:
-            predictor = runner.load(spec, threads or None, quiet)
+            predictor = load_on(runner, spec, quiet)
             reporter = Reporter(
                 quiet,
                 items,
@@ -126,17 +112,7 @@ def embed(
                 keeps=f"finished files are kept in {paths['journal']}; run the same command to resume",
             )
             try:
-                summary = run_embed(
-                    items,
-                    predictor,
-                    config,
-                    reporter.advance,
-                    reporter.failure,
-                    argv=argv(),
-                    on_audio=reporter.audio,
-                    on_reused=reporter.reused,
-                    on_warning=reporter.warning,
-                )
+                summary = run_embed(items, predictor, config, reporter, argv())
             finally:
                 reporter.close()
         finally:

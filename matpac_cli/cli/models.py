@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import Reporter
 from matpac_cli.cli._errors import flagged
 from matpac_cli.cli._options import Command, ForceOpt, Group
+from matpac_cli.cli._reporter import Reporter
 
 app = typer.Typer(cls=Group, no_args_is_help=True, help="List, download, verify models and heads; print labels.")
 

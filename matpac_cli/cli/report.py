@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import Reporter
 from matpac_cli.cli._options import QuietOpt
+from matpac_cli.cli._reporter import Reporter
 
 ReportOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The page to write (.html).")]
 EmbeddingsOpt = Annotated[

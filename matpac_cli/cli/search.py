@@ -10,9 +10,7 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import Reporter, SafeStdout, check_outputs, check_run_options, load_predictor
 from matpac_cli.cli._options import (
-    BatchOpt,
     DeviceOpt,
     ExtOpt,
     FailuresOpt,
@@ -22,6 +20,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_outputs, load_predictor, run_options
+from matpac_cli.cli._reporter import Reporter
+from matpac_cli.cli._stdout import SafeStdout
 from matpac_cli.errors import OutputError, UsageError
 
 QueriesArg = Annotated[
@@ -82,6 +83,10 @@ ModelOpt = Annotated[
         ),
     ),
 ]
+QueryBatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", "-b", help="Encoder chunks (6 s each) per batch, across the audio-file queries."),
+]
 LayerOpt = Annotated[
     str | None, typer.Option(help="The layer to search in an `--layer all` index (1-12 or last; default last).")
 ]
@@ -101,7 +106,7 @@ def search(
     layer: LayerOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 16,
+    batch_size: QueryBatchOpt = 16,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     ext: ExtOpt = None,
@@ -120,7 +125,7 @@ def search(
     from matpac_cli.outputs.writers import locked, output_format
 
     started = time.monotonic()
-    _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
+    options = _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
     queries = _listed(queries or [], null)
@@ -135,9 +140,7 @@ def search(
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
-            vectors = _embedded(
-                S, emb, plan, model, held, device, precision, batch_size, workers, threads, quiet, reporter
-            )
+            vectors = _embedded(S, emb, plan, model, held, options, quiet, reporter)
             rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
             _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
         finally:
@@ -166,8 +169,9 @@ def _duplicates(
     raise typer.Exit(0)
 
 
-def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision) -> None:
-    check_run_options(batch_size, workers, threads, device, precision)
+def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision):
+    """The arguments alone, refused before the index is read; the run's options."""
+    options = run_options(device, precision, threads, batch_size, workers)
     if top_k < 0:
         raise UsageError(f"--top-k {top_k}: give 0 (every row) or a positive count")
     if threshold is not None and not -1.0 <= threshold <= 1.0:  # NaN fails both
@@ -176,6 +180,7 @@ def _check_options(queries, top_k, threshold, duplicates, batch_size, workers, t
         raise UsageError("--duplicates compares the index with itself; give no QUERY with it")
     if not duplicates and not queries:
         raise UsageError("give at least one QUERY (a path in the index or an audio file), or --duplicates")
+    return options
 
 
 def _listed(queries: list[str], null: bool) -> list[str]:
@@ -216,13 +221,15 @@ def _extensions(ext: str | None):
     return parse_extensions(ext)
 
 
-def _embedded(S, emb, plan, model, layer, device, precision, batch_size, workers, threads, quiet, reporter) -> dict:
+def _embedded(S, emb, plan, model, layer, options, quiet, reporter) -> dict:
     """Vectors of the audio-file queries, embedded with the index's own (verified) model."""
     if not any(q.path is not None for q in plan):
         return {}
     resolved = S.query_model(emb, model)
-    predictor = load_predictor(resolved, device, precision, threads or None, quiet)
-    return S.embed_queries(plan, predictor, layer, batch_size, workers or None, on_failure=reporter.failure)
+    predictor = load_predictor(resolved, options, quiet)
+    from matpac_cli.events import Listeners
+
+    return S.embed_queries(plan, predictor, layer, options, Listeners(failure=reporter.failure))
 
 
 def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Path | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -9,18 +10,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    SafeStdout,
-    argv,
-    check_model,
-    check_outputs,
-    check_run_options,
-    finish,
-    items_for,
-    named_inputs,
-)
-from matpac_cli.cli._engine import Engine
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -36,6 +25,10 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv
+from matpac_cli.cli._stdout import SafeStdout
 
 ModelTagOpt = Annotated[
     str | None,
@@ -179,9 +172,7 @@ def tag(
     from matpac_cli.outputs.writers import locked
 
     with locked(*written):
-        groups, summary, reporter = _run(
-            items, _check_models(plan), config, target, labels, threads, quiet, failures, started, device, precision
-        )
+        groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, quiet, failures, started)
         if report is not None and target in summary.outputs:
             from matpac_cli.jobs.report import build_report
 
@@ -215,7 +206,7 @@ def _check_arguments(
 ):
     """Everything the arguments alone decide (no torch, no model file read): the run's settings,
     the --out file (None: stdout) and which encoder each head runs on."""
-    check_run_options(batch_size, workers, threads, device, precision)  # before torch is imported
+    options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
     from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.tag import TagConfig
@@ -234,19 +225,16 @@ def _check_arguments(
     for name, _ in plan:
         if name.startswith("hf:"):
             parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
-    check_engine(engine)
+    check_engine(options)
     config = TagConfig(
         top_k=top_k,
         threshold=threshold,
         segments=segments,
         min_segment=min_segment,
         fmt=fmt,
-        batch_size=batch_size,
-        workers=workers or None,
         force=force,
         manifest=manifest,
-        engine=engine.lower(),
-        ray_address=ray_address,
+        options=options,
     )
     return config, target, plan
 
@@ -257,38 +245,25 @@ def _run(
     config,
     target: Path | None,
     labels: Path | None,
-    threads: int | None,
     quiet: bool,
     failures: Path | None,
     started: float,
-    device: str,
-    precision: str,
 ):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
+    from matpac_cli.engines import Engine
     from matpac_cli.jobs.tag import tag as run_tag
     from matpac_cli.outputs import naming
 
-    if config.engine == "local":  # with ray, the cluster's devices count, not the driver's
-        _check_device(device, precision)
-    runner = Engine(config.engine, config.ray_address, device, precision)
+    if config.options.engine == "local":  # with ray, the cluster's devices count, not the driver's
+        _check_device(config.options)
+    runner = Engine(config.options)
+    config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
     try:
-        groups = _load_groups(plan, runner, labels, threads or None, quiet)
+        groups = _load_groups(plan, runner, labels, quiet)
         keeps = f"finished files are kept in {naming.journal(target)}; run the same command to resume" if target else ""
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
-            summary = run_tag(
-                items,
-                groups,
-                config,
-                target,
-                SafeStdout(sys.stdout),
-                reporter.advance,
-                reporter.failure,
-                argv=argv(),
-                on_audio=reporter.audio,
-                on_reused=reporter.reused,
-                on_warning=reporter.warning,
-            )
+            summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter, argv())
         finally:
             reporter.close()
     finally:
@@ -315,7 +290,7 @@ def _check_outputs(
     return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
 
 
-def _load_groups(plan: list, runner: Engine, labels: Path | None, threads: int | None, quiet: bool) -> list:
+def _load_groups(plan: list, runner, labels: Path | None, quiet: bool) -> list:
     """Each encoder of the plan loaded once, with its heads; what will run is said once."""
     from matpac_cli.jobs.tag import Group, build_heads
     from matpac_cli.jobs.tag_plan import describe
@@ -323,7 +298,7 @@ def _load_groups(plan: list, runner: Engine, labels: Path | None, threads: int |
     reporter = Reporter(quiet)
     groups = []
     for model_name, spec, head_names in plan:
-        predictor = runner.load(spec, threads, quiet)
+        predictor = load_on(runner, spec, quiet)
         groups.append(
             Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor)
         )
@@ -367,7 +342,8 @@ def _check_models(plan: list) -> list:
     return [(name, check_model(name), heads) for name, heads in plan]
 
 
-def _check_device(device: str, precision: str) -> None:
+def _check_device(options) -> None:
+    """This machine has the device (and it the precision) before any encoder loads."""
     from matpac_cli.inference.predictor import pick_device, pick_dtype
 
-    pick_dtype(precision, pick_device(device))
+    pick_dtype(options.precision, pick_device(options.device))

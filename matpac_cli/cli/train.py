@@ -8,17 +8,6 @@ from typing import Annotated
 
 import typer
 
-from matpac_cli.cli._common import (
-    Reporter,
-    argv,
-    check_model,
-    check_outputs,
-    check_run_options,
-    finish,
-    load_predictor,
-    named_inputs,
-    startup_done,
-)
 from matpac_cli.cli._options import (
     BatchOpt,
     DeviceOpt,
@@ -31,6 +20,9 @@ from matpac_cli.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from matpac_cli.cli._preflight import check_model, check_outputs, load_predictor, named_inputs, run_options
+from matpac_cli.cli._reporter import Reporter, finish
+from matpac_cli.cli._startup import argv, startup_done
 
 LabelsArg = Annotated[
     Path,
@@ -104,7 +96,7 @@ def train(
     from matpac_cli.pipeline.discovery import parse_extensions
 
     started = time.monotonic()
-    check_run_options(batch_size, workers, threads, device, precision)
+    options = run_options(device, precision, threads, batch_size, workers)
     config = TrainConfig(task=task, val=val, folds=folds, seed=seed, lrs=_rates(lr) if lr else LR_GRID)
     config.check()
     check_head(out, force)
@@ -129,21 +121,7 @@ def train(
             features = from_index(labelled, embeddings)
             startup_done()  # no model loads: the start-up is over
         else:
-            features, code = _embed(
-                labelled,
-                out,
-                embeddings_out,
-                model,
-                device,
-                precision,
-                batch_size,
-                workers,
-                threads,
-                quiet,
-                failures,
-                force,
-                started,
-            )
+            features, code = _embed(labelled, out, embeddings_out, model, options, quiet, failures, force, started)
         check_trainable(features, config)
         _fit(features, config, out, reporter)
         raise typer.Exit(code)
@@ -157,7 +135,7 @@ def _fit(features, config, out: Path, reporter: Reporter) -> None:
         f"matpac: training a {features.labelled.task}-label head on {len(features.x)} files "
         f"({features.x.shape[1]}-d embeddings of {features.encoder.get('name')})"
     )
-    result = run_train(features, config, out, argv(), reporter.warning)
+    result = run_train(features, config, out, argv(), reporter)
     for line in render(result.report):
         reporter.info(line)
     reporter.info(f"matpac: wrote {', '.join(str(p) for p in result.outputs)}")
@@ -197,21 +175,19 @@ def _check_written(
     return check_outputs(outputs, inputs, force, failures, journals=journals)
 
 
-def _embed(
-    labelled, out, cache, model, device, precision, batch_size, workers, threads, quiet, failures, force, started
-):
+def _embed(labelled, out, cache, model, options, quiet, failures, force, started):
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.train_data import embed_labelled
     from matpac_cli.outputs import naming
 
     cache = cache or naming.head_embeddings(out)
-    config = EmbedConfig(out=cache, batch_size=batch_size, workers=workers or None, force=force)
+    config = EmbedConfig(out=cache, force=force, options=options)
     check_config(config)
     if failures is not None:
         from matpac_cli.outputs.writers import ensure_writable
 
         ensure_writable(failures)
-    predictor = load_predictor(check_model(model or "matpac-plus"), device, precision, threads or None, quiet)
+    predictor = load_predictor(check_model(model or "matpac-plus"), options, quiet)
     journal = naming.journal(cache)
     reporter = Reporter(
         quiet,
@@ -221,17 +197,7 @@ def _embed(
         keeps=f"finished files are kept in {journal}; run the same command to resume",
     )
     try:
-        features, summary = embed_labelled(
-            labelled,
-            predictor,
-            config,
-            reporter.advance,
-            reporter.failure,
-            argv(),
-            on_audio=reporter.audio,
-            on_reused=reporter.reused,
-            on_warning=reporter.warning,
-        )
+        features, summary = embed_labelled(labelled, predictor, config, reporter, argv())
     finally:
         reporter.close()
     return features, finish(summary, reporter, "embedded", [predictor])

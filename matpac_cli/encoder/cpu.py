@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import sys
 
 from matpac_cli.errors import UsageError
@@ -50,26 +49,6 @@ def choose(env: str | None = None, vendor: str | None = None) -> str:
     if env not in ("", "auto"):
         raise UsageError(f"MATPAC_CPU_LINEAR={given}: expected plain, onednn or auto")
     return "plain" if (cpu_vendor() if vendor is None else vendor) == "GenuineIntel" else "onednn"
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_device(name: str | None) -> str:
-    """`--device` as matpac spells devices, refused before torch is imported (seconds); whether
-    this machine has it is `predictor.pick_device`'s question, once torch is there."""
-    text = (name or "auto").lower()
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,4})?", text):
-        raise UsageError(f"device={name}: expected auto, cpu, cuda, cuda:N or mps", settings=("device",))
-    return text
-
-
-def check_precision(precision: str | None) -> str:
-    """`--precision`, refused before torch is imported."""
-    text = (precision or "auto").lower()
-    if text not in PRECISIONS:
-        raise UsageError(f"precision={precision}: expected auto, fp32, bf16 or fp16", settings=("precision",))
-    return text
 
 
 def keep_freed_memory() -> bool:

@@ -1,34 +1,79 @@
 """Execution engines: the same jobs, run here (`local`, threads in this process) or on a Ray
-cluster (`ray`, an optional extra). Both take the same plans and call the same callbacks."""
+cluster (`ray`, an optional extra). Both have one shape, `run(options, items, plans, events,
+on_result) -> Ran`: the run's options whole, its news to one events object, each finished file
+to the job's writer. Which device a Ray cluster's actors use is the engine's to say (`Engine`,
+`Ran.device`), never a relabelled predictor's."""
 
 from __future__ import annotations
 
-from matpac_cli.errors import UsageError
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-ENGINES = ("local", "ray")
+from matpac_cli.config import RunOptions
+from matpac_cli.events import NoEvents, RunEvents
+
+if TYPE_CHECKING:  # the CLI checks `--engine` through here before torch is imported
+    from matpac_cli.pipeline.assemble import FileResult, Plan
+    from matpac_cli.pipeline.discovery import Item
 
 
-def check(engine: str) -> str:
-    """`--engine`: refused in one line unless known, and `ray` only where Ray Data is installed."""
-    name = (engine or "local").lower()
-    if name not in ENGINES:
-        raise UsageError(f"engine={engine}: expected {' or '.join(ENGINES)}", settings=("engine",))
-    if name == "ray":
+@dataclass(frozen=True)
+class Ran:
+    """What an engine reports of its run: the tries that reran work whose process (or node) died
+    (Ray's), and the device its encoder ran on when that is not the plans' own predictors' (a Ray
+    cluster's actors, e.g. `cuda`, while the driver's copy sits on its CPU); None: theirs."""
+
+    retries: int = 0
+    device: str | None = None
+
+
+def check(options: RunOptions) -> None:
+    """`ray` only where Ray Data is installed: one line before any model loads (the engine's
+    name itself was checked when the options were built)."""
+    if options.engine == "ray":
         from matpac_cli.engines.ray.driver import require
 
         require()
-    return name
 
 
-def run(engine: str, *args, address: str | None = None, on_warning=None, **kwargs) -> int:
-    """`pipeline.run(items, plans, batch_size, workers, on_result, on_failure, on_progress, on_audio)`
-    on the chosen engine; returns how many tries were reruns of work whose process died (Ray's).
-    `on_warning` hears of a Ray job stopped for making no progress and run again."""
-    if engine == "ray":
+class Engine:
+    """The engine of a run, opened before any model loads. With `ray`, the cluster is reached now
+    (an unreachable one is one line, at once) and decides where the encoder runs (`remote`): the
+    job's `options` then say that device and precision, and the driver loads its own copy on its
+    CPU at that precision (`load_options`), only to describe the run. Locally both are `options`."""
+
+    def __init__(self, options: RunOptions) -> None:
+        check(options)
+        self.cluster, self.remote = None, None
+        self.options = self.load_options = options
+        if options.engine == "ray":
+            from matpac_cli.engines.ray.driver import Cluster
+
+            self.cluster = Cluster(options.address)
+            self.remote, precision = self.cluster.placement(options.device, options.precision)
+            self.options = replace(options, device=self.remote, precision=precision)
+            self.load_options = replace(self.options, device="cpu")
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def run(
+    options: RunOptions,
+    items: Iterable[Item],
+    plans: list[Plan],
+    events: RunEvents | None = None,
+    on_result: Callable[[FileResult], None] = lambda r: None,
+) -> Ran:
+    """Every item through every plan on `options.engine`: each finished file to `on_result` (the
+    job's writer), the run's news to `events` (default: none)."""
+    events = events if events is not None else NoEvents()
+    if options.engine == "ray":
         from matpac_cli.engines.ray.driver import run as run_ray
 
-        return run_ray(*args, address=address, on_warning=on_warning or (lambda text: None), **kwargs)
+        return run_ray(options, items, plans, events, on_result)
     from matpac_cli.engines.local import run as run_local
 
-    run_local(*args, **kwargs)
-    return 0
+    return run_local(options, items, plans, events, on_result)

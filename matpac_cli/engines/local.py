@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from matpac_cli.config import Device, RunOptions
 from matpac_cli.encoder.signal import Window
+from matpac_cli.engines import Ran
 from matpac_cli.errors import InputError
+from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.inference.predictor import Pending, default_batch
 from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
@@ -44,7 +47,7 @@ class _Batcher:
         self.full_length = plan.predictor.fe.chunk_samples(self.n_t)
         self.hop = plan.predictor.fe.chunk_hop(self.n_t)
         self.pooled = not plan.frames  # clip sums and segment means need no per-column results
-        self.ahead = 2 if plan.predictor.device.startswith("cuda") else 0
+        self.ahead = 2 if plan.predictor.on.is_cuda else 0
         self.full: list[tuple[Slot, Window, np.ndarray]] = []
         self.short: list[tuple[Slot, Window, np.ndarray]] = []
         self.in_flight: collections.deque[tuple[Pending, list, float]] = collections.deque()
@@ -114,7 +117,7 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
     them. So one torch thread for the run, unless threads were asked for; restored afterwards."""
     import torch
 
-    if not plans or any(p.predictor.device == "cpu" or p.predictor.threads for p in plans):
+    if not plans or any(Device.parse(p.predictor.device).is_cpu or p.predictor.threads for p in plans):
         yield
         return
     before = torch.get_num_threads()
@@ -126,34 +129,30 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
 
 
 def run(
+    options: RunOptions,
     items: Iterable[Item],
     plans: list[Plan],
-    batch_size: int | None = None,
-    workers: int | None = None,
+    events: RunEvents | None = None,
     on_result: Callable[[FileResult], None] = lambda r: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_audio: Callable[[float], None] = lambda s: None,
-) -> None:
+) -> Ran:
     """Process every item with every plan; results arrive in input order through `on_result`.
 
-    `on_progress` fires once per finished file, `on_audio` per batch with the seconds of audio
-    it covered (first plan only), so a progress display moves during long files too.
+    `events.progress` fires once per finished file, `events.audio` per batch with the seconds of
+    audio it covered (first plan only), so a progress display moves during long files too.
     """
-    if batch_size is None:
-        batch_size = default_batch(plans[0].predictor.device if plans else "cpu")
-    if batch_size < 1:
-        from matpac_cli.errors import UsageError
-
-        raise UsageError("`batch_size` must be at least 1", settings=("batch_size",))
-    batchers = [_Batcher(i, plan, batch_size, on_audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)]
+    events = events if events is not None else NoEvents()
+    device = plans[0].predictor.device if plans else "cpu"
+    batch_size = options.batch_size or default_batch(device)
+    batchers = [
+        _Batcher(i, plan, batch_size, events.audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)
+    ]
     order: collections.deque[Slot] = collections.deque()
     slots: dict[Feed, Slot] = {}
-    workers = workers or default_workers(plans[0].predictor.device if plans else "cpu")
+    workers = options.workers or default_workers(device)
     backlog = max(4 * workers, 16)  # files started but not yet handed on, whatever holds them up
     n_ts = tuple(sorted({b.n_t for b in batchers}))
 
-    emit_ready = lambda: _emit_ready(order, plans, on_result, on_failure, on_progress)  # noqa: E731
+    emit_ready = lambda: _emit_ready(order, plans, on_result, events)  # noqa: E731
 
     def flush() -> None:
         for batcher in batchers:
@@ -181,6 +180,7 @@ def run(
             _deliver(slots, feed, msg, batchers)
             emit_ready()
     flush()
+    return Ran()
 
 
 def _deliver(slots: dict[Feed, Slot], feed: Feed, msg: object, batchers: list[_Batcher]) -> None:
@@ -199,7 +199,7 @@ def _deliver(slots: dict[Feed, Slot], feed: Feed, msg: object, batchers: list[_B
                 batcher.add(slot, w, samples)
 
 
-def _emit_ready(order: collections.deque[Slot], plans: list[Plan], on_result, on_failure, on_progress) -> None:
+def _emit_ready(order: collections.deque[Slot], plans: list[Plan], on_result, events: RunEvents) -> None:
     """Hand on, in input order, every file at the front of the queue that is finished."""
     while order and order[0].finished():
-        hand_on(order.popleft(), plans, on_result, on_failure, on_progress)
+        hand_on(order.popleft(), plans, on_result, events)

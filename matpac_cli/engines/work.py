@@ -1,7 +1,8 @@
 """The units of work an engine ships to other processes, with no Ray in them (engines.ray runs
 them on a cluster): `decode_files` cuts files into chunk rows, `Encoder` turns chunk rows into
 per-chunk sums with the run's encoders loaded once, and `Collector` sums each file's chunks back
-on the driver (in any order, each chunk once) and hands finished files to the job's callbacks.
+on the driver (in any order, each chunk once) and hands finished files to the job's writer and
+events.
 `Attempts` counts each file's decoding tries, so a file whose decoding process dies on every try
 (a crash, an out-of-memory kill) becomes its error after `GIVE_UP` deaths instead of running for
 ever (an encoder actor that dies ends its round instead: engines.ray counts those).
@@ -131,12 +132,11 @@ class Recipe:
 
 class Collector:
     """The driver's side: each file's chunks summed as they come back (in any order, each chunk
-    once), then the file handed on to the job's callbacks."""
+    once), then the file handed on to the job's `on_result` and its `events`."""
 
-    def __init__(self, items: list[Item], plans: list[Plan], on_result, on_failure, on_progress, on_audio) -> None:
+    def __init__(self, items: list[Item], plans: list[Plan], events, on_result) -> None:
         self.items, self.plans = items, plans
-        self.callbacks = (on_result, on_failure, on_progress)
-        self.on_audio = on_audio
+        self.on_result, self.events = on_result, events
         self.slots: dict[int, Slot] = {}
         self.expected: dict[int, dict[int, int]] = {}  # file -> chunks per grid (known once decoded)
         self.seen: dict[int, set] = {}
@@ -161,7 +161,7 @@ class Collector:
             for index, out in outputs:
                 slot.take(index, window, out)
             if grid == self.first_grid:
-                self.on_audio(min(window.length, self.hop) / self.sr)
+                self.events.audio(min(window.length, self.hop) / self.sr)
         self._maybe_done(i, slot)
 
     def _facts(self, i: int, slot: Slot, facts: dict) -> None:
@@ -182,7 +182,7 @@ class Collector:
             return
         self.done.add(i)
         del self.slots[i], self.seen[i], self.expected[i]
-        hand_on(slot, self.plans, *self.callbacks)
+        hand_on(slot, self.plans, self.on_result, self.events)
 
     def finish(self, reason: str = "no result came back from the Ray cluster") -> None:
         """Files the cluster never answered for, or that the job gave up: named, never silently lost."""
@@ -190,7 +190,7 @@ class Collector:
             if i not in self.done:
                 slot = self.slots.pop(i, None) or Slot(item, self.plans)
                 slot.error = InputError(item.name, reason)
-                hand_on(slot, self.plans, *self.callbacks)
+                hand_on(slot, self.plans, self.on_result, self.events)
 
 
 def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarray]:

@@ -12,57 +12,54 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.checkpoints.resolve import Resolved, resolve
-from matpac_cli.config import FRONT_END, EncoderDims, FrontEnd
-from matpac_cli.encoder.cpu import check_device, check_precision
+from matpac_cli.config import FRONT_END, Device, EncoderDims, FrontEnd, parse_precision
 from matpac_cli.encoder.resample import RateChunk, resample_batch
 from matpac_cli.encoder.signal import downmix, windows
 from matpac_cli.errors import InputError, UsageError
 
 
-def pick_device(name: str = "auto") -> str:
-    """`auto` -> cuda, then mps, then cpu; explicit names are checked so typos fail early."""
+def pick_device(name: str | Device = "auto") -> str:
+    """`auto` -> cuda, then mps, then cpu; an explicit device is checked against this machine,
+    so a GPU that is not there fails before any download. The name torch takes."""
     import torch
 
-    name = check_device(name)
-    if name == "auto":
+    device = Device.parse(name)
+    if device.is_auto:
         if torch.cuda.is_available():
             return "cuda"
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if name.startswith("cuda"):
+    if device.is_cuda:
         if not torch.cuda.is_available():
-            raise UsageError(f"device={name}: CUDA is not available on this machine", settings=("device",))
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s)", settings=("device",))
-        return name
-    if name == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("device=mps: MPS is not available on this machine", settings=("device",))
-        return name
-    return name  # cpu
+            raise UsageError(f"device={device}: CUDA is not available on this machine", settings=("device",))
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"device={device}: only {torch.cuda.device_count()} CUDA device(s)", settings=("device",))
+    if device.is_mps and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device=mps: MPS is not available on this machine", settings=("device",))
+    return device.name
 
 
-def default_batch(device: str) -> int:
+def default_batch(device: str | Device) -> int:
     """Chunks per batch when none is asked for. CPU: 8 (fp32, 2 threads, benchmarks/cpu_vs_authors.py
     --batch-sweep: AMD EPYC with AVX-512, oneDNN, 87.6 ms per chunk at 8, 85.6 at 16, 85.8 at 32;
     Intel Xeon, plain layers, 141/141/134/151 ms at 4/8/16/32, within the rounds' spread of
     125-165 up to 16, so the smaller batch and its memory stay); a GPU: 128 (benchmarks/RESULTS.md:
     the encoder's rate still grows to 128 in bf16, and 128 chunks of ViT-B take under 1 GB)."""
-    if device == "cpu":
+    device = Device.parse(device)
+    if device.is_cpu:
         return 8
-    return 128 if device.startswith("cuda") else 16
+    return 128 if device.is_cuda else 16
 
 
-def pick_dtype(precision: str, device: str):
+def pick_dtype(precision: str, device: str | Device):
     """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
     import torch
 
-    precision = check_precision(precision)
+    precision = parse_precision(precision)
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
-        if device.startswith("cuda"):
+        if Device.parse(device).is_cuda:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return table[precision]
@@ -88,6 +85,11 @@ class Predictor:
     def dims(self) -> EncoderDims:
         return self.encoder.dims
 
+    @property
+    def on(self) -> Device:
+        """The device the encoder runs on, parsed (`predictor.on.is_cuda`)."""
+        return Device.parse(self.device)
+
     @classmethod
     def load(
         cls,
@@ -108,7 +110,8 @@ class Predictor:
         from matpac_cli.inference.heads import split_head_keys
 
         dev = pick_device(device)
-        if dev == "cpu" and linear is None:
+        on = Device.parse(dev)
+        if on.is_cpu and linear is None:
             from matpac_cli.encoder.cpu import choose
 
             linear = choose()  # a misspelt MATPAC_CPU_LINEAR is refused before any download
@@ -118,18 +121,18 @@ class Predictor:
         enc_state, head_state = split_head_keys(resolved.load())
         resolved = dataclasses.replace(resolved, state=None)  # do not keep a second copy alive
         dtype = pick_dtype(precision, dev)
-        if dev.startswith("cuda"):
+        if on.is_cuda:
             # the resampler is a convolution in fp32 at any precision: never TF32 (10-bit mantissa)
             torch.backends.cudnn.allow_tf32 = False
             if dtype == torch.float32:  # fp32 means fp32: no TF32 matmuls either
                 torch.backends.cuda.matmul.allow_tf32 = False
         encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
-        if dev == "cpu":
+        if on.is_cpu:
             from matpac_cli.encoder.onednn import pack
 
             pack(encoder, linear)  # oneDNN linear layers where they are the faster (cpu.choose); else plain
         logmel = LogMel().to(dev)
-        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads, resample_on_device=dev != "cpu")
+        return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads, resample_on_device=not on.is_cpu)
 
     def columns(self, waves: np.ndarray, lengths: np.ndarray, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """(B, S) zero-padded 16 kHz chunks with valid lengths -> {layer: (B, C, E) float32}.
@@ -150,7 +153,7 @@ class Predictor:
         """
         import torch
 
-        pinned = self.device.startswith("cuda")  # pinned staging lets the copy overlap the GPU's work
+        pinned = self.on.is_cuda  # pinned staging lets the copy overlap the GPU's work
         lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
         if any(isinstance(c, RateChunk) for c in chunks):
             waves = self._resampled(chunks, pinned)
@@ -180,7 +183,7 @@ class Predictor:
 
         from matpac_cli.encoder.vit import send
 
-        cuda = self.device.startswith("cuda")
+        cuda = self.on.is_cuda
         with torch.inference_mode():
             frames = torch.div(lengths - self.fe.win_length, self.fe.hop_length, rounding_mode="floor") + 1
             widths = torch.div(frames + 15, 16, rounding_mode="floor")  # on the host: no GPU sync

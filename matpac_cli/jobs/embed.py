@@ -11,15 +11,15 @@ numbers (the matrix holds the data), so a finished output does not cost its size
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from matpac_cli import engines
-from matpac_cli.config import FRONT_END, PATCH
+from matpac_cli.config import FRONT_END, PATCH, RunOptions
 from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
+from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import naming, writers
@@ -34,11 +34,8 @@ class EmbedConfig:
     out: Path
     layer: str = "last"  # "last", "all" or "1".."12"
     frames_dir: Path | None = None
-    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
-    workers: int | None = None
     force: bool = False
-    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
 
 
 @dataclass
@@ -51,6 +48,7 @@ class Summary:
     truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
     left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
     retries: int = 0  # tries that reran work whose process died (--engine ray)
+    ran_on: str | None = None  # the device the engine ran the encoder on, if not the predictors' own (Ray's actors)
     streamed: bool = False  # rows went to stdout (`tag --out -`)
 
 
@@ -109,38 +107,23 @@ def embed(
     items: list[Item],
     predictor: Predictor,
     config: EmbedConfig,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
+    events: RunEvents | None = None,
     argv: list[str] | None = None,
-    on_audio: Callable[[float], None] = lambda s: None,
-    on_reused: Callable[[Item, float], None] | None = None,
-    on_warning: Callable[[str], None] = lambda text: None,
 ) -> Summary:
     """Embed `items`, write the outputs, and say what happened.
 
-    `on_reused` hears of files taken from an earlier run (default: `on_progress`); `on_warning`
-    of files that decoded but not as their header promised (embedded as read, marked truncated).
-    """
+    `events` (default: none) hears of each file done, failed or reused from an earlier run, of
+    the audio encoded, and of files that decoded but not as their header promised (embedded as
+    read, marked truncated)."""
     check_config(config)
     paths = naming.embed_outputs(config.out)
     frames = [naming.frames_lock(config.frames_dir)] if config.frames_dir is not None else []
     with writers.locked(*naming.written(paths), *frames):
         writers.clean_stale_temps(paths["matrix"])
-        return _embed(
-            items,
-            predictor,
-            config,
-            paths,
-            on_progress,
-            on_failure,
-            argv,
-            on_audio,
-            on_reused or on_progress,
-            on_warning,
-        )
+        return _embed(items, predictor, config, paths, events if events is not None else NoEvents(), argv)
 
 
-def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_audio, on_reused, on_warning) -> Summary:
+def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
     layers = parse_layers(config.layer, predictor.dims.depth)
     settings = {
         "job": "embed",
@@ -151,11 +134,13 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
     _refuse_overwrite(paths, settings, config.force)
     journal = jr.Journal(paths["journal"], settings, fresh=config.force)
     if journal.damaged:
-        on_warning(f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+        events.warning(
+            f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again"
+        )
     previous = _previous_matrix(journal, paths["matrix"])
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
-    todo = _reuse(items, journal, config, summary, on_reused, shape)
+    todo = _reuse(items, journal, config, summary, events, shape)
     _refuse_foreign_frames(todo, journal, config)
 
     def on_result(res: FileResult) -> None:
@@ -168,7 +153,7 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         if res.truncated:
             meta["truncated"] = list(res.truncated)
             summary.truncated.append(res.item.name)
-            on_warning(
+            events.warning(
                 f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
                 f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
             )
@@ -176,25 +161,10 @@ def _embed(items, predictor, config, paths, on_progress, on_failure, argv, on_au
         summary.done += 1
         summary.audio_s += res.duration_s
 
-    def failed(err: InputError) -> None:
-        summary.failures.append(err)
-        on_failure(err)
-
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     try:
-        summary.retries += engines.run(
-            config.engine,
-            todo,
-            [plan],
-            config.batch_size,
-            config.workers,
-            on_result,
-            failed,
-            on_progress,
-            on_audio,
-            address=config.ray_address,
-            on_warning=on_warning,
-        )
+        ran = engines.run(config.options, todo, [plan], KeepFailures(events, summary.failures), on_result)
+        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         journal.close()
     done = _finished_rows(items, journal, previous)
@@ -275,7 +245,7 @@ def _reuse(
     journal: jr.Journal,
     config: EmbedConfig,
     summary: Summary,
-    on_reused: Callable[[Item, float], None],
+    events: RunEvents,
     shape: tuple[int, ...],
 ) -> list[Item]:
     """Count the files an earlier run finished; return the ones still to compute."""
@@ -289,7 +259,7 @@ def _reuse(
             summary.audio_s += rec.meta["duration_s"]
             if rec.meta.get("truncated"):
                 summary.truncated.append(item.name)
-            on_reused(item, rec.meta["duration_s"])
+            events.reused(item, rec.meta["duration_s"])
         else:
             todo.append(item)
     return todo

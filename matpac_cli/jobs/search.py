@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, UsageError
+from matpac_cli.events import RunEvents
 from matpac_cli.outputs import naming
 from matpac_cli.outputs.readers import Embeddings, read_embeddings
 from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
@@ -40,6 +42,7 @@ SAFE_NORM = 1e30  # rows longer than this are multiplied in float64 (a float32 d
 PAIR_BUDGET = 1 << 20  # pairs of --duplicates held at once (about 20 MiB), however many match
 NEIGHBOUR_COLUMNS = ["query", "rank", "path", "score"]
 DUPLICATE_COLUMNS = ["path_a", "path_b", "score"]
+QUERY_BATCH = 16  # encoder chunks per batch for audio-file queries (`search --batch-size`'s default)
 
 
 # ---------------------------------------------------------------- numerics
@@ -325,12 +328,12 @@ def embed_queries(
     queries: Sequence[Query],
     predictor,
     layer: int | None,
-    batch_size: int = 16,
-    workers: int | None = None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
+    options: RunOptions | None = None,
+    events: RunEvents | None = None,
 ) -> dict[str, np.ndarray]:
     """{query name: clip embedding} for the audio-file queries, through the `embed` job itself
-    (same decoding, chunking and pooling as the index), into a temporary folder."""
+    (same decoding, chunking and pooling as the index), into a temporary folder. `options`
+    default to `QUERY_BATCH` chunks per batch; `events` hear of each query that fails."""
     from matpac_cli.jobs.embed import EmbedConfig, embed
 
     files = [q for q in queries if q.path is not None]
@@ -339,8 +342,8 @@ def embed_queries(
     real = {q.name: os.path.realpath(q.path) for q in files}  # `a.wav` and `./a.wav` are embedded once
     with tempfile.TemporaryDirectory(prefix="matpac-search-") as tmp:
         out = Path(tmp) / "queries.npy"
-        config = EmbedConfig(out=out, layer=str(layer or "last"), batch_size=batch_size, workers=workers)
-        summary = embed([Item(q.name, q.path) for q in files], predictor, config, on_failure=on_failure)
+        config = EmbedConfig(out=out, layer=str(layer or "last"), options=options or RunOptions(batch_size=QUERY_BATCH))
+        summary = embed([Item(q.name, q.path) for q in files], predictor, config, events)
         if not summary.done:
             return {}
         got = read_embeddings(out)

@@ -18,7 +18,9 @@ from typing import TextIO
 
 from matpac_cli import engines
 from matpac_cli.checkpoints.registry import load_registry
-from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.config import RunOptions
+from matpac_cli.errors import OutputError, UsageError
+from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.heads import Head, audioset_head, has_audioset_head, resolve_head
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs.embed import Summary
@@ -40,11 +42,8 @@ class TagConfig:
     segments: bool = False
     min_segment: float = MIN_SEGMENT_S  # seconds; a shorter last segment joins the one before it
     fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
-    batch_size: int | None = None  # None: the device's default (predictor.default_batch)
-    workers: int | None = None
     force: bool = False
-    engine: str = "local"  # or "ray" (engines.ray: a Ray cluster through Ray Data)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
 
 
@@ -82,25 +81,19 @@ def build_heads(names: list[str], predictor: Predictor, labels_file: Path | None
     return heads
 
 
-Callbacks = tuple[Callable[[Item, float], None], Callable[[InputError], None], Callable[[float], None]]
-
-
 def tag(
     items: list[Item],
     groups: list[Group],
     config: TagConfig,
     out: Path | None,
     stdout: TextIO,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
+    events: RunEvents | None = None,
     argv: list[str] | None = None,
-    on_audio: Callable[[float], None] = lambda s: None,
-    on_reused: Callable[[Item, float], None] | None = None,
-    on_warning: Callable[[str], None] = lambda text: None,
 ) -> Summary:
     """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`.
 
-    `on_reused` hears of files taken from an earlier run's journal (default: `on_progress`)."""
+    `events` (default: none) hears of each file done, failed or reused from an earlier run's
+    journal, of the audio encoded, and of files cut short."""
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
     if len(set(names)) != len(names):
@@ -114,7 +107,7 @@ def tag(
     if config.segments:
         settings["min_segment"] = config.min_segment
     summary = Summary()
-    callbacks = (on_progress, _collect(summary, on_failure), on_audio)
+    events = KeepFailures(events if events is not None else NoEvents(), summary.failures)
     man_path = config.manifest or (None if out is None else naming.tags_manifest(out))
     make_manifest = lambda: tag_manifest(groups, settings, config, out, summary, argv)  # noqa: E731
     if out is None:
@@ -123,7 +116,7 @@ def tag(
                 f"fmt={config.fmt} is binary and is not written to stdout; give out=FILE.{config.fmt}",
                 settings=("fmt", "out"),
             )
-        _stream(items, groups, config, stdout, summary, callbacks, on_warning)
+        _stream(items, groups, config, stdout, summary, events)
         summary.streamed = True
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
@@ -131,28 +124,17 @@ def tag(
         return summary
     with writers.locked(out, man_path):
         writers.clean_stale_temps(out)
-        _to_file(
-            items,
-            groups,
-            config,
-            out,
-            settings,
-            summary,
-            callbacks,
-            on_reused or on_progress,
-            (man_path, make_manifest),
-            on_warning,
-        )
+        _to_file(items, groups, config, out, settings, summary, events, (man_path, make_manifest))
     return summary
 
 
-def _truncated(res: FileResult, summary: Summary, on_warning: Callable[[str], None]) -> bool:
+def _truncated(res: FileResult, summary: Summary, events: RunEvents) -> bool:
     """A file that decoded but ended before its header said is tagged as read, said, and marked
     (as `embed` does: the same words, a `truncated` column, the manifest's list)."""
     if not res.truncated:
         return False
     summary.truncated.append(res.item.name)
-    on_warning(
+    events.warning(
         f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
         f"{res.truncated[1]} could be read (file cut short?); tagged what was read"
     )
@@ -165,15 +147,14 @@ def _stream(
     config: TagConfig,
     stdout: TextIO,
     summary: Summary,
-    callbacks: Callbacks,
-    on_warning: Callable[[str], None],
+    events: RunEvents,
 ) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
 
     def on_result(res: FileResult) -> None:
-        cut = _truncated(res, summary, on_warning)
+        cut = _truncated(res, summary, events)
         scores = score(res, groups, config.segments, config.min_segment)
         for row in rows_for(
             res.item.name, heads, scores, config.top_k, config.threshold, config.segments, res.duration_s, cut
@@ -183,20 +164,8 @@ def _stream(
         summary.done += 1
         summary.audio_s += res.duration_s
 
-    on_progress, on_failure, on_audio = callbacks
-    summary.retries += engines.run(
-        config.engine,
-        items,
-        plans,
-        config.batch_size,
-        config.workers,
-        on_result,
-        on_failure,
-        on_progress,
-        on_audio,
-        address=config.ray_address,
-        on_warning=on_warning,
-    )
+    ran = engines.run(config.options, items, plans, events, on_result)
+    summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
 
 
 def _to_file(
@@ -206,16 +175,13 @@ def _to_file(
     out: Path,
     settings: dict,
     summary: Summary,
-    callbacks: Callbacks,
-    on_reused: Callable[[Item, float], None],
+    events: RunEvents,
     manifest_for: tuple[Path, Callable[[], dict]],
-    on_warning: Callable[[str], None],
 ) -> None:
     """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
     manifest (both replace the old ones together). With nothing finished, an earlier output is
     left as it was and not called fresh."""
-    on_progress, on_failure, on_audio = callbacks
-    journal = _open_journal(out, config, settings, on_warning)
+    journal = _open_journal(out, config, settings, events)
     todo = []
     for item in items:
         rec = journal.finished(item)
@@ -224,11 +190,11 @@ def _to_file(
         else:
             summary.reused += 1
             summary.audio_s += rec.meta["duration_s"]
-            on_reused(item, rec.meta["duration_s"])
+            events.reused(item, rec.meta["duration_s"])
 
     def on_journal(res: FileResult) -> None:
         meta = {"duration_s": res.duration_s}
-        if _truncated(res, summary, on_warning):
+        if _truncated(res, summary, events):
             meta["truncated"] = list(res.truncated)
         journal.add(res.item, meta, score(res, groups, config.segments, config.min_segment))
         summary.done += 1
@@ -236,19 +202,8 @@ def _to_file(
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        summary.retries += engines.run(
-            config.engine,
-            todo,
-            plans,
-            config.batch_size,
-            config.workers,
-            on_journal,
-            on_failure,
-            on_progress,
-            on_audio,
-            address=config.ray_address,
-            on_warning=on_warning,
-        )
+        ran = engines.run(config.options, todo, plans, events, on_journal)
+        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         journal.close()
     heads = [h for g in groups for h in g.heads]
@@ -263,7 +218,7 @@ def _to_file(
     summary.outputs.extend([out, man_path])
 
 
-def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Callable[[str], None]) -> jr.Journal:
+def _open_journal(out: Path, config: TagConfig, settings: dict, events: RunEvents) -> jr.Journal:
     """The journal beside `out`: an existing `out` is resumed only from a journal of the same
     settings (else refused without --force), and --force starts a fresh one."""
     journal_path = naming.journal(out)
@@ -286,7 +241,7 @@ def _open_journal(out: Path, config: TagConfig, settings: dict, on_warning: Call
             )
     journal = jr.Journal(journal_path, settings, fresh=config.force)
     if journal.damaged:
-        on_warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
+        events.warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
     return journal
 
 
@@ -334,7 +289,7 @@ def tag_manifest(
         [g.predictor for g in groups], settings, summary, argv, head_info, extra={"truncated": summary.truncated}
     )
     for entry, g in zip(man["models"], groups):
-        entry["device"] = g.predictor.device
+        entry["device"] = summary.ran_on or g.predictor.device
         entry["precision"] = str(g.predictor.dtype).replace("torch.", "")
     man["output"] = {
         "path": str(out) if out is not None else "-",
@@ -346,11 +301,3 @@ def tag_manifest(
     # the files that failed have no rows: named here (the first MANIFEST_FAILURES), so a report can list them
     man["failures"] = [{"path": e.path, "reason": e.reason} for e in summary.failures[:MANIFEST_FAILURES]]
     return man
-
-
-def _collect(summary: Summary, on_failure: Callable[[InputError], None]) -> Callable[[InputError], None]:
-    def failed(err: InputError) -> None:
-        summary.failures.append(err)
-        on_failure(err)
-
-    return failed

@@ -10,7 +10,6 @@ protocol's constants; the head's metadata carries the headline figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from matpac_cli import __version__
 from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 from matpac_cli.errors import OutputError, UsageError
+from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, confusion, per_class_ap, train_probe
 from matpac_cli.jobs.train_data import Features, check_counts
 from matpac_cli.outputs import naming
@@ -67,9 +67,10 @@ def train(
     config: TrainConfig,
     out: Path | None = None,
     argv: list[str] | None = None,
-    on_warning: Callable[[str], None] = lambda text: None,
+    events: RunEvents | None = None,
 ) -> Result:
-    """Train a head on `features` and, with `out`, write it and its report."""
+    """Train a head on `features` and, with `out`, write it and its report; `events.warning`
+    hears of a validation split too small to trust."""
     check_trainable(features, config)
     labelled = features.labelled
     y = labelled.targets()
@@ -77,7 +78,7 @@ def train(
     probe = train_probe(features.x, y, task, len(classes), config)
     warnings = _missing_warnings(y, task, classes, probe) + _small_validation(y, task, probe, config)
     for text in warnings:
-        on_warning(text)
+        (events or NoEvents()).warning(text)
     report = _report(features, config, probe, y, warnings, out, argv)
     head = TrainedHead(
         probe.weight,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,17 +242,15 @@ def embed_labelled(
     labelled: Labelled,
     predictor,
     config,
-    on_progress: Callable = lambda i, s: None,
-    on_failure: Callable = lambda e: None,
+    events=None,
     argv: list[str] | None = None,
-    **callbacks,
 ):
     """Embed the labelled files into `config.out` (an `EmbedConfig`; journalled, resumable) and
-    return (Features of the files that embedded, the embed Summary)."""
+    return (Features of the files that embedded, the embed Summary); `events` as `embed`'s."""
     from matpac_cli.jobs.embed import embed
     from matpac_cli.outputs.readers import read_embeddings
 
-    summary = embed(labelled.items, predictor, config, on_progress, on_failure, argv, **callbacks)
+    summary = embed(labelled.items, predictor, config, events, argv)
     if summary.done + summary.reused == 0:
         raise UsageError(f"{labelled.source}: no labelled file could be embedded")
     emb = read_embeddings(config.out)

@@ -10,7 +10,9 @@ from matpac_cli import __version__
 from matpac_cli.config import FRONT_END
 
 
-def _model(predictor) -> dict:
+def _model(predictor, ran_on: str | None = None) -> dict:
+    """One model's provenance; `ran_on`: the device the engine reported running it on, where
+    that is not the predictor's own (a Ray cluster's actors)."""
     res = predictor.resolved
     return {
         "name": res.name,
@@ -19,7 +21,7 @@ def _model(predictor) -> dict:
         "sha256": res.sha256,
         "geometry": vars(predictor.dims).copy(),
         "precision": str(predictor.dtype).replace("torch.", ""),
-        "device": predictor.device,
+        "device": ran_on or predictor.device,
         "linear": getattr(predictor.encoder, "linear_kind", "plain"),
     }
 
@@ -34,7 +36,7 @@ def manifest(
         "matpac_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": argv if argv is not None else sys.argv,
-        "models": [_model(p) for p in predictors],
+        "models": [_model(p, getattr(summary, "ran_on", None)) for p in predictors],
         "heads": heads,
         "settings": settings,
         "front_end": FRONT_END.as_dict(),

@@ -2,8 +2,8 @@
 
 discover -> decode/resample -> chunk -> batch across files -> encoder -> results. A `Plan` says what
 to compute with one encoder; each chunk's output (`chunk_output`) is summed into its file's `Slot`
-in any order; a finished slot is handed to the job's callbacks (`hand_on`), a file that failed
-to `on_failure`, and the run goes on. The engines (`engines.local`: threads in this process,
+in any order; a finished slot is handed to the job's writer (`hand_on`), a file that failed to
+its events' `failure`, and the run goes on. The engines (`engines.local`: threads in this process,
 `engines.ray`: a Ray cluster) decide where the chunks are cut and encoded.
 """
 
@@ -165,9 +165,10 @@ def chunk_output(plan: Plan, layers: tuple[int, ...], out: dict[int, np.ndarray]
     return ChunkOutput(sums, frames, seg)
 
 
-def hand_on(slot: Slot, plans: list[Plan], on_result, on_failure, on_progress) -> None:
-    """A finished file to its callbacks. A result that is not finite everywhere is that file's
-    error (input far out of range), never a row."""
+def hand_on(slot: Slot, plans: list[Plan], on_result, events) -> None:
+    """A finished file to the job's `on_result`, or as a failure to `events` (`RunEvents`), then
+    its progress. A result that is not finite everywhere is that file's error (input far out of
+    range), never a row."""
     result = slot.result(plans) if slot.error is None else None
     if result is not None and not all(np.isfinite(o.embedding).all() for o in result.outputs):
         slot.error = InputError(
@@ -175,8 +176,8 @@ def hand_on(slot: Slot, plans: list[Plan], on_result, on_failure, on_progress) -
             "the encoder gave NaN or infinite values (samples far outside -1..1?); nothing written for it",
         )
     if slot.error is not None:
-        on_failure(slot.error)
-        on_progress(slot.item, 0.0)
+        events.failure(slot.error)
+        events.progress(slot.item, 0.0)
     else:
         on_result(result)
-        on_progress(slot.item, slot.duration_s)
+        events.progress(slot.item, slot.duration_s)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from matpac_cli.config import Device
 from matpac_cli.encoder.resample import StreamResampler, eligible, resample_batch
 from matpac_cli.errors import InputError, one_line
 from matpac_cli.pipeline.audio import AudioSource
@@ -27,10 +28,10 @@ from matpac_cli.pipeline.chunking import WindowStream
 from matpac_cli.pipeline.discovery import Item
 
 
-def default_workers(device: str = "cpu") -> int:
+def default_workers(device: str | Device = "cpu") -> int:
     """Decoding threads. On a CPU the encoder needs the cores, so a few; a GPU needs feeding."""
     cores = os.cpu_count() or 2
-    if device.startswith("cuda"):
+    if Device.parse(device).is_cuda:
         return max(2, min(16, cores - 2))
     return max(1, min(4, cores - 1))
 

@@ -210,6 +210,7 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, t
 
 def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
     """A journal that still holds payloads (as after kill -9): stop an in-process run at the end."""
+    from matpac_cli.events import Listeners
     from matpac_cli.inference.predictor import Predictor
     from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.pipeline.discovery import discover
@@ -229,7 +230,7 @@ def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
             discover([str(tmp_path / "clips")]),
             Predictor.load(str(tiny), device="cpu"),
             EmbedConfig(out=tmp_path / "e.npy", force=True),
-            on_progress=stop,
+            Listeners(progress=stop),
         )
     return tmp_path / "e.npy.journal"
 

@@ -28,7 +28,9 @@ def tracks(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers):
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
+    from matpac_cli.events import Listeners
     from matpac_cli.inference.predictor import Predictor
     from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.pipeline.discovery import discover
@@ -37,12 +39,11 @@ def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers)
     encoded = [0.0]
     emitted: list[tuple[str, float]] = []
     run(
+        RunOptions(batch_size=16, workers=workers),
         discover([str(tracks)]),
         [Plan(predictor)],
-        batch_size=16,
-        workers=workers,
+        Listeners(audio=lambda s: encoded.__setitem__(0, encoded[0] + s)),
         on_result=lambda r: emitted.append((r.item.name, encoded[0])),
-        on_audio=lambda s: encoded.__setitem__(0, encoded[0] + s),
     )
     assert len(emitted) == 20
     # two batches of audio (the one in hand, the one the tail rides with), plus the other files

@@ -302,6 +302,7 @@ def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
     clean = np.load(tmp_path / "emb.npy")
     # a run killed just after its last record: the journal still holds every payload (a finished
     # run compacts it), so stop one in-process once all three files are journalled
+    from matpac_cli.events import Listeners
     from matpac_cli.inference.predictor import Predictor
     from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.pipeline.discovery import discover
@@ -321,7 +322,7 @@ def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
             discover([str(tmp_path / "d")]),
             Predictor.load(str(tiny), device="cpu"),
             EmbedConfig(out=tmp_path / "emb.npy", force=True),
-            on_progress=stop_after_three,
+            Listeners(progress=stop_after_three),
         )
     journal = tmp_path / "emb.npy.journal"
     data = journal.read_bytes()

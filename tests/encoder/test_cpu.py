@@ -129,8 +129,9 @@ def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tm
     assert _off(library), library  # the process-wide setting is not a library's to make
     program = _placed(f"""
         import json
-        from matpac_cli.cli import _common
-        _common.load_predictor({str(ckpt)!r}, "cpu", "auto", None, quiet=True)  # the commands' way
+        from matpac_cli.cli import _preflight
+        from matpac_cli.config import RunOptions
+        _preflight.load_predictor({str(ckpt)!r}, RunOptions("cpu"), quiet=True)  # the commands' way
         print(json.dumps(placed()))
     """)
     assert _on(program), program

@@ -37,14 +37,17 @@ def _no_allocator_setting(monkeypatch):
 
 
 def _local(items, plan) -> tuple[dict, dict]:
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
+    from matpac_cli.events import Listeners
 
     results, failures = {}, {}
     run(
+        RunOptions(),
         items,
         [plan],
+        Listeners(failure=lambda e: failures.__setitem__(e.path, e.reason)),
         on_result=lambda r: results.__setitem__(r.item.name, r),
-        on_failure=lambda e: failures.__setitem__(e.path, e.reason),
     )
     return results, failures
 
@@ -77,6 +80,7 @@ def _rows(items, plan) -> list[tuple[int, int, int, bytes]]:
 
 def test_rows_in_any_order_and_twice_give_the_local_results(setup):
     from matpac_cli.engines.work import Collector
+    from matpac_cli.events import Listeners
 
     items, plan = setup
     want, want_failed = _local(items, plan)
@@ -87,10 +91,10 @@ def test_rows_in_any_order_and_twice_give_the_local_results(setup):
     collector = Collector(
         items,
         [plan],
+        Listeners(
+            failure=lambda e: failed.__setitem__(e.path, e.reason), progress=lambda i, s: progress.append(i.name)
+        ),
         lambda r: got.__setitem__(r.item.name, r),
-        lambda e: failed.__setitem__(e.path, e.reason),
-        lambda i, s: progress.append(i.name),
-        lambda s: None,
     )
     for row in rows:
         collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
@@ -106,12 +110,13 @@ def test_rows_in_any_order_and_twice_give_the_local_results(setup):
 
 def test_a_file_the_cluster_never_answers_for_is_named(setup):
     from matpac_cli.engines.work import Collector
+    from matpac_cli.events import Listeners
 
     items, plan = setup
     rows = [r for r in _rows(items, plan) if int(r[0]) != 1]
     failed = {}
     collector = Collector(
-        items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: None, lambda s: None
+        items, [plan], Listeners(failure=lambda e: failed.__setitem__(e.path, e.reason)), lambda r: None
     )
     for row in rows:
         collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
@@ -123,6 +128,7 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     """Three tries begun and never ended (their process died): the fourth does not decode the
     file again but sends its facts row with the error; every try after the first is a retry."""
     from matpac_cli.engines.work import Attempts, Collector, decode_files
+    from matpac_cli.events import Listeners
 
     items, plan = setup
     attempts = Attempts()
@@ -133,7 +139,7 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     assert len(rows) == 1 and int(rows[0]["k"][0]) == -1  # the facts row only: nothing decoded
     failed = {}
     collector = Collector(
-        items, [plan], lambda r: None, lambda e: failed.__setitem__(e.path, e.reason), lambda i, s: None, lambda s: None
+        items, [plan], Listeners(failure=lambda e: failed.__setitem__(e.path, e.reason)), lambda r: None
     )
     collector.add(0, 0, -1, rows[0]["data"][0])
     assert failed == {
@@ -176,6 +182,7 @@ def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path)
 
     from matpac_cli.engines.work import Collector, Encoder, Recipe
     from matpac_cli.errors import ModelError
+    from matpac_cli.events import Listeners
 
     items, plan = setup
     wrong = replace(Recipe.of(plan, "cpu", 1), sha256="0" * 64)  # this node's copy is another file
@@ -186,7 +193,7 @@ def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path)
         for n, key in enumerate(("i", "grid", "k", "data"))
     }
     res = encoder(batch)
-    collector = Collector(items, [plan], lambda r: None, lambda e: None, lambda i, s: None, lambda s: None)
+    collector = Collector(items, [plan], Listeners(), lambda r: None)
     with pytest.raises(ModelError, match="is not the driver's: sha256"):
         collector.add(int(res["i"][0]), int(res["grid"][0]), int(res["k"][0]), res["data"][0])
 

@@ -132,7 +132,9 @@ def test_library_batch_size_invariance(predictor, clips, lib_results):
 def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib_results, tmp_path):
     """Four files decode at once and their chunks share batches, yet results and failures come
     back in input order with the values of the one-file-at-a-time run."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
+    from matpac_cli.events import Listeners
     from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.pipeline.discovery import Item
 
@@ -142,12 +144,11 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
     items.insert(5, Item(str(bad), bad))
     seen: list[tuple[str, object]] = []
     run(
+        RunOptions(batch_size=3, workers=4),
         items,
         [Plan(predictor, layers=(1, 2), frames=True)],
-        batch_size=3,
-        workers=4,
+        Listeners(failure=lambda e: seen.append((e.path, e))),
         on_result=lambda r: seen.append((r.item.name, r)),
-        on_failure=lambda e: seen.append((e.path, e)),
     )
     assert [name for name, _ in seen] == [item.name for item in items]
     for name, got in seen:
@@ -162,19 +163,20 @@ def test_interleaved_decoding_keeps_input_order_and_values(predictor, clips, lib
 def test_many_short_files_waiting_on_a_batch_are_flushed(predictor, tmp_path, sd608):
     """More files than may wait at once, each far smaller than a batch: the run neither stalls
     nor drops any, and each keeps its own embedding."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
+    from matpac_cli.events import Listeners
     from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.pipeline.discovery import Item
 
     paths = [write_audio(tmp_path / f"s{i:02d}.wav", 0.3 + 0.05 * i, seed=i) for i in range(40)]
     got: list = []
     run(
+        RunOptions(batch_size=64, workers=1),
         [Item(str(p), p) for p in paths],
         [Plan(predictor)],
-        batch_size=64,
-        workers=1,
+        Listeners(failure=lambda e: pytest.fail(str(e))),
         on_result=got.append,
-        on_failure=lambda e: pytest.fail(str(e)),
     )
     assert [r.item.path for r in got] == paths
     for r in got[::13]:
@@ -187,6 +189,7 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
     keep the process from exiting, even while the caller still holds the exception."""
     import threading
 
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
     from matpac_cli.pipeline.assemble import Plan
     from matpac_cli.pipeline.discovery import Item
@@ -197,7 +200,7 @@ def test_a_failing_callback_stops_the_decoding_threads(predictor, tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full") as caught:
-        run([Item(str(p), p) for p in paths], [Plan(predictor)], batch_size=2, workers=3, on_result=explode)
+        run(RunOptions(batch_size=2, workers=3), [Item(str(p), p) for p in paths], [Plan(predictor)], on_result=explode)
     assert caught.traceback  # the frames stay referenced here
     assert not [t for t in threading.enumerate() if t.name.startswith("matpac-decode")]
 
@@ -227,6 +230,7 @@ def test_gpu_runs_decode_with_one_torch_thread_and_restore_it():
 
 def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     """Two encoders (608 and 992 frames) in the same pass each give their own reference."""
+    from matpac_cli.config import RunOptions
     from matpac_cli.engines.local import run
     from matpac_cli.inference.predictor import Predictor
     from matpac_cli.pipeline.assemble import Plan
@@ -235,10 +239,9 @@ def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
     assert p992.dims.n_t == 992
     results = {}
     run(
+        RunOptions(batch_size=4, workers=1),
         clip_items(clips),
         [Plan(predictor), Plan(p992, frames=True)],
-        batch_size=4,
-        workers=1,
         on_result=lambda r: results.__setitem__(Path(r.item.name).name, r),
     )
     assert sorted(results) == sorted(CLIPS)
@@ -253,12 +256,15 @@ def test_library_two_plans_one_pass(ckpts, clips, predictor, ref608, ref992):
 # Library: embedding.embed (writes emb.npy / emb.csv / frames)
 # ---------------------------------------------------------------------------------------------
 def test_embed_library_layer_all_with_frames(predictor, clips, ref608, tmp_path):
+    from matpac_cli.config import RunOptions
     from matpac_cli.jobs.embed import EmbedConfig, embed
 
     out = tmp_path / "emb.npy"
     frames_dir = tmp_path / "frames"
     summary = embed(
-        clip_items(clips), predictor, EmbedConfig(out=out, layer="all", frames_dir=frames_dir, batch_size=6, workers=2)
+        clip_items(clips),
+        predictor,
+        EmbedConfig(out=out, layer="all", frames_dir=frames_dir, options=RunOptions(batch_size=6, workers=2)),
     )
     assert summary.done == len(CLIPS) and not summary.failures
     X = np.load(out)

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator
 
+from matpac_cli.config import Device
 from matpac_cli.engines.work import RAY_LIMIT
 from matpac_cli.errors import MatpacError, UsageError, one_line
 
@@ -71,15 +72,17 @@ class Cluster:
         has GPUs (`--device auto` or cuda), else the CPUs. The driver loads its own copy on its
         CPU only to describe the run (heads, settings, manifest); it computes nothing."""
         _, gpus = self.resources()
-        device = (device or "auto").lower()
-        if device == "auto":
+        asked = Device.parse(device)
+        if asked.is_auto:
             device = "cuda" if gpus else "cpu"
-        elif device.startswith("cuda"):
+        elif asked.is_cuda:
             if not gpus:
-                raise UsageError(f"device={device}: the Ray cluster has no GPUs", settings=("device",))
+                raise UsageError(f"device={asked}: the Ray cluster has no GPUs", settings=("device",))
             device = "cuda"  # each actor sees its own GPU as device 0
-        elif device != "cpu":
-            raise UsageError(f"device={device}: with engine=ray use auto, cpu or cuda", settings=("device", "engine"))
+        elif not asked.is_cpu:
+            raise UsageError(f"device={asked}: with engine=ray use auto, cpu or cuda", settings=("device", "engine"))
+        else:
+            device = "cpu"
         precision = (precision or "auto").lower()
         if precision == "auto":
             precision = "bf16" if device == "cuda" else "fp32"

@@ -7,7 +7,7 @@ The pipeline has the shape of Ray's own batch-inference examples:
 - an actor pool of callable classes, each loading the run's encoders once (`Predictor`), encodes
   batches of chunks from any files (one GPU per actor where the cluster has GPUs);
 - the driver streams the per-chunk results back, sums each file's chunks with the local
-  engine's `pipeline.Slot`, and hands every finished file to the job's callbacks, so the job code
+  engine's `pipeline.Slot`, and hands every finished file to the job's writer and events, so the job code
   (journal, resume, writers, `--failures`, the summary) is the local one.
 
 A file that fails never fails the job: decoding and encoding catch each file's error and send it
@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from matpac_cli.config import Device, RunOptions
+from matpac_cli.engines import Ran
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
 from matpac_cli.engines.work import (
     GIVE_UP,
@@ -44,7 +46,8 @@ from matpac_cli.engines.work import (
     decode_files,
     died,
 )
-from matpac_cli.errors import InputError, MatpacError, one_line
+from matpac_cli.errors import MatpacError, one_line
+from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -56,36 +59,28 @@ STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
 def run(
+    options: RunOptions,
     items: Iterable[Item],
     plans: list[Plan],
-    batch_size: int | None = None,
-    workers: int | None = None,
+    events: RunEvents | None = None,
     on_result: Callable = lambda r: None,
-    on_failure: Callable[[InputError], None] = lambda e: None,
-    on_progress: Callable[[Item, float], None] = lambda i, s: None,
-    on_audio: Callable[[float], None] = lambda s: None,
-    address: str | None = None,
-    on_warning: Callable[[str], None] = lambda text: None,
-) -> int:
-    """`pipeline.run`'s contract on a Ray cluster; `workers` is unused (Ray places the tasks).
-    Returns how many tries were reruns of work whose process (or node) died."""
+) -> Ran:
+    """`engines.local.run`'s contract on a Ray cluster (`options.workers` is unused: Ray places
+    the tasks). The actors run the encoder where `Cluster.placement` puts `options.device`; the
+    answer says which device that was, and how many tries were reruns of work whose process (or
+    node) died."""
+    events = events if events is not None else NoEvents()
     items = list(items)
     if not items or not plans:
-        return 0
-    cluster = Cluster(address)
+        return Ran(0, None if options.device.is_auto else options.device.name)
+    cluster = Cluster(options.address)
     ledger = None
     try:
+        device, _ = cluster.placement(options.device, options.precision)
         ledger = _Ledger.start()
-        _run(
-            cluster,
-            items,
-            plans,
-            batch_size,
-            Collector(items, plans, on_result, on_failure, on_progress, on_audio),
-            ledger,
-            on_warning,
-        )
-        return ledger.retries()
+        collector = Collector(items, plans, events, on_result)
+        _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events.warning)
+        return Ran(ledger.retries(), device)
     finally:
         if ledger is not None:
             ledger.stop()
@@ -196,7 +191,7 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     cluster has GPUs; else `--threads` CPUs each (default 1), a quarter of the CPUs left to
     decoding. Room for one decoding task is always kept, or nothing could feed the actors."""
     free = max(cpus - DECODE_CPUS, DECODE_CPUS)
-    if device.startswith("cuda"):
+    if Device.parse(device).is_cuda:
         return max(1, gpus), {"num_gpus": 1, "num_cpus": min(1.0, free / max(gpus, 1))}, threads
     per = min(float(threads or 1), free)
     actors = max(1, min(int(free // per), int((cpus - max(1, cpus // 4)) // per)))
@@ -211,7 +206,7 @@ def _run(
     cluster: Cluster,
     items: list[Item],
     plans: list[Plan],
-    batch_size: int | None,
+    shape: tuple[str, int | None],
     collector: Collector,
     ledger: _Ledger,
     on_warning: Callable[[str], None],
@@ -234,7 +229,7 @@ def _run(
             break
         done = len(collector.done)
         try:
-            _round(cluster, items, left, plans, batch_size, collector, ledger.for_round(round_))
+            _round(cluster, items, left, plans, shape, collector, ledger.for_round(round_))
             break
         except (ExecutionTimeoutError, _Lost) as exc:
             ledger.for_round(round_).dismiss()
@@ -288,16 +283,18 @@ def _round(
     items: list[Item],
     left: list[int],
     plans: list[Plan],
-    batch_size: int | None,
+    shape: tuple[str, int | None],
     collector: Collector,
     ledger: _Ledger,
 ) -> None:
+    """One round on the files `left`; `shape` is the actors' (device, batch size: None for the
+    device's default)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from matpac_cli.inference.predictor import default_batch
 
-    device = plans[0].predictor.device
+    device, batch_size = shape
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
     rows = [
@@ -317,7 +314,7 @@ def _round(
         batch_size=1,
         num_cpus=0,
         concurrency=decoders,
-        fn_kwargs={"n_ts": n_ts, "defer": device != "cpu", "attempts": ledger, "crash_on": crash_on()},
+        fn_kwargs={"n_ts": n_ts, "defer": not Device.parse(device).is_cpu, "attempts": ledger, "crash_on": crash_on()},
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)

@@ -1,9 +1,9 @@
-"""What the person at the terminal sees on stderr: a progress bar, skipped files, the summary."""
+"""What the person at the terminal sees on stderr: a progress bar, skipped files, warnings, the
+line printed when a run is stopped, and the summary."""
 
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -11,56 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from matpac_cli.cli._errors import flagged
+from matpac_cli.cli._startup import startup_done
 from matpac_cli.errors import MatpacError, OutputError
 from matpac_cli.outputs.safetext import for_terminal
-
-
-class Stopped(BaseException):
-    """Ctrl-C (exit 130) or SIGTERM (143), raised by the CLI's signal handlers in the main thread."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class StdoutClosed(BaseException):
-    """The reader of stdout went away (`| head -1`): the run ends quietly, exit 0."""
-
-
-class StdoutError(OutputError):
-    """stdout cannot take the data (`> /dev/full`, a full disk): one line, exit 2."""
-
-
-class SafeStdout:
-    """sys.stdout for data: a closed pipe becomes `StdoutClosed`, any other write error (a full
-    disk) a one-line `StdoutError`, wherever it is written."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stdout
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-        except OSError as exc:
-            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
-
-    def isatty(self) -> bool:
-        """A person's terminal (rows are then shown with control characters escaped)."""
-        try:
-            return self.stream.isatty()
-        except (AttributeError, ValueError, OSError):
-            return False
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-        except OSError as exc:
-            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
-
 
 _ACTIVE: list[Reporter] = []  # the run's reporter, for the line printed when it is stopped
 
@@ -75,7 +28,8 @@ def stop_note() -> str:
 
 
 class Reporter:
-    """stderr messages and a progress display (rich, only on a TTY and without --quiet). Every
+    """The run's events (`events.RunEvents`) as the person at the terminal sees them: stderr
+    messages and a progress display (rich, only on a TTY and without --quiet). Every
     message shows control characters as escapes (`safetext.for_terminal`): a file name or label
     never reaches the terminal as a command.
 
@@ -105,7 +59,7 @@ class Reporter:
         if items:
             _ACTIVE.append(self)
         self.quiet = quiet
-        self.progress = None
+        self.bar = None
         self.total_files = len(items)
         self.files = self.failed = self.reused_files = 0
         self.encoded_s = self.reused_s = 0.0
@@ -114,7 +68,7 @@ class Reporter:
         if not quiet and sys.stderr.isatty() and items:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(
+            self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -123,8 +77,8 @@ class Reporter:
                 console=self.console,
                 transient=True,
             )
-            self.task = self.progress.add_task("matpac", total=None, info="", eta="")
-            self.progress.start()
+            self.task = self.bar.add_task("matpac", total=None, info="", eta="")
+            self.bar.start()
             threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
 
     def _size_run(self, items: list) -> None:
@@ -144,9 +98,9 @@ class Reporter:
     def reused(self, item: object, seconds: float) -> None:
         self.reused_files += 1
         self.reused_s += seconds
-        self.advance(item, 0.0)
+        self.progress(item, 0.0)
 
-    def advance(self, item: object, seconds: float) -> None:
+    def progress(self, item: object, seconds: float) -> None:
         self.files += 1
         self._refresh()
 
@@ -156,7 +110,7 @@ class Reporter:
         self._refresh()
 
     def _refresh(self) -> None:
-        progress = self.progress  # read once: close() may clear it from the main thread meanwhile
+        progress = self.bar  # read once: close() may clear it from the main thread meanwhile
         if progress is None:
             return
         done = self.encoded_s + self.reused_s
@@ -196,9 +150,9 @@ class Reporter:
                 if sys.exc_info()[1] is None:  # nothing propagating: this is the run's error
                     raise
                 self.warning(f"{flagged(exc)} (the list of failed files so far is lost)")
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _audio(seconds: float | None) -> str:
@@ -237,7 +191,8 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         f"{len(summary.failures)} failed; {computed}"
     )
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
-    ran = sorted({f"{p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
+    device = getattr(summary, "ran_on", None)  # where the engine ran the encoder, if not on the predictors' own
+    ran = sorted({f"{device or p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"
@@ -256,107 +211,3 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         line += "; wrote nothing" + (f" ({left} from an earlier run, left as it was)" if left else "")
     reporter.info(line)
     return 1 if summary.failures else 0
-
-
-def check_run_options(
-    batch_size: int | None, workers: int | None, threads: int | None, device: str = "auto", precision: str = "auto"
-) -> None:
-    """Option errors that depend only on the arguments: refused before anything loads (torch
-    included: `--precision fp8` is refused at once)."""
-    from matpac_cli.encoder.cpu import check_device, check_precision
-    from matpac_cli.errors import UsageError
-
-    check_device(device)
-    check_precision(precision)
-
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"batch_size={batch_size}: give at least 1", settings=("batch_size",))
-    if workers is not None and workers < 0:
-        raise UsageError(f"workers={workers}: give a positive count, or 0 for the default", settings=("workers",))
-    if threads is not None and threads < 0:
-        raise UsageError(f"threads={threads}: give a positive count, or 0 for the default", settings=("threads",))
-    from matpac_cli.encoder.cpu import choose
-
-    choose()  # a misspelt MATPAC_CPU_LINEAR is refused now, not after a download
-
-
-def items_for(inputs: list[str], ext: str | None, null: bool):
-    from matpac_cli.pipeline.discovery import discover, parse_extensions
-
-    items = discover(inputs, parse_extensions(ext), sys.stdin, null)
-    if not items:
-        raise MatpacError(f"no audio files found in {' '.join(inputs)}")
-    if "-" not in inputs and all(item.problem or not os.path.lexists(item.path) for item in items):
-        # nothing to do at all: said now, not after a model download (one missing input among
-        # others fails as that file, and the run goes on)
-        why = [f"{item.name}: {item.problem}" if item.problem else f"{item.name} does not exist" for item in items]
-        raise MatpacError(
-            why[0]
-            if len(why) == 1
-            else f"none of the inputs can be read: {'; '.join(why[:5])}{' ...' if len(why) > 5 else ''}"
-        )
-    return items
-
-
-def named_inputs(*names: str | None) -> list:
-    """Files named by options (--model, --head, --labels) as inputs of the run: never outputs."""
-    from matpac_cli.pipeline.discovery import Item
-
-    return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
-
-
-def check_outputs(
-    outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None, journals: Sequence[Path] = ()
-) -> list[Path]:
-    """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
-    model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
-    from matpac_cli.outputs import rules as R
-
-    outputs = {k: Path(v) for k, v in outputs.items() if v is not None}
-    if failures is not None:
-        outputs["--failures"] = Path(failures)
-    R.check_distinct(outputs)
-    R.check_not_inputs(outputs, items)
-    for option, recognise in {**(ours or {}), "--failures": R.is_failures}.items():
-        R.check_ours(outputs.get(option), option, force, recognise)
-    written = [p for p in outputs.values() if p not in journals]
-    R.check_side_files(written, journals)
-    return written
-
-
-def check_model(model: str):
-    """Refuse an unknown model name before anything loads; a local file is resolved (hashed)
-    here once, a registry or hf: name is left for `load_predictor` to download."""
-    from matpac_cli.checkpoints.registry import load_registry
-    from matpac_cli.checkpoints.resolve import resolve
-
-    if model.startswith("hf:") or model in load_registry().models:
-        return model
-    return resolve(model)
-
-
-def startup_done() -> None:
-    """Imports and model loading are over: freeze what they made (the collector never walks it
-    again), turn the collector back on (`entry` turned it off), and have glibc keep each batch's
-    freed temporaries for the next (`cpu.keep_freed_memory`: this process is the program's own)."""
-    from matpac_cli.encoder.cpu import keep_freed_memory
-
-    gc.freeze()
-    gc.enable()
-    keep_freed_memory()
-
-
-def load_predictor(model, device: str, precision: str, threads: int | None, quiet: bool, note: bool = True):
-    import torch
-
-    from matpac_cli.inference.predictor import Predictor
-
-    predictor = Predictor.load(model, device, precision, threads, progress=not quiet and sys.stderr.isatty())
-    startup_done()
-    if note and predictor.device == "cpu" and torch.cuda.is_available() and not quiet:
-        Reporter(quiet).info("matpac: note: a CUDA GPU is available but --device cpu was asked for")
-    return predictor
-
-
-def argv() -> list[str]:
-    return ["matpac", *sys.argv[1:]]

@@ -10,6 +10,7 @@ from the thread that runs the job, never from a decoding thread.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -82,3 +83,13 @@ class KeepFailures:
 
     def __getattr__(self, name: str):
         return getattr(self.events, name)
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What an engine reports of its run: the tries that reran work whose process (or node) died
+    (Ray's), and the device its encoder ran on when that is not the plans' own predictors' (a Ray
+    cluster's actors, e.g. `cuda`, while the driver's copy sits on its CPU); None: theirs."""
+
+    retries: int = 0
+    device: str | None = None

@@ -34,13 +34,6 @@ class Recorder(NoEvents):
         return [c for c in self.calls if c[0] == kind]
 
 
-@pytest.fixture(scope="module")
-def predictor(ckpts):
-    from matpac_cli.inference.predictor import Predictor
-
-    return Predictor.load(str(ckpts["tiny608"]), device="cpu", precision="fp32")
-
-
 def test_a_custom_events_object_hears_the_whole_run(predictor, tmp_path):
     from matpac_cli.config import RunOptions
     from matpac_cli.jobs.embed import EmbedConfig, embed

@@ -36,7 +36,7 @@ def test_each_device_form_parses(text, kind, index, name):
 def test_each_bad_device_is_refused_in_one_line(text):
     with pytest.raises(UsageError) as caught:
         Device.parse(text)
-    assert str(caught.value) == f"--device {text}: expected auto, cpu, cuda, cuda:N or mps"
+    assert str(caught.value) == f"device={text}: expected auto, cpu, cuda, cuda:N or mps"
 
 
 def test_every_device_question_is_answered_by_the_one_parser():
@@ -73,13 +73,13 @@ def test_run_options_default_and_normalise():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"batch_size": 0}, "--batch-size 0: give at least 1"),
-        ({"batch_size": -3}, "--batch-size -3: give at least 1"),
-        ({"workers": -1}, "--workers -1: give a positive count, or 0 for the default"),
-        ({"threads": -2}, "--threads -2: give a positive count, or 0 for the default"),
-        ({"precision": "fp8"}, "--precision fp8: expected auto, fp32, bf16 or fp16"),
-        ({"device": "gpu"}, "--device gpu: expected auto, cpu, cuda, cuda:N or mps"),
-        ({"engine": "spark"}, "--engine spark: expected local or ray"),
+        ({"batch_size": 0}, "batch_size=0: give at least 1"),
+        ({"batch_size": -3}, "batch_size=-3: give at least 1"),
+        ({"workers": -1}, "workers=-1: give a positive count, or 0 for the default"),
+        ({"threads": -2}, "threads=-2: give a positive count, or 0 for the default"),
+        ({"precision": "fp8"}, "precision=fp8: expected auto, fp32, bf16 or fp16"),
+        ({"device": "gpu"}, "device=gpu: expected auto, cpu, cuda, cuda:N or mps"),
+        ({"engine": "spark"}, "engine=spark: expected local or ray"),
     ],
 )
 def test_run_options_are_checked_once_when_built(kwargs, message):

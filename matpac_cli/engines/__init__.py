@@ -7,25 +7,15 @@ to the job's writer. Which device a Ray cluster's actors use is the engine's to 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from matpac_cli.config import RunOptions
-from matpac_cli.events import NoEvents, RunEvents
+from matpac_cli.events import NoEvents, Ran, RunEvents
 
 if TYPE_CHECKING:  # the CLI checks `--engine` through here before torch is imported
     from matpac_cli.pipeline.assemble import FileResult, Plan
     from matpac_cli.pipeline.discovery import Item
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What an engine reports of its run: the tries that reran work whose process (or node) died
-    (Ray's), and the device its encoder ran on when that is not the plans' own predictors' (a Ray
-    cluster's actors, e.g. `cuda`, while the driver's copy sits on its CPU); None: theirs."""
-
-    retries: int = 0
-    device: str | None = None
 
 
 def check(options: RunOptions) -> None:

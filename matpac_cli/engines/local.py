@@ -14,9 +14,8 @@ import numpy as np
 
 from matpac_cli.config import Device, RunOptions
 from matpac_cli.encoder.signal import Window
-from matpac_cli.engines import Ran
 from matpac_cli.errors import InputError
-from matpac_cli.events import NoEvents, RunEvents
+from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.inference.predictor import Pending, default_batch
 from matpac_cli.pipeline.assemble import FileResult, Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from matpac_cli.config import Device, RunOptions
-from matpac_cli.engines import Ran
 from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
 from matpac_cli.engines.work import (
     GIVE_UP,
@@ -47,7 +46,7 @@ from matpac_cli.engines.work import (
     died,
 )
 from matpac_cli.errors import MatpacError, one_line
-from matpac_cli.events import NoEvents, RunEvents
+from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 

@@ -9,18 +9,24 @@ Example (what `matpac embed ./clips --out emb.npy` runs, and an array embedded d
 
     from pathlib import Path
     import soundfile as sf
-    from matpac_cli import EmbedConfig, Predictor, discover, embed
+    from matpac_cli import EmbedConfig, Listeners, Predictor, RunOptions, discover, embed
 
     model = Predictor.load("matpac-plus", device="auto")  # a name, a checkpoint file or hf:OWNER/REPO
     samples, sample_rate = sf.read("clips/a.wav", dtype="float32")
     vec = model.embed(samples, sample_rate)  # (3840,) clip embedding, layer 12
-    summary = embed(discover(["./clips"]), model, EmbedConfig(out=Path("emb.npy")))
+    config = EmbedConfig(out=Path("emb.npy"), options=RunOptions(batch_size=16, workers=2))
+    summary = embed(discover(["./clips"]), model, config, events=Listeners(failure=print))
 
 The public names:
 
   Models      Predictor (load once: .load(name), .embed(samples, rate)), resolve (a model name,
               file or hf: spec -> a verified local file), keep_freed_memory (the CPU speed-up
               the `matpac` program applies once a model has loaded)
+  Options     RunOptions (device, precision, threads, batch_size, workers, engine, address:
+              checked once when built; carried by EmbedConfig and TagConfig), Device (the one
+              parser of a device name)
+  Events      RunEvents (what a run reports: progress, failure, audio, reused, warning),
+              NoEvents (the silent default, to subclass), Listeners (plain functions per event)
   Inputs      discover (folders and paths -> Items), Item
   Embed       embed, EmbedConfig, Summary (what a run did)
   Tag         tag, TagConfig, Group (one encoder and its heads), build_heads
@@ -44,6 +50,11 @@ _HOMES = {
     "Predictor": "matpac_cli.inference.predictor",
     "resolve": "matpac_cli.checkpoints.resolve",
     "keep_freed_memory": "matpac_cli.encoder.cpu",
+    "RunOptions": "matpac_cli.config",
+    "Device": "matpac_cli.config",
+    "RunEvents": "matpac_cli.events",
+    "NoEvents": "matpac_cli.events",
+    "Listeners": "matpac_cli.events",
     "discover": "matpac_cli.pipeline.discovery",
     "Item": "matpac_cli.pipeline.discovery",
     "embed": "matpac_cli.jobs.embed",

@@ -1,4 +1,4 @@
-"""Typed errors. The CLI maps each family to an exit code in one place (cli.py).
+"""Typed errors. The CLI maps each family to an exit code in one place (cli/__init__.py).
 
 Exit codes: 1 when some inputs failed (InputError is per file and never stops a run),
 2 for usage, model, weights or output errors (the run cannot go on).

@@ -73,7 +73,7 @@ def test_help_shows_the_api():
     listed = doc[doc.index("The public names:") :]
     missing = [n for n in matpac_cli.__all__ if n not in listed.replace(",", " ").replace("(", " ").split()]
     assert not missing, f"public names not listed in matpac_cli's docstring: {missing}"
-    assert "from matpac_cli import EmbedConfig, Predictor, discover, embed" in doc
+    assert "from matpac_cli import EmbedConfig, Listeners, Predictor, RunOptions, discover, embed" in doc
     text = pydoc.render_doc(matpac_cli, renderer=pydoc.plaintext)
     assert "Predictor.load(" in text
     for name in ("embed", "tag", "discover", "nearest", "train", "read_embeddings", "resolve"):

@@ -3,7 +3,7 @@
 Pickles are only read with `torch.load(weights_only=True)` (no code in a checkpoint ever runs);
 every tensor must be finite; keys are mapped onto the release layout (model contract section 6)
 and checked strictly against the encoder. Nothing here downloads (`downloads.py`) or resolves
-names (`weights.py`).
+names (`resolve.py`).
 """
 
 from __future__ import annotations

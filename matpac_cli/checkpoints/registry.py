@@ -1,7 +1,7 @@
 """The weight registry shipped in the wheel (`weights/registry.toml` and `weights/labels/`).
 
 Plain data: which models and heads exist, where they live, how their outputs are read. Nothing
-here downloads; `weights.py` turns a spec into a local file.
+here downloads; `resolve.py` turns a spec into a local file.
 """
 
 from __future__ import annotations

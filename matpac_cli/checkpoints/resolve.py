@@ -1,5 +1,5 @@
 """Resolve a model spec to a verified local checkpoint (downloading through `downloads.py`,
-reading through `checkpoint.py`).
+reading through `checkpoints/read.py`).
 
 A spec is a registry name, a local file (`.pt`/`.pth` release layout or `.safetensors`), or
 `hf:OWNER/REPO[@REVISION]`. Registry models come from the Hugging Face Hub through

@@ -61,7 +61,7 @@ def named_inputs(*names: str | None) -> list:
 def check_outputs(
     outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None, journals: Sequence[Path] = ()
 ) -> list[Path]:
-    """`--out`'s rules for every file the run writes (`run_outputs`), before the lock and any
+    """`--out`'s rules for every file the run writes (`outputs.rules`), before the lock and any
     model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
     from matpac_cli.outputs import rules as R
 

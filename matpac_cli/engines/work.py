@@ -33,6 +33,10 @@ from matpac_cli.errors import InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
 
+# The feed, and torch with it, load here, in the worker's main thread as it unpickles its task: a
+# first `import torch` in two of Ray Data's threads at once fails half-initialised.
+from matpac_cli.pipeline.feed import END, Feed
+
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
@@ -223,7 +227,6 @@ def decode_files(
 
 
 def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -> Iterator[dict[str, np.ndarray]]:
-    from matpac_cli.pipeline.feed import END, Feed
 
     messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
     feed = Feed(item, messages, n_ts, defer)

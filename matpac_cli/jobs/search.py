@@ -290,7 +290,7 @@ def plan_queries(
 
 
 def query_model(emb: Embeddings, model: str | None = None):
-    """The model that made the index, resolved and verified (a `weights.Resolved` for
+    """The model that made the index, resolved and verified (a `checkpoints.resolve.Resolved` for
     `Predictor.load`): the manifest's, or `model` in its place (same sha256 where recorded)."""
     from matpac_cli.checkpoints.resolve import resolve
     from matpac_cli.errors import ModelError

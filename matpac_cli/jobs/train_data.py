@@ -6,7 +6,7 @@ several rows has several labels, and relative paths are taken from the CSV's fol
 auto` makes the task multi-label when any file has two labels. A file named twice (`a.wav`,
 `./a.wav`, a symlink) is one file, with the union of its labels.
 
-Embeddings come from the embedding pipeline (`embedding.embed` into a cache beside the head,
+Embeddings come from the embedding pipeline (`jobs.embed.embed` into a cache beside the head,
 so an interrupted run resumes and a re-run reuses them) or from an earlier `matpac embed`
 output, read through `readers.read_embeddings` and matched by path: the path as the index
 names it, or the same real file.

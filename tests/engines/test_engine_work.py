@@ -208,3 +208,13 @@ def test_actors_use_the_drivers_linear_layers(setup, monkeypatch):
     assert recipe.linear == plan.predictor.encoder.linear_kind
     monkeypatch.setenv("MATPAC_CPU_LINEAR", "plain" if recipe.linear == "onednn" else "onednn")
     assert recipe.load().predictor.encoder.linear_kind == recipe.linear
+
+
+def test_a_worker_loads_torch_as_it_unpickles_its_task_not_in_decoding_threads():
+    """Ray Data runs a decode task's UDF in threads; a first `import torch` in two of them at once
+    fails half-initialised ('torch has no attribute _subclasses'). Importing the worker module
+    (what unpickling a task does, in the worker's main thread) must load torch first."""
+    import subprocess
+
+    code = "import sys, matpac_cli.engines.work; sys.exit(0 if 'torch' in sys.modules else 3)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

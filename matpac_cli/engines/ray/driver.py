@@ -3,7 +3,7 @@
 The pipeline has the shape of Ray's own batch-inference examples:
 - the driver discovers the files (the local engine's rules) and makes a dataset of them;
 - CPU tasks decode, resample and cut each file into encoder chunks with the local engine's own
-  `decoding.Feed`, so every chunk holds the same samples as a local run;
+  `pipeline.feed.Feed`, so every chunk holds the same samples as a local run;
 - an actor pool of callable classes, each loading the run's encoders once (`Predictor`), encodes
   batches of chunks from any files (one GPU per actor where the cluster has GPUs);
 - the driver streams the per-chunk results back, sums each file's chunks with the local

@@ -38,6 +38,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from matpac_cli.config import Device, pick_precision
+
 
 def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
     """Full-size ViT-B weights in the release layout (random, but with realistic scales)."""
@@ -79,14 +81,14 @@ def encoder_only(ckpt: Path, device: str, precision: str, batch: int, min_second
     n_t = pred.dims.n_t
     mel = torch.randn(batch, 80, n_t, device=pred.device, dtype=pred.dtype)
     with torch.inference_mode():
-        for _ in range(3 if device.startswith("cuda") else 1):  # warm-up: kernel choice, caches
+        for _ in range(3 if Device.parse(device).is_cuda else 1):  # warm-up: kernel choice, caches
             pred.encoder(mel)
         _sync(pred.device)
         n, t0 = 0, time.perf_counter()
         while n < 2 * batch or time.perf_counter() - t0 < min_seconds:
             pred.encoder(mel)
             n += batch
-            if device.startswith("cuda") and n % (8 * batch) == 0:
+            if Device.parse(device).is_cuda and n % (8 * batch) == 0:
                 _sync(pred.device)  # keep the clock honest: launches run ahead of the GPU
         _sync(pred.device)
         dt = time.perf_counter() - t0
@@ -100,7 +102,7 @@ class GpuBusy:
         self.device, self.samples, self._stop = device, [], threading.Event()
 
     def __enter__(self) -> GpuBusy:
-        if self.device.startswith("cuda"):
+        if Device.parse(self.device).is_cuda:
             try:
                 torch.cuda.utilization(torch.device(self.device))
             except Exception:  # noqa: BLE001 - NVML missing: report no figure
@@ -135,7 +137,7 @@ def end_to_end(
     pred = Predictor.load(str(ckpt), device, precision)
     items = discover([str(folder)])
     options = RunOptions(device, precision, batch_size=batch, workers=workers)
-    if device.startswith("cuda"):  # warm-up on one file, so kernel selection is not timed
+    if Device.parse(device).is_cuda:  # warm-up on one file, so kernel selection is not timed
         embed(items[:1], pred, EmbedConfig(out=out.with_name("warmup.npy"), force=True, options=options))
     with GpuBusy(device) as busy:
         t0 = time.perf_counter()
@@ -251,7 +253,7 @@ def formats_table(tmp: Path, ckpt: Path, args: argparse.Namespace, precision: st
 def _header(args: argparse.Namespace) -> str:
     from matpac_cli.pipeline.feed import default_workers
 
-    where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
+    where = torch.cuda.get_device_name(torch.device(args.device)) if Device.parse(args.device).is_cuda else "CPU"
     workers = args.workers or default_workers(args.device)
     return (
         f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
@@ -261,7 +263,7 @@ def _header(args: argparse.Namespace) -> str:
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if Device.parse(device).is_cuda:
         torch.cuda.synchronize()
 
 
@@ -334,7 +336,7 @@ def main() -> None:
 
 def sweep(args: argparse.Namespace) -> None:
     """The GPU table of the throughput issue: rates per batch size and precision, and accuracy."""
-    precisions = ["fp32", "fp16", "bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"]
+    precisions = ["fp32", "fp16", "bf16"] if Device.parse(args.device).is_cuda else ["fp32", "bf16"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -362,9 +364,11 @@ def sweep(args: argparse.Namespace) -> None:
                         "max_abs_diff_vs_fp32": diff,
                     }
                 )
-        best = "bf16" if args.device.startswith("cuda") else "fp32"
+        best = pick_precision("auto", args.device)  # what `--precision auto` computes at there
         if args.formats:
-            rows.append({"formats": formats_table(tmp, ckpt, args, best, 128 if args.device.startswith("cuda") else 8)})
+            rows.append(
+                {"formats": formats_table(tmp, ckpt, args, best, 128 if Device.parse(args.device).is_cuda else 8)}
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

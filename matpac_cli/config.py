@@ -11,7 +11,7 @@ is the one parser of a device name, so no other module tests device strings.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -164,6 +164,29 @@ def parse_precision(precision: str | None) -> str:
     if text not in PRECISIONS:
         raise UsageError(f"precision={precision}: expected auto, fp32, bf16 or fp16", settings=("precision",))
     return text
+
+
+def pick_precision(precision: str | None, device: str | Device, bf16: Callable[[], bool] = lambda: True) -> str:
+    """The precision a run computes at, as matpac spells it: `auto` is bf16 on CUDA (fp16 where
+    `bf16()` says the GPU lacks it; asked only on CUDA) and fp32 elsewhere, bf16 being measured
+    slower on CPUs. The one home of the rule: the local predictor and a Ray cluster's actors
+    both take their precision from here."""
+    text = parse_precision(precision)
+    if text != "auto":
+        return text
+    if not Device.parse(device).is_cuda:
+        return "fp32"
+    return "bf16" if bf16() else "fp16"
+
+
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def precision_name(dtype: object) -> str | None:
+    """A torch dtype's name as the precision setting spells it (`torch.bfloat16` -> `bf16`);
+    None for a dtype matpac does not compute at. Takes the dtype as an object so this module
+    never imports torch."""
+    return DTYPE_NAMES.get(str(dtype).removeprefix("torch."))
 
 
 def _count(value: int | None, setting: str) -> int | None:

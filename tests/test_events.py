@@ -104,3 +104,22 @@ def test_the_cli_knows_no_cluster():
     for path in cli.glob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"engines\.ray|^\s*(import|from) ray\b|Cluster\(|placement\(", text, re.M), path.name
+
+
+def test_no_signature_takes_a_callback_for_one_kind_of_news():
+    """The events object travels whole: no function below the CLI takes `on_audio`, `on_warning`
+    (or any `on_<event>`) beside it, so a second path for the same news cannot creep back."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "matpac_cli"
+    kinds = {f"on_{name}" for name in ("progress", "failure", "audio", "reused", "warning")}
+    found = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                found += [f"{path.relative_to(package)}: {a.arg}" for a in args if a.arg in kinds]
+            elif isinstance(node, ast.Attribute) and node.attr in kinds:
+                found.append(f"{path.relative_to(package)}: .{node.attr}")
+    assert found == []

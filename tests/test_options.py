@@ -109,3 +109,59 @@ def test_a_bad_batch_size_is_refused_once_by_the_options(tmp_path):
         if re.search(r"batch_size\s*<\s*1|--batch-size[^\n]*at least 1", p.read_text(encoding="utf-8"))
     ]
     assert homes == ["config.py"], homes
+
+
+def test_the_precision_rule_has_one_home(monkeypatch):
+    """`auto` -> bf16 on CUDA (fp16 without bf16), fp32 elsewhere, decided by
+    `config.pick_precision` alone: the local predictor's dtype and a Ray cluster's placement give
+    the same answer, and no other module spells the rule or the dtype -> name table."""
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from matpac_cli.config import pick_precision, precision_name
+    from matpac_cli.engines.ray.cluster import Cluster
+    from matpac_cli.inference.predictor import pick_dtype
+
+    assert [pick_precision("auto", d) for d in ("cpu", "mps", "cuda", "CUDA:1", Device("cuda", 0))] == [
+        "fp32",
+        "fp32",
+        "bf16",
+        "bf16",
+        "bf16",
+    ]
+    assert pick_precision("auto", "cuda", lambda: False) == "fp16"
+    assert pick_precision("FP16", "cpu") == "fp16" and pick_precision(None, "cpu") == "fp32"
+    with pytest.raises(UsageError, match="precision=fp8: expected auto, fp32, bf16 or fp16"):
+        pick_precision("fp8", "cpu")
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        for device in ("cpu", "cuda"):
+            for precision in ("auto", "fp32", "bf16", "fp16"):
+                assert precision_name(pick_dtype(precision, device)) == pick_precision(
+                    precision, device, lambda bf16=bf16: bf16
+                )
+    cluster = SimpleNamespace(resources=lambda: (4.0, 1))  # a cluster with a GPU: bf16 there
+    for device in ("auto", "cpu", "cuda"):
+        for precision in ("auto", "fp32", "bf16", "fp16"):
+            where, name = Cluster.placement(cluster, device, precision)
+            assert name == pick_precision(precision, where), (device, precision)
+    assert [precision_name(t) for t in (torch.float32, torch.bfloat16, torch.float16, torch.float64)] == [
+        "fp32",
+        "bf16",
+        "fp16",
+        None,
+    ]
+    root = Path(__file__).resolve().parents[1]  # a torch.device's `.type == "cuda"` is not a name test
+    rule = re.compile(
+        r"""["']bf16["'] if |["']bfloat16["']\s*:\s*["']bf16|startswith\(["']cuda|(?<!\.type) == ["']cuda["']"""
+    )
+    homes = sorted(
+        p.relative_to(root).as_posix()
+        for folder in ("matpac_cli", "benchmarks")
+        for p in (root / folder).rglob("*.py")
+        if rule.search(p.read_text(encoding="utf-8"))
+    )
+    assert homes == ["matpac_cli/config.py"], homes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from matpac_cli.cli._errors import flagged
 from matpac_cli.cli._startup import startup_done
+from matpac_cli.config import precision_name
 from matpac_cli.errors import MatpacError, OutputError
 from matpac_cli.outputs.safetext import for_terminal
 
@@ -190,9 +191,8 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
         f"matpac: {verb} {summary.done + summary.reused} file(s): {summary.done} done, {summary.reused} reused, "
         f"{len(summary.failures)} failed; {computed}"
     )
-    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as --precision names them
     device = getattr(summary, "ran_on", None)  # where the engine ran the encoder, if not on the predictors' own
-    ran = sorted({f"{device or p.device}, {short.get(str(p.dtype)[6:], str(p.dtype))}" for p in predictors})
+    ran = sorted({f"{device or p.device}, {precision_name(p.dtype) or p.dtype}" for p in predictors})
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"

@@ -34,12 +34,15 @@ class _Batcher:
     must follow its last chunk within about one batch's compute. So the short queue goes out with
     the next full batch once its oldest chunk has seen one full batch go by, and either queue goes
     out once its oldest chunk has waited longer than a batch takes (`tick`, at least `MIN_WAIT`).
+
+    `events.audio` hears each batch's seconds of audio: the run's events for the first plan, `NoEvents`
+    for the others (every plan encodes the same audio).
     """
 
     MIN_WAIT = 0.25  # seconds; a GPU fills full batches far sooner, a CPU takes longer per batch
 
-    def __init__(self, index: int, plan: Plan, size: int, on_audio: Callable[[float], None]) -> None:
-        self.index, self.plan, self.size, self.on_audio = index, plan, size, on_audio
+    def __init__(self, index: int, plan: Plan, size: int, events: RunEvents) -> None:
+        self.index, self.plan, self.size, self.events = index, plan, size, events
         self.layers = plan.resolved_layers()
         self.run_layers = run_layers(plan)
         self.n_t = plan.predictor.dims.n_t
@@ -106,7 +109,7 @@ class _Batcher:
             slot.take(self.index, w, chunk_output(self.plan, self.layers, out, b, w))
             slot.pending -= 1
         sr = self.plan.predictor.fe.sample_rate
-        self.on_audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
+        self.events.audio(sum(min(w.length, self.hop) for _, w, _ in chunks) / sr)
 
 
 @contextlib.contextmanager
@@ -142,9 +145,7 @@ def run(
     events = events if events is not None else NoEvents()
     device = plans[0].predictor.device if plans else "cpu"
     batch_size = options.batch_size or default_batch(device)
-    batchers = [
-        _Batcher(i, plan, batch_size, events.audio if i == 0 else (lambda s: None)) for i, plan in enumerate(plans)
-    ]
+    batchers = [_Batcher(i, plan, batch_size, events if i == 0 else NoEvents()) for i, plan in enumerate(plans)]
     order: collections.deque[Slot] = collections.deque()
     slots: dict[Feed, Slot] = {}
     workers = options.workers or default_workers(device)

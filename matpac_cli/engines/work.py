@@ -28,6 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from matpac_cli.config import precision_name
 from matpac_cli.encoder import cpu
 from matpac_cli.errors import InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
@@ -37,7 +38,6 @@ from matpac_cli.pipeline.discovery import Item
 # first `import torch` in two of Ray Data's threads at once fails half-initialised.
 from matpac_cli.pipeline.feed import END, Feed
 
-PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
 TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
@@ -112,7 +112,7 @@ class Recipe:
             str(Path(p.resolved.path).absolute()),
             p.resolved.sha256,
             device,
-            PRECISION.get(str(p.dtype).replace("torch.", ""), "fp32"),
+            precision_name(p.dtype) or "fp32",
             threads,
             plan.resolved_layers(),
             plan.frames,

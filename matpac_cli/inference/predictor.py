@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.checkpoints.resolve import Resolved, resolve
-from matpac_cli.config import FRONT_END, Device, EncoderDims, FrontEnd, parse_precision
+from matpac_cli.config import FRONT_END, Device, EncoderDims, FrontEnd, pick_precision
 from matpac_cli.encoder.resample import RateChunk, resample_batch
 from matpac_cli.encoder.signal import downmix, windows
 from matpac_cli.errors import InputError, UsageError
@@ -53,16 +53,12 @@ def default_batch(device: str | Device) -> int:
 
 
 def pick_dtype(precision: str, device: str | Device):
-    """fp32 on CPU for `auto` (bf16 measured slower there); bf16 on CUDA when supported."""
+    """The torch dtype of `config.pick_precision` (the rule's one home); bf16 support is asked
+    of torch only on CUDA."""
     import torch
 
-    precision = parse_precision(precision)
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision == "auto":
-        if Device.parse(device).is_cuda:
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return table[precision]
+    return table[pick_precision(precision, device, torch.cuda.is_bf16_supported)]
 
 
 @dataclass

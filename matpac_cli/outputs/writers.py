@@ -133,11 +133,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_matrix(path: Path, rows: Sequence[np.ndarray]) -> None:
-    with Unit() as unit:
-        unit.matrix(path, rows)
-
-
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     with Unit() as unit:
         unit.csv(path, header, rows)

@@ -88,13 +88,67 @@ def test_the_scan_sees_a_flag_in_a_plain_string_and_in_an_f_string():
 
 
 def _settings_named() -> set[str]:
-    """Every setting listed in a `settings=` keyword below cli/ (and in cli/, which raises library errors too)."""
-    names = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.keyword) and node.arg == "settings" and isinstance(node.value, ast.Tuple):
-                names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    """Every setting listed in a `settings=` keyword below cli/ (and in cli/, which raises library
+    errors too). A setting passed as a variable is followed where it can be: a parameter of the
+    function that raises (`settings=(setting,)`, `settings=settings`) counts with its default and
+    with every constant that a call in the package passes for it (`check_out(out, force, "report")`,
+    `_count(self.workers, "workers")`). The gap: a value built at run time or passed on from another
+    error (`settings=exc.settings`) is not seen; the errors it comes from are."""
+    trees = [ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")]
+    names: set[str] = set()
+    params: set[tuple[str, str]] = set()  # (function, parameter) that carry settings
+    for tree in trees:
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.keyword) and node.arg == "settings":
+                    elts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                    names |= {e.value for e in elts if isinstance(e, ast.Constant)}
+                    params |= {(function.name, e.id) for e in elts if isinstance(e, ast.Name)}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(node.name == f for f, _ in params):
+                for name, default in _defaults(node):
+                    names |= _constants(default) if (node.name, name) in params else set()
+            if isinstance(node, ast.Call):
+                names |= _passed(node, params, trees)
     return names
+
+
+def _defaults(function: ast.FunctionDef):
+    """(parameter, default expression) of a function's parameters that have defaults."""
+    positional = function.args.posonlyargs + function.args.args
+    yield from zip([a.arg for a in positional[len(positional) - len(function.args.defaults) :]], function.args.defaults)
+    yield from ((a.arg, d) for a, d in zip(function.args.kwonlyargs, function.args.kw_defaults) if d is not None)
+
+
+def _constants(node: ast.AST) -> set[str]:
+    """The strings of a constant or of a tuple of constants; nothing for anything else."""
+    elts = node.elts if isinstance(node, ast.Tuple) else [node]
+    return {e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+
+
+def _passed(call: ast.Call, params: set[tuple[str, str]], trees: list[ast.AST]) -> set[str]:
+    """The constants `call` passes for a settings-carrying parameter of the function it calls."""
+    callee = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
+    wanted = {p for f, p in params if f == callee}
+    if not wanted:
+        return set()
+    found = {c for k in call.keywords if k.arg in wanted for c in _constants(k.value)}
+    for tree in trees:
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef) and function.name == callee:
+                order = [a.arg for a in function.args.posonlyargs + function.args.args]
+                order = order[1:] if order[:1] == ["self"] else order
+                found |= {c for name, arg in zip(order, call.args) if name in wanted for c in _constants(arg)}
+    return found
+
+
+def test_settings_passed_as_variables_are_seen():
+    """`report` reaches `check_out` only as an argument, `workers` and `threads` reach `_count`
+    only so: the scan must see them, or the table check below would miss their flags."""
+    assert {"report", "workers", "threads", "model", "heads"} <= _settings_named()
 
 
 def test_every_setting_an_error_names_has_its_flag_and_every_flag_is_the_cli_s():
@@ -173,3 +227,84 @@ def test_the_cli_prints_the_flag(tmp_path):
     proc = run_matpac(["tag", "nothing.wav", "--top-k", "-3"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.decode() == "matpac: error: --top-k -3: give 0 (every label) or a positive count\n"
+
+
+def _error_classes(trees: list[ast.AST]) -> set[str]:
+    """`MatpacError` and every class of the package that derives from it, by name."""
+    classes = {"MatpacError"}
+    grown = True
+    while grown:
+        before = len(classes)
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", None)) in classes for b in node.bases
+                ):
+                    classes.add(node.name)
+        grown = len(classes) > before
+    return classes
+
+
+def _setting_forms(text: str) -> set[str]:
+    """The settings of `FLAGS` that `text` names in a form `with_flags` turns into a flag:
+    `name=VALUE` at the start or after a space or `(`, or `` `name` ``."""
+    text = COMMAND.sub("", text)
+    return {name for name in FLAGS if re.search(rf"(?<![^\s(]){re.escape(name)}=", text) or f"`{name}`" in text}
+
+
+def unlisted_settings(tree: ast.AST, classes: set[str]) -> list[tuple[int, str]]:
+    """(line, settings) of every error built with a literal message that names a setting, when the
+    call has no `settings=` or its tuple of constants leaves one out: the CLI would
+    print the Python name where it should print the flag. The gap: a message held in a variable
+    (or built by a helper, `no_network`) is not read here; its `settings=` travels with it."""
+    found = []
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
+        if name not in classes or not call.args:
+            continue
+        named = {n for _, text in _texts(ast.Expression(call.args[0])) for n in _setting_forms(text)}
+        listed = [k.value for k in call.keywords if k.arg == "settings"]
+        if not named or (listed and not isinstance(listed[0], ast.Tuple)):
+            continue  # a variable or an expression: `_settings_named` follows those
+        given = _constants(listed[0]) if listed else set()
+        if not listed or named - given and not any(isinstance(e, ast.Name) for e in listed[0].elts):
+            found.append((call.lineno, ", ".join(sorted(named - given))))
+    return found
+
+
+def _names_some(call: ast.Call) -> bool:
+    return bool(call.args) and any(_setting_forms(text) for _, text in _texts(ast.Expression(call.args[0])))
+
+
+def test_every_message_naming_a_setting_lists_it():
+    """Below cli/, an error whose message says `top_k=3` or `` `force` `` passes `settings=` with
+    those names, so the terminal reads `--top-k 3` and `--force`."""
+    paths = sorted(p for p in PACKAGE.rglob("*.py") if not p.relative_to(PACKAGE).as_posix().startswith("cli/"))
+    trees = {p: ast.parse(p.read_text(), str(p)) for p in paths}
+    classes = _error_classes(list(trees.values()))
+    assert {"UsageError", "OutputError", "InputError", "ModelError", "WeightsError", "ChecksumError"} <= classes
+    named = [c for tree in trees.values() for c in ast.walk(tree) if isinstance(c, ast.Call) and _names_some(c)]
+    assert len(named) > 30  # the scan reads the messages it guards
+    found = [
+        f"{p.relative_to(PACKAGE).as_posix()}:{line}: {names}"
+        for p, tree in trees.items()
+        for line, names in unlisted_settings(tree, classes)
+    ]
+    assert not found, "list the settings a message names in settings=:\n" + "\n".join(found)
+
+
+def test_the_message_scan_sees_a_setting_without_its_settings():
+    code = (
+        'raise UsageError(f"top_k={k}: bad")\n'  # no settings=
+        'raise OutputError("use `force` to replace it", settings=("out",))\n'  # the wrong one
+        'raise InputError(f"x.wav (layer=2) is short")\n'  # after a "("
+        'raise UsageError(f"top_k={k}: bad", settings=("top_k",))\n'  # fine
+        'raise UsageError(f"{setting}={v}: bad", settings=(setting,))\n'  # a variable: followed elsewhere
+        'raise UsageError("run `matpac embed --force`")\n'  # a command line
+        'raise UsageError("file=top_k=3.wav is odd")\n'  # not at a word's start
+        'raise ValueError("top_k=3")\n'  # not a matpac error
+    )
+    found = unlisted_settings(ast.parse(code), {"MatpacError", "UsageError", "OutputError", "InputError"})
+    assert found == [(1, "top_k"), (2, "force"), (3, "layer")]

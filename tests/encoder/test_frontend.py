@@ -90,20 +90,12 @@ def test_resample_skips_16k():
     assert torch.equal(resample(x, 16000), x)
 
 
-def _stream_resampler():
-    from matpac_cli.encoder import resample as frontend
-
-    cls = getattr(frontend, "StreamResampler", None)
-    if cls is None:
-        pytest.skip("no StreamResampler in this version of frontend.py")
-    return cls
-
-
 @pytest.mark.parametrize("sr", [44100, 48000, 22050, 8000, 11025, 16000])
 @pytest.mark.parametrize("blocks", ["irregular", "one_sample_then_big", "single"])
 def test_stream_resampler_equals_whole_file(sr, blocks):
     """Feeding a file block by block gives what resampling it whole gives (spec 1.2)."""
-    StreamResampler = _stream_resampler()
+    from matpac_cli.encoder.resample import StreamResampler
+
     n = int(3.7 * sr) + 7
     x = wave(n, seed=2, sr=sr)
     if blocks == "irregular":
@@ -264,32 +256,6 @@ def test_chunk_logmel_equals_whole_file_frames(n_t, n):
 
 def k0(w, n_t):
     return w.index * n_t
-
-
-def _window_stream():
-    from matpac_cli.pipeline import chunking
-
-    cls = getattr(chunking, "WindowStream", None)
-    if cls is None:
-        pytest.skip("no WindowStream in this version of chunking.py")
-    return cls
-
-
-@pytest.mark.parametrize("n", [399, 400, 97_520, 97_679, 97_680, 195_040, 195_041, 224_000])
-@pytest.mark.parametrize("block", [1_000, 97_520, 97_280, 160_001])
-def test_window_stream_equals_windows(n, block):
-    """Windows cut from a stream of blocks equal `windows()` on the whole, samples included."""
-    WindowStream = _window_stream()
-    x = wave(n, seed=5).numpy()
-    ws = WindowStream(608)
-    got = []
-    for a in range(0, n, block):
-        got += ws.push(x[a : a + block])
-    got += ws.finish()
-    expected = _windows(n)
-    assert [w for w, _ in got] == expected
-    for w, samples in got:
-        np.testing.assert_array_equal(samples, x[w.start : w.start + w.length])
 
 
 # ---------------------------------------------------------------------------------------------

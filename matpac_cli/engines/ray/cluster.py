@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator
 
-from matpac_cli.config import Device
+from matpac_cli.config import Device, pick_precision
 from matpac_cli.engines.work import RAY_LIMIT
 from matpac_cli.errors import MatpacError, UsageError, one_line
 
@@ -83,10 +83,7 @@ class Cluster:
             raise UsageError(f"device={asked}: with engine=ray use auto, cpu or cuda", settings=("device", "engine"))
         else:
             device = "cpu"
-        precision = (precision or "auto").lower()
-        if precision == "auto":
-            precision = "bf16" if device == "cuda" else "fp32"
-        return device, precision
+        return device, pick_precision(precision, device)
 
     def close(self) -> None:
         import ray

@@ -78,7 +78,7 @@ def run(
         device, _ = cluster.placement(options.device, options.precision)
         ledger = _Ledger.start()
         collector = Collector(items, plans, events, on_result)
-        _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events.warning)
+        _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events)
         return Ran(ledger.retries(), device)
     finally:
         if ledger is not None:
@@ -208,7 +208,7 @@ def _run(
     shape: tuple[str, int | None],
     collector: Collector,
     ledger: _Ledger,
-    on_warning: Callable[[str], None],
+    events: RunEvents,
 ) -> None:
     """The job in rounds, each on the files left with an actor pool sized for the cluster as it
     is then. Encoder actors are never restarted (`max_restarts=0`): Ray would restart a lost
@@ -250,7 +250,7 @@ def _run(
                 if isinstance(exc, _Lost)
                 else f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)"
             )
-            on_warning(f"the Ray job {why}; running the {again} file(s) left again")
+            events.warning(f"the Ray job {why}; running the {again} file(s) left again")
     collector.finish()
 
 

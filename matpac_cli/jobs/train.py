@@ -20,7 +20,8 @@ from matpac_cli import __version__
 from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.events import NoEvents, RunEvents
-from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, confusion, per_class_ap, train_probe
+from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, train_probe
+from matpac_cli.jobs.probe_eval import confusion, per_class_ap
 from matpac_cli.jobs.train_data import Features, check_counts
 from matpac_cli.outputs import naming
 

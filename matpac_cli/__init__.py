@@ -61,7 +61,7 @@ _HOMES = {
     "from_index": "matpac_cli.jobs.train_data",
     "embed_labelled": "matpac_cli.jobs.train_data",
     "read_embeddings": "matpac_cli.outputs.readers",
-    "read_tags": "matpac_cli.outputs.readers",
+    "read_tags": "matpac_cli.outputs.tag_readers",
     "build_report": "matpac_cli.jobs.report",
     "MatpacError": "matpac_cli.errors",
     "UsageError": "matpac_cli.errors",

@@ -2,10 +2,10 @@
 
 Writes a random index in the format `matpac embed --out` writes (matrix, row index; no manifest,
 so only path queries), in a temporary folder, then times:
-  (a) `matpac_cli.jobs.search.nearest`, 100 queries x the memory-mapped index, top 10, exact;
+  (a) `matpac_cli.jobs.similarity.nearest`, 100 queries x the memory-mapped index, top 10, exact;
   (b) the `matpac search` program end to end (start-up, reading the row index, writing CSV),
       with the same 100 queries named by their paths;
-  (c) `matpac_cli.jobs.search.duplicates` over the first --dup-rows rows (all pairs, exact).
+  (c) `matpac_cli.jobs.similarity.duplicates` over the first --dup-rows rows (all pairs, exact).
 Each figure is the best of --repeat runs with the index in the page cache (the first run after
 writing it), and a check that (a) equals a float64 numpy cosine on a few queries.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.jobs.search import duplicates, nearest
+from matpac_cli.jobs.similarity import duplicates, nearest
 
 
 def write_index(folder: Path, rows: int, dim: int, seed: int = 0) -> Path:

@@ -24,7 +24,7 @@ def catalog() -> dict:
     from matpac_cli.checkpoints.registry import load_registry
     from matpac_cli.checkpoints.resolve import cached_files, release_base, release_path
     from matpac_cli.errors import WeightsError
-    from matpac_cli.inference.heads import zip_tasks
+    from matpac_cli.inference.probe_zip import zip_tasks
 
     reg = load_registry()
     models = [
@@ -179,7 +179,7 @@ def download_targets(names: list[str]) -> list[str]:
 def _fetch(name: str, force: bool) -> str:
     progress = sys.stderr.isatty()
     if name == "probes":
-        from matpac_cli.inference.heads import probes_dir
+        from matpac_cli.inference.probe_zip import probes_dir
 
         return f"matpac: probe heads ready in {probes_dir(progress=progress, force=force)}"
     from matpac_cli.checkpoints.resolve import resolve
@@ -268,7 +268,8 @@ def _head_tag_ids(head: str) -> tuple[list[str], bool]:
     from matpac_cli.checkpoints.registry import load_registry
     from matpac_cli.checkpoints.trained_head import is_trained_head, load_head
     from matpac_cli.errors import UsageError
-    from matpac_cli.inference.heads import HEAD_SUFFIXES, spec_for_stem
+    from matpac_cli.inference.heads import spec_for_stem
+    from matpac_cli.inference.probe_zip import HEAD_SUFFIXES
 
     path = Path(head).expanduser()
     if path.suffix in HEAD_SUFFIXES:

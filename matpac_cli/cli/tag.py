@@ -144,26 +144,21 @@ def tag(
     started = time.monotonic()
     # the arguments alone, then the inputs, then every output and its lock; only then anything
     # that reads a model file (a local --model is hashed, the probe zip looked for) or loads one
+    options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
     config, target, plan = _check_arguments(
-        head,
-        model,
-        top_k,
-        threshold,
-        out,
-        fmt,
-        manifest,
-        segments,
-        min_segment,
-        batch_size,
-        workers,
-        threads,
-        device,
-        precision,
-        failures,
-        report,
-        force,
-        engine,
-        ray_address,
+        options,
+        head=head,
+        model=model,
+        top_k=top_k,
+        threshold=threshold,
+        out=out,
+        fmt=fmt,
+        manifest=manifest,
+        segments=segments,
+        min_segment=min_segment,
+        failures=failures,
+        report=report,
+        force=force,
     )
     items = items_for(inputs, ext, null)
     written = _check_outputs(
@@ -184,6 +179,8 @@ def tag(
 
 
 def _check_arguments(
+    options,
+    *,
     head,
     model,
     top_k,
@@ -193,20 +190,13 @@ def _check_arguments(
     manifest,
     segments,
     min_segment,
-    batch_size,
-    workers,
-    threads,
-    device,
-    precision,
     failures,
     report,
     force,
-    engine,
-    ray_address,
 ):
-    """Everything the arguments alone decide (no torch, no model file read): the run's settings,
-    the --out file (None: stdout) and which encoder each head runs on."""
-    options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
+    """Everything the arguments alone decide (no torch, no model file read), given the run
+    `options` already checked: the tag settings, the --out file (None: stdout) and which encoder
+    each head runs on. Keyword-only, so no caller depends on the order of thirteen settings."""
     from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.tag import TagConfig

@@ -14,17 +14,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from matpac_cli import engines
-from matpac_cli.config import FRONT_END, PATCH, RunOptions
-from matpac_cli.errors import InputError, MatpacError, OutputError, UsageError
+from matpac_cli.config import RunOptions
+from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
+from matpac_cli.jobs.embed_output import described, finished_rows, previous_matrix, write_matrix
 from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.manifest import manifest
-from matpac_cli.outputs.naming import FRAMES_COLUMNS, INDEX_COLUMNS
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -137,18 +135,57 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
         events.warning(
             f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again"
         )
-    previous = _previous_matrix(journal, paths["matrix"])
+    previous = previous_matrix(journal, paths["matrix"])
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     todo = _reuse(items, journal, config, summary, events, shape)
     _refuse_foreign_frames(todo, journal, config)
+
+    plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
+    on_result = _recorder(config, len(layers), journal, summary, events)
+    try:
+        ran = engines.run(config.options, todo, [plan], KeepFailures(events, summary.failures), on_result)
+        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+    finally:
+        journal.close()
+    done = finished_rows(items, journal, previous)
+    if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
+        journal.discard()  # one this run started, with nothing in it, is not left behind
+        summary.left = [p for p in naming.written(paths) if p.exists()]
+        return summary
+    with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
+        write_matrix(unit, paths, done, shape, config.frames_dir is not None)
+        unit.json(
+            paths["manifest"],
+            manifest(
+                [predictor],
+                settings,
+                summary,
+                argv,
+                heads=[],
+                extra={"truncated": summary.truncated, "output": described(paths, config.frames_dir)},
+            ),
+        )
+    stamp = jr.compact_stamp(paths["matrix"])
+    if stamp is not None:
+        jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
+    summary.outputs = naming.written(paths)
+    if config.frames_dir is not None:
+        summary.outputs.append(config.frames_dir)
+    return summary
+
+
+def _recorder(config, n_layers: int, journal: jr.Journal, summary: Summary, events: RunEvents):
+    """The callback the engine hands each embedded file to: its frames written (with
+    `frames_dir`), its clip embedding journalled at once (so an interrupted run resumes from
+    it), and the summary counted; a file read short is recorded and warned of."""
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
         if config.frames_dir is not None:
             frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
             writers.write_array(naming.frames_file(config.frames_dir, res.item.name), frames)
-        emb = out.embedding[0] if len(layers) == 1 else out.embedding
+        emb = out.embedding[0] if n_layers == 1 else out.embedding
         meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
         if res.truncated:
             meta["truncated"] = list(res.truncated)
@@ -161,83 +198,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
         summary.done += 1
         summary.audio_s += res.duration_s
 
-    plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
-    try:
-        ran = engines.run(config.options, todo, [plan], KeepFailures(events, summary.failures), on_result)
-        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
-    finally:
-        journal.close()
-    done = _finished_rows(items, journal, previous)
-    if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
-        journal.discard()  # one this run started, with nothing in it, is not left behind
-        summary.left = [p for p in naming.written(paths) if p.exists()]
-        return summary
-    with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
-        _write_matrix(unit, paths, done, shape, config.frames_dir is not None)
-        unit.json(
-            paths["manifest"],
-            manifest(
-                [predictor],
-                settings,
-                summary,
-                argv,
-                heads=[],
-                extra={"truncated": summary.truncated, "output": _described(paths, config.frames_dir)},
-            ),
-        )
-    stamp = jr.compact_stamp(paths["matrix"])
-    if stamp is not None:
-        jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
-    summary.outputs = naming.written(paths)
-    if config.frames_dir is not None:
-        summary.outputs.append(config.frames_dir)
-    return summary
-
-
-def _write_matrix(
-    unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...], frames: bool = False
-) -> None:
-    """The matrix and its row index; with `--frames`, each row also names its frames file
-    (relative to the --frames folder) and the seconds between two of its frames."""
-    if "index" in paths:
-        unit.matrix(paths["matrix"], [row for _, _, row in done])
-        unit.csv(paths["index"], INDEX_COLUMNS + (FRAMES_COLUMNS if frames else []), _index_rows(done, frames))
-        return
-    from matpac_cli.outputs import parquet
-
-    with unit.open(paths["matrix"], "wb") as fh:
-        parquet.write_embeddings(
-            fh,
-            [(item.name, rec.meta, row) for item, rec, row in done],
-            shape,
-            frames=[naming.frames_name(item.name) for item, _, _ in done] if frames else None,
-        )
-
-
-FRAME_S = FRONT_END.hop_length * PATCH / FRONT_END.sample_rate  # 0.16 s: one frames row per 16 spectrogram frames
-
-
-def _described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
-    """The manifest's `output`: what was written and how its rows are indexed."""
-    out = paths["matrix"]
-    if "index" in paths:
-        described = {"path": str(out), "format": "npy", "index": str(paths["index"])}
-    else:
-        from matpac_cli.outputs.parquet import EMBED_COLUMNS
-
-        described = {
-            "path": str(out),
-            "format": "parquet",
-            "columns": EMBED_COLUMNS + (["frames"] if frames_dir else []),
-        }
-    if frames_dir is not None:
-        described["frames"] = {
-            "folder": str(frames_dir),
-            "column": "frames",
-            "frame_s": FRAME_S,
-            "window_s": round(FRAME_S + (FRONT_END.win_length - FRONT_END.hop_length) / FRONT_END.sample_rate, 6),
-        }
-    return described
+    return on_result
 
 
 def _reuse(
@@ -288,29 +249,6 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _previous_matrix(journal: jr.Journal, out: Path) -> np.ndarray | None:
-    """The finished matrix a compact journal points into (a .npy memory-mapped, a Parquet
-    table's embedding column read into memory); records whose rows it no longer holds (it was
-    replaced or edited since) are dropped and recomputed."""
-    compact = {k for k, rec in journal.done.items() if "embedding" not in rec.arrays}
-    if not compact:
-        return None
-    if journal.stamp is not None and journal.stamp == jr.compact_stamp(out):
-        try:
-            if out.suffix == ".parquet":
-                from matpac_cli.outputs.parquet import read_matrix
-
-                matrix = read_matrix(out)
-            else:
-                matrix = np.load(out, mmap_mode="r")
-            if all(0 <= journal.done[k].meta.get("row", -1) < len(matrix) for k in compact):
-                return matrix
-        except (OSError, ValueError, MatpacError):
-            pass
-    journal.forget(compact)
-    return None
-
-
 def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
     if force or not paths["matrix"].exists():
         return
@@ -321,30 +259,3 @@ def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> No
             f"{paths['matrix']} was made with another {what}; use `force` to replace it or choose another `out`",
             settings=("model", "layer", "precision", "force", "out"),
         )
-
-
-def _finished_rows(
-    items: list[Item], journal: jr.Journal, previous: np.ndarray | None
-) -> list[tuple[Item, jr.Record, np.ndarray]]:
-    """Every finished file of this input list, in input order, with its embedding: from the
-    journal, or from the earlier matrix a compact journal points into."""
-    done = []
-    for item in items:
-        rec = journal.finished(item)
-        if rec is not None:
-            row = rec.arrays["embedding"] if "embedding" in rec.arrays else previous[rec.meta["row"]]
-            done.append((item, rec, row))
-    return done
-
-
-def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = False):
-    for i, (item, rec, _) in enumerate(done):
-        row = (
-            i,
-            item.name,
-            f"{rec.meta['duration_s']:.3f}",
-            rec.meta["sample_rate"],
-            rec.meta["channels"],
-            1 if rec.meta.get("truncated") else 0,
-        )
-        yield row + ((naming.frames_name(item.name), f"{FRAME_S:g}") if frames else ())

@@ -22,7 +22,8 @@ from pathlib import Path
 from matpac_cli.checkpoints.registry import HeadSpec, load_registry
 from matpac_cli.checkpoints.trained_head import check_planned, default_encoder, is_trained_head
 from matpac_cli.errors import OutputError, UsageError
-from matpac_cli.inference.heads import HEAD_SUFFIXES, check_probes_cached, probe_encoder_unknown
+from matpac_cli.inference.heads import probe_encoder_unknown
+from matpac_cli.inference.probe_zip import HEAD_SUFFIXES, check_probes_cached
 from matpac_cli.outputs import naming
 from matpac_cli.outputs.writers import not_ours
 

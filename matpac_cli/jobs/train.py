@@ -20,7 +20,8 @@ from matpac_cli import __version__
 from matpac_cli.checkpoints.trained_head import TrainedHead, to_bytes
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.events import NoEvents, RunEvents
-from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, confusion, per_class_ap, train_probe
+from matpac_cli.jobs.probe import MAX_BATCH, WEIGHT_DECAY, Probe, TrainConfig, train_probe
+from matpac_cli.jobs.probe_eval import confusion, per_class_ap
 from matpac_cli.jobs.train_data import Features, check_counts
 from matpac_cli.outputs import naming
 
@@ -155,8 +156,6 @@ def _report(
     counts = labelled.counts()
     val_y, scores = y[probe.val_index], probe.val_scores
     val_counts = np.bincount(val_y, minlength=len(classes)) if task == "single" else val_y.sum(0)
-    name = "accuracy" if task == "single" else "macro mAP"
-    folds = config.folds is not None
     report = {
         "matpac_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -172,30 +171,8 @@ def _report(
         "classes": [
             {"name": c, "files": counts[c], "validation_files": int(val_counts[i])} for i, c in enumerate(classes)
         ],
-        "protocol": {
-            "features": "clip embedding, standardised with the training split's mean and std",
-            "model": "one linear layer",
-            "optimizer": "Adam",
-            "weight_decay": WEIGHT_DECAY,
-            "batch_size": f"min({MAX_BATCH}, training files)",
-            "max_epochs": config.max_epochs,
-            "patience": config.patience,
-            "loss": "cross-entropy" if task == "single" else "binary cross-entropy",
-            "selection": f"validation {name}{' of the pooled out-of-fold scores' if folds else ''} "
-            "(ties: lower validation loss)",
-            "lr_grid": list(config.lrs),
-            "seed": config.seed,
-        },
-        "validation": (
-            {"method": "folds", "folds": config.folds, "per_fold": probe.folds}
-            if folds
-            else {
-                "method": "split",
-                "fraction": config.val,
-                "train_files": len(probe.splits[0].train),
-                "validation_files": len(probe.splits[0].val),
-            }
-        ),
+        "protocol": _protocol(config, task),
+        "validation": _validation(config, probe),
         "search": probe.search,
         "chosen": {"lr": probe.lr, "epoch": probe.epoch},
         "metric": _metric(val_y, scores, task, config),
@@ -212,6 +189,38 @@ def _report(
         aps = per_class_ap(val_y, scores)
         report["per_class_ap"] = [{"name": c, "ap": a} for c, a in zip(classes, aps)]
     return _finite(report)
+
+
+def _protocol(config: TrainConfig, task: str) -> dict:
+    """How the head was trained, in words and numbers, so a report says what its figure means."""
+    name = "accuracy" if task == "single" else "macro mAP"
+    folds = config.folds is not None
+    return {
+        "features": "clip embedding, standardised with the training split's mean and std",
+        "model": "one linear layer",
+        "optimizer": "Adam",
+        "weight_decay": WEIGHT_DECAY,
+        "batch_size": f"min({MAX_BATCH}, training files)",
+        "max_epochs": config.max_epochs,
+        "patience": config.patience,
+        "loss": "cross-entropy" if task == "single" else "binary cross-entropy",
+        "selection": f"validation {name}{' of the pooled out-of-fold scores' if folds else ''} "
+        "(ties: lower validation loss)",
+        "lr_grid": list(config.lrs),
+        "seed": config.seed,
+    }
+
+
+def _validation(config: TrainConfig, probe: Probe) -> dict:
+    """Which files validated the head: the folds (with each fold's figure) or the one split."""
+    if config.folds is not None:
+        return {"method": "folds", "folds": config.folds, "per_fold": probe.folds}
+    return {
+        "method": "split",
+        "fraction": config.val,
+        "train_files": len(probe.splits[0].train),
+        "validation_files": len(probe.splits[0].val),
+    }
 
 
 def _metric(val_y: np.ndarray, scores: np.ndarray, task: str, config: TrainConfig) -> dict:

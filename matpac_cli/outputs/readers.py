@@ -1,10 +1,11 @@
-"""Reading matpac's own outputs back: the embedding matrix with its index and manifest, and tag rows.
+"""Reading matpac's own outputs back: the embedding matrix with its index and manifest.
 
 The jobs that build on an earlier run (`train`, `search`, `report`) read through these functions
 and nothing else, so the output formats are parsed in one place, next to the writers. Anything
 that is not what matpac writes is refused with one line naming the file (UsageError, exit 2).
 Embeddings are `X.npy` + `X.csv`, or Parquet (`X.parquet`, one file or a folder of shards, its
-`path` column the index); tags are CSV, JSON Lines or Parquet. The Parquet details are in `parquet`.
+`path` column the index). The Parquet details are in `parquet`; tag outputs are read by
+`tag_readers`, with the manifest and text-file rules kept here (`read_manifest`, `reading`).
 A CSV cell matpac wrote `'`-prefixed for spreadsheets is read back without it (`safetext`).
 """
 
@@ -13,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -25,14 +25,8 @@ import numpy as np
 from matpac_cli.errors import UsageError, one_line
 from matpac_cli.outputs import naming
 from matpac_cli.outputs.manifest import check_manifest
-from matpac_cli.outputs.naming import INDEX_COLUMNS, PARQUET
+from matpac_cli.outputs.naming import INDEX_COLUMNS
 from matpac_cli.outputs.safetext import from_spreadsheet
-
-TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
-DURATION_COLUMN = "duration_s"  # each file's length (optional: tag outputs written before it have none)
-SEGMENT_COLUMNS = ["start_s", "end_s"]
-JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
-TAG_SUFFIXES = (".csv", *JSONL_SUFFIXES, PARQUET)
 
 
 def embeddings_inputs(path: Path) -> list[Path]:
@@ -70,6 +64,7 @@ class Embeddings:
 
 
 def read_manifest(path: Path) -> dict | None:
+    """The manifest beside an output, checked as matpac writes it; None when there is none."""
     if not path.exists():
         return None
     try:
@@ -125,18 +120,18 @@ def _parquet_embeddings(path: Path) -> Embeddings:
 def read_index(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
-    with _reading(path) as fh:
+    with reading(path) as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
             raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
-        _unique_columns(path, reader.fieldnames)
+        unique_columns(path, reader.fieldnames)
         rows = []
         for n, raw in enumerate(reader):
             try:
                 rows.append(
                     {
                         "row": int(raw["row"]),
-                        "path": _path(from_spreadsheet(raw["path"])),
+                        "path": nul_free_path(from_spreadsheet(raw["path"])),
                         "duration_s": float(raw.get("duration_s") or "nan"),
                         "sample_rate": int(raw.get("sample_rate") or 0),
                         "channels": int(raw.get("channels") or 0),
@@ -150,111 +145,8 @@ def read_index(path: Path) -> list[dict]:
     return rows
 
 
-@dataclass
-class Tags:
-    """One tag output, long format: one dict per row with typed values; `segments` when the run
-    had `--segments` (rows with start_s/end_s; clip rows have them as None). `duration_s` is the
-    file's length (None where the output predates the column); a rank-0 row (label, score and
-    tag_id None) says the file was tagged and that head kept no label of it."""
-
-    path: Path
-    rows: list[dict]
-    segments: bool
-    manifest: dict | None
-    heads: list[str] = field(default_factory=list)
-
-    @property
-    def files(self) -> list[str]:
-        """Every path, in the order the output first names it."""
-        return list(dict.fromkeys(r["path"] for r in self.rows))
-
-
-def read_tags(path: Path) -> Tags:
-    """Read a `matpac tag --out` CSV, JSON Lines or Parquet output (and its `FILE.manifest.json`)."""
-    path = Path(path)
-    _check_tags_path(path)
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        raw_rows, columns = _jsonl_rows(path)
-    elif path.suffix.lower() == PARQUET:
-        from matpac_cli.outputs import parquet
-
-        columns = parquet.column_names(path)
-        raw_rows = list(parquet.row_batches(path, TAG_COLUMNS + [DURATION_COLUMN] + SEGMENT_COLUMNS))
-    else:
-        raw_rows, columns = _csv_rows(path)
-    if not set(TAG_COLUMNS) <= set(columns):
-        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
-    segments = set(SEGMENT_COLUMNS) <= set(columns)
-    rows = [_typed(r, path, n, segments) for n, r in enumerate(raw_rows)]
-    heads = list(dict.fromkeys(r["head"] for r in rows))
-    return Tags(path, rows, segments, read_manifest(naming.tags_manifest(path)), heads)
-
-
-@dataclass
-class TagStream:
-    """A tag output read row by row, for outputs too large to hold as dicts (5,000 tracks with
-    `--segments` are about 2 million rows): `rows()` yields what `read_tags` would put in
-    `Tags.rows`, in the file's order, reading the file again on each call."""
-
-    path: Path
-    segments: bool
-    manifest: dict | None
-
-    def rows(self) -> Iterator[dict]:
-        if self.path.suffix.lower() == PARQUET:
-            from matpac_cli.outputs import parquet
-
-            columns = TAG_COLUMNS + [DURATION_COLUMN] + (SEGMENT_COLUMNS if self.segments else [])
-            for n, raw in enumerate(parquet.row_batches(self.path, columns)):
-                yield _typed(raw, self.path, n, self.segments)
-            return
-        with _reading(self.path) as fh:
-            if self.path.suffix.lower() == ".csv":
-                reader = csv.reader(fh)
-                header = next(reader, [])
-                for n, values in enumerate(reader):
-                    yield _typed(dict(zip(header, map(from_spreadsheet, values))), self.path, n, self.segments)
-                return
-            lines = (line for line in fh if line.strip())
-            for n, line in enumerate(lines):
-                yield _typed(_json_object(line, self.path, n), self.path, n, self.segments)
-
-
-def scan_tags(path: Path) -> TagStream:
-    """`read_tags` without reading the rows: checks the columns (the CSV header, the Parquet
-    schema, or the first JSON Lines row: matpac writes every column in every row) and reads the
-    manifest."""
-    path = Path(path)
-    _check_tags_path(path)
-    suffix = path.suffix.lower()
-    if suffix == PARQUET:
-        from matpac_cli.outputs.parquet import column_names
-
-        columns = column_names(path)
-        if not set(TAG_COLUMNS) <= set(columns):
-            raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
-        return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
-    with _reading(path) as fh:
-        if suffix == ".csv":
-            columns = next(csv.reader(fh), [])
-            _unique_columns(path, columns)
-        else:
-            first = next((line for line in fh if line.strip()), None)
-            columns = list(_json_object(first, path, 0)) if first is not None else []
-    if not set(TAG_COLUMNS) <= set(columns):
-        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
-    return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
-
-
-def _check_tags_path(path: Path) -> None:
-    if not (path.is_file() or (path.suffix.lower() == PARQUET and path.is_dir())):  # a folder of shards
-        raise UsageError(f"{path}: no such tags file")
-    if path.suffix.lower() not in TAG_SUFFIXES:
-        raise UsageError(f"{path}: expected the .csv, .jsonl, .ndjson or .parquet that `matpac tag --out` writes")
-
-
 @contextlib.contextmanager
-def _reading(path: Path) -> Iterator[TextIO]:
+def reading(path: Path) -> Iterator[TextIO]:
     """A CSV or JSON Lines file of matpac's, open for reading (a UTF-8 byte-order mark skipped,
     names that are not UTF-8 kept as their bytes), with what the csv module raises on a damaged
     or hostile one (a field over its 131,072-character limit) turned into one line naming it."""
@@ -265,90 +157,15 @@ def _reading(path: Path) -> Iterator[TextIO]:
         raise UsageError(f"{path}: not a readable matpac file ({one_line(exc)})") from None
 
 
-def _unique_columns(path: Path, columns: list[str]) -> None:
+def unique_columns(path: Path, columns: list[str]) -> None:
+    """A header naming a column twice is not matpac's (csv.DictReader would keep only the last)."""
     twice = sorted(c for c, n in Counter(columns).items() if n > 1)
     if twice:
         raise UsageError(f"{path}: column {twice[0]} appears more than once; not a matpac file")
 
 
-def _json_object(line: str, path: Path, n: int) -> dict:
-    try:
-        row = json.loads(line)
-    except (ValueError, RecursionError):
-        raise UsageError(f"{path}: row {n + 1} is not JSON; not a matpac tags file") from None
-    if not isinstance(row, dict):
-        raise UsageError(f"{path}: row {n + 1} is not a JSON object; not a matpac tags file")
-    return row
-
-
-def _csv_rows(path: Path):
-    with _reading(path) as fh:
-        reader = csv.DictReader(fh)
-        _unique_columns(path, list(reader.fieldnames or []))
-        rows = [{k: from_spreadsheet(v) for k, v in row.items()} for row in reader]
-        return rows, list(reader.fieldnames or [])
-
-
-def _jsonl_rows(path: Path):
-    rows, columns = [], []
-    with _reading(path) as fh:
-        for n, line in enumerate(fh):
-            if not line.strip():
-                continue
-            row = _json_object(line, path, n)
-            rows.append(row)
-            columns.extend(k for k in row if k not in columns)
-    if rows and "start_s" in columns and "end_s" not in columns:
-        columns.remove("start_s")
-    return rows, columns
-
-
-def _number(value, kind):
-    if value is None or value == "":
-        return None
-    return _finite(kind(value))
-
-
-def _path(value: str) -> str:
+def nul_free_path(value: str) -> str:
     """A path as matpac wrote it: never holding a NUL byte (no file name can)."""
     if "\0" in value:
         raise ValueError("a path with a NUL byte")
     return value
-
-
-def _finite(value: float) -> float:
-    """matpac writes no NaN or infinite score or time; a file holding one was not written by it."""
-    if not math.isfinite(value):
-        raise ValueError(f"{value} is not a finite number")
-    return value
-
-
-def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
-    try:
-        rank = int(raw["rank"])
-        if rank == 0:  # the head kept no label of this file
-            row = {
-                "path": _path(str(raw["path"])),
-                "head": str(raw["head"]),
-                "label": None,
-                "score": None,
-                "rank": 0,
-                "tag_id": None,
-            }
-        else:
-            row = {
-                "path": _path(str(raw["path"])),
-                "head": str(raw["head"]),
-                "label": str(raw["label"]),
-                "score": _finite(float(raw["score"])),
-                "rank": rank,
-                "tag_id": str(raw["tag_id"]),
-            }
-        row["duration_s"] = _number(raw.get(DURATION_COLUMN), float)
-        if segments:
-            row["start_s"] = _number(raw.get("start_s"), float)
-            row["end_s"] = _number(raw.get("end_s"), float)
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        why = f" ({exc})" if "finite" in str(exc) else ""
-        raise UsageError(f"{path}: row {n + 1} is not a matpac tag row{why}") from None
-    return row

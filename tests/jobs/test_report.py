@@ -209,7 +209,7 @@ def test_tag_report_shortcut_writes_the_same_page(run, report):
 
 
 def test_jsonl_input_gives_the_same_page(run, tmp_path):
-    from matpac_cli.outputs.readers import read_tags, scan_tags
+    from matpac_cli.outputs.tag_readers import read_tags, scan_tags
     from matpac_cli.outputs.writers import RowWriter
 
     src = read_tags(run / "tags.csv")
@@ -335,7 +335,7 @@ def test_files_with_no_label_kept_and_failed_files_are_counted_apart(run, ckpts,
     (no label, score, tag_id), so the report counts all four tagged files; a broken file has no
     row and is named in the page and on stderr; every row carries its file's duration_s, which
     gives the page its durations without embeddings or segments."""
-    from matpac_cli.outputs.readers import read_tags
+    from matpac_cli.outputs.tag_readers import read_tags
 
     top1 = sorted(
         float(r["score"])

@@ -289,7 +289,8 @@ def test_folds_map_is_the_mean_of_the_per_class_aps_it_prints(corpus, tmp_path, 
 
 
 def test_scaler_ap_and_split_against_numpy():
-    from matpac_cli.jobs.probe import average_precision, fit_scaler, stratified_split
+    from matpac_cli.jobs.probe import fit_scaler
+    from matpac_cli.jobs.probe_eval import average_precision, stratified_split
 
     rng = np.random.default_rng(1)
     x = rng.normal(3.0, 2.0, (50, 7)).astype(np.float32)

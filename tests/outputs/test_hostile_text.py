@@ -106,7 +106,7 @@ def test_tag_rows_escape_formula_labels_and_paths_in_csv_only_and_report_reads_t
     table = pq.read_table(d / "tags.parquet").to_pylist()
     for rows in (jsonl, table):
         assert sorted(r["path"] for r in rows) == sorted(NAMES) and {r["label"] for r in rows} <= set(LABELS)
-    from matpac_cli.outputs.readers import read_tags
+    from matpac_cli.outputs.tag_readers import read_tags
 
     back = read_tags(d / "tags.csv").rows
     assert [(r["path"], r["label"]) for r in back] == [(r["path"], r["label"]) for r in jsonl]

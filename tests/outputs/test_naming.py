@@ -19,7 +19,7 @@ import torch
 from conftest import REPO, write_audio
 
 from matpac_cli.errors import UsageError
-from matpac_cli.outputs import naming, readers
+from matpac_cli.outputs import naming, readers, tag_readers
 
 D = Path("out")
 
@@ -218,5 +218,5 @@ def test_layer_sets_change_the_matrix_not_the_names(runs):
 def test_tag_writes_the_named_manifest_and_the_reader_finds_it(runs):
     out = runs / "tags" / "t.jsonl"
     assert _files(out.parent) == {out, naming.tags_manifest(out), naming.journal(out)}
-    stream = readers.scan_tags(out)
+    stream = tag_readers.scan_tags(out)
     assert stream.manifest is not None and stream.manifest["settings"]["job"] == "tag"

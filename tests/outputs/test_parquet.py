@@ -137,7 +137,7 @@ def test_tag_parquet_rows_are_the_csv_rows_typed(made):
             assert g[c] == (float(w[c]) if w[c] else None)
     man = json.loads((made / "tags.parquet.manifest.json").read_text())
     assert man["output"]["format"] == "parquet" and man["output"]["path"] == "tags.parquet"
-    from matpac_cli.outputs.readers import read_tags, scan_tags
+    from matpac_cli.outputs.tag_readers import read_tags, scan_tags
 
     tags, csv_tags = read_tags(made / "tags.parquet"), read_tags(made / "tags.csv")
     assert tags.segments and tags.heads == ["openmic"] and tags.files == NAMES
@@ -300,7 +300,7 @@ def test_a_folder_of_shards_is_read_in_shard_order_and_hidden_files_are_ignored(
 
 
 def test_a_folder_of_tag_shards_reads_as_the_one_file(made, tmp_path):
-    from matpac_cli.outputs.readers import read_tags, scan_tags
+    from matpac_cli.outputs.tag_readers import read_tags, scan_tags
 
     table = pq.read_table(made / "tags.parquet")
     cut = table.column("path").to_pylist().index("clips/sub/b.flac")  # each file's rows in one shard

@@ -327,6 +327,12 @@ def _round(
             max_restarts=0,
             **resources,
         )
+    _collect(ds, collector)
+
+
+def _collect(ds, collector: Collector) -> None:
+    """Hand each chunk's embeddings to `collector` as the dataset yields them; a lost worker
+    ends the round (`_Lost`: the caller retries), any other cluster failure the job."""
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):

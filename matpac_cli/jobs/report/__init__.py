@@ -22,7 +22,8 @@ from matpac_cli.jobs.report.data import Library, collect
 from matpac_cli.jobs.report.mapping import Map, build_map
 from matpac_cli.jobs.report.page import GENERATOR, Content, failures, render
 from matpac_cli.outputs import naming
-from matpac_cli.outputs.readers import read_embeddings, scan_tags
+from matpac_cli.outputs.readers import read_embeddings
+from matpac_cli.outputs.tag_readers import scan_tags
 from matpac_cli.outputs.writers import atomic, ensure_writable
 
 SUFFIXES = (".html", ".htm")

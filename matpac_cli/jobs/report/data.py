@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matpac_cli.errors import UsageError
-from matpac_cli.outputs.readers import TagStream
+from matpac_cli.outputs.tag_readers import TagStream
 
 TIMELINE_LABELS = 8  # labels per head in a file's timeline
 TIMELINE_COLUMNS = 240  # segments per timeline; longer files are pooled (max) into this many columns

@@ -5,7 +5,7 @@ PCA is a randomised subspace iteration (Halko, Martinsson and Tropp, 2011) over 
 the memory-mapped matrix, centred on the fly: ten passes of N x D x 12 products instead of an
 N x D SVD, so 50,000 x 3840 takes seconds; the centred rows stay in memory up to 512 MB, and
 beyond that are read again from the map on each pass, one block at a time. Neighbours are exact
-(`search.nearest`, blocked too).
+(`similarity.nearest`, blocked too).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def build_map(paths: Sequence[str], emb: Embeddings, neighbours: int = 5, seed: 
 def nearest_rows(matrix: np.ndarray, sel: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
     """For each row in `sel`: the `k` other rows of `matrix` most cosine-similar to it, as
     (row, cosine), best first. Queries go 1,024 at a time, one pass over the matrix each."""
-    from matpac_cli.jobs.search import QUERY_BLOCK, nearest
+    from matpac_cli.jobs.similarity import QUERY_BLOCK, nearest
 
     out = []
     for a in range(0, len(sel), QUERY_BLOCK):

@@ -16,9 +16,11 @@ authors' code, medians of interleaved rounds):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
 
 from matpac_cli.errors import UsageError
 
@@ -77,3 +79,17 @@ def keep_freed_memory() -> bool:
     malloc_trim(0)
     done = [mallopt(option, HEAP_BYTES) for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)]
     return all(done)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block, restored afterwards: for work whose own threads (the
+    decoding workers) or small matrices (a probe's steps) lose more to torch's fan-out than they gain."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from matpac_cli.config import Device, RunOptions
+from matpac_cli.encoder.cpu import one_torch_thread
 from matpac_cli.encoder.signal import Window
 from matpac_cli.errors import InputError
 from matpac_cli.events import NoEvents, Ran, RunEvents
@@ -117,17 +118,11 @@ def _torch_threads_for(plans: list[Plan]) -> Iterator[None]:
     """With every encoder off the CPU, the CPU only decodes, one thread per file: torch ops in each
     decoding thread must not each fan out over every core, or hundreds of threads fight for
     them. So one torch thread for the run, unless threads were asked for; restored afterwards."""
-    import torch
-
     if not plans or any(Device.parse(p.predictor.device).is_cpu or p.predictor.threads for p in plans):
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run(

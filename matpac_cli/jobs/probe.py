@@ -22,12 +22,12 @@ The splits and the figures (accuracy, AP, confusion) live in `jobs.probe_eval`; 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from matpac_cli.checkpoints.trained_head import ACTIVATIONS
+from matpac_cli.encoder.cpu import one_torch_thread
 from matpac_cli.errors import UsageError
 from matpac_cli.inference.scoring import probabilities
 from matpac_cli.jobs.probe_eval import Split, metric, strata, stratified_folds, stratified_split
@@ -195,23 +195,8 @@ def scores_of(x: np.ndarray, weight, bias, mean, scale, task: str) -> np.ndarray
 
 def train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: TrainConfig) -> Probe:
     """Split (or fold), search the learning rate, and return the head with its validation scores."""
-    with one_torch_thread():
+    with one_torch_thread():  # small matrices: threads cost more than they save (10x with 2 threads)
         return _train_probe(x, y, task, n_classes, config)
-
-
-@contextmanager
-def one_torch_thread():
-    """The probe's matrices are small (at most 200 x D x C per step): spreading them over threads
-    costs more than it saves (measured 10x slower with 2 threads on a busy 2-core machine), and
-    one thread keeps the sums in one order whatever the machine. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_probe(x: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: TrainConfig) -> Probe:

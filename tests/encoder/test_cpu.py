@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO
 
 from matpac_cli.encoder import cpu
 from matpac_cli.errors import UsageError
@@ -154,3 +155,20 @@ def test_a_ray_encoder_actor_sets_it_once_its_models_have_loaded(monkeypatch):
 def test_the_misspelt_value_is_quoted_as_given():
     with pytest.raises(UsageError, match="MATPAC_CPU_LINEAR=MKL: expected"):
         cpu.choose("MKL")
+
+
+def test_one_torch_thread_has_one_home_and_restores_the_count():
+    """The local engine's decoding runs and the probe's training both take torch down to one thread
+    through `cpu.one_torch_thread`; no second copy of the set-and-restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    with cpu.one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    homes = [
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "matpac_cli").rglob("*.py")
+        if "set_num_threads(1)" in p.read_text(encoding="utf-8")
+    ]
+    assert homes == ["matpac_cli/encoder/cpu.py"]

@@ -170,7 +170,8 @@ def pick_precision(precision: str | None, device: str | Device, bf16: Callable[[
     """The precision a run computes at, as matpac spells it: `auto` is bf16 on CUDA (fp16 where
     `bf16()` says the GPU lacks it; asked only on CUDA) and fp32 elsewhere, bf16 being measured
     slower on CPUs. The one home of the rule: the local predictor and a Ray cluster's actors
-    both take their precision from here."""
+    both take their precision from here. The Ray driver cannot ask the actors' GPUs, so there
+    `auto` means bf16 on CUDA whatever the GPU (as before)."""
     text = parse_precision(precision)
     if text != "auto":
         return text
@@ -202,7 +203,7 @@ class RunOptions:
     model loads; a library call gets the defaults), then carried whole by every job's config to
     the engine, so no option is passed piecemeal or checked again downstream.
 
-    `batch_size`, `workers` and `threads` None (or 0): the device's default (predictor.default_batch,
+    `batch_size` None, `workers` and `threads` None or 0: the device's default (predictor.default_batch,
     feed.default_workers; torch's own thread count). `address` is the Ray cluster's (`engine` ray;
     None: RAY_ADDRESS, else a local Ray instance)."""
 

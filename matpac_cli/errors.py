@@ -6,6 +6,8 @@ Exit codes: 1 when some inputs failed (InputError is per file and never stops a 
 
 from __future__ import annotations
 
+RAY_LIMIT = 300  # characters of a Ray error's first line shown (its messages run longer than most)
+
 
 def one_line(exc: BaseException, limit: int | None = 200) -> str:
     """The first non-blank line of an exception's message, stripped and cut to `limit` characters

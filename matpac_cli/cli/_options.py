@@ -79,6 +79,12 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 FailuresOpt = Annotated[
     Path | None, typer.Option("--failures", help="Write the inputs that failed, with reasons, to this CSV.")
 ]
+RowsOutOpt = Annotated[  # tag and search: rows to a file, or to stdout
+    str | None,
+    typer.Option(
+        "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
 EngineOpt = Annotated[
     str,

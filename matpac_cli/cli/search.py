@@ -17,6 +17,7 @@ from matpac_cli.cli._options import (
     NullOpt,
     PrecisionOpt,
     QuietOpt,
+    RowsOutOpt,
     ThreadsOpt,
     WorkersOpt,
 )
@@ -59,12 +60,6 @@ DuplicatesOpt = Annotated[
 SelfOpt = Annotated[
     bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")
 ]
-OutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
-    ),
-]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")]
 FormatOpt = Annotated[
     str | None,
@@ -99,7 +94,7 @@ def search(
     threshold: ThresholdOpt = None,
     duplicates: DuplicatesOpt = False,
     include_self: SelfOpt = False,
-    out: OutOpt = None,
+    out: RowsOutOpt = None,
     fmt: FormatOpt = None,
     force: ForceOpt = False,
     model: ModelOpt = None,

@@ -22,6 +22,7 @@ from matpac_cli.cli._options import (
     PrecisionOpt,
     QuietOpt,
     RayAddressOpt,
+    RowsOutOpt,
     ThreadsOpt,
     WorkersOpt,
 )
@@ -61,12 +62,6 @@ ThresholdOpt = Annotated[
             "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
             "independent probabilities, a single-label (softmax) head's class probabilities."
         )
-    ),
-]
-OutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
     ),
 ]
 FormatOpt = Annotated[
@@ -115,7 +110,7 @@ def tag(
     head: HeadOpt = None,
     top_k: TopKOpt = None,
     threshold: ThresholdOpt = None,
-    out: OutOpt = None,
+    out: RowsOutOpt = None,
     fmt: FormatOpt = None,
     manifest: ManifestOpt = None,
     segments: SegmentsOpt = False,

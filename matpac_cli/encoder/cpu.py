@@ -84,7 +84,8 @@ def keep_freed_memory() -> bool:
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
     """torch on one thread inside the block, restored afterwards: for work whose own threads (the
-    decoding workers) or small matrices (a probe's steps) lose more to torch's fan-out than they gain."""
+    decoding workers) or small matrices (a probe's steps) lose more to torch's fan-out than they gain;
+    one thread also keeps a probe's sums in one order whatever the machine."""
     import torch
 
     before = torch.get_num_threads()

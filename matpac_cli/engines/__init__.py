@@ -22,7 +22,7 @@ def check(options: RunOptions) -> None:
     """`ray` only where Ray Data is installed: one line before any model loads (the engine's
     name itself was checked when the options were built)."""
     if options.engine == "ray":
-        from matpac_cli.engines.ray.driver import require
+        from matpac_cli.engines.ray.cluster import require
 
         require()
 
@@ -38,7 +38,7 @@ class Engine:
         self.cluster, self.remote = None, None
         self.options = self.load_options = options
         if options.engine == "ray":
-            from matpac_cli.engines.ray.driver import Cluster
+            from matpac_cli.engines.ray.cluster import Cluster
 
             self.cluster = Cluster(options.address)
             self.remote, precision = self.cluster.placement(options.device, options.precision)

@@ -30,7 +30,7 @@ import numpy as np
 
 from matpac_cli.config import precision_name
 from matpac_cli.encoder import cpu
-from matpac_cli.errors import InputError, MatpacError, ModelError, one_line
+from matpac_cli.errors import RAY_LIMIT, InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
 
@@ -41,7 +41,6 @@ from matpac_cli.pipeline.feed import END, Feed
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
 TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
-RAY_LIMIT = 300  # characters of a Ray error's first line shown (its messages run longer than most)
 
 
 class Attempts:
@@ -227,7 +226,6 @@ def decode_files(
 
 
 def _decode_one(i: int, item: Item, n_ts: tuple[int, ...], defer: bool, ended) -> Iterator[dict[str, np.ndarray]]:
-
     messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
     feed = Feed(item, messages, n_ts, defer)
     worker = threading.Thread(target=feed.produce, daemon=True, name="matpac-decode")

@@ -117,7 +117,7 @@ def test_decoding_m4a_raises_no_warning_into_torch(tmp_path, no_subprocess):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for block in AudioSource(m4a).blocks():
-            torch.from_numpy(block)  # what decoding.Feed does with every block
+            torch.from_numpy(block)  # what pipeline.feed.Feed does with every block
 
 
 # ------------------------------------------------------------------ libsndfile's formats: no fallback

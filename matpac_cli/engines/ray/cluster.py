@@ -13,8 +13,7 @@ import sys
 from collections.abc import Iterator
 
 from matpac_cli.config import Device, pick_precision
-from matpac_cli.engines.work import RAY_LIMIT
-from matpac_cli.errors import MatpacError, UsageError, one_line
+from matpac_cli.errors import RAY_LIMIT, MatpacError, UsageError, one_line
 
 EXTRA = "pip install '.[ray]' in matpac's source folder"
 

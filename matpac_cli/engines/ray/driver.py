@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from matpac_cli.config import Device, RunOptions
-from matpac_cli.engines.ray.cluster import Cluster, require  # noqa: F401 - engines.check takes it from here
+from matpac_cli.engines.ray.cluster import Cluster
 from matpac_cli.engines.work import (
     GIVE_UP,
-    RAY_LIMIT,
     Attempts,
     Collector,
     Encoder,
@@ -45,7 +44,7 @@ from matpac_cli.engines.work import (
     decode_files,
     died,
 )
-from matpac_cli.errors import MatpacError, one_line
+from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item

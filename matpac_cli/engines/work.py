@@ -40,6 +40,8 @@ from matpac_cli.pipeline.feed import END, Feed
 
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
+HOLD_ON = "MATPAC_TEST_HOLD_ON"  # TEST ONLY: `ENDING:FLAG`: decoding a file whose name ends so waits for FLAG ...
+HOLD_S = 120.0  # ... this long at most
 TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
 
 
@@ -70,6 +72,10 @@ class Attempts:
     def enlist(self, round_: int, actor) -> None:
         self.enlisted.setdefault(round_, []).append(actor)
 
+    def enlisted_now(self, round_: int) -> list:
+        """The round's actors so far (the driver watches them)."""
+        return list(self.enlisted.get(round_, []))
+
     def enlisted_in(self, round_: int) -> list:
         """The round's actors, handed over once (the round is over: its actors are stopped)."""
         return self.enlisted.pop(round_, [])
@@ -81,6 +87,25 @@ def crash_on() -> str | None:
     if os.environ.get(TEST_HOOKS) != "1":
         return None
     return os.environ.get(CRASH_ON) or None
+
+
+def hold_on() -> tuple[str, str] | None:
+    """The test-only hold hook (MATPAC_TEST_HOLD_ON=ENDING:FLAG, with MATPAC_TEST_HOOKS=1): decoding
+    a file whose name ends with ENDING waits until the file FLAG exists, so that a test can act
+    while the rest of the job is done and the encoder actors wait for work."""
+    if os.environ.get(TEST_HOOKS) != "1":
+        return None
+    spec = os.environ.get(HOLD_ON) or ""
+    ending, _, flag = spec.partition(":")
+    return (ending, flag) if ending and flag else None
+
+
+def _hold(flag: str) -> None:
+    import time
+
+    deadline = time.monotonic() + HOLD_S
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def died(times: int, what: str) -> str:
@@ -208,7 +233,12 @@ def _rows(i: int, entries: list[tuple[int, int, object]]) -> dict[str, np.ndarra
 
 
 def decode_files(
-    batch: dict[str, np.ndarray], n_ts: tuple[int, ...], defer: bool, attempts=None, crash_on: str | None = None
+    batch: dict[str, np.ndarray],
+    n_ts: tuple[int, ...],
+    defer: bool,
+    attempts=None,
+    crash_on: str | None = None,
+    hold_on: tuple[str, str] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """A Ray task: each file's chunks as they are cut, then its facts row (k = -1). A file whose
     decoding killed the process `GIVE_UP` times is not decoded again: its facts row says so.
@@ -222,6 +252,8 @@ def decode_files(
             continue
         if crash_on and item.name.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults
+        if hold_on and item.name.endswith(hold_on[0]):
+            _hold(hold_on[1])  # the test's stand-in for a slow disk
         yield from _decode_one(int(i), item, n_ts, defer, partial(attempts.end, ("decode", int(i))))
 
 

@@ -177,6 +177,18 @@ def test_the_crash_hook_is_inert_without_the_test_hooks_switch(monkeypatch):
     assert crash_on() == "c2.wav"
 
 
+def test_the_hold_hook_is_inert_without_the_test_hooks_switch(monkeypatch, tmp_path):
+    """MATPAC_TEST_HOLD_ON makes decoding a matching file wait for a flag file (the tests' way to
+    have the encoder actors idle on cue); like the crash hook, only with MATPAC_TEST_HOOKS=1."""
+    from matpac_cli.engines.work import hold_on
+
+    monkeypatch.setenv("MATPAC_TEST_HOLD_ON", f"m15.wav:{tmp_path / 'go'}")
+    monkeypatch.delenv("MATPAC_TEST_HOOKS", raising=False)
+    assert hold_on() is None
+    monkeypatch.setenv("MATPAC_TEST_HOOKS", "1")
+    assert hold_on() == ("m15.wav", str(tmp_path / "go"))
+
+
 def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
     from dataclasses import replace
 

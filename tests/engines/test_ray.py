@@ -222,14 +222,16 @@ def _wait_for(what, timeout: float = 120.0, step: float = 0.2):
 
 
 def _kill_one(node: Node, title: str) -> bool:
-    """SIGKILL one live process of `node` whose title has `title` (an actor of the running job)."""
+    """SIGKILL one live process of `node` whose title ends with `title` (an actor of the running
+    job: `ray::MapWorker(MapBatches(Encoder))` idle, with `.submit` on the end while it encodes)."""
     for pid in node.pids():
-        if pid in processes_with(title):
-            try:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if cmd.strip().endswith(title):
                 os.kill(pid, signal.SIGKILL)
                 return True
-            except ProcessLookupError:
-                continue
+        except (OSError, ProcessLookupError):
+            continue
     return False
 
 
@@ -250,9 +252,16 @@ def _background(args: list[str], env: dict) -> subprocess.Popen:
     )
 
 
-def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_path, ray_env):
+@pytest.mark.parametrize("when", ["busy", "idle"])
+def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_path, ray_env, when):
+    """The encoder actor is killed mid-job, while it encodes a batch (Ray Data sees that task fail)
+    or while it waits for work: the last file's decoding is held (MATPAC_TEST_HOLD_ON) until the
+    others are done, so the actor is idle with no task in flight. Ray Data then counted the dead
+    actor in its pool and waited for it for ever (the CI run that timed out), until matpac's watch
+    on the round's actors (engines.ray.watch) ended the round, so the files left run again."""
     folder = _many(tmp_path / "many", 16)
-    out = tmp_path / "emb.npy"
+    out, go = tmp_path / "emb.npy", tmp_path / "go"
+    hold = {"MATPAC_TEST_HOOKS": "1", "MATPAC_TEST_HOLD_ON": f"m15.wav:{go}"} if when == "idle" else {}
     job = _background(
         [
             "embed",
@@ -267,14 +276,24 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
             "--batch-size",
             "2",
         ],
-        ray_env,
+        {**ray_env, **hold},
     )
     try:
-        _wait_for(lambda: _journal_records(out) >= 1)  # mid-job: some files are done
-        _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)"))
+        if when == "busy":
+            _wait_for(lambda: _journal_records(out) >= 1)  # mid-job: some files are done
+            _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)).submit"), step=0.01)
+        else:
+            # all but the held file, and the one whose last chunk waits in a part-filled batch
+            _wait_for(lambda: _journal_records(out) >= 14)
+            time.sleep(2.0)  # the actor's last batch is done: it waits, with no task in flight
+            assert _kill_one(head, "MapBatches(Encoder))"), "no idle encoder actor"
+            go.touch()
+        killed = time.monotonic()
         assert job.poll() is None and _journal_records(out) < 16, "the job ended before the kill"
-        _, err = job.communicate(timeout=300)
+        _, err = job.communicate(timeout=120)  # Ray Data's no-progress guard (300 s) must not be what ends it
+        print(f"the job ended {time.monotonic() - killed:.0f} s after the kill")
     finally:
+        go.touch()
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, err.decode()

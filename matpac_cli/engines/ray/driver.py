@@ -43,6 +43,7 @@ from matpac_cli.engines.work import (
     crash_on,
     decode_files,
     died,
+    hold_on,
 )
 from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
@@ -168,6 +169,10 @@ class _Ledger:
 
         self._send("enlist", self.round, ray.get_runtime_context().current_actor)
 
+    def enlisted(self) -> list:
+        """The round's encoder actors so far (handles), for the driver's watch."""
+        return self._call("enlisted_now", self.round, default=[]) or []
+
     def dismiss(self) -> None:
         """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
         collected, holding their CPUs (and restarting ones their claim) meanwhile."""
@@ -196,10 +201,6 @@ def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tu
     return actors, {"num_cpus": per}, threads or 1
 
 
-class _Lost(Exception):
-    """A round ended because an encoder actor (or the node it ran on) died."""
-
-
 def _run(
     cluster: Cluster,
     items: list[Item],
@@ -213,12 +214,14 @@ def _run(
     is then. Encoder actors are never restarted (`max_restarts=0`): Ray would restart a lost
     node's actors for ever where the nodes left have no room for them, holding their batches,
     while the ones that did restart take the CPUs decoding needed (ray-project/ray#44687; so
-    decoding now claims none, `_round`). So a dead actor ends its round at once (`_Lost`),
+    decoding now claims none, `_round`). So a dead actor ends its round at once (`Lost`),
     and a round that makes no progress for
     `stall_s()` (Ray Data stops it) is a backstop for any other hang. `GIVE_UP` rounds in a row
     lost with no file finished give the files left up as their errors (an encoder that dies on
     their audio); `STALLS` rounds in a row with no file finished otherwise end the job."""
     from ray.data.exceptions import ExecutionTimeoutError
+
+    from matpac_cli.engines.ray.watch import Lost
 
     idle = lost = 0
     for round_ in itertools.count(1):
@@ -229,11 +232,11 @@ def _run(
         try:
             _round(cluster, items, left, plans, shape, collector, ledger.for_round(round_))
             break
-        except (ExecutionTimeoutError, _Lost) as exc:
+        except (ExecutionTimeoutError, Lost) as exc:
             ledger.for_round(round_).dismiss()
             progress = len(collector.done) > done
             idle = 0 if progress else idle + 1
-            lost = 0 if progress or not isinstance(exc, _Lost) else lost + 1
+            lost = 0 if progress or not isinstance(exc, Lost) else lost + 1
             if lost >= GIVE_UP:
                 collector.finish(died(lost, "encoding it (or a file batched with it)"))
                 return
@@ -246,7 +249,7 @@ def _run(
             ledger.reruns += again
             why = (
                 "lost an encoder actor (its worker or node died)"
-                if isinstance(exc, _Lost)
+                if isinstance(exc, Lost)
                 else f"made no progress for {stall_s():g} s (a lost node's work that the cluster left has no room for?)"
             )
             events.warning(f"the Ray job {why}; running the {again} file(s) left again")
@@ -290,6 +293,7 @@ def _round(
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    from matpac_cli.engines.ray.watch import Watch
     from matpac_cli.inference.predictor import default_batch
 
     device, batch_size = shape
@@ -299,7 +303,11 @@ def _round(
         {"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
         for i in left
     ]
-    DataContext.get_current().execution_no_progress_timeout_s = stall_s()
+    context = DataContext.get_current()
+    context.execution_no_progress_timeout_s = stall_s()
+    Watch.ledger = ledger  # the round's actors, watched from Ray Data's executor (engines.ray.watch)
+    if Watch not in context.custom_execution_callback_classes:
+        context.custom_execution_callback_classes.append(Watch)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
     # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
@@ -312,7 +320,13 @@ def _round(
         batch_size=1,
         num_cpus=0,
         concurrency=decoders,
-        fn_kwargs={"n_ts": n_ts, "defer": not Device.parse(device).is_cpu, "attempts": ledger, "crash_on": crash_on()},
+        fn_kwargs={
+            "n_ts": n_ts,
+            "defer": not Device.parse(device).is_cpu,
+            "attempts": ledger,
+            "crash_on": crash_on(),
+            "hold_on": hold_on(),
+        },
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
@@ -331,12 +345,14 @@ def _round(
 
 def _collect(ds, collector: Collector) -> None:
     """Hand each chunk's embeddings to `collector` as the dataset yields them; a lost worker
-    ends the round (`_Lost`: the caller retries), any other cluster failure the job."""
+    ends the round (`Lost`: the caller retries), any other cluster failure the job."""
+    from matpac_cli.engines.ray.watch import Lost
+
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):
                 collector.add(int(i), int(grid), int(k), data)
-    except (MatpacError, KeyboardInterrupt):
+    except (MatpacError, KeyboardInterrupt, Lost):
         raise
     except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2
         from ray.data.exceptions import ExecutionTimeoutError
@@ -344,5 +360,5 @@ def _collect(ds, collector: Collector) -> None:
         if isinstance(exc, ExecutionTimeoutError):
             raise
         if _worker_lost(exc):
-            raise _Lost() from None
+            raise Lost() from None
         raise MatpacError(f"the Ray job failed: {one_line(exc, RAY_LIMIT)}") from None

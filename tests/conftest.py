@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own HF cache and no real endpoint, so nothing leaks or downloads."""
+    """Every test gets its own HF cache, its own empty matpac library and no real endpoint, so
+    nothing leaks or downloads."""
     import huggingface_hub.constants as hf
 
     home = tmp_path / "hf_home"
@@ -44,6 +45,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # closed port: any stray request fails fast
     monkeypatch.setenv("MATPAC_RELEASE_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("MATPAC_LIBRARY", str(tmp_path / "library"))  # never the user's; empty at each test's start
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(hf, "HF_HUB_DISABLE_TELEMETRY", True)
     yield

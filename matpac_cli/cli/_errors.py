@@ -28,6 +28,7 @@ FLAGS = {
     "heads": "--head",
     "labels_file": "--labels",
     "layer": "--layer",
+    "library": "--library",
     "lrs": "--lr",
     "min_segment": "--min-segment",
     "model": "--model",

@@ -85,6 +85,24 @@ RowsOutOpt = Annotated[  # tag and search: rows to a file, or to stdout
         "--out", "-o", help="Output file (.csv, .jsonl, .ndjson or .parquet), or '-' for stdout (the default)."
     ),
 ]
+LibraryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--library",
+        help="The library: every file's embeddings, kept by its audio, so no command encodes a file twice "
+        "(default: $MATPAC_LIBRARY, else ~/.cache/matpac/library).",
+    ),
+]
+NoLibraryOpt = Annotated[
+    bool, typer.Option("--no-library", help="Neither read nor write the library: encode everything, keep nothing.")
+]
+
+
+def library_of(library: Path | None, no_library: bool) -> Path | bool | None:
+    """The config's `library`: a folder, None (the default one) or False (none)."""
+    return False if no_library else library
+
+
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
 EngineOpt = Annotated[
     str,

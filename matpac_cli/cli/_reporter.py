@@ -196,6 +196,10 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"
+    found = getattr(summary, "found", None)
+    if found:
+        hows = ", ".join(f"{n} {how}" for how, n in sorted(found.items(), key=lambda kv: -kv[1]))
+        line += f" ({sum(found.values())} from the library: {hows})"
     retries = getattr(summary, "retries", 0)
     if retries:
         line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"

@@ -17,13 +17,16 @@ from matpac_cli.cli._options import (
     FailuresOpt,
     ForceOpt,
     Inputs,
+    LibraryOpt,
     ModelOpt,
+    NoLibraryOpt,
     NullOpt,
     PrecisionOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    library_of,
 )
 from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
 from matpac_cli.cli._reporter import Reporter, finish
@@ -64,6 +67,8 @@ def embed(
     force: ForceOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
+    library: LibraryOpt = None,
+    no_library: NoLibraryOpt = False,
 ) -> None:
     """Embed audio files into one N x 3840 matrix (clip mean of the encoder's time columns).
 
@@ -80,7 +85,9 @@ def embed(
     from matpac_cli.outputs.writers import ensure_writable, locked
 
     check_engine(options)
-    config = EmbedConfig(out=out, layer=layer, frames_dir=frames, force=force, options=options)
+    config = EmbedConfig(
+        out=out, layer=layer, frames_dir=frames, force=force, options=options, library=library_of(library, no_library)
+    )
     check_config(config)  # --out, --layer, --frames: refused before the model loads
     if failures is not None:
         ensure_writable(failures)

@@ -18,6 +18,8 @@ from matpac_cli.cli._options import (
     FailuresOpt,
     ForceOpt,
     Inputs,
+    LibraryOpt,
+    NoLibraryOpt,
     NullOpt,
     PrecisionOpt,
     QuietOpt,
@@ -25,6 +27,7 @@ from matpac_cli.cli._options import (
     RowsOutOpt,
     ThreadsOpt,
     WorkersOpt,
+    library_of,
 )
 from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
 from matpac_cli.cli._reporter import Reporter, finish
@@ -129,6 +132,8 @@ def tag(
     report: ReportOpt = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
+    library: LibraryOpt = None,
+    no_library: NoLibraryOpt = False,
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
@@ -154,6 +159,7 @@ def tag(
         failures=failures,
         report=report,
         force=force,
+        library=library_of(library, no_library),
     )
     items = items_for(inputs, ext, null)
     written = _check_outputs(
@@ -188,6 +194,7 @@ def _check_arguments(
     failures,
     report,
     force,
+    library,
 ):
     """Everything the arguments alone decide (no torch, no model file read), given the run
     `options` already checked: the tag settings, the --out file (None: stdout) and which encoder
@@ -211,6 +218,9 @@ def _check_arguments(
         if name.startswith("hf:"):
             parse_hf(name)  # OWNER/REPO[@REV], refused here rather than at its download
     check_engine(options)
+    from matpac_cli.jobs.stored import open_library
+
+    open_library(library)  # a library that cannot be made: one line, before the model
     config = TagConfig(
         top_k=top_k,
         threshold=threshold,
@@ -220,6 +230,7 @@ def _check_arguments(
         force=force,
         manifest=manifest,
         options=options,
+        library=library,
     )
     return config, target, plan
 

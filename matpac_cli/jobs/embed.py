@@ -11,14 +11,15 @@ numbers (the matrix holds the data), so a finished output does not cost its size
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matpac_cli import engines
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
+from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed_output import described, finished_rows, previous_matrix, write_matrix
 from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import naming, writers
@@ -34,6 +35,7 @@ class EmbedConfig:
     frames_dir: Path | None = None
     force: bool = False
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
+    library: Path | bool | None = None  # the library folder; None: the default one; False: none
 
 
 @dataclass
@@ -48,6 +50,16 @@ class Summary:
     retries: int = 0  # tries that reran work whose process died (--engine ray)
     ran_on: str | None = None  # the device the engine ran the encoder on, if not the predictors' own (Ray's actors)
     streamed: bool = False  # rows went to stdout (`tag --out -`)
+    found: Counter = field(default_factory=Counter)  # files taken from the library, by how they were known
+    library: dict | None = None  # the library used: its path and table versions (the manifest's)
+
+    def count(self, res) -> None:
+        """A finished file: encoded in this run (`done`), or taken from the library (`reused`)."""
+        if res.found:
+            self.reused += 1
+        else:
+            self.done += 1
+        self.audio_s += res.duration_s
 
 
 def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
@@ -81,6 +93,7 @@ def check_config(config: EmbedConfig) -> None:
         raise UsageError(f"layer={config.layer}: expected a layer number, last or all", settings=("layer",))
     for path in paths.values():
         writers.ensure_writable(path)
+    stored.open_library(config.library)  # a library that cannot be made: one line, before the model
     if config.frames_dir is not None:
         writers.ensure_writable(config.frames_dir / "probe.npy")
     if not config.force and not paths["journal"].exists():
@@ -116,12 +129,13 @@ def embed(
     check_config(config)
     paths = naming.embed_outputs(config.out)
     frames = [naming.frames_lock(config.frames_dir)] if config.frames_dir is not None else []
+    library = stored.open_library(config.library)
     with writers.locked(*naming.written(paths), *frames):
         writers.clean_stale_temps(paths["matrix"])
-        return _embed(items, predictor, config, paths, events if events is not None else NoEvents(), argv)
+        return _embed(items, predictor, config, paths, events if events is not None else NoEvents(), argv, library)
 
 
-def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
+def _embed(items, predictor, config, paths, events: RunEvents, argv, library) -> Summary:
     layers = parse_layers(config.layer, predictor.dims.depth)
     settings = {
         "job": "embed",
@@ -144,10 +158,12 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     on_result = _recorder(config, len(layers), journal, summary, events)
     try:
-        ran = engines.run(config.options, todo, [plan], KeepFailures(events, summary.failures), on_result)
+        kept = KeepFailures(events, summary.failures)
+        ran = stored.run(library, config.options, todo, [plan], kept, on_result, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         journal.close()
+        stored.close(library, summary)
     done = finished_rows(items, journal, previous)
     if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
         journal.discard()  # one this run started, with nothing in it, is not left behind
@@ -163,7 +179,11 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv) -> Summary:
                 summary,
                 argv,
                 heads=[],
-                extra={"truncated": summary.truncated, "output": described(paths, config.frames_dir)},
+                extra={
+                    "truncated": summary.truncated,
+                    "output": described(paths, config.frames_dir),
+                    "library": summary.library,
+                },
             ),
         )
     stamp = jr.compact_stamp(paths["matrix"])
@@ -195,8 +215,7 @@ def _recorder(config, n_layers: int, journal: jr.Journal, summary: Summary, even
                 f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
             )
         journal.add(res.item, meta, {"embedding": emb})
-        summary.done += 1
-        summary.audio_s += res.duration_s
+        summary.count(res)
 
     return on_result
 

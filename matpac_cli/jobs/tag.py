@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from matpac_cli import engines
 from matpac_cli.checkpoints.registry import load_registry
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.heads import Head, audioset_head, has_audioset_head, resolve_head
 from matpac_cli.inference.predictor import Predictor
+from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
@@ -45,6 +45,7 @@ class TagConfig:
     force: bool = False
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
+    library: Path | bool | None = None  # the library folder; None: the default one; False: none
 
 
 @dataclass
@@ -116,15 +117,17 @@ def tag(
                 f"fmt={config.fmt} is binary and is not written to stdout; give out=FILE.{config.fmt}",
                 settings=("fmt", "out"),
             )
-        _stream(items, groups, config, stdout, summary, events)
+        library = stored.open_library(config.library)
+        _stream(items, groups, config, stdout, summary, events, library)
         summary.streamed = True
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
         return summary
+    library = stored.open_library(config.library)
     with writers.locked(out, man_path):
         writers.clean_stale_temps(out)
-        _to_file(items, groups, config, out, settings, summary, events, (man_path, make_manifest))
+        _to_file(items, groups, config, out, settings, summary, events, (man_path, make_manifest), library)
     return summary
 
 
@@ -148,6 +151,7 @@ def _stream(
     stdout: TextIO,
     summary: Summary,
     events: RunEvents,
+    library=None,
 ) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
@@ -161,11 +165,13 @@ def _stream(
         ):
             writer.write(row)
         writer.flush()
-        summary.done += 1
-        summary.audio_s += res.duration_s
+        summary.count(res)
 
-    ran = engines.run(config.options, items, plans, events, on_result)
-    summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+    try:
+        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
+        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+    finally:
+        stored.close(library, summary)
 
 
 def _to_file(
@@ -177,6 +183,7 @@ def _to_file(
     summary: Summary,
     events: RunEvents,
     manifest_for: tuple[Path, Callable[[], dict]],
+    library=None,
 ) -> None:
     """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
     manifest (both replace the old ones together). With nothing finished, an earlier output is
@@ -197,15 +204,15 @@ def _to_file(
         if _truncated(res, summary, events):
             meta["truncated"] = list(res.truncated)
         journal.add(res.item, meta, score(res, groups, config.segments, config.min_segment))
-        summary.done += 1
-        summary.audio_s += res.duration_s
+        summary.count(res)
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        ran = engines.run(config.options, todo, plans, events, on_journal)
+        ran = stored.run(library, config.options, todo, plans, events, on_journal, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         journal.close()
+        stored.close(library, summary)
     heads = [h for g in groups for h in g.heads]
     finished = [(item, rec) for item in items if (rec := journal.finished(item)) is not None]
     man_path, make_manifest = manifest_for
@@ -286,7 +293,12 @@ def tag_manifest(
         for h in g.heads
     ]
     man = manifest(
-        [g.predictor for g in groups], settings, summary, argv, head_info, extra={"truncated": summary.truncated}
+        [g.predictor for g in groups],
+        settings,
+        summary,
+        argv,
+        head_info,
+        extra={"truncated": summary.truncated, "library": summary.library},
     )
     for entry, g in zip(man["models"], groups):
         entry["device"] = summary.ran_on or g.predictor.device

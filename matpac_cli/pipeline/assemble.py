@@ -87,6 +87,7 @@ class FileResult:
     channels: int
     outputs: list[EncoderOutput]  # one per plan, in plan order
     truncated: tuple[int, int] | None = None  # (frames the header promised, frames read)
+    found: str | None = None  # taken from the library, not encoded: how it was known ("same path", "moved" ...)
 
 
 class Slot:

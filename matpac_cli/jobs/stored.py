@@ -1,0 +1,104 @@
+"""Every job's encoder pass goes through the library: what it holds for the run's models and
+settings is handed on without encoding, the rest runs on the engine and is stored as it comes.
+
+`run` has the engines' shape (`engines.run`) plus the library: a file the library has for every
+plan reaches `on_result` at once, marked `found` (how it was known), and is reported to the
+events as reused; the others are encoded, each stored when it finishes (committed every few
+files, so an interrupted run loses only the files in flight). Plans that keep frames (`--frames`,
+not stored) encode every file, and store what they computed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from matpac_cli import engines
+from matpac_cli.config import RunOptions
+from matpac_cli.errors import OutputError, one_line
+from matpac_cli.events import Ran, RunEvents
+from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.discovery import Item
+
+
+def open_library(library: Path | str | bool | None):
+    """The run's `Library` (None: the default location; False: none), or None where the
+    environment turns it off. A location that cannot be made is one line, before any model loads."""
+    from matpac_cli.library.location import resolve_root
+    from matpac_cli.library.store import Library
+
+    root = resolve_root(library)
+    if root is None:
+        return None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"library {root}: cannot be made ({one_line(exc)}); give another `library`",
+            settings=("library",),
+        ) from None
+    if not root.is_dir() or not _writable(root):
+        raise OutputError(f"library {root}: not a writable folder", settings=("library",))
+    return Library(root)
+
+
+def _writable(root: Path) -> bool:
+    import os
+
+    return os.access(root, os.W_OK | os.X_OK)
+
+
+def run(
+    library,
+    options: RunOptions,
+    items: list[Item],
+    plans: list[Plan],
+    events: RunEvents,
+    on_result: Callable[[FileResult], None],
+    found: Counter | None = None,
+) -> Ran:
+    """`engines.run` over what `library` lacks (all of `items` where `library` is None); `found`
+    counts the files taken from the library by how they were known."""
+    if library is None:
+        return engines.run(options, items, plans, events, on_result)
+    from matpac_cli.library.store import Setting, stored_result
+
+    found = found if found is not None else Counter()
+    known = library.identify(items)
+    settings = [Setting.of(p) for p in plans]
+    keys = [k.key for k in known.values()]
+    held = [
+        {} if p.frames else library.lookup(keys, s, p.resolved_layers(), p.segments) for p, s in zip(plans, settings)
+    ]
+    todo, by_item = [], {}
+    for i, item in enumerate(items):
+        k = known.get(i)
+        if k is not None and all(k.key in h for h in held):
+            res = stored_result(item, plans, [h[k.key] for h in held])
+            res.found = k.how
+            found[k.how] += 1
+            on_result(res)
+            events.reused(item, res.duration_s)
+            continue
+        todo.append(item)
+        if k is not None:
+            by_item[item] = k.key
+    library.commit()  # the paths seen, before any encoding
+
+    def storing(res: FileResult) -> None:
+        key = by_item.get(res.item)
+        if key is not None:
+            for plan, setting, out in zip(plans, settings, res.outputs):
+                library.add(key, setting, plan, res, out)
+        on_result(res)
+
+    return engines.run(options, todo, plans, events, storing)
+
+
+def close(library, summary) -> None:
+    """The library's last commit and tidy; `summary.library` says which library, at which version."""
+    if library is None:
+        return
+    library.close()
+    summary.library = {"path": str(library.root), "version": library.version()}

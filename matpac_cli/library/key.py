@@ -1,0 +1,69 @@
+"""A file's audio key: a hash of its encoded audio packets as demuxed (no decoding), so the key
+survives what leaves the audio alone (tags, pictures, renames, `touch`, `chmod`, a copy) and
+changes with any edit of the audio. Stat (device, inode, size, mtime_ns, ctime_ns) with the real
+path is the fast path, as git's index does it: an unchanged stat skips the hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20  # bytes read at a time where a file cannot be demuxed
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What says a file is unchanged since it was keyed."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path | str) -> Stat:
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def same_bytes(self, other: Stat) -> bool:
+        """Same inode, size and modification time: only the mode or owner changed (`chmod`)."""
+        return (self.dev, self.ino, self.size, self.mtime_ns) == (other.dev, other.ino, other.size, other.mtime_ns)
+
+
+def audio_key(path: Path | str) -> str:
+    """The first audio stream's codec, rate, channels and every packet's bytes, hashed; a file
+    no demuxer reads is keyed by its bytes (`file:`...): decoding it will fail and say why, and
+    the key is never found for another file."""
+    try:
+        return _packets_key(path)
+    except Exception:  # noqa: BLE001 - any demuxer failure: the bytes key, and decoding names the error
+        return _bytes_key(path)
+
+
+def _packets_key(path: Path | str) -> str:
+    import av
+
+    digest = hashlib.blake2b(digest_size=20)
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = next(s for s in container.streams if s.type == "audio")
+        ctx = stream.codec_context
+        digest.update(f"{ctx.name}|{ctx.sample_rate}|{ctx.channels}|".encode())
+        packets = 0
+        for packet in container.demux(stream):
+            if packet.size:
+                digest.update(memoryview(packet))
+                packets += 1
+    if not packets:
+        raise ValueError("no audio packets")
+    return "a:" + digest.hexdigest()
+
+
+def _bytes_key(path: Path | str) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return "f:" + digest.hexdigest()

@@ -1,0 +1,252 @@
+"""The library as the jobs use it: which files it knows (and how it knew them), what it holds for
+a run's model and settings, and the results of this run, committed every few files or seconds
+(kill -9 loses at most the files in flight) and tidied at the end.
+
+A file is found by its real path with an unchanged stat (no hashing), else by its audio key
+(`key.audio_key`); what the run finds says how: `same path`, `retagged` (same path, new bytes,
+same audio: a tag editor, `touch`), `moved` (a path the library has not seen with this audio:
+a rename, a move, a copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from matpac_cli.config import precision_name
+from matpac_cli.library import tables
+from matpac_cli.library.key import Stat, audio_key
+from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
+from matpac_cli.pipeline.discovery import Item
+
+COMMIT_FILES = 16  # results held before a commit ...
+COMMIT_S = 5.0  # ... or seconds since the last one, whichever comes first
+SEEN_AGAIN_S = 86_400.0  # an unchanged path's `seen` time is refreshed at most this often
+HOWS = ("same path", "retagged", "moved")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What an embedding was computed with: the model's sha256 and the front-end settings (audio
+    front end, chunk length, precision). The CPU's linear path is not in it: it changes the
+    numbers by about 1e-6, as any two runs may differ."""
+
+    model: str
+    frontend: str
+
+    @classmethod
+    def of(cls, plan: Plan) -> Setting:
+        p = plan.predictor
+        text = json.dumps(
+            {"fe": asdict(p.fe), "n_t": p.dims.n_t, "precision": precision_name(p.dtype) or str(p.dtype)},
+            sort_keys=True,
+        )
+        return cls(p.resolved.sha256, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+@dataclass
+class Known:
+    """A file as the library knows it: its key, its stat now, and how it was recognised."""
+
+    key: str
+    stat: Stat
+    how: str  # "same path", "retagged" or "moved" (meaningful where its results are found)
+    path: str  # the real path
+
+
+@dataclass
+class Stored:
+    """One file's stored results for one setting."""
+
+    facts: dict
+    layers: dict[int, np.ndarray] = field(default_factory=dict)
+    segments: list[Segment] | None = None
+
+
+class Library:
+    """One library folder. Reads see the latest committed version; writes are buffered and
+    committed by `commit` (called every `COMMIT_FILES` results or `COMMIT_S` seconds, and at
+    `close`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._clips: dict[str, list] = {name: [] for name in tables.CLIPS.names}
+        self._segments: dict[str, list] = {name: [] for name in tables.SEGMENTS.names}
+        self._paths: dict[str, list] = {name: [] for name in tables.PATHS.names}
+        self._held = 0
+        self._last = time.monotonic()
+        self.version_seen: dict[str, int] = {}
+
+    # reading -----------------------------------------------------------------------------------
+
+    def known_paths(self) -> dict[str, tuple]:
+        """path -> (key, Stat, seen) for every path the library has seen."""
+        ds = tables.open_table(self.root, "paths")
+        if ds is None:
+            return {}
+        t = ds.to_table().to_pydict()
+        return {
+            p: (k, Stat(d, i, s, m, c), seen)
+            for p, k, d, i, s, m, c, seen in zip(
+                t["path"], t["key"], t["dev"], t["ino"], t["size"], t["mtime_ns"], t["ctime_ns"], t["seen"]
+            )
+        }
+
+    def identify(self, items: list[Item], paths: dict[str, tuple] | None = None) -> dict[int, Known]:
+        """Each readable item's key (by stat where the path is unchanged, else by its audio), and
+        the path rows to record; items that cannot be stat'ed are left to the engine to name."""
+        paths = self.known_paths() if paths is None else paths
+        known, now = {}, time.time()
+        for i, item in enumerate(items):
+            if item.problem:
+                continue
+            try:
+                real = os.path.realpath(item.path)
+                stat = Stat.of(real)
+            except OSError:
+                continue
+            row = paths.get(real)
+            if row is not None and row[1] == stat:
+                known[i] = Known(row[0], stat, "same path", real)
+                if now - row[2] > SEEN_AGAIN_S:
+                    self._remember_path(real, row[0], stat, now)
+                continue
+            key = audio_key(real)
+            how = "moved" if row is None else ("same path" if row[1].same_bytes(stat) else "retagged")
+            if row is not None and row[0] != key:
+                how = "moved"  # the audio at this path changed: found only if it is elsewhere too
+            known[i] = Known(key, stat, how, real)
+            self._remember_path(real, key, stat, now)
+        return known
+
+    def lookup(self, keys: list[str], setting: Setting, layers: tuple[int, ...], segments: bool) -> dict[str, Stored]:
+        """The stored results of `keys` for `setting` that have every layer of `layers` (and the
+        segments, where asked for); keys with less are missing (they are encoded again)."""
+        ds = tables.open_table(self.root, "clips")
+        if ds is None or not keys:
+            return {}
+        extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
+        t = tables.where_keys(ds, sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"]).to_pydict()
+        found: dict[str, Stored] = {}
+        for j, key in enumerate(t["key"]):
+            stored = found.setdefault(key, Stored(_facts(t, j)))
+            stored.layers[t["layer"][j]] = np.asarray(t["embedding"][j], dtype=np.float32)
+        found = {k: s for k, s in found.items() if all(layer in s.layers for layer in layers)}
+        if segments and found:
+            for key, segs in self._segments_of(list(found), setting).items():
+                found[key].segments = segs
+            found = {k: s for k, s in found.items() if s.segments is not None}
+        return found
+
+    def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:
+        ds = tables.open_table(self.root, "segments")
+        if ds is None:
+            return {}
+        extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
+        t = tables.where_keys(ds, keys, extra, ["key", "start_s", "end_s", "columns", "embedding"]).to_pydict()
+        return {
+            key: [
+                Segment(s, e, np.asarray(v, dtype=np.float32), c)
+                for s, e, c, v in zip(t["start_s"][j], t["end_s"][j], t["columns"][j], t["embedding"][j])
+            ]
+            for j, key in enumerate(t["key"])
+        }
+
+    # writing -----------------------------------------------------------------------------------
+
+    def add(self, key: str, setting: Setting, plan: Plan, res: FileResult, out: EncoderOutput) -> None:
+        """One file's results for one plan: its clip embedding per layer, its segments where the
+        plan made them; committed with the next batch."""
+        now = time.time()
+        promised, read = res.truncated if res.truncated else (None, None)
+        with self._lock:
+            for layer, vector in zip(plan.resolved_layers(), out.embedding):
+                row = (key, setting.model, setting.frontend, int(layer), vector.astype(np.float32).tolist())
+                facts = (res.duration_s, res.sample_rate, res.channels, promised, read, now)
+                for name, value in zip(tables.CLIPS.names, row + facts):
+                    self._clips[name].append(value)
+            if plan.segments:
+                segs = out.segments
+                values = (
+                    key,
+                    setting.model,
+                    setting.frontend,
+                    [s.start_s for s in segs],
+                    [s.end_s for s in segs],
+                    [int(s.columns) for s in segs],
+                    [s.embedding.astype(np.float32).tolist() for s in segs],
+                    now,
+                )
+                for name, value in zip(tables.SEGMENTS.names, values):
+                    self._segments[name].append(value)
+            self._held += 1
+            due = self._held >= COMMIT_FILES or time.monotonic() - self._last >= COMMIT_S
+        if due:
+            self.commit()
+
+    def _remember_path(self, path: str, key: str, stat: Stat, now: float) -> None:
+        with self._lock:
+            for name, value in zip(tables.PATHS.names, (path, key, *asdict(stat).values(), now)):
+                self._paths[name].append(value)
+
+    def commit(self) -> None:
+        """What is held, written as new fragments (paths first: results are found by key)."""
+        with self._lock:
+            clips, segments, paths = self._clips, self._segments, self._paths
+            self._clips = {name: [] for name in tables.CLIPS.names}
+            self._segments = {name: [] for name in tables.SEGMENTS.names}
+            self._paths = {name: [] for name in tables.PATHS.names}
+            self._held, self._last = 0, time.monotonic()
+        if paths["path"]:
+            tables.upsert_paths(self.root, _last_per_path(paths))
+        tables.append(self.root, "clips", clips)
+        tables.append(self.root, "segments", segments)
+
+    def close(self) -> None:
+        self.commit()
+        tables.tidy(self.root)
+
+    def version(self) -> dict[str, int]:
+        """Each table's version now (the manifest records it)."""
+        out = {}
+        for name in tables.SCHEMAS:
+            ds = tables.open_table(self.root, name)
+            if ds is not None:
+                out[name] = ds.version
+        return out
+
+
+def _facts(t: dict, j: int) -> dict:
+    promised, read = t["promised"][j], t["read"][j]
+    return {
+        "duration_s": t["duration_s"][j],
+        "sample_rate": t["sample_rate"][j],
+        "channels": t["channels"][j],
+        "truncated": None if promised is None else (promised, read),
+    }
+
+
+def _last_per_path(rows: dict[str, list]) -> dict[str, list]:
+    """One row per path (the last one held): a merge on `path` takes each path once."""
+    last = {p: j for j, p in enumerate(rows["path"])}
+    keep = sorted(last.values())
+    return {name: [values[j] for j in keep] for name, values in rows.items()}
+
+
+def stored_result(item: Item, plans: list[Plan], found: list[Stored]) -> FileResult:
+    """A file's `FileResult` from what the library holds for each plan, as the engine would
+    have handed it on (float32, the same layers, the same segments)."""
+    outs = []
+    for plan, stored in zip(plans, found):
+        emb = np.stack([stored.layers[layer] for layer in plan.resolved_layers()])
+        outs.append(EncoderOutput(emb, None, list(stored.segments or []) if plan.segments else []))
+    facts = found[0].facts
+    return FileResult(item, facts["duration_s"], facts["sample_rate"], facts["channels"], outs, facts["truncated"])

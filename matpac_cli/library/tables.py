@@ -1,0 +1,160 @@
+"""The library's three Lance tables and the few operations on them, with no matpac rules in them.
+
+- `clips`: one row per (audio key, model sha256, front-end settings, layer): the file's clip
+  embedding of that layer (float32, as the encoder's outputs are written) and its facts.
+- `segments`: one row per (key, model, front-end): the last layer's per-chunk embeddings, with each
+  chunk's span and time columns (what `tag --segments` rows and its short-tail merge need).
+- `paths`: one row per real path seen: its key, its stat, when it was last seen.
+Rows are appended (a fragment per commit); a lookup that meets a row twice (two runs at once
+encoded the same file) takes either: they are equal.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+os.environ.setdefault("LANCE_LOG", "error")  # Lance's notices ("it will be created") are not the user's business
+
+import lance  # noqa: E402 - after its log level
+
+RETRIES = 8  # commits that lost a race with another writer's are tried again this often
+IN_BATCH = 512  # keys per `IN (...)` filter
+
+CLIPS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("model", pa.string()),
+        ("frontend", pa.string()),
+        ("layer", pa.int32()),
+        ("embedding", pa.list_(pa.float32())),
+        ("duration_s", pa.float64()),
+        ("sample_rate", pa.int32()),
+        ("channels", pa.int32()),
+        ("promised", pa.int64()),  # frames the header promised, where fewer could be read (else null)
+        ("read", pa.int64()),
+        ("added", pa.float64()),
+    ]
+)
+SEGMENTS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("model", pa.string()),
+        ("frontend", pa.string()),
+        ("start_s", pa.list_(pa.float64())),
+        ("end_s", pa.list_(pa.float64())),
+        ("columns", pa.list_(pa.int32())),
+        ("embedding", pa.list_(pa.list_(pa.float32()))),
+        ("added", pa.float64()),
+    ]
+)
+PATHS = pa.schema(
+    [
+        ("path", pa.string()),
+        ("key", pa.string()),
+        ("dev", pa.uint64()),
+        ("ino", pa.uint64()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("ctime_ns", pa.int64()),
+        ("seen", pa.float64()),
+    ]
+)
+SCHEMAS = {"clips": CLIPS, "segments": SEGMENTS, "paths": PATHS}
+
+
+def uri(root: Path, name: str) -> str:
+    return str(root / f"{name}.lance")
+
+
+def open_table(root: Path, name: str):
+    """The table's latest version, or None where nothing was written to it yet."""
+    path = uri(root, name)
+    if not os.path.isdir(path):
+        return None
+    try:
+        return lance.dataset(path)
+    except (OSError, ValueError):
+        return None  # a folder with no committed version yet (a first writer is mid-commit)
+
+
+def append(root: Path, name: str, rows: dict[str, list]) -> None:
+    """Rows as one fragment, committed atomically; a lost race with a concurrent writer is retried."""
+    table = pa.table(rows, schema=SCHEMAS[name])
+    if not table.num_rows:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _retry(lambda: lance.write_dataset(table, uri(root, name), mode="append"))
+
+
+def upsert_paths(root: Path, rows: dict[str, list]) -> None:
+    """Paths rows by path: a path seen again gets its new key, stat and time."""
+    table = pa.table(rows, schema=PATHS)
+    if not table.num_rows:
+        return
+    ds = open_table(root, "paths")
+    if ds is None:
+        append(root, "paths", rows)
+        return
+
+    def merge():
+        lance.dataset(uri(root, "paths")).merge_insert(
+            "path"
+        ).when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    _retry(merge)
+
+
+def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
+    """Rows whose key is one of `keys` (and `extra`, a filter), in batches of `IN_BATCH` keys."""
+    parts = []
+    for i in range(0, len(keys), IN_BATCH):
+        listed = ", ".join(_quoted(k) for k in keys[i : i + IN_BATCH])
+        parts.append(ds.to_table(columns=columns, filter=f"key IN ({listed}){' AND ' + extra if extra else ''}"))
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+
+
+def equals(column: str, value: str) -> str:
+    return f"{column} = {_quoted(value)}"
+
+
+def _quoted(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def delete(root: Path, name: str, predicate: str) -> None:
+    ds = open_table(root, name)
+    if ds is not None:
+        _retry(lambda: lance.dataset(uri(root, name)).delete(predicate))
+
+
+def tidy(root: Path, most_fragments: int = 16) -> None:
+    """Many small fragments (a commit every few files) merged into few, and versions older than an
+    hour dropped (a run still reading one keeps its files that long), so the library stays small
+    and fast to read however many runs wrote to it."""
+    from datetime import timedelta
+
+    for name in SCHEMAS:
+        ds = open_table(root, name)
+        if ds is None:
+            continue
+        try:
+            if len(ds.get_fragments()) > most_fragments:
+                ds.optimize.compact_files()
+            lance.dataset(uri(root, name)).cleanup_old_versions(older_than=timedelta(hours=1))
+        except Exception:  # noqa: BLE001 - another run compacting at the same time: the next run tidies
+            pass
+
+
+def _retry(commit):
+    for attempt in range(RETRIES):
+        try:
+            return commit()
+        except OSError as exc:
+            if attempt == RETRIES - 1 or "onflict" not in str(exc) and "retry" not in str(exc).lower():
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None

@@ -30,6 +30,7 @@ import numpy as np
 
 from matpac_cli.config import precision_name
 from matpac_cli.encoder import cpu
+from matpac_cli.engines.hooks import hold
 from matpac_cli.errors import RAY_LIMIT, InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
@@ -39,10 +40,6 @@ from matpac_cli.pipeline.discovery import Item
 from matpac_cli.pipeline.feed import END, Feed
 
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
-CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
-HOLD_ON = "MATPAC_TEST_HOLD_ON"  # TEST ONLY: `ENDING:FLAG`: decoding a file whose name ends so waits for FLAG ...
-HOLD_S = 120.0  # ... this long at most
-TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
 
 
 class Attempts:
@@ -79,33 +76,6 @@ class Attempts:
     def enlisted_in(self, round_: int) -> list:
         """The round's actors, handed over once (the round is over: its actors are stopped)."""
         return self.enlisted.pop(round_, [])
-
-
-def crash_on() -> str | None:
-    """The test-only crash hook's file-name ending, or None (always, unless MATPAC_TEST_HOOKS=1
-    is set as well): tests/engines/test_ray.py's stand-in for a decoder that segfaults on one file."""
-    if os.environ.get(TEST_HOOKS) != "1":
-        return None
-    return os.environ.get(CRASH_ON) or None
-
-
-def hold_on() -> tuple[str, str] | None:
-    """The test-only hold hook (MATPAC_TEST_HOLD_ON=ENDING:FLAG, with MATPAC_TEST_HOOKS=1): decoding
-    a file whose name ends with ENDING waits until the file FLAG exists, so that a test can act
-    while the rest of the job is done and the encoder actors wait for work."""
-    if os.environ.get(TEST_HOOKS) != "1":
-        return None
-    spec = os.environ.get(HOLD_ON) or ""
-    ending, _, flag = spec.partition(":")
-    return (ending, flag) if ending and flag else None
-
-
-def _hold(flag: str) -> None:
-    import time
-
-    deadline = time.monotonic() + HOLD_S
-    while not os.path.exists(flag) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def died(times: int, what: str) -> str:
@@ -253,7 +223,7 @@ def decode_files(
         if crash_on and item.name.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults
         if hold_on and item.name.endswith(hold_on[0]):
-            _hold(hold_on[1])  # the test's stand-in for a slow disk
+            hold(hold_on[1])  # the test's stand-in for a slow disk
         yield from _decode_one(int(i), item, n_ts, defer, partial(attempts.end, ("decode", int(i))))
 
 

@@ -168,7 +168,7 @@ def test_the_attempts_ledger_holds_only_the_tries_in_flight():
 def test_the_crash_hook_is_inert_without_the_test_hooks_switch(monkeypatch):
     """MATPAC_TEST_CRASH_ON kills the process decoding a matching file (the tests' stand-in for
     a crashing decoder); shipped code must never do that because of one stray variable."""
-    from matpac_cli.engines.work import crash_on
+    from matpac_cli.engines.hooks import crash_on
 
     monkeypatch.setenv("MATPAC_TEST_CRASH_ON", "c2.wav")
     monkeypatch.delenv("MATPAC_TEST_HOOKS", raising=False)
@@ -180,7 +180,7 @@ def test_the_crash_hook_is_inert_without_the_test_hooks_switch(monkeypatch):
 def test_the_hold_hook_is_inert_without_the_test_hooks_switch(monkeypatch, tmp_path):
     """MATPAC_TEST_HOLD_ON makes decoding a matching file wait for a flag file (the tests' way to
     have the encoder actors idle on cue); like the crash hook, only with MATPAC_TEST_HOOKS=1."""
-    from matpac_cli.engines.work import hold_on
+    from matpac_cli.engines.hooks import hold_on
 
     monkeypatch.setenv("MATPAC_TEST_HOLD_ON", f"m15.wav:{tmp_path / 'go'}")
     monkeypatch.delenv("MATPAC_TEST_HOOKS", raising=False)

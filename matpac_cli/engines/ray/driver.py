@@ -24,7 +24,6 @@ Results arrive as files finish, not in input order (the file outputs are written
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import pickle
@@ -33,17 +32,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from matpac_cli.config import Device, RunOptions
+from matpac_cli.engines.hooks import crash_on, hold_on
 from matpac_cli.engines.ray.cluster import Cluster
+from matpac_cli.engines.ray.ledger import Ledger
 from matpac_cli.engines.work import (
     GIVE_UP,
-    Attempts,
     Collector,
     Encoder,
     Recipe,
-    crash_on,
     decode_files,
     died,
-    hold_on,
 )
 from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
@@ -53,7 +51,6 @@ from matpac_cli.pipeline.discovery import Item
 DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
 MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
 STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
-LEDGER_S = 30.0  # the longest a try waits on the ledger's answer (it answers in a millisecond or so)
 STALLS = 3  # rounds in a row that finish no file before the job fails
 
 
@@ -76,7 +73,7 @@ def run(
     ledger = None
     try:
         device, _ = cluster.placement(options.device, options.precision)
-        ledger = _Ledger.start()
+        ledger = Ledger.start()
         collector = Collector(items, plans, events, on_result)
         _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events)
         return Ran(ledger.retries(), device)
@@ -84,109 +81,6 @@ def run(
         if ledger is not None:
             ledger.stop()
         cluster.close()
-
-
-class _Ledger:
-    """`Attempts` in an actor on the head node (it outlives any worker and any other node), by
-    name, so that a task or actor anywhere on the cluster reaches it; a try that cannot reach it
-    goes ahead. (Ray Data's own bound, `max_retries` for its tasks, is deprecated in Ray 2.60.)"""
-
-    def __init__(self, name: str, round_: int = 0) -> None:
-        self.name, self.round, self._handle, self._lost = name, round_, None, False
-        self.reruns = 0  # files run again in a later round (the driver's count)
-
-    def for_round(self, round_: int) -> _Ledger:
-        """Keys of their own for each round: a try that a stopped round cut short is no death."""
-        view = _Ledger(self.name, round_)
-        view._handle = self._handle
-        return view
-
-    @classmethod
-    def start(cls) -> _Ledger:
-        import uuid
-
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        ledger = cls(f"matpac-attempts-{uuid.uuid4().hex}")
-        heads = [
-            n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
-        ]
-        here = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
-        ledger._handle = (
-            ray.remote(Attempts)
-            .options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1, scheduling_strategy=here)
-            .remote()
-        )
-        return ledger
-
-    def __getstate__(self) -> dict:
-        return {"name": self.name, "round": self.round}
-
-    def __setstate__(self, state: dict) -> None:
-        self.name, self.round, self._handle, self.reruns, self._lost = state["name"], state["round"], None, 0, False
-
-    def _actor(self):
-        import ray
-
-        if self._handle is None:
-            self._handle = ray.get_actor(self.name, namespace="matpac")
-        return self._handle
-
-    def _call(self, method: str, *args, default=None):
-        """One round trip; a ledger that did not answer once is not asked again by this copy (an
-        actor's, a task's): a try goes ahead uncounted rather than wait on it for each batch."""
-        import ray
-
-        if self._lost:
-            return default
-        try:
-            return ray.get(getattr(self._actor(), method).remote(*args), timeout=LEDGER_S)
-        except Exception:  # noqa: BLE001 - the count is a guard against endless retries, never a failure
-            self._lost = True
-            return default
-
-    def _send(self, method: str, *args) -> None:
-        """Fire and forget: nothing waits on the answer (Ray runs one caller's calls to an actor
-        in order, so this process's next `begin` comes after it)."""
-        if self._lost:
-            return
-        with contextlib.suppress(Exception):
-            getattr(self._actor(), method).remote(*args)
-
-    def begin(self, key) -> int:
-        return self._call("begin", (self.round, key), default=0)
-
-    def end(self, key) -> None:
-        self._send("end", (self.round, key))
-
-    def retries(self) -> int:
-        return self._call("retries", default=0) + self.reruns
-
-    def enlist(self) -> None:
-        """From an encoder actor: its own handle, kept with its round."""
-        import ray
-
-        self._send("enlist", self.round, ray.get_runtime_context().current_actor)
-
-    def enlisted(self) -> list:
-        """The round's encoder actors so far (handles), for the driver's watch."""
-        return self._call("enlisted_now", self.round, default=[]) or []
-
-    def dismiss(self) -> None:
-        """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
-        collected, holding their CPUs (and restarting ones their claim) meanwhile."""
-        import ray
-
-        for actor in self._call("enlisted_in", self.round, default=[]) or []:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
-
-    def stop(self) -> None:
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.kill(self._handle)
 
 
 def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
@@ -207,7 +101,7 @@ def _run(
     plans: list[Plan],
     shape: tuple[str, int | None],
     collector: Collector,
-    ledger: _Ledger,
+    ledger: Ledger,
     events: RunEvents,
 ) -> None:
     """The job in rounds, each on the files left with an actor pool sized for the cluster as it
@@ -286,7 +180,7 @@ def _round(
     plans: list[Plan],
     shape: tuple[str, int | None],
     collector: Collector,
-    ledger: _Ledger,
+    ledger: Ledger,
 ) -> None:
     """One round on the files `left`; `shape` is the actors' (device, batch size: None for the
     device's default)."""

@@ -6,7 +6,7 @@ waits for ever for it to take work (Ray 2.60; the job hung so). Here each of the
 (the ledger's list: they enlist as they start) is pinged now and then, and a dead one fails the
 round at once with `Lost`, so the files left run again on a fresh pool (`driver._run`).
 The actors are never Ray Data's to stop mid-round: the ledger holds their handles, so a
-scaled-down actor lives on, idle, until the round ends (`_Ledger.dismiss`).
+scaled-down actor lives on, idle, until the round ends (`Ledger.dismiss`).
 """
 
 from __future__ import annotations

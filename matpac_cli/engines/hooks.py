@@ -1,0 +1,41 @@
+"""Test-only hooks of the engines' units of work, inert unless MATPAC_TEST_HOOKS=1 is set (the
+tests' switch, never set for users): a decoder that dies on one file (`crash_on`: a segfault's
+stand-in) and one that waits for a flag file (`hold_on`: a slow disk's, so that a test can act
+while the encoder actors wait for work). tests/engines/test_ray.py uses both."""
+
+from __future__ import annotations
+
+import os
+
+CRASH_ON = "MATPAC_TEST_CRASH_ON"  # TEST ONLY: decoding a file whose name ends so kills its process ...
+HOLD_ON = "MATPAC_TEST_HOLD_ON"  # TEST ONLY: `ENDING:FLAG`: decoding a file whose name ends so waits for FLAG ...
+HOLD_S = 120.0  # ... this long at most
+TEST_HOOKS = "MATPAC_TEST_HOOKS"  # ... and only when this is 1 too (the tests' switch, never set for users)
+
+
+def crash_on() -> str | None:
+    """The test-only crash hook's file-name ending, or None (always, unless MATPAC_TEST_HOOKS=1
+    is set as well): tests/engines/test_ray.py's stand-in for a decoder that segfaults on one file."""
+    if os.environ.get(TEST_HOOKS) != "1":
+        return None
+    return os.environ.get(CRASH_ON) or None
+
+
+def hold_on() -> tuple[str, str] | None:
+    """The test-only hold hook (MATPAC_TEST_HOLD_ON=ENDING:FLAG, with MATPAC_TEST_HOOKS=1): decoding
+    a file whose name ends with ENDING waits until the file FLAG exists, so that a test can act
+    while the rest of the job is done and the encoder actors wait for work."""
+    if os.environ.get(TEST_HOOKS) != "1":
+        return None
+    spec = os.environ.get(HOLD_ON) or ""
+    ending, _, flag = spec.partition(":")
+    return (ending, flag) if ending and flag else None
+
+
+def hold(flag: str) -> None:
+    """Wait for the file `flag` (at most `HOLD_S` seconds)."""
+    import time
+
+    deadline = time.monotonic() + HOLD_S
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -88,17 +88,19 @@ class Library:
     # reading -----------------------------------------------------------------------------------
 
     def known_paths(self) -> dict[str, tuple]:
-        """path -> (key, Stat, seen) for every path the library has seen."""
+        """path -> (key, Stat, seen) for every path the library has seen (a path two runs recorded
+        at once may have two rows: the one seen last counts)."""
         ds = tables.open_table(self.root, "paths")
         if ds is None:
             return {}
         t = ds.to_table().to_pydict()
-        return {
-            p: (k, Stat(d, i, s, m, c), seen)
-            for p, k, d, i, s, m, c, seen in zip(
-                t["path"], t["key"], t["dev"], t["ino"], t["size"], t["mtime_ns"], t["ctime_ns"], t["seen"]
-            )
-        }
+        known: dict[str, tuple] = {}
+        for p, k, d, i, s, m, c, seen in zip(
+            t["path"], t["key"], t["dev"], t["ino"], t["size"], t["mtime_ns"], t["ctime_ns"], t["seen"]
+        ):
+            if p not in known or seen >= known[p][2]:
+                known[p] = (k, Stat(d, i, s, m, c), seen)
+        return known
 
     def identify(self, items: list[Item], paths: dict[str, tuple] | None = None) -> dict[int, Known]:
         """Each readable item's key (by stat where the path is unchanged, else by its audio), and

@@ -32,8 +32,24 @@ from reference import make_checkpoint  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_library(tmp_path_factory):
+    """A library for what runs outside any one test (module-scoped fixtures that embed): never
+    the user's ~/.cache/matpac/library. Each test then gets its own (`_isolated_cache`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATPAC_LIBRARY", str(tmp_path_factory.mktemp("session-library") / "library"))
+        yield
+
+
+@pytest.fixture()
+def no_library(monkeypatch):
+    """For tests of the per-output journal itself (its damage, its resume): the library, which
+    would serve the files the journal lost, is off (MATPAC_LIBRARY=off), as `--no-library` is."""
+    monkeypatch.setenv("MATPAC_LIBRARY", "off")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path, tmp_path_factory, monkeypatch):
     """Every test gets its own HF cache, its own empty matpac library and no real endpoint, so
     nothing leaks or downloads."""
     import huggingface_hub.constants as hf
@@ -45,7 +61,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # closed port: any stray request fails fast
     monkeypatch.setenv("MATPAC_RELEASE_URL", "http://127.0.0.1:9/")
-    monkeypatch.setenv("MATPAC_LIBRARY", str(tmp_path / "library"))  # never the user's; empty at each test's start
+    # never the user's; empty at each test's start; outside tmp_path, which tests list as the run's outputs
+    monkeypatch.setenv("MATPAC_LIBRARY", str(tmp_path_factory.mktemp("library") / "library"))
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(hf, "HF_HUB_DISABLE_TELEMETRY", True)
     yield

@@ -176,7 +176,7 @@ def embed_queries(
         out = Path(tmp) / "queries.npy"
         config = EmbedConfig(out=out, layer=str(layer or "last"), options=options or RunOptions(batch_size=QUERY_BATCH))
         summary = embed([Item(q.name, q.path) for q in files], predictor, config, events)
-        if not summary.done:
+        if not summary.done + summary.reused:  # encoded now, or found in the library
             return {}
         got = read_embeddings(out)
         by_file = {real[r["path"]]: np.array(got.matrix[i]) for i, r in enumerate(got.index)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matpac_cli import engines
 from matpac_cli.config import RunOptions
-from matpac_cli.errors import OutputError, one_line
+from matpac_cli.errors import OutputError
 from matpac_cli.events import Ran, RunEvents
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -26,20 +26,18 @@ def open_library(library: Path | str | bool | None):
     """The run's `Library` (None: the default location; False: none), or None where the
     environment turns it off. A location that cannot be made is one line, before any model loads."""
     from matpac_cli.library.location import resolve_root
-    from matpac_cli.library.store import Library
 
     root = resolve_root(library)
     if root is None:
-        return None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"library {root}: cannot be made ({one_line(exc)}); give another `library`",
-            settings=("library",),
-        ) from None
-    if not root.is_dir() or not _writable(root):
-        raise OutputError(f"library {root}: not a writable folder", settings=("library",))
+        return None  # and pyarrow, Lance are not imported
+    from matpac_cli.library.store import Library
+
+    place = root
+    while not place.exists() and place != place.parent:  # made at the first write, not before
+        place = place.parent
+    if not place.is_dir() or not _writable(place):
+        what = "is not a folder" if place == root and not root.is_dir() else f"cannot be made in {place}"
+        raise OutputError(f"library {root}: {what}; give another `library`", settings=("library",))
     return Library(root)
 
 

@@ -98,6 +98,7 @@ class Library:
         for p, k, d, i, s, m, c, seen in zip(
             t["path"], t["key"], t["dev"], t["ino"], t["size"], t["mtime_ns"], t["ctime_ns"], t["seen"]
         ):
+            p = os.fsdecode(p)
             if p not in known or seen >= known[p][2]:
                 known[p] = (k, Stat(d, i, s, m, c), seen)
         return known
@@ -196,7 +197,7 @@ class Library:
 
     def _remember_path(self, path: str, key: str, stat: Stat, now: float) -> None:
         with self._lock:
-            for name, value in zip(tables.PATHS.names, (path, key, *asdict(stat).values(), now)):
+            for name, value in zip(tables.PATHS.names, (os.fsencode(path), key, *asdict(stat).values(), now)):
                 self._paths[name].append(value)
 
     def commit(self) -> None:

@@ -53,7 +53,7 @@ SEGMENTS = pa.schema(
 )
 PATHS = pa.schema(
     [
-        ("path", pa.string()),
+        ("path", pa.binary()),  # the real path's bytes (os.fsencode): a name need not be UTF-8
         ("key", pa.string()),
         ("dev", pa.uint64()),
         ("ino", pa.uint64()),

@@ -235,7 +235,7 @@ def _journal_after_kill(tmp_path: Path, tiny: Path, n: int) -> Path:
     return tmp_path / "e.npy.journal"
 
 
-def test_flipped_payload_bytes_are_dropped_with_a_warning_and_recomputed(tmp_path, tiny):
+def test_flipped_payload_bytes_are_dropped_with_a_warning_and_recomputed(tmp_path, tiny, no_library):
     _clips(tmp_path / "clips", 3)
     args = ["embed", "clips", "--out", "e.npy", "--model", str(tiny)]
     assert run_matpac(args + ["-q"], cwd=tmp_path).returncode == 0
@@ -255,7 +255,7 @@ def test_flipped_payload_bytes_are_dropped_with_a_warning_and_recomputed(tmp_pat
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), clean, atol=1e-6)
 
 
-def test_a_forged_record_with_a_wrong_shape_or_missing_field_is_dropped_not_fatal(tmp_path, tiny):
+def test_a_forged_record_with_a_wrong_shape_or_missing_field_is_dropped_not_fatal(tmp_path, tiny, no_library):
     from matpac_cli.outputs import journal as jr
 
     _clips(tmp_path / "clips", 2)

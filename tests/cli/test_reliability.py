@@ -138,7 +138,7 @@ def _journal_records(path: Path) -> int:
 
 
 @pytest.mark.slow  # five whole runs over 40 files: the longest test outside Ray by far
-def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny):
+def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny, no_library):
     folder = tmp_path / "many"
     n_files = 40
     for i in range(n_files):
@@ -293,7 +293,7 @@ def test_garbage_m4a_is_one_line_with_the_decoders_reason(tmp_path, tiny):
         assert line.endswith(f"{name}: cannot decode: Invalid data found when processing input"), line
 
 
-def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny):
+def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny, no_library):
     """kill -9 in the middle of writing a record: the complete ones count, the torn one is redone."""
     for i in range(3):
         write_audio(tmp_path / "d" / f"f{i}.wav", 1.0, seed=i)

@@ -20,7 +20,7 @@ for i in range(10):
     rows = {n: [] for n in tables.PATHS.names}
     for j in range(20):
         path = f"/music/{who}/{i}/{j}" if j % 2 else f"/music/shared/{j}"
-        for n, v in zip(tables.PATHS.names, (path, f"k{who}{i}", 1, 2, 3, 4, 5, time.time())):
+        for n, v in zip(tables.PATHS.names, (path.encode(), f"k{who}{i}", 1, 2, 3, 4, 5, time.time())):
             rows[n].append(v)
     tables.upsert_paths(root, rows)
     clip = {n: [] for n in tables.CLIPS.names}
@@ -49,7 +49,7 @@ def _race(root: Path, go: Path) -> None:
     go.touch()
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
-    paths = lance.dataset(str(root / "paths.lance")).to_table().column("path").to_pylist()
+    paths = [p.decode() for p in lance.dataset(str(root / "paths.lance")).to_table().column("path").to_pylist()]
     expected = {f"/music/{w}/{i}/{j}" for w in "AB" for i in range(10) for j in range(1, 20, 2)}
     expected |= {f"/music/shared/{j}" for j in range(0, 20, 2)}
     assert set(paths) == expected  # none lost (a path both upserted at once may have two rows: readers take the latest)

@@ -48,6 +48,7 @@ def made(ckpts, tmp_path_factory) -> Path:
     tag = ["tag", *common, "--head", "./openmic.pth", "--segments", "--min-segment", "0", "--top-k", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)
+        mp.setenv("MATPAC_LIBRARY", "off")  # each output computed, as its manifest's counts say
         for out in ("npy/emb.npy", "pq/emb.parquet"):
             assert main(["embed", *common, "--out", out]) == 0
         assert main(["embed", *common, "--out", "all/emb.parquet", "--layer", "all"]) == 0
@@ -78,7 +79,7 @@ def test_embed_parquet_holds_the_npy_rows_read_with_pyarrow_and_pandas(made):
     assert not (made / "pq" / "emb.csv").exists()  # the path column is the index
 
 
-def test_embed_parquet_has_the_npy_manifest_naming_its_output_and_a_compact_journal(made):
+def test_embed_parquet_has_the_npy_manifest_naming_its_output_and_a_compact_journal(made, no_library):
     man = json.loads((made / "pq" / "emb.manifest.json").read_text())
     npy_man = json.loads((made / "npy" / "emb.manifest.json").read_text())
     assert man["output"] == {
@@ -164,7 +165,7 @@ def test_parquet_to_stdout_is_refused_in_one_line(made, capsys, args, says, monk
 # ---------------------------------------------------------------- resume, refusals, failures
 
 
-def test_parquet_runs_resume_and_a_replaced_parquet_is_recomputed(ckpts, tmp_path, capsys, monkeypatch):
+def test_parquet_runs_resume_and_a_replaced_parquet_is_recomputed(ckpts, tmp_path, capsys, monkeypatch, no_library):
     monkeypatch.chdir(tmp_path)
     make_clips(tmp_path)
     args = ["embed", "clips", "--out", "emb.parquet", "--model", ckpts["tiny608"]]
@@ -401,7 +402,9 @@ def test_report_of_parquet_tags_and_embeddings(made, capsys, monkeypatch):
     assert code == 0 and Path("tagged.html").exists(), err
 
 
-def test_parquet_is_not_imported_by_help_or_an_npy_run(made, tmp_path):
+def test_parquet_is_not_imported_by_help_or_an_npy_run(made, tmp_path, no_library):
+    """pyarrow (about 0.3 s to import) only where a run needs it: Parquet, or the library's Lance
+    tables (an npy run with the library on reads them through pyarrow)."""
     script = (
         "import sys; from matpac_cli.cli import main; "
         "main(['--help']) if sys.argv[1] == 'help' else "

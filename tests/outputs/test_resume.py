@@ -48,7 +48,7 @@ def test_finished_output_keeps_a_compact_journal_and_resumes_from_the_matrix(tmp
     assert second.shape[0] == 4
 
 
-def test_a_replaced_matrix_is_never_read_as_the_journal_rows(tmp_path, tiny):
+def test_a_replaced_matrix_is_never_read_as_the_journal_rows(tmp_path, tiny, no_library):
     _clips(tmp_path)
     args = ["embed", "clips", "--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0

@@ -196,6 +196,10 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     if ran:
         line += " on " + " and ".join(ran)
     line += f"; {reporter.reused_s / 3600:.2f} h reused"
+    if getattr(summary, "kept", 0):
+        line += f"; kept {summary.kept} row(s) of earlier files"
+    if getattr(summary, "pruned", 0):
+        line += f"; pruned {summary.pruned} row(s) of files gone from disk"
     retries = getattr(summary, "retries", 0)
     if retries:
         line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"

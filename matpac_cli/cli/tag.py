@@ -20,10 +20,12 @@ from matpac_cli.cli._options import (
     Inputs,
     NullOpt,
     PrecisionOpt,
+    PruneOpt,
     QuietOpt,
     RayAddressOpt,
     RowsOutOpt,
     ThreadsOpt,
+    UpdateOpt,
     WorkersOpt,
 )
 from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
@@ -126,6 +128,8 @@ def tag(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    update: UpdateOpt = False,
+    prune: PruneOpt = False,
     report: ReportOpt = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -154,6 +158,7 @@ def tag(
         failures=failures,
         report=report,
         force=force,
+        keep=(update, prune),
     )
     items = items_for(inputs, ext, null)
     written = _check_outputs(
@@ -162,6 +167,9 @@ def tag(
     from matpac_cli.outputs.writers import locked
 
     with locked(*written):
+        from matpac_cli.jobs.tag import check_inputs
+
+        check_inputs(config, target, items)  # rows of files that are not inputs: kept, replaced or refused
         groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, quiet, failures, started)
         if report is not None and target in summary.outputs:
             from matpac_cli.jobs.report import build_report
@@ -188,17 +196,21 @@ def _check_arguments(
     failures,
     report,
     force,
+    keep,
 ):
     """Everything the arguments alone decide (no torch, no model file read), given the run
     `options` already checked: the tag settings, the --out file (None: stdout) and which encoder
-    each head runs on. Keyword-only, so no caller depends on the order of thirteen settings."""
+    each head runs on (`keep`: --update and --prune). Keyword-only, so no caller depends on the
+    order of fourteen settings."""
     from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.tag import TagConfig
     from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, check_output, plan_groups
     from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
+    from matpac_cli.outputs.earlier import check_settings
     from matpac_cli.outputs.writers import output_format
 
+    check_settings(*keep, force)
     check_selection(top_k, threshold)
     min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
     check_min_segment(min_segment)
@@ -218,6 +230,8 @@ def _check_arguments(
         min_segment=min_segment,
         fmt=fmt,
         force=force,
+        update=keep[0],
+        prune=keep[1],
         manifest=manifest,
         options=options,
     )

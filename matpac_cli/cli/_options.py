@@ -104,6 +104,17 @@ def library_of(library: Path | None, no_library: bool) -> Path | bool | None:
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute everything and replace existing outputs.")]
+UpdateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--update",
+        help=(
+            "Keep the rows --out holds of files that are not inputs of this run, then write this run's "
+            "(without it, such an output is refused: --force replaces it)."
+        ),
+    ),
+]
+PruneOpt = Annotated[bool, typer.Option("--prune", help="With --update: drop the rows of files gone from disk.")]
 EngineOpt = Annotated[
     str,
     typer.Option(

@@ -200,6 +200,10 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     if found:
         hows = ", ".join(f"{n} {how}" for how, n in sorted(found.items(), key=lambda kv: -kv[1]))
         line += f" ({sum(found.values())} from the library: {hows})"
+    if getattr(summary, "kept", 0):
+        line += f"; kept {summary.kept} row(s) of earlier files"
+    if getattr(summary, "pruned", 0):
+        line += f"; pruned {summary.pruned} row(s) of files gone from disk"
     retries = getattr(summary, "retries", 0)
     if retries:
         line += f"; {retries} task {'retry' if retries == 1 else 'retries'} (work rerun after a Ray worker or node was lost)"

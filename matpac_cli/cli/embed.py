@@ -22,9 +22,11 @@ from matpac_cli.cli._options import (
     NoLibraryOpt,
     NullOpt,
     PrecisionOpt,
+    PruneOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
+    UpdateOpt,
     WorkersOpt,
     library_of,
 )
@@ -65,6 +67,8 @@ def embed(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    update: UpdateOpt = False,
+    prune: PruneOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     library: LibraryOpt = None,
@@ -79,16 +83,23 @@ def embed(
     options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
     from matpac_cli.engines import Engine
     from matpac_cli.engines import check as check_engine
-    from matpac_cli.jobs.embed import EmbedConfig, check_config
+    from matpac_cli.jobs.embed import EmbedConfig, check_config, check_inputs
     from matpac_cli.jobs.embed import embed as run_embed
     from matpac_cli.outputs import naming
     from matpac_cli.outputs.writers import ensure_writable, locked
 
     check_engine(options)
     config = EmbedConfig(
-        out=out, layer=layer, frames_dir=frames, force=force, options=options, library=library_of(library, no_library)
+        out=out,
+        layer=layer,
+        frames_dir=frames,
+        force=force,
+        update=update,
+        prune=prune,
+        options=options,
+        library=library_of(library, no_library),
     )
-    check_config(config)  # --out, --layer, --frames: refused before the model loads
+    check_config(config)  # --out, --layer, --frames, --update: refused before the model loads
     if failures is not None:
         ensure_writable(failures)
     items = items_for(inputs, ext, null)
@@ -106,6 +117,7 @@ def embed(
         journals=[paths["journal"]],
     )
     with locked(*written, *([naming.frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
+        check_inputs(config, items)  # rows of files that are not inputs: kept, replaced or refused
         spec = check_model(model or "matpac-plus")
         runner = Engine(options)
         config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement

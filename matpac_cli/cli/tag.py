@@ -22,17 +22,20 @@ from matpac_cli.cli._options import (
     NoLibraryOpt,
     NullOpt,
     PrecisionOpt,
+    PruneOpt,
     QuietOpt,
     RayAddressOpt,
     RowsOutOpt,
     ThreadsOpt,
+    UpdateOpt,
     WorkersOpt,
     library_of,
 )
-from matpac_cli.cli._preflight import check_model, check_outputs, items_for, load_on, named_inputs, run_options
+from matpac_cli.cli._preflight import check_outputs, items_for, named_inputs, run_options
 from matpac_cli.cli._reporter import Reporter, finish
 from matpac_cli.cli._startup import argv
 from matpac_cli.cli._stdout import SafeStdout
+from matpac_cli.cli._tag_models import check_device, check_models, load_groups
 
 ModelTagOpt = Annotated[
     str | None,
@@ -129,6 +132,8 @@ def tag(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    update: UpdateOpt = False,
+    prune: PruneOpt = False,
     report: ReportOpt = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -160,6 +165,7 @@ def tag(
         report=report,
         force=force,
         library=library_of(library, no_library),
+        keep=(update, prune),
     )
     items = items_for(inputs, ext, null)
     written = _check_outputs(
@@ -168,7 +174,10 @@ def tag(
     from matpac_cli.outputs.writers import locked
 
     with locked(*written):
-        groups, summary, reporter = _run(items, _check_models(plan), config, target, labels, quiet, failures, started)
+        from matpac_cli.jobs.tag import check_inputs
+
+        check_inputs(config, target, items)  # rows of files that are not inputs: kept, replaced or refused
+        groups, summary, reporter = _run(items, check_models(plan), config, target, labels, quiet, failures, started)
         if report is not None and target in summary.outputs:
             from matpac_cli.jobs.report import build_report
 
@@ -195,17 +204,21 @@ def _check_arguments(
     report,
     force,
     library,
+    keep,
 ):
     """Everything the arguments alone decide (no torch, no model file read), given the run
     `options` already checked: the tag settings, the --out file (None: stdout) and which encoder
-    each head runs on. Keyword-only, so no caller depends on the order of thirteen settings."""
+    each head runs on (`keep`: --update and --prune). Keyword-only, so no caller depends on the
+    order of fourteen settings."""
     from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.tag import TagConfig
     from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, check_output, plan_groups
     from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
+    from matpac_cli.outputs.earlier import check_settings
     from matpac_cli.outputs.writers import output_format
 
+    check_settings(*keep, force)
     check_selection(top_k, threshold)
     min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
     check_min_segment(min_segment)
@@ -228,6 +241,8 @@ def _check_arguments(
         min_segment=min_segment,
         fmt=fmt,
         force=force,
+        update=keep[0],
+        prune=keep[1],
         manifest=manifest,
         options=options,
         library=library,
@@ -251,11 +266,11 @@ def _run(
     from matpac_cli.outputs import naming
 
     if config.options.engine == "local":  # with ray, the cluster's devices count, not the driver's
-        _check_device(config.options)
+        check_device(config.options)
     runner = Engine(config.options)
     config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
     try:
-        groups = _load_groups(plan, runner, labels, quiet)
+        groups = load_groups(plan, runner, labels, quiet)
         keeps = f"finished files are kept in {naming.journal(target)}; run the same command to resume" if target else ""
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
@@ -286,26 +301,6 @@ def _check_outputs(
     return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
 
 
-def _load_groups(plan: list, runner, labels: Path | None, quiet: bool) -> list:
-    """Each encoder of the plan loaded once, with its heads; what will run is said once."""
-    from matpac_cli.jobs.tag import Group, build_heads
-    from matpac_cli.jobs.tag_plan import describe
-
-    reporter = Reporter(quiet)
-    groups = []
-    for model_name, spec, head_names in plan:
-        predictor = load_on(runner, spec, quiet)
-        groups.append(
-            Group(model_name, build_heads(head_names, predictor, labels, not quiet and sys.stderr.isatty()), predictor)
-        )
-    reporter.info(f"matpac: {describe(groups)}")
-    for g in groups:
-        for h in g.heads:
-            if h.standardised and h.kind == "probe":
-                reporter.info(f"matpac: head {h.name}: standardising features with the statistics in its file")
-    return groups
-
-
 def _check_report(report: Path | None, target: Path | None, force: bool) -> None:
     """`--report` is refused before any model loads: it is built from the --out file."""
     if report is None:
@@ -327,19 +322,3 @@ def _check_paths(target: Path | None, manifest: Path | None, failures: Path | No
             ensure_writable(path)
     if target is not None:
         check_output(target, force)
-
-
-def _check_models(plan: list) -> list:
-    """Every model of the plan is checked before the first one loads (a typo in the second
-    costs no download of the first): [(name, what to load, heads)]. A local file is hashed here."""
-    from matpac_cli.jobs.tag_plan import check_encoders
-
-    check_encoders(plan)
-    return [(name, check_model(name), heads) for name, heads in plan]
-
-
-def _check_device(options) -> None:
-    """This machine has the device (and it the precision) before any encoder loads."""
-    from matpac_cli.inference.predictor import pick_device, pick_dtype
-
-    pick_dtype(options.precision, pick_device(options.device))

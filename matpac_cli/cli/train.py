@@ -181,7 +181,8 @@ def _embed(labelled, out, cache, model, options, quiet, failures, force, started
     from matpac_cli.outputs import naming
 
     cache = cache or naming.head_embeddings(out)
-    config = EmbedConfig(out=cache, force=force, options=options)
+    # the embeddings it keeps are a cache: rows of files no longer labelled stay (`update`), never refused
+    config = EmbedConfig(out=cache, force=force, update=not force, options=options)
     check_config(config)
     if failures is not None:
         from matpac_cli.outputs.writers import ensure_writable

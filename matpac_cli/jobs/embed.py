@@ -6,6 +6,8 @@ Resumable: every finished file is journalled next to the output as soon as it is
 the same command reuses finished files (same real path, size, mtime, inode, model and settings)
 and only computes the rest. Once the final matrix is written, the journal keeps only keys and row
 numbers (the matrix holds the data), so a finished output does not cost its size twice on disk.
+Rows of files that are not inputs of this run are kept (`update`), replaced (`force`), or the run
+is refused (`outputs.earlier`): never dropped silently.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed_output import described, finished_rows, previous_matrix, write_matrix
+from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs import journal as jr
-from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -34,6 +36,8 @@ class EmbedConfig:
     layer: str = "last"  # "last", "all" or "1".."12"
     frames_dir: Path | None = None
     force: bool = False
+    update: bool = False  # keep the rows `out` holds of files that are not inputs (`outputs.earlier`)
+    prune: bool = False  # with update: drop the kept rows of files gone from disk
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     library: Path | bool | None = None  # the library folder; None: the default one; False: none
 
@@ -61,6 +65,9 @@ class Summary:
             self.done += 1
         self.audio_s += res.duration_s
 
+    kept: int = 0  # earlier rows of files that were not inputs, kept (`update`)
+    pruned: int = 0  # earlier rows of files gone from disk, dropped (`update` with `prune`)
+
 
 def parse_layers(layer: str, depth: int) -> tuple[int, ...]:
     text = str(layer).strip().lower()
@@ -87,6 +94,7 @@ SETTING_NAMES = {
 
 def check_config(config: EmbedConfig) -> None:
     """Everything about the outputs and options that can be refused before a model loads."""
+    earlier.check_settings(config.update, config.prune, config.force)
     paths = naming.embed_outputs(config.out)
     text = str(config.layer).strip().lower()
     if text not in ("last", "all", "") and not (text.isdigit() and int(text) >= 1):
@@ -100,6 +108,13 @@ def check_config(config: EmbedConfig) -> None:
         for key, path in paths.items():
             if key != "journal" and path.exists():
                 raise OutputError(_not_ours(paths, key), settings=("force",))
+
+
+def check_inputs(config: EmbedConfig, items: list[Item]) -> None:
+    """An output holding rows of files that are not inputs of this run is not cut down to this
+    run's files without `update` or `force` (`outputs.earlier`): said before a model loads."""
+    paths = naming.embed_outputs(config.out)
+    earlier.refuse_dropping(paths["matrix"], paths["journal"], items, config.update, config.force)
 
 
 def _not_ours(paths: dict[str, Path], key: str) -> str:
@@ -144,6 +159,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
         "precision": str(predictor.dtype).replace("torch.", ""),
     }
     _refuse_overwrite(paths, settings, config.force)
+    check_inputs(config, items)
     journal = jr.Journal(paths["journal"], settings, fresh=config.force)
     if journal.damaged:
         events.warning(
@@ -158,18 +174,30 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     on_result = _recorder(config, len(layers), journal, summary, events)
     try:
-        kept = KeepFailures(events, summary.failures)
-        ran = stored.run(library, config.options, todo, [plan], kept, on_result, summary.found)
+        heard = KeepFailures(events, summary.failures)
+        ran = stored.run(library, config.options, todo, [plan], heard, on_result, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         journal.close()
         stored.close(library, summary)
-    done = finished_rows(items, journal, previous)
-    if not done:  # nothing to write: an earlier output stays as it was, and is not called fresh
+    kept = earlier.kept_rows(journal, items, config.update, config.prune)
+    earlier.count(summary, kept)
+    done = finished_rows(items, journal, previous, kept.rows)
+    if not done or (len(done) == len(kept.rows) and not kept.pruned):
+        # nothing new to write: an earlier output stays as it was, and is not called fresh
         journal.discard()  # one this run started, with nothing in it, is not left behind
         summary.left = [p for p in naming.written(paths) if p.exists()]
         return summary
-    with writers.Unit() as unit:  # matrix, index and manifest replace the old ones together
+    summary.truncated[:0] = [name for name, rec in kept.rows if rec.meta.get("truncated")]
+    _write_outputs(paths, done, shape, config, (predictor, settings, summary, argv))
+    return summary
+
+
+def _write_outputs(paths: dict[str, Path], done: list, shape: tuple[int, ...], config: EmbedConfig, about) -> None:
+    """The matrix, its index and manifest, replacing the old ones together; then the journal
+    compacted to point into the new matrix (`about`: predictor, settings, summary, argv)."""
+    predictor, settings, summary, argv = about
+    with writers.Unit() as unit:
         write_matrix(unit, paths, done, shape, config.frames_dir is not None)
         unit.json(
             paths["manifest"],
@@ -188,11 +216,10 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
         )
     stamp = jr.compact_stamp(paths["matrix"])
     if stamp is not None:
-        jr.compact(paths["journal"], settings, stamp, [(rec, i) for i, (_, rec, _) in enumerate(done)])
+        jr.compact(paths["journal"], settings, stamp, [(rec, i, name) for i, (name, rec, _) in enumerate(done)])
     summary.outputs = naming.written(paths)
     if config.frames_dir is not None:
         summary.outputs.append(config.frames_dir)
-    return summary
 
 
 def _recorder(config, n_layers: int, journal: jr.Journal, summary: Summary, events: RunEvents):

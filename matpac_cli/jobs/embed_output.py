@@ -45,17 +45,21 @@ def previous_matrix(journal: jr.Journal, out: Path) -> np.ndarray | None:
 
 
 def finished_rows(
-    items: list[Item], journal: jr.Journal, previous: np.ndarray | None
-) -> list[tuple[Item, jr.Record, np.ndarray]]:
-    """Every finished file of this input list, in input order, with its embedding: from the
+    items: list[Item], journal: jr.Journal, previous: np.ndarray | None, kept: list[tuple[str, jr.Record]] = ()
+) -> list[tuple[str, jr.Record, np.ndarray]]:
+    """The output's rows as (name, record, embedding): the earlier rows `update` keeps (in their
+    order), then every finished file of this input list, in input order; each embedding from the
     journal, or from the earlier matrix a compact journal points into."""
-    done = []
+    done = [(name, rec, _embedding(rec, previous)) for name, rec in kept]
     for item in items:
         rec = journal.finished(item)
         if rec is not None:
-            row = rec.arrays["embedding"] if "embedding" in rec.arrays else previous[rec.meta["row"]]
-            done.append((item, rec, row))
+            done.append((item.name, rec, _embedding(rec, previous)))
     return done
+
+
+def _embedding(rec: jr.Record, previous: np.ndarray | None) -> np.ndarray:
+    return rec.arrays["embedding"] if "embedding" in rec.arrays else previous[rec.meta["row"]]
 
 
 def write_matrix(
@@ -72,9 +76,9 @@ def write_matrix(
     with unit.open(paths["matrix"], "wb") as fh:
         parquet.write_embeddings(
             fh,
-            [(item.name, rec.meta, row) for item, rec, row in done],
+            [(name, rec.meta, row) for name, rec, row in done],
             shape,
-            frames=[naming.frames_name(item.name) for item, _, _ in done] if frames else None,
+            frames=[naming.frames_name(name) for name, _, _ in done] if frames else None,
         )
 
 
@@ -104,15 +108,15 @@ def described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
     return described
 
 
-def _index_rows(done: list[tuple[Item, jr.Record, np.ndarray]], frames: bool = False):
+def _index_rows(done: list[tuple[str, jr.Record, np.ndarray]], frames: bool = False):
     """The row index's rows, in matrix order (with `--frames`, the frames file and its step)."""
-    for i, (item, rec, _) in enumerate(done):
+    for i, (name, rec, _) in enumerate(done):
         row = (
             i,
-            item.name,
+            name,
             f"{rec.meta['duration_s']:.3f}",
             rec.meta["sample_rate"],
             rec.meta["channels"],
             1 if rec.meta.get("truncated") else 0,
         )
-        yield row + ((naming.frames_name(item.name), f"{FRAME_S:g}") if frames else ())
+        yield row + ((naming.frames_name(name), f"{FRAME_S:g}") if frames else ())

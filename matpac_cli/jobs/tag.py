@@ -6,7 +6,9 @@ run in the same pass over the files (decoded once). Rows (`tag_rows`) are
 head that kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
 Parquet table (a file only, written whole at the end, as every file output is). With an output
 file, per-file scores are journalled so a re-run resumes; every file output gets a manifest
-(`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file.
+(`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file. A file
+output's rows of files that are not inputs of this run are never dropped silently: kept
+(`update`), replaced (`force`), or the run is refused (`outputs.earlier`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
+from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs import journal as jr
-from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -43,6 +45,8 @@ class TagConfig:
     min_segment: float = MIN_SEGMENT_S  # seconds; a shorter last segment joins the one before it
     fmt: str = "csv"  # csv, jsonl or parquet (parquet: file outputs only)
     force: bool = False
+    update: bool = False  # keep the rows `out` holds of files that are not inputs (`outputs.earlier`)
+    prune: bool = False  # with update: drop the kept rows of files gone from disk
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
     library: Path | bool | None = None  # the library folder; None: the default one; False: none
@@ -95,6 +99,7 @@ def tag(
 
     `events` (default: none) hears of each file done, failed or reused from an earlier run's
     journal, of the audio encoded, and of files cut short."""
+    earlier.check_settings(config.update, config.prune, config.force)
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
     if len(set(names)) != len(names):
@@ -188,7 +193,7 @@ def _to_file(
     """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
     manifest (both replace the old ones together). With nothing finished, an earlier output is
     left as it was and not called fresh."""
-    journal = _open_journal(out, config, settings, events)
+    journal = _open_journal(out, config, settings, events, items)
     todo = []
     for item in items:
         rec = journal.finished(item)
@@ -214,18 +219,33 @@ def _to_file(
         journal.close()
         stored.close(library, summary)
     heads = [h for g in groups for h in g.heads]
-    finished = [(item, rec) for item in items if (rec := journal.finished(item)) is not None]
+    kept = earlier.kept_rows(journal, items, config.update, config.prune)
+    earlier.count(summary, kept)
+    finished = kept.rows + [(item.name, rec) for item in items if (rec := journal.finished(item)) is not None]
     man_path, make_manifest = manifest_for
-    if not finished:
+    if not finished or (len(finished) == len(kept.rows) and not kept.pruned):
         journal.discard()  # one this run started, with nothing in it, is not left behind
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
-    summary.truncated = [item.name for item, rec in finished if rec.meta.get("truncated")]  # reused ones too
+    summary.truncated = [name for name, rec in finished if rec.meta.get("truncated")]  # reused and kept ones too
     _write(out, finished, heads, config, man_path, make_manifest)
+    stamp = jr.compact_stamp(out)
+    if stamp is not None:  # the journal in the output's order, each record with its row (`outputs.earlier`)
+        jr.compact(
+            journal.path, settings, stamp, [(rec, i, name) for i, (name, rec) in enumerate(finished)], payloads=True
+        )
     summary.outputs.extend([out, man_path])
 
 
-def _open_journal(out: Path, config: TagConfig, settings: dict, events: RunEvents) -> jr.Journal:
+def check_inputs(config: TagConfig, out: Path | None, items: list[Item]) -> None:
+    """A file output holding rows of files that are not inputs of this run is not cut down to
+    this run's files without `update` or `force` (`outputs.earlier`): said before a model loads.
+    Rows to stdout are a stream, written anew each run."""
+    if out is not None:
+        earlier.refuse_dropping(out, naming.journal(out), items, config.update, config.force)
+
+
+def _open_journal(out: Path, config: TagConfig, settings: dict, events: RunEvents, items: list[Item]) -> jr.Journal:
     """The journal beside `out`: an existing `out` is resumed only from a journal of the same
     settings (else refused without --force), and --force starts a fresh one."""
     journal_path = naming.journal(out)
@@ -246,6 +266,7 @@ def _open_journal(out: Path, config: TagConfig, settings: dict, events: RunEvent
                 "use `force` to replace it or choose another `out`",
                 settings=("model", "heads", "segments", "min_segment", "force", "out"),
             )
+    check_inputs(config, out, items)
     journal = jr.Journal(journal_path, settings, fresh=config.force)
     if journal.damaged:
         events.warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
@@ -258,9 +279,9 @@ def _write(
     """Every finished file's rows to `out` and the manifest beside it, replaced together."""
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
-            for item, rec in finished:
+            for name, rec in finished:
                 for row in rows_for(
-                    item.name,
+                    name,
                     heads,
                     rec.arrays,
                     config.top_k,

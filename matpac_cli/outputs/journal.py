@@ -251,18 +251,22 @@ def settings_differ(path: Path, settings: dict) -> list[str]:
     return [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
 
 
-def compact(path: Path, settings: dict, stamp: dict, rows: list[tuple[Record, int]]) -> None:
-    """Rewrite a journal without payloads once the final output holds them: each record keeps
-    its key, facts and row in that output, and `stamp` identifies the output file, so a journal
-    next to a finished `--layer all` output does not double the disk. A record whose output was
-    replaced since (another stamp) is recomputed, never read from the wrong rows."""
+def compact(
+    path: Path, settings: dict, stamp: dict, rows: list[tuple[Record, int, str]], payloads: bool = False
+) -> None:
+    """Rewrite a journal once its output is written: each record keeps its key, facts, its row
+    in that output and the name the row was written with (what `update` keeps it under), in the
+    output's order, and `stamp` identifies the output file. Without `payloads` (an embed matrix
+    holds them) a finished `--layer all` output does not double the disk; a record whose output
+    was replaced since (another stamp) is recomputed, never read from the wrong rows. A tag
+    journal keeps its scores (`payloads`): its rows are cut from them again."""
     tmp = temp_path(path)
     try:
         with create(tmp) as fh:
             fh.write(MAGIC)
             _write(fh, {"settings": settings, "compact": stamp}, {})
-            for rec, row in rows:
-                _write(fh, dict(rec.meta, key=rec.key, row=row), {})
+            for rec, row, name in rows:
+                _write(fh, dict(rec.meta, key=rec.key, row=row, name=name), rec.arrays if payloads else {})
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write the journal {path}: {exc.strerror or exc}") from None

@@ -49,9 +49,16 @@ def manifest(
             "computed": summary.done,
             "reused": summary.reused,
             "failed": len(summary.failures),
+            **_kept(summary),
         },
         **(extra or {}),
     }
+
+
+def _kept(summary) -> dict:
+    """`update`'s counts, where it kept or pruned earlier rows: rows not of this run's files."""
+    kept, pruned = getattr(summary, "kept", 0), getattr(summary, "pruned", 0)
+    return {"kept": kept, "pruned": pruned} if kept or pruned else {}
 
 
 # ---------------------------------------------------------------- reading one back

@@ -168,7 +168,9 @@ def test_when_every_input_fails_the_old_output_is_not_reported_as_written(tmp_pa
     assert run_matpac(["embed", "clips", *args, "-q"], cwd=tmp_path).returncode == 0
     before = (tmp_path / "e.npy").read_bytes()
     (tmp_path / "junk.wav").write_bytes(b"junk")
-    proc = run_matpac(["embed", "junk.wav", *args], cwd=tmp_path)
+    proc = run_matpac(["embed", "junk.wav", *args], cwd=tmp_path)  # would drop the clips' rows: refused
+    assert proc.returncode == 2 and "holds rows of 2 file(s)" in proc.stderr.decode()
+    proc = run_matpac(["embed", "junk.wav", *args, "--update"], cwd=tmp_path)  # keeps them: nothing new to write
     err = proc.stderr.decode()
     assert proc.returncode == 1
     assert "wrote nothing" in err and "left as it was" in err and "wrote e.npy" not in err, err

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_matpac, write_audio
+from probes import probe_tensors
 
 SECONDS = (3.0, 4.0, 5.0, 3.5)
 
@@ -138,6 +139,22 @@ def test_train_on_a_library(made, tiny):
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert (made / "h.safetensors").is_file()
+
+
+def test_report_maps_a_library_by_path_and_by_audio(made, tiny, monkeypatch):
+    import torch
+
+    torch.save(probe_tensors(87, seed=1, width=np.load(made / "emb.npy").shape[-1]), made / "mtg_genre.pth")
+    (made / "b").mkdir()
+    shutil.move(made / "a" / "f1.wav", made / "b" / "f1.wav")  # a path the library never saw
+    tag = ["tag", "a", "b", "--model", str(tiny), "--head", "./mtg_genre.pth", "--out", "tags.csv", "--no-library"]
+    proc = run_matpac([*tag, "--device", "cpu", "-q"], cwd=made)
+    assert proc.returncode == 0, proc.stderr.decode()
+    from matpac_cli import build_report
+
+    monkeypatch.chdir(made)
+    report = build_report("tags.csv", "r.html", embeddings="L")
+    assert report.files == 4 and not any("not in" in n for n in report.notes), report.notes
 
 
 def test_setting_from_parts_is_the_plans(predictor):

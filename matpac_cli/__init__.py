@@ -33,6 +33,10 @@ The public names:
   Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs)
   Train       train, TrainConfig, read_labels (a labels folder or CSV), from_index (features
               from an embed output), embed_labelled (features by embedding the files)
+  Library     library_info (what a library folder holds), prune_library (drop entries whose
+              paths are gone, or of a model; a dry run unless yes=True), export_library (an embed
+              output from the library, no encoding), library_embeddings (a library read as an
+              embed output: what search, train and report take as their index)
   Outputs     read_embeddings (an embed output: matrix, paths, manifest), read_tags, build_report
   Errors      MatpacError (base; one line for a person), UsageError, InputError (one file;
               the run goes on), ModelError, WeightsError, ChecksumError, OutputError
@@ -71,6 +75,10 @@ _HOMES = {
     "read_labels": "matpac_cli.jobs.train_data",
     "from_index": "matpac_cli.jobs.train_data",
     "embed_labelled": "matpac_cli.jobs.train_data",
+    "library_info": "matpac_cli.jobs.library",
+    "prune_library": "matpac_cli.jobs.library",
+    "export_library": "matpac_cli.jobs.library",
+    "library_embeddings": "matpac_cli.jobs.library",
     "read_embeddings": "matpac_cli.outputs.readers",
     "read_tags": "matpac_cli.outputs.tag_readers",
     "build_report": "matpac_cli.jobs.report",

@@ -1,6 +1,6 @@
 """The `matpac` command: options -> config -> library call -> messages and exit codes.
 
-One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`); shared option aliases in
+One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`, `library`); shared option aliases in
 `_options`, the checks before a run in `_preflight`, stderr rendering in `_reporter`, stdout in `_stdout`, start-up
 tuning in `_startup`; the one map from errors to messages and exit codes is `main` here.
 Only this package imports typer and rich; torch loads inside the commands, so `matpac --help`
@@ -30,6 +30,7 @@ import typer
 from matpac_cli import __version__
 from matpac_cli.cli import _reporter, _stdout
 from matpac_cli.cli import embed as _embed
+from matpac_cli.cli import library as _library
 from matpac_cli.cli import models as _models
 from matpac_cli.cli import report as _report
 from matpac_cli.cli import search as _search
@@ -77,6 +78,7 @@ app.command("search", cls=Command)(_search.search)
 app.command("train", cls=Command)(_train.train)
 app.command("report", cls=Command)(_report.report)
 app.add_typer(_models.app, name="models")
+app.add_typer(_library.app, name="library")
 
 
 def _on_signal(signum, frame) -> None:

@@ -17,7 +17,7 @@ EmbeddingsOpt = Annotated[
     typer.Option(
         "--embeddings",
         "-e",
-        help="A `matpac embed --out` output (.npy with its .csv beside it, or .parquet): adds the map and nearest files.",
+        help="A `matpac embed --out` output (.npy with its .csv beside it, or .parquet), or a library folder (files found by path, else by their audio): adds the map and nearest files.",
     ),
 ]
 AudioOpt = Annotated[

@@ -38,7 +38,7 @@ IndexOpt = Annotated[
     typer.Option(
         "--index",
         "-i",
-        help="The .npy (its .csv and manifest beside it) or .parquet (a file or a folder of shards) that `matpac embed --out` wrote.",
+        help="The .npy (its .csv and manifest beside it) or .parquet (a file or a folder of shards) that `matpac embed --out` wrote, or a library folder (its files on disk; queries found by their audio, so a moved file is found; --model picks one of several models).",
     ),
 ]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Neighbours per query (0: every row).")]
@@ -126,7 +126,7 @@ def search(
     queries = _listed(queries or [], null)
     written = _check_outputs(target, failures, force, index, queries, ext)
     with locked(*written):  # held until the summary: every file this run writes
-        emb = S.open_index(index)
+        emb = S.open_index(index, model, layer)
         matrix, held = S.index_layer(emb, layer)
         reporter = Reporter(quiet, failures=failures)
         try:
@@ -135,13 +135,13 @@ def search(
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
-            vectors = _embedded(S, emb, plan, model, held, options, quiet, reporter)
+            vectors = {**S.library_vectors(emb, plan), **_embedded(S, emb, plan, model, held, options, quiet, reporter)}
             rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
             _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
         finally:
             reporter.close()
         answered = sum(1 for q in plan if q.row is not None or q.name in vectors)
-        embedded = sum(1 for q in plan if q.row is None and q.name in vectors)
+        embedded = sum(1 for q in plan if q.path is not None and q.name in vectors)
         asked = answered + reporter.failed
         reporter.info(
             f"matpac: {asked} quer{'y' if asked == 1 else 'ies'}: {answered} searched ({embedded} embedded, "

@@ -50,7 +50,7 @@ LrOpt = Annotated[
 EmbeddingsOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` or `emb.parquet` (matched by path) instead of computing them."
+        help="Use the clip embeddings of an earlier `matpac embed --out emb.npy` or `emb.parquet` (matched by path), or of a library folder (matched by path, else by the file's audio, so moved files are found; --model picks or names its model), instead of computing them."
     ),
 ]
 CacheOpt = Annotated[
@@ -100,7 +100,10 @@ def train(
     config = TrainConfig(task=task, val=val, folds=folds, seed=seed, lrs=_rates(lr) if lr else LR_GRID)
     config.check()
     check_head(out, force)
-    if embeddings is not None and (model is not None or embeddings_out is not None):
+    from matpac_cli.library.views import is_library
+
+    lib = embeddings is not None and is_library(embeddings)  # --model picks (or names) its model there
+    if embeddings is not None and ((model is not None and not lib) or embeddings_out is not None):
         raise UsageError(
             f"--embeddings {embeddings}: the embeddings are read, not computed, so "
             f"{'--model' if model is not None else '--embeddings-out'} does not apply"
@@ -118,7 +121,7 @@ def train(
             )
         code = 0
         if embeddings is not None:
-            features = from_index(labelled, embeddings)
+            features = from_index(labelled, embeddings, model if lib else None)
             startup_done()  # no model loads: the start-up is over
         else:
             features, code = _embed(labelled, out, embeddings_out, model, options, quiet, failures, force, started)

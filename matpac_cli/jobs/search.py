@@ -37,10 +37,17 @@ QUERY_BATCH = 16  # encoder chunks per batch for audio-file queries (`search --b
 # ---------------------------------------------------------------- the index and its queries
 
 
-def open_index(path: Path) -> Embeddings:
+def open_index(path: Path, model: str | None = None, layer: str | None = None) -> Embeddings:
     """The index a search runs on: a `matpac embed --out X.npy` output (matrix, row index,
-    manifest), or `X.parquet` (a file or a folder of shards; its embedding column is read into
-    memory, where a .npy is memory-mapped)."""
+    manifest), `X.parquet` (a file or a folder of shards; its embedding column is read into
+    memory, where a .npy is memory-mapped), or a library folder (its files on disk, of `model`
+    where it holds several, at `layer`: `jobs.library.library_embeddings`)."""
+    from matpac_cli.library.views import is_library
+
+    if is_library(path):
+        from matpac_cli.jobs.library import library_embeddings
+
+        return library_embeddings(Path(path), model, layer)
     return read_embeddings(Path(path))
 
 
@@ -70,6 +77,7 @@ class Query:
     name: str
     row: int | None = None
     path: Path | None = None
+    key: str | None = None  # a library index's audio key of a file found by its audio (moved, copied)
 
 
 class PathLookup:
@@ -103,6 +111,8 @@ def plan_queries(
     (the command has read a `-` list from stdin already). A name that is none of these is a
     per-query failure."""
     lookup = PathLookup(emb.paths)
+    if emb.library is not None:
+        lookup = KeyLookup(emb.paths, emb.library)
     planned: list[Query] = []
     failed: list[InputError] = []
     index_csv = naming.row_index(emb.path)
@@ -112,13 +122,50 @@ def plan_queries(
             planned.append(Query(name, row=row))
         elif os.path.isdir(name):
             for item in discover([name], extensions):
-                hit = lookup.find(item.name)
-                planned.append(Query(item.name, row=hit) if hit is not None else Query(item.name, path=item.path))
+                planned.append(_file_query(lookup, item.name, item.path))
         elif os.path.isfile(name):
-            planned.append(Query(name, path=Path(name)))
+            planned.append(_file_query(lookup, name, Path(name)))
         else:
             failed.append(InputError(name, f"not a path in {index_csv} and does not exist"))
     return planned, failed
+
+
+class KeyLookup(PathLookup):
+    """A library index's lookup: by path as `PathLookup`, then by the file's audio key, so a
+    file moved, renamed or retagged since it was embedded is found without encoding it."""
+
+    def __init__(self, paths: Sequence[str], view) -> None:
+        super().__init__(paths)
+        self.view = view
+        self.rows = {}
+        for i, key in enumerate(view.keys):
+            self.rows.setdefault(key, i)
+
+    def key_of(self, path: Path) -> str | None:
+        from matpac_cli.library.key import audio_key
+
+        key = audio_key(os.path.realpath(path))
+        return key if key in self.view.vectors else None
+
+
+def _file_query(lookup: PathLookup, name: str, path: Path) -> Query:
+    """An audio file as a query: its row where the index holds it (by path, or in a library by
+    its audio), its library vector where only that is held, else a file to embed."""
+    hit = lookup.find(name)
+    if hit is not None:
+        return Query(name, row=hit)
+    key = lookup.key_of(path) if isinstance(lookup, KeyLookup) else None
+    if key is None:
+        return Query(name, path=path)
+    row = lookup.rows.get(key)
+    return Query(name, row=row) if row is not None else Query(name, key=key)
+
+
+def library_vectors(emb: Embeddings, queries: Sequence[Query]) -> dict[str, np.ndarray]:
+    """{query name: vector} of the queries a library index knows by audio key but not by row."""
+    if emb.library is None:
+        return {}
+    return {q.name: emb.library.vectors[q.key] for q in queries if q.key is not None}
 
 
 def query_model(emb: Embeddings, model: str | None = None):

@@ -172,11 +172,15 @@ class Features:
     layer: int
 
 
-def from_index(labelled: Labelled, npy: Path) -> Features:
-    """Clip embeddings of every labelled file from an earlier embed output, matched by path."""
+def from_index(labelled: Labelled, npy: Path, model: str | None = None) -> Features:
+    """Clip embeddings of every labelled file from an earlier embed output, matched by path, or
+    from a library folder (`from_library`; `model` picks one of several there)."""
+    from matpac_cli.library.views import is_library
     from matpac_cli.outputs.naming import embed_manifest
     from matpac_cli.outputs.readers import read_embeddings
 
+    if is_library(npy):
+        return from_library(labelled, Path(npy), model)
     emb = read_embeddings(Path(npy))
     if emb.manifest is None or not emb.manifest.get("models"):
         raise UsageError(
@@ -210,6 +214,42 @@ def from_index(labelled: Labelled, npy: Path) -> Features:
         )
     x = np.asarray(emb.clip(-1)[np.array(rows)], dtype=np.float32)
     return Features(x, labelled, _encoder_record(model), str(emb.path), depth)
+
+
+def from_library(labelled: Labelled, root: Path, model: str | None = None) -> Features:
+    """Clip embeddings (the deepest layer stored) of every labelled file from a library, found by
+    path or else by its audio key, so a labelled file moved or retagged since it was embedded is
+    found; the head names the encoder by its registry name, or by `model` (a checkpoint file)."""
+    from matpac_cli.jobs.library import library_embeddings
+    from matpac_cli.library.key import audio_key
+
+    emb = library_embeddings(root, model, "last")
+    view = emb.library
+    by_path = {p: i for i, p in enumerate(emb.paths)}
+    rows, missing = [], []
+    for item in labelled.items:
+        real = os.path.realpath(item.path)
+        if real in by_path:
+            rows.append(emb.matrix[by_path[real]])
+            continue
+        key = audio_key(real) if os.path.isfile(real) else None
+        (rows.append(view.vectors[key]) if key in view.vectors else missing.append(item.name))
+    if missing:
+        raise UsageError(
+            f"{root}: {len(missing)} of {len(labelled.items)} labelled files are not in the library "
+            f"({_few(missing)}); embed them with it too, or remove them from the labels"
+        )
+    info = emb.manifest["models"][0]
+    encoder = {"name": info.get("name"), "source": "library", "sha256": view.setting.model}
+    if model is not None and Path(model).is_file():
+        encoder.update(name=str(model), source="file", path=str(Path(model).resolve()))
+    if encoder["name"] is None:
+        raise UsageError(
+            f"{root}: the model {view.setting.model[:12]} is a checkpoint of one's own; name its file "
+            "with `model`, so the head names its encoder",
+            settings=("model",),
+        )
+    return Features(np.stack(rows).astype(np.float32), labelled, encoder, str(root), view.layer)
 
 
 def _few(names: list[str]) -> str:

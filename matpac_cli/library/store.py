@@ -43,12 +43,16 @@ class Setting:
 
     @classmethod
     def of(cls, plan: Plan) -> Setting:
+        """The setting of a loaded plan (what `embed` and `tag` store under)."""
         p = plan.predictor
-        text = json.dumps(
-            {"fe": asdict(p.fe), "n_t": p.dims.n_t, "precision": precision_name(p.dtype) or str(p.dtype)},
-            sort_keys=True,
-        )
-        return cls(p.resolved.sha256, hashlib.sha256(text.encode()).hexdigest()[:16])
+        return cls.of_parts(p.resolved.sha256, p.fe, p.dims.n_t, precision_name(p.dtype) or str(p.dtype))
+
+    @classmethod
+    def of_parts(cls, sha256: str, fe, n_t: int, precision: str) -> Setting:
+        """The same rule from a checkpoint's sha256 and settings alone (no weights loaded): the
+        front end (a `config.FrontEnd`), the chunk length in frames and the precision's name."""
+        text = json.dumps({"fe": asdict(fe), "n_t": int(n_t), "precision": str(precision)}, sort_keys=True)
+        return cls(sha256, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 @dataclass

@@ -128,16 +128,16 @@ def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
     """Rows whose key is one of `keys` (and `extra`, a filter), in batches of `IN_BATCH` keys."""
     parts = []
     for i in range(0, len(keys), IN_BATCH):
-        listed = ", ".join(_quoted(k) for k in keys[i : i + IN_BATCH])
+        listed = ", ".join(quoted(k) for k in keys[i : i + IN_BATCH])
         parts.append(ds.to_table(columns=columns, filter=f"key IN ({listed}){' AND ' + extra if extra else ''}"))
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 
 def equals(column: str, value: str) -> str:
-    return f"{column} = {_quoted(value)}"
+    return f"{column} = {quoted(value)}"
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 

@@ -47,6 +47,7 @@ class Embeddings:
     matrix: np.ndarray
     index: list[dict]
     manifest: dict | None
+    library: object | None = None  # read from a library: its view (every key's vector, to find moved files)
 
     @property
     def paths(self) -> list[str]:

@@ -79,6 +79,10 @@ def build_report(
     emb = _embeddings(Path(embeddings)) if embeddings is not None else None
     stream = scan_tags(tags)
     lib = collect(stream)
+    if emb is not None and emb.library is not None:  # a library: its files named as the tags name them
+        from matpac_cli.jobs.library import as_named
+
+        emb = as_named(emb, lib.paths)
     notes: list[str] = list(lib.cuts)
     fmap = build_map(lib.paths, emb, neighbours) if emb is not None else None
     durations = _durations(lib, emb, fmap, notes)
@@ -119,6 +123,12 @@ def build_report(
 
 
 def _embeddings(path: Path):
+    from matpac_cli.library.views import is_library
+
+    if is_library(path):
+        from matpac_cli.jobs.library import library_embeddings
+
+        return library_embeddings(path)
     if path.suffix.lower() not in naming.EMBED_SUFFIXES:
         raise UsageError(
             f"embeddings={path}: give the .npy (its .csv row index and manifest are read "

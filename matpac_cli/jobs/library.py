@@ -24,7 +24,6 @@ from matpac_cli.library.location import resolve_root
 from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.readers import Embeddings
-from matpac_cli.pipeline.discovery import Item
 
 
 def library_root(library: Path | str | None) -> Path:
@@ -106,7 +105,7 @@ def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pr
         for predicate in [where_model] if where_model is not None else _key_filters(keys):
             tables.delete(root, name, predicate)
     if model is None:
-        for predicate in _filters("path", gone_paths):
+        for predicate in _path_filters(gone_paths):
             tables.delete(root, "paths", predicate)
     tables.tidy(root, most_fragments=1)
     out.done = True
@@ -116,6 +115,15 @@ def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pr
 def _keys(root: Path, name: str, where: str | None = None) -> set[str]:
     ds = tables.open_table(root, name)
     return set() if ds is None else set(ds.to_table(columns=["key"], filter=where)["key"].to_pylist())
+
+
+def _path_filters(paths: list[str]) -> list[str]:
+    """Paths are stored as their bytes (any file name): matched as binary literals."""
+    step = tables.IN_BATCH
+    return [
+        "path IN (" + ", ".join("X'" + os.fsencode(p).hex() + "'" for p in paths[i : i + step]) + ")"
+        for i in range(0, len(paths), step)
+    ]
 
 
 def _key_filters(keys: list[str]) -> list[str]:
@@ -204,10 +212,7 @@ def export_library(
         raise UsageError(
             f"{root}: none of the {len(v.paths)} files it holds for this model is on disk; nothing to export"
         )
-    done = [
-        (Item(p, Path(p)), jr.Record([], _index_facts(f), {}), row)
-        for p, f, row in zip(here.paths, here.facts, here.matrix)
-    ]
+    done = [(p, jr.Record([], _index_facts(f), {}), row) for p, f, row in zip(here.paths, here.facts, here.matrix)]
     with writers.locked(*written), writers.Unit() as unit:
         write_matrix(unit, paths, done, (here.matrix.shape[1],))
         unit.json(paths["manifest"], _manifest(root, v, len(done), described(paths)))

@@ -173,7 +173,7 @@ def path_keys(root: Path) -> dict[str, str]:
     if ds is None:
         return {}
     t = ds.to_table(columns=["path", "key"]).to_pydict()
-    return dict(zip(t["path"], t["key"]))
+    return {os.fsdecode(p): k for p, k in zip(t["path"], t["key"])}  # paths are stored as their bytes
 
 
 def size_on_disk(root: Path) -> int:

@@ -32,10 +32,13 @@ from matpac_cli.jobs.tag import Group, build_heads
 def music(folder: Path, n: int = 4, seconds: float = 2.0) -> Path:
     """`n` files in three formats (WAV, FLAC, MP3 by ffmpeg), one in a subfolder."""
     for i in range(n):
-        wav = write_audio(folder / "src" / f"t{i}.wav", seconds, sr=22050, seed=i)
-        dst = folder / "music" / ("sub" if i == 1 else "") / f"t{i}.{('wav', 'flac', 'mp3')[i % 3]}"
-        ffmpeg(wav, dst) if i % 3 else shutil.copy(wav, dst.parent.mkdir(parents=True, exist_ok=True) or dst)
-    shutil.rmtree(folder / "src")
+        fmt = ("wav", "flac", "mp3")[i % 3]
+        dst = folder / "music" / ("sub" if i == 1 else "") / f"t{i}.{fmt}"
+        if fmt == "wav":
+            write_audio(dst, seconds, sr=22050, seed=i)
+        else:
+            ffmpeg(write_audio(folder / "src" / f"t{i}.wav", seconds, sr=22050, seed=i), dst)
+    shutil.rmtree(folder / "src", ignore_errors=True)
     return folder / "music"
 
 

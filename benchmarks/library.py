@@ -98,6 +98,10 @@ def end_to_end(work: Path, ckpt: Path, seconds: float) -> dict:
     assert done(err) == 0, err
     matpac("tag", str(music), "-H", "events", "--segments", "--out", str(work / "s.csv"), *model, env=env)
     seg_bytes = du(lib / "segments.lance")
+    import lance
+
+    segs = lance.dataset(tables.uri(lib, "segments")).to_table(columns=["start_s"])["start_s"]
+    seg_rows = sum(len(x) for x in segs.to_pylist())  # segments stored, one .npy row each otherwise
 
     import mutagen
 
@@ -121,7 +125,7 @@ def end_to_end(work: Path, ckpt: Path, seconds: float) -> dict:
         "library_bytes_per_file_clip": sum(clip_bytes.values()) / FILES,
         "library_bytes_per_file_segments": seg_bytes / FILES,
         "npy_row_bytes": npy.shape[1] * 4,
-        "segments_npy_bytes_per_file": (-(-seconds // 6)) * npy.shape[1] * 4,  # one row per 6 s chunk
+        "segments_npy_bytes_per_file": seg_rows * npy.shape[1] * 4 / FILES,
         "clips_table_bytes": clip_bytes,
     }
 

@@ -141,11 +141,13 @@ class Library:
         if ds is None or not keys:
             return {}
         extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
-        t = tables.where_keys(ds, sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"]).to_pydict()
+        table = tables.where_keys(ds, sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"])
+        vectors = tables.vectors(table.column("embedding"))  # numpy views: a Python float each costs 10x more
+        t = table.drop_columns(["embedding"]).to_pydict()
         found: dict[str, Stored] = {}
         for j, key in enumerate(t["key"]):
             stored = found.setdefault(key, Stored(_facts(t, j)))
-            stored.layers[t["layer"][j]] = np.asarray(t["embedding"][j], dtype=np.float32)
+            stored.layers[t["layer"][j]] = vectors[j]
         found = {k: s for k, s in found.items() if all(layer in s.layers for layer in layers)}
         if segments and found:
             for key, segs in self._segments_of(list(found), setting).items():
@@ -158,12 +160,11 @@ class Library:
         if ds is None:
             return {}
         extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
-        t = tables.where_keys(ds, keys, extra, ["key", "start_s", "end_s", "columns", "embedding"]).to_pydict()
+        table = tables.where_keys(ds, keys, extra, ["key", "start_s", "end_s", "columns", "embedding"])
+        rows = tables.nested_vectors(table.column("embedding"))
+        t = table.drop_columns(["embedding"]).to_pydict()
         return {
-            key: [
-                Segment(s, e, np.asarray(v, dtype=np.float32), c)
-                for s, e, c, v in zip(t["start_s"][j], t["end_s"][j], t["columns"][j], t["embedding"][j])
-            ]
+            key: [Segment(s, e, v, c) for s, e, c, v in zip(t["start_s"][j], t["end_s"][j], t["columns"][j], rows[j])]
             for j, key in enumerate(t["key"])
         }
 

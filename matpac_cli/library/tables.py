@@ -133,6 +133,27 @@ def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 
+def vectors(column: pa.ChunkedArray) -> list:
+    """A list<float32> column as one float32 numpy array per row: views of its values, no copy
+    (`offsets` index the whole child array, whatever slice the chunk is)."""
+    out = []
+    for chunk in column.chunks:
+        values = chunk.values.to_numpy(zero_copy_only=False)
+        offsets = chunk.offsets.to_numpy()
+        out.extend(values[offsets[j] : offsets[j + 1]] for j in range(len(chunk)))
+    return out
+
+
+def nested_vectors(column: pa.ChunkedArray) -> list[list]:
+    """A list<list<float32>> column as, per row, its list of float32 numpy arrays."""
+    out = []
+    for chunk in column.chunks:
+        inner = vectors(pa.chunked_array([chunk.values]))
+        offsets = chunk.offsets.to_numpy()
+        out.extend(inner[offsets[j] : offsets[j + 1]] for j in range(len(chunk)))
+    return out
+
+
 def equals(column: str, value: str) -> str:
     return f"{column} = {quoted(value)}"
 

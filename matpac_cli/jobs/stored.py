@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matpac_cli import engines
 from matpac_cli.config import RunOptions
-from matpac_cli.errors import OutputError
+from matpac_cli.errors import OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -32,12 +32,15 @@ def open_library(library: Path | str | bool | None):
         return None  # and pyarrow, Lance are not imported
     from matpac_cli.library.store import Library
 
-    place = root
-    while not place.exists() and place != place.parent:  # made at the first write, not before
-        place = place.parent
-    if not place.is_dir() or not _writable(place):
-        what = "is not a folder" if place == root and not root.is_dir() else f"cannot be made in {place}"
-        raise OutputError(f"library {root}: {what}; give another `library`", settings=("library",))
+    try:  # made now, so that a place where it cannot be is said before any model loads
+        root.mkdir(parents=True, exist_ok=True)
+        usable = root.is_dir() and _writable(root)
+    except OSError as exc:
+        raise OutputError(
+            f"library {root}: cannot be made ({one_line(exc)}); give another `library`", settings=("library",)
+        ) from None
+    if not usable:
+        raise OutputError(f"library {root}: not a writable folder; give another `library`", settings=("library",))
     return Library(root)
 
 

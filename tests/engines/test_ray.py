@@ -66,7 +66,9 @@ def _paths(npy: Path) -> list[str]:
 
 
 def _local(clips: Path, tiny: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_matpac(["embed", str(clips), "--model", str(tiny), "--out", str(out), "-q", *extra])
+    """The local engine's numbers, encoded apart from the library (which would hand the Ray run
+    every file without a task on the cluster)."""
+    return run_matpac(["embed", str(clips), "--model", str(tiny), "--out", str(out), "-q", "--no-library", *extra])
 
 
 def test_ray_embed_gives_the_local_numbers_names_the_bad_file_and_exits_1(ckpts, clips, tmp_path, ray_env):
@@ -166,7 +168,7 @@ def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
         "--segments",
         "-q",
     ]
-    local = run_matpac([*args, "--out", str(tmp_path / "local.csv")])
+    local = run_matpac([*args, "--out", str(tmp_path / "local.csv"), "--no-library"])
     remote = run_matpac([*args, "--out", str(tmp_path / "ray.csv"), "--engine", "ray"], env=ray_env)
     assert local.returncode == remote.returncode == 1, remote.stderr
     import pandas as pd

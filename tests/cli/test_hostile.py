@@ -60,7 +60,9 @@ def _clips(folder: Path, n: int, seconds: float = 0.5) -> Path:
 # -------------------------------------------------------------------- 1. names that are not UTF-8
 
 
-def test_a_non_utf8_file_name_is_processed_and_written_as_its_bytes(tmp_path, tiny):
+def test_a_non_utf8_file_name_is_processed_and_written_as_its_bytes(tmp_path, tiny, no_library):
+    """The odd name, a copy of c000.wav, is decoded and encoded (the library would hand it
+    c000's vector by its audio), and the journal alone resumes it."""
     clips = _clips(tmp_path / "clips", 2)
     args = ["embed", "clips", "--out", "e.npy", "--model", str(tiny), "-q", "--failures", "f.csv"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0  # an earlier index, without the odd name

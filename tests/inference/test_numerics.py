@@ -14,6 +14,7 @@ batch-size invariance 1e-5.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -387,9 +388,13 @@ def test_cli_992_frame_checkpoint(ckpts, clips, ref992, tmp_path):
         _assert_close(np.load(hit), ref992[name], FRAME_ATOL, f"{name} frames")
 
 
-def test_cli_batch_size_invariance(ckpts, clips, ref608, tmp_path):
+def test_cli_batch_size_invariance(ckpts, clips, ref608, tmp_path, no_library):
+    """Both runs encode (the library, whose key leaves out the batch size, would hand the second
+    run the first run's numbers)."""
     X1, rows1 = _embed_cli(clips, tmp_path / "b1" / "emb.npy", ckpts["tiny608"], "--batch-size", "1", "--layer", "all")
     X7, rows7 = _embed_cli(clips, tmp_path / "b7" / "emb.npy", ckpts["tiny608"], "--batch-size", "7", "--layer", "all")
+    counts = json.loads((tmp_path / "b7" / "emb.manifest.json").read_text())["counts"]
+    assert counts == {"computed": len(CLIPS), "reused": 0, "failed": 0}
     assert [r["path"] for r in rows1] == [r["path"] for r in rows7]
     assert X1.shape == X7.shape == (len(CLIPS), 2, 640)
     err = float(np.max(np.abs(X1.astype(np.float64) - X7)))

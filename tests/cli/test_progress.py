@@ -92,7 +92,7 @@ def _stopped(tiny: Path, inputs: Path, out: Path, journal: Path, records: int, s
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, sig):
+def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, sig, no_library):
     out = tmp_path / "emb.npy"
     journal = tmp_path / "emb.npy.journal"
     proc, err = _stopped(tiny, tracks, out, journal, 12, sig)
@@ -109,7 +109,7 @@ def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, si
     assert f"{kept} reused".encode() in rerun.stderr, rerun.stderr.decode()
 
 
-def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tracks, tmp_path):
+def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tracks, tmp_path, no_library):
     import re
 
     out = tmp_path / "emb.npy"
@@ -129,7 +129,7 @@ def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tr
     ), again
 
 
-def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path):
+def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path, no_library):
     """Broken files are counted apart when the run stops; the resume reuses exactly the finished
     ones and fails the broken ones again."""
     import re

@@ -181,7 +181,7 @@ def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny, no_libra
     assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["computed"] == n_files, forced.stderr
 
 
-def test_changed_file_is_recomputed(tmp_path, tiny):
+def test_changed_file_is_recomputed(tmp_path, tiny, no_library):
     write_audio(tmp_path / "d" / "a.wav", 1.0, seed=1)
     write_audio(tmp_path / "d" / "b.wav", 1.0, seed=2)
     args = ["embed", "d", "--out", "emb.npy", "--model", str(tiny), "-q"]
@@ -228,7 +228,7 @@ def test_tag_stdout_is_only_data_and_pipes(tmp_path, tiny):
     assert b"music/broken.wav" in proc.stderr and b"broken.wav" not in proc.stdout
 
 
-def test_tag_to_file_resumes(tmp_path, tiny):
+def test_tag_to_file_resumes(tmp_path, tiny, no_library):
     for i in range(3):
         write_audio(tmp_path / "m" / f"t{i}.wav", 1.0, seed=i)
     torch.save({"weight": torch.randn(20, 640) * 0.05, "bias": torch.zeros(20)}, tmp_path / "openmic.pth")

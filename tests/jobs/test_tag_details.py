@@ -103,7 +103,7 @@ def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_pat
     ]
 
 
-def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
+def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts, no_library):
     d = cut_and_full
     args = [
         "tag",

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from conftest import REPO, run_matpac, write_audio
 
 
-def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
+def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts, no_library):
     work = tmp_path / "work"
     names = [
         "clips/x.wav",

@@ -21,7 +21,7 @@ def _counts(folder: Path, name: str = "emb.manifest.json") -> dict:
     return json.loads((folder / name).read_text())["counts"]
 
 
-def test_clips_dot_clips_and_absolute_clips_share_results(tmp_path, tiny):
+def test_clips_dot_clips_and_absolute_clips_share_results(tmp_path, tiny, no_library):
     clips = _clips(tmp_path)
     base = ["--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(["embed", "clips", *base], cwd=tmp_path).returncode == 0

@@ -85,7 +85,8 @@ def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pr
         where_model = tables.equals("model", views.model_sha(root, model))
         keys: list[str] = []
     else:
-        alive = {k for p, k in paths.items() if p not in set(gone_paths)}
+        gone = set(gone_paths)
+        alive = {k for p, k in paths.items() if p not in gone}
         held = _keys(root, "clips") | _keys(root, "segments")
         keys = sorted(held - alive)
     out = Pruned(keys=len(keys), paths=0 if model is not None else len(gone_paths))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20  # bytes read at a time where a file cannot be demuxed
+RACY_S = 2.0  # a file modified this close before it was keyed is hashed again, whatever its stat
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,19 @@ class Stat:
     ctime_ns: int
 
     @classmethod
-    def of(cls, path: Path | str) -> Stat:
+    def of(cls, path: Path | str) -> Stat | None:
+        """The file's stat, or None for what is not a regular file (a FIFO would block its
+        reader for ever, a device never end): the engine names those as it always did."""
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def trusted(self, seen: float) -> bool:
+        """Whether an unchanged stat vouches for the key recorded at `seen` (unix seconds): not
+        where the file was written within `RACY_S` before it was keyed, as git's racy-index rule
+        says (a same-size rewrite within the file system's time step would leave the stat as it was)."""
+        return self.mtime_ns < (seen - RACY_S) * 1e9
 
     def same_bytes(self, other: Stat) -> bool:
         """Same inode, size and modification time: only the mode or owner changed (`chmod`)."""

@@ -87,7 +87,6 @@ class Library:
         self._paths: dict[str, list] = {name: [] for name in tables.PATHS.names}
         self._held = 0
         self._last = time.monotonic()
-        self.version_seen: dict[str, int] = {}
 
     # reading -----------------------------------------------------------------------------------
 
@@ -120,8 +119,10 @@ class Library:
                 stat = Stat.of(real)
             except OSError:
                 continue
+            if stat is None:  # not a regular file: the engine says so
+                continue
             row = paths.get(real)
-            if row is not None and row[1] == stat:
+            if row is not None and row[1] == stat and stat.trusted(row[2]):
                 known[i] = Known(row[0], stat, "same path", real)
                 if now - row[2] > SEEN_AGAIN_S:
                     self._remember_path(real, row[0], stat, now)

@@ -18,7 +18,8 @@ import numpy as np
 
 from matpac_cli.errors import UsageError
 from matpac_cli.library import tables
-from matpac_cli.library.store import Setting, _facts
+from matpac_cli.library.key import Stat, audio_key
+from matpac_cli.library.store import Library, Setting, _facts
 
 
 @dataclass
@@ -152,28 +153,43 @@ def view(root: Path, setting: Setting, layer: int) -> View:
     if ds is None:
         return out
     where = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)} AND layer = {int(layer)}"
-    t = ds.to_table(columns=[n for n in tables.CLIPS.names if n != "added"], filter=where).to_pydict()
+    table = ds.to_table(columns=[n for n in tables.CLIPS.names if n != "added"], filter=where)
+    t = table.drop_columns(["embedding"]).to_pydict()
+    embeddings = tables.vectors(table.column("embedding"))  # numpy views: no float lists
     by_key = {}
     for j, key in enumerate(t["key"]):
         by_key.setdefault(key, j)  # two runs at once stored it twice: the rows are equal
-    out.vectors = {k: np.asarray(t["embedding"][j], dtype=np.float32) for k, j in by_key.items()}
-    rows = sorted((p, k) for p, k in path_keys(root).items() if k in by_key)
-    out.paths = [p for p, _ in rows]
-    out.keys = [k for _, k in rows]
+    out.vectors = {k: embeddings[j] for k, j in by_key.items()}
+    rows = sorted((p, k, here) for p, (k, here) in _current_keys(root).items() if k in by_key)
+    out.paths = [p for p, _, _ in rows]
+    out.keys = [k for _, k, _ in rows]
+    out.on_disk = [here for _, _, here in rows]
     out.facts = [_facts(t, by_key[k]) for k in out.keys]
-    out.on_disk = [os.path.exists(p) for p in out.paths]
     dim = len(next(iter(out.vectors.values()))) if out.vectors else 0
     out.matrix = np.stack([out.vectors[k] for k in out.keys]) if rows else np.zeros((0, dim), np.float32)
     return out
 
 
+def _current_keys(root: Path) -> dict[str, tuple[str, bool]]:
+    """path -> (key, on disk) for every path the library has seen, the key checked against the
+    disk: a path whose stat changed since it was keyed is keyed again (its audio may have been
+    replaced: its old key would give another file's embedding), one gone keeps its old key."""
+    out = {}
+    for path, (key, stat, seen) in Library(root).known_paths().items():
+        try:
+            now = Stat.of(path)
+        except OSError:
+            out[path] = (key, False)
+            continue
+        if now is None:
+            continue  # no longer a regular file
+        out[path] = (key if now == stat and now.trusted(seen) else audio_key(path), True)
+    return out
+
+
 def path_keys(root: Path) -> dict[str, str]:
-    """path -> key of every path the library has seen."""
-    ds = tables.open_table(root, "paths")
-    if ds is None:
-        return {}
-    t = ds.to_table(columns=["path", "key"]).to_pydict()
-    return {os.fsdecode(p): k for p, k in zip(t["path"], t["key"])}  # paths are stored as their bytes
+    """path -> key of every path the library has seen (the latest row of each)."""
+    return {p: k for p, (k, _, _) in Library(root).known_paths().items()}
 
 
 def size_on_disk(root: Path) -> int:

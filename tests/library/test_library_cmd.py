@@ -165,3 +165,33 @@ def test_setting_from_parts_is_the_plans(predictor):
     parts = Setting.of_parts(predictor.resolved.sha256, FRONT_END, predictor.dims.n_t, "fp32")
     assert Setting.of(Plan(predictor)) == parts
     assert Setting.of_parts(predictor.resolved.sha256, FRONT_END, predictor.dims.n_t, "bf16") != parts
+
+
+def test_a_path_whose_audio_was_replaced_is_never_given_its_old_embedding(made):
+    """The library knew a/f1.wav by its stat and key; new audio written over it (another length)
+    must not be exported, nor found as itself, with the old file's vector (it was, with "0
+    embedded": the view trusted the stored key without a look at the disk)."""
+    old = np.load(made / "emb.npy")[:, -1]
+    write_audio(made / "a" / "f1.wav", 6.0, seed=42)  # same path, new audio
+    proc = lib(made, "export", "--out", "x.npy")
+    assert proc.returncode == 0, proc.stderr.decode()
+    with open(made / "x.csv") as fh:
+        names = [row["path"] for row in csv.DictReader(fh)]
+    assert str((made / "a" / "f1.wav").resolve()) not in names and len(names) == 3
+    for row in np.load(made / "x.npy"):
+        assert min(np.abs(row - o).max() for o in old) < 1e-6  # every exported row is a file's own
+
+
+def test_a_fifo_among_the_inputs_is_named_and_the_run_ends(tiny, tmp_path):
+    """The library's key read a FIFO's bytes and blocked for ever (SIGTERM could not end it);
+    now it is left to the engine, which names it as it always did."""
+    import os
+
+    write_audio(tmp_path / "odd" / "a.wav", 2.0, seed=1)
+    os.mkfifo(tmp_path / "odd" / "fifo.wav")
+    proc = run_matpac(
+        ["embed", "odd", "--model", str(tiny), "--out", "e.npy", "--library", "L", "-q"], cwd=tmp_path, timeout=120
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "fifo.wav" in err and "Traceback" not in err, err
+    assert np.load(tmp_path / "e.npy").shape[0] == 1

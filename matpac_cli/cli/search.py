@@ -14,12 +14,15 @@ from matpac_cli.cli._options import (
     DeviceOpt,
     ExtOpt,
     FailuresOpt,
+    LibraryOpt,
+    NoLibraryOpt,
     NullOpt,
     PrecisionOpt,
     QuietOpt,
     RowsOutOpt,
     ThreadsOpt,
     WorkersOpt,
+    library_of,
 )
 from matpac_cli.cli._preflight import check_outputs, load_predictor, run_options
 from matpac_cli.cli._reporter import Reporter
@@ -108,6 +111,8 @@ def search(
     null: NullOpt = False,
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
+    library: LibraryOpt = None,
+    no_library: NoLibraryOpt = False,
 ) -> None:
     """Find the files of an index most like each query (cosine similarity, exact), or --duplicates.
 
@@ -135,7 +140,11 @@ def search(
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
-            vectors = {**S.library_vectors(emb, plan), **_embedded(S, emb, plan, model, held, options, quiet, reporter)}
+            keep = library_of(library, no_library)
+            if keep is None and emb.library is not None:
+                keep = emb.path  # an index that is a library keeps its queries too
+            embedded_now = _embedded(S, emb, plan, (model, held, keep), options, quiet, reporter)
+            vectors = {**S.library_vectors(emb, plan), **embedded_now}
             rows = S.neighbour_rows(emb.paths, matrix, plan, vectors, top_k, include_self, threshold)
             _write(rows, S.NEIGHBOUR_COLUMNS, fmt, target)
         finally:
@@ -216,15 +225,17 @@ def _extensions(ext: str | None):
     return parse_extensions(ext)
 
 
-def _embedded(S, emb, plan, model, layer, options, quiet, reporter) -> dict:
-    """Vectors of the audio-file queries, embedded with the index's own (verified) model."""
+def _embedded(S, emb, plan, asked, options, quiet, reporter) -> dict:
+    """Vectors of the audio-file queries, embedded with the index's own (verified) model
+    (`asked`: the model, the layer and the library to read and keep them in)."""
+    model, layer, library = asked
     if not any(q.path is not None for q in plan):
         return {}
     resolved = S.query_model(emb, model)
     predictor = load_predictor(resolved, options, quiet)
     from matpac_cli.events import Listeners
 
-    return S.embed_queries(plan, predictor, layer, options, Listeners(failure=reporter.failure))
+    return S.embed_queries(plan, predictor, layer, options, Listeners(failure=reporter.failure), library)
 
 
 def _write(rows: Iterable[dict], columns: list[str], fmt: str, target: Path | None) -> int:

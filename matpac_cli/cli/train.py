@@ -14,11 +14,14 @@ from matpac_cli.cli._options import (
     ExtOpt,
     FailuresOpt,
     ForceOpt,
+    LibraryOpt,
     ModelOpt,
+    NoLibraryOpt,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
     WorkersOpt,
+    library_of,
 )
 from matpac_cli.cli._preflight import check_model, check_outputs, load_predictor, named_inputs, run_options
 from matpac_cli.cli._reporter import Reporter, finish
@@ -82,6 +85,8 @@ def train(
     quiet: QuietOpt = False,
     failures: FailuresOpt = None,
     force: ForceOpt = False,
+    library: LibraryOpt = None,
+    no_library: NoLibraryOpt = False,
 ) -> None:
     """Train a head on your own labels: a linear probe on the clip embeddings, as the papers evaluate.
 
@@ -124,7 +129,10 @@ def train(
             features = from_index(labelled, embeddings, model if lib else None)
             startup_done()  # no model loads: the start-up is over
         else:
-            features, code = _embed(labelled, out, embeddings_out, model, options, quiet, failures, force, started)
+            keep = library_of(library, no_library)
+            features, code = _embed(
+                labelled, out, embeddings_out, model, (options, keep), quiet, failures, force, started
+            )
         check_trainable(features, config)
         _fit(features, config, out, reporter)
         raise typer.Exit(code)
@@ -178,14 +186,16 @@ def _check_written(
     return check_outputs(outputs, inputs, force, failures, journals=journals)
 
 
-def _embed(labelled, out, cache, model, options, quiet, failures, force, started):
+def _embed(labelled, out, cache, model, run, quiet, failures, force, started):
+    """The labelled files embedded into `cache` (`run`: the options and the library)."""
+    options, library = run
     from matpac_cli.jobs.embed import EmbedConfig, check_config
     from matpac_cli.jobs.train_data import embed_labelled
     from matpac_cli.outputs import naming
 
     cache = cache or naming.head_embeddings(out)
     # the embeddings it keeps are a cache: rows of files no longer labelled stay (`update`), never refused
-    config = EmbedConfig(out=cache, force=force, update=not force, options=options)
+    config = EmbedConfig(out=cache, force=force, update=not force, options=options, library=library)
     check_config(config)
     if failures is not None:
         from matpac_cli.outputs.writers import ensure_writable

@@ -235,7 +235,8 @@ def as_named(emb: Embeddings, names: list[str]) -> Embeddings:
         if path in real:
             index[real[path]]["path"] = name
         elif os.path.isfile(path) and (key := audio_key(path)) in view.vectors:
-            extra_rows.append(dict(index[0] if index else {}, path=name, row=len(index) + len(extra_rows)))
+            facts = _index_facts(view.key_facts[key])  # the moved file's own, not another row's
+            extra_rows.append(dict(row=len(index) + len(extra_rows), path=name, **facts))
             extra_vecs.append(view.vectors[key])
     if not extra_vecs:
         matrix = emb.matrix

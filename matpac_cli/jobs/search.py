@@ -209,6 +209,7 @@ def embed_queries(
     layer: int | None,
     options: RunOptions | None = None,
     events: RunEvents | None = None,
+    library: Path | bool | None = None,
 ) -> dict[str, np.ndarray]:
     """{query name: clip embedding} for the audio-file queries, through the `embed` job itself
     (same decoding, chunking and pooling as the index), into a temporary folder. `options`
@@ -221,7 +222,12 @@ def embed_queries(
     real = {q.name: os.path.realpath(q.path) for q in files}  # `a.wav` and `./a.wav` are embedded once
     with tempfile.TemporaryDirectory(prefix="matpac-search-") as tmp:
         out = Path(tmp) / "queries.npy"
-        config = EmbedConfig(out=out, layer=str(layer or "last"), options=options or RunOptions(batch_size=QUERY_BATCH))
+        config = EmbedConfig(
+            out=out,
+            layer=str(layer or "last"),
+            options=options or RunOptions(batch_size=QUERY_BATCH),
+            library=library,
+        )
         summary = embed([Item(q.name, q.path) for q in files], predictor, config, events)
         if not summary.done + summary.reused:  # encoded now, or found in the library
             return {}

@@ -45,6 +45,7 @@ class View:
     on_disk: list[bool] = field(default_factory=list)
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # every key's vector, with or without a path
+    key_facts: dict[str, dict] = field(default_factory=dict)  # every key's facts, likewise
 
     def present(self) -> View:
         """The rows whose path is on disk now (what an output or an index of today's files holds)."""
@@ -58,6 +59,7 @@ class View:
             [True] * len(keep),
             self.matrix[keep] if len(keep) else self.matrix[:0],
             self.vectors,
+            self.key_facts,
         )
 
 
@@ -160,6 +162,7 @@ def view(root: Path, setting: Setting, layer: int) -> View:
     for j, key in enumerate(t["key"]):
         by_key.setdefault(key, j)  # two runs at once stored it twice: the rows are equal
     out.vectors = {k: embeddings[j] for k, j in by_key.items()}
+    out.key_facts = {k: _facts(t, j) for k, j in by_key.items()}
     rows = sorted((p, k, here) for p, (k, here) in _current_keys(root).items() if k in by_key)
     out.paths = [p for p, _, _ in rows]
     out.keys = [k for _, k, _ in rows]

@@ -195,3 +195,40 @@ def test_a_fifo_among_the_inputs_is_named_and_the_run_ends(tiny, tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "fifo.wav" in err and "Traceback" not in err, err
     assert np.load(tmp_path / "e.npy").shape[0] == 1
+
+
+def test_a_moved_file_found_by_its_audio_keeps_its_own_facts(made):
+    """A row added for a file found by its key took the first row's duration and rate (another
+    file's), and with no file of the library on disk the index was empty and `report` failed."""
+    from matpac_cli.jobs.library import as_named, library_embeddings
+
+    (made / "b").mkdir()
+    shutil.move(made / "a" / "f2.wav", made / "b" / "f2.wav")  # 5.0 s; a/f0.wav (the first row) is 3.0 s
+    emb = as_named(library_embeddings(made / "L"), [str(made / "b" / "f2.wav")])
+    (row,) = [r for r in emb.index if r["path"] == str(made / "b" / "f2.wav")]
+    assert row["duration_s"] == pytest.approx(SECONDS[2])
+    for f in (made / "a").iterdir():
+        f.unlink()
+    (row,) = as_named(library_embeddings(made / "L"), [str(made / "b" / "f2.wav")]).index
+    assert row["duration_s"] == pytest.approx(SECONDS[2]) and row["sample_rate"] == 16000
+
+
+def test_a_query_new_to_a_library_index_is_kept_in_that_library(made, tiny):
+    """`search q.wav --index L` encoded the query into the default library, not L (and `search`
+    had no `--library`): a second search of it encoded again. Now L keeps it, and a second search
+    finds it there; `--no-library` keeps nothing."""
+    write_audio(made / "q.wav", 2.5, seed=77)
+    search = ["search", "--index", "L", "--top-k", "2", "--model", str(tiny)]
+    first = run_matpac([*search, "q.wav"], cwd=made)
+    assert first.returncode == 0 and "(1 embedded" in first.stderr.decode(), first.stderr.decode()
+    assert info(made)["paths"] == 5
+    again = run_matpac([*search, "q.wav"], cwd=made)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "(0 embedded, 1 found in the index)" in again.stderr.decode()  # L had it
+    write_audio(made / "s.wav", 2.5, seed=79)
+    elsewhere = run_matpac([*search, "s.wav", "--library", "L2"], cwd=made)
+    assert elsewhere.returncode == 0 and (made / "L2" / "clips.lance").is_dir()  # `--library` keeps it there
+    assert info(made)["paths"] == 5
+    write_audio(made / "r.wav", 2.5, seed=78)
+    off = run_matpac([*search, "r.wav", "--no-library"], cwd=made)
+    assert off.returncode == 0 and info(made)["paths"] == 5

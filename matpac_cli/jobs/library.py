@@ -35,7 +35,13 @@ def library_root(library: Path | str | None) -> Path:
             "the library is turned off ($MATPAC_LIBRARY=off); give one with `library`", settings=("library",)
         )
     if not root.is_dir():
-        raise UsageError(f"library {root}: no such folder", settings=("library",))
+        what = "not a folder" if root.exists() else "no such folder"
+        raise UsageError(f"library {root}: {what}", settings=("library",))
+    if any(root.iterdir()) and not any((root / f"{name}.lance").is_dir() for name in tables.SCHEMAS):
+        raise UsageError(
+            f"library {root}: not a library (no clips.lance, segments.lance or paths.lance in it)",
+            settings=("library",),
+        )
     return root
 
 

@@ -232,3 +232,15 @@ def test_a_query_new_to_a_library_index_is_kept_in_that_library(made, tiny):
     write_audio(made / "r.wav", 2.5, seed=78)
     off = run_matpac([*search, "r.wav", "--no-library"], cwd=made)
     assert off.returncode == 0 and info(made)["paths"] == 5
+
+
+def test_a_folder_that_is_not_a_library_is_said_so(made, tiny):
+    """`library info --library a` (a music folder) reported an empty library of the folder's size,
+    and a file given as the library was "no such folder"."""
+    for args in (["info"], ["prune", "--yes"]):
+        proc = run_matpac(["library", *args, "--library", "a"], cwd=made)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "not a library" in err and err.count("\n") == 1, err
+    assert len(list((made / "a").iterdir())) == 4  # prune touched nothing there
+    proc = run_matpac(["library", "info", "--library", str(tiny)], cwd=made)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr.decode()

@@ -183,6 +183,9 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     kept = earlier.kept_rows(journal, items, config.update, config.prune)
     earlier.count(summary, kept)
     done = finished_rows(items, journal, previous, kept.rows)
+    reused = set(items) - set(todo)  # from the journal: stored in the library too, where it lacks them
+    rows = {name: (rec.meta, row) for name, rec, row in done}
+    stored.backfill(library, [i for i in items if i in reused], plan, rows)
     if not done or (len(done) == len(kept.rows) and not kept.pruned):
         # nothing new to write: an earlier output stays as it was, and is not called fresh
         journal.discard()  # one this run started, with nothing in it, is not left behind

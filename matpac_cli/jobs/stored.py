@@ -18,7 +18,7 @@ from matpac_cli import engines
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
-from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
 
@@ -103,3 +103,32 @@ def close(library, summary) -> None:
         return
     library.close()
     summary.library = {"path": str(library.root), "version": library.version()}
+
+
+def backfill(library, items: list[Item], plan: Plan, rows: dict[str, tuple[dict, object]]) -> int:
+    """Files an output's journal already had (reused, never encoded in this run) stored in the
+    library where it lacks them, from the output's own rows (`rows`: name -> (facts, embedding)),
+    so that an output made before the library, or a run killed between its journal and its
+    library commit, fills the library once: `tag` after it then runs no encoder. The count added."""
+    import numpy as np
+
+    from matpac_cli.library.store import Setting
+
+    if library is None or not items:
+        return 0
+    setting, layers = Setting.of(plan), plan.resolved_layers()
+    known = library.identify(items)
+    have = library.holding([k.key for k in known.values()], setting, layers)
+    added = 0
+    for i, k in known.items():
+        if k.key in have or items[i].name not in rows:
+            continue
+        meta, vector = rows[items[i].name]
+        out = EncoderOutput(np.asarray(vector, dtype=np.float32).reshape(len(layers), -1))
+        cut = tuple(meta["truncated"]) if meta.get("truncated") else None
+        res = FileResult(items[i], meta["duration_s"], meta["sample_rate"], meta["channels"], [out], cut)
+        library.add(k.key, setting, plan, res, out)
+        have.add(k.key)
+        added += 1
+    library.commit()
+    return added

@@ -156,6 +156,19 @@ class Library:
             found = {k: s for k, s in found.items() if s.segments is not None}
         return found
 
+    def holding(self, keys: list[str], setting: Setting, layers: tuple[int, ...]) -> set[str]:
+        """The keys that have every layer of `layers` for `setting`: the key and layer columns
+        only, no embedding read (what a run asks of files it already has in its output)."""
+        ds = tables.open_table(self.root, "clips")
+        if ds is None or not keys:
+            return set()
+        extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
+        t = tables.where_keys(ds, sorted(set(keys)), extra, ["key", "layer"]).to_pydict()
+        have: dict[str, set] = {}
+        for key, layer in zip(t["key"], t["layer"]):
+            have.setdefault(key, set()).add(layer)
+        return {k for k, got in have.items() if set(layers) <= got}
+
     def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:
         ds = tables.open_table(self.root, "segments")
         if ds is None:

@@ -244,3 +244,21 @@ def test_a_folder_that_is_not_a_library_is_said_so(made, tiny):
     assert len(list((made / "a").iterdir())) == 4  # prune touched nothing there
     proc = run_matpac(["library", "info", "--library", str(tiny)], cwd=made)
     assert proc.returncode == 2 and "not a folder" in proc.stderr.decode()
+
+
+def test_an_output_made_before_the_library_fills_it_once(tiny, tmp_path):
+    """Files an output's journal already had never reached the library (the journal served them
+    first), so `tag` after re-running such an `embed` encoded everything again."""
+    for i in range(3):
+        write_audio(tmp_path / "m" / f"s{i}.wav", 2.0 + i, seed=i)
+    embed = ["embed", "m", "--model", str(tiny), "--out", "e.npy", "-q"]
+    assert run_matpac([*embed, "--no-library"], cwd=tmp_path).returncode == 0  # before the library
+    again = run_matpac([*embed[:-1], "--library", "L"], cwd=tmp_path)
+    assert again.returncode == 0 and "0 done, 3 reused" in again.stderr.decode(), again.stderr.decode()
+    import torch
+
+    torch.save(probe_tensors(20, seed=4, width=np.load(tmp_path / "e.npy").shape[-1]), tmp_path / "openmic.pth")
+    tag = ["tag", "m", "--model", str(tiny), "--head", "./openmic.pth", "--out", "t.csv", "--library", "L"]
+    proc = run_matpac(tag, cwd=tmp_path)
+    assert proc.returncode == 0 and "0 done, 3 reused" in proc.stderr.decode(), proc.stderr.decode()
+    assert "3 from the library" in proc.stderr.decode()

@@ -110,12 +110,12 @@ def backfill(library, items: list[Item], plan: Plan, rows: dict[str, tuple[dict,
     library where it lacks them, from the output's own rows (`rows`: name -> (facts, embedding)),
     so that an output made before the library, or a run killed between its journal and its
     library commit, fills the library once: `tag` after it then runs no encoder. The count added."""
+    if library is None or not items:
+        return 0  # and Lance, pyarrow are not imported
     import numpy as np
 
     from matpac_cli.library.store import Setting
 
-    if library is None or not items:
-        return 0
     setting, layers = Setting.of(plan), plan.resolved_layers()
     known = library.identify(items)
     have = library.holding([k.key for k in known.values()], setting, layers)

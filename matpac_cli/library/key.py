@@ -34,11 +34,12 @@ class Stat:
             return None
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def trusted(self, seen: float) -> bool:
-        """Whether an unchanged stat vouches for the key recorded at `seen` (unix seconds): not
-        where the file was written within `RACY_S` before it was keyed, as git's racy-index rule
-        says (a same-size rewrite within the file system's time step would leave the stat as it was)."""
-        return self.mtime_ns < (seen - RACY_S) * 1e9
+    def vouches(self, recorded: Stat, seen: float) -> bool:
+        """Whether this stat (now) vouches for the key recorded with `recorded` at `seen` (unix
+        seconds): the same stat, and the file not written within `RACY_S` before it was keyed,
+        as git's racy-index rule says (a same-size rewrite within the file system's time step
+        would leave the stat as it was). Else the file is keyed again."""
+        return self == recorded and self.mtime_ns < (seen - RACY_S) * 1e9
 
     def same_bytes(self, other: Stat) -> bool:
         """Same inode, size and modification time: only the mode or owner changed (`chmod`)."""

@@ -122,7 +122,7 @@ class Library:
             if stat is None:  # not a regular file: the engine says so
                 continue
             row = paths.get(real)
-            if row is not None and row[1] == stat and stat.trusted(row[2]):
+            if row is not None and stat.vouches(row[1], row[2]):
                 known[i] = Known(row[0], stat, "same path", real)
                 if now - row[2] > SEEN_AGAIN_S:
                     self._remember_path(real, row[0], stat, now)
@@ -157,16 +157,18 @@ class Library:
         return found
 
     def holding(self, keys: list[str], setting: Setting, layers: tuple[int, ...]) -> set[str]:
-        """The keys that have every layer of `layers` for `setting`: the key and layer columns
-        only, no embedding read (what a run asks of files it already has in its output)."""
+        """The keys that have every layer of `layers` for `setting`: one scan of the key and
+        layer columns of that setting, no embedding read (what a run asks of the files its own
+        output already has, every run: no `IN` batch per 512 keys)."""
         ds = tables.open_table(self.root, "clips")
         if ds is None or not keys:
             return set()
-        extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
-        t = tables.where_keys(ds, sorted(set(keys)), extra, ["key", "layer"]).to_pydict()
-        have: dict[str, set] = {}
+        where = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
+        t = ds.to_table(columns=["key", "layer"], filter=where).to_pydict()
+        wanted, have = set(keys), {}
         for key, layer in zip(t["key"], t["layer"]):
-            have.setdefault(key, set()).add(layer)
+            if key in wanted:
+                have.setdefault(key, set()).add(layer)
         return {k for k, got in have.items() if set(layers) <= got}
 
     def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:

@@ -186,7 +186,7 @@ def _current_keys(root: Path) -> dict[str, tuple[str, bool]]:
             continue
         if now is None:
             continue  # no longer a regular file
-        out[path] = (key if now == stat and now.trusted(seen) else audio_key(path), True)
+        out[path] = (key if now.vouches(stat, seen) else audio_key(path), True)
     return out
 
 

@@ -464,3 +464,47 @@ def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():
     task = RayTaskError("MapBatches(Encoder)", "trace", ActorDiedError())
     assert _worker_lost(task)
     assert not _worker_lost(ValueError("a bad batch")) and not _worker_lost(None)
+
+
+LEDGER_FORGETS = """
+import ray
+from ray.exceptions import ActorDiedError
+from matpac_cli.engines.ray.ledger import Ledger
+
+ray.init(logging_level="ERROR")
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Enlisted:
+    def __init__(self, ledger):
+        ledger.enlist()
+
+ledger = Ledger.start()
+view = ledger.for_round(1)
+actor = Enlisted.remote(view)
+ray.get(actor.__ray_ready__.remote())
+for _ in range(100):  # its enlisting is sent, not waited on
+    if view.enlisted():
+        break
+ray.kill(ledger._handle, no_restart=False)  # the ledger restarts, its lists empty
+assert ledger.for_round(1).enlisted() == [], "the ledger did not forget"
+view.dismiss()
+try:
+    ray.get(actor.__ray_ready__.remote(), timeout=30)
+    print("alive")
+except ActorDiedError:
+    print("dismissed")
+ledger.stop()
+"""
+
+
+def test_a_round_whose_ledger_restarted_still_stops_every_actor_it_had(head, ray_env, tmp_path):
+    """The ledger (the tries and the round's encoder actors) lives in an actor that Ray restarts
+    empty if its process dies. The lost round's actors must still be stopped, or they hold the
+    CPUs that the next round needs and the job waits for ever (it hung so in CI when the ledger
+    had been spilled to the node that was then lost): the driver keeps every actor it watched."""
+    script = tmp_path / "forgets.py"
+    script.write_text(LEDGER_FORGETS)
+    env = {**os.environ, **ray_env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().split()[-1:] == ["dismissed"], proc.stderr.decode()[-3000:]

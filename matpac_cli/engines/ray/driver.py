@@ -122,12 +122,12 @@ def _run(
         left = [i for i in range(len(items)) if i not in collector.done]
         if not left:
             break
-        done = len(collector.done)
+        done, view = len(collector.done), ledger.for_round(round_)
         try:
-            _round(cluster, items, left, plans, shape, collector, ledger.for_round(round_))
+            _round(cluster, items, left, plans, shape, collector, view)
             break
         except (ExecutionTimeoutError, Lost) as exc:
-            ledger.for_round(round_).dismiss()
+            view.dismiss()  # the actors the watch saw, too (engines.ray.ledger)
             progress = len(collector.done) > done
             idle = 0 if progress else idle + 1
             lost = 0 if progress or not isinstance(exc, Lost) else lost + 1

@@ -18,6 +18,7 @@ class Ledger:
     def __init__(self, name: str, round_: int = 0) -> None:
         self.name, self.round, self._handle, self._lost = name, round_, None, False
         self.reruns = 0  # files run again in a later round (the driver's count)
+        self.seen: dict = {}  # the driver's own list of the round's actors (handles, in order)
 
     def for_round(self, round_: int) -> Ledger:
         """Keys of their own for each round: a try that a stopped round cut short is no death."""
@@ -36,7 +37,13 @@ class Ledger:
         heads = [
             n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
         ]
-        here = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
+        # on the head itself, never "soft": a soft affinity let the head's raylet spill the ledger to
+        # another node, and when that node was lost the restarted ledger had forgotten every try
+        # and every actor (the lost round's actors then held the CPUs the next round needed)
+        if heads:
+            here = NodeAffinitySchedulingStrategy(heads[0], soft=False)
+        else:
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         ledger._handle = (
             ray.remote(Attempts)
             .options(name=ledger.name, namespace="matpac", num_cpus=0, max_restarts=-1, scheduling_strategy=here)
@@ -49,6 +56,7 @@ class Ledger:
 
     def __setstate__(self, state: dict) -> None:
         self.name, self.round, self._handle, self.reruns, self._lost = state["name"], state["round"], None, 0, False
+        self.seen = {}
 
     def _actor(self):
         import ray
@@ -94,8 +102,12 @@ class Ledger:
         self._send("enlist", self.round, ray.get_runtime_context().current_actor)
 
     def enlisted(self) -> list:
-        """The round's encoder actors so far (handles), for the driver's watch."""
-        return self._call("enlisted_now", self.round, default=[]) or []
+        """The round's encoder actors so far (handles), for the driver's watch. The driver keeps
+        each one it has heard of, so that a ledger that restarted (and forgot them) cannot leave
+        one running past its round."""
+        for actor in self._call("enlisted_now", self.round, default=[]) or []:
+            self.seen[actor] = None
+        return list(self.seen)
 
     def dismiss(self) -> None:
         """The round's actors stopped: Ray Data leaves a stopped run's actors to be garbage
@@ -103,8 +115,11 @@ class Ledger:
         import ray
 
         for actor in self._call("enlisted_in", self.round, default=[]) or []:
+            self.seen[actor] = None
+        for actor in self.seen:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
+        self.seen.clear()
 
     def stop(self) -> None:
         import ray

@@ -27,7 +27,7 @@ class RunEvents(Protocol):
         """Seconds of audio encoded since the last call, so a display moves inside long files."""
 
     def reused(self, item, seconds: float) -> None:
-        """A file taken whole from an earlier run's journal."""
+        """A file taken whole from the library (an earlier run encoded it)."""
 
     def warning(self, text: str) -> None:
         """Something the person should know that fails nothing (a file cut short, a retried job)."""

@@ -1,4 +1,4 @@
-"""Files matpac creates beside an output: temporaries, probes, locks, journals.
+"""Files matpac creates beside an output: temporaries, probes, locks.
 
 Anyone who can write the output folder can plant a name there before a run: a symlink
 `.tags.csv.lock -> /etc/passwd`, or a hard link to someone else's file. So every such file is
@@ -63,7 +63,7 @@ def create(path: Path, mode: str = "wb", perm: int = 0o644) -> IO:
 
 def open_existing(path: Path, flags: int = os.O_RDONLY) -> int | None:
     """An fd on the regular file at `path`, never through a symlink (refused); None when there
-    is no file. Only for reading and appending to matpac's own files (journal, hash cache)."""
+    is no file. Only for reading and appending to matpac's own files (hash cache)."""
     try:
         fd = os.open(path, flags | NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:

@@ -43,8 +43,8 @@ def _session_library(tmp_path_factory):
 
 @pytest.fixture()
 def no_library(monkeypatch):
-    """For tests of the per-output journal itself (its damage, its resume): the library, which
-    would serve the files the journal lost, is off (MATPAC_LIBRARY=off), as `--no-library` is."""
+    """For tests of a run without the library (MATPAC_LIBRARY=off, as `--no-library`): nothing
+    reused, nothing kept between runs, pyarrow and Lance never imported."""
     monkeypatch.setenv("MATPAC_LIBRARY", "off")
 
 
@@ -337,3 +337,17 @@ def retag(path: Path, title: str) -> None:
         f["title"] = [title]
         f["artist"] = [title * 50]
     f.save()
+
+
+def library_files(root: Path | None = None) -> int:
+    """Files the library at `root` (default: this test's, $MATPAC_LIBRARY) has committed so far,
+    by audio key: what a run killed now would find on its re-run."""
+    import lance
+
+    clips = Path(root or os.environ["MATPAC_LIBRARY"]) / "clips.lance"
+    if not clips.exists():
+        return 0
+    try:
+        return len(set(lance.dataset(str(clips)).to_table(columns=["key"]).column("key").to_pylist()))
+    except (OSError, ValueError):  # a commit in progress: counted next time
+        return 0

@@ -34,7 +34,7 @@ class Recorder(NoEvents):
         return [c for c in self.calls if c[0] == kind]
 
 
-def test_a_custom_events_object_hears_the_whole_run(predictor, tmp_path, no_library):
+def test_a_custom_events_object_hears_the_whole_run(predictor, tmp_path):
     from matpac_cli.config import RunOptions
     from matpac_cli.jobs.embed import EmbedConfig, embed
     from matpac_cli.pipeline.discovery import Item

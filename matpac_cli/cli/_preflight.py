@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from matpac_cli.cli._reporter import Reporter
@@ -58,9 +57,7 @@ def named_inputs(*names: str | None) -> list:
     return [Item(str(n), Path(n)) for n in names if n and os.path.isfile(n)]
 
 
-def check_outputs(
-    outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None, journals: Sequence[Path] = ()
-) -> list[Path]:
+def check_outputs(outputs: dict, items, force: bool, failures: Path | None, ours: dict | None = None) -> list[Path]:
     """`--out`'s rules for every file the run writes (`outputs.rules`), before the lock and any
     model: returns the files to lock. `ours` maps an option to how a file it wrote is recognised."""
     from matpac_cli.outputs import rules as R
@@ -72,8 +69,8 @@ def check_outputs(
     R.check_not_inputs(outputs, items)
     for option, recognise in {**(ours or {}), "--failures": R.is_failures}.items():
         R.check_ours(outputs.get(option), option, force, recognise)
-    written = [p for p in outputs.values() if p not in journals]
-    R.check_side_files(written, journals)
+    written = list(outputs.values())
+    R.check_side_files(written)
     return written
 
 

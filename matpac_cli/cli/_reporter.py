@@ -56,7 +56,7 @@ class Reporter:
             startup_done()
 
         self.console = Console(stderr=True, highlight=False)
-        self.keeps = keeps  # what an interrupted run leaves behind, e.g. the journal to resume from
+        self.keeps = keeps  # what an interrupted run leaves behind, e.g. the library to resume from
         if items:
             _ACTIVE.append(self)
         self.quiet = quiet

@@ -85,6 +85,7 @@ def embed(
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.embed import EmbedConfig, check_config, check_inputs
     from matpac_cli.jobs.embed import embed as run_embed
+    from matpac_cli.jobs.stored import resume_note
     from matpac_cli.outputs import naming
     from matpac_cli.outputs.writers import ensure_writable, locked
 
@@ -109,12 +110,10 @@ def embed(
             "--out": paths["matrix"],
             "the row index of --out": paths.get("index"),
             "the manifest of --out": paths["manifest"],
-            "the journal of --out": paths["journal"],
         },
         items + named_inputs(model),
         force,
         failures,
-        journals=[paths["journal"]],
     )
     with locked(*written, *([naming.frames_lock(frames)] if frames is not None else [])):  # and the --frames folder
         check_inputs(config, items)  # rows of files that are not inputs: kept, replaced or refused
@@ -128,7 +127,7 @@ def embed(
                 items,
                 started,
                 failures=failures,
-                keeps=f"finished files are kept in {paths['journal']}; run the same command to resume",
+                keeps=resume_note(config.library),
             )
             try:
                 summary = run_embed(items, predictor, config, reporter, argv())

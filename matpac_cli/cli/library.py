@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from matpac_cli.cli._errors import with_flags
 from matpac_cli.cli._options import Command, ForceOpt, Group, LibraryOpt
 from matpac_cli.outputs.safetext import for_terminal
 
@@ -116,6 +117,8 @@ def library_export(
 
     done = export_library(library_root(library), out, model, layer, force)
     skipped = f"; {done.skipped:,} paths not on disk skipped" if done.skipped else ""
+    for note in done.notes:  # files of the model not exported: never left out in silence
+        sys.stderr.write(for_terminal(f"matpac: warning: {with_flags(note, ('layer',))}") + "\n")
     sys.stderr.write(
         for_terminal(f"matpac: exported {done.rows:,} files (layer {done.layer}) to {out}{skipped}") + "\n"
     )

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from matpac_cli.cli._errors import with_flags
 from matpac_cli.cli._options import (
     DeviceOpt,
     ExtOpt,
@@ -134,6 +135,8 @@ def search(
         emb = S.open_index(index, model, layer)
         matrix, held = S.index_layer(emb, layer)
         reporter = Reporter(quiet, failures=failures)
+        for note in getattr(emb.library, "notes", ()):  # a library's files not in the index, said
+            reporter.warning(with_flags(note, ("layer",)))
         try:
             if duplicates:
                 _duplicates(S, emb, matrix, threshold, fmt, target, reporter, started)

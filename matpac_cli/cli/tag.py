@@ -262,8 +262,8 @@ def _run(
 ):
     """Load the encoders and their heads, then tag every input: (groups, summary, reporter)."""
     from matpac_cli.engines import Engine
+    from matpac_cli.jobs.stored import resume_note
     from matpac_cli.jobs.tag import tag as run_tag
-    from matpac_cli.outputs import naming
 
     if config.options.engine == "local":  # with ray, the cluster's devices count, not the driver's
         check_device(config.options)
@@ -271,7 +271,7 @@ def _run(
     config = dataclasses.replace(config, options=runner.options)  # a Ray cluster's placement
     try:
         groups = load_groups(plan, runner, labels, quiet)
-        keeps = f"finished files are kept in {naming.journal(target)}; run the same command to resume" if target else ""
+        keeps = resume_note(config.library)
         reporter = Reporter(quiet, items, started, keeps=keeps, failures=failures)
         try:
             summary = run_tag(items, groups, config, target, SafeStdout(sys.stdout), reporter, argv())
@@ -290,15 +290,11 @@ def _check_outputs(
     from matpac_cli.outputs.rules import is_manifest
 
     outputs: dict = {"--out": target}
-    journals = []
-    if target is not None:
-        journals.append(naming.journal(target))
-        outputs["the journal of --out"] = journals[0]
     man = manifest or (None if target is None else naming.tags_manifest(target))
     option = "--manifest" if manifest is not None else "the manifest of --out"
     outputs[option] = man
     outputs["--report"] = report
-    return check_outputs(outputs, items, force, failures, ours={option: is_manifest}, journals=journals)
+    return check_outputs(outputs, items, force, failures, ours={option: is_manifest})
 
 
 def _check_report(report: Path | None, target: Path | None, force: bool) -> None:
@@ -321,4 +317,4 @@ def _check_paths(target: Path | None, manifest: Path | None, failures: Path | No
         if path is not None:
             ensure_writable(path)
     if target is not None:
-        check_output(target, force)
+        check_output(target, force, manifest)

@@ -168,7 +168,6 @@ def _check_written(
     from matpac_cli.pipeline.discovery import Item
 
     outputs = {"--out": Path(out), "the report of --out": naming.head_report(out)}
-    journals = []
     inputs = list(items) + [Item(str(labels), Path(labels))]
     if embeddings is not None:
         inputs += [Item(str(p), p) for p in embeddings_inputs(Path(embeddings))]
@@ -179,17 +178,16 @@ def _check_written(
                 "--embeddings-out": paths["matrix"],
                 "its row index": paths.get("index"),
                 "its manifest": paths["manifest"],
-                "its journal": paths["journal"],
             }
         )
-        journals.append(paths["journal"])
-    return check_outputs(outputs, inputs, force, failures, journals=journals)
+    return check_outputs(outputs, inputs, force, failures)
 
 
 def _embed(labelled, out, cache, model, run, quiet, failures, force, started):
     """The labelled files embedded into `cache` (`run`: the options and the library)."""
     options, library = run
     from matpac_cli.jobs.embed import EmbedConfig, check_config
+    from matpac_cli.jobs.stored import resume_note
     from matpac_cli.jobs.train_data import embed_labelled
     from matpac_cli.outputs import naming
 
@@ -202,14 +200,7 @@ def _embed(labelled, out, cache, model, run, quiet, failures, force, started):
 
         ensure_writable(failures)
     predictor = load_predictor(check_model(model or "matpac-plus"), options, quiet)
-    journal = naming.journal(cache)
-    reporter = Reporter(
-        quiet,
-        labelled.items,
-        started,
-        failures=failures,
-        keeps=f"finished files are kept in {journal}; run the same command to resume",
-    )
+    reporter = Reporter(quiet, labelled.items, started, failures=failures, keeps=resume_note(library))
     try:
         features, summary = embed_labelled(labelled, predictor, config, reporter, argv())
     finally:

@@ -31,7 +31,7 @@ class _Batcher:
     stay in flight on an asynchronous device, so the next batch is cut and staged while the GPU
     computes; their chunks count as pending in their files until the results are back.
 
-    A partial batch does not wait for company for ever: a file's result (and its journal record)
+    A partial batch does not wait for company for ever: a file's result (and its library row)
     must follow its last chunk within about one batch's compute. So the short queue goes out with
     the next full batch once its oldest chunk has seen one full batch go by, and either queue goes
     out once its oldest chunk has waited longer than a batch takes (`tick`, at least `MIN_WAIT`).

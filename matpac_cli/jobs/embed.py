@@ -1,13 +1,11 @@
 """The `embed` job: a folder of audio -> one N x 3840 matrix (+ row index, manifest, frames).
 
 The matrix is `emb.npy` with its row index `emb.csv`, or one Parquet table `emb.parquet` whose
-`path` column is the index (`parquet`); the journal, resume and manifest are the same for both.
-Resumable: every finished file is journalled next to the output as soon as it is done; re-running
-the same command reuses finished files (same real path, size, mtime, inode, model and settings)
-and only computes the rest. Once the final matrix is written, the journal keeps only keys and row
-numbers (the matrix holds the data), so a finished output does not cost its size twice on disk.
-Rows of files that are not inputs of this run are kept (`update`), replaced (`force`), or the run
-is refused (`outputs.earlier`): never dropped silently.
+`path` column is the index (`parquet`); the manifest is the same for both. The output is a view of
+the library: files it holds for the model and settings are not encoded again (a re-run, a moved
+or re-tagged file, `emb.npy` deleted), and every file encoded is stored as it finishes, so an
+interrupted run resumes from it. Rows of files that are not inputs of this run are kept
+(`update`), replaced (`force`), or the run is refused (`outputs.earlier`): never dropped silently.
 """
 
 from __future__ import annotations
@@ -22,9 +20,8 @@ from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
-from matpac_cli.jobs.embed_output import described, finished_rows, previous_matrix, write_matrix
+from matpac_cli.jobs.embed_output import described, write_matrix
 from matpac_cli.outputs import earlier, naming, writers
-from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -104,17 +101,23 @@ def check_config(config: EmbedConfig) -> None:
     stored.open_library(config.library)  # a library that cannot be made: one line, before the model
     if config.frames_dir is not None:
         writers.ensure_writable(config.frames_dir / "probe.npy")
-    if not config.force and not paths["journal"].exists():
+    if not config.force and earlier.vouched(paths["matrix"], paths["manifest"]) is None:
         for key, path in paths.items():
-            if key != "journal" and path.exists():
+            if path.exists():
                 raise OutputError(_not_ours(paths, key), settings=("force",))
 
 
-def check_inputs(config: EmbedConfig, items: list[Item]) -> None:
-    """An output holding rows of files that are not inputs of this run is not cut down to this
-    run's files without `update` or `force` (`outputs.earlier`): said before a model loads."""
+def check_inputs(config: EmbedConfig, items: list[Item]) -> list[earlier.Row]:
+    """The rows the output holds already (none with `force`). An output holding rows of files
+    that are not inputs of this run is not cut down to this run's files without `update` or
+    `force` (`outputs.earlier`): said before a model loads."""
     paths = naming.embed_outputs(config.out)
-    earlier.refuse_dropping(paths["matrix"], paths["journal"], items, config.update, config.force)
+    man = earlier.owned(paths["matrix"], paths["manifest"], config.force)
+    if man is None:
+        return []
+    rows = earlier.embed_rows(paths["matrix"], man)
+    earlier.refuse_dropping(paths["matrix"], rows, items, config.update, config.force)
+    return rows
 
 
 def _not_ours(paths: dict[str, Path], key: str) -> str:
@@ -159,46 +162,36 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
         "precision": str(predictor.dtype).replace("torch.", ""),
     }
     _refuse_overwrite(paths, settings, config.force)
-    check_inputs(config, items)
-    journal = jr.Journal(paths["journal"], settings, fresh=config.force)
-    if journal.damaged:
-        events.warning(
-            f"{paths['journal']}: {journal.damaged} damaged record(s) dropped; their files are computed again"
-        )
-    previous = previous_matrix(journal, paths["matrix"])
+    before = check_inputs(config, items)
+    _refuse_foreign_frames(items, before, config)
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
-    todo = _reuse(items, journal, config, summary, events, shape)
-    _refuse_foreign_frames(todo, journal, config)
-
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
-    on_result = _recorder(config, len(layers), journal, summary, events)
+    results: dict[Item, tuple[dict, object]] = {}
+    on_result = _recorder(config, len(layers), results, summary, events)
     try:
         heard = KeepFailures(events, summary.failures)
-        ran = stored.run(library, config.options, todo, [plan], heard, on_result, summary.found)
+        kept_frames = _frames_kept(before, config)
+        ran = stored.run(library, config.options, items, [plan], heard, on_result, summary.found, kept_frames)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
-        journal.close()
         stored.close(library, summary)
-    kept = earlier.kept_rows(journal, items, config.update, config.prune)
+    kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
-    done = finished_rows(items, journal, previous, kept.rows)
-    reused = set(items) - set(todo)  # from the journal: stored in the library too, where it lacks them
-    rows = {name: (rec.meta, row) for name, rec, row in done}
-    stored.backfill(library, [i for i in items if i in reused], plan, rows)
+    done = [(name, facts, row) for name, (facts, row) in kept.rows]
+    done += [(item.name, *results[item]) for item in items if item in results]
     if not done or (len(done) == len(kept.rows) and not kept.pruned):
         # nothing new to write: an earlier output stays as it was, and is not called fresh
-        journal.discard()  # one this run started, with nothing in it, is not left behind
         summary.left = [p for p in naming.written(paths) if p.exists()]
         return summary
-    summary.truncated[:0] = [name for name, rec in kept.rows if rec.meta.get("truncated")]
+    summary.truncated[:0] = [name for name, (facts, _) in kept.rows if facts.get("truncated")]
     _write_outputs(paths, done, shape, config, (predictor, settings, summary, argv))
     return summary
 
 
 def _write_outputs(paths: dict[str, Path], done: list, shape: tuple[int, ...], config: EmbedConfig, about) -> None:
-    """The matrix, its index and manifest, replacing the old ones together; then the journal
-    compacted to point into the new matrix (`about`: predictor, settings, summary, argv)."""
+    """The matrix, its index and manifest, replacing the old ones together (`about`: predictor,
+    settings, summary, argv)."""
     predictor, settings, summary, argv = about
     with writers.Unit() as unit:
         write_matrix(unit, paths, done, shape, config.frames_dir is not None)
@@ -217,22 +210,20 @@ def _write_outputs(paths: dict[str, Path], done: list, shape: tuple[int, ...], c
                 },
             ),
         )
-    stamp = jr.compact_stamp(paths["matrix"])
-    if stamp is not None:
-        jr.compact(paths["journal"], settings, stamp, [(rec, i, name) for i, (name, rec, _) in enumerate(done)])
     summary.outputs = naming.written(paths)
     if config.frames_dir is not None:
         summary.outputs.append(config.frames_dir)
 
 
-def _recorder(config, n_layers: int, journal: jr.Journal, summary: Summary, events: RunEvents):
+def _recorder(config, n_layers: int, results: dict, summary: Summary, events: RunEvents):
     """The callback the engine hands each embedded file to: its frames written (with
-    `frames_dir`), its clip embedding journalled at once (so an interrupted run resumes from
-    it), and the summary counted; a file read short is recorded and warned of."""
+    `frames_dir`), its clip embedding kept for the output (`results`: item -> (facts, vector);
+    the library has stored it already), and the summary counted; a file read short is recorded
+    and warned of."""
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
-        if config.frames_dir is not None:
+        if config.frames_dir is not None and out.frames is not None:  # None: taken from the library
             frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
             writers.write_array(naming.frames_file(config.frames_dir, res.item.name), frames)
         emb = out.embedding[0] if n_layers == 1 else out.embedding
@@ -244,64 +235,42 @@ def _recorder(config, n_layers: int, journal: jr.Journal, summary: Summary, even
                 f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
                 f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
             )
-        journal.add(res.item, meta, {"embedding": emb})
+        results[res.item] = (meta, emb)
         summary.count(res)
 
     return on_result
 
 
-def _reuse(
-    items: list[Item],
-    journal: jr.Journal,
-    config: EmbedConfig,
-    summary: Summary,
-    events: RunEvents,
-    shape: tuple[int, ...],
-) -> list[Item]:
-    """Count the files an earlier run finished; return the ones still to compute."""
-    todo: list[Item] = []
-    for item in items:
-        rec = journal.finished(item)
-        frames_ok = config.frames_dir is None or _exists(naming.frames_file(config.frames_dir, item.name))
-        usable = rec is not None and ("embedding" not in rec.arrays or rec.arrays["embedding"].shape == shape)
-        if usable and frames_ok:
-            summary.reused += 1
-            summary.audio_s += rec.meta["duration_s"]
-            if rec.meta.get("truncated"):
-                summary.truncated.append(item.name)
-            events.reused(item, rec.meta["duration_s"])
-        else:
-            todo.append(item)
-    return todo
+def _frames_kept(before: list[earlier.Row], config: EmbedConfig):
+    """Which inputs' frames files an earlier run of this output wrote and left in place: those
+    files are taken from the library (their frames are the same), the others encoded again."""
+    if config.frames_dir is None:
+        return None
+    named = {row.real for row in before}
+    return lambda item: earlier.real_path(item) in named and naming.frames_file(config.frames_dir, item.name).is_file()
 
 
-def _refuse_foreign_frames(todo: list[Item], journal: jr.Journal, config: EmbedConfig) -> None:
-    """A frames file already there is replaced, without --force, only when this output's journal
-    has a record of its input (an earlier run of this --out wrote it): a file of someone else's in
-    the --frames folder is never overwritten. Said before any file is computed."""
+def _refuse_foreign_frames(items: list[Item], before: list[earlier.Row], config: EmbedConfig) -> None:
+    """A frames file already there is replaced, without `force`, only where this output names it
+    (an earlier run of this `out` wrote it): a file of someone else's in the frames folder is
+    never overwritten. Said before any file is computed."""
     if config.frames_dir is None or config.force:
         return
-    for item in todo:
+    ours = {row.real for row in before}
+    for item in items:
         path = naming.frames_file(config.frames_dir, item.name)
-        if os.path.lexists(path) and jr.real_path(item) not in journal.done:
+        if os.path.lexists(path) and earlier.real_path(item) not in ours:
             raise OutputError(
-                f"`frames_dir`: {path} exists and was not written by this output's runs "
-                f"({journal.path}); use `force` to replace it, or choose another `frames_dir` folder",
+                f"`frames_dir`: {path} exists and is not a frames file of {config.out}; "
+                "use `force` to replace it, or choose another `frames_dir` folder",
                 settings=("frames_dir", "force"),
             )
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a name the system cannot look up is not there
-        return False
 
 
 def _refuse_overwrite(paths: dict[str, Path], settings: dict, force: bool) -> None:
     if force or not paths["matrix"].exists():
         return
-    differ = jr.settings_differ(paths["journal"], settings)
+    differ = earlier.settings_differ(earlier.vouched(paths["matrix"], paths["manifest"]), settings)
     if differ:
         what = ", ".join(SETTING_NAMES.get(k, k) for k in differ)
         raise OutputError(

@@ -21,7 +21,6 @@ from matpac_cli.config import FRONT_END
 from matpac_cli.errors import UsageError
 from matpac_cli.library import tables, views
 from matpac_cli.library.location import resolve_root
-from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.readers import Embeddings
 
@@ -45,6 +44,7 @@ def library_root(library: Path | str | None) -> Path:
     return root
 
 
+@tables.guards
 def library_info(root: Path) -> dict:
     """Rows, models (sha256, registry name, layers, files per front-end setting), size on disk,
     paths known and paths missing on disk."""
@@ -81,6 +81,7 @@ class Pruned:
     done: bool = False
 
 
+@tables.guards
 def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pruned:
     """Drop the entries whose paths are all gone from disk (or, with `model`, every entry of that
     model); a dry run unless `yes`. Only the library's own tables are touched."""
@@ -148,6 +149,7 @@ def _filters(column: str, values: list[str]) -> list[str]:
 # ---------------------------------------------------------------- the library as an embed output
 
 
+@tables.guards
 def library_embeddings(root: Path, model: str | None = None, layer: str | int | None = None) -> Embeddings:
     """The library read as an embed output (what `search --index`, `train --embeddings` and
     `report --embeddings` take): one row per path on disk whose audio has the embedding, in path
@@ -197,8 +199,10 @@ class Exported:
     skipped: int  # paths the library knows that are not on disk now
     outputs: list[Path]
     layer: int
+    notes: list[str] = field(default_factory=list)  # files of the model left out (the view's notes)
 
 
+@tables.guards
 def export_library(
     root: Path, out: Path, model: str | None = None, layer: str | None = None, force: bool = False
 ) -> Exported:
@@ -219,11 +223,11 @@ def export_library(
         raise UsageError(
             f"{root}: none of the {len(v.paths)} files it holds for this model is on disk; nothing to export"
         )
-    done = [(p, jr.Record([], _index_facts(f), {}), row) for p, f, row in zip(here.paths, here.facts, here.matrix)]
+    done = [(p, _index_facts(f), row) for p, f, row in zip(here.paths, here.facts, here.matrix)]
     with writers.locked(*written), writers.Unit() as unit:
         write_matrix(unit, paths, done, (here.matrix.shape[1],))
         unit.json(paths["manifest"], _manifest(root, v, len(done), described(paths)))
-    return Exported(len(done), len(v.paths) - len(done), written, held_layer)
+    return Exported(len(done), len(v.paths) - len(done), written, held_layer, here.notes)
 
 
 def as_named(emb: Embeddings, names: list[str]) -> Embeddings:

@@ -18,7 +18,7 @@ from matpac_cli import engines
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
-from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
+from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
 
@@ -44,6 +44,16 @@ def open_library(library: Path | str | bool | None):
     return Library(root)
 
 
+def resume_note(library: Path | str | bool | None) -> str:
+    """What an interrupted run leaves to resume from: the library's files, where there is one."""
+    from matpac_cli.library.location import resolve_root
+
+    root = resolve_root(library)
+    if root is None:
+        return ""
+    return f"finished files are kept in the library {root}; run the same command to resume"
+
+
 def _writable(root: Path) -> bool:
     import os
 
@@ -58,24 +68,31 @@ def run(
     events: RunEvents,
     on_result: Callable[[FileResult], None],
     found: Counter | None = None,
+    frames_kept: Callable[[Item], bool] | None = None,
 ) -> Ran:
     """`engines.run` over what `library` lacks (all of `items` where `library` is None); `found`
-    counts the files taken from the library by how they were known."""
+    counts the files taken from the library by how they were known. Frames are not stored: a
+    plan that keeps them takes a file from the library only where `frames_kept` says its frames
+    file from an earlier run is there (its result then has no frames)."""
     if library is None:
         return engines.run(options, items, plans, events, on_result)
     from matpac_cli.library.store import Setting, stored_result
+    from matpac_cli.library.tables import guarded
 
     found = found if found is not None else Counter()
-    known = library.identify(items)
     settings = [Setting.of(p) for p in plans]
-    keys = [k.key for k in known.values()]
-    held = [
-        {} if p.frames else library.lookup(keys, s, p.resolved_layers(), p.segments) for p, s in zip(plans, settings)
-    ]
+    with guarded(library.root):
+        known = library.identify(items)
+        keys = [k.key for k in known.values()]
+        held = [
+            {} if p.frames and frames_kept is None else library.lookup(keys, s, p.resolved_layers(), p.segments)
+            for p, s in zip(plans, settings)
+        ]
+    framed = any(p.frames for p in plans)
     todo, by_item = [], {}
     for i, item in enumerate(items):
         k = known.get(i)
-        if k is not None and all(k.key in h for h in held):
+        if k is not None and all(k.key in h for h in held) and (not framed or frames_kept(item)):
             res = stored_result(item, plans, [h[k.key] for h in held])
             res.found = k.how
             found[k.how] += 1
@@ -85,13 +102,15 @@ def run(
         todo.append(item)
         if k is not None:
             by_item[item] = k.key
-    library.commit()  # the paths seen, before any encoding
+    with guarded(library.root):
+        library.commit()  # the paths seen, before any encoding
 
     def storing(res: FileResult) -> None:
         key = by_item.get(res.item)
         if key is not None:
-            for plan, setting, out in zip(plans, settings, res.outputs):
-                library.add(key, setting, plan, res, out)
+            with guarded(library.root):
+                for plan, setting, out in zip(plans, settings, res.outputs):
+                    library.add(key, setting, plan, res, out)
         on_result(res)
 
     return engines.run(options, todo, plans, events, storing)
@@ -101,34 +120,8 @@ def close(library, summary) -> None:
     """The library's last commit and tidy; `summary.library` says which library, at which version."""
     if library is None:
         return
-    library.close()
-    summary.library = {"path": str(library.root), "version": library.version()}
+    from matpac_cli.library.tables import guarded
 
-
-def backfill(library, items: list[Item], plan: Plan, rows: dict[str, tuple[dict, object]]) -> int:
-    """Files an output's journal already had (reused, never encoded in this run) stored in the
-    library where it lacks them, from the output's own rows (`rows`: name -> (facts, embedding)),
-    so that an output made before the library, or a run killed between its journal and its
-    library commit, fills the library once: `tag` after it then runs no encoder. The count added."""
-    if library is None or not items:
-        return 0  # and Lance, pyarrow are not imported
-    import numpy as np
-
-    from matpac_cli.library.store import Setting
-
-    setting, layers = Setting.of(plan), plan.resolved_layers()
-    known = library.identify(items)
-    have = library.holding([k.key for k in known.values()], setting, layers)
-    added = 0
-    for i, k in known.items():
-        if k.key in have or items[i].name not in rows:
-            continue
-        meta, vector = rows[items[i].name]
-        out = EncoderOutput(np.asarray(vector, dtype=np.float32).reshape(len(layers), -1))
-        cut = tuple(meta["truncated"]) if meta.get("truncated") else None
-        res = FileResult(items[i], meta["duration_s"], meta["sample_rate"], meta["channels"], [out], cut)
-        library.add(k.key, setting, plan, res, out)
-        have.add(k.key)
-        added += 1
-    library.commit()
-    return added
+    with guarded(library.root):
+        library.close()
+        summary.library = {"path": str(library.root), "version": library.version()}

@@ -4,8 +4,9 @@ Heads are grouped by the encoder they need (`tag_plan`); each group is one Plan,
 run in the same pass over the files (decoded once). Rows (`tag_rows`) are
 `path,head,label,score,rank,tag_id,duration_s,truncated` (+ `start_s,end_s` with segments; a
 head that kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
-Parquet table (a file only, written whole at the end, as every file output is). With an output
-file, per-file scores are journalled so a re-run resumes; every file output gets a manifest
+Parquet table (a file only, written whole at the end, as every file output is). The encoder
+runs only on files the library lacks, and stores them as they finish, so a re-run resumes (and
+`tag` after `embed` runs no encoder); every file output gets a manifest
 (`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file. A file
 output's rows of files that are not inputs of this run are never dropped silently: kept
 (`update`), replaced (`force`), or the run is refused (`outputs.earlier`).
@@ -29,7 +30,6 @@ from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
 from matpac_cli.outputs import earlier, naming, writers
-from matpac_cli.outputs import journal as jr
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
@@ -95,10 +95,10 @@ def tag(
     events: RunEvents | None = None,
     argv: list[str] | None = None,
 ) -> Summary:
-    """Tag `items` with every group's heads; stream rows to stdout or journal them for `out`.
+    """Tag `items` with every group's heads; stream rows to stdout or write them to `out`.
 
-    `events` (default: none) hears of each file done, failed or reused from an earlier run's
-    journal, of the audio encoded, and of files cut short."""
+    `events` (default: none) hears of each file done, failed or found in the library, of the
+    audio encoded, and of files cut short."""
     earlier.check_settings(config.update, config.prune, config.force)
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
@@ -190,105 +190,100 @@ def _to_file(
     manifest_for: tuple[Path, Callable[[], dict]],
     library=None,
 ) -> None:
-    """Journal every file's scores as it finishes, then write all rows to `out` at once, with its
-    manifest (both replace the old ones together). With nothing finished, an earlier output is
-    left as it was and not called fresh."""
-    journal = _open_journal(out, config, settings, events, items)
-    todo = []
-    for item in items:
-        rec = journal.finished(item)
-        if rec is None:
-            todo.append(item)
-        else:
-            summary.reused += 1
-            summary.audio_s += rec.meta["duration_s"]
-            events.reused(item, rec.meta["duration_s"])
+    """Score every file as it finishes (from the library where it holds the embedding), then
+    write all rows to `out` at once, with its manifest (both replace the old ones together). With
+    nothing finished, an earlier output is left as it was and not called fresh."""
+    man_path, make_manifest = manifest_for
+    before = check_inputs(config, out, items, settings, man_path)
+    scored: dict[Item, tuple[dict, dict]] = {}
 
-    def on_journal(res: FileResult) -> None:
+    def on_result(res: FileResult) -> None:
         meta = {"duration_s": res.duration_s}
         if _truncated(res, summary, events):
             meta["truncated"] = list(res.truncated)
-        journal.add(res.item, meta, score(res, groups, config.segments, config.min_segment))
+        scored[res.item] = (meta, score(res, groups, config.segments, config.min_segment))
         summary.count(res)
 
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     try:
-        ran = stored.run(library, config.options, todo, plans, events, on_journal, summary.found)
+        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
-        journal.close()
         stored.close(library, summary)
     heads = [h for g in groups for h in g.heads]
-    kept = earlier.kept_rows(journal, items, config.update, config.prune)
+    kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
-    finished = kept.rows + [(item.name, rec) for item in items if (rec := journal.finished(item)) is not None]
-    man_path, make_manifest = manifest_for
-    if not finished or (len(finished) == len(kept.rows) and not kept.pruned):
-        journal.discard()  # one this run started, with nothing in it, is not left behind
+    finished = [(item.name, *scored[item]) for item in items if item in scored]
+    if not finished and not kept.pruned:
         summary.left = [p for p in (out, man_path) if p.exists()]
         return
-    summary.truncated = [name for name, rec in finished if rec.meta.get("truncated")]  # reused and kept ones too
-    _write(out, finished, heads, config, man_path, make_manifest)
-    stamp = jr.compact_stamp(out)
-    if stamp is not None:  # the journal in the output's order, each record with its row (`outputs.earlier`)
-        jr.compact(
-            journal.path, settings, stamp, [(rec, i, name) for i, (name, rec) in enumerate(finished)], payloads=True
-        )
+    summary.truncated = [name for name, rows in kept.rows if any(r.get("truncated") for r in rows)]
+    summary.truncated += [name for name, meta, _ in finished if meta.get("truncated")]
+    _write(out, (kept.rows, finished), heads, config, man_path, make_manifest)
     summary.outputs.extend([out, man_path])
 
 
-def check_inputs(config: TagConfig, out: Path | None, items: list[Item]) -> None:
-    """A file output holding rows of files that are not inputs of this run is not cut down to
-    this run's files without `update` or `force` (`outputs.earlier`): said before a model loads.
-    Rows to stdout are a stream, written anew each run."""
-    if out is not None:
-        earlier.refuse_dropping(out, naming.journal(out), items, config.update, config.force)
+SETTING_NAMES = {
+    "models": "model (`model`)",
+    "heads": "heads (`heads`)",
+    "segments": "`segments`",
+    "min_segment": "`min_segment`",
+    "job": "job (embed vs tag)",
+}
 
 
-def _open_journal(out: Path, config: TagConfig, settings: dict, events: RunEvents, items: list[Item]) -> jr.Journal:
-    """The journal beside `out`: an existing `out` is resumed only from a journal of the same
-    settings (else refused without --force), and --force starts a fresh one."""
-    journal_path = naming.journal(out)
-    if out.exists() and not config.force:
-        if not journal_path.exists():
-            raise OutputError(writers.not_ours(out), settings=("force",))
-        differ = jr.settings_differ(journal_path, settings)
-        if differ:
-            names = {
-                "models": "model (`model`)",
-                "heads": "heads (`heads`)",
-                "segments": "`segments`",
-                "min_segment": "`min_segment`",
-                "job": "job (embed vs tag)",
-            }
-            raise OutputError(
-                f"{out} was made with another {', '.join(names.get(k, k) for k in differ)}; "
-                "use `force` to replace it or choose another `out`",
-                settings=("model", "heads", "segments", "min_segment", "force", "out"),
-            )
-    check_inputs(config, out, items)
-    journal = jr.Journal(journal_path, settings, fresh=config.force)
-    if journal.damaged:
-        events.warning(f"{journal_path}: {journal.damaged} damaged record(s) dropped; their files are computed again")
-    return journal
+def check_inputs(
+    config: TagConfig, out: Path | None, items: list[Item], settings: dict | None = None, man_path: Path | None = None
+) -> list[earlier.Row]:
+    """The rows the file output holds already (none with `force`): an output matpac's manifest
+    does not vouch for, or made with other `settings`, is refused without `force`, and one holding
+    rows of files that are not inputs of this run is not cut down to this run's files without
+    `update` or `force` (`outputs.earlier`): said before a model loads (where `settings` is not
+    known yet, it is checked again once the heads are). Rows to stdout are a stream, written anew
+    each run."""
+    if out is None:
+        return []
+    man = earlier.owned(out, man_path or config.manifest or naming.tags_manifest(out), config.force)
+    if man is None:
+        return []
+    differ = earlier.settings_differ(man, settings) if settings is not None else []
+    if differ:
+        raise OutputError(
+            f"{out} was made with another {', '.join(SETTING_NAMES.get(k, k) for k in differ)}; "
+            "use `force` to replace it or choose another `out`",
+            settings=("model", "heads", "segments", "min_segment", "force", "out"),
+        )
+    rows = earlier.tag_rows(out, man)
+    earlier.refuse_dropping(out, rows, items, config.update, config.force)
+    return rows
 
 
 def _write(
-    out: Path, finished: list, heads: list, config: TagConfig, man_path: Path, make_manifest: Callable[[], dict]
+    out: Path,
+    rows: tuple[list, list],
+    heads: list,
+    config: TagConfig,
+    man_path: Path,
+    make_manifest: Callable[[], dict],
 ) -> None:
-    """Every finished file's rows to `out` and the manifest beside it, replaced together."""
+    """Every row to `out` and the manifest beside it, replaced together: the rows `update` kept
+    (as they were written), then every finished file's, cut from its scores."""
+    kept, finished = rows
     with writers.Unit() as unit:
         with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
-            for name, rec in finished:
+            for _, old in kept:
+                for row in old:
+                    writer.write(row)
+            for name, meta, scores in finished:
                 for row in rows_for(
                     name,
                     heads,
-                    rec.arrays,
+                    scores,
                     config.top_k,
                     config.threshold,
                     config.segments,
-                    rec.meta["duration_s"],
-                    bool(rec.meta.get("truncated")),
+                    meta["duration_s"],
+                    bool(meta.get("truncated")),
                 ):
                     writer.write(row)
         unit.json(man_path, make_manifest())

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from matpac_cli.checkpoints.registry import HeadSpec, load_registry
 from matpac_cli.checkpoints.trained_head import check_planned, default_encoder, is_trained_head
-from matpac_cli.errors import OutputError, UsageError
+from matpac_cli.errors import UsageError
 from matpac_cli.inference.heads import probe_encoder_unknown
 from matpac_cli.inference.probe_zip import HEAD_SUFFIXES, check_probes_cached
-from matpac_cli.outputs import naming
-from matpac_cli.outputs.writers import not_ours
+from matpac_cli.outputs import earlier, naming
 
 DEFAULT_MODEL = "matpac-plus-music"
 GENERAL_MODEL = "matpac-plus"
@@ -126,11 +125,9 @@ def _carries_audioset(model: str) -> bool:
     return True
 
 
-def check_output(out: Path, force: bool) -> None:
-    """An existing output that matpac's journal does not vouch for is never replaced silently."""
-    journal = naming.journal(out)
-    if out.exists() and not force and not journal.exists():
-        raise OutputError(not_ours(out), settings=("force",))
+def check_output(out: Path, force: bool, manifest: Path | None = None) -> None:
+    """An existing output that matpac's manifest does not vouch for is never replaced silently."""
+    earlier.owned(out, manifest or naming.tags_manifest(out), force)
 
 
 def describe(groups: list) -> str:

@@ -3,9 +3,9 @@
 A row is `path,head,label,score,rank,tag_id,duration_s,truncated` (+ `start_s,end_s` with
 segments): `label` is the plain class name (`trance`), `tag_id` the dataset's own tag
 (`genre---trance`), `duration_s` the file's length, `truncated` true when the file ended before
-its header said (tagged as read, as `embed` marks it; CSV spells it 1/0, `writers.RowWriter`). Scores are computed once per file and
-journalled, so rows can be cut again with another --top-k or --threshold without running the
-encoder.
+its header said (tagged as read, as `embed` marks it; CSV spells it 1/0, `writers.RowWriter`). Scores are computed from the
+embedding, which the library keeps, so rows can be cut again with another --top-k or --threshold
+without running the encoder.
 
 A file whose clip scores keep no label of a head (all below --threshold) still gets one row for
 that head, with rank 0 and no label, score or tag_id (empty in CSV, null in JSON Lines and

@@ -285,7 +285,7 @@ def embed_labelled(
     events=None,
     argv: list[str] | None = None,
 ):
-    """Embed the labelled files into `config.out` (an `EmbedConfig`; journalled, resumable) and
+    """Embed the labelled files into `config.out` (an `EmbedConfig`; resumable from the library) and
     return (Features of the files that embedded, the embed Summary); `events` as `embed`'s."""
     from matpac_cli.jobs.embed import embed
     from matpac_cli.outputs.readers import read_embeddings

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,8 +77,9 @@ class Stored:
 
 class Library:
     """One library folder. Reads see the latest committed version; writes are buffered and
-    committed by `commit` (called every `COMMIT_FILES` results or `COMMIT_S` seconds, and at
-    `close`)."""
+    committed by `commit`: every `COMMIT_FILES` results, `COMMIT_S` seconds after the oldest one
+    held (a thread sees to it while the run waits on a long file: kill -9 loses only the files in
+    flight and the last seconds'), and at `close`."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -87,6 +89,11 @@ class Library:
         self._paths: dict[str, list] = {name: [] for name in tables.PATHS.names}
         self._held = 0
         self._last = time.monotonic()
+        self._writing = threading.Lock()  # one commit at a time: `_known` is read and grown by it
+        # table -> (model, frontend) -> key -> the parts stored (layers; None for segments), for
+        # the keys read so far: a file encoded again for a part it lacked stores only what lacks
+        self._known: dict[str, dict[tuple[str, str], dict[str, set]]] = {"clips": {}, "segments": {}}
+        self._stop, self._flusher, self._failed = threading.Event(), None, None
 
     # reading -----------------------------------------------------------------------------------
 
@@ -149,10 +156,12 @@ class Library:
         for j, key in enumerate(t["key"]):
             stored = found.setdefault(key, Stored(_facts(t, j)))
             stored.layers[t["layer"][j]] = vectors[j]
+        self._learn("clips", setting, {k: set(found[k].layers) if k in found else set() for k in keys})
         found = {k: s for k, s in found.items() if all(layer in s.layers for layer in layers)}
         if segments and found:
             for key, segs in self._segments_of(list(found), setting).items():
                 found[key].segments = segs
+            self._learn("segments", setting, {k: set() if s.segments is None else {None} for k, s in found.items()})
             found = {k: s for k, s in found.items() if s.segments is not None}
         return found
 
@@ -169,6 +178,7 @@ class Library:
         for key, layer in zip(t["key"], t["layer"]):
             if key in wanted:
                 have.setdefault(key, set()).add(layer)
+        self._learn("clips", setting, {k: have.get(k, set()) for k in wanted})
         return {k for k, got in have.items() if set(layers) <= got}
 
     def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:
@@ -213,8 +223,25 @@ class Library:
                     self._segments[name].append(value)
             self._held += 1
             due = self._held >= COMMIT_FILES or time.monotonic() - self._last >= COMMIT_S
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush, name="matpac-library", daemon=True)
+                self._flusher.start()
+        if self._failed is not None:
+            raise self._failed
         if due:
             self.commit()
+
+    def _flush(self) -> None:
+        """Commit what was held `COMMIT_S` s, until `close` (a failure is the run thread's to raise)."""
+        while not self._stop.wait(COMMIT_S / 4):
+            with self._lock:
+                due = self._held and time.monotonic() - self._last >= COMMIT_S
+            try:
+                if due:
+                    self.commit()
+            except Exception as exc:  # noqa: BLE001 - handed to the run's thread
+                self._failed = exc
+                return
 
     def _remember_path(self, path: str, key: str, stat: Stat, now: float) -> None:
         with self._lock:
@@ -222,19 +249,66 @@ class Library:
                 self._paths[name].append(value)
 
     def commit(self) -> None:
-        """What is held, written as new fragments (paths first: results are found by key)."""
-        with self._lock:
-            clips, segments, paths = self._clips, self._segments, self._paths
-            self._clips = {name: [] for name in tables.CLIPS.names}
-            self._segments = {name: [] for name in tables.SEGMENTS.names}
-            self._paths = {name: [] for name in tables.PATHS.names}
-            self._held, self._last = 0, time.monotonic()
-        if paths["path"]:
-            tables.upsert_paths(self.root, _last_per_path(paths))
-        tables.append(self.root, "clips", clips)
-        tables.append(self.root, "segments", segments)
+        """What is held, written as new fragments (paths first: results are found by key), less
+        the rows the library already has: a file encoded again because it lacked one part (a
+        layer, its segments) stores that part only, and a file met twice in a run once."""
+        with self._writing:
+            with self._lock:
+                clips, segments, paths = self._clips, self._segments, self._paths
+                self._clips = {name: [] for name in tables.CLIPS.names}
+                self._segments = {name: [] for name in tables.SEGMENTS.names}
+                self._paths = {name: [] for name in tables.PATHS.names}
+                self._held, self._last = 0, time.monotonic()
+            if paths["path"]:
+                tables.upsert_paths(self.root, _last_per_path(paths))
+            tables.append(self.root, "clips", self._lacking("clips", clips))
+            tables.append(self.root, "segments", self._lacking("segments", segments))
+
+    def _learn(self, name: str, setting: Setting, parts: dict[str, set]) -> None:
+        """What a read found stored of each key (every part of it, for `setting`)."""
+        with self._writing:
+            known = self._known[name].setdefault((setting.model, setting.frontend), {})
+            for key, got in parts.items():
+                known.setdefault(key, set()).update(got)
+
+    def _lacking(self, name: str, rows: dict[str, list]) -> dict[str, list]:
+        """`rows` less those whose (key, model, frontend, part) is stored or came earlier in
+        `rows`; keys no read has seen yet are looked up first (one filter per setting)."""
+        triples = list(zip(rows["key"], rows["model"], rows["frontend"]))
+        unseen = defaultdict(set)
+        for key, model, frontend in triples:
+            if key not in self._known[name].get((model, frontend), {}):
+                unseen[(model, frontend)].add(key)
+        for (model, frontend), keys in unseen.items():
+            self._read_known(name, model, frontend, keys)
+        keep = []
+        for j, (key, model, frontend) in enumerate(triples):
+            parts = self._known[name][(model, frontend)][key]
+            part = rows["layer"][j] if name == "clips" else None
+            if part not in parts:
+                parts.add(part)
+                keep.append(j)
+        return {column: [values[j] for j in keep] for column, values in rows.items()}
+
+    def _read_known(self, name: str, model: str, frontend: str, keys: set[str]) -> None:
+        known = self._known[name].setdefault((model, frontend), {})
+        for key in keys:
+            known.setdefault(key, set())
+        ds = tables.open_table(self.root, name)
+        if ds is None:
+            return
+        where = f"{tables.equals('model', model)} AND {tables.equals('frontend', frontend)}"
+        columns = ["key", "layer"] if name == "clips" else ["key"]
+        t = tables.where_keys(ds, sorted(keys), where, columns).to_pydict()
+        for j, key in enumerate(t["key"]):
+            known[key].add(t["layer"][j] if name == "clips" else None)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        if self._failed is not None:
+            raise self._failed
         self.commit()
         tables.tidy(self.root)
 

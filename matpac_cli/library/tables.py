@@ -11,8 +11,12 @@ encoded the same file) takes either: they are equal.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +24,8 @@ import pyarrow as pa
 os.environ.setdefault("LANCE_LOG", "error")  # Lance's notices ("it will be created") are not the user's business
 
 import lance  # noqa: E402 - after its log level
+
+from matpac_cli.errors import MatpacError, OutputError, one_line  # noqa: E402
 
 RETRIES = 8  # commits that lost a race with another writer's are tried again this often
 IN_BATCH = 512  # keys per `IN (...)` filter
@@ -106,7 +112,7 @@ def append(root: Path, name: str, rows: dict[str, list]) -> None:
     if not table.num_rows:
         return
     ensure(root)
-    _retry(lambda: lance.write_dataset(table, uri(root, name), mode="append"))
+    _retry(lambda: lance.write_dataset(table, uri(root, name), mode="append"), root)
 
 
 def upsert_paths(root: Path, rows: dict[str, list]) -> None:
@@ -121,7 +127,7 @@ def upsert_paths(root: Path, rows: dict[str, list]) -> None:
             "path"
         ).when_matched_update_all().when_not_matched_insert_all().execute(table)
 
-    _retry(merge)
+    _retry(merge, root)
 
 
 def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
@@ -165,7 +171,7 @@ def quoted(value: str) -> str:
 def delete(root: Path, name: str, predicate: str) -> None:
     ds = open_table(root, name)
     if ds is not None:
-        _retry(lambda: lance.dataset(uri(root, name)).delete(predicate))
+        _retry(lambda: lance.dataset(uri(root, name)).delete(predicate), root)
 
 
 def tidy(root: Path, most_fragments: int = 16) -> None:
@@ -186,12 +192,56 @@ def tidy(root: Path, most_fragments: int = 16) -> None:
             pass
 
 
-def _retry(commit):
+def _retry(commit, root: Path):
+    """`commit`, again after a lost race with a concurrent writer; any other failure (a full
+    disk, a read-only folder) is one line naming the library."""
     for attempt in range(RETRIES):
         try:
             return commit()
         except OSError as exc:
             if attempt == RETRIES - 1 or "onflict" not in str(exc) and "retry" not in str(exc).lower():
-                raise
+                raise OutputError(
+                    f"library {root}: cannot write ({reason(exc)}); the finished files are kept, "
+                    "free some space or give another `library`",
+                    settings=("library",),
+                ) from None
             time.sleep(0.05 * (attempt + 1))
     return None
+
+
+def reason(exc: BaseException) -> str:
+    """Lance's error in a user's words: the system's message for an OS error, without the Rust
+    source location it appends."""
+    text = str(exc)
+    code = re.search(r"\(os error (\d+)\)", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    text = re.sub(r"^.*?LanceError\(\w+\):\s*(Generic [\w/ ]+ error:\s*)?", "", text, flags=re.S)
+    return one_line(re.sub(r",\s*\S+\.rs:\d+:\d+.*$", "", text, flags=re.S)) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def guarded(root: Path) -> Iterator[None]:
+    """Library reads and writes inside: a damaged or unreadable library (a table's files cut or
+    overwritten, a folder of someone else's) is one line naming it, never a traceback."""
+    try:
+        yield
+    except MatpacError:
+        raise
+    except (OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
+        raise OutputError(
+            f"library {root}: cannot be read ({reason(exc)}); move it aside (the next run starts a "
+            "new one) or give another `library`",
+            settings=("library",),
+        ) from None
+
+
+def guards(fn):
+    """`fn(root, ...)` inside `guarded(root)`."""
+
+    @functools.wraps(fn)
+    def wrapper(root, *args, **kwargs):
+        with guarded(root):
+            return fn(root, *args, **kwargs)
+
+    return wrapper

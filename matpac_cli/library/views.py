@@ -35,7 +35,9 @@ class Held:
 @dataclass
 class View:
     """Rows of one (setting, layer): `paths[i]` (a real path), `keys[i]`, `facts[i]` (duration_s,
-    sample_rate, channels, truncated), `on_disk[i]`, and `matrix[i]` (float32, N x D)."""
+    sample_rate, channels, truncated), `on_disk[i]`, and `matrix[i]` (float32, N x D). `notes`
+    name the files of the model on disk that it leaves out (no embedding of `layer`, or another
+    front-end setting), one line each, so that a reader never drops them in silence."""
 
     setting: Setting
     layer: int
@@ -46,6 +48,7 @@ class View:
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # every key's vector, with or without a path
     key_facts: dict[str, dict] = field(default_factory=dict)  # every key's facts, likewise
+    notes: list[str] = field(default_factory=list)  # what a reader says: files of the model not read
 
     def present(self) -> View:
         """The rows whose path is on disk now (what an output or an index of today's files holds)."""
@@ -60,6 +63,7 @@ class View:
             self.matrix[keep] if len(keep) else self.matrix[:0],
             self.vectors,
             self.key_facts,
+            self.notes,
         )
 
 
@@ -82,7 +86,8 @@ def held(root: Path) -> list[Held]:
     seg = tables.open_table(root, "segments")
     if seg is not None:
         s = seg.to_table(columns=["key", "model", "frontend"]).to_pydict()
-        segs.update({(m, f) for m, f in zip(s["model"], s["frontend"])})
+        files = set(zip(s["key"], s["model"], s["frontend"]))  # files with segments, each once
+        segs.update((m, f) for _, m, f in files)
     out = [Held(Setting(m, f), sorted(layers[(m, f)]), len(keys[(m, f)]), segs[(m, f)]) for (m, f) in layers]
     return sorted(out, key=lambda h: (-h.keys, h.setting.model, h.setting.frontend))
 
@@ -124,7 +129,8 @@ def _shown(sha256: str) -> str:
 
 def pick(root: Path, model: str | None = None, layer: str | int | None = None) -> tuple[Setting, int]:
     """The (setting, layer) to read: the model's (the only one held, where `model` is None) with
-    the most files, and `layer` (a number, or `last`: the deepest layer stored)."""
+    the most files, and `layer` (a number, or `last`: the deepest layer stored for that setting).
+    What this leaves out (files without that layer, other settings) is `view`'s `notes`."""
     hs = held(root)
     if not hs:
         raise UsageError(f"{root}: the library holds no embeddings yet (run `matpac embed` with it first)")
@@ -163,14 +169,48 @@ def view(root: Path, setting: Setting, layer: int) -> View:
         by_key.setdefault(key, j)  # two runs at once stored it twice: the rows are equal
     out.vectors = {k: embeddings[j] for k, j in by_key.items()}
     out.key_facts = {k: _facts(t, j) for k, j in by_key.items()}
-    rows = sorted((p, k, here) for p, (k, here) in _current_keys(root).items() if k in by_key)
+    current = _current_keys(root)
+    rows = sorted((p, k, here) for p, (k, here) in current.items() if k in by_key)
     out.paths = [p for p, _, _ in rows]
     out.keys = [k for _, k, _ in rows]
     out.on_disk = [here for _, _, here in rows]
     out.facts = [_facts(t, by_key[k]) for k in out.keys]
     dim = len(next(iter(out.vectors.values()))) if out.vectors else 0
     out.matrix = np.stack([out.vectors[k] for k in out.keys]) if rows else np.zeros((0, dim), np.float32)
+    out.notes = _left_out(ds, setting, int(layer), {k for k, here in current.values() if here} - set(by_key))
     return out
+
+
+def _left_out(ds, setting: Setting, layer: int, unread: set[str]) -> list[str]:
+    """One line for the files on disk not read (`unread`: their keys) that hold this setting's
+    other layers only; one, where the model is held under several front-end settings (fp32 and
+    bf16 runs, say), for which setting was read and how many files the others hold."""
+    t = ds.to_table(columns=["key", "frontend", "layer"], filter=tables.equals("model", setting.model)).to_pydict()
+    deepest: dict[str, int] = {}
+    files: dict[str, set[str]] = defaultdict(set)
+    for key, frontend, held_layer in zip(t["key"], t["frontend"], t["layer"]):
+        files[frontend].add(key)
+        if frontend == setting.frontend and key in unread:
+            deepest[key] = max(held_layer, deepest.get(key, held_layer))
+    notes = []
+    if deepest:
+        by_layer = Counter(deepest.values())
+        listed = ", ".join(f"layer={d} reads {n:,} of them" for d, n in sorted(by_layer.items(), reverse=True))
+        notes.append(
+            f"{len(deepest):,} file(s) on disk hold no layer {layer} embedding of this model and are left out ({listed})"
+        )
+    others = {f: keys for f, keys in files.items() if f != setting.frontend}
+    if others:
+        mine = files[setting.frontend]
+        only = len((set().union(*others.values()) - mine) & unread)
+        listed = ", ".join(f"{f}: {len(keys):,}" for f, keys in sorted(others.items()))
+        notes.append(
+            f"read the front-end setting {setting.frontend} of this model ({len(mine):,} files, the most); "
+            f"its other setting(s) hold {listed} file(s)"
+            + (f", {only:,} of them on disk and not read" if only else "")
+            + " (`matpac library info` lists them)"
+        )
+    return notes
 
 
 def _current_keys(root: Path) -> dict[str, tuple[str, bool]]:

@@ -1,22 +1,24 @@
-"""The rows an existing output holds of files that are not inputs of this run: refused, or kept.
+"""An existing output, read back: whether matpac wrote it, with what settings, and its rows.
 
 A file output (`emb.npy`, `emb.parquet`, `tags.csv` ...) is rewritten whole at the end of a run,
-from the files of that run. Onto an output made from more files (`matpac tag ./Music` then
-`matpac tag "./Music/New Arrivals"` into the same `tags.csv`), or after files were deleted from
-disk, that would drop rows no one asked to drop, so the run is refused, before any model loads,
-unless one of two settings says what is meant:
+from the files of that run. It is matpac's to replace only where its manifest says so (the
+manifest beside it names it as the output it describes), and only when the settings match.
+Onto an output made from more files (`matpac tag ./Music` then `matpac tag "./Music/New
+Arrivals"` into the same `tags.csv`), or after files were deleted from disk, a rewrite would drop
+rows no one asked to drop, so the run is refused, before any model loads, unless one of two
+settings says what is meant:
 
 - `update`: keep those rows (in the order the output had them), then this run's rows (in input
   order; a file of this run replaces its earlier row); with `prune` as well, the kept rows of
   files gone from disk are dropped, and counted (`pruned`);
 - `force`: replace the output with this run's rows alone.
 
-The journal beside the output knows which files its rows are of: each record of a finished
-output carries its row number (`journal.compact`). A record without one, in a journal whose output
-was stamped, is a file computed after the output was written (an interrupted run): never a row,
-so neither counted nor kept. A journal never stamped (written before rows were recorded) vouches
-for every record it holds. Re-running the same command, or a run whose inputs include every file
-of the output, is never refused: no row is of a file outside it.
+Which file a row is of: its `path` (the name it was written under) resolved against the folder
+the run that wrote it ran in (the manifest's `cwd`; the current folder for outputs written before
+it was recorded), to a real path, as this run's inputs are. The rows are read from the output
+itself: matpac keeps no other record of an output (the library holds the embeddings, by audio).
+Re-running the same command, or a run whose inputs include every file of the output, is never
+refused: no row is of a file outside it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matpac_cli.errors import OutputError, UsageError
-from matpac_cli.outputs import journal as jr
+from matpac_cli.errors import MatpacError, OutputError, UsageError
+from matpac_cli.outputs import writers
+from matpac_cli.outputs.readers import read_manifest
 from matpac_cli.pipeline.discovery import Item
 
 
@@ -45,35 +48,124 @@ def check_settings(update: bool, prune: bool, force: bool) -> None:
         )
 
 
-def held(records: dict[str, jr.Record], stamp: dict | None) -> dict[str, jr.Record]:
-    """The records whose files have rows in the output (see the module docstring)."""
-    return {k: r for k, r in records.items() if stamp is None or "row" in r.meta}
-
-
-def not_inputs(records: dict[str, jr.Record], stamp: dict | None, items: Iterable[Item]) -> list[jr.Record]:
-    """The held records of files that are not inputs of this run, in the output's order."""
-    inputs = {jr.real_path(item) for item in items}
-    return [rec for key, rec in held(records, stamp).items() if key not in inputs]
-
-
-def on_disk(rec: jr.Record) -> bool:
+def real_path(item: Item) -> str:
+    """The file's real path: `./clips/a.wav`, `clips/a.wav` and `$PWD/clips/a.wav` are one file."""
     try:
-        return os.path.exists(rec.key[0])
+        return os.fsdecode(os.path.realpath(item.path))
+    except (OSError, ValueError):
+        return item.name
+
+
+def vouched(out: Path, manifest_path: Path) -> dict | None:
+    """The manifest at `manifest_path` where it is matpac's and describes `out` (its `output.path`
+    names `out`), else None: an `out` it does not vouch for is someone else's file."""
+    try:
+        man = read_manifest(manifest_path)
+    except (MatpacError, OSError):
+        return None
+    described = ((man or {}).get("output") or {}).get("path")
+    if not isinstance(described, str) or Path(described).name != Path(out).name:
+        return None
+    return man
+
+
+def owned(out: Path, manifest_path: Path, force: bool) -> dict | None:
+    """`out`'s manifest, where `out` exists; an existing `out` no manifest vouches for is refused
+    without `force` (never replaced silently)."""
+    if force or not os.path.lexists(out):
+        return None
+    man = vouched(out, manifest_path)
+    if man is None:
+        raise OutputError(writers.not_ours(out), settings=("force",))
+    return man
+
+
+def settings_differ(man: dict | None, settings: dict) -> list[str]:
+    """The settings an output was written with (its manifest's) that differ from these ones, so the
+    refusal can name what changed; empty where there is no manifest."""
+    old = (man or {}).get("settings")
+    if not isinstance(old, dict) or old == settings:
+        return []
+    return [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+
+
+@dataclass
+class Row:
+    """One file's part of an output: the name it was written under, its real path, and what the
+    output holds of it (`embed`: its facts and vector; `tag`: its rows)."""
+
+    name: str
+    real: str
+    payload: object
+
+
+def cwd_of(man: dict | None) -> str:
+    cwd = (man or {}).get("cwd")
+    return cwd if isinstance(cwd, str) else os.getcwd()
+
+
+def resolved(name: str, cwd: str) -> str:
+    try:
+        return os.fsdecode(os.path.realpath(os.path.join(cwd, name)))
+    except (OSError, ValueError):
+        return name
+
+
+def embed_rows(out: Path, man: dict | None) -> list[Row]:
+    """The rows of the embed output `out` (matrix and index), by file."""
+    from matpac_cli.outputs.readers import read_embeddings
+
+    emb = _readable(out, read_embeddings)
+    cwd = cwd_of(man)
+    rows = []
+    for i, r in enumerate(emb.index):
+        facts = {"duration_s": r["duration_s"], "sample_rate": r["sample_rate"], "channels": r["channels"]}
+        if r.get("truncated"):
+            facts["truncated"] = True
+        rows.append(Row(r["path"], resolved(r["path"], cwd), (facts, emb.matrix[i])))
+    return rows
+
+
+def tag_rows(out: Path, man: dict | None) -> list[Row]:
+    """The rows of the tag output `out`, grouped by file, in the order the output first names it."""
+    from matpac_cli.outputs.tag_readers import read_tags
+
+    tags = _readable(out, read_tags)
+    cwd, by_name = cwd_of(man), {}
+    for row in tags.rows:
+        by_name.setdefault(row["path"], []).append(row)
+    return [Row(name, resolved(name, cwd), rows) for name, rows in by_name.items()]
+
+
+def _readable(out: Path, read):
+    try:
+        return read(out)
+    except MatpacError as exc:
+        raise OutputError(f"{exc}; use `force` to replace it", settings=("force",)) from None
+
+
+def not_inputs(rows: list[Row], items: Iterable[Item]) -> list[Row]:
+    """The rows of files that are not inputs of this run, in the output's order."""
+    inputs = {real_path(item) for item in items}
+    return [row for row in rows if row.real not in inputs]
+
+
+def on_disk(row: Row) -> bool:
+    try:
+        return os.path.exists(row.real)
     except (OSError, ValueError):
         return False
 
 
-def refuse_dropping(out: Path, journal_path: Path, items: Iterable[Item], update: bool, force: bool) -> None:
+def refuse_dropping(out: Path, rows: list[Row], items: Iterable[Item], update: bool, force: bool) -> None:
     """Refuse, in one line, a run that would drop the rows `out` holds of files that are not its
-    inputs, unless `update` keeps them or `force` replaces the output. Reads only the journal: it
-    runs before any model loads."""
-    if update or force or not out.exists():
+    inputs, unless `update` keeps them or `force` replaces the output."""
+    if update or force:
         return
-    _, stamp, records, _ = jr.read_full(journal_path)
-    others = not_inputs(records, stamp, items)
+    others = not_inputs(rows, items)
     if not others:
         return
-    gone = sum(not on_disk(rec) for rec in others)
+    gone = sum(not on_disk(row) for row in others)
     said = f" ({gone} of them gone from disk: `update` with `prune` drops those)" if gone else ""
     raise OutputError(
         f"{out} holds rows of {len(others)} file(s) that are not inputs of this run{said}; "
@@ -84,25 +176,25 @@ def refuse_dropping(out: Path, journal_path: Path, items: Iterable[Item], update
 
 @dataclass
 class Kept:
-    """The earlier rows a run with `update` writes before its own: (name, record) in the output's
+    """The earlier rows a run with `update` writes before its own: (name, payload) in the output's
     order, and how many `prune` dropped."""
 
-    rows: list[tuple[str, jr.Record]] = field(default_factory=list)
+    rows: list[tuple[str, object]] = field(default_factory=list)
     pruned: int = 0
 
 
-def kept_rows(journal: jr.Journal, items: Iterable[Item], update: bool, prune: bool) -> Kept:
-    """What `update` keeps of the output `journal` describes: the rows of files that are not
-    inputs of this run, under the names they were written with (a record from before names were
-    recorded: its real path); with `prune`, those of files gone from disk are dropped."""
+def kept_rows(rows: list[Row], items: Iterable[Item], update: bool, prune: bool) -> Kept:
+    """What `update` keeps of an output's `rows`: those of files that are not inputs of this run,
+    under the names they were written with; with `prune`, those of files gone from disk are
+    dropped."""
     kept = Kept()
     if not update:
         return kept
-    for rec in not_inputs(journal.done, journal.stamp, items):
-        if prune and not on_disk(rec):
+    for row in not_inputs(rows, items):
+        if prune and not on_disk(row):
             kept.pruned += 1
         else:
-            kept.rows.append((str(rec.meta.get("name") or rec.key[0]), rec))
+            kept.rows.append((row.name, row.payload))
     return kept
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ def manifest(
         "matpac_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": argv if argv is not None else sys.argv,
+        "cwd": _cwd(),  # what the rows' relative paths are relative to (`outputs.earlier`)
         "models": [_model(p, getattr(summary, "ran_on", None)) for p in predictors],
         "heads": heads,
         "settings": settings,
@@ -55,6 +57,13 @@ def manifest(
     }
 
 
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the folder was deleted under the run
+        return ""
+
+
 def _kept(summary) -> dict:
     """`update`'s counts, where it kept or pruned earlier rows: rows not of this run's files."""
     kept, pruned = getattr(summary, "kept", 0), getattr(summary, "pruned", 0)
@@ -69,6 +78,7 @@ _TOP = {
     "matpac_version": str,
     "created": str,
     "command": list,
+    "cwd": str,
     "models": list,
     "heads": list,
     "settings": dict,

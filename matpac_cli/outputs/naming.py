@@ -1,9 +1,9 @@
 """Every name matpac derives from an output path: the one place that says which files go together.
 
-An `embed --out X.npy` run writes `X.npy`, its row index `X.csv` and `X.manifest.json`, and keeps
-`X.npy.journal` to resume from; `X.parquet` is its own row index (its `path` column) and shares the
-manifest name `X.manifest.json`. A `tag --out T.csv` run writes `T.csv.manifest.json` beside it
-(the suffix kept: `T.csv` and `T.jsonl` never share a manifest) and keeps `T.csv.journal`. A
+An `embed --out X.npy` run writes `X.npy`, its row index `X.csv` and `X.manifest.json`;
+`X.parquet` is its own row index (its `path` column) and shares the manifest name
+`X.manifest.json`. A `tag --out T.csv` run writes `T.csv.manifest.json` beside it (the suffix
+kept: `T.csv` and `T.jsonl` never share a manifest). A
 `train --out H.safetensors` run writes `H.report.json` and computes its embeddings into `H.emb.npy`.
 Every layer set (`--layer last`, `7`, `all`) writes the same files: the layers are one matrix's
 middle axis, never files of their own. Per-file frames go to the input's path mirrored under the
@@ -24,11 +24,6 @@ PARQUET = ".parquet"  # a file, or a folder of shards named so
 INDEX_COLUMNS = ["row", "path", "duration_s", "sample_rate", "channels", "truncated"]  # of `X.csv`
 FRAMES_COLUMNS = ["frames", "frame_s"]  # appended to INDEX_COLUMNS by `embed --frames`
 FRAMES_SUFFIX = ".npy"  # of each per-file frames file
-
-
-def journal(out: Path) -> Path:
-    """The journal an `embed` or `tag` run keeps beside `out` (`emb.npy.journal`), to resume from."""
-    return out.with_name(out.name + ".journal")
 
 
 def is_parquet(path: Path) -> bool:
@@ -63,23 +58,22 @@ def embed_files(matrix: Path) -> list[Path]:
 
 
 def embed_outputs(out: Path) -> dict[str, Path]:
-    """What `embed --out out` writes, by role: `matrix`, `index` (.npy only), `manifest`, and
-    the `journal` it keeps (a side file, not an output: never listed or locked as one)."""
+    """What `embed --out out` writes, by role: `matrix`, `index` (.npy only) and `manifest`."""
     if out.suffix not in EMBED_SUFFIXES:
         raise UsageError(
             f"out={out}: the embeddings are written as .npy (e.g. emb.npy, rows indexed "
             "in emb.csv) or .parquet (emb.parquet)",
             settings=("out",),
         )
-    paths = {"matrix": out, "index": row_index(out), "manifest": embed_manifest(out), "journal": journal(out)}
+    paths = {"matrix": out, "index": row_index(out), "manifest": embed_manifest(out)}
     if paths["index"] == out:
         del paths["index"]  # the path column is the index
     return paths
 
 
 def written(paths: dict[str, Path]) -> list[Path]:
-    """The outputs among `embed_outputs`' files (all but the journal)."""
-    return [path for key, path in paths.items() if key != "journal"]
+    """`embed_outputs`' files, as a list."""
+    return list(paths.values())
 
 
 def tags_manifest(out: Path) -> Path:

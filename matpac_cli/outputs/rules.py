@@ -7,7 +7,7 @@
 - an existing file that matpac did not write is refused without `--force` (a manifest is
   matpac's when `manifest.check_manifest` accepts it, as every reader of a manifest does, a
   failures list when it starts with matpac's header, `writers.FAILURES_COLUMNS`);
-- a symlink where matpac keeps its own file beside an output (its lock, its journal) is refused.
+- a symlink where matpac keeps its own file beside an output (its lock) is refused.
 """
 
 from __future__ import annotations
@@ -69,13 +69,11 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
             )
 
 
-def check_side_files(written: Iterable[Path], journals: Iterable[Path] = ()) -> None:
-    """A symlink planted at one of matpac's own names beside an output (a lock, a journal) is
-    refused now, in one line."""
+def check_side_files(written: Iterable[Path]) -> None:
+    """A symlink planted at matpac's own name beside an output (its lock) is refused now, in one
+    line."""
     for path in written:
         refuse_symlink(naming.lock_path(path))
-    for path in journals:
-        refuse_symlink(path)
 
 
 def is_manifest(path: Path) -> bool:

@@ -199,6 +199,7 @@ def _typed(raw: dict, path: Path, n: int, segments: bool) -> dict:
                 "tag_id": str(raw["tag_id"]),
             }
         row["duration_s"] = _number(raw.get(DURATION_COLUMN), float)
+        row["truncated"] = raw.get("truncated") in (True, 1, "1", "true", "True")  # CSV 1/0, JSON and Parquet bools
         if segments:
             row["start_s"] = _number(raw.get("start_s"), float)
             row["end_s"] = _number(raw.get("end_s"), float)

@@ -180,7 +180,7 @@ def test_broken_input_is_skipped_exit_1_and_listed(matpac, work, ckpts):
 # ---------------------------------------------------------------------------------------- resume, overwrite
 
 
-def test_rerun_reuses_and_new_file_is_the_only_one_computed(matpac, work, ckpts, no_library):
+def test_rerun_reuses_and_new_file_is_the_only_one_computed(matpac, work, ckpts):
     ok(matpac(work, *embed_args(ckpts["tiny608"])))
     first = (work / "emb.npy").read_bytes()
     first_rows = dict(zip(NAMES, np.load(work / "emb.npy")))

@@ -36,7 +36,7 @@ def base(tmp_path_factory, ckpts) -> dict:
     for i, name in enumerate("abc"):
         write_audio(d / "clips" / f"{name}.wav", 0.5, seed=i)
     model = str(ckpts["tiny608"])
-    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", model, "-q"], cwd=d)
+    proc = run_matpac(["embed", "clips", "--out", "e.npy", "--model", model, "-q", "--library", "lib"], cwd=d)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((d / "e.manifest.json").read_text())
     with open(d / "tags.csv", "w", newline="") as fh:
@@ -466,9 +466,10 @@ CASES: list[tuple[str, str, Callable, int]] = [
         lambda d, b: tag_head(_probe(d, b), b) + ["--labels", _text(d / "l.txt", b"\xff\xfe\x00a\n")],
         2,
     ),
-    # embed: resuming from a journal
-    ("embed resume", "journal garbage (recomputed)", lambda d, b: _resume(d, b, lambda j: b"\x00garbage" * 100), 0),
-    ("embed resume", "journal truncated (recomputed)", lambda d, b: _resume(d, b, lambda j: j[: len(j) // 2]), 0),
+    # embed: resuming from a damaged library
+    ("embed --library", "a table's data overwritten", lambda d, b: _library(d, b, "clips.lance/data", b"garbage"), 2),
+    ("embed --library", "a table's data cut short", lambda d, b: _library(d, b, "paths.lance/data", None), 2),
+    ("embed --library", "a table's versions garbage", lambda d, b: _library(d, b, "clips.lance/_versions", b"x"), 2),
     # models verify: the weights' hash records
     ("models verify", "sha256.json a list", lambda d, b: verify_with_records(d, "[1, 2]"), 2),
     ("models verify", "sha256.json a number for a hash", lambda d, b: verify_with_records(d, '{"probes|x": 5}'), 2),
@@ -509,11 +510,13 @@ def _evil_pickle(d: Path) -> str:
     return str(d / "p.pth")
 
 
-def _resume(d: Path, base: dict, damage: Callable[[bytes], bytes]) -> list[str]:
-    _copy_index(d, base)
-    journal = (base["dir"] / "e.npy.journal").read_bytes()
-    (d / "e.npy.journal").write_bytes(damage(journal))
-    return ["embed", "clips", "--out", "e.npy", "--model", base["model"], "-q"]
+def _library(d: Path, base: dict, folder: str, content: bytes | None) -> list[str]:
+    """base's library with every file of one of its folders overwritten with `content` (None:
+    cut to half)."""
+    shutil.copytree(base["dir"] / "lib", d / "lib")
+    for path in (d / "lib" / folder).iterdir():
+        path.write_bytes(content if content is not None else path.read_bytes()[: path.stat().st_size // 2])
+    return ["embed", "clips", "--out", "e.npy", "--model", base["model"], "-q", "--library", "lib"]
 
 
 def _tag_parquet(d: Path, **columns) -> Path:

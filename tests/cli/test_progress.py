@@ -1,6 +1,6 @@
 """Progress and interruption: files finish as they go, an interrupted run keeps what finished.
 
-A file's result (and journal record) must follow its last chunk within about one batch, whatever
+A file's result (and its library row) must follow its last chunk within about one batch, whatever
 the batch size: its short last chunk must not wait for 15 other files' tails.
 """
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_matpac, write_audio
+from conftest import library_files, run_matpac, write_audio
 
 HOP_S = 97_280 / 16_000  # audio one full chunk advances
 
@@ -22,6 +22,16 @@ HOP_S = 97_280 / 16_000  # audio one full chunk advances
 def tracks(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tracks")
     for i in range(20):
+        write_audio(folder / f"t{i:02d}.wav", 30.0, seed=i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory) -> Path:
+    """48 tracks: the library commits every 16 files, so a run is caught with files committed
+    and many still to go."""
+    folder = tmp_path_factory.mktemp("long_run")
+    for i in range(48):
         write_audio(folder / f"t{i:02d}.wav", 30.0, seed=i)
     return folder
 
@@ -55,15 +65,8 @@ def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers)
         )
 
 
-def _journal_records(path: Path) -> int:
-    """Sound records in a journal being written (a torn tail is not counted)."""
-    from matpac_cli.outputs import journal as jr
-
-    return len(jr.read(path)[1])
-
-
-def _stopped(tiny: Path, inputs: Path, out: Path, journal: Path, records: int, sig: int):
-    """`matpac embed` stopped by `sig` once `records` files are journalled: (process, its stderr)."""
+def _stopped(tiny: Path, inputs: Path, out: Path, records: int, sig: int):
+    """`matpac embed` stopped by `sig` once the library has `records` files: (process, its stderr)."""
     args = [
         sys.executable,
         "-m",
@@ -83,33 +86,33 @@ def _stopped(tiny: Path, inputs: Path, out: Path, journal: Path, records: int, s
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _journal_records(journal) < records and proc.poll() is None and time.monotonic() < deadline:
+    while library_files() < records and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before {records} files were journalled"
+    assert proc.poll() is None, f"the run ended before {records} files were in the library"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     return proc, err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupt_at_60_percent_keeps_finished_files(tiny, tracks, tmp_path, sig, no_library):
+def test_an_interrupted_run_keeps_its_finished_files(tiny, long_run, tmp_path, sig):
     out = tmp_path / "emb.npy"
-    journal = tmp_path / "emb.npy.journal"
-    proc, err = _stopped(tiny, tracks, out, journal, 12, sig)
-    kept = _journal_records(journal)
-    assert kept >= 12
+    proc, err = _stopped(tiny, long_run, out, 16, sig)
+    kept = library_files()  # SIGINT and SIGTERM commit what was held; kill -9 loses only that
+    assert 16 <= kept < 48
     if sig != signal.SIGKILL:
         assert proc.returncode == (130 if sig == signal.SIGINT else 143)
         assert b"Traceback" not in err
         last = err.decode().strip().splitlines()[-1]
         word = "interrupted" if sig == signal.SIGINT else "terminated"
-        assert last.startswith(f"matpac: {word} after ") and "emb.npy.journal" in last and "resume" in last
-    rerun = run_matpac(["embed", str(tracks), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
+        assert last.startswith(f"matpac: {word} after ") and "kept in the library" in last and "resume" in last
+        assert f"({kept} finished, 0 failed)" in last, last  # what it says is what the library has
+    rerun = run_matpac(["embed", str(long_run), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
     assert rerun.returncode == 0, rerun.stderr.decode()
     assert f"{kept} reused".encode() in rerun.stderr, rerun.stderr.decode()
 
 
-def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tracks, tmp_path, no_library):
+def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tracks, tmp_path):
     import re
 
     out = tmp_path / "emb.npy"
@@ -124,43 +127,43 @@ def test_summary_line_gives_counts_audio_time_rate_device_and_precision(tiny, tr
     # the reused hours are their own figure: the rate covers only what was computed (none here)
     assert re.match(
         r"matpac: embedded 20 file\(s\): 0 done, 20 reused, 0 failed; nothing computed in "
-        r"\d+:\d\d:\d\d on cpu, fp32; 0\.17 h reused; wrote ",
+        r"\d+:\d\d:\d\d on cpu, fp32; 0\.17 h reused \(20 from the library: 20 same path\); wrote ",
         again,
     ), again
 
 
-def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, tracks, tmp_path, no_library):
+def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, long_run, tmp_path):
     """Broken files are counted apart when the run stops; the resume reuses exactly the finished
     ones and fails the broken ones again."""
     import re
     import shutil
 
     folder = tmp_path / "in"
-    shutil.copytree(tracks, folder)
+    shutil.copytree(long_run, folder)
     for i in range(2):
         (folder / f"a_broken{i}.wav").write_bytes(b"RIFF0000WAVEjunk")  # sorted first: fail before the stop
-    out, journal = tmp_path / "emb.npy", tmp_path / "emb.npy.journal"
-    proc, err = _stopped(tiny, folder, out, journal, 8, signal.SIGINT)
+    out = tmp_path / "emb.npy"
+    proc, err = _stopped(tiny, folder, out, 16, signal.SIGINT)
     last = err.decode().strip().splitlines()[-1]
-    got = re.match(r"matpac: interrupted after (\d+) of 22 file\(s\) \((\d+) finished, (\d+) failed\);", last)
+    got = re.match(r"matpac: interrupted after (\d+) of 50 file\(s\) \((\d+) finished, (\d+) failed\);", last)
     assert got, last
     stopped, finished, failed = map(int, got.groups())
-    assert failed == 2 and stopped == finished + failed and finished == _journal_records(journal), last
+    assert failed == 2 and stopped == finished + failed and finished == library_files(), last
     rerun = run_matpac(["embed", str(folder), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
     assert rerun.returncode == 1, rerun.stderr.decode()
-    assert f"{20 - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()
+    assert f"{48 - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()
 
 
-def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved_into_place(tiny, tracks, tmp_path):
+def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved_into_place(tiny, long_run, tmp_path):
     """The --failures list is moved into place in a `finally`: if that fails while Ctrl-C is on
     its way (a folder now stands at its name), it is a warning, and the run still ends 130."""
-    out, journal, failures = tmp_path / "emb.npy", tmp_path / "emb.npy.journal", tmp_path / "f.csv"
+    out, failures = tmp_path / "emb.npy", tmp_path / "f.csv"
     args = [
         sys.executable,
         "-m",
         "matpac_cli",
         "embed",
-        str(tracks),
+        str(long_run),
         "--out",
         str(out),
         "--failures",
@@ -176,7 +179,7 @@ def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _journal_records(journal) < 4 and proc.poll() is None and time.monotonic() < deadline:
+    while library_files() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it was interrupted"
     failures.mkdir()  # os.replace(tmp, f.csv) now fails: a file cannot replace a folder

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_matpac, write_audio, write_m4a
+from conftest import library_files, run_matpac, write_audio, write_m4a
 
 SR = 16000
 
@@ -131,20 +131,14 @@ def test_missing_weights_offline_exit_two_with_fetch_command(tmp_path):
     assert b"matpac models download matpac" in proc.stderr
 
 
-def _journal_records(path: Path) -> int:
-    from matpac_cli.outputs import journal
-
-    return len(journal.read(path)[1])
-
-
 @pytest.mark.slow  # five whole runs over 40 files: the longest test outside Ray by far
-def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny, no_library):
+def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny):
     folder = tmp_path / "many"
     n_files = 40
     for i in range(n_files):
-        write_audio(folder / f"f{i:02d}.wav", 7.0 + 0.1 * i, seed=i)
+        write_audio(folder / f"f{i:02d}.wav", 30.0 + 0.1 * i, seed=i)  # long enough to be caught mid-run
     args = ["embed", "many", "--out", "emb.npy", "--model", str(tiny), "--batch-size", "1", "-q"]
-    clean = run_matpac(args[:3] + ["clean.npy"] + args[4:], cwd=tmp_path)
+    clean = run_matpac(args[:3] + ["clean.npy"] + args[4:] + ["--no-library"], cwd=tmp_path)
     assert clean.returncode == 0, clean.stderr
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -155,33 +149,34 @@ def test_sigkill_then_rerun_resumes_without_recomputing(tmp_path, tiny, no_libra
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    journal_path = tmp_path / "emb.npy.journal"
     deadline = time.time() + 120
-    while time.time() < deadline and (not journal_path.exists() or _journal_records(journal_path) < 5):
+    while time.time() < deadline and library_files() < 5:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = _journal_records(journal_path)
+    done_before = library_files()
     assert 5 <= done_before < n_files
     assert not (tmp_path / "emb.npy").exists()  # nothing half-written in place of the output
 
     again = run_matpac(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     counts = json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]
-    assert counts["reused"] >= done_before
+    assert counts["reused"] >= done_before  # nothing committed is lost ...
     assert counts["computed"] == n_files - counts["reused"]
+    assert library_files() == n_files  # ... and nothing is stored twice
+    assert _clip_rows() == n_files
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), np.load(tmp_path / "clean.npy"), atol=1e-5)
     assert (tmp_path / "emb.csv").read_text() == (tmp_path / "clean.csv").read_text()
 
-    # a third run recomputes nothing; --force recomputes everything
+    # a third run recomputes nothing; --force replaces the output, still from the library
     third = run_matpac(args, cwd=tmp_path)
     assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["computed"] == 0, third.stderr
     forced = run_matpac(args + ["--force"], cwd=tmp_path)
-    assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["computed"] == n_files, forced.stderr
+    assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["reused"] == n_files, forced.stderr
 
 
-def test_changed_file_is_recomputed(tmp_path, tiny, no_library):
+def test_changed_file_is_recomputed(tmp_path, tiny):
     write_audio(tmp_path / "d" / "a.wav", 1.0, seed=1)
     write_audio(tmp_path / "d" / "b.wav", 1.0, seed=2)
     args = ["embed", "d", "--out", "emb.npy", "--model", str(tiny), "-q"]
@@ -228,7 +223,7 @@ def test_tag_stdout_is_only_data_and_pipes(tmp_path, tiny):
     assert b"music/broken.wav" in proc.stderr and b"broken.wav" not in proc.stdout
 
 
-def test_tag_to_file_resumes(tmp_path, tiny, no_library):
+def test_tag_to_file_resumes(tmp_path, tiny):
     for i in range(3):
         write_audio(tmp_path / "m" / f"t{i}.wav", 1.0, seed=i)
     torch.save({"weight": torch.randn(20, 640) * 0.05, "bias": torch.zeros(20)}, tmp_path / "openmic.pth")
@@ -293,46 +288,29 @@ def test_garbage_m4a_is_one_line_with_the_decoders_reason(tmp_path, tiny):
         assert line.endswith(f"{name}: cannot decode: Invalid data found when processing input"), line
 
 
-def test_torn_journal_tail_is_ignored_and_the_run_goes_on(tmp_path, tiny, no_library):
-    """kill -9 in the middle of writing a record: the complete ones count, the torn one is redone."""
+def _clip_rows() -> int:
+    import lance
+
+    return lance.dataset(os.path.join(os.environ["MATPAC_LIBRARY"], "clips.lance")).count_rows()
+
+
+def test_a_torn_library_write_is_ignored_and_the_run_goes_on(tmp_path, tiny):
+    """kill -9 in the middle of a library commit leaves a data file no version names (Lance
+    commits a version only once its files are whole): the next run reads past it, reuses every
+    committed file, and stores nothing twice."""
     for i in range(3):
         write_audio(tmp_path / "d" / f"f{i}.wav", 1.0, seed=i)
     args = ["embed", "d", "--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     clean = np.load(tmp_path / "emb.npy")
-    # a run killed just after its last record: the journal still holds every payload (a finished
-    # run compacts it), so stop one in-process once all three files are journalled
-    from matpac_cli.events import Listeners
-    from matpac_cli.inference.predictor import Predictor
-    from matpac_cli.jobs.embed import EmbedConfig, embed
-    from matpac_cli.pipeline.discovery import discover
-
-    class Killed(Exception):
-        pass
-
-    seen = []
-
-    def stop_after_three(item, seconds):
-        seen.append(item)
-        if len(seen) == 3:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        embed(
-            discover([str(tmp_path / "d")]),
-            Predictor.load(str(tiny), device="cpu"),
-            EmbedConfig(out=tmp_path / "emb.npy", force=True),
-            Listeners(progress=stop_after_three),
-        )
-    journal = tmp_path / "emb.npy.journal"
-    data = journal.read_bytes()
-    journal.write_bytes(data[: len(data) - 1000])  # the last record loses its tail
+    data = os.path.join(os.environ["MATPAC_LIBRARY"], "clips.lance", "data")
+    whole = sorted(os.listdir(data))[0]
+    with open(os.path.join(data, whole), "rb") as src, open(os.path.join(data, "torn-" + whole), "wb") as dst:
+        dst.write(src.read()[:-1000])  # a fragment cut short, as a killed writer leaves it
     (tmp_path / "emb.npy").unlink()
     again = run_matpac(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     counts = json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]
-    assert counts == {"computed": 1, "reused": 2, "failed": 0}
+    assert counts == {"computed": 0, "reused": 3, "failed": 0}
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), clean, atol=1e-6)
-    # and the rewritten journal is whole again: a third run reuses all three
-    third = run_matpac(args, cwd=tmp_path)
-    assert json.loads((tmp_path / "emb.manifest.json").read_text())["counts"]["reused"] == 3, third.stderr
+    assert _clip_rows() == 3

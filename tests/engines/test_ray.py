@@ -24,7 +24,7 @@ import torch
 
 pytest.importorskip("ray.data")
 
-from conftest import run_matpac, write_audio
+from conftest import library_files, run_matpac, write_audio
 from raycluster import ENV, Node, processes_with
 
 pytestmark = pytest.mark.slow  # starts Ray clusters: minutes
@@ -180,7 +180,7 @@ def test_ray_tag_gives_the_local_scores(ckpts, clips, tmp_path, ray_env):
     np.testing.assert_allclose(b["score"], a["score"], atol=1e-5)
 
 
-def test_ray_run_resumes_from_its_journal(ckpts, clips, tmp_path, ray_env):
+def test_ray_run_resumes_from_the_library(ckpts, clips, tmp_path, ray_env):
     out = tmp_path / "emb.npy"
     first = run_matpac(
         ["embed", str(clips), "--model", str(ckpts["tiny608"]), "--out", str(out), "--engine", "ray", "--ext", "wav"],
@@ -237,14 +237,6 @@ def _kill_one(node: Node, title: str) -> bool:
     return False
 
 
-def _journal_records(out: Path) -> int:
-    """Files finished so far, as the journal beside `out` holds them."""
-    from matpac_cli.outputs import journal as jr
-
-    journal = out.with_name(out.name + ".journal")
-    return len(jr.read(journal)[1]) if journal.exists() else 0
-
-
 def _background(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "matpac_cli", *args],
@@ -282,16 +274,16 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
     )
     try:
         if when == "busy":
-            _wait_for(lambda: _journal_records(out) >= 1)  # mid-job: some files are done
+            _wait_for(lambda: library_files() >= 1)  # mid-job: some files are done
             _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)).submit"), step=0.01)
         else:
             # all but the held file, and the one whose last chunk waits in a part-filled batch
-            _wait_for(lambda: _journal_records(out) >= 14)
+            _wait_for(lambda: library_files() >= 14)
             time.sleep(2.0)  # the actor's last batch is done: it waits, with no task in flight
             assert _kill_one(head, "MapBatches(Encoder))"), "no idle encoder actor"
             go.touch()
         killed = time.monotonic()
-        assert job.poll() is None and _journal_records(out) < 16, "the job ended before the kill"
+        assert job.poll() is None and library_files() < 16, "the job ended before the kill"
         _, err = job.communicate(timeout=120)  # Ray Data's no-progress guard (300 s) must not be what ends it
         print(f"the job ended {time.monotonic() - killed:.0f} s after the kill")
     finally:
@@ -339,7 +331,7 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
         )
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
-            _wait_for(lambda: job.poll() is not None or (working() and _journal_records(out) >= 1))
+            _wait_for(lambda: job.poll() is not None or (working() and library_files() >= 1))
             node.stop(hard=True)  # the whole node, mid-job
             lost = time.monotonic()
             assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
@@ -467,6 +459,7 @@ def test_a_round_lost_to_a_dead_actor_is_told_from_other_failures():
 
 
 LEDGER_FORGETS = """
+import time
 import ray
 from ray.exceptions import ActorDiedError
 from matpac_cli.engines.ray.ledger import Ledger
@@ -486,7 +479,15 @@ for _ in range(100):  # its enlisting is sent, not waited on
     if view.enlisted():
         break
 ray.kill(ledger._handle, no_restart=False)  # the ledger restarts, its lists empty
-assert ledger.for_round(1).enlisted() == [], "the ledger did not forget"
+deadline = time.monotonic() + 60
+while True:  # until the restarted ledger answers (the kill is not instant)
+    try:
+        if ray.get(ledger._handle.enlisted_now.remote(1), timeout=30) == []:
+            break
+    except Exception:
+        pass
+    assert time.monotonic() < deadline, "the ledger did not restart"
+    time.sleep(0.2)
 view.dismiss()
 try:
     ray.get(actor.__ray_ready__.remote(), timeout=30)

@@ -103,7 +103,7 @@ def test_tag_csv_writes_times_to_the_millisecond_and_flags_as_in_emb_csv(tmp_pat
     ]
 
 
-def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts, no_library):
+def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     d = cut_and_full
     args = [
         "tag",
@@ -119,7 +119,7 @@ def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts, no_library)
         "-q",
     ]
     assert run_matpac(args, cwd=d).returncode == 0
-    proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav reused from the journal
+    proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav taken from the library
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(d / "tags.csv")))
     assert _truncated_by_path(rows) == {"cut.wav": {"1"}, "full.wav": {"0"}}

@@ -446,7 +446,7 @@ def test_head_of_a_registry_encoder_is_refused_on_another_before_any_download(tm
 
 def test_a_broken_file_is_skipped_and_the_head_still_written(corpus, tmp_path, capsys):
     """Computing embeddings goes through the embedding pipeline: a bad file is named, the run
-    goes on, exit 1; a re-run reuses the journalled embeddings."""
+    goes on, exit 1; a re-run reuses the embeddings the library kept."""
     import shutil
 
     folder = tmp_path / "lab"

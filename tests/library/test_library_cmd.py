@@ -246,13 +246,19 @@ def test_a_folder_that_is_not_a_library_is_said_so(made, tiny):
     assert proc.returncode == 2 and "not a folder" in proc.stderr.decode()
 
 
-def test_an_output_made_before_the_library_fills_it_once(tiny, tmp_path):
-    """Files an output's journal already had never reached the library (the journal served them
-    first), so `tag` after re-running such an `embed` encoded everything again."""
+def test_an_output_made_without_the_library_is_encoded_once_more_then_never(tiny, tmp_path):
+    """An output is never read as embeddings (only the library is): one made with `--no-library`
+    (or before the library) is encoded once more into the library, and from then on `tag` and
+    `embed` take it from there."""
     for i in range(3):
         write_audio(tmp_path / "m" / f"s{i}.wav", 2.0 + i, seed=i)
     embed = ["embed", "m", "--model", str(tiny), "--out", "e.npy", "-q"]
-    assert run_matpac([*embed, "--no-library"], cwd=tmp_path).returncode == 0  # before the library
+    assert run_matpac([*embed, "--no-library"], cwd=tmp_path).returncode == 0
+    assert not list(tmp_path.glob("e.npy.*"))  # nothing kept beside the output
+    again = run_matpac([*embed[:-1], "--no-library"], cwd=tmp_path)
+    assert again.returncode == 0 and "3 done, 0 reused" in again.stderr.decode(), again.stderr.decode()
+    again = run_matpac([*embed[:-1], "--library", "L"], cwd=tmp_path)
+    assert again.returncode == 0 and "3 done, 0 reused" in again.stderr.decode(), again.stderr.decode()
     again = run_matpac([*embed[:-1], "--library", "L"], cwd=tmp_path)
     assert again.returncode == 0 and "0 done, 3 reused" in again.stderr.decode(), again.stderr.decode()
     import torch

@@ -56,3 +56,33 @@ def _race(root: Path, go: Path) -> None:
     keys = lance.dataset(str(root / "clips.lance")).to_table().column("key").to_pylist()
     assert sorted(keys) == sorted(f"k{w}{i}" for w in "AB" for i in range(10))
     assert not any(Path(root).glob("*.lance/**/*.tmp"))
+
+
+def test_a_held_result_is_committed_within_seconds_while_the_run_waits(tmp_path, predictor):
+    """A run blocked on a long file (or a slow disk) adds nothing for minutes: the files it has
+    finished must still reach the library within `COMMIT_S` seconds, or kill -9 meanwhile loses
+    them (the per-output journal that once kept each one at once is gone)."""
+    import lance
+    import numpy as np
+
+    from matpac_cli.library.store import COMMIT_S, Library, Setting
+    from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
+    from matpac_cli.pipeline.discovery import Item
+
+    plan = Plan(predictor, layers=(-1,))
+    out = EncoderOutput(np.ones((1, predictor.dims.embed_dim), np.float32))
+    lib = Library(tmp_path / "lib")
+    try:
+        lib.add(
+            "a:one", Setting.of(plan), plan, FileResult(Item("a.wav", tmp_path / "a.wav"), 1.0, 16000, 1, [out]), out
+        )
+        deadline = time.monotonic() + 3 * COMMIT_S
+        rows = 0
+        while time.monotonic() < deadline and not rows:
+            time.sleep(0.25)
+            clips = tmp_path / "lib" / "clips.lance"
+            rows = lance.dataset(str(clips)).count_rows() if clips.exists() else 0
+        assert rows == 1, "the finished file was still held in memory only"
+    finally:
+        lib.close()
+    assert lance.dataset(str(tmp_path / "lib" / "clips.lance")).count_rows() == 1  # once, not twice

@@ -36,7 +36,7 @@ def library(tmp_path, monkeypatch) -> Path:
 
 def run(capsys, tiny: Path, out: str, inputs: str, *extra: str) -> tuple[int, str]:
     """`matpac tag` for a tags file, `matpac embed` for a matrix: (exit status, stderr)."""
-    if out.startswith("tags"):
+    if Path(out).name.startswith("tags"):
         args = ["tag", inputs, "--out", out, "--head", "./openmic.pth", "--top-k", "2"]
     else:
         args = ["embed", inputs, "--out", out]
@@ -130,6 +130,37 @@ def test_the_same_command_or_more_inputs_are_never_refused(library, tiny, capsys
     rc, err = run(capsys, tiny, out, "lib/new", "--force")  # --force replaces, as it did
     assert rc == 0, err
     assert files(out) == ["lib/new/n0.wav", "lib/new/n1.wav"]
+
+
+@pytest.mark.parametrize("out", OUTS)
+def test_the_rows_are_read_from_the_output_itself_whatever_lies_beside_it(library, tiny, capsys, out):
+    """An output is its own record: matpac keeps nothing else beside it (the per-output journal
+    that once did is gone, and one left by an older matpac is neither read nor needed), so a
+    subfolder run onto it is refused with the count its rows give."""
+    assert run(capsys, tiny, out, "lib", "-q")[0] == 0
+    assert not list(Path().glob(f"{out}.journal"))
+    Path(f"{out}.journal").write_bytes(b"an older matpac's journal, or anything")
+    rc, err = run(capsys, tiny, out, "lib/new")
+    refused(rc, err, f"{out} holds rows of 2 file(s) that are not inputs of this run")
+    rc, err = run(capsys, tiny, out, "lib/new", "--update")
+    assert rc == 0 and "kept 2 row(s)" in err, err
+    assert Path(f"{out}.journal").read_bytes() == b"an older matpac's journal, or anything"
+
+
+@pytest.mark.parametrize("out", ["tags.csv", "emb.npy"])
+def test_rows_written_from_another_folder_are_the_same_files(library, tiny, capsys, monkeypatch, out):
+    """A row's path is relative to the folder its run ran in (the manifest's `cwd`), not to the
+    folder of the next run: the same files named from elsewhere are never taken for others."""
+    (library / "elsewhere").mkdir()
+    (library / "elsewhere" / "openmic.pth").write_bytes((library / "openmic.pth").read_bytes())
+    monkeypatch.chdir(library / "elsewhere")
+    rc, err = run(capsys, tiny, f"../{out}", "../lib", "-q")
+    assert rc == 0, err
+    monkeypatch.chdir(library)
+    assert files(out)[0] == "../lib/a.wav"
+    rc, err = run(capsys, tiny, out, "lib")  # the same four files, named from here
+    assert rc == 0 and "0 done, 4 reused" in err, err
+    assert files(out) == FULL
 
 
 @pytest.mark.parametrize(

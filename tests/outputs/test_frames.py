@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from conftest import REPO, run_matpac, write_audio
 
 
-def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts, no_library):
+def test_each_input_has_its_own_frames_file_named_in_the_index(tmp_path, ckpts):
     work = tmp_path / "work"
     names = [
         "clips/x.wav",
@@ -74,9 +74,9 @@ def test_parquet_output_names_the_frames_files_too(tmp_path, ckpts):
 
 
 def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
-    """A file already at an input's frames name is replaced only when this --out's journal has a
-    record of that input (an earlier run wrote it), even once the audio changed; a file of the
-    user's, or one another output's runs wrote, needs --force."""
+    """A file already at an input's frames name is replaced only when this --out names it (an
+    earlier run wrote it), even once the audio changed; a file of the user's, or one another
+    output's runs wrote, needs --force."""
     write_audio(tmp_path / "a.wav", 0.5, seed=1)
     (tmp_path / "fr").mkdir()
     (tmp_path / "fr" / "a.wav.npy").write_bytes(b"precious: not matpac's")
@@ -84,7 +84,7 @@ def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
     proc = run_matpac([*args, "--out", "e.npy"], cwd=tmp_path)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1, err
-    assert err.startswith("matpac: error: --frames: fr/a.wav.npy exists and was not written by this output's runs"), err
+    assert err.startswith("matpac: error: --frames: fr/a.wav.npy exists and is not a frames file of e.npy"), err
     assert (tmp_path / "fr" / "a.wav.npy").read_bytes() == b"precious: not matpac's"
     assert run_matpac([*args, "--out", "e.npy", "--force"], cwd=tmp_path).returncode == 0
     first = np.load(tmp_path / "fr" / "a.wav.npy")

@@ -27,12 +27,11 @@ D = Path("out")
 # ---------------------------------------------------------------- the mapping, per format
 
 
-def test_embed_npy_names_its_row_index_manifest_and_journal():
+def test_embed_npy_names_its_row_index_and_manifest():
     assert naming.embed_outputs(D / "emb.npy") == {
         "matrix": D / "emb.npy",
         "index": D / "emb.csv",
         "manifest": D / "emb.manifest.json",
-        "journal": D / "emb.npy.journal",
     }
     assert naming.row_index(D / "emb.npy") == D / "emb.csv"
     assert naming.indexed_matrix(D / "emb.csv") == D / "emb.npy"  # the way back, for a refusal's words
@@ -44,7 +43,6 @@ def test_embed_parquet_is_its_own_row_index_and_shares_the_manifest_name():
     assert naming.embed_outputs(D / "emb.parquet") == {
         "matrix": D / "emb.parquet",
         "manifest": D / "emb.manifest.json",
-        "journal": D / "emb.parquet.journal",
     }
     assert naming.row_index(D / "emb.parquet") == D / "emb.parquet"
     assert naming.row_index(D / "shards.PARQUET") == D / "shards.PARQUET"  # a reader takes any case
@@ -52,7 +50,7 @@ def test_embed_parquet_is_its_own_row_index_and_shares_the_manifest_name():
     assert naming.manifest_sharers(D / "emb.npy") == [D / "emb.parquet"]
 
 
-def test_the_journal_is_never_an_output_and_reading_needs_no_journal():
+def test_what_embed_writes_is_what_a_reader_reads():
     paths = naming.embed_outputs(D / "emb.npy")
     assert naming.written(paths) == [D / "emb.npy", D / "emb.csv", D / "emb.manifest.json"]
     assert naming.embed_files(D / "emb.npy") == naming.written(paths)
@@ -66,9 +64,8 @@ def test_embed_writes_only_npy_or_parquet(out):
 
 
 @pytest.mark.parametrize("name", ["tags.csv", "tags.jsonl", "tags.ndjson", "tags.parquet"])
-def test_tag_outputs_keep_their_suffix_in_the_manifest_and_journal(name):
+def test_tag_outputs_keep_their_suffix_in_the_manifest(name):
     assert naming.tags_manifest(D / name) == D / f"{name}.manifest.json"
-    assert naming.journal(D / name) == D / f"{name}.journal"
 
 
 def test_a_trained_head_has_its_report_and_embeddings_beside_it():
@@ -114,7 +111,6 @@ def test_the_row_index_columns():
 
 
 RULES = {  # what each naming rule looks like when written out by hand
-    "a journal name": r'"\.journal"',
     "a manifest name": r'"\.manifest\.json"',
     "a lock name": r'\.lock"\)',
     "a hidden temporary name": r'f"\.\{[^"]*\}\.tmp\{',
@@ -180,7 +176,7 @@ def test_embed_writes_exactly_the_named_files_and_the_readers_find_them(runs, ou
     out = runs / out
     paths = naming.embed_outputs(out)
     frames = out.parent / "fr"
-    assert _files(out.parent) - _files(frames) == {*naming.written(paths), paths["journal"]}  # no lock, no temp
+    assert _files(out.parent) - _files(frames) == set(naming.written(paths))  # no lock, no temp
     assert readers.embeddings_inputs(out) == naming.embed_files(out)
     emb = readers.read_embeddings(out)
     assert emb.paths == ["clips/_sub/b.wav", "clips/a.wav"] and emb.manifest is not None
@@ -212,11 +208,11 @@ def test_the_frames_files_are_where_the_row_index_names_them(runs, out):
 def test_layer_sets_change_the_matrix_not_the_names(runs):
     one, last = np.load(runs / "one" / "emb.npy"), np.load(runs / "last" / "emb.npy")
     assert one.shape == last.shape and not np.array_equal(one, last)
-    assert {p.name for p in _files(runs / "one")} == {"emb.npy", "emb.csv", "emb.manifest.json", "emb.npy.journal"}
+    assert {p.name for p in _files(runs / "one")} == {"emb.npy", "emb.csv", "emb.manifest.json"}
 
 
 def test_tag_writes_the_named_manifest_and_the_reader_finds_it(runs):
     out = runs / "tags" / "t.jsonl"
-    assert _files(out.parent) == {out, naming.tags_manifest(out), naming.journal(out)}
+    assert _files(out.parent) == {out, naming.tags_manifest(out)}
     stream = tag_readers.scan_tags(out)
     assert stream.manifest is not None and stream.manifest["settings"]["job"] == "tag"

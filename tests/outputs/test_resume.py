@@ -1,4 +1,5 @@
-"""Resume keyed on the file itself, a compact journal beside finished outputs, clear refusals."""
+"""Resume from the library, whatever the spelling of the inputs; outputs rebuilt from it, never read
+as embeddings; clear refusals."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _counts(folder: Path, name: str = "emb.manifest.json") -> dict:
     return json.loads((folder / name).read_text())["counts"]
 
 
-def test_clips_dot_clips_and_absolute_clips_share_results(tmp_path, tiny, no_library):
+def test_clips_dot_clips_and_absolute_clips_share_results(tmp_path, tiny):
     clips = _clips(tmp_path)
     base = ["--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(["embed", "clips", *base], cwd=tmp_path).returncode == 0
@@ -33,14 +34,13 @@ def test_clips_dot_clips_and_absolute_clips_share_results(tmp_path, tiny, no_lib
         assert rows[0].startswith(spelling)  # rows still name the files as this run named them
 
 
-def test_finished_output_keeps_a_compact_journal_and_resumes_from_the_matrix(tmp_path, tiny):
+def test_a_finished_output_keeps_nothing_beside_it_and_a_new_file_is_the_only_one_encoded(tmp_path, tiny):
     _clips(tmp_path)
     args = ["embed", "clips", "--out", "emb.npy", "--model", str(tiny), "-q", "--layer", "all"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     first = np.load(tmp_path / "emb.npy")
-    journal = tmp_path / "emb.npy.journal"
-    assert journal.stat().st_size < (tmp_path / "emb.npy").stat().st_size / 10
-    write_audio(tmp_path / "clips" / "c9.wav", 1.5, seed=9)  # one new file: the rest come from the matrix
+    assert not list(tmp_path.glob("emb.npy.*"))  # no journal, no lock, no temporary
+    write_audio(tmp_path / "clips" / "c9.wav", 1.5, seed=9)  # one new file: the rest come from the library
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     assert _counts(tmp_path) == {"computed": 1, "reused": 3, "failed": 0}
     second = np.load(tmp_path / "emb.npy")
@@ -48,16 +48,16 @@ def test_finished_output_keeps_a_compact_journal_and_resumes_from_the_matrix(tmp
     assert second.shape[0] == 4
 
 
-def test_a_replaced_matrix_is_never_read_as_the_journal_rows(tmp_path, tiny, no_library):
+def test_a_replaced_matrix_is_never_read_as_embeddings(tmp_path, tiny):
     _clips(tmp_path)
     args = ["embed", "clips", "--out", "emb.npy", "--model", str(tiny), "-q"]
     assert run_matpac(args, cwd=tmp_path).returncode == 0
     good = np.load(tmp_path / "emb.npy")
-    # someone swaps another matrix of the same shape in: its rows must not be taken as ours
+    # someone swaps another matrix of the same shape in: the output is rebuilt from the library
     np.save(tmp_path / "other.npy", np.zeros_like(good))
     shutil.move(tmp_path / "other.npy", tmp_path / "emb.npy")
     assert run_matpac(args, cwd=tmp_path).returncode == 0
-    assert _counts(tmp_path) == {"computed": 3, "reused": 0, "failed": 0}
+    assert _counts(tmp_path) == {"computed": 0, "reused": 3, "failed": 0}
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), good, atol=1e-6)
 
 

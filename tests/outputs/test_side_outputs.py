@@ -42,7 +42,7 @@ def _one_error(proc, code: int = 2) -> str:
 # ------------------------------------------------------------- planted symlinks, end to end
 
 
-@pytest.mark.parametrize("planted", [".e.npy.lock", ".e.csv.lock", "e.npy.journal"])
+@pytest.mark.parametrize("planted", [".e.npy.lock", ".e.csv.lock"])
 def test_a_symlink_planted_beside_the_output_is_refused_and_its_target_kept(tmp_path, tiny, victim, planted):
     _clips(tmp_path / "clips")
     (tmp_path / planted).symlink_to(victim)
@@ -110,15 +110,6 @@ def test_the_failures_temporary_planted_as_a_symlink_is_refused(tmp_path, victim
 
     _planted(tmp_path / f".f.csv.tmp{os.getpid()}", victim)
     _refused(lambda: writers.FailureLog(tmp_path / "f.csv"), victim)
-
-
-def test_the_journal_and_its_temporary_planted_as_symlinks_are_refused(tmp_path, victim):
-    from matpac_cli.outputs import journal as jr
-
-    _planted(tmp_path / f".j.tmp{os.getpid()}", victim)
-    _refused(lambda: jr.Journal(tmp_path / "j", {"job": "t"}), victim)
-    _planted(tmp_path / "k", victim)
-    _refused(lambda: jr.Journal(tmp_path / "k", {"job": "t"}), victim)
 
 
 def test_a_stale_temporary_with_this_pid_is_replaced_not_written_through(tmp_path):
@@ -301,7 +292,7 @@ def test_two_real_runs_sharing_a_failures_file_the_second_is_refused(tmp_path, t
 # ------------------------------------------------------------- a run that wrote nothing
 
 
-def test_a_run_that_wrote_nothing_leaves_no_journal_or_lock(tmp_path, tiny):
+def test_a_run_that_wrote_nothing_leaves_nothing_beside_it(tmp_path, tiny):
     (tmp_path / "junk.wav").write_bytes(b"junk")
     proc = run_matpac(["embed", "junk.wav", "--out", "e.npy", "--model", str(tiny)], cwd=tmp_path)
     assert proc.returncode == 1 and b"wrote nothing" in proc.stderr, proc.stderr

@@ -8,7 +8,7 @@ The pipeline has the shape of Ray's own batch-inference examples:
   batches of chunks from any files (one GPU per actor where the cluster has GPUs);
 - the driver streams the per-chunk results back, sums each file's chunks with the local
   engine's `pipeline.Slot`, and hands every finished file to the job's writer and events, so the job code
-  (journal, resume, writers, `--failures`, the summary) is the local one.
+  (library, resume, writers, `--failures`, the summary) is the local one.
 
 A file that fails never fails the job: decoding and encoding catch each file's error and send it
 on as that file's row (one exception in a Ray Data batch fails the whole job, and

@@ -30,14 +30,18 @@ The public names:
   Inputs      discover (folders and paths -> Items), Item
   Embed       embed, EmbedConfig, Summary (what a run did)
   Tag         tag, TagConfig, Group (one encoder and its heads), build_heads
-  Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs)
+  Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs),
+              duplicate_groups (the pairs joined into groups, each in keep order: lossless first)
   Train       train, TrainConfig, read_labels (a labels folder or CSV), from_index (features
               from an embed output), embed_labelled (features by embedding the files)
   Library     library_info (what a library folder holds), prune_library (drop entries whose
               paths are gone, or of a model; a dry run unless yes=True), export_library (an embed
               output from the library, no encoding), library_embeddings (a library read as an
               embed output: what search, train and report take as their index)
-  Outputs     read_embeddings (an embed output: matrix, paths, manifest), read_tags, build_report
+  Playlists   playlist (a song radio around seeds, or a path from one track to another, from a
+              library), PlaylistConfig, write_playlist (its tracks as M3U8, written atomically)
+  Outputs     read_embeddings (an embed output: matrix, paths, manifest), read_tags, read_wide
+              (a `tag --wide` output: one row per file), build_report
   Errors      MatpacError (base; one line for a person), UsageError, InputError (one file;
               the run goes on), ModelError, WeightsError, ChecksumError, OutputError
   __version__
@@ -70,6 +74,7 @@ _HOMES = {
     "build_heads": "matpac_cli.jobs.tag",
     "nearest": "matpac_cli.jobs.similarity",
     "duplicates": "matpac_cli.jobs.similarity",
+    "duplicate_groups": "matpac_cli.jobs.dup_groups",
     "train": "matpac_cli.jobs.train",
     "TrainConfig": "matpac_cli.jobs.probe",
     "read_labels": "matpac_cli.jobs.train_data",
@@ -79,8 +84,12 @@ _HOMES = {
     "prune_library": "matpac_cli.jobs.library",
     "export_library": "matpac_cli.jobs.library",
     "library_embeddings": "matpac_cli.jobs.library",
+    "playlist": "matpac_cli.jobs.playlist",
+    "PlaylistConfig": "matpac_cli.jobs.playlist",
+    "write_playlist": "matpac_cli.jobs.playlist",
     "read_embeddings": "matpac_cli.outputs.readers",
     "read_tags": "matpac_cli.outputs.tag_readers",
+    "read_wide": "matpac_cli.outputs.tag_readers",
     "build_report": "matpac_cli.jobs.report",
     "MatpacError": "matpac_cli.errors",
     "UsageError": "matpac_cli.errors",

@@ -1,6 +1,6 @@
 """The `matpac` command: options -> config -> library call -> messages and exit codes.
 
-One module per command group (`embed`, `tag`, `train`, `search`, `report`, `models`, `library`); shared option aliases in
+One module per command group (`embed`, `tag`, `train`, `search`, `report`, `playlist`, `models`, `library`); shared option aliases in
 `_options`, the checks before a run in `_preflight`, stderr rendering in `_reporter`, stdout in `_stdout`, start-up
 tuning in `_startup`; the one map from errors to messages and exit codes is `main` here.
 Only this package imports typer and rich; torch loads inside the commands, so `matpac --help`
@@ -13,6 +13,7 @@ Examples:
   matpac train ./labelled --out mine.safetensors   # then: matpac tag ./new --head ./mine.safetensors
   matpac search song.flac --index emb.npy --top-k 5   # or --duplicates --threshold 0.98
   matpac report tags.csv --embeddings emb.npy --out report.html   # one offline HTML page
+  matpac playlist song.flac --n 30 --out mix.m3u8   # a song radio from the library
   find . -name '*.flac' -print0 | matpac tag - --null --out - | grep -i jazz
 """
 
@@ -32,6 +33,7 @@ from matpac_cli.cli import _reporter, _stdout
 from matpac_cli.cli import embed as _embed
 from matpac_cli.cli import library as _library
 from matpac_cli.cli import models as _models
+from matpac_cli.cli import playlist as _playlist
 from matpac_cli.cli import report as _report
 from matpac_cli.cli import search as _search
 from matpac_cli.cli import tag as _tag
@@ -77,6 +79,7 @@ app.command("tag", cls=Command)(_tag.tag)
 app.command("search", cls=Command)(_search.search)
 app.command("train", cls=Command)(_train.train)
 app.command("report", cls=Command)(_report.report)
+app.command("playlist", cls=Command)(_playlist.playlist)
 app.add_typer(_models.app, name="models")
 app.add_typer(_library.app, name="library")
 

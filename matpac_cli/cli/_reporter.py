@@ -210,6 +210,7 @@ def finish(summary, reporter: Reporter, verb: str, predictors: Sequence = ()) ->
     failures = [] if reporter.failure_log is None else [reporter.failure_log.path]  # in place by now
     written = ", ".join(
         (["rows to stdout"] if getattr(summary, "streamed", False) else [])
+        + ([f"tags into {summary.tagged} file(s)"] if getattr(summary, "tagged", 0) else [])  # tag --write
         + [str(p) for p in [*summary.outputs, *failures] if Path(p).exists()]
     )
     left = ", ".join(str(p) for p in getattr(summary, "left", []))

@@ -61,6 +61,17 @@ DuplicatesOpt = Annotated[
         "--duplicates", help="List pairs of near-identical files in the index (path_a,path_b,score), each pair once."
     ),
 ]
+GroupsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--groups",
+        help=(
+            "With --duplicates: join the pairs into groups, one row per member (group,keep,path,match,score and "
+            "the facts of the keep hint: lossless first, then higher sample rate, longer, larger bit depth; "
+            "keep 1 is the copy to keep). Nothing is deleted."
+        ),
+    ),
+]
 SelfOpt = Annotated[
     bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")
 ]
@@ -97,6 +108,7 @@ def search(
     top_k: TopKOpt = 10,
     threshold: ThresholdOpt = None,
     duplicates: DuplicatesOpt = False,
+    groups: GroupsOpt = False,
     include_self: SelfOpt = False,
     out: RowsOutOpt = None,
     fmt: FormatOpt = None,
@@ -121,11 +133,14 @@ def search(
 
     Examples: matpac search song.flac --index emb.npy --top-k 5
               matpac search --index emb.npy --duplicates --threshold 0.98 --out dups.csv
+              matpac search --index emb.npy --duplicates --groups --out groups.csv
     """
     from matpac_cli.jobs import search as S
     from matpac_cli.outputs.writers import locked, output_format
 
     started = time.monotonic()
+    if groups and not duplicates:
+        raise UsageError("--groups joins the pairs of --duplicates into groups: give --duplicates with it")
     options = _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
@@ -138,6 +153,8 @@ def search(
         for note in getattr(emb.library, "notes", ()):  # a library's files not in the index, said
             reporter.warning(with_flags(note, ("layer",)))
         try:
+            if duplicates and groups:
+                _groups(emb, matrix, threshold, fmt, target, reporter, started)
             if duplicates:
                 _duplicates(S, emb, matrix, threshold, fmt, target, reporter, started)
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
@@ -172,6 +189,21 @@ def _duplicates(
     reporter.info(
         f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
         f"in {time.monotonic() - started:.1f} s{_wrote(target)}"
+    )
+    raise typer.Exit(0)
+
+
+def _groups(emb, matrix, threshold: float | None, fmt: str, target: Path | None, reporter: Reporter, started: float):
+    """`--duplicates --groups`: the pairs joined into groups, each member's row in keep order."""
+    from matpac_cli.jobs.dup_groups import GROUP_COLUMNS, duplicate_groups, group_rows
+
+    cut = 0.98 if threshold is None else threshold
+    cwd = (emb.manifest or {}).get("cwd") if emb.library is None else None
+    found = duplicate_groups(emb.paths, matrix, cut, emb.index, cwd if isinstance(cwd, str) else None)
+    _write(group_rows(emb.paths, found), GROUP_COLUMNS, fmt, target)
+    reporter.info(
+        f"matpac: {len(found.members)} group(s) of {found.files} files ({found.pairs} pair(s) scoring >= {cut:g}) "
+        f"among {len(emb.paths)} files in {time.monotonic() - started:.1f} s; nothing deleted{_wrote(target)}"
     )
     raise typer.Exit(0)
 

@@ -6,7 +6,6 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -36,78 +35,20 @@ from matpac_cli.cli._reporter import Reporter, finish
 from matpac_cli.cli._startup import argv
 from matpac_cli.cli._stdout import SafeStdout
 from matpac_cli.cli._tag_models import check_device, check_models, load_groups
-
-ModelTagOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help=(
-            "Registry name, checkpoint file, or hf:OWNER/REPO\\[@REV]; every head then uses it. Default: each "
-            "head's own encoder: matpac-plus for sounds (fsd50k), esc50, us8k; matpac-plus-audioset for events; "
-            "matpac-plus-music for the others."
-        ),
-    ),
-]
-HeadOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--head",
-        "-H",
-        help="Head name or alias (genre, mood, instrument, instruments, tags, events, sounds, esc50 ...), MODEL:HEAD, or a probe file. Repeatable. The head column gives the head's own name (genre: mtg_genre, events: audioset).",
-    ),
-]
-TopKOpt = Annotated[
-    int | None,
-    typer.Option("--top-k", "-k", help="Labels kept per head (0: all). Default 5, or all above --threshold."),
-]
-ThresholdOpt = Annotated[
-    float | None,
-    typer.Option(
-        help=(
-            "Keep labels scoring at least this, 0 to 1, on every head: a multi-label (sigmoid) head's "
-            "independent probabilities, a single-label (softmax) head's class probabilities."
-        )
-    ),
-]
-FormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="csv, jsonl or parquet (a file only, typed columns; default: from the --out extension, else csv).",
-    ),
-]
-ManifestOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest",
-        help=(
-            "Write the provenance manifest here. Default: beside --out (tags.csv.manifest.json); "
-            "with --out - (stdout) none unless this is given."
-        ),
-    ),
-]
-SegmentsOpt = Annotated[bool, typer.Option(help="Add one row set per encoder chunk (start_s, end_s).")]
-MinSegmentOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-segment",
-        metavar="SECONDS",
-        help=(
-            "With --segments: a last segment shorter than this joins the one before it, scored as one window "
-            "(0 keeps every segment). Default 1."
-        ),
-    ),
-]
-LabelsOpt = Annotated[Path | None, typer.Option(help="Label file (one per line) for a probe file of an unknown head.")]
-ReportOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--report",
-        help="Also write an offline HTML page of the run's tags (as `matpac report` does); needs a file --out.",
-    ),
-]
+from matpac_cli.cli._tag_options import (
+    FormatOpt,
+    HeadOpt,
+    LabelsOpt,
+    ManifestOpt,
+    MinSegmentOpt,
+    ModelTagOpt,
+    ReportOpt,
+    SegmentsOpt,
+    ThresholdOpt,
+    TopKOpt,
+    WideOpt,
+)
+from matpac_cli.cli._tag_write import DryRunOpt, GenreOpt, SeparatorOpt, TouchOpt, UndoOpt, WriteOpt, write_spec
 
 
 def tag(
@@ -119,6 +60,7 @@ def tag(
     out: RowsOutOpt = None,
     fmt: FormatOpt = None,
     manifest: ManifestOpt = None,
+    wide: WideOpt = False,
     segments: SegmentsOpt = False,
     min_segment: MinSegmentOpt = None,
     labels: LabelsOpt = None,
@@ -139,14 +81,35 @@ def tag(
     ray_address: RayAddressOpt = None,
     library: LibraryOpt = None,
     no_library: NoLibraryOpt = False,
+    write: WriteOpt = False,
+    dry_run: DryRunOpt = False,
+    undo: UndoOpt = False,
+    genre: GenreOpt = None,
+    separator: SeparatorOpt = "; ",
+    touch: TouchOpt = False,
 ) -> None:
     """Label audio with the released heads: genre, mood, instrument by default (music encoder).
 
     Rows: path,head,label,score,rank,tag_id,truncated (label: the plain name, trance; tag_id: the dataset's tag, genre---trance; truncated: 1 when the file ended before its header said).
 
-    Example: matpac tag ./music --top-k 3 --out tags.csv
+    Examples: matpac tag ./music --top-k 3 --out tags.csv
+              matpac tag ./music --wide --out tags.csv   (one row per file, each head's top label)
+              matpac tag ./music --write   (the labels into the files' own tags)
     """
     started = time.monotonic()
+    if undo:  # no model: the values the library recorded go back
+        from matpac_cli.cli._tag_write import run_undo
+
+        raise typer.Exit(run_undo(items_for(inputs, ext, null), library_of(library, no_library), dry_run, quiet))
+    refused = {
+        "out": out is not None,
+        "segments": segments,
+        "report": report,
+        "update": update,
+        "prune": prune,
+        "wide": wide,
+    }
+    spec = write_spec(write, dry_run, genre, separator, touch, refused, library_of(library, no_library))
     # the arguments alone, then the inputs, then every output and its lock; only then anything
     # that reads a model file (a local --model is hashed, the probe zip looked for) or loads one
     options = run_options(device, precision, threads, batch_size, workers, engine, ray_address)  # before torch
@@ -161,11 +124,13 @@ def tag(
         manifest=manifest,
         segments=segments,
         min_segment=min_segment,
+        wide=wide,
         failures=failures,
         report=report,
         force=force,
         library=library_of(library, no_library),
         keep=(update, prune),
+        write=spec,
     )
     items = items_for(inputs, ext, null)
     written = _check_outputs(
@@ -200,32 +165,35 @@ def _check_arguments(
     manifest,
     segments,
     min_segment,
+    wide,
     failures,
     report,
     force,
     library,
     keep,
+    write=None,
 ):
     """Everything the arguments alone decide (no torch, no model file read), given the run
     `options` already checked: the tag settings, the --out file (None: stdout) and which encoder
     each head runs on (`keep`: --update and --prune). Keyword-only, so no caller depends on the
-    order of fourteen settings."""
+    order of fifteen settings."""
     from matpac_cli.checkpoints.resolve import parse_hf
     from matpac_cli.engines import check as check_engine
     from matpac_cli.jobs.tag import TagConfig
     from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, check_output, plan_groups
-    from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection
+    from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_min_segment, check_selection, check_wide
     from matpac_cli.outputs.earlier import check_settings
     from matpac_cli.outputs.writers import output_format
 
     check_settings(*keep, force)
     check_selection(top_k, threshold)
+    check_wide(wide, segments, top_k)
     min_segment = MIN_SEGMENT_S if min_segment is None else min_segment
     check_min_segment(min_segment)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
     _check_paths(target, manifest, failures, force, check_output)
-    _check_report(report, target, force)
+    _check_report(report, target, force, wide)
     plan = plan_groups(head or DEFAULT_HEADS, model, check=False)
     for name, _ in plan:
         if name.startswith("hf:"):
@@ -239,6 +207,7 @@ def _check_arguments(
         threshold=threshold,
         segments=segments,
         min_segment=min_segment,
+        wide=wide,
         fmt=fmt,
         force=force,
         update=keep[0],
@@ -246,6 +215,7 @@ def _check_arguments(
         manifest=manifest,
         options=options,
         library=library,
+        write=write,
     )
     return config, target, plan
 
@@ -297,13 +267,15 @@ def _check_outputs(
     return check_outputs(outputs, items, force, failures, ours={option: is_manifest})
 
 
-def _check_report(report: Path | None, target: Path | None, force: bool) -> None:
-    """`--report` is refused before any model loads: it is built from the --out file."""
+def _check_report(report: Path | None, target: Path | None, force: bool, wide: bool = False) -> None:
+    """`--report` is refused before any model loads: it is built from the --out file's long rows."""
     if report is None:
         return
-    if target is None:
-        from matpac_cli.errors import UsageError
+    from matpac_cli.errors import UsageError
 
+    if wide:
+        raise UsageError(f"--report {report} is drawn from the long rows (a row per label); give it without --wide")
+    if target is None:
         raise UsageError(f"--report {report} is built from the tags file: give --out tags.csv (not stdout)")
     from matpac_cli.jobs.report import check_out
 

@@ -20,11 +20,12 @@ from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
-from matpac_cli.jobs.embed_output import described, write_matrix
+from matpac_cli.jobs.embed_output import described, record_frames, recorded_frames, write_matrix
 from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
+from matpac_cli.sidefiles import refuse_symlink
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def check_config(config: EmbedConfig) -> None:
     stored.open_library(config.library)  # a library that cannot be made: one line, before the model
     if config.frames_dir is not None:
         writers.ensure_writable(config.frames_dir / "probe.npy")
+        refuse_symlink(naming.frames_record(config.frames_dir))
     if not config.force and earlier.vouched(paths["matrix"], paths["manifest"]) is None:
         for key, path in paths.items():
             if path.exists():
@@ -163,7 +165,8 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     }
     _refuse_overwrite(paths, settings, config.force)
     before = check_inputs(config, items)
-    _refuse_foreign_frames(items, before, config)
+    ours = _frames_ours(before, earlier.vouched(paths["matrix"], paths["manifest"]), config)
+    _refuse_foreign_frames(items, ours, config)
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
@@ -171,11 +174,11 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     on_result = _recorder(config, len(layers), results, summary, events)
     try:
         heard = KeepFailures(events, summary.failures)
-        kept_frames = _frames_kept(before, config)
+        kept_frames = _frames_kept(ours, config)
         ran = stored.run(library, config.options, items, [plan], heard, on_result, summary.found, kept_frames)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
-        stored.close(library, summary)
+        stored.close(library, summary, events)
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
     done = [(name, facts, row) for name, (facts, row) in kept.rows]
@@ -226,40 +229,55 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
         if config.frames_dir is not None and out.frames is not None:  # None: taken from the library
             frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
             writers.write_array(naming.frames_file(config.frames_dir, res.item.name), frames)
+            record_frames(config.frames_dir, config.out, naming.frames_name(res.item.name))
         emb = out.embedding[0] if n_layers == 1 else out.embedding
         meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
         if res.truncated:
             meta["truncated"] = list(res.truncated)
             summary.truncated.append(res.item.name)
-            events.warning(
-                f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
-                f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
-            )
+            if res.found is None:  # said when it is read; a file from the library was said then
+                events.warning(
+                    f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+                    f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
+                )
         results[res.item] = (meta, emb)
         summary.count(res)
 
     return on_result
 
 
-def _frames_kept(before: list[earlier.Row], config: EmbedConfig):
-    """Which inputs' frames files an earlier run of this output wrote and left in place: those
-    files are taken from the library (their frames are the same), the others encoded again."""
+def _frames_ours(before: list[earlier.Row], man: dict | None, config: EmbedConfig):
+    """Whether an input's frames file in the frames folder was written for this output: recorded
+    there as a run wrote it (`embed_output.recorded_frames`, an interrupted run's too), or named
+    by this output where its manifest's frames folder is this one (made before the record)."""
     if config.frames_dir is None:
         return None
-    named = {row.real for row in before}
-    return lambda item: earlier.real_path(item) in named and naming.frames_file(config.frames_dir, item.name).is_file()
+    recorded = recorded_frames(config.frames_dir, config.out)
+    described = ((man or {}).get("output") or {}).get("frames")
+    folder = described.get("folder") if isinstance(described, dict) else None
+    here = os.path.realpath(config.frames_dir)
+    same = isinstance(folder, str) and earlier.resolved(folder, earlier.cwd_of(man)) == here
+    named = {row.real for row in before} if same else set()
+    return lambda item: naming.frames_name(item.name) in recorded or earlier.real_path(item) in named
 
 
-def _refuse_foreign_frames(items: list[Item], before: list[earlier.Row], config: EmbedConfig) -> None:
-    """A frames file already there is replaced, without `force`, only where this output names it
-    (an earlier run of this `out` wrote it): a file of someone else's in the frames folder is
-    never overwritten. Said before any file is computed."""
-    if config.frames_dir is None or config.force:
+def _frames_kept(ours, config: EmbedConfig):
+    """Which inputs' frames files an earlier run wrote and left in place: those files are taken
+    from the library (their frames are the same audio's), the others encoded again."""
+    if ours is None:
+        return None
+    return lambda item: ours(item) and naming.frames_file(config.frames_dir, item.name).is_file()
+
+
+def _refuse_foreign_frames(items: list[Item], ours, config: EmbedConfig) -> None:
+    """A frames file already there is replaced, without `force`, only where an earlier run wrote
+    it (`_frames_ours`): a file of someone else's in the frames folder is never overwritten. Said
+    before any file is computed."""
+    if ours is None or config.force:
         return
-    ours = {row.real for row in before}
     for item in items:
         path = naming.frames_file(config.frames_dir, item.name)
-        if os.path.lexists(path) and earlier.real_path(item) not in ours:
+        if os.path.lexists(path) and not ours(item):
             raise OutputError(
                 f"`frames_dir`: {path} exists and is not a frames file of {config.out}; "
                 "use `force` to replace it, or choose another `frames_dir` folder",

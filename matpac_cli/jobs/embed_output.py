@@ -8,13 +8,16 @@ The `embed` job (`jobs.embed`) decides what to compute; this module holds what i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from matpac_cli.config import FRONT_END, PATCH
+from matpac_cli.errors import OutputError
 from matpac_cli.outputs import naming, writers
 from matpac_cli.outputs.naming import FRAMES_COLUMNS, INDEX_COLUMNS
+from matpac_cli.sidefiles import create, open_existing
 
 
 def write_matrix(
@@ -35,6 +38,30 @@ def write_matrix(
             shape,
             frames=[naming.frames_name(name) for name, _, _ in done] if frames else None,
         )
+
+
+def record_frames(frames_dir: Path, out: Path, name: str) -> None:
+    """`name` (a frames file, relative to `frames_dir`) written for the output `out`: appended to
+    the folder's record (`naming.frames_record`) as it is written, so that a re-run of an
+    interrupted `embed --frames` knows it for its own (it is never someone else's file)."""
+    record = naming.frames_record(frames_dir)
+    try:
+        fd = open_existing(record, os.O_WRONLY | os.O_APPEND)
+        with create(record, "ab") if fd is None else os.fdopen(fd, "ab") as fh:
+            fh.write(os.fsencode(os.path.realpath(out)) + b"\0" + os.fsencode(name) + b"\0")
+    except OSError as exc:
+        raise OutputError(f"cannot write {record}: {exc.strerror or exc}") from None
+
+
+def recorded_frames(frames_dir: Path, out: Path) -> set[str]:
+    """The frames files the folder's record says were written for the output `out`."""
+    fd = open_existing(naming.frames_record(frames_dir))
+    if fd is None:
+        return set()
+    with os.fdopen(fd, "rb") as fh:
+        parts = fh.read().split(b"\0")
+    mine = os.fsencode(os.path.realpath(out))
+    return {os.fsdecode(name) for owner, name in zip(parts[::2], parts[1::2]) if owner == mine}
 
 
 FRAME_S = FRONT_END.hop_length * PATCH / FRONT_END.sample_rate  # 0.16 s: one frames row per 16 spectrogram frames

@@ -5,7 +5,7 @@ settings is handed on without encoding, the rest runs on the engine and is store
 plan reaches `on_result` at once, marked `found` (how it was known), and is reported to the
 events as reused; the others are encoded, each stored when it finishes (committed every few
 files, so an interrupted run loses only the files in flight). Plans that keep frames (`--frames`,
-not stored) encode every file, and store what they computed.
+not stored) take a file from the library only where its frames file is there already.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def run(
     file from an earlier run is there (its result then has no frames)."""
     if library is None:
         return engines.run(options, items, plans, events, on_result)
-    from matpac_cli.library.store import Setting, stored_result
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.store import stored_result
     from matpac_cli.library.tables import guarded
 
     found = found if found is not None else Counter()
@@ -111,12 +112,13 @@ def run(
             with guarded(library.root):
                 for plan, setting, out in zip(plans, settings, res.outputs):
                     library.add(key, setting, plan, res, out)
+            _say_unwritable(library, events)
         on_result(res)
 
     return engines.run(options, todo, plans, events, storing)
 
 
-def close(library, summary) -> None:
+def close(library, summary, events: RunEvents | None = None) -> None:
     """The library's last commit and tidy; `summary.library` says which library, at which version."""
     if library is None:
         return
@@ -125,3 +127,15 @@ def close(library, summary) -> None:
     with guarded(library.root):
         library.close()
         summary.library = {"path": str(library.root), "version": library.version()}
+    if events is not None:
+        _say_unwritable(library, events)
+
+
+def _say_unwritable(library, events: RunEvents) -> None:
+    """A library that could not be written (a full disk) is said once; the run goes on."""
+    if library.unwritable is not None and not library.told:
+        library.told = True
+        events.warning(
+            f"{library.unwritable}; the run goes on without it: its output is whole, but the files "
+            "it encodes from now on are not kept (free some space, or give another library folder)"
+        )

@@ -28,7 +28,8 @@ from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
-from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, columns, effective_top_k, rows_for, score
+from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_wide, effective_top_k, file_rows, score
+from matpac_cli.jobs.tag_rows import layout_columns as _columns
 from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
@@ -50,6 +51,8 @@ class TagConfig:
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
     library: Path | bool | None = None  # the library folder; None: the default one; False: none
+    wide: bool = False  # one row per file, each head's top label and score (`tag_rows.wide_row`)
+    write: object | None = None  # outputs.filetags.WriteSpec: the labels into the files (`tag_write`)
 
 
 @dataclass
@@ -100,6 +103,11 @@ def tag(
     `events` (default: none) hears of each file done, failed or found in the library, of the
     audio encoded, and of files cut short."""
     earlier.check_settings(config.update, config.prune, config.force)
+    check_wide(config.wide, config.segments, config.top_k)
+    if config.write is not None:  # into the files' own tags, not rows
+        from matpac_cli.jobs.tag_write import write_tags
+
+        return write_tags(items, groups, config, stdout, events)
     heads = [h for g in groups for h in g.heads]
     names = [h.name for h in heads]
     if len(set(names)) != len(names):
@@ -112,6 +120,8 @@ def tag(
     }
     if config.segments:
         settings["min_segment"] = config.min_segment
+    if config.wide:  # only where given: a long output's settings stay as they were
+        settings["wide"] = True
     summary = Summary()
     events = KeepFailures(events if events is not None else NoEvents(), summary.failures)
     man_path = config.manifest or (None if out is None else naming.tags_manifest(out))
@@ -142,6 +152,8 @@ def _truncated(res: FileResult, summary: Summary, events: RunEvents) -> bool:
     if not res.truncated:
         return False
     summary.truncated.append(res.item.name)
+    if res.found is not None:  # said when it was read; a file from the library was said then
+        return True
     events.warning(
         f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
         f"{res.truncated[1]} could be read (file cut short?); tagged what was read"
@@ -160,14 +172,12 @@ def _stream(
 ) -> None:
     heads = [h for g in groups for h in g.heads]
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
-    writer = writers.RowWriter(stdout, config.fmt, columns(config.segments))
+    writer = writers.RowWriter(stdout, config.fmt, _columns(config, heads))
 
     def on_result(res: FileResult) -> None:
         cut = _truncated(res, summary, events)
         scores = score(res, groups, config.segments, config.min_segment)
-        for row in rows_for(
-            res.item.name, heads, scores, config.top_k, config.threshold, config.segments, res.duration_s, cut
-        ):
+        for row in file_rows(res.item.name, heads, scores, config, res.duration_s, cut):
             writer.write(row)
         writer.flush()
         summary.count(res)
@@ -176,7 +186,7 @@ def _stream(
         ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
-        stored.close(library, summary)
+        stored.close(library, summary, events)
 
 
 def _to_file(
@@ -209,7 +219,7 @@ def _to_file(
         ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
-        stored.close(library, summary)
+        stored.close(library, summary, events)
     heads = [h for g in groups for h in g.heads]
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
@@ -253,9 +263,23 @@ def check_inputs(
             "use `force` to replace it or choose another `out`",
             settings=("model", "heads", "segments", "min_segment", "force", "out"),
         )
+    earlier.check_layout(out, man, config.wide)
     rows = earlier.tag_rows(out, man)
     earlier.refuse_dropping(out, rows, items, config.update, config.force)
+    _same_cut(out, man, config)
     return rows
+
+
+def _same_cut(out: Path, man: dict, config: TagConfig) -> None:
+    """`update` keeps an output's rows as they were cut: the new ones must be cut the same way."""
+    was = man.get("output") or {}
+    now = {"top_k": effective_top_k(config.top_k, config.threshold), "threshold": config.threshold}
+    if config.update and any(k in was and was[k] != v for k, v in now.items()):
+        raise OutputError(
+            f"{out} was cut with top_k={was.get('top_k')} and threshold={was.get('threshold')}, and "
+            "`update` keeps its rows as they are: give the same `top_k` and `threshold`, or `force` to replace it",
+            settings=("top_k", "threshold", "update", "force"),
+        )
 
 
 def _write(
@@ -270,21 +294,12 @@ def _write(
     (as they were written), then every finished file's, cut from its scores."""
     kept, finished = rows
     with writers.Unit() as unit:
-        with writers.row_file(unit, out, config.fmt, columns(config.segments)) as writer:
+        with writers.row_file(unit, out, config.fmt, _columns(config, heads)) as writer:
             for _, old in kept:
                 for row in old:
                     writer.write(row)
             for name, meta, scores in finished:
-                for row in rows_for(
-                    name,
-                    heads,
-                    scores,
-                    config.top_k,
-                    config.threshold,
-                    config.segments,
-                    meta["duration_s"],
-                    bool(meta.get("truncated")),
-                ):
+                for row in file_rows(name, heads, scores, config, meta["duration_s"], bool(meta.get("truncated"))):
                     writer.write(row)
         unit.json(man_path, make_manifest())
 
@@ -322,7 +337,7 @@ def tag_manifest(
     man["output"] = {
         "path": str(out) if out is not None else "-",
         "format": config.fmt,
-        "columns": columns(config.segments),
+        "columns": _columns(config, [h for g in groups for h in g.heads]),
         "top_k": effective_top_k(config.top_k, config.threshold),
         "threshold": config.threshold,
     }

@@ -7,6 +7,10 @@ its header said (tagged as read, as `embed` marks it; CSV spells it 1/0, `writer
 embedding, which the library keeps, so rows can be cut again with another --top-k or --threshold
 without running the encoder.
 
+With `wide`, a file is one row (`wide_row`): path, duration_s, truncated, then each head's top
+label and score as `<head>_label,<head>_score`; the manifest's `output.columns` says which layout
+an output holds.
+
 A file whose clip scores keep no label of a head (all below --threshold) still gets one row for
 that head, with rank 0 and no label, score or tag_id (empty in CSV, null in JSON Lines and
 Parquet): "tagged, nothing above the threshold" stays apart from "never tagged".
@@ -20,6 +24,7 @@ import numpy as np
 
 from matpac_cli.errors import UsageError
 from matpac_cli.inference.heads import Head
+from matpac_cli.outputs.tag_readers import WIDE_COLUMNS
 from matpac_cli.pipeline.assemble import FileResult, merge_short_tail
 
 DEFAULT_TOP_K = 5
@@ -66,6 +71,59 @@ def select(scores: np.ndarray, top_k: int | None, threshold: float | None) -> li
 def columns(segments: bool) -> list[str]:
     base = ["path", "head", "label", "score", "rank", "tag_id", "duration_s", "truncated"]
     return base + (["start_s", "end_s"] if segments else [])
+
+
+def check_wide(wide: bool, segments: bool, top_k: int | None) -> None:
+    """`wide` is one row per file with each head's top label: rows per segment, or more labels
+    per head, are the long format's."""
+    if wide and segments:
+        raise UsageError(
+            "`wide` writes one row per file and `segments` rows per chunk: give one of them",
+            settings=("wide", "segments"),
+        )
+    if wide and top_k not in (None, 1):
+        raise UsageError(
+            f"top_k={top_k}: `wide` keeps each head's top label; the long format (without `wide`) keeps more",
+            settings=("top_k", "wide"),
+        )
+
+
+def wide_columns(heads: list[str]) -> list[str]:
+    """`path,duration_s,truncated` then `<head>_label,<head>_score` for each head, in order."""
+    return WIDE_COLUMNS + [f"{h}_{part}" for h in heads for part in ("label", "score")]
+
+
+def wide_row(
+    name: str,
+    heads: list[Head],
+    rec_arrays: dict,
+    threshold: float | None,
+    duration_s: float | None = None,
+    truncated: bool = False,
+) -> dict:
+    """One file's wide row: each head's top label and score (None where it scores below
+    `threshold`, as the long format's rank-0 row)."""
+    row = {"path": name, "duration_s": None if duration_s is None else round(float(duration_s), 3)}
+    row["truncated"] = truncated
+    for head in heads:
+        scores = rec_arrays[f"clip:{head.name}"]
+        kept = select(scores, 1, threshold)
+        i = kept[0][1] if kept else None
+        row[f"{head.name}_label"] = None if i is None else head.labels[i]
+        row[f"{head.name}_score"] = None if i is None else float(scores[i])
+    return row
+
+
+def layout_columns(config, heads: list[Head]) -> list[str]:
+    """The columns of a `TagConfig`'s output: wide (`config.wide`) or long."""
+    return wide_columns([h.name for h in heads]) if config.wide else columns(config.segments)
+
+
+def file_rows(name: str, heads: list[Head], scores: dict, config, duration_s, truncated: bool) -> Iterable[dict]:
+    """One file's rows in a `TagConfig`'s layout: long (a row per kept label) or wide (one row)."""
+    if config.wide:
+        return [wide_row(name, heads, scores, config.threshold, duration_s, truncated)]
+    return rows_for(name, heads, scores, config.top_k, config.threshold, config.segments, duration_s, truncated)
 
 
 def _row(name: str, head: Head, scores: np.ndarray, rank: int, i: int, truncated: bool) -> dict:

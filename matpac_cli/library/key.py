@@ -6,10 +6,17 @@ path is the fast path, as git's index does it: an unchanged stat skips the hash.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matpac_cli.config import precision_name
+
+if TYPE_CHECKING:
+    from matpac_cli.pipeline.assemble import Plan
 
 CHUNK = 1 << 20  # bytes read at a time where a file cannot be demuxed
 RACY_S = 2.0  # a file modified this close before it was keyed is hashed again, whatever its stat
@@ -80,3 +87,26 @@ def _bytes_key(path: Path | str) -> str:
         while block := fh.read(CHUNK):
             digest.update(block)
     return "f:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What an embedding was computed with: the model's sha256 and the front-end settings (audio
+    front end, chunk length, precision). The CPU's linear path is not in it: it changes the
+    numbers by about 1e-6, as any two runs may differ."""
+
+    model: str
+    frontend: str
+
+    @classmethod
+    def of(cls, plan: Plan) -> Setting:
+        """The setting of a loaded plan (what `embed` and `tag` store under)."""
+        p = plan.predictor
+        return cls.of_parts(p.resolved.sha256, p.fe, p.dims.n_t, precision_name(p.dtype) or str(p.dtype))
+
+    @classmethod
+    def of_parts(cls, sha256: str, fe, n_t: int, precision: str) -> Setting:
+        """The same rule from a checkpoint's sha256 and settings alone (no weights loaded): the
+        front end (a `config.FrontEnd`), the chunk length in frames and the precision's name."""
+        text = json.dumps({"fe": asdict(fe), "n_t": int(n_t), "precision": str(precision)}, sort_keys=True)
+        return cls(sha256, hashlib.sha256(text.encode()).hexdigest()[:16])

@@ -10,8 +10,6 @@ a rename, a move, a copy).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -21,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.config import precision_name
 from matpac_cli.library import tables
-from matpac_cli.library.key import Stat, audio_key
+from matpac_cli.library.key import Setting, Stat, audio_key
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
 from matpac_cli.pipeline.discovery import Item
 
@@ -31,29 +28,6 @@ COMMIT_FILES = 16  # results held before a commit ...
 COMMIT_S = 5.0  # ... or seconds since the last one, whichever comes first
 SEEN_AGAIN_S = 86_400.0  # an unchanged path's `seen` time is refreshed at most this often
 HOWS = ("same path", "retagged", "moved")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What an embedding was computed with: the model's sha256 and the front-end settings (audio
-    front end, chunk length, precision). The CPU's linear path is not in it: it changes the
-    numbers by about 1e-6, as any two runs may differ."""
-
-    model: str
-    frontend: str
-
-    @classmethod
-    def of(cls, plan: Plan) -> Setting:
-        """The setting of a loaded plan (what `embed` and `tag` store under)."""
-        p = plan.predictor
-        return cls.of_parts(p.resolved.sha256, p.fe, p.dims.n_t, precision_name(p.dtype) or str(p.dtype))
-
-    @classmethod
-    def of_parts(cls, sha256: str, fe, n_t: int, precision: str) -> Setting:
-        """The same rule from a checkpoint's sha256 and settings alone (no weights loaded): the
-        front end (a `config.FrontEnd`), the chunk length in frames and the precision's name."""
-        text = json.dumps({"fe": asdict(fe), "n_t": int(n_t), "precision": str(precision)}, sort_keys=True)
-        return cls(sha256, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 @dataclass
@@ -94,6 +68,8 @@ class Library:
         # the keys read so far: a file encoded again for a part it lacked stores only what lacks
         self._known: dict[str, dict[tuple[str, str], dict[str, set]]] = {"clips": {}, "segments": {}}
         self._stop, self._flusher, self._failed = threading.Event(), None, None
+        self.unwritable: Exception | None = None  # the write that failed: nothing more is stored
+        self.told = False  # the run has said so
 
     # reading -----------------------------------------------------------------------------------
 
@@ -134,7 +110,10 @@ class Library:
                 if now - row[2] > SEEN_AGAIN_S:
                     self._remember_path(real, row[0], stat, now)
                 continue
-            key = audio_key(real)
+            try:
+                key = audio_key(real)
+            except OSError:  # unreadable (its mode, an I/O error): the engine names the file
+                continue
             how = "moved" if row is None else ("same path" if row[1].same_bytes(stat) else "retagged")
             if row is not None and row[0] != key:
                 how = "moved"  # the audio at this path changed: found only if it is elsewhere too
@@ -201,6 +180,8 @@ class Library:
         plan made them; committed with the next batch."""
         now = time.time()
         promised, read = res.truncated if res.truncated else (None, None)
+        if self.unwritable is not None:
+            return  # the run goes on without the library (`commit`)
         with self._lock:
             for layer, vector in zip(plan.resolved_layers(), out.embedding):
                 row = (key, setting.model, setting.frontend, int(layer), vector.astype(np.float32).tolist())
@@ -251,7 +232,18 @@ class Library:
     def commit(self) -> None:
         """What is held, written as new fragments (paths first: results are found by key), less
         the rows the library already has: a file encoded again because it lacked one part (a
-        layer, its segments) stores that part only, and a file met twice in a run once."""
+        layer, its segments) stores that part only, and a file met twice in a run once. A write
+        that fails (a full disk) is kept in `unwritable`, and nothing more is stored: the run goes
+        on, its outputs whole, and the files it encoded are encoded again next time."""
+        try:
+            self._commit()
+        except tables.Unwritable as exc:
+            self.unwritable = exc
+            with self._lock:
+                self._clips = {name: [] for name in tables.CLIPS.names}
+                self._segments = {name: [] for name in tables.SEGMENTS.names}
+
+    def _commit(self) -> None:
         with self._writing:
             with self._lock:
                 clips, segments, paths = self._clips, self._segments, self._paths
@@ -310,7 +302,8 @@ class Library:
         if self._failed is not None:
             raise self._failed
         self.commit()
-        tables.tidy(self.root)
+        if self.unwritable is None:
+            tables.tidy(self.root)
 
     def version(self) -> dict[str, int]:
         """Each table's version now (the manifest records it)."""

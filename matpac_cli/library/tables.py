@@ -200,13 +200,13 @@ def _retry(commit, root: Path):
             return commit()
         except OSError as exc:
             if attempt == RETRIES - 1 or "onflict" not in str(exc) and "retry" not in str(exc).lower():
-                raise OutputError(
-                    f"library {root}: cannot write ({reason(exc)}); the finished files are kept, "
-                    "free some space or give another `library`",
-                    settings=("library",),
-                ) from None
+                raise Unwritable(f"library {root}: cannot write ({reason(exc)})", settings=("library",)) from None
             time.sleep(0.05 * (attempt + 1))
     return None
+
+
+class Unwritable(OutputError):
+    """A library write that failed for a reason other than a concurrent writer (a full disk)."""
 
 
 def reason(exc: BaseException) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 
 from matpac_cli.errors import UsageError
 from matpac_cli.library import tables
-from matpac_cli.library.key import Stat, audio_key
-from matpac_cli.library.store import Library, Setting, _facts
+from matpac_cli.library.key import Setting, Stat, audio_key
+from matpac_cli.library.store import Library, _facts
 
 
 @dataclass

@@ -86,7 +86,23 @@ def settings_differ(man: dict | None, settings: dict) -> list[str]:
     old = (man or {}).get("settings")
     if not isinstance(old, dict) or old == settings:
         return []
-    return [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    # a setting the manifest does not record (an export's, an older matpac's) is not a difference
+    return [k for k in sorted(set(old) & set(settings)) if old[k] != settings[k]]
+
+
+def check_layout(out: Path, man: dict | None, wide: bool) -> None:
+    """A tag output in the wide layout is not rewritten in the long one, nor a long one in the
+    wide, by `update` or a re-run: said in one line before a model loads (the manifest's
+    `output.columns` says which layout was written)."""
+    from matpac_cli.outputs.tag_readers import is_wide
+
+    held = is_wide(((man or {}).get("output") or {}).get("columns"))
+    if held != wide:
+        said = "one row per file (`wide`)" if held else "long rows (a row per label, without `wide`)"
+        raise OutputError(
+            f"{out} holds {said}; give the same layout, use `force` to replace it, or choose another `out`",
+            settings=("wide", "force", "out"),
+        )
 
 
 @dataclass
@@ -97,6 +113,7 @@ class Row:
     name: str
     real: str
     payload: object
+    here: bool = False  # written by a run in the current folder: its name is an input's name too
 
 
 def cwd_of(man: dict | None) -> str:
@@ -106,7 +123,7 @@ def cwd_of(man: dict | None) -> str:
 
 def resolved(name: str, cwd: str) -> str:
     try:
-        return os.fsdecode(os.path.realpath(os.path.join(cwd, name)))
+        return os.fsdecode(os.path.realpath(os.path.join(cwd, os.path.expanduser(name))))
     except (OSError, ValueError):
         return name
 
@@ -122,19 +139,28 @@ def embed_rows(out: Path, man: dict | None) -> list[Row]:
         facts = {"duration_s": r["duration_s"], "sample_rate": r["sample_rate"], "channels": r["channels"]}
         if r.get("truncated"):
             facts["truncated"] = True
-        rows.append(Row(r["path"], resolved(r["path"], cwd), (facts, emb.matrix[i])))
+        rows.append(Row(r["path"], resolved(r["path"], cwd), (facts, emb.matrix[i]), _here(cwd)))
     return rows
 
 
-def tag_rows(out: Path, man: dict | None) -> list[Row]:
-    """The rows of the tag output `out`, grouped by file, in the order the output first names it."""
-    from matpac_cli.outputs.tag_readers import read_tags
+def _here(cwd: str) -> bool:
+    try:
+        return os.path.realpath(cwd) == os.path.realpath(os.getcwd())
+    except OSError:
+        return False
 
-    tags = _readable(out, read_tags)
+
+def tag_rows(out: Path, man: dict | None) -> list[Row]:
+    """The rows of the tag output `out`, grouped by file, in the order the output first names it
+    (a wide output, as its manifest's `output.columns` says: one row per file, as written)."""
+    from matpac_cli.outputs.tag_readers import is_wide, read_tags, read_wide
+
+    columns = ((man or {}).get("output") or {}).get("columns")
+    tags = _readable(out, (lambda p: read_wide(p, columns)) if is_wide(columns) else read_tags)
     cwd, by_name = cwd_of(man), {}
     for row in tags.rows:
         by_name.setdefault(row["path"], []).append(row)
-    return [Row(name, resolved(name, cwd), rows) for name, rows in by_name.items()]
+    return [Row(name, resolved(name, cwd), rows, _here(cwd)) for name, rows in by_name.items()]
 
 
 def _readable(out: Path, read):
@@ -145,9 +171,18 @@ def _readable(out: Path, read):
 
 
 def not_inputs(rows: list[Row], items: Iterable[Item]) -> list[Row]:
-    """The rows of files that are not inputs of this run, in the output's order."""
+    """The rows of files that are not inputs of this run, in the output's order: by real path,
+    or, for rows written from this folder, by the name (as given, or as Parquet spells a name
+    that is not UTF-8) where the path does not say (a name kept with its `~`)."""
+    items = list(items)
     inputs = {real_path(item) for item in items}
-    return [row for row in rows if row.real not in inputs]
+    names = {item.name for item in items} | {_as_text(item.name) for item in items}
+    return [row for row in rows if row.real not in inputs and not (row.here and row.name in names)]
+
+
+def _as_text(name: str) -> str:
+    """`name` as a text column holds it: bytes that are not UTF-8 as `\\udcXX` escapes."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def on_disk(row: Row) -> bool:

@@ -101,6 +101,11 @@ def frames_file(frames_dir: Path, name: str) -> Path:
     return frames_dir / frames_name(name)
 
 
+def frames_record(frames_dir: Path) -> Path:
+    """The record of the frames files matpac wrote into `frames_dir`, and for which output."""
+    return frames_dir / ".matpac-frames"
+
+
 def frames_lock(frames_dir: Path) -> Path:
     """The name locked for a --frames folder (`.frames.lock` inside it), so two runs never write
     one folder's frames files at once."""

@@ -32,7 +32,7 @@ from matpac_cli.errors import OutputError, UsageError, one_line
 GROUP_BYTES = 64 * 2**20  # embedding bytes per row group
 ROW_BATCH = 65536  # tag rows per row group
 EMBED_COLUMNS = ["path", "duration_s", "sample_rate", "channels", "embedding"]
-DICTIONARY = ["head", "label", "tag_id", "query"]  # repetitive strings: dictionary-encoded
+DICTIONARY = ["head", "label", "tag_id", "query", "codec"]  # repetitive strings: dictionary-encoded
 
 
 def arrow():
@@ -62,7 +62,27 @@ def _types() -> dict:
         "start_s": f64,
         "end_s": f64,
         "truncated": pa.bool_(),
+        "group": pa.int32(),  # search --duplicates --groups
+        "keep": pa.int32(),
+        "match": text,
+        "lossless": pa.bool_(),
+        "codec": text,
+        "sample_rate": pa.int32(),
+        "bit_depth": pa.int32(),
     }
+
+
+def column_type(name: str, types: dict):
+    """A column's Parquet type: named in `types`, or a `tag --wide` head's `<head>_label` (text)
+    or `<head>_score` (float32); None for any other."""
+    if name in types:
+        return types[name]
+    pa, _ = arrow()
+    if name.endswith("_label"):
+        return pa.string()
+    if name.endswith("_score"):
+        return pa.float32()
+    return None
 
 
 def _strings(values: list, pa):
@@ -139,14 +159,17 @@ class RowTable:
     def __init__(self, fh: IO[bytes], columns: Sequence[str]) -> None:
         pa, pq = arrow()
         types = _types()
-        unknown = [c for c in columns if c not in types]
+        unknown = [c for c in columns if column_type(c, types) is None]
         if unknown:
             raise OutputError(f"no Parquet type for column(s) {', '.join(unknown)}")
         self.columns = list(columns)
-        self.schema = pa.schema([(c, types[c]) for c in columns])
+        self.schema = pa.schema([(c, column_type(c, types)) for c in columns])
         self._rows: list[dict] = []
         self._writer = pq.ParquetWriter(
-            fh, self.schema, compression="snappy", use_dictionary=[c for c in columns if c in DICTIONARY]
+            fh,
+            self.schema,
+            compression="snappy",
+            use_dictionary=[c for c in columns if c in DICTIONARY or c.endswith("_label")],
         )
 
     def write(self, row: dict) -> None:

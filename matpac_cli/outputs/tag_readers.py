@@ -1,6 +1,7 @@
 """Reading matpac's tag outputs back: CSV, JSON Lines or Parquet, whole (`read_tags`) or as a stream.
 
-A tag output is long format, one row per (file, head, label), typed on reading: a row that is
+A tag output is long format, one row per (file, head, label), or with `tag --wide` one row per
+file (`read_wide`), typed on reading: a row that is
 not what `matpac tag` writes (a missing column, a NaN score, a path with a NUL byte) is refused
 with one line naming the file and the row. `scan_tags` checks the columns and reads the manifest
 without the rows, for outputs too large to hold (the report streams them). The embedding
@@ -25,6 +26,7 @@ from matpac_cli.outputs.safetext import from_spreadsheet
 TAG_COLUMNS = ["path", "head", "label", "score", "rank", "tag_id"]
 DURATION_COLUMN = "duration_s"  # each file's length (optional: tag outputs written before it have none)
 SEGMENT_COLUMNS = ["start_s", "end_s"]
+WIDE_COLUMNS = ["path", DURATION_COLUMN, "truncated"]  # `tag --wide`: then <head>_label, <head>_score per head
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # what `matpac tag --out` writes as JSON Lines
 TAG_SUFFIXES = (".csv", *JSONL_SUFFIXES, PARQUET)
 
@@ -61,8 +63,7 @@ def read_tags(path: Path) -> Tags:
         raw_rows = list(parquet.row_batches(path, TAG_COLUMNS + [DURATION_COLUMN] + SEGMENT_COLUMNS))
     else:
         raw_rows, columns = _csv_rows(path)
-    if not set(TAG_COLUMNS) <= set(columns):
-        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+    _long_columns(path, columns)
     segments = set(SEGMENT_COLUMNS) <= set(columns)
     rows = [_typed(r, path, n, segments) for n, r in enumerate(raw_rows)]
     heads = list(dict.fromkeys(r["head"] for r in rows))
@@ -110,8 +111,7 @@ def scan_tags(path: Path) -> TagStream:
         from matpac_cli.outputs.parquet import column_names
 
         columns = column_names(path)
-        if not set(TAG_COLUMNS) <= set(columns):
-            raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+        _long_columns(path, columns)
         return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
     with reading(path) as fh:
         if suffix == ".csv":
@@ -120,9 +120,83 @@ def scan_tags(path: Path) -> TagStream:
         else:
             first = next((line for line in fh if line.strip()), None)
             columns = list(_json_object(first, path, 0)) if first is not None else []
-    if not set(TAG_COLUMNS) <= set(columns):
-        raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+    _long_columns(path, columns)
     return TagStream(path, set(SEGMENT_COLUMNS) <= set(columns), read_manifest(naming.tags_manifest(path)))
+
+
+def _long_columns(path: Path, columns: list[str]) -> None:
+    if set(TAG_COLUMNS) <= set(columns):
+        return
+    if is_wide(columns):
+        raise UsageError(f"{path}: a wide tags file (`matpac tag --wide`, one row per file); this reads the long rows")
+    raise UsageError(f"{path}: not a matpac tags file (expected columns {','.join(TAG_COLUMNS)})")
+
+
+# ---------------------------------------------------------------- the wide layout (`tag --wide`)
+
+
+def is_wide(columns: list[str] | None) -> bool:
+    """Whether these columns (a file's, or a manifest's `output.columns`) are `tag --wide`'s:
+    path, duration_s, truncated and a `<head>_label`, `<head>_score` pair per head; no head column."""
+    if not columns or "head" in columns or columns[:3] != WIDE_COLUMNS:
+        return False
+    rest = columns[3:]
+    return len(rest) % 2 == 0 and all(
+        a.endswith("_label") and b == a[: -len("_label")] + "_score" for a, b in zip(rest[::2], rest[1::2])
+    )
+
+
+@dataclass
+class WideTags:
+    """A `tag --wide` output: one dict per file (path, duration_s, truncated, then each head's
+    `<head>_label` and `<head>_score`, None where the head kept no label); `heads` in order."""
+
+    path: Path
+    rows: list[dict]
+    manifest: dict | None
+    heads: list[str] = field(default_factory=list)
+
+
+def read_wide(path: Path, columns: list[str] | None = None) -> WideTags:
+    """Read a `matpac tag --wide --out` CSV, JSON Lines or Parquet output, typed; `columns` (the
+    manifest's `output.columns`), where given, must be the file's."""
+    path = Path(path)
+    _check_tags_path(path)
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        raw_rows, held = _jsonl_rows(path)
+    elif suffix == PARQUET:
+        from matpac_cli.outputs import parquet
+
+        held = parquet.column_names(path)
+        raw_rows = list(parquet.row_batches(path, held))
+    else:
+        raw_rows, held = _csv_rows(path)
+    if not is_wide(held) or (columns is not None and list(columns) != held):
+        raise UsageError(
+            f"{path}: not a matpac wide tags file (expected columns {','.join(columns or WIDE_COLUMNS)} ...)"
+        )
+    heads = [c[: -len("_label")] for c in held[3::2]]
+    rows = [_wide_typed(r, path, n, heads) for n, r in enumerate(raw_rows)]
+    return WideTags(path, rows, read_manifest(naming.tags_manifest(path)), heads)
+
+
+def _wide_typed(raw: dict, path: Path, n: int, heads: list[str]) -> dict:
+    try:
+        row = {
+            "path": nul_free_path(str(raw["path"])),
+            "duration_s": _number(raw.get(DURATION_COLUMN), float),
+            "truncated": raw.get("truncated") in (True, 1, "1", "true", "True"),
+        }
+        for head in heads:
+            label, value = raw.get(f"{head}_label"), _number(raw.get(f"{head}_score"), float)
+            if (label in (None, "")) != (value is None):
+                raise ValueError("a label without its score")
+            row[f"{head}_label"] = None if label in (None, "") else str(label)
+            row[f"{head}_score"] = value
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise UsageError(f"{path}: row {n + 1} is not a matpac wide tag row") from None
+    return row
 
 
 def _check_tags_path(path: Path) -> None:

@@ -150,7 +150,7 @@ def test_layer_all_gives_every_layer(matpac, work, ckpts, expected):
 def test_frames_mirror_the_input_tree(matpac, work, ckpts, expected):
     ok(matpac(work, *embed_args(ckpts["tiny608"], "--frames", "fr")))
     written = sorted(p.relative_to(work / "fr").as_posix() for p in (work / "fr").rglob("*") if p.is_file())
-    assert written == [n + ".npy" for n in NAMES]
+    assert written == [".matpac-frames"] + [n + ".npy" for n in NAMES]  # and the record of what matpac wrote
     emb = np.load(work / "emb.npy")
     for i, name in enumerate(NAMES):
         frames = np.load(work / "fr" / (name + ".npy"))

@@ -475,9 +475,10 @@ ledger = Ledger.start()
 view = ledger.for_round(1)
 actor = Enlisted.remote(view)
 ray.get(actor.__ray_ready__.remote())
-for _ in range(100):  # its enlisting is sent, not waited on
-    if view.enlisted():
-        break
+deadline = time.monotonic() + 60
+while not view.enlisted():  # its enlisting is sent, not waited on
+    assert time.monotonic() < deadline, "the actor never enlisted"
+    time.sleep(0.1)
 ray.kill(ledger._handle, no_restart=False)  # the ledger restarts, its lists empty
 deadline = time.monotonic() + 60
 while True:  # until the restarted ledger answers (the kill is not instant)
@@ -489,11 +490,15 @@ while True:  # until the restarted ledger answers (the kill is not instant)
     assert time.monotonic() < deadline, "the ledger did not restart"
     time.sleep(0.2)
 view.dismiss()
-try:
-    ray.get(actor.__ray_ready__.remote(), timeout=30)
-    print("alive")
-except ActorDiedError:
-    print("dismissed")
+deadline, state = time.monotonic() + 30, "alive"
+while time.monotonic() < deadline:  # a kill takes effect soon, not at once
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+    except ActorDiedError:
+        state = "dismissed"
+        break
+    time.sleep(0.2)
+print(state)
 ledger.stop()
 """
 

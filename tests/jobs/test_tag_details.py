@@ -121,6 +121,7 @@ def test_a_resumed_run_still_marks_the_cut_file(cut_and_full, ckpts):
     assert run_matpac(args, cwd=d).returncode == 0
     proc = run_matpac(args[:2] + ["full.wav"] + args[2:], cwd=d)  # cut.wav taken from the library
     assert proc.returncode == 0, proc.stderr
+    assert b"cut short" not in proc.stderr  # said when it was read, not at each re-run
     rows = list(csv.DictReader(open(d / "tags.csv")))
     assert _truncated_by_path(rows) == {"cut.wav": {"1"}, "full.wav": {"0"}}
     man = json.loads((d / "tags.csv.manifest.json").read_text())

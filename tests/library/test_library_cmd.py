@@ -159,7 +159,7 @@ def test_report_maps_a_library_by_path_and_by_audio(made, tiny, monkeypatch):
 
 def test_setting_from_parts_is_the_plans(predictor):
     from matpac_cli.config import FRONT_END
-    from matpac_cli.library.store import Setting
+    from matpac_cli.library.key import Setting
     from matpac_cli.pipeline.assemble import Plan
 
     parts = Setting.of_parts(predictor.resolved.sha256, FRONT_END, predictor.dims.n_t, "fp32")

@@ -65,7 +65,8 @@ def test_a_held_result_is_committed_within_seconds_while_the_run_waits(tmp_path,
     import lance
     import numpy as np
 
-    from matpac_cli.library.store import COMMIT_S, Library, Setting
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.store import COMMIT_S, Library
     from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
     from matpac_cli.pipeline.discovery import Item
 

@@ -147,6 +147,27 @@ def test_the_rows_are_read_from_the_output_itself_whatever_lies_beside_it(librar
     assert Path(f"{out}.journal").read_bytes() == b"an older matpac's journal, or anything"
 
 
+@pytest.mark.parametrize("out", OUTS)
+def test_rows_named_with_a_tilde_are_the_same_files(library, tiny, capsys, monkeypatch, out):
+    """A quoted `~/...` input is named as given (`~/lib/a.wav`) and opened in the home folder: the
+    same command again is the same files, never a refusal."""
+    monkeypatch.setenv("HOME", str(library))
+    assert run(capsys, tiny, out, "~/lib", "-q")[0] == 0
+    assert files(out)[0] == "~/lib/a.wav"
+    rc, err = run(capsys, tiny, out, "~/lib")
+    assert rc == 0 and "0 done, 4 reused" in err, err
+
+
+def test_update_keeps_rows_as_they_were_cut_so_a_new_cut_is_refused(library, tiny, capsys):
+    """Kept rows are copied as written (top 2 labels each): rows cut another way beside them would
+    make an output its manifest cannot describe."""
+    assert run(capsys, tiny, "tags.csv", "lib", "-q")[0] == 0  # --top-k 2
+    rc, err = run(capsys, tiny, "tags.csv", "lib/new", "--update", "--top-k", "3")
+    refused(rc, err, "--top-k", "--update keeps its rows as they are")
+    rc, err = run(capsys, tiny, "tags.csv", "lib/new", "--update", "--top-k", "2")
+    assert rc == 0, err
+
+
 @pytest.mark.parametrize("out", ["tags.csv", "emb.npy"])
 def test_rows_written_from_another_folder_are_the_same_files(library, tiny, capsys, monkeypatch, out):
     """A row's path is relative to the folder its run ran in (the manifest's `cwd`), not to the

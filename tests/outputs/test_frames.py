@@ -95,6 +95,22 @@ def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
     assert proc.returncode == 2 and "fr/a.wav.npy exists" in proc.stderr.decode(), proc.stderr
 
 
+def test_an_interrupted_frames_run_resumes_without_force(tmp_path, ckpts):
+    """A run killed after writing some frames files, before its output: the re-run knows those
+    files for its own (the frames folder's record says which output they were written for), takes
+    their files from the library, and another output's run still may not replace them."""
+    for i in range(2):
+        write_audio(tmp_path / f"a{i}.wav", 0.5, seed=i)
+    args = ["embed", "a0.wav", "a1.wav", "--frames", "fr", "--model", str(ckpts["tiny608"])]
+    assert run_matpac([*args, "--out", "e.npy", "-q"], cwd=tmp_path).returncode == 0
+    for name in ("e.npy", "e.csv", "e.manifest.json"):  # as if killed before the output was written
+        (tmp_path / name).unlink()
+    again = run_matpac([*args, "--out", "e.npy"], cwd=tmp_path)
+    assert again.returncode == 0 and "0 done, 2 reused" in again.stderr.decode(), again.stderr
+    other = run_matpac([*args, "--out", "other.npy"], cwd=tmp_path)
+    assert other.returncode == 2 and "fr/a0.wav.npy exists" in other.stderr.decode(), other.stderr
+
+
 def test_two_runs_never_write_one_frames_folder_at_once(tmp_path, ckpts):
     write_audio(tmp_path / "a.wav", 0.5, seed=1)
     holder = subprocess.Popen(

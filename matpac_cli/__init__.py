@@ -29,7 +29,8 @@ The public names:
               NoEvents (the silent default, to subclass), Listeners (plain functions per event)
   Inputs      discover (folders and paths -> Items), Item
   Embed       embed, EmbedConfig, Summary (what a run did)
-  Tag         tag, TagConfig, Group (one encoder and its heads), build_heads
+  Tag         tag, TagConfig, Group (one encoder and its heads), build_heads, load_groups (the
+              encoders of a tag run, each loaded once with its heads: `tag` takes them)
   Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs),
               duplicate_groups (the pairs joined into groups, each in keep order: lossless first)
   Train       train, TrainConfig, read_labels (a labels folder or CSV), from_index (features
@@ -72,6 +73,7 @@ _HOMES = {
     "TagConfig": "matpac_cli.jobs.tag",
     "Group": "matpac_cli.jobs.tag",
     "build_heads": "matpac_cli.jobs.tag",
+    "load_groups": "matpac_cli.jobs.tag_groups",
     "nearest": "matpac_cli.jobs.similarity",
     "duplicates": "matpac_cli.jobs.similarity",
     "duplicate_groups": "matpac_cli.jobs.dup_groups",

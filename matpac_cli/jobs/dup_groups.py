@@ -6,12 +6,15 @@ where A and C score below it. Memory holds one entry per file that has a pair, n
 
 Each group is ordered by the keep hint, best first (`keep` 1 is the copy to keep):
 
-1. lossless before lossy: PCM (wav, aiff, au), FLAC, ALAC, WavPack, APE, TTA before MP3, AAC,
+1. complete before cut short: a copy the index marks `truncated` (it ended before its header
+   said), or one clearly shorter than the group's longest (by more than 1 s or more than 2%), goes
+   last whatever else it has: a 48 kHz copy that stops halfway is never kept over a complete one;
+2. lossless before lossy: PCM (wav, aiff, au), FLAC, ALAC, WavPack, APE, TTA before MP3, AAC,
    Vorbis, Opus, WMA: the codec the file holds (an .m4a may be either), else its extension;
-2. higher sample rate;
-3. longer duration (to a tenth of a second: an MP3's encoder padding is not "longer");
-4. larger bit depth, where the file says (PCM in wav/aiff/flac, ALAC); lossy codecs have none;
-5. the path, so the order is the same on every run.
+3. higher sample rate;
+4. longer duration (to a tenth of a second: an MP3's encoder padding is not "longer");
+5. larger bit depth, where the file says (PCM in wav/aiff/flac, ALAC); lossy codecs have none;
+6. the path, so the order is the same on every run.
 
 The facts are read from each member's own file (soundfile, else PyAV), falling back to what the
 index records (sample rate, duration) and the extension for a file that cannot be opened now. It
@@ -84,6 +87,7 @@ def file_facts(path: str, recorded: dict | None = None) -> dict:
     for key in ("sample_rate", "duration_s"):
         if facts[key] is None and recorded.get(key) is not None:
             facts[key] = recorded[key]
+    facts["truncated"] = bool(recorded.get("truncated"))  # the header promised more than was read
     return facts
 
 
@@ -143,11 +147,24 @@ def _av_depth(cc) -> int | None:
     return bits if bits in (8, 16) and not cc.format.name.startswith(("flt", "dbl")) else None
 
 
-def keep_key(path: str, facts: dict) -> tuple:
-    """The keep hint's sort key (smallest first): lossless, rate, duration, bit depth, path."""
+def is_short(facts: dict, longest: float | None) -> bool:
+    """True for a copy cut short: marked `truncated`, or shorter than `longest` (the group's
+    longest copy) by more than 1 s or more than 2% (well past an encoder's padding)."""
+    if facts.get("truncated"):
+        return True
+    if not longest or facts.get("duration_s") is None:
+        return False
+    missing = longest - float(facts["duration_s"])
+    return missing > 1.0 or missing > 0.02 * longest
+
+
+def keep_key(path: str, facts: dict, longest: float | None = None) -> tuple:
+    """The keep hint's sort key (smallest first): cut short last, then lossless, rate, duration,
+    bit depth, path; `longest` is the group's longest duration (None: no copy is short by length)."""
     lossless = {True: 0, False: 1, None: 2}[facts.get("lossless")]
     duration = round(float(facts.get("duration_s") or 0.0), 1)
-    return (lossless, -(facts.get("sample_rate") or 0), -duration, -(facts.get("bit_depth") or 0), path)
+    rest = (lossless, -(facts.get("sample_rate") or 0), -duration, -(facts.get("bit_depth") or 0), path)
+    return (is_short(facts, longest), *rest)
 
 
 @dataclass
@@ -209,7 +226,9 @@ def duplicate_groups(
         for row in group:
             where = os.path.join(cwd, paths[row]) if cwd else paths[row]
             found.facts[row] = file_facts(where, index[row] if index is not None else None)
-        found.members.append(sorted(group, key=lambda r: keep_key(paths[r], found.facts[r])))
+        known = [float(found.facts[r]["duration_s"] or 0.0) for r in group]
+        longest = max((d for d in known if np.isfinite(d)), default=0.0)  # an index may record NaN
+        found.members.append(sorted(group, key=lambda r, top=longest: keep_key(paths[r], found.facts[r], top)))
     return found
 
 

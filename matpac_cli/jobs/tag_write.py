@@ -89,8 +89,15 @@ def write_tags(items: list[Item], groups: list, config, stdout: TextIO, events: 
 
     def on_result(res: FileResult) -> None:
         summary.count(res)
+        if res.item.linked:  # never a symlink planted in a folder: only the files named or walked
+            events.failure(
+                InputError(
+                    res.item.name, "tags not written (reached through a symlink in the folder; name the file itself)"
+                )
+            )
+            return
         try:
-            path = Path(res.item.path).resolve(strict=True)  # a symlink's file: written, journalled once
+            path = Path(res.item.path).resolve(strict=True)  # a symlink named on the command line: its file
             current = filetags.read_fields(filetags.open_tags(path))
             todo = filetags.changes(current, filetags.wanted(labels_of(res, groups, config), source, current, spec))
         except Exception as exc:  # noqa: BLE001 - a file mutagen cannot read: named, the run goes on

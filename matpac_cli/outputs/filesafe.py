@@ -44,7 +44,9 @@ def replace_tags(path: Path, values: dict, key: Callable[[Path], str], touch: bo
     if path.is_symlink():
         raise TagWriteError("a symlink; matpac writes tags only into the file itself (name the file)")
     st = os.stat(path)
-    before = key(path)
+    if not os.access(path, os.W_OK) or (os.geteuid() != 0 and st.st_uid != os.geteuid()):
+        raise TagWriteError("not a file you may write (read-only, or another user's)")
+    before, others = key(path), filetags.other_fields(filetags.open_tags(path))
     tmp = sidefiles.temp_path(path)
     try:
         with sidefiles.create(tmp, "wb", perm=0o600) as out, open(path, "rb") as src:
@@ -53,12 +55,19 @@ def replace_tags(path: Path, values: dict, key: Callable[[Path], str], touch: bo
         version = filetags.id3_version(f)
         filetags.set_fields(f, values)
         filetags.save(f, tmp, version)
-        _verify(tmp, path, values, before, key)
+        _verify(tmp, path, (values, others), before, key)
         _keep_attributes(tmp, st, touch)
+        _sync(tmp)
         now = os.stat(path, follow_symlinks=False)
-        if (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+        if (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        ):
             raise TagWriteError("the file changed while matpac wrote its tags (another program?); try again")
         os.replace(tmp, path)
+        _sync(path.parent)  # the rename itself on disk: a crash now leaves one whole file or the other
     except BaseException:
         with contextlib.suppress(OSError):
             if not tmp.is_symlink():
@@ -66,11 +75,27 @@ def replace_tags(path: Path, values: dict, key: Callable[[Path], str], touch: bo
         raise
 
 
-def _verify(tmp: Path, path: Path, values: dict, before: str, key: Callable[[Path], str]) -> None:
-    got = filetags.read_fields(filetags.open_tags(tmp, like=path))
+def _sync(path: Path) -> None:
+    """`path` (a file, or a folder's entries) on disk before anything relies on it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify(tmp: Path, path: Path, wanted: tuple, before: str, key: Callable[[Path], str]) -> None:
+    """The copy holds the values asked for, every other tag as the file had it, and the audio."""
+    values, others = wanted
+    f = filetags.open_tags(tmp, like=path)
+    got = filetags.read_fields(f)
     wrong = [k for k, v in values.items() if (got.get(k) or None) != (v or None)]
     if wrong:
         raise TagWriteError(f"{', '.join(wrong)} did not read back as written")
+    now = filetags.other_fields(f)
+    changed = sorted(k for k in set(now) | set(others) if now.get(k) != others.get(k))
+    if changed:
+        raise TagWriteError(f"other tags would change ({', '.join(changed[:3])}); not written")
     if key(tmp) != before:
         raise TagWriteError("the audio packets changed in the copy (not replaced)")
 
@@ -145,8 +170,14 @@ class Journal:
 
     def _append(self, rec: dict) -> None:
         sidefiles.refuse_symlink(self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | sidefiles.NOFOLLOW, 0o644)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        made = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | sidefiles.NOFOLLOW, 0o644)
+        with os.fdopen(fd, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            torn = size > 0 and os.pread(fh.fileno(), 1, size - 1) != b"\n"  # a line a crash cut short
+            # ASCII JSON: a name that is not UTF-8 is kept as its \udcXX escape, never refused
+            fh.write((b"\n" if torn else b"") + json.dumps(rec).encode("ascii") + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if made:
+            _sync(self.path.parent)

@@ -89,8 +89,8 @@ def wanted(labels: dict[str, list[str]], source: str, current: dict, spec: Write
         old = current.get("GENRE") or []
         have = {part.strip().lower() for value in old for part in value.split(sep.strip() or sep)}
         missing = [g for g in genres if g.lower() not in have]
-        if missing:
-            out["GENRE"] = [sep.join([*old, *missing])] if old else [sep.join(missing)]
+        if missing:  # a list stays a list (Vorbis, ID3v2.4, MP4 hold several); one value grows
+            out["GENRE"] = [*old, *missing] if len(old) > 1 else [sep.join([*old, *missing])]
     return out
 
 
@@ -106,14 +106,29 @@ def open_tags(path: Path, like: Path | None = None):
     """The mutagen file object of `path` (`like`: the file whose type to use, for a copy whose
     hidden temp name has no extension to go by); ValueError for a file mutagen cannot tag."""
     import mutagen
+    from mutagen.id3 import ID3
 
-    if like is not None:
-        kind = type(open_tags(like))
-        return kind(str(path))
-    f = mutagen.File(str(path))
+    kind = type(open_tags(like)) if like is not None else None
+    f = kind(str(path)) if kind is not None else mutagen.File(str(path))
     if f is None:
         raise ValueError("not a format whose tags matpac writes")
+    if isinstance(f.tags, ID3):  # as the file has them: an ID3v2.3 tag's frames never made v2.4
+        f = type(f)(str(path), translate=False)
     return f
+
+
+def other_fields(f) -> dict[str, str]:
+    """Every tag of `f` that matpac does not write, as comparable text: what a write must leave
+    exactly as it was (pictures, chapters, dates, a v2.3 tag's own frames)."""
+    style = _style(f)
+    if style == "id3":
+        ours = {_id3_key(field) for field in FIELDS}
+        return {k: repr(f.tags.getall(k)) for k in f.tags.keys() if k not in ours}
+    if style == "mp4":
+        ours = {_mp4_key(field) for field in FIELDS}
+        return {k: repr(v) for k, v in f.tags.items() if k not in ours}
+    ours = {field.upper() for field in FIELDS}
+    return {k.upper(): repr(f.tags[k]) for k in f.tags.keys() if k.upper() not in ours}
 
 
 def _style(f) -> str:
@@ -187,7 +202,7 @@ def set_fields(f, values: dict[str, list[str] | None]) -> None:
 def save(f, path: Path, id3_version: int) -> None:
     """Save `f`'s tags into `path` (ID3 as v2.`id3_version`, the file's own)."""
     if _style(f) == "id3":
-        f.save(str(path), v2_version=id3_version)
+        f.save(str(path), v2_version=id3_version, v23_sep=None)  # a v2.3 list stays a list
     else:
         f.save(str(path))
 
@@ -197,4 +212,6 @@ def id3_version(f) -> int:
     from mutagen.id3 import ID3
 
     tags = getattr(f, "tags", None)
+    if isinstance(tags, ID3) and tags.version[:2] == (2, 2):
+        raise ValueError("an ID3v2.2 tag, which matpac does not rewrite (its frames would be converted)")
     return 3 if isinstance(tags, ID3) and tags.version[:2] == (2, 3) else 4

@@ -31,6 +31,7 @@ class Item:
     name: str
     path: Path
     problem: str | None = field(default=None, compare=False)
+    linked: bool = field(default=False, compare=False)  # found in a walked folder through a symlink
 
 
 def parse_extensions(text: str | None) -> tuple[str, ...]:
@@ -97,6 +98,7 @@ def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
     unreadable folder becomes an item with its `problem`, so the run names it and goes on."""
     seen: set[tuple[int, int]] = set()
     problems: list[Item] = []
+    linked_dirs: set[str] = set()  # folders below `root` reached through a symlink
 
     def shown_as(dirpath: str, name: str) -> str:
         rel = os.path.relpath(os.path.join(dirpath, name), root)
@@ -134,6 +136,8 @@ def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
                     )
                 continue
             seen.add((sub.st_dev, sub.st_ino))
+            if dirpath in linked_dirs or os.path.islink(full):
+                linked_dirs.add(full)
             keep.append(d)
         dirnames[:] = keep
         for fname in filenames:
@@ -146,7 +150,8 @@ def _walk(root: Path, shown: str, exts: set[str]) -> Iterable[Item]:
                     os.stat(full)
                 except OSError as exc:
                     problem = _link_problem(exc)
-            yield Item(shown_as(dirpath, fname), Path(full), problem)
+            linked = dirpath in linked_dirs or os.path.islink(full)
+            yield Item(shown_as(dirpath, fname), Path(full), problem, linked)
     yield from problems
 
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from conftest import cli, ffmpeg
 
-from matpac_cli.jobs.dup_groups import file_facts, join_pairs, keep_key
+from matpac_cli.jobs.dup_groups import duplicate_groups, file_facts, is_short, join_pairs, keep_key
 
 
 def tone(f: float, seconds: float = 3.0, sr: int = 44100) -> np.ndarray:
@@ -151,4 +151,26 @@ def test_keep_order_lossless_then_rate_then_length_then_depth_then_path(planted)
         "f.flac",
     ]
     gone = file_facts(str(planted["lib"] / "gone.flac"), {"sample_rate": 8000, "duration_s": 2.0})
-    assert gone == {"codec": "flac", "lossless": True, "sample_rate": 8000, "bit_depth": None, "duration_s": 2.0}
+    assert gone == {
+        "codec": "flac",
+        "lossless": True,
+        "sample_rate": 8000,
+        "bit_depth": None,
+        "duration_s": 2.0,
+        "truncated": False,
+    }
+
+
+def test_a_copy_cut_short_is_never_kept_over_a_complete_one_whatever_its_rate(tmp_path):
+    """A 48 kHz copy that stops early, and one the index marks truncated, go after the complete
+    44.1 kHz copy of the same audio (before the fix the higher rate made either `keep` 1)."""
+    sf.write(tmp_path / "full44k.wav", tone(330, 6.0, 44100), 44100, subtype="PCM_16")
+    sf.write(tmp_path / "cut48k.wav", tone(330, 3.0, 48000), 48000, subtype="PCM_16")
+    sf.write(tmp_path / "flagged48k.wav", tone(330, 6.0, 48000), 48000, subtype="PCM_16")
+    paths = [str(tmp_path / n) for n in ("cut48k.wav", "flagged48k.wav", "full44k.wav")]
+    index = [{"truncated": False}, {"truncated": True}, {"truncated": False}]
+    found = duplicate_groups(paths, np.ones((3, 8), dtype=np.float32), 0.98, index)
+    assert [Path(paths[r]).name for r in found.members[0]] == ["full44k.wav", "flagged48k.wav", "cut48k.wav"]
+    # "clearly shorter": more than 1 s or more than 2% of the longest; padding-sized gaps are not
+    assert [is_short({"duration_s": d}, 180.0) for d in (179.5, 178.9)] == [False, True]
+    assert [is_short({"duration_s": d}, 30.0) for d in (29.8, 29.3)] == [False, True]

@@ -132,7 +132,7 @@ def embed_rows(out: Path, man: dict | None) -> list[Row]:
     """The rows of the embed output `out` (matrix and index), by file."""
     from matpac_cli.outputs.readers import read_embeddings
 
-    emb = _readable(out, read_embeddings)
+    emb = _readable(out, "embed", read_embeddings)
     cwd = cwd_of(man)
     rows = []
     for i, r in enumerate(emb.index):
@@ -156,18 +156,38 @@ def tag_rows(out: Path, man: dict | None) -> list[Row]:
     from matpac_cli.outputs.tag_readers import is_wide, read_tags, read_wide
 
     columns = ((man or {}).get("output") or {}).get("columns")
-    tags = _readable(out, (lambda p: read_wide(p, columns)) if is_wide(columns) else read_tags)
+    wide = is_wide(columns)
+    tags = _readable(
+        out, f"wide {columns}" if wide else "tags", (lambda p: read_wide(p, columns)) if wide else read_tags
+    )
     cwd, by_name = cwd_of(man), {}
     for row in tags.rows:
         by_name.setdefault(row["path"], []).append(row)
     return [Row(name, resolved(name, cwd), rows, _here(cwd)) for name, rows in by_name.items()]
 
 
-def _readable(out: Path, read):
+_LAST: dict = {}  # the output read last, by its stat: read again once, for free (see `_readable`)
+
+
+def _readable(out: Path, kind: str, read):
+    """`read(out)`, once per version of the file: the CLI's check before a model loads and the
+    job's own look at the same locked output take one read between them (a tag output with
+    segments can be millions of rows)."""
     try:
-        return read(out)
+        st = os.stat(out)
+        key = (kind, os.path.realpath(out), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _LAST:
+        return _LAST.pop(key)  # served once: nothing is held past the job
+    try:
+        got = read(out)
     except MatpacError as exc:
         raise OutputError(f"{exc}; use `force` to replace it", settings=("force",)) from None
+    _LAST.clear()
+    if key is not None:
+        _LAST[key] = got
+    return got
 
 
 def not_inputs(rows: list[Row], items: Iterable[Item]) -> list[Row]:

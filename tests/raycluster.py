@@ -39,6 +39,19 @@ def wait_port(host: str, port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
+def cluster_cpus(address: str) -> float:
+    """The CPUs the cluster at `address` has registered (`ray status`): a node whose processes
+    are up joins the count only seconds later, and a job started before sizes its pool without it."""
+    done = subprocess.run(
+        [RAY, "status", "--address", address], capture_output=True, text=True, env={**os.environ, **ENV}
+    )
+    for line in done.stdout.splitlines():
+        used, _, unit = line.strip().partition(" ")
+        if unit == "CPU" and "/" in used:
+            return float(used.split("/")[1])
+    return 0.0
+
+
 def processes_with(text: str) -> list[int]:
     """PIDs whose command line contains `text` (this node's temp folder, say)."""
     pids = []

@@ -25,7 +25,7 @@ import torch
 pytest.importorskip("ray.data")
 
 from conftest import library_files, run_matpac, write_audio
-from raycluster import ENV, Node, processes_with
+from raycluster import ENV, Node, cluster_cpus, processes_with
 
 pytestmark = pytest.mark.slow  # starts Ray clusters: minutes
 
@@ -309,7 +309,9 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
     no-progress backstop (MATPAC_RAY_STALL_S, 300 s, left as it is) would have to act."""
     node = Node("127.0.0.3", head=head.address, cpus=6)
     try:
-        _wait_for(lambda: len(node.pids()) >= 3, timeout=60)  # its raylet and agents are up
+        # registered, not just started: a job started before sizes its pool for the head alone, and
+        # no actor ever runs on the node (the CI run that timed out waiting for one)
+        _wait_for(lambda: cluster_cpus(head.address) >= 8, timeout=90, step=0.5)
         folder = _many(tmp_path / "many", 32)
         out = tmp_path / "emb.npy"
         job = _background(

@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import make_checkpoint, make_flac  # noqa: E402
 
+from matpac_cli.encoder.cpu import cpu_label  # noqa: E402
+
 QUIET_LOAD = 0.2  # others' load (cores) under which a round counts as quiet
 
 AUTHORS_RUNNER = textwrap.dedent("""
@@ -163,7 +165,7 @@ def compare(args: argparse.Namespace) -> None:
     audio_s = args.files * args.seconds
     print(
         f"{args.files} x {args.seconds:.0f} s 44.1 kHz stereo FLAC ({audio_s / 60:.1f} min), full-size random ViT-B, "
-        f"fp32, {os.cpu_count()} cores; matpac's default linear layers here: {default}"
+        f"fp32, {os.cpu_count()} cores of {cpu_label()}; matpac's default linear layers here: {default}"
         + (f"; glibc = {default} without the allocator setting" if "glibc" in mine else "")
     )
     print(

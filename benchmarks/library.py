@@ -173,10 +173,10 @@ def links(work: Path, n: int) -> list[str]:
     return out
 
 
-def fill(root: Path, paths: list[str], setting: Setting, dim: int, changed: float) -> None:
+def fill(root: Path, paths: list[str], setting: Setting, dim: int, changed: float, layer: int = 12) -> None:
     """The paths and clips tables of a library that has seen every path (their real stat, a
-    random key each, as audio hashes are) and holds one clip embedding per key; `changed` of the paths are recorded
-    with another mtime, as if edited since."""
+    random key each, as audio hashes are) and holds one clip embedding per key (of `layer`); `changed` of the paths
+    are recorded with another mtime, as if edited since."""
     import lance
     import pyarrow as pa
 
@@ -204,7 +204,7 @@ def fill(root: Path, paths: list[str], setting: Setting, dim: int, changed: floa
             "key": keys,
             "model": [setting.model] * n,
             "frontend": [setting.frontend] * n,
-            "layer": [12] * n,
+            "layer": [layer] * n,
             "embedding": embedding,
             "duration_s": [1.0] * n,
             "sample_rate": [44100] * n,

@@ -6,7 +6,14 @@ Three contenders on the same folder of 44.1 kHz stereo FLAC and a full-size ViT-
 started here, as the tests do); and `--engine ray` with no cluster (matpac starts a local Ray
 instance for the run). Outputs are checked to agree (max difference printed).
 
+`--wire` instead prints the bytes per audio-second that cross the object store from the decoding
+tasks to the encoder actors: the rows `engines.work.decode_files` yields (pickled chunks and their
+index columns), as the driver configures it for a CPU cluster and for a GPU one, beside the
+input-rate chunks a GPU run sent before (resampling on the GPU) and the 16 kHz float32 figure
+(64,000 B). No cluster is needed: the rows are the same wherever the task runs.
+
     python benchmarks/ray_overhead.py [--files 6 --seconds 30 --rounds 3]
+    python benchmarks/ray_overhead.py --wire [--seconds 60]
 """
 
 from __future__ import annotations
@@ -39,12 +46,55 @@ def timed(args: list[str], env: dict) -> float:
     return took
 
 
+def wire_bytes(path: Path, defer: bool) -> tuple[int, float]:
+    """(bytes, seconds of one thread) of the rows a decoding task yields for `path`."""
+    import pickle
+
+    from matpac_cli.engines.work import decode_files
+    from matpac_cli.pipeline.discovery import Item
+
+    batch = {"i": np.array([0]), "item": np.array([pickle.dumps(Item(str(path), path))], dtype=object)}
+    t0 = time.perf_counter()
+    rows = list(decode_files(batch, (608,), defer))
+    took = time.perf_counter() - t0
+    return sum(sum(len(b) for b in r["data"]) + 8 * 3 * len(r["data"]) for r in rows), took
+
+
+def wire(seconds: float) -> None:
+    """Bytes per audio-second from decoding to encoding, per input rate and path."""
+    import torch
+
+    from matpac_cli.engines.ray.driver import decode_kwargs
+
+    torch.set_num_threads(1)  # a decoding task's share
+    work = Path(tempfile.mkdtemp(prefix="matpac-ray-wire-"))
+    paths = {
+        "CPU cluster": decode_kwargs("cpu", (608,))["defer"],
+        "GPU cluster": decode_kwargs("cuda", (608,))["defer"],
+        "GPU, input rate (before)": True,
+    }
+    print(f"bytes per audio-second, decoding -> encoding ({seconds:.0f} s stereo FLAC; 16 kHz float32 = 64,000)")
+    for sr in (16000, 44100, 48000):
+        flac = work / f"t{sr}.flac"
+        make_flac(flac, seconds, seed=1, sr=sr)
+        for name, defer in paths.items():
+            wire_bytes(flac, defer)  # warm
+            size, took = wire_bytes(flac, defer)
+            print(
+                f"  {sr / 1000:4.1f} kHz  {name:25s} {size / seconds:9,.0f} B/s  decoding {seconds / took:5.0f}x real time"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wire", action="store_true", help="print the bytes per audio-second on the wire, and stop")
     a = ap.parse_args()
+    if a.wire:
+        wire(a.seconds if a.seconds != 30.0 else 60.0)
+        return
     work = Path(tempfile.mkdtemp(prefix="matpac-ray-bench-"))
     ckpt = work / "vitb.pt"
     make_checkpoint(ckpt)

@@ -5,7 +5,8 @@ so only path queries), in a temporary folder, then times:
   (a) `matpac_cli.jobs.similarity.nearest`, 100 queries x the memory-mapped index, top 10, exact;
   (b) the `matpac search` program end to end (start-up, reading the row index, writing CSV),
       with the same 100 queries named by their paths;
-  (c) `matpac_cli.jobs.similarity.duplicates` over the first --dup-rows rows (all pairs, exact).
+  (c) `matpac_cli.jobs.similarity.exact_duplicates` over the first --dup-rows rows (all pairs;
+      `benchmarks/duplicates.py` measures the k-means cells that `search --duplicates` uses).
 Each figure is the best of --repeat runs with the index in the page cache (the first run after
 writing it), and a check that (a) equals a float64 numpy cosine on a few queries.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.jobs.similarity import duplicates, nearest
+from matpac_cli.jobs.similarity import exact_duplicates, nearest
 
 
 def write_index(folder: Path, rows: int, dim: int, seed: int = 0) -> Path:
@@ -114,7 +115,7 @@ def main() -> None:
         result["cli_s"], _ = best_of(args.repeat, lambda: subprocess.run(cmd, check=True))
         sub = index[: args.dup_rows]
         result["dup_rows"] = len(sub)
-        result["duplicates_s"], pairs = best_of(1, lambda: list(duplicates(sub, 0.98)))
+        result["duplicates_s"], pairs = best_of(1, lambda: list(exact_duplicates(sub, 0.98)))
         result["duplicate_pairs"] = len(pairs)
     for key in ("nearest_s", "cli_s", "duplicates_s"):
         result[key] = round(result[key], 2)

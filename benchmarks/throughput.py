@@ -39,6 +39,7 @@ import soundfile as sf
 import torch
 
 from matpac_cli.config import Device, pick_precision
+from matpac_cli.encoder.cpu import cpu_label
 
 
 def make_checkpoint(path: Path, n_t: int = 608, seed: int = 0) -> None:
@@ -253,7 +254,7 @@ def formats_table(tmp: Path, ckpt: Path, args: argparse.Namespace, precision: st
 def _header(args: argparse.Namespace) -> str:
     from matpac_cli.pipeline.feed import default_workers
 
-    where = torch.cuda.get_device_name(torch.device(args.device)) if Device.parse(args.device).is_cuda else "CPU"
+    where = torch.cuda.get_device_name(torch.device(args.device)) if Device.parse(args.device).is_cuda else cpu_label()
     workers = args.workers or default_workers(args.device)
     return (
         f"device {args.device} ({where}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "

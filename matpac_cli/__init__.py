@@ -31,7 +31,8 @@ The public names:
   Embed       embed, EmbedConfig, Summary (what a run did)
   Tag         tag, TagConfig, Group (one encoder and its heads), build_heads, load_groups (the
               encoders of a tag run, each loaded once with its heads: `tag` takes them)
-  Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs),
+  Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs;
+              k-means cells from 8,192 rows, exact=True compares every pair: the same pairs),
               duplicate_groups (the pairs joined into groups, each in keep order: lossless first)
   Train       train, TrainConfig, read_labels (a labels folder or CSV), from_index (features
               from an embed output), embed_labelled (features by embedding the files)
@@ -75,7 +76,7 @@ _HOMES = {
     "build_heads": "matpac_cli.jobs.tag",
     "load_groups": "matpac_cli.jobs.tag_groups",
     "nearest": "matpac_cli.jobs.similarity",
-    "duplicates": "matpac_cli.jobs.similarity",
+    "duplicates": "matpac_cli.jobs.dup_cells",
     "duplicate_groups": "matpac_cli.jobs.dup_groups",
     "train": "matpac_cli.jobs.train",
     "TrainConfig": "matpac_cli.jobs.probe",

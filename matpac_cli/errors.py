@@ -63,10 +63,24 @@ class InputError(MatpacError):
 
     exit_code = 1
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{path}: {reason}", settings=settings)
         self.path = path
         self.reason = reason
 
     def __reduce__(self):  # pickled as (path, reason): a Ray task sends a file's error to the driver
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.settings))
+
+
+class GaveUp(InputError):
+    """A file given up because working on it killed its process again and again (a segfault, an
+    out-of-memory kill): unlike an error a decoder raises, which costs little to meet again, the
+    library records it (`stage` "decode": whatever the model; "encode": for the run's models),
+    and a later run skips the file until `retry_failed` is given."""
+
+    def __init__(self, path: str, reason: str, stage: str = "decode") -> None:
+        super().__init__(path, reason)
+        self.stage = stage
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.stage))

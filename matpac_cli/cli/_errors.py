@@ -41,6 +41,7 @@ FLAGS = {
     "precision": "--precision",
     "prune": "--prune",
     "report": "--report",
+    "retry_failed": "--retry-failed",
     "segments": "--segments",
     "separator": "--separator",
     "start": "--from",

@@ -93,6 +93,14 @@ LibraryOpt = Annotated[
         "(default: $MATPAC_LIBRARY, else ~/.cache/matpac/library).",
     ),
 ]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed",
+        help="Try again the files the library records as failed (each killed the worker working on it; "
+        "without this flag a run skips them, naming each).",
+    ),
+]
 NoLibraryOpt = Annotated[
     bool, typer.Option("--no-library", help="Neither read nor write the library: encode everything, keep nothing.")
 ]

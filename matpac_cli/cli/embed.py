@@ -25,6 +25,7 @@ from matpac_cli.cli._options import (
     PruneOpt,
     QuietOpt,
     RayAddressOpt,
+    RetryFailedOpt,
     ThreadsOpt,
     UpdateOpt,
     WorkersOpt,
@@ -73,6 +74,7 @@ def embed(
     ray_address: RayAddressOpt = None,
     library: LibraryOpt = None,
     no_library: NoLibraryOpt = False,
+    retry_failed: RetryFailedOpt = False,
 ) -> None:
     """Embed audio files into one N x 3840 matrix (clip mean of the encoder's time columns).
 
@@ -99,6 +101,7 @@ def embed(
         prune=prune,
         options=options,
         library=library_of(library, no_library),
+        retry_failed=retry_failed,
     )
     check_config(config)  # --out, --layer, --frames, --update: refused before the model loads
     if failures is not None:

@@ -72,6 +72,17 @@ GroupsOpt = Annotated[
         ),
     ),
 ]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact",
+        help=(
+            "With --duplicates: compare every pair (quadratic: minutes at 100,000 rows). By default only the pairs "
+            "that k-means cells and their bisector bound cannot rule out are compared: the same pairs and scores. "
+            "Neighbour search is always exact."
+        ),
+    ),
+]
 SelfOpt = Annotated[
     bool, typer.Option("--include-self", help="Keep a query that is in the index among its own neighbours.")
 ]
@@ -109,6 +120,7 @@ def search(
     threshold: ThresholdOpt = None,
     duplicates: DuplicatesOpt = False,
     groups: GroupsOpt = False,
+    exact: ExactOpt = False,
     include_self: SelfOpt = False,
     out: RowsOutOpt = None,
     fmt: FormatOpt = None,
@@ -141,6 +153,10 @@ def search(
     started = time.monotonic()
     if groups and not duplicates:
         raise UsageError("--groups joins the pairs of --duplicates into groups: give --duplicates with it")
+    if exact and not duplicates:
+        raise UsageError(
+            "--exact chooses how --duplicates compares (neighbour search is always exact): give --duplicates"
+        )
     options = _check_options(queries, top_k, threshold, duplicates, batch_size, workers, threads, device, precision)
     fmt = output_format(out, fmt)
     target = None if out in (None, "-") else Path(out)
@@ -154,9 +170,9 @@ def search(
             reporter.warning(with_flags(note, ("layer",)))
         try:
             if duplicates and groups:
-                _groups(emb, matrix, threshold, fmt, target, reporter, started)
+                _groups(emb, matrix, (threshold, exact), fmt, target, reporter, started)
             if duplicates:
-                _duplicates(S, emb, matrix, threshold, fmt, target, reporter, started)
+                _duplicates(S, emb, matrix, (threshold, exact), fmt, target, reporter, started)
             plan, failed = S.plan_queries(emb, queries, _extensions(ext))
             for err in failed:
                 reporter.failure(err)
@@ -181,11 +197,13 @@ def search(
 
 
 def _duplicates(
-    S, emb, matrix, threshold: float | None, fmt: str, target: Path | None, reporter: Reporter, started: float
+    S, emb, matrix, asked: tuple, fmt: str, target: Path | None, reporter: Reporter, started: float
 ) -> None:
-    """`--duplicates`: every pair scoring at least the threshold (0.98 by default), streamed."""
+    """`--duplicates`: every pair scoring at least the threshold (0.98 by default), streamed
+    (`asked`: the threshold given or None, and --exact)."""
+    threshold, exact = asked
     cut = 0.98 if threshold is None else threshold
-    count = _write(S.duplicate_rows(emb.paths, matrix, cut), S.DUPLICATE_COLUMNS, fmt, target)
+    count = _write(S.duplicate_rows(emb.paths, matrix, cut, exact), S.DUPLICATE_COLUMNS, fmt, target)
     reporter.info(
         f"matpac: {count} pair(s) scoring >= {cut:g} among {len(emb.paths)} files "
         f"in {time.monotonic() - started:.1f} s{_wrote(target)}"
@@ -193,13 +211,14 @@ def _duplicates(
     raise typer.Exit(0)
 
 
-def _groups(emb, matrix, threshold: float | None, fmt: str, target: Path | None, reporter: Reporter, started: float):
+def _groups(emb, matrix, asked: tuple, fmt: str, target: Path | None, reporter: Reporter, started: float):
     """`--duplicates --groups`: the pairs joined into groups, each member's row in keep order."""
     from matpac_cli.jobs.dup_groups import GROUP_COLUMNS, duplicate_groups, group_rows
 
+    threshold, exact = asked
     cut = 0.98 if threshold is None else threshold
     cwd = (emb.manifest or {}).get("cwd") if emb.library is None else None
-    found = duplicate_groups(emb.paths, matrix, cut, emb.index, cwd if isinstance(cwd, str) else None)
+    found = duplicate_groups(emb.paths, matrix, cut, emb.index, cwd if isinstance(cwd, str) else None, exact)
     _write(group_rows(emb.paths, found), GROUP_COLUMNS, fmt, target)
     reporter.info(
         f"matpac: {len(found.members)} group(s) of {found.files} files ({found.pairs} pair(s) scoring >= {cut:g}) "

@@ -24,6 +24,7 @@ from matpac_cli.cli._options import (
     PruneOpt,
     QuietOpt,
     RayAddressOpt,
+    RetryFailedOpt,
     RowsOutOpt,
     ThreadsOpt,
     UpdateOpt,
@@ -81,6 +82,7 @@ def tag(
     ray_address: RayAddressOpt = None,
     library: LibraryOpt = None,
     no_library: NoLibraryOpt = False,
+    retry_failed: RetryFailedOpt = False,
     write: WriteOpt = False,
     dry_run: DryRunOpt = False,
     undo: UndoOpt = False,
@@ -132,6 +134,7 @@ def tag(
         keep=(update, prune),
         write=spec,
     )
+    config = dataclasses.replace(config, retry_failed=retry_failed)
     items = items_for(inputs, ext, null)
     written = _check_outputs(
         target, manifest, failures, report, items + named_inputs(model, labels, *(head or ())), force

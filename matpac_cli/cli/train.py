@@ -193,7 +193,8 @@ def _embed(labelled, out, cache, model, run, quiet, failures, force, started):
 
     cache = cache or naming.head_embeddings(out)
     # the embeddings it keeps are a cache: rows of files no longer labelled stay (`update`), never refused
-    config = EmbedConfig(out=cache, force=force, update=not force, options=options, library=library)
+    # the files named are tried whatever the library recorded of them (only embed and tag skip)
+    config = EmbedConfig(out=cache, force=force, update=not force, options=options, library=library, retry_failed=True)
     check_config(config)
     if failures is not None:
         from matpac_cli.outputs.writers import ensure_writable

@@ -30,14 +30,14 @@ import numpy as np
 
 from matpac_cli.config import precision_name
 from matpac_cli.encoder import cpu
-from matpac_cli.engines.hooks import hold
-from matpac_cli.errors import RAY_LIMIT, InputError, MatpacError, ModelError, one_line
+from matpac_cli.errors import RAY_LIMIT, GaveUp, InputError, MatpacError, ModelError, one_line
 from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, hand_on, run_layers
 from matpac_cli.pipeline.discovery import Item
 
 # The feed, and torch with it, load here, in the worker's main thread as it unpickles its task: a
 # first `import torch` in two of Ray Data's threads at once fails half-initialised.
 from matpac_cli.pipeline.feed import END, Feed
+from matpac_cli.pipeline.hooks import hold
 
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
 
@@ -183,7 +183,10 @@ class Collector:
         hand_on(slot, self.plans, self.on_result, self.events)
 
     def finish(self, reason: str = "no result came back from the Ray cluster") -> None:
-        """Files the cluster never answered for, or that the job gave up: named, never silently lost."""
+        """Files the cluster never answered for, or that the job gave up: named, never silently
+        lost. Not a `GaveUp` (recorded, skipped by later runs) even where the encoder kept dying:
+        any of the files left may be the one that killed it, or none (a model that kills its
+        actor as it loads, a node lost again and again)."""
         for i, item in enumerate(self.items):
             if i not in self.done:
                 slot = self.slots.pop(i, None) or Slot(item, self.plans)
@@ -218,7 +221,7 @@ def decode_files(
         item = pickle.loads(blob)
         deaths = attempts.begin(("decode", int(i)))
         if deaths >= GIVE_UP:
-            yield _facts_row(int(i), dict.fromkeys(n_ts, 0), InputError(item.name, died(deaths, "decoding it")), None)
+            yield _facts_row(int(i), dict.fromkeys(n_ts, 0), GaveUp(item.name, died(deaths, "decoding it")), None)
             continue
         if crash_on and item.name.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults

@@ -1,6 +1,6 @@
 """`search --duplicates --groups`: near-duplicate pairs joined into groups, each ordered by a "keep" hint.
 
-Pairs (`jobs.similarity.duplicates`) are joined into connected components (union-find): a file
+Pairs (`jobs.dup_cells.duplicates`) are joined into connected components (union-find): a file
 within the threshold of any member is in the group, so A~B and B~C make one group of three even
 where A and C score below it. Memory holds one entry per file that has a pair, never the pairs.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matpac_cli.jobs.similarity import duplicates
+from matpac_cli.jobs.dup_cells import duplicates
 
 GROUP_COLUMNS = [
     "group",
@@ -216,11 +216,13 @@ def duplicate_groups(
     threshold: float = 0.98,
     index: Sequence[dict] | None = None,
     cwd: str | None = None,
+    exact: bool = False,
 ) -> Groups:
     """The near-duplicate groups of an index's rows (`paths`, `matrix`), each in keep order.
     `index` rows (sample_rate, duration_s) fill facts a file cannot give; `cwd` is the folder
-    relative paths were written from (the index's manifest), where each file is opened."""
-    members, best, count = join_pairs(duplicates(matrix, threshold))
+    relative paths were written from (the index's manifest), where each file is opened; `exact`
+    compares every pair (`dup_cells.duplicates`)."""
+    members, best, count = join_pairs(duplicates(matrix, threshold, exact=exact or None))
     found = Groups(best=best, pairs=count)
     for group in members:
         for row in group:

@@ -4,7 +4,10 @@ The matrix is `emb.npy` with its row index `emb.csv`, or one Parquet table `emb.
 `path` column is the index (`parquet`); the manifest is the same for both. The output is a view of
 the library: files it holds for the model and settings are not encoded again (a re-run, a moved
 or re-tagged file, `emb.npy` deleted), and every file encoded is stored as it finishes, so an
-interrupted run resumes from it. Rows of files that are not inputs of this run are kept
+interrupted run resumes from it. A re-run writes what changed only: nothing, where the output
+holds this run's rows already (its manifest's record says which); new rows after them (a .npy
+grown in place); else the whole output, a chunk of rows at a time, the found files' vectors taken
+from the library as they are written (never all held at once). Rows of files that are not inputs of this run are kept
 (`update`), replaced (`force`), or the run is refused (`outputs.earlier`): never dropped silently.
 """
 
@@ -20,9 +23,8 @@ from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
-from matpac_cli.jobs.embed_output import described, record_frames, recorded_frames, write_matrix
+from matpac_cli.jobs.embed_output import Rows, Stored, record_frames, recorded_frames, write_outputs
 from matpac_cli.outputs import earlier, naming, writers
-from matpac_cli.outputs.manifest import manifest
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 from matpac_cli.sidefiles import refuse_symlink
@@ -38,6 +40,7 @@ class EmbedConfig:
     prune: bool = False  # with update: drop the kept rows of files gone from disk
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     library: Path | bool | None = None  # the library folder; None: the default one; False: none
+    retry_failed: bool = False  # try again the files the library records as given up (`jobs.stored`)
 
 
 @dataclass
@@ -149,7 +152,7 @@ def embed(
     check_config(config)
     paths = naming.embed_outputs(config.out)
     frames = [naming.frames_lock(config.frames_dir)] if config.frames_dir is not None else []
-    library = stored.open_library(config.library)
+    library = stored.open_library(config.library, config.retry_failed)
     with writers.locked(*naming.written(paths), *frames):
         writers.clean_stale_temps(paths["matrix"])
         return _embed(items, predictor, config, paths, events if events is not None else NoEvents(), argv, library)
@@ -165,57 +168,40 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     }
     _refuse_overwrite(paths, settings, config.force)
     before = check_inputs(config, items)
-    ours = _frames_ours(before, earlier.vouched(paths["matrix"], paths["manifest"]), config)
+    man = earlier.vouched(paths["matrix"], paths["manifest"])
+    before_record = (man or {}).get("rows") if before else None  # what the output holds, as its manifest says
+    ours = _frames_ours(before, man, config)
     _refuse_foreign_frames(items, ours, config)
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
-    results: dict[Item, tuple[dict, object]] = {}
+    results: dict[Item, tuple[dict, object, str | None]] = {}
     on_result = _recorder(config, len(layers), results, summary, events)
+    lean = [] if config.frames_dir is None else None  # found files' vectors stay in the library till written
     try:
         heard = KeepFailures(events, summary.failures)
         kept_frames = _frames_kept(ours, config)
-        ran = stored.run(library, config.options, items, [plan], heard, on_result, summary.found, kept_frames)
+        ran = stored.run(library, config.options, items, [plan], heard, on_result, summary.found, kept_frames, lean)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
     finally:
         stored.close(library, summary, events)
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
     done = [(name, facts, row) for name, (facts, row) in kept.rows]
-    done += [(item.name, *results[item]) for item in items if item in results]
+    keys: list[str | None] = [None] * len(done)  # a kept row's key is not known: its output is rewritten
+    for item in items:
+        if item in results:
+            facts, row, key = results[item]
+            done.append((item.name, facts, Stored(key) if row is None else row))
+            keys.append(key)
     if not done or (len(done) == len(kept.rows) and not kept.pruned):
         # nothing new to write: an earlier output stays as it was, and is not called fresh
         summary.left = [p for p in naming.written(paths) if p.exists()]
         return summary
     summary.truncated[:0] = [name for name, (facts, _) in kept.rows if facts.get("truncated")]
-    _write_outputs(paths, done, shape, config, (predictor, settings, summary, argv))
+    rows = Rows(done, keys, shape, lean[0] if lean else None)
+    write_outputs(paths, rows, config.frames_dir, before_record, (predictor, settings, summary, argv))
     return summary
-
-
-def _write_outputs(paths: dict[str, Path], done: list, shape: tuple[int, ...], config: EmbedConfig, about) -> None:
-    """The matrix, its index and manifest, replacing the old ones together (`about`: predictor,
-    settings, summary, argv)."""
-    predictor, settings, summary, argv = about
-    with writers.Unit() as unit:
-        write_matrix(unit, paths, done, shape, config.frames_dir is not None)
-        unit.json(
-            paths["manifest"],
-            manifest(
-                [predictor],
-                settings,
-                summary,
-                argv,
-                heads=[],
-                extra={
-                    "truncated": summary.truncated,
-                    "output": described(paths, config.frames_dir),
-                    "library": summary.library,
-                },
-            ),
-        )
-    summary.outputs = naming.written(paths)
-    if config.frames_dir is not None:
-        summary.outputs.append(config.frames_dir)
 
 
 def _recorder(config, n_layers: int, results: dict, summary: Summary, events: RunEvents):
@@ -230,7 +216,7 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
             frames = out.frames[:, 0] if out.frames.shape[1] == 1 else out.frames
             writers.write_array(naming.frames_file(config.frames_dir, res.item.name), frames)
             record_frames(config.frames_dir, config.out, naming.frames_name(res.item.name))
-        emb = out.embedding[0] if n_layers == 1 else out.embedding
+        emb = out.embedding if out.embedding is None or n_layers > 1 else out.embedding[0]  # None: in the library
         meta = {"duration_s": res.duration_s, "sample_rate": res.sample_rate, "channels": res.channels}
         if res.truncated:
             meta["truncated"] = list(res.truncated)
@@ -240,7 +226,7 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
                     f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
                     f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
                 )
-        results[res.item] = (meta, emb)
+        results[res.item] = (meta, emb, res.key)
         summary.count(res)
 
     return on_result

@@ -8,36 +8,185 @@ The `embed` job (`jobs.embed`) decides what to compute; this module holds what i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from matpac_cli.config import FRONT_END, PATCH
 from matpac_cli.errors import OutputError
-from matpac_cli.outputs import naming, writers
+from matpac_cli.outputs import earlier, inplace, naming, writers
+from matpac_cli.outputs.manifest import manifest
 from matpac_cli.outputs.naming import FRAMES_COLUMNS, INDEX_COLUMNS
+from matpac_cli.outputs.readers import read_manifest
 from matpac_cli.sidefiles import create, open_existing
 
 
 def write_matrix(
-    unit: writers.Unit, paths: dict[str, Path], done: list, shape: tuple[int, ...], frames: bool = False
+    unit: writers.Unit,
+    paths: dict[str, Path],
+    done: list,
+    shape: tuple[int, ...],
+    frames: bool = False,
+    resolve=None,
+    head: Path | None = None,
 ) -> None:
     """The matrix and its row index; with `--frames`, each row also names its frames file
-    (relative to the --frames folder) and the seconds between two of its frames."""
+    (relative to the --frames folder) and the seconds between two of its frames. A row's vector
+    may be a placeholder (`Stored`, `earlier.Earlier`) that `resolve` turns into its array a
+    chunk at a time, so the rows are never all in memory at once; `head` (Parquet): an earlier
+    file whose rows are the first rows of `done`, copied as they are."""
+    resolve = resolve or (lambda part: part)
     if "index" in paths:
-        unit.matrix(paths["matrix"], [row for _, _, row in done])
+        chunks = (np.stack([row for _, _, row in resolve(part)]) for part in _parts(done, CHUNK_ROWS))
+        unit.matrix_chunks(paths["matrix"], len(done), shape, chunks)
         unit.csv(paths["index"], INDEX_COLUMNS + (FRAMES_COLUMNS if frames else []), _index_rows(done, frames))
         return
     from matpac_cli.outputs import parquet
 
+    per_group = parquet.rows_per_group(shape)
+    skip = parquet.row_count(head) if head is not None else 0
     with unit.open(paths["matrix"], "wb") as fh:
         parquet.write_embeddings(
-            fh,
-            done,
-            shape,
-            frames=[naming.frames_name(name) for name, _, _ in done] if frames else None,
+            fh, (resolve(p) for p in _parts(done[skip:], per_group)), shape, frames=frames, head=head
         )
+
+
+CHUNK_ROWS = 4096  # rows of a .npy resolved and written at a time (60 MB at 3840 values)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A row whose vector the library holds under `key`: taken as the output is written."""
+
+    key: str
+
+
+def _parts(done: list, size: int):
+    for start in range(0, len(done), size):
+        yield done[start : start + size]
+
+
+def resolver(held, single: bool, earlier_path: Path | None):
+    """`resolve(part)`: the rows of `part` with their vectors, the placeholders among them taken
+    in one batch each: `Stored` from the library (`held`, a `held.Held`; `single`: one layer, its
+    vector alone), `earlier.Earlier` from the Parquet output being replaced."""
+
+    def resolve(part: list) -> list:
+        vectors = [v for _, _, v in part]
+        stored = [j for j, v in enumerate(vectors) if isinstance(v, Stored)]
+        if stored:
+            got = held.vectors([vectors[j].key for j in stored])
+            for j, v in zip(stored, got):
+                vectors[j] = v[0] if single else v
+        old = [j for j, v in enumerate(vectors) if isinstance(v, earlier.Earlier)]
+        if old:
+            from matpac_cli.outputs import parquet
+
+            for j, v in zip(old, parquet.take_rows(earlier_path, [vectors[j].row for j in old])):
+                vectors[j] = v
+        return [(name, facts, v) for (name, facts, _), v in zip(part, vectors)]
+
+    return resolve
+
+
+def digests(seed: str, done: list, keys: list, at: tuple[int, ...]) -> dict[int, str | None]:
+    """The digest of the first n rows, for each n of `at`: what the rows are (name, library key,
+    facts) under `seed` (the settings, format and folder they were written for). None where a
+    row among them has no key (a row kept from an earlier output, a run without a library)."""
+    h = hashlib.blake2b(seed.encode(), digest_size=16)
+    out, wanted = {}, set(at)
+    if 0 in wanted:
+        out[0] = h.hexdigest()
+    for n, ((name, facts, _), key) in enumerate(zip(done, keys), start=1):
+        if key is None:
+            break
+        token = (
+            f"{name}\0{key}\0{float(facts['duration_s'])!r}\0{int(facts['sample_rate'])}"
+            f"\0{int(facts['channels'])}\0{1 if facts.get('truncated') else 0}\n"
+        )
+        h.update(token.encode("utf-8", "surrogateescape"))
+        if n in wanted:
+            out[n] = h.hexdigest()
+    return {n: out.get(n) for n in at}
+
+
+@dataclass
+class Rows:
+    """A run's output rows: (name, facts, vector or placeholder) each, their library keys (None
+    where not known), the shape of one vector, and what the library holds (`held.Held`, for the
+    `Stored` placeholders)."""
+
+    done: list
+    keys: list
+    shape: tuple[int, ...]
+    held: object | None = None
+
+
+def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, record: dict | None, about) -> None:
+    """The matrix, its index and manifest (`about`: predictor, settings, summary, argv), written
+    as little as the output allows. The manifest's `rows` record (count, digest of the rows'
+    names, keys and facts, the files' lengths) says what the output holds: where this run's rows
+    are the same rows, the files are left as they are, byte for byte; where they begin with them,
+    a .npy grows in place (`inplace`); else everything is written anew, together, a chunk of
+    rows at a time (a Parquet output whose rows begin with the earlier ones copies those)."""
+    summary = about[2]
+    seed = _seed(paths, about[1], rows.shape)
+    old = record.get("count") if isinstance(record, dict) and frames_dir is None else None
+    old = old if isinstance(old, int) and 0 <= old <= len(rows.done) else None
+    digest = digests(seed, rows.done, rows.keys, (old or 0, len(rows.done)))
+    same = old is not None and record.get("digest") is not None and digest[old] == record["digest"]
+    matrix, index = paths["matrix"], paths.get("index")
+    if same and old == len(rows.done) and inplace.untouched(matrix, index, record):
+        summary.left = [p for p in naming.written(paths) if p.exists()]
+        return
+    new = {"count": len(rows.done), "digest": None if frames_dir else digest[len(rows.done)]}
+    ours = same and (record.get("pending") or inplace.untouched(matrix, index, record))  # else: someone's edit
+    if ours and index is not None and inplace.fits(matrix, index, record, len(rows.done), rows.shape):
+        tail = rows.done[old:]
+
+        def begin() -> None:
+            held = read_manifest(paths["manifest"])
+            writers.write_json(paths["manifest"], dict(held, rows=dict(record, pending=True)))
+
+        def commit() -> None:
+            new["files"] = inplace.sizes(matrix, index)
+            writers.write_json(paths["manifest"], _manifest(paths, frames_dir, about, new))
+
+        resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
+        chunks = (np.stack([v for _, _, v in resolve(part)]) for part in _parts(tail, CHUNK_ROWS))
+        inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), begin, commit)
+        summary.outputs = naming.written(paths)
+        return
+    head = matrix if ours and index is None and inplace.untouched(matrix, None, record) else None
+    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
+    with writers.Unit() as unit:
+        write_matrix(unit, paths, rows.done, rows.shape, frames_dir is not None, resolve, head)
+        tmp_index = unit.temporary(index) if index is not None else None
+        new["files"] = inplace.sizes(unit.temporary(matrix), tmp_index)  # a move keeps inode and mtime
+        unit.json(paths["manifest"], _manifest(paths, frames_dir, about, new))
+    summary.outputs = naming.written(paths) + ([frames_dir] if frames_dir is not None else [])
+
+
+def _seed(paths: dict[str, Path], settings: dict, shape: tuple[int, ...]) -> str:
+    """What a row digest is of besides the rows: the settings, the format and shape, the folder
+    the rows' names are relative to."""
+    fmt = "npy" if "index" in paths else "parquet"
+    return json.dumps({"settings": settings, "format": fmt, "shape": list(shape), "cwd": os.getcwd()}, sort_keys=True)
+
+
+def _manifest(paths: dict[str, Path], frames_dir: Path | None, about, record: dict) -> dict:
+    predictor, settings, summary, argv = about
+    extra = {
+        "truncated": summary.truncated,
+        "output": described(paths, frames_dir),
+        "library": summary.library,
+        "rows": record,
+    }
+    return manifest([predictor], settings, summary, argv, heads=[], extra=extra)
 
 
 def record_frames(frames_dir: Path, out: Path, name: str) -> None:
@@ -90,9 +239,10 @@ def described(paths: dict[str, Path], frames_dir: Path | None = None) -> dict:
     return described
 
 
-def _index_rows(done: list[tuple[str, dict, np.ndarray]], frames: bool = False):
-    """The row index's rows, in matrix order (with `--frames`, the frames file and its step)."""
-    for i, (name, facts, _) in enumerate(done):
+def _index_rows(done: list[tuple[str, dict, np.ndarray]], frames: bool = False, start: int = 0):
+    """The row index's rows, in matrix order from row `start` (with `--frames`, the frames file
+    and its step)."""
+    for i, (name, facts, _) in enumerate(done, start=start):
         row = (
             i,
             name,

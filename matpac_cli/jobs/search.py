@@ -24,7 +24,8 @@ import numpy as np
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import InputError, UsageError
 from matpac_cli.events import RunEvents
-from matpac_cli.jobs.similarity import duplicates, nearest
+from matpac_cli.jobs.dup_cells import duplicates
+from matpac_cli.jobs.similarity import nearest
 from matpac_cli.outputs import naming
 from matpac_cli.outputs.readers import Embeddings, read_embeddings
 from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, Item, discover
@@ -227,6 +228,7 @@ def embed_queries(
             layer=str(layer or "last"),
             options=options or RunOptions(batch_size=QUERY_BATCH),
             library=library,
+            retry_failed=True,  # a query named is tried whatever the library recorded of it
         )
         summary = embed([Item(q.name, q.path) for q in files], predictor, config, events)
         if not summary.done + summary.reused:  # encoded now, or found in the library
@@ -261,6 +263,10 @@ def neighbour_rows(
             yield {"query": q.name, "rank": rank, "path": emb_paths[row], "score": score}
 
 
-def duplicate_rows(emb_paths: Sequence[str], matrix: np.ndarray, threshold: float = 0.98) -> Iterator[dict]:
-    for a, b, score in duplicates(matrix, threshold):
+def duplicate_rows(
+    emb_paths: Sequence[str], matrix: np.ndarray, threshold: float = 0.98, exact: bool = False
+) -> Iterator[dict]:
+    """Rows `path_a, path_b, score` of the near-duplicate pairs; `exact` compares every pair
+    (otherwise only those the cells' bound leaves: the same pairs, `jobs.dup_cells`)."""
+    for a, b, score in duplicates(matrix, threshold, exact=exact or None):
         yield {"path_a": emb_paths[a], "path_b": emb_paths[b], "score": score}

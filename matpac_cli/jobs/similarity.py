@@ -113,14 +113,14 @@ def _nearest_pass(index, q, k, exclude, step):
     return found
 
 
-def duplicates(
+def exact_duplicates(
     index: np.ndarray, threshold: float = 0.98, rows_per_block: int | None = None, pair_budget: int = PAIR_BUDGET
 ) -> Iterator[tuple[int, int, float]]:
     """Every pair of rows (a < b) whose cosine is at least `threshold`, each pair once, in row
-    order, yielded as found. Compares a block of rows with the blocks after them, counting the
-    matches of each row; while a block's pairs fit `pair_budget` they are kept and yielded in
-    order, else its rows are taken again in runs whose matches fit the budget (one row's never
-    exceed the index's row count), so memory stays bounded however many rows are identical."""
+    order, yielded as found, comparing every pair. Compares a block of rows with the blocks after
+    them, counting the matches of each row; while a block's pairs fit `pair_budget` they are kept
+    and yielded in order, else its rows are taken again in runs whose matches fit the budget (one
+    row's never exceed the index's row count), so memory stays bounded however many rows match."""
     step = rows_per_block or min(block_rows(index.shape[1]), 4096)  # 4096 x 4096 scores: 64 MiB
     n = len(index)
     for a0 in range(0, n, step):

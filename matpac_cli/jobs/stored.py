@@ -10,21 +10,23 @@ not stored) take a file from the library only where its frames file is there alr
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from matpac_cli import engines
 from matpac_cli.config import RunOptions
-from matpac_cli.errors import OutputError, one_line
+from matpac_cli.errors import MatpacError, OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
 
-def open_library(library: Path | str | bool | None):
+def open_library(library: Path | str | bool | None, retry_failed: bool = False):
     """The run's `Library` (None: the default location; False: none), or None where the
-    environment turns it off. A location that cannot be made is one line, before any model loads."""
+    environment turns it off. A location that cannot be made is one line, before any model loads.
+    `retry_failed`: the files it records as given up are tried again (`run`)."""
     from matpac_cli.library.location import resolve_root
 
     root = resolve_root(library)
@@ -41,7 +43,9 @@ def open_library(library: Path | str | bool | None):
         ) from None
     if not usable:
         raise OutputError(f"library {root}: not a writable folder; give another `library`", settings=("library",))
-    return Library(root)
+    opened = Library(root)
+    opened.retry_failed = retry_failed
+    return opened
 
 
 def resume_note(library: Path | str | bool | None) -> str:
@@ -69,33 +73,66 @@ def run(
     on_result: Callable[[FileResult], None],
     found: Counter | None = None,
     frames_kept: Callable[[Item], bool] | None = None,
+    lean: list | None = None,
 ) -> Ran:
     """`engines.run` over what `library` lacks (all of `items` where `library` is None); `found`
     counts the files taken from the library by how they were known. Frames are not stored: a
     plan that keeps them takes a file from the library only where `frames_kept` says its frames
-    file from an earlier run is there (its result then has no frames)."""
+    file from an earlier run is there (its result then has no frames). A file the library
+    records as given up (it killed the worker working on it: `library.failed`) fails again at
+    once, named with its reason, unless the library was opened to retry them (`open_library`); a
+    file given up in this run is recorded. With `lean` (a list, for plans of clip embeddings
+    only), found files reach `on_result` without their vectors (an `embedding` of None, and their
+    `key`), and `lean` receives, per plan, what the library holds (`held.Held`), to take the
+    vectors from as they are written."""
     if library is None:
         return engines.run(options, items, plans, events, on_result)
     from matpac_cli.library.key import Setting
-    from matpac_cli.library.store import stored_result
     from matpac_cli.library.tables import guarded
 
     found = found if found is not None else Counter()
     settings = [Setting.of(p) for p in plans]
+    todo, by_item = _from_library(library, items, plans, settings, (events, on_result, found, frames_kept, lean))
+    with guarded(library.root):
+        library.commit()  # the paths seen, before any encoding
+        failed = _failed_before(library, todo, by_item, settings)
+    if not library.retry_failed:
+        todo = [item for item in todo if not _skip_failed(item, failed.get(by_item.get(item)), events)]
+
+    def storing(res: FileResult) -> None:
+        key = res.key = by_item.get(res.item)
+        if key is not None:
+            with guarded(library.root):
+                for plan, setting, out in zip(plans, settings, res.outputs):
+                    library.add(key, setting, plan, res, out)
+                if key in failed:  # tried again (`retry_failed`), and it ran through this time
+                    _forget_failed(library, key, settings)
+            _say_unwritable(library, events)
+        on_result(res)
+
+    keys = {item.name: key for item, key in by_item.items()}
+    return engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing)
+
+
+def _from_library(library, items: list[Item], plans: list[Plan], settings: list, hearing) -> tuple[list, dict]:
+    """The files the library holds for every plan handed on (`hearing`: the events, `on_result`,
+    the `found` counter, `frames_kept` and `lean`); the others to encode, and their keys (by item)."""
+    from matpac_cli.library.store import stored_result
+    from matpac_cli.library.tables import guarded
+
+    events, on_result, found, frames_kept, lean = hearing
     with guarded(library.root):
         known = library.identify(items)
         keys = [k.key for k in known.values()]
-        held = [
-            {} if p.frames and frames_kept is None else library.lookup(keys, s, p.resolved_layers(), p.segments)
-            for p, s in zip(plans, settings)
-        ]
+        held = _held(library, keys, plans, settings, frames_kept, lean)
     framed = any(p.frames for p in plans)
     todo, by_item = [], {}
     for i, item in enumerate(items):
         k = known.get(i)
         if k is not None and all(k.key in h for h in held) and (not framed or frames_kept(item)):
-            res = stored_result(item, plans, [h[k.key] for h in held])
-            res.found = k.how
+            got = [h[k.key] for h in held]
+            res = _found(item, plans, got) if lean is not None else stored_result(item, plans, got)
+            res.found, res.key = k.how, k.key
             found[k.how] += 1
             on_result(res)
             events.reused(item, res.duration_s)
@@ -103,19 +140,84 @@ def run(
         todo.append(item)
         if k is not None:
             by_item[item] = k.key
-    with guarded(library.root):
-        library.commit()  # the paths seen, before any encoding
+    return todo, by_item
 
-    def storing(res: FileResult) -> None:
-        key = by_item.get(res.item)
-        if key is not None:
-            with guarded(library.root):
-                for plan, setting, out in zip(plans, settings, res.outputs):
-                    library.add(key, setting, plan, res, out)
-            _say_unwritable(library, events)
-        on_result(res)
 
-    return engines.run(options, todo, plans, events, storing)
+def _failed_before(library, todo: list[Item], by_item: dict, settings: list) -> dict[str, str]:
+    from matpac_cli.library.failed import failed_before
+
+    return failed_before(library.root, [by_item[i] for i in todo if i in by_item], settings)
+
+
+def _skip_failed(item: Item, reason: str | None, events: RunEvents) -> bool:
+    """A file given up in an earlier run: failed again at once, in one line with the reason."""
+    if reason is None:
+        return False
+    from matpac_cli.errors import InputError
+
+    events.failure(
+        InputError(item.name, f"failed before: {reason}; `retry_failed` tries it again", settings=("retry_failed",))
+    )
+    events.progress(item, 0.0)
+    return True
+
+
+def _forget_failed(library, key: str, settings: list) -> None:
+    from matpac_cli.library.failed import clear
+
+    with contextlib.suppress(MatpacError):  # a library that cannot be written now: said by the run
+        clear(library.root, key, settings)
+
+
+class _Recording:
+    """The run's events, with each file the engine gave up because it killed its worker
+    (`errors.GaveUp`) recorded in the library as failed, by its audio key: for any model where
+    its decoding died, for the run's models where the encoder did."""
+
+    def __init__(self, events: RunEvents, library, keys: dict[str, str], settings: list, failed: dict) -> None:
+        self.events, self.library, self.keys, self.settings = events, library, keys, settings
+        self.failed = failed  # recorded before this run (tried again: `retry_failed`)
+
+    def failure(self, err) -> None:
+        from matpac_cli.errors import GaveUp
+        from matpac_cli.library.failed import ANY, record
+        from matpac_cli.library.tables import guarded
+
+        key = self.keys.get(getattr(err, "path", None))
+        if isinstance(err, GaveUp) and key is not None:
+            with contextlib.suppress(MatpacError), guarded(self.library.root):
+                record(self.library.root, key, [ANY] if err.stage == "decode" else self.settings, err.reason)
+        elif key in self.failed:  # tried again, and it failed as a file that kills nothing: no longer poison
+            _forget_failed(self.library, key, self.settings)
+        self.events.failure(err)
+
+    def __getattr__(self, name: str):
+        return getattr(self.events, name)
+
+
+def _held(library, keys: list[str], plans: list[Plan], settings: list, frames_kept, lean: list | None) -> list:
+    """Per plan, what the library holds of `keys`: their results (`Library.lookup`), or with
+    `lean` their facts alone (`held.held`, also handed to the caller in `lean`)."""
+    if lean is None:
+        return [
+            {} if p.frames and frames_kept is None else library.lookup(keys, s, p.resolved_layers(), p.segments)
+            for p, s in zip(plans, settings)
+        ]
+    from matpac_cli.library.held import held
+
+    if any(p.segments or p.frames for p in plans):
+        raise ValueError("lean lookups are for clip embeddings only")
+    lean[:] = [held(library.root, keys, s, p.resolved_layers()) for p, s in zip(plans, settings)]
+    return [h.facts for h in lean]
+
+
+def _found(item: Item, plans: list[Plan], facts: list[dict]) -> FileResult:
+    """A found file's result without its vectors (`lean`): its facts, and no embedding."""
+    from matpac_cli.pipeline.assemble import EncoderOutput
+
+    first = facts[0]
+    outs = [EncoderOutput(None) for _ in plans]
+    return FileResult(item, first["duration_s"], first["sample_rate"], first["channels"], outs, first["truncated"])
 
 
 def close(library, summary, events: RunEvents | None = None) -> None:

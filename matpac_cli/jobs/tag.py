@@ -51,6 +51,7 @@ class TagConfig:
     options: RunOptions = RunOptions()  # batch size, workers, engine ...: checked when built
     manifest: Path | None = None  # None: beside a file output (`tags.csv.manifest.json`); none for stdout
     library: Path | bool | None = None  # the library folder; None: the default one; False: none
+    retry_failed: bool = False  # try again the files the library records as given up (`jobs.stored`)
     wide: bool = False  # one row per file, each head's top label and score (`tag_rows.wide_row`)
     write: object | None = None  # outputs.filetags.WriteSpec: the labels into the files (`tag_write`)
 
@@ -132,14 +133,14 @@ def tag(
                 f"fmt={config.fmt} is binary and is not written to stdout; give out=FILE.{config.fmt}",
                 settings=("fmt", "out"),
             )
-        library = stored.open_library(config.library)
+        library = stored.open_library(config.library, config.retry_failed)
         _stream(items, groups, config, stdout, summary, events, library)
         summary.streamed = True
         if man_path is not None:
             writers.write_json(man_path, make_manifest())
             summary.outputs.append(man_path)
         return summary
-    library = stored.open_library(config.library)
+    library = stored.open_library(config.library, config.retry_failed)
     with writers.locked(out, man_path):
         writers.clean_stale_temps(out)
         _to_file(items, groups, config, out, settings, summary, events, (man_path, make_manifest), library)

@@ -85,7 +85,7 @@ def write_tags(items: list[Item], groups: list, config, stdout: TextIO, events: 
     summary.tagged = 0  # files whose tags were written (the summary line says how many)
     events = KeepFailures(events if events is not None else NoEvents(), summary.failures)
     source = source_of(groups)
-    library = stored.open_library(config.library)
+    library = stored.open_library(config.library, config.retry_failed)
 
     def on_result(res: FileResult) -> None:
         summary.count(res)

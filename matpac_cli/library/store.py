@@ -70,6 +70,7 @@ class Library:
         self._stop, self._flusher, self._failed = threading.Event(), None, None
         self.unwritable: Exception | None = None  # the write that failed: nothing more is stored
         self.told = False  # the run has said so
+        self.retry_failed = False  # the files `library.failed` records are tried again (`jobs.stored`)
 
     # reading -----------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""The library's three Lance tables and the few operations on them, with no matpac rules in them.
+"""The library's four Lance tables and the few operations on them, with no matpac rules in them.
 
 - `clips`: one row per (audio key, model sha256, front-end settings, layer): the file's clip
   embedding of that layer (float32, as the encoder's outputs are written) and its facts.
 - `segments`: one row per (key, model, front-end): the last layer's per-chunk embeddings, with each
   chunk's span and time columns (what `tag --segments` rows and its short-tail merge need).
 - `paths`: one row per real path seen: its key, its stat, when it was last seen.
+- `failed`: one row per file given up because it killed the process working on it (`failed`);
+  a library made before it has none, and reads as if it were empty.
 Rows are appended (a fragment per commit); a lookup that meets a row twice (two runs at once
 encoded the same file) takes either: they are equal.
 """
@@ -69,7 +71,16 @@ PATHS = pa.schema(
         ("seen", pa.float64()),
     ]
 )
-SCHEMAS = {"clips": CLIPS, "segments": SEGMENTS, "paths": PATHS}
+FAILED = pa.schema(
+    [
+        ("key", pa.string()),
+        ("model", pa.string()),  # "" where the file failed before any model ran (its decoding)
+        ("frontend", pa.string()),
+        ("reason", pa.string()),  # the error's line, as the run said it
+        ("added", pa.float64()),
+    ]
+)
+SCHEMAS = {"clips": CLIPS, "segments": SEGMENTS, "paths": PATHS, "failed": FAILED}
 
 
 def uri(root: Path, name: str) -> str:

@@ -1,7 +1,8 @@
 """An existing output, read back: whether matpac wrote it, with what settings, and its rows.
 
 A file output (`emb.npy`, `emb.parquet`, `tags.csv` ...) is rewritten whole at the end of a run,
-from the files of that run. It is matpac's to replace only where its manifest says so (the
+from the files of that run (an embed output only where its rows changed: left as it was, or grown
+in place, `jobs.embed_output.write_outputs`). It is matpac's to replace only where its manifest says so (the
 manifest beside it names it as the output it describes), and only when the settings match.
 Onto an output made from more files (`matpac tag ./Music` then `matpac tag "./Music/New
 Arrivals"` into the same `tags.csv`), or after files were deleted from disk, a rewrite would drop
@@ -23,6 +24,7 @@ refused: no row is of a file outside it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -111,9 +113,14 @@ class Row:
     output holds of it (`embed`: its facts and vector; `tag`: its rows)."""
 
     name: str
-    real: str
+    cwd: str  # the folder the run that wrote it ran in: its name is relative to it
     payload: object
     here: bool = False  # written by a run in the current folder: its name is an input's name too
+
+    @functools.cached_property
+    def real(self) -> str:
+        """Its real path, resolved when asked (a re-run naming every row as before asks none)."""
+        return resolved(self.name, self.cwd)
 
 
 def cwd_of(man: dict | None) -> str:
@@ -128,18 +135,31 @@ def resolved(name: str, cwd: str) -> str:
         return name
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """A row's vector left where it is, row `row` of the Parquet output being replaced: read a
+    row group at a time as the new output is written (`parquet.take_rows`), never all at once."""
+
+    row: int
+
+
 def embed_rows(out: Path, man: dict | None) -> list[Row]:
-    """The rows of the embed output `out` (matrix and index), by file."""
+    """The rows of the embed output `out` (matrix and index), by file: a `.npy`'s vectors are
+    views of its memory map, a Parquet output's are `Earlier` rows (its index alone is read). A
+    .npy its manifest says a run was growing (`inplace`) is read to the manifest's count."""
     from matpac_cli.outputs.readers import read_embeddings
 
-    emb = _readable(out, "embed", read_embeddings)
-    cwd = cwd_of(man)
+    record = (man or {}).get("rows")
+    pending = record.get("count") if isinstance(record, dict) and record.get("pending") else None
+    emb = _readable(out, "embed", lambda path: read_embeddings(path, vectors=False, rows=pending))
+    cwd, here = cwd_of(man), _here(cwd_of(man))
     rows = []
     for i, r in enumerate(emb.index):
         facts = {"duration_s": r["duration_s"], "sample_rate": r["sample_rate"], "channels": r["channels"]}
         if r.get("truncated"):
             facts["truncated"] = True
-        rows.append(Row(r["path"], resolved(r["path"], cwd), (facts, emb.matrix[i]), _here(cwd)))
+        vector = Earlier(i) if emb.matrix is None else emb.matrix[i]
+        rows.append(Row(r["path"], cwd, (facts, vector), here))
     return rows
 
 
@@ -163,7 +183,7 @@ def tag_rows(out: Path, man: dict | None) -> list[Row]:
     cwd, by_name = cwd_of(man), {}
     for row in tags.rows:
         by_name.setdefault(row["path"], []).append(row)
-    return [Row(name, resolved(name, cwd), rows, _here(cwd)) for name, rows in by_name.items()]
+    return [Row(name, cwd, rows, _here(cwd)) for name, rows in by_name.items()]
 
 
 _LAST: dict = {}  # the output read last, by its stat: read again once, for free (see `_readable`)
@@ -195,9 +215,12 @@ def not_inputs(rows: list[Row], items: Iterable[Item]) -> list[Row]:
     or, for rows written from this folder, by the name (as given, or as Parquet spells a name
     that is not UTF-8) where the path does not say (a name kept with its `~`)."""
     items = list(items)
-    inputs = {real_path(item) for item in items}
     names = {item.name for item in items} | {_as_text(item.name) for item in items}
-    return [row for row in rows if row.real not in inputs and not (row.here and row.name in names)]
+    rest = [row for row in rows if not (row.here and row.name in names)]  # no path resolved for these
+    if not rest:
+        return []
+    inputs = {real_path(item) for item in items}
+    return [row for row in rest if row.real not in inputs]
 
 
 def _as_text(name: str) -> str:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from matpac_cli import __version__
 from matpac_cli.config import FRONT_END
+from matpac_cli.encoder.cpu import cpu_info
 
 
 def _model(predictor, ran_on: str | None = None) -> dict:
@@ -42,6 +43,7 @@ def manifest(
         "heads": heads,
         "settings": settings,
         "front_end": FRONT_END.as_dict(),
+        "host": _host(summary),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -55,6 +57,13 @@ def manifest(
         },
         **(extra or {}),
     }
+
+
+def _host(summary) -> dict:
+    """The CPU this ran on, so that a figure says which CPU it was measured on: the machine that
+    encoded, or for a Ray run (the engine says where its actors ran) only the driver's."""
+    role = "ray driver" if getattr(summary, "ran_on", None) else "encoded here"
+    return {"cpu": cpu_info(), "cpus": os.cpu_count(), "role": role}
 
 
 def _cwd() -> str:

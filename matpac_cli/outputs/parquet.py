@@ -4,13 +4,14 @@ An embedding output is one row per file, in input order: `path` (string), `durat
 (float64), `sample_rate` and `channels` (int32), and `embedding`, a fixed-size list of float32
 (D values; `--layer all`: a fixed-size list of L fixed-size lists of D), so pandas, pyarrow,
 DuckDB and Polars read it with no option and no Ray, and no row index file is needed beside it
-(the path column is the index). Tag rows keep the CSV's long format with types: `score` float32
-(the value as computed, never rounded; CSV prints 6 digits of it), `rank` int32, `start_s`/`end_s`
-float64 (empty on clip rows). Strings must be UTF-8: a file name that is not is written with
-`\\udcXX` escapes, as JSON Lines writes it.
+(the path column is the index). Tag and search rows are `parquet_rows`' (the CSV's long format,
+with types). Strings must be UTF-8: a file name that is not is written with `\\udcXX` escapes, as
+JSON Lines writes it.
 
 Rows are written in row groups of about 64 MiB through `pyarrow.parquet.ParquetWriter` into the
-temporary file of a `writers.Unit`, so a Parquet output is atomic like every other. Compression
+temporary file of a `writers.Unit`, so a Parquet output is atomic like every other; the rows come
+a row group at a time (from the library, or copied from the file being replaced), so memory holds
+about two row groups whatever the number of rows. Compression
 is Snappy (Parquet's default; float32 embeddings barely compress, and every reader has it);
 dictionaries only on the repetitive string columns. pyarrow is imported here only, on first use,
 so commands that write no Parquet never load it. Reading accepts one file or a folder of shards
@@ -20,7 +21,7 @@ read in the order of their sorted paths).
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
@@ -30,9 +31,7 @@ import numpy as np
 from matpac_cli.errors import OutputError, UsageError, one_line
 
 GROUP_BYTES = 64 * 2**20  # embedding bytes per row group
-ROW_BATCH = 65536  # tag rows per row group
 EMBED_COLUMNS = ["path", "duration_s", "sample_rate", "channels", "embedding"]
-DICTIONARY = ["head", "label", "tag_id", "query", "codec"]  # repetitive strings: dictionary-encoded
 
 
 def arrow():
@@ -43,46 +42,6 @@ def arrow():
     except ImportError:
         raise OutputError("Parquet needs pyarrow, which is not installed: pip install pyarrow") from None
     return pa, pq
-
-
-def _types() -> dict:
-    pa, _ = arrow()
-    text, f64 = pa.string(), pa.float64()
-    return {
-        "path": text,
-        "head": text,
-        "label": text,
-        "tag_id": text,
-        "query": text,
-        "path_a": text,
-        "path_b": text,
-        "score": pa.float32(),
-        "rank": pa.int32(),
-        "duration_s": f64,
-        "start_s": f64,
-        "end_s": f64,
-        "truncated": pa.bool_(),
-        "group": pa.int32(),  # search --duplicates --groups
-        "keep": pa.int32(),
-        "match": text,
-        "lossless": pa.bool_(),
-        "codec": text,
-        "sample_rate": pa.int32(),
-        "bit_depth": pa.int32(),
-    }
-
-
-def column_type(name: str, types: dict):
-    """A column's Parquet type: named in `types`, or a `tag --wide` head's `<head>_label` (text)
-    or `<head>_score` (float32); None for any other."""
-    if name in types:
-        return types[name]
-    pa, _ = arrow()
-    if name.endswith("_label"):
-        return pa.string()
-    if name.endswith("_score"):
-        return pa.float32()
-    return None
 
 
 def _strings(values: list, pa):
@@ -115,89 +74,97 @@ def embedding_schema(shape: tuple[int, ...], frames: bool = False):
     )
 
 
+def rows_per_group(shape: tuple[int, ...], group_bytes: int = GROUP_BYTES) -> int:
+    """Rows of an embedding table in one row group (about `group_bytes` of embeddings)."""
+    return max(1, group_bytes // (4 * int(np.prod(shape))))
+
+
 def write_embeddings(
     fh: IO[bytes],
-    records: Sequence[tuple[str, dict, np.ndarray]],
+    parts: Iterable[Sequence[tuple[str, dict, np.ndarray]]],
     shape: tuple[int, ...],
-    frames: Sequence[str] | None = None,
+    frames: bool = False,
+    head: Path | None = None,
+    group_bytes: int = GROUP_BYTES,
 ) -> None:
-    """One row per (name, facts, vector) into the open binary file `fh`, in order; `frames`:
-    each row's frames file (`embed --frames`), a last column."""
+    """One row per (name, facts, vector) into the open binary file `fh`, in order, a row group
+    per part of `parts` (`rows_per_group` rows each: memory holds one); `frames`: each row's
+    frames file (`embed --frames`), a last column. `head`: an earlier table of this schema whose
+    rows come first, copied a row group at a time. Memory holds about two row groups of
+    `group_bytes` (the parts being cut into groups, and the group being written), whatever the
+    file's size."""
+    from matpac_cli.outputs.naming import frames_name
+
     pa, pq = arrow()
-    schema = embedding_schema(shape, frames is not None)
-    per_group = max(1, GROUP_BYTES // (4 * int(np.prod(shape))))
+    schema = embedding_schema(shape, frames)
+    naming = frames_name if frames else None
+    tables = (_embedding_table(part, shape, schema, naming) for part in parts)
+    if head is not None:
+        tables = itertools.chain(_row_groups(head, schema), tables)
+    per_group, held, rows, wrote = rows_per_group(shape, group_bytes), [], 0, False
     with pq.ParquetWriter(fh, schema, compression="snappy", use_dictionary=False) as writer:
-        for start in range(0, max(len(records), 1), per_group):
-            part = records[start : start + per_group]
-            values = (
-                np.stack([np.asarray(v, dtype=np.float32) for _, _, v in part])
-                if part
-                else np.zeros((0, *shape), np.float32)
-            )
-            column = pa.array(values.reshape(-1))
-            for n in reversed(shape):
-                column = pa.FixedSizeListArray.from_arrays(column, n)
-            writer.write_table(
-                pa.table(
-                    [
-                        _strings([name for name, _, _ in part], pa),
-                        pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
-                        pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
-                        pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
-                        column,
-                    ]
-                    + ([_strings(list(frames[start : start + per_group]), pa)] if frames is not None else []),
-                    schema=schema,
-                )
-            )
+        for table in tables:  # cut into groups of `per_group` rows, as a file written whole is
+            if not held and len(table) == per_group:  # a whole group (a copied one): no copy made of it
+                writer.write_table(table)
+                wrote = True
+                continue
+            held.append(table)
+            rows += len(table)
+            while rows >= per_group:
+                both = pa.concat_tables(held)
+                writer.write_table(both.slice(0, per_group).combine_chunks())
+                held, rows, wrote = [both.slice(per_group)], rows - per_group, True
+        if rows or not wrote:  # the last rows; or, with none at all, a valid file of no rows
+            last = pa.concat_tables(held) if held else _embedding_table([], shape, schema, naming)
+            writer.write_table(last.combine_chunks())
 
 
-class RowTable:
-    """Long-format rows (tag or search) into an open binary file, a row group per ROW_BATCH rows,
-    with the RowWriter interface (`write(row)`, `flush()`); `close()` writes the footer."""
+def _row_groups(path: Path, schema):
+    """The row groups of an earlier embedding table, one at a time."""
+    _, pq = arrow()
+    with open(path, "rb") as fh:
+        source = pq.ParquetFile(fh)
+        for i in range(source.num_row_groups):
+            yield source.read_row_group(i).cast(schema)
 
-    def __init__(self, fh: IO[bytes], columns: Sequence[str]) -> None:
-        pa, pq = arrow()
-        types = _types()
-        unknown = [c for c in columns if column_type(c, types) is None]
-        if unknown:
-            raise OutputError(f"no Parquet type for column(s) {', '.join(unknown)}")
-        self.columns = list(columns)
-        self.schema = pa.schema([(c, column_type(c, types)) for c in columns])
-        self._rows: list[dict] = []
-        self._writer = pq.ParquetWriter(
-            fh,
-            self.schema,
-            compression="snappy",
-            use_dictionary=[c for c in columns if c in DICTIONARY or c.endswith("_label")],
-        )
 
-    def write(self, row: dict) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= ROW_BATCH:
-            self._write_batch()
+def _embedding_table(part: Sequence, shape: tuple[int, ...], schema, frames_name):
+    pa, _ = arrow()
+    values = (
+        np.stack([np.asarray(v, dtype=np.float32) for _, _, v in part]) if part else np.zeros((0, *shape), np.float32)
+    )
+    column = pa.array(values.reshape(-1))
+    for n in reversed(shape):
+        column = pa.FixedSizeListArray.from_arrays(column, n)
+    return pa.table(
+        [
+            _strings([name for name, _, _ in part], pa),
+            pa.array([float(m["duration_s"]) for _, m, _ in part], pa.float64()),
+            pa.array([int(m["sample_rate"]) for _, m, _ in part], pa.int32()),
+            pa.array([int(m["channels"]) for _, m, _ in part], pa.int32()),
+            column,
+        ]
+        + ([_strings([frames_name(name) for name, _, _ in part], pa)] if frames_name is not None else []),
+        schema=schema,
+    )
 
-    def flush(self) -> None:
-        """Rows are written a row group at a time; nothing to do between them."""
 
-    def _write_batch(self) -> None:
-        pa, _ = arrow()
-        arrays = []
-        for field in self.schema:
-            values = [r.get(field.name) for r in self._rows]
-            arrays.append(_strings(values, pa) if field.type == pa.string() else pa.array(values, field.type))
-        self._writer.write_table(pa.table(arrays, schema=self.schema))
-        self._rows = []
+def row_count(path: Path) -> int:
+    """The rows of one Parquet file, from its footer."""
+    _, pq = arrow()
+    return pq.ParquetFile(path).metadata.num_rows
 
-    def close(self) -> None:
-        if self._rows:
-            self._write_batch()
-        self._writer.close()  # with no row at all: a valid file of the schema and no rows
 
-    def abort(self) -> None:
-        """Stop without a footer (the temporary file is discarded by its Unit)."""
-        with contextlib.suppress(Exception):
-            self._writer.close()
+def take_rows(path: Path, rows: Sequence[int]) -> np.ndarray:
+    """The embeddings of rows `rows` of a Parquet output (reading the row groups that hold them)."""
+    pa, _ = arrow()
+    import pyarrow.dataset as ds
+
+    try:
+        data = ds.dataset([str(p) for p in shards(path)], format="parquet")
+        return matrix(data.take(pa.array(rows, pa.int64()), columns=["embedding"]).column("embedding"), path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from None
 
 
 # ---------------------------------------------------------------- reading
@@ -278,10 +245,13 @@ def matrix(column, path: Path) -> np.ndarray:
     return values
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, list[dict]]:
-    """(matrix, index rows: row, path, duration_s, sample_rate, channels) of an embedding output."""
+def read_embeddings(path: Path, vectors: bool = True) -> tuple[np.ndarray | None, list[dict]]:
+    """(matrix, index rows: row, path, duration_s, sample_rate, channels) of an embedding output;
+    without `vectors`, the index alone (the matrix None: a re-run takes the rows it keeps later,
+    `take_rows`, instead of holding the whole column)."""
     pa, _ = arrow()
-    table = read_table(path, EMBED_COLUMNS, required=("path", "embedding"))
+    columns = EMBED_COLUMNS if vectors else [c for c in EMBED_COLUMNS if c != "embedding"]
+    table = read_table(path, columns, required=("path", "embedding"))
     names = table.column("path").to_pylist()
     if any(not isinstance(p, str) for p in names):
         raise UsageError(f"{path}: the path column has empty rows")
@@ -306,7 +276,7 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, list[dict]]:
         }
         for i, (p, d, sr, ch) in enumerate(zip(names, facts["duration_s"], facts["sample_rate"], facts["channels"]))
     ]
-    return matrix(table.column("embedding"), path), index
+    return (matrix(table.column("embedding"), path) if vectors else None), index
 
 
 def read_matrix(path: Path) -> np.ndarray:

@@ -44,7 +44,7 @@ class Embeddings:
     named it, duration_s, sample_rate, channels, truncated)."""
 
     path: Path
-    matrix: np.ndarray
+    matrix: np.ndarray | None  # None: read without vectors (`read_embeddings(vectors=False)`)
     index: list[dict]
     manifest: dict | None
     library: object | None = None  # read from a library: its view (every key's vector, to find moved files)
@@ -78,12 +78,14 @@ def read_manifest(path: Path) -> dict | None:
     return data
 
 
-def read_embeddings(npy: Path) -> Embeddings:
+def read_embeddings(npy: Path, vectors: bool = True, rows: int | None = None) -> Embeddings:
     """Read `X.npy` with `X.csv`, or `X.parquet` (a file or a folder of shards), and, where
-    present, `X.manifest.json`."""
+    present, `X.manifest.json`. Without `vectors`, a Parquet output's index alone (its `matrix`
+    None); a .npy is memory-mapped either way. `rows`: a .npy's first rows alone, where both files
+    hold at least that many (what a run killed while growing it in place added is not read)."""
     npy = Path(npy)
     if naming.is_parquet(npy):
-        return _parquet_embeddings(npy)
+        return _parquet_embeddings(npy, vectors)
     if npy.suffix != ".npy":
         raise UsageError(f"{npy}: expected the .npy or .parquet that `matpac embed --out` writes")
     if not npy.is_file():
@@ -97,7 +99,9 @@ def read_embeddings(npy: Path) -> Embeddings:
             f"{npy}: expected an N x D (or N x layers x D) float32 matrix, found {matrix.dtype} {tuple(matrix.shape)}"
         )
     index_path = naming.row_index(npy)
-    index = read_index(index_path)
+    index = read_index(index_path, rows)
+    if rows is not None and min(len(index), len(matrix)) >= rows:
+        index, matrix = index[:rows], matrix[:rows]
     if len(index) != len(matrix):
         raise UsageError(
             f"{index_path}: {len(index)} rows but {npy} has {len(matrix)}; the two files are not from the same run"
@@ -105,12 +109,12 @@ def read_embeddings(npy: Path) -> Embeddings:
     return Embeddings(npy, matrix, index, read_manifest(naming.embed_manifest(npy)))
 
 
-def _parquet_embeddings(path: Path) -> Embeddings:
+def _parquet_embeddings(path: Path, vectors: bool = True) -> Embeddings:
     from matpac_cli.outputs import parquet
 
     if not path.exists():
         raise UsageError(f"{path}: no such embeddings file")
-    matrix, index = parquet.read_embeddings(path)
+    matrix, index = parquet.read_embeddings(path, vectors)
     manifest = read_manifest(naming.embed_manifest(path))
     truncated = set((manifest or {}).get("truncated") or [])  # a Parquet output lists them there
     for row in index:
@@ -118,7 +122,9 @@ def _parquet_embeddings(path: Path) -> Embeddings:
     return Embeddings(path, matrix, index, manifest)
 
 
-def read_index(path: Path) -> list[dict]:
+def read_index(path: Path, rows: int | None = None) -> list[dict]:
+    """The rows of a `.npy` output's index; `rows`: only the first so many (an output growing in
+    place, `outputs.inplace`: lines past them may be a killed run's half-written tail)."""
     if not path.is_file():
         raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
     with reading(path) as fh:
@@ -126,8 +132,10 @@ def read_index(path: Path) -> list[dict]:
         if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
             raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
         unique_columns(path, reader.fieldnames)
-        rows = []
+        limit, rows = rows, []
         for n, raw in enumerate(reader):
+            if limit is not None and n >= limit:
+                break
             try:
                 rows.append(
                     {

@@ -78,11 +78,28 @@ class Unit:
     def matrix(self, path: Path, rows: Sequence[np.ndarray]) -> None:
         """Stack per-file arrays into one .npy, row by row: no second copy in memory, and no
         memory map (a full disk under a map kills the process with SIGBUS; a write says ENOSPC)."""
-        shape = (len(rows),) + (tuple(rows[0].shape) if rows else (0,))
+        shape = tuple(rows[0].shape) if rows else (0,)
+        self.matrix_chunks(path, len(rows), shape, ([row] for row in rows))
+
+    def matrix_chunks(self, path: Path, count: int, row_shape: tuple, chunks: Iterable[np.ndarray]) -> None:
+        """A .npy of `count` float32 rows of `row_shape`, from `chunks` (arrays of rows, or lists
+        of rows) as they come: memory holds one chunk. Fewer rows than `count` is an error (the
+        header would lie)."""
+        written = 0
         with self.open(path, "wb") as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
-            for row in rows:
-                fh.write(np.ascontiguousarray(row, dtype="<f4").tobytes())
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<f4", "fortran_order": False, "shape": (count, *row_shape)}
+            )
+            for chunk in chunks:
+                block = np.ascontiguousarray(np.asarray(chunk, dtype="<f4"))
+                fh.write(memoryview(block).cast("B"))
+                written += len(block)
+        if written != count:
+            raise OutputError(f"cannot write {path}: {written} rows where {count} were expected")
+
+    def temporary(self, path: Path) -> Path:
+        """Where `path` is being written (its size, before the unit is in place)."""
+        return next(tmp for tmp, final in self.staged if final == path)
 
     def csv(self, path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
         with self.open(path) as fh:
@@ -233,12 +250,12 @@ def output_format(out: str | None, fmt: str | None) -> str:
 @contextmanager
 def row_file(unit: Unit, path: Path, fmt: str, columns: Sequence[str]) -> Iterator[RowWriter]:
     """A row writer into `path`, one of `unit`'s files: CSV or JSON Lines as text, or a Parquet
-    table (`parquet.RowTable`, the same `write(row)`), whose footer is written on success."""
+    table (`parquet_rows.RowTable`, the same `write(row)`), whose footer is written on success."""
     if fmt not in BINARY:
         with unit.open(path) as fh:
             yield RowWriter(fh, fmt, columns)
         return
-    from matpac_cli.outputs.parquet import RowTable
+    from matpac_cli.outputs.parquet_rows import RowTable
 
     with unit.open(path, "wb") as fh:
         table = RowTable(fh, columns)

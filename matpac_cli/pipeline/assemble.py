@@ -88,6 +88,7 @@ class FileResult:
     outputs: list[EncoderOutput]  # one per plan, in plan order
     truncated: tuple[int, int] | None = None  # (frames the header promised, frames read)
     found: str | None = None  # taken from the library, not encoded: how it was known ("same path", "moved" ...)
+    key: str | None = None  # its audio key in the library (where there is one and the file could be keyed)
 
 
 class Slot:

@@ -26,6 +26,7 @@ from matpac_cli.errors import InputError, one_line
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.chunking import WindowStream
 from matpac_cli.pipeline.discovery import Item
+from matpac_cli.pipeline.hooks import hold, hold_on
 
 
 def default_workers(device: str | Device = "cpu") -> int:
@@ -58,6 +59,9 @@ class Feed:
         try:
             if self.item.problem:
                 raise InputError(self.item.name, self.item.problem)
+            held = hold_on()  # None unless a test asked for it (MATPAC_TEST_HOOKS)
+            if held and self.item.name.endswith(held[0]):
+                hold(held[1], lambda: self.cancelled)
             self.source = AudioSource(self.item.path, self.item.name)
             if eligible(self.source.sample_rate, self.n_ts):
                 self._rate_chunks(self.source.sample_rate)

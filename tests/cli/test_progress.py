@@ -6,6 +6,7 @@ the batch size: its short last chunk must not wait for 15 other files' tails.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,14 +27,25 @@ def tracks(tmp_path_factory) -> Path:
     return folder
 
 
+LONG_RUN = 20  # tracks of `long_run`
+
+
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory) -> Path:
-    """48 tracks: the library commits every 16 files, so a run is caught with files committed
-    and many still to go."""
+    """20 short tracks whose last one waits to be decoded (`held`): the library commits every
+    16 files, so a run is caught with files committed and one still to go, however fast the
+    machine (once 48 tracks of 30 s: the slowest tests outside Ray)."""
     folder = tmp_path_factory.mktemp("long_run")
-    for i in range(48):
-        write_audio(folder / f"t{i:02d}.wav", 30.0, seed=i)
+    for i in range(LONG_RUN):
+        write_audio(folder / f"t{i:02d}.wav", 3.0, seed=i)
     return folder
+
+
+def held(tmp_path: Path) -> dict:
+    """The environment in which the last track of `long_run` is decoded only once `tmp_path/go`
+    exists (the test-only hold hook, matpac_cli/pipeline/hooks.py): the run cannot end before
+    it is stopped."""
+    return {"MATPAC_TEST_HOOKS": "1", "MATPAC_TEST_HOLD_ON": f"t{LONG_RUN - 1:02d}.wav:{tmp_path / 'go'}"}
 
 
 @pytest.mark.parametrize("workers", [1, 4])
@@ -66,7 +78,8 @@ def test_each_file_is_emitted_within_a_batch_of_its_audio(tiny, tracks, workers)
 
 
 def _stopped(tiny: Path, inputs: Path, out: Path, records: int, sig: int):
-    """`matpac embed` stopped by `sig` once the library has `records` files: (process, its stderr)."""
+    """`matpac embed` stopped by `sig` once the library has `records` files, its last track held
+    until then (`held`): (process, its stderr)."""
     args = [
         sys.executable,
         "-m",
@@ -84,7 +97,8 @@ def _stopped(tiny: Path, inputs: Path, out: Path, records: int, sig: int):
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, **held(out.parent)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120
     while library_files() < records and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -99,7 +113,7 @@ def test_an_interrupted_run_keeps_its_finished_files(tiny, long_run, tmp_path, s
     out = tmp_path / "emb.npy"
     proc, err = _stopped(tiny, long_run, out, 16, sig)
     kept = library_files()  # SIGINT and SIGTERM commit what was held; kill -9 loses only that
-    assert 16 <= kept < 48
+    assert 16 <= kept < LONG_RUN
     if sig != signal.SIGKILL:
         assert proc.returncode == (130 if sig == signal.SIGINT else 143)
         assert b"Traceback" not in err
@@ -145,13 +159,13 @@ def test_an_interrupted_run_and_its_resume_count_the_same_files(tiny, long_run, 
     out = tmp_path / "emb.npy"
     proc, err = _stopped(tiny, folder, out, 16, signal.SIGINT)
     last = err.decode().strip().splitlines()[-1]
-    got = re.match(r"matpac: interrupted after (\d+) of 50 file\(s\) \((\d+) finished, (\d+) failed\);", last)
+    got = re.match(r"matpac: interrupted after (\d+) of 22 file\(s\) \((\d+) finished, (\d+) failed\);", last)
     assert got, last
     stopped, finished, failed = map(int, got.groups())
     assert failed == 2 and stopped == finished + failed and finished == library_files(), last
     rerun = run_matpac(["embed", str(folder), "--out", str(out), "--model", str(tiny), "--device", "cpu"])
     assert rerun.returncode == 1, rerun.stderr.decode()
-    assert f"{48 - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()
+    assert f"{LONG_RUN - finished} done, {finished} reused, 2 failed".encode() in rerun.stderr, rerun.stderr.decode()
 
 
 def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved_into_place(tiny, long_run, tmp_path):
@@ -177,7 +191,7 @@ def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **held(tmp_path)})
     deadline = time.monotonic() + 120
     while library_files() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -191,3 +205,25 @@ def test_an_interrupt_keeps_its_exit_code_when_the_failures_file_cannot_be_moved
     assert any(ln.startswith("matpac: warning: cannot write") and "f.csv" in ln for ln in text.splitlines()), text
     assert text.strip().splitlines()[-1].startswith("matpac: interrupted after "), text
     assert failures.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".f.csv.tmp")]
+
+
+def _bf16_in_hardware() -> bool:
+    """Read here, apart from matpac's parser: the flags line of the first CPU."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return bool({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def test_the_summary_names_bf16_where_the_cpu_computes_it_in_hardware(tiny, tmp_path):
+    """Said after a run long enough for its speed to matter (10 minutes of audio computed)."""
+    write_audio(tmp_path / "a.wav", 600.0, seed=1)
+    write_audio(tmp_path / "short" / "b.wav", 1.0, seed=2)
+    short = run_matpac(["embed", str(tmp_path / "short"), "--model", str(tiny), "--out", str(tmp_path / "s.npy")])
+    assert "computes bf16 in hardware" not in short.stderr.decode(), short.stderr.decode()
+    base = ["embed", str(tmp_path / "a.wav"), "--model", str(tiny), "--device", "cpu", "--no-library"]
+    fp32 = run_matpac([*base, "--out", str(tmp_path / "a.npy")]).stderr.decode().strip().splitlines()[-1]
+    bf16 = run_matpac([*base, "--out", str(tmp_path / "b.npy"), "--precision", "bf16"]).stderr.decode()
+    said = "this CPU computes bf16 in hardware: `--precision bf16` ran"
+    assert (said in fp32) == _bf16_in_hardware(), fp32
+    assert said not in bf16 and "on cpu, bf16" in bf16, bf16  # said only where it would change something

@@ -172,3 +172,38 @@ def test_one_torch_thread_has_one_home_and_restores_the_count():
         if "set_num_threads(1)" in p.read_text(encoding="utf-8")
     ]
     assert homes == ["matpac_cli/encoder/cpu.py"]
+
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9R14 96-Core Processor
+stepping\t: 1
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512_bf16 avx512vl
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: a second CPU is not read
+"""
+
+
+def test_the_cpu_is_named_by_family_model_and_the_flags_that_decide_its_kernels(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN4)
+    got = cpu.cpu_info(str(info))
+    assert got == {
+        "vendor": "AuthenticAMD",
+        "family": 25,
+        "model": 17,
+        "name": "AMD EPYC 9R14 96-Core Processor",
+        "stepping": 1,
+        "flags": ["avx2", "fma", "avx512f", "avx512_bf16"],
+    }
+    assert cpu.cpu_label(got) == "AMD EPYC 9R14 96-Core Processor (family 25, model 17; avx2 fma avx512f avx512_bf16)"
+    assert cpu.bf16_hardware(got)
+    info.write_text(ZEN4.replace(" avx512_bf16", ""))  # Zen 3 and older: AVX2 only, no bf16 hardware
+    assert not cpu.bf16_hardware(cpu.cpu_info(str(info)))
+    info.write_text("processor\t: 0\nCPU implementer\t: 0x41\nFeatures\t: fp asimd\n")  # ARM
+    assert cpu.cpu_info(str(info)) == {"flags": []} and cpu.cpu_label({"flags": []}) == "unknown CPU (no AVX2)"
+    assert cpu.cpu_info(str(tmp_path / "missing")) == {} and cpu.cpu_label({}) == "unknown CPU"

@@ -23,7 +23,8 @@ import torchaudio
 from conftest import cli, run_matpac
 
 from matpac_cli.cli import main
-from matpac_cli.jobs.similarity import duplicates, nearest
+from matpac_cli.jobs.similarity import exact_duplicates as duplicates
+from matpac_cli.jobs.similarity import nearest
 
 PITCHES = (200, 300, 450, 675, 1000, 1500, 2250, 3400)
 

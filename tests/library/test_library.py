@@ -148,25 +148,29 @@ def test_tag_after_embed_runs_no_encoder(tmp_path, ckpts):
 # ------------------------------------------------------------------------------------ kill -9, two at once
 
 
-def start_embed(inputs: list[Path], out: Path, model: Path) -> subprocess.Popen:
+def start_embed(inputs: list[Path], out: Path, model: Path, hold: str | None = None) -> subprocess.Popen:
+    """`matpac embed` in the background; `hold`: a file-name ending whose decoding waits until
+    it is killed (the test-only hold hook), so that short files catch the run mid-way."""
     args = ["embed", *map(str, inputs), "--out", str(out), "--model", str(model), "--device", "cpu"]
     args += ["--batch-size", "1", "--workers", "1", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if hold:
+        env.update(MATPAC_TEST_HOOKS="1", MATPAC_TEST_HOLD_ON=f"{hold}:{out.parent / 'go'}")
     return subprocess.Popen([sys.executable, "-m", "matpac_cli", *args], env=env, stderr=subprocess.PIPE)
 
 
 def test_kill_9_mid_run_loses_and_duplicates_nothing(tmp_path, tiny):
     folder = tmp_path / "many"
     for i in range(20):
-        write_audio(folder / f"f{i:02d}.wav", 60.0, seed=i)
+        write_audio(folder / f"f{i:02d}.wav", 6.0, seed=i)
     library = Path(os.environ["MATPAC_LIBRARY"])
-    proc = start_embed([folder], tmp_path / "killed.npy", tiny)
+    proc = start_embed([folder], tmp_path / "killed.npy", tiny, hold="f19.wav")
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if (library / "clips.lance").is_dir() and clip_keys(library):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before anything was stored: make the files longer"
+    assert proc.poll() is None, "the run finished before anything was stored: was its last file held?"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stored = len(clip_keys(library))

@@ -93,6 +93,22 @@ def test_embed_parquet_has_the_npy_manifest_naming_its_output(made):
     assert not list((made / "pq").glob("*journal*"))  # the library keeps what a re-run needs
 
 
+def test_the_manifest_names_the_cpu_it_ran_on(made):
+    man = json.loads((made / "npy" / "emb.manifest.json").read_text())
+    first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # read here, apart from matpac's parser
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()))
+    cpu = man["host"]["cpu"]
+    assert (cpu["family"], cpu["model"], cpu["name"]) == (
+        int(fields["cpu family"]),
+        int(fields["model"]),
+        fields["model name"],
+    )
+    assert set(cpu["flags"]) <= set(fields["flags"].split()) and ("avx2" in cpu["flags"]) == (
+        "avx2" in fields["flags"].split()
+    )
+    assert man["host"]["cpus"] >= 1 and man["host"]["role"] == "encoded here"
+
+
 def test_layer_all_is_a_list_of_layers_of_vectors(made):
     table = pq.read_table(made / "all" / "emb.parquet")
     assert table.schema.field("embedding").type == pa.list_(pa.list_(pa.float32(), EMB), 2)

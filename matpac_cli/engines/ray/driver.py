@@ -15,8 +15,8 @@ on as that file's row (one exception in a Ray Data batch fails the whole job, an
 `max_errored_blocks` would drop the batch's good rows with it). Decoding tasks whose worker or
 node died are Ray's to rerun; the driver ignores a chunk it already has. Ray reruns them for
 ever, so each try is counted in an `Attempts` actor beside the driver: a file whose decoding
-killed its process `GIVE_UP` times is given up as that file's error, and the run says how many
-tries were reruns. Encoder actors are not restarted: one that dies (or its node) ends the round,
+killed its process `GIVE_UP` times is given up as that file's error (`errors.GaveUp`: the library
+records it, and a re-run skips it until `retry_failed`), and the run says how many tries were reruns. Encoder actors are not restarted: one that dies (or its node) ends the round,
 and the files left run again on a pool sized for the cluster then (`_run`); decoding claims no
 CPU, so actors can never starve it; a no-progress timeout is the backstop.
 Results arrive as files finish, not in input order (the file outputs are written in input order).
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from matpac_cli.config import Device, RunOptions
-from matpac_cli.engines.hooks import crash_on, hold_on
+from matpac_cli.engines.blocks import audio_seconds, plan
 from matpac_cli.engines.ray.cluster import Cluster
 from matpac_cli.engines.ray.ledger import Ledger
 from matpac_cli.engines.work import (
@@ -47,9 +47,15 @@ from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
+from matpac_cli.pipeline.hooks import crash_on, hold_on
 
 DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
-MAX_BLOCKS = 4096  # input blocks: enough to spread decoding over any cluster, few enough to schedule
+SPREAD = 4  # a small job is cut into at least this many decoding tasks per decoder (`blocks.plan`)
+# Chunks cross the object store from the decoding tasks to the encoder actors as 16 kHz float32
+# (64 KB per audio-second: benchmarks/ray_overhead.py --wire), resampled in the decoding task for a
+# GPU as for a CPU. Input-rate chunks (resampled on the GPU, as the local engine does) were 177 KB
+# at 44.1 kHz and 193 KB at 48 kHz, and no exact narrower type brings those under 64 KB (int16 at
+# 44.1 kHz is 88 KB); the cost is the resampling on the decoding CPUs, which a cluster can add.
 STALL_S = 300.0  # no progress this long (MATPAC_RAY_STALL_S): the round stops, the files left run again
 STALLS = 3  # rounds in a row that finish no file before the job fails
 
@@ -193,34 +199,25 @@ def _round(
     device, batch_size = shape
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
-    rows = [
-        {"i": i, "item": pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem))}
-        for i in left
-    ]
+    decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
+    blocks = _blocks(items, left, decoders)
     context = DataContext.get_current()
     context.execution_no_progress_timeout_s = stall_s()
     Watch.ledger = ledger  # the round's actors, watched from Ray Data's executor (engines.ray.watch)
     if Watch not in context.custom_execution_callback_classes:
         context.custom_execution_callback_classes.append(Watch)
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    ds = ray.data.from_arrow(blocks)  # one block, and so one decoding task, per table
     n_ts = tuple(sorted({p.predictor.dims.n_t for p in plans}))
     # decoding in tasks of their own (a CPU share unlike the actors', so Ray does not fuse the two
     # stages into the actors, where decoding would wait on the encoder). They claim no CPU, so
     # that actors holding every CPU of the nodes left after a node is lost cannot starve them
     # (the job hung so); `concurrency` bounds them instead (two per CPU), spread over the nodes
-    decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
     ds = ds.map_batches(
         decode_files,
-        batch_size=1,
+        batch_size=None,  # a task decodes its block whole: its files, one after the other
         num_cpus=0,
         concurrency=decoders,
-        fn_kwargs={
-            "n_ts": n_ts,
-            "defer": not Device.parse(device).is_cpu,
-            "attempts": ledger,
-            "crash_on": crash_on(),
-            "hold_on": hold_on(),
-        },
+        fn_kwargs={**decode_kwargs(device, n_ts), "attempts": ledger, "crash_on": crash_on(), "hold_on": hold_on()},
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
@@ -235,6 +232,27 @@ def _round(
             **resources,
         )
     _collect(ds, collector)
+
+
+def decode_kwargs(device: str, n_ts: tuple[int, ...]) -> dict:
+    """What each decoding task is told, for actors on `device`: the chunk grids, and 16 kHz
+    chunks for a GPU as for a CPU (`defer` False: 64 KB per audio-second on the wire, see the
+    note above `STALL_S`; benchmarks/ray_overhead.py --wire measures it)."""
+    return {"n_ts": n_ts, "defer": False}
+
+
+def _blocks(items: list[Item], left: list[int], decoders: int) -> list:
+    """The files `left` as decoding tasks sized by work (`engines.blocks`): one Arrow table each,
+    a row per file (its place in the input, the pickled `Item` with its absolute path)."""
+    import pyarrow as pa
+
+    seconds = [audio_seconds(items[i].path) for i in left]
+    tables = []
+    for block in plan(seconds, at_least=SPREAD * decoders):
+        files = [left[j] for j in block]
+        pickled = [pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem)) for i in files]
+        tables.append(pa.table({"i": pa.array(files, pa.int64()), "item": pa.array(pickled, pa.binary())}))
+    return tables
 
 
 def _collect(ds, collector: Collector) -> None:

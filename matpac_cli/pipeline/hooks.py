@@ -1,7 +1,9 @@
-"""Test-only hooks of the engines' units of work, inert unless MATPAC_TEST_HOOKS=1 is set (the
-tests' switch, never set for users): a decoder that dies on one file (`crash_on`: a segfault's
-stand-in) and one that waits for a flag file (`hold_on`: a slow disk's, so that a test can act
-while the encoder actors wait for work). tests/engines/test_ray.py uses both."""
+"""Test-only hooks of the decoding of a file, inert unless MATPAC_TEST_HOOKS=1 is set (the tests'
+switch, never set for users): a decoder that dies on one file (`crash_on`: a segfault's
+stand-in; Ray's decoding tasks) and one that waits for a flag file (`hold_on`: a slow disk's, so
+that a test can act while the rest of the run is done: Ray's decoding tasks, told by the driver,
+and the local engine's decoding threads, `pipeline.feed.Feed`). A test that stops a run then
+needs no long audio to catch it mid-way (tests/cli/test_progress.py, tests/engines/test_ray.py)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ def hold_on() -> tuple[str, str] | None:
     return (ending, flag) if ending and flag else None
 
 
-def hold(flag: str) -> None:
-    """Wait for the file `flag` (at most `HOLD_S` seconds)."""
+def hold(flag: str, stop=lambda: False) -> None:
+    """Wait for the file `flag` (at most `HOLD_S` seconds, or until `stop()`: the run is ending)."""
     import time
 
     deadline = time.monotonic() + HOLD_S
-    while not os.path.exists(flag) and time.monotonic() < deadline:
+    while not os.path.exists(flag) and time.monotonic() < deadline and not stop():
         time.sleep(0.05)

@@ -1,0 +1,200 @@
+"""A re-run of `embed` writes only what changed: nothing new leaves the output as it was, byte for
+byte; new files sorted last grow a .npy in place, equal to a full rewrite; a run killed while
+growing it is put right by the next one; a Parquet output is written a row group at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, write_audio
+
+from matpac_cli.outputs import inplace
+
+
+def _clips(root: Path, names=("c0", "c1", "c2")) -> Path:
+    for i, name in enumerate(names):
+        write_audio(root / "clips" / f"{name}.wav", 1.0 + 0.5 * i, seed=sum(map(ord, name)))
+    return root / "clips"
+
+
+def _embed(capsys, tiny, out: str, *extra: str) -> str:
+    rc, _, err = cli(capsys, "embed", "clips", "--out", out, "--model", tiny, "-q", *extra)
+    assert rc == 0, err
+    return err
+
+
+def _files(folder: Path, out: str) -> list[Path]:
+    stem = out.split(".")[0]
+    return sorted(p for p in folder.glob(f"{stem}.*") if p.is_file())
+
+
+def _state(paths: list[Path]) -> dict:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def _counts(folder: Path, out: str) -> dict:
+    return json.loads((folder / f"{out.split('.')[0]}.manifest.json").read_text())["counts"]
+
+
+@pytest.mark.parametrize("out", ["emb.npy", "emb.parquet"])
+def test_a_rerun_with_nothing_new_leaves_every_file_as_it_was(tmp_path, tiny, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, out)
+    before = _state(_files(tmp_path, out))
+    assert len(before) == (3 if out.endswith(".npy") else 2)
+    _embed(capsys, tiny, out)
+    assert _state(_files(tmp_path, out)) == before  # inode, mtime and bytes: not rewritten, not touched
+    assert _counts(tmp_path, out)["computed"] == 3  # the manifest is the first run's
+
+
+@pytest.mark.parametrize("layer", ["last", "all"])
+def test_new_files_sorted_last_grow_the_npy_in_place_as_a_full_rewrite_writes_it(
+    tmp_path, tiny, capsys, monkeypatch, layer
+):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "emb.npy", "--layer", layer)
+    inode = (tmp_path / "emb.npy").stat().st_ino, (tmp_path / "emb.csv").stat().st_ino
+    _clips(tmp_path, ("c8", "c9"))  # sorted after c0..c2
+    _embed(capsys, tiny, "emb.npy", "--layer", layer)
+    assert ((tmp_path / "emb.npy").stat().st_ino, (tmp_path / "emb.csv").stat().st_ino) == inode  # grown in place
+    assert _counts(tmp_path, "emb.npy") == {"computed": 2, "reused": 3, "failed": 0}
+    _embed(capsys, tiny, "full.npy", "--layer", layer)  # everything from the library, written whole
+    assert (tmp_path / "emb.npy").read_bytes() == (tmp_path / "full.npy").read_bytes()
+    assert (tmp_path / "emb.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    _embed(capsys, tiny, "emb.npy", "--layer", layer)  # and the grown output's record holds: nothing new
+    assert _counts(tmp_path, "emb.npy") == {"computed": 2, "reused": 3, "failed": 0}
+
+
+def test_an_output_with_another_name_is_written_anew_not_grown_in_place(tmp_path, tiny, capsys, monkeypatch):
+    """A hard link's other name (a backup made with `cp -al`) would change with a file grown in
+    place; a new file renamed into place leaves it as it was."""
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "emb.npy")
+    (tmp_path / "bak").mkdir()
+    for name in ("emb.npy", "emb.csv"):
+        os.link(tmp_path / name, tmp_path / "bak" / name)
+    kept = _state(sorted((tmp_path / "bak").iterdir()))
+    _clips(tmp_path, ("c9",))
+    _embed(capsys, tiny, "emb.npy")
+    assert _state(sorted((tmp_path / "bak").iterdir())) == kept
+    assert not json.loads((tmp_path / "emb.manifest.json").read_text())["rows"].get("pending")
+    _embed(capsys, tiny, "full.npy")
+    assert (tmp_path / "emb.npy").read_bytes() == (tmp_path / "full.npy").read_bytes()
+
+
+def test_a_new_file_sorted_first_rewrites_the_output_in_input_order(tmp_path, tiny, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "pq.parquet")
+    _embed(capsys, tiny, "emb.npy")
+    _clips(tmp_path, ("a0",))
+    for out, full in (("emb.npy", "full.npy"), ("pq.parquet", "fullpq.parquet")):
+        _embed(capsys, tiny, out)
+        _embed(capsys, tiny, full)
+        assert (tmp_path / out).read_bytes() == (tmp_path / full).read_bytes()
+    assert (tmp_path / "emb.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    assert (tmp_path / "emb.csv").read_text().splitlines()[1].split(",")[1] == "clips/a0.wav"
+
+
+def test_new_files_after_a_parquet_output_copy_its_rows_as_a_full_rewrite_writes_them(
+    tmp_path, tiny, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "emb.parquet")
+    _clips(tmp_path, ("c8", "c9"))
+    _embed(capsys, tiny, "emb.parquet")
+    _embed(capsys, tiny, "full.parquet")
+    assert (tmp_path / "emb.parquet").read_bytes() == (tmp_path / "full.parquet").read_bytes()
+
+
+def _killed(tmp_path: Path, stage: str) -> None:
+    """What a run killed while growing emb.npy by two rows leaves (`inplace.append`'s steps)."""
+    matrix, index, manifest = tmp_path / "emb.npy", tmp_path / "emb.csv", tmp_path / "emb.manifest.json"
+    man = json.loads(manifest.read_text())
+    man["rows"]["pending"] = True  # step 0
+    manifest.write_text(json.dumps(man))
+    (count, width), _ = inplace.shape_of(matrix)
+    with open(matrix, "ab") as fh:
+        fh.write(np.full((2, width), 7.0, "<f4").tobytes()[: 3 * width if stage == "rows" else None])
+    if stage in ("index", "header"):
+        with open(index, "a") as fh:
+            fh.write(f"{count},x.wav,1.000,16000,1,0\n{count + 1},y.wav,1.000,16000,1,0\n")
+    if stage == "torn index":  # killed between two writes of the tail: the first byte of a row 1x
+        with open(index, "a") as fh:
+            fh.write("1")
+    if stage == "header":
+        with open(matrix, "r+b") as fh:
+            fh.write(inplace.header(count + 2, (width,)))
+
+
+@pytest.mark.parametrize("stage", ["rows", "index", "torn index", "header"])
+def test_a_run_killed_while_growing_the_npy_is_put_right_by_the_next(tmp_path, tiny, capsys, monkeypatch, stage):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "full.npy")
+    _embed(capsys, tiny, "emb.npy")
+    _killed(tmp_path, stage)
+    _embed(capsys, tiny, "emb.npy")  # nothing new: the files are cut back to what the manifest says
+    assert (tmp_path / "emb.npy").read_bytes() == (tmp_path / "full.npy").read_bytes()
+    assert (tmp_path / "emb.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    _killed(tmp_path, stage)
+    _clips(tmp_path, ("c9",))
+    _embed(capsys, tiny, "emb.npy")  # one new: put right, then grown
+    _embed(capsys, tiny, "full.npy")
+    assert (tmp_path / "emb.npy").read_bytes() == (tmp_path / "full.npy").read_bytes()
+    assert (tmp_path / "emb.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+
+
+@pytest.mark.parametrize("where", [-4, 200])
+def test_a_matrix_written_by_something_else_is_not_grown(tmp_path, tiny, capsys, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "emb.npy")
+    good = np.load(tmp_path / "emb.npy")
+    with open(tmp_path / "emb.npy", "r+b") as fh:  # edited in place (last row, first): same inode and length
+        fh.seek(where, 0 if where > 0 else 2)
+        fh.write(np.float32(123.0).tobytes())
+    _clips(tmp_path, ("c9",))
+    _embed(capsys, tiny, "emb.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "emb.npy")[:3], good)
+
+
+PARQUET_MEMORY = """
+import resource, sys
+import numpy as np, pyarrow as pa
+from matpac_cli.outputs import parquet
+rows, width, parts = 1000, 512, int(sys.argv[2])
+def made():
+    for p in range(parts):
+        v = np.random.default_rng(p).standard_normal((rows, width)).astype(np.float32)
+        yield [(f"f{p}_{i}.wav", {"duration_s": 1.0, "sample_rate": 16000, "channels": 1}, v[i]) for i in range(rows)]
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(sys.argv[1], "wb") as fh:
+    parquet.write_embeddings(fh, made(), (width,), group_bytes=int(sys.argv[3]))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
+print(pa.default_memory_pool().max_memory(), grown * 1024)
+"""
+
+
+def test_a_parquet_export_holds_about_one_row_group_not_the_file(tmp_path):
+    group = 2 * 2**20  # row groups of 2 MiB of embeddings (64 MiB in a real run)
+    out = subprocess.run(
+        [sys.executable, "-c", PARQUET_MEMORY, str(tmp_path / "e.parquet"), "60", str(group)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    arrow_peak, rss_growth = map(int, out)
+    assert (tmp_path / "e.parquet").stat().st_size > 50 * group  # a 120 MB file ...
+    assert arrow_peak < 6 * group  # ... written holding a few row groups at most, not the file
+    assert rss_growth < 20 * group

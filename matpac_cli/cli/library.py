@@ -62,6 +62,8 @@ def library_info(
     _say(f"size      {_size(data['bytes'])} on disk")
     _say(f"rows      {data['rows']:,} clip rows, {data['files']:,} files (by audio)")
     _say(f"paths     {data['paths']:,} known, {data['missing']:,} missing on disk")
+    if data["failed"]:
+        _say(f"failed    {data['failed']:,} files runs skip (they killed a worker; --retry-failed tries them)")
     for m in data["models"]:
         name = f" ({m['name']})" if m["name"] else ""
         _say(f"model     {m['sha256'][:12]}{name}: layers {', '.join(map(str, m['layers']))}")
@@ -86,7 +88,7 @@ def library_prune(
     p = prune_library(root, model, yes)
     what = f"of model {model}" if model is not None else "whose paths are all gone from disk"
     verb = "dropped" if p.done else "would drop"
-    rows = ", ".join(f"{n:,} {name} rows" for name, n in p.rows.items())
+    rows = ", ".join(f"{n:,} {name} rows" for name, n in p.rows.items() if n or name != "failed")
     paths = f", and {p.paths:,} paths no longer on disk" if p.paths else ""
     sys.stderr.write(for_terminal(f"matpac: {verb} {p.keys:,} files {what} ({rows}){paths}") + "\n")
     if not p.done and (p.keys or p.paths):

@@ -67,7 +67,11 @@ def library_info(root: Path) -> dict:
         "bytes": views.size_on_disk(root),
         "paths": len(paths),
         "missing": missing,
+        "failed": len(_keys(root, "failed")),  # files runs skip: they killed a worker (`retry_failed`)
     }
+
+
+TABLES = ("clips", "segments", "failed")  # the tables of a file's entries, which `prune` drops
 
 
 @dataclass
@@ -94,10 +98,10 @@ def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pr
     else:
         gone = set(gone_paths)
         alive = {k for p, k in paths.items() if p not in gone}
-        held = _keys(root, "clips") | _keys(root, "segments")
+        held = _keys(root, "clips") | _keys(root, "segments") | _keys(root, "failed")
         keys = sorted(held - alive)
     out = Pruned(keys=len(keys), paths=0 if model is not None else len(gone_paths))
-    for name in ("clips", "segments"):
+    for name in TABLES:
         ds = tables.open_table(root, name)
         if ds is None:
             out.rows[name] = 0
@@ -109,7 +113,7 @@ def prune_library(root: Path, model: str | None = None, yes: bool = False) -> Pr
         out.keys = len(_keys(root, "clips", where_model))
     if not yes:
         return out
-    for name in ("clips", "segments"):
+    for name in TABLES:
         for predicate in [where_model] if where_model is not None else _key_filters(keys):
             tables.delete(root, name, predicate)
     if model is None:

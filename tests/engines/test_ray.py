@@ -316,7 +316,10 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
         # no actor ever runs on the node (the CI run that timed out waiting for one)
         _wait_for(lambda: cluster_cpus(head.address) >= 8, timeout=90, step=0.5)
         folder = _many(tmp_path / "many", 32)
-        out = tmp_path / "emb.npy"
+        out, go = tmp_path / "emb.npy", tmp_path / "go"
+        # the last file's decoding waits until the node is lost, so the job cannot be done by then
+        # (decoding tasks of one file each finished the job first in 2 runs of 5)
+        hold = {"MATPAC_TEST_HOOKS": "1", "MATPAC_TEST_HOLD_ON": f"m31.wav:{go}"}
         job = _background(
             [
                 "embed",
@@ -332,17 +335,19 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
                 "--threads",
                 "2",
             ],
-            ray_env,
+            {**ray_env, **hold},
         )
         try:
             working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and library_files() >= 1))
             node.stop(hard=True)  # the whole node, mid-job
             lost = time.monotonic()
+            go.touch()
             assert job.poll() is None, f"the job ended before the node was lost: {job.communicate()[1].decode()}"
             _, err = job.communicate(timeout=280)  # the stall backstop (300 s) must not be what ends it
             print(f"the job ended {time.monotonic() - lost:.0f} s after the node was lost")
         finally:
+            go.touch()
             if job.poll() is None:
                 job.kill()
         err = err.decode()

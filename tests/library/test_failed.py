@@ -123,3 +123,23 @@ def test_search_and_train_try_a_recorded_file_they_are_given(tmp_path, tiny, cap
     rc, out, err = cli(capsys, "search", tmp_path / "q.wav", "--index", index)
     assert rc == 0 and "failed before" not in err, err
     assert "a.wav" in out
+
+
+def test_library_info_counts_failed_files_and_prune_drops_those_gone_from_disk(tmp_path, tiny, capsys):
+    music = tmp_path / "m"
+    write_audio(music / "a.wav", 1.5, seed=1)
+    write_audio(music / "b.wav", 1.5, seed=2)
+    library = tmp_path / "lib"
+    failed.record(library, audio_key(music / "b.wav"), [failed.ANY], REASON)
+    rc, _, err = cli(capsys, "embed", music, "--model", tiny, "--out", tmp_path / "e.npy", "--library", library)
+    assert rc == 1 and "failed before" in err, err  # b.wav skipped, its path seen
+    rc, out, _ = cli(capsys, "library", "info", "--library", library)
+    assert rc == 0 and "failed    1 files runs skip" in out, out
+    (music / "b.wav").unlink()
+    rc, _, err = cli(capsys, "library", "prune", "--library", library)
+    assert rc == 0 and "would drop 1 files" in err and "1 failed rows" in err, err
+    rc, _, err = cli(capsys, "library", "prune", "--library", library, "--yes")
+    assert rc == 0 and "dropped 1 files" in err, err
+    assert lance.dataset(str(library / "failed.lance")).count_rows() == 0
+    rc, out, _ = cli(capsys, "library", "info", "--library", library, "--json")
+    assert '"failed": 0' in out

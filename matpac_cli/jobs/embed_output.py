@@ -145,6 +145,7 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
         return
     new = {"count": len(rows.done), "digest": None if frames_dir else digest[len(rows.done)]}
     ours = same and (record.get("pending") or inplace.untouched(matrix, index, record))  # else: someone's edit
+    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
     if ours and index is not None and inplace.fits(matrix, index, record, len(rows.done), rows.shape):
         tail = rows.done[old:]
 
@@ -156,13 +157,11 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
             new["files"] = inplace.sizes(matrix, index)
             writers.write_json(paths["manifest"], _manifest(paths, frames_dir, about, new))
 
-        resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
         chunks = (np.stack([v for _, _, v in resolve(part)]) for part in _parts(tail, CHUNK_ROWS))
         inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), begin, commit)
         summary.outputs = naming.written(paths)
         return
     head = matrix if ours and index is None and inplace.untouched(matrix, None, record) else None
-    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
     with writers.Unit() as unit:
         write_matrix(unit, paths, rows.done, rows.shape, frames_dir is not None, resolve, head)
         tmp_index = unit.temporary(index) if index is not None else None

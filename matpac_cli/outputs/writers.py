@@ -24,6 +24,7 @@ import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
 from matpac_cli.outputs import naming
+from matpac_cli.outputs.inplace import header as npy_header
 from matpac_cli.outputs.safetext import CsvWriter, for_terminal
 from matpac_cli.sidefiles import create, ensure_writable, locked  # noqa: F401 - writers' public names
 
@@ -87,9 +88,7 @@ class Unit:
         header would lie)."""
         written = 0
         with self.open(path, "wb") as fh:
-            np.lib.format.write_array_header_1_0(
-                fh, {"descr": "<f4", "fortran_order": False, "shape": (count, *row_shape)}
-            )
+            fh.write(npy_header(count, tuple(row_shape)))  # one home: an output grown in place keeps it
             for chunk in chunks:
                 block = np.ascontiguousarray(np.asarray(chunk, dtype="<f4"))
                 fh.write(memoryview(block).cast("B"))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from matpac_cli.errors import OutputError
+from matpac_cli.interrupts import whole
 from matpac_cli.outputs.safetext import CsvWriter
 from matpac_cli.sidefiles import open_existing
 
@@ -168,8 +168,7 @@ def append(
         if not record.get("pending"):
             begin()
         repair(matrix, index, record, row_shape)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        with whole():
             count = record["count"]
             with _opened(matrix, os.O_RDWR, "r+b") as fh:
                 fh.seek(_recorded(record, "matrix")[0])
@@ -187,8 +186,6 @@ def append(
                 fh.flush()
                 os.fsync(fh.fileno())
             commit()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     except OSError as exc:
         raise OutputError(f"cannot write {matrix}: {exc.strerror or exc}") from None
     return count

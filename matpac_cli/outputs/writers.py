@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import re
-import signal
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import IO
 import numpy as np
 
 from matpac_cli.errors import InputError, OutputError, UsageError
+from matpac_cli.interrupts import whole
 from matpac_cli.outputs import naming
 from matpac_cli.outputs.inplace import header as npy_header
 from matpac_cli.outputs.safetext import CsvWriter, for_terminal
@@ -48,16 +48,13 @@ class Unit:
         if kind is None:
             # Ctrl-C or SIGTERM waits until every file is in place: never a new matrix beside
             # the old index (the signal is delivered, and the run stops, right after)
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
+            with whole():
                 for tmp, path in self.staged:
                     try:
                         os.replace(tmp, path)
                     except OSError as err:
                         self._discard()
                         raise _fail(path, err) from None
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._discard()
 
     def _discard(self) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from matpac_cli.encoder.signal import Window
 from matpac_cli.errors import InputError
 from matpac_cli.inference.predictor import Predictor
+from matpac_cli.interrupts import whole
 from matpac_cli.pipeline.audio import AudioSource
 from matpac_cli.pipeline.discovery import Item
 
@@ -170,16 +171,18 @@ def chunk_output(plan: Plan, layers: tuple[int, ...], out: dict[int, np.ndarray]
 def hand_on(slot: Slot, plans: list[Plan], on_result, events) -> None:
     """A finished file to the job's `on_result`, or as a failure to `events` (`RunEvents`), then
     its progress. A result that is not finite everywhere is that file's error (input far out of
-    range), never a row."""
+    range), never a row. Ctrl-C and SIGTERM wait until the file is handed on and counted
+    (`interrupts.whole`): an interrupted run's summary says what the library holds."""
     result = slot.result(plans) if slot.error is None else None
     if result is not None and not all(np.isfinite(o.embedding).all() for o in result.outputs):
         slot.error = InputError(
             slot.item.name,
             "the encoder gave NaN or infinite values (samples far outside -1..1?); nothing written for it",
         )
-    if slot.error is not None:
-        events.failure(slot.error)
-        events.progress(slot.item, 0.0)
-    else:
-        on_result(result)
-        events.progress(slot.item, slot.duration_s)
+    with whole():  # stored (by the job's `on_result`) and counted, or neither: Ctrl-C waits
+        if slot.error is not None:
+            events.failure(slot.error)
+            events.progress(slot.item, 0.0)
+        else:
+            on_result(result)
+            events.progress(slot.item, slot.duration_s)

@@ -25,7 +25,9 @@ from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segmen
 from matpac_cli.pipeline.discovery import Item
 
 COMMIT_FILES = 16  # results held before a commit ...
-COMMIT_S = 5.0  # ... or seconds since the last one, whichever comes first
+COMMIT_S = 5.0  # ... or seconds since the last one, whichever comes first;
+COMMIT_MIN_S = 0.5  # but no sooner after the last: a Lance commit takes 10-20 ms (a cluster's driver
+# finishing hundreds of files a second spent itself in commits: benchmarks/ray_driver.py)
 SEEN_AGAIN_S = 86_400.0  # an unchanged path's `seen` time is refreshed at most this often
 HOWS = ("same path", "retagged", "moved")
 
@@ -51,9 +53,8 @@ class Stored:
 
 class Library:
     """One library folder. Reads see the latest committed version; writes are buffered and
-    committed by `commit`: every `COMMIT_FILES` results, `COMMIT_S` seconds after the oldest one
-    held (a thread sees to it while the run waits on a long file: kill -9 loses only the files in
-    flight and the last seconds'), and at `close`."""
+    committed by `commit`: every `COMMIT_FILES` results (at most every `COMMIT_MIN_S` s), `COMMIT_S`
+    s after the oldest one held (a thread sees to it: kill -9 loses the last seconds'), at `close`."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -126,7 +127,9 @@ class Library:
         """The stored results of `keys` for `setting` that have every layer of `layers` (and the
         segments, where asked for); keys with less are missing (they are encoded again)."""
         ds = tables.open_table(self.root, "clips")
-        if ds is None or not keys:
+        if ds is None or not keys:  # nothing stored (the tables are made together): no read at each commit
+            for name in ("clips", "segments")[: 1 + segments]:
+                self._learn(name, setting, {k: set() for k in keys})
             return {}
         extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
         table = tables.where_keys(ds, sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"])
@@ -151,6 +154,7 @@ class Library:
         output already has, every run: no `IN` batch per 512 keys)."""
         ds = tables.open_table(self.root, "clips")
         if ds is None or not keys:
+            self._learn("clips", setting, {k: set() for k in keys})  # nothing stored: no read at each commit
             return set()
         where = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
         t = ds.to_table(columns=["key", "layer"], filter=where).to_pydict()
@@ -185,7 +189,8 @@ class Library:
             return  # the run goes on without the library (`commit`)
         with self._lock:
             for layer, vector in zip(plan.resolved_layers(), out.embedding):
-                row = (key, setting.model, setting.frontend, int(layer), vector.astype(np.float32).tolist())
+                # arrays, not Python lists: Arrow takes them whole (57x cheaper: benchmarks/ray_driver.py)
+                row = (key, setting.model, setting.frontend, int(layer), vector.astype(np.float32))
                 facts = (res.duration_s, res.sample_rate, res.channels, promised, read, now)
                 for name, value in zip(tables.CLIPS.names, row + facts):
                     self._clips[name].append(value)
@@ -198,13 +203,14 @@ class Library:
                     [s.start_s for s in segs],
                     [s.end_s for s in segs],
                     [int(s.columns) for s in segs],
-                    [s.embedding.astype(np.float32).tolist() for s in segs],
+                    [s.embedding.astype(np.float32) for s in segs],
                     now,
                 )
                 for name, value in zip(tables.SEGMENTS.names, values):
                     self._segments[name].append(value)
             self._held += 1
-            due = self._held >= COMMIT_FILES or time.monotonic() - self._last >= COMMIT_S
+            since = time.monotonic() - self._last
+            due = (self._held >= COMMIT_FILES and since >= COMMIT_MIN_S) or since >= COMMIT_S
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush, name="matpac-library", daemon=True)
                 self._flusher.start()

@@ -130,6 +130,16 @@ class Slot:
             start, end = w.times()
             self.segments[i][w.index] = Segment(start, end, chunk.segment, w.columns)
 
+    def merge(self, part: tuple) -> None:
+        """Add a part of this file summed elsewhere (an encoder actor, `engines.packs`): its
+        (sums, columns, frames, segments) per plan, as `take` would have added its chunks."""
+        sums, counts, frames, segments = part
+        for i in range(len(self.sums)):
+            self.sums[i] += sums[i]
+            self.counts[i] += counts[i]
+            self.frames[i].update(frames[i])
+            self.segments[i].update(segments[i])
+
     def finished(self) -> bool:
         return (self.ended or self.error is not None) and self.pending == 0
 

@@ -139,7 +139,7 @@ def test_the_matpac_program_sets_it_after_loading_and_a_library_load_does_not(tm
 
 
 def test_a_ray_encoder_actor_sets_it_once_its_models_have_loaded(monkeypatch):
-    from matpac_cli.engines.work import Encoder
+    from matpac_cli.engines.packs import Encoder
 
     calls = []
 

@@ -1,6 +1,7 @@
-"""The units of work `--engine ray` ships (engines/work.py), run here without Ray: files cut into
-chunk rows, chunk rows encoded in batches of any files, and the driver's collector summing them
-back in any order, each chunk once, into the local engine's results."""
+"""The units of work `--engine ray` ships (engines/packs.py, engines/work.py), run here without
+Ray: files cut into packs of whole parts, packs encoded with each part summed on the actor, and
+the driver's collector merging the parts in any order, each once, into the local engine's
+results."""
 
 from __future__ import annotations
 
@@ -52,60 +53,83 @@ def _local(items, plan) -> tuple[dict, dict]:
     return results, failures
 
 
-def _rows(items, plan) -> list[tuple[int, int, int, bytes]]:
-    """Every file's chunk rows through decode_files and the Encoder, in batches of 3 rows."""
-    from matpac_cli.engines.work import Encoder, Recipe, decode_files
+def _packs(items, plan, pack: int = 4) -> list[bytes]:
+    """Every file's packs through decode_files, a task per two files."""
+    from matpac_cli.engines.packs import decode_files
 
-    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)]})()
-    decoded = []
-    for i, item in enumerate(items):
-        for part in decode_files(
-            {"i": np.array([i]), "item": np.array([pickle.dumps(item)], dtype=object)},
-            (plan.predictor.dims.n_t,),
-            False,
-        ):
-            decoded += list(zip(part["i"], part["grid"], part["k"], part["data"]))
-    random.Random(0).shuffle(decoded)  # other files' chunks share a batch, facts rows anywhere
+    packs = []
+    for start in range(0, len(items), 2):
+        task = list(range(start, min(start + 2, len(items))))
+        batch = {"i": np.array(task), "item": np.array([pickle.dumps(items[i]) for i in task], dtype=object)}
+        packs += [row["data"][0] for row in decode_files(batch, (plan.predictor.dims.n_t,), False, pack)]
+    return packs
+
+
+def _answers(items, plan, pack: int = 4, encoder=None) -> list[tuple]:
+    """The actor's answers to every pack (two packs a call, batches of 3 chunks): entries."""
+    from matpac_cli.engines.packs import Encoder
+    from matpac_cli.engines.work import Recipe
+
+    encoder = encoder or type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3})()
+    packs = _packs(items, plan, pack)
+    random.Random(0).shuffle(packs)
     out = []
-    for start in range(0, len(decoded), 3):
-        rows = decoded[start : start + 3]
-        batch = {
-            key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
-            for n, key in enumerate(("i", "grid", "k", "data"))
-        }
-        res = encoder(batch)
-        out += list(zip(res["i"], res["grid"], res["k"], res["data"]))
+    for start in range(0, len(packs), 2):
+        res = encoder({"data": np.array(packs[start : start + 2], dtype=object)})
+        out += [entry for blob in res["data"] for entry in pickle.loads(blob)]
     return out
 
 
-def test_rows_in_any_order_and_twice_give_the_local_results(setup):
+@pytest.mark.parametrize("part", [64, 1, 2])
+def test_parts_in_any_order_and_twice_give_the_local_results(setup, monkeypatch, part):
+    """Whole files (a part each), a part per chunk, and parts of two chunks: the same sums."""
+    from matpac_cli.engines import packs
     from matpac_cli.engines.work import Collector
     from matpac_cli.events import Listeners
 
+    monkeypatch.setattr(packs, "PART", part)
     items, plan = setup
     want, want_failed = _local(items, plan)
-    rows = _rows(items, plan)
-    rows = rows + rows[: len(rows) // 2]  # a retried task's answers, again
-    random.Random(1).shuffle(rows)
-    got, failed, progress = {}, {}, []
+    answers = _answers(items, plan)
+    assert max(e[2] for e in answers) == (0 if part == 64 else 1 if part == 2 else 2)  # 13 s: 3 chunks
+    answers = answers + answers[: len(answers) // 2]  # a retried task's answers, again
+    random.Random(1).shuffle(answers)
+    got, failed, progress, audio = {}, {}, [], []
     collector = Collector(
         items,
         [plan],
         Listeners(
-            failure=lambda e: failed.__setitem__(e.path, e.reason), progress=lambda i, s: progress.append(i.name)
+            failure=lambda e: failed.__setitem__(e.path, e.reason),
+            progress=lambda i, s: progress.append(i.name),
+            audio=audio.append,
         ),
         lambda r: got.__setitem__(r.item.name, r),
     )
-    for row in rows:
-        collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
+    for entry in answers:
+        collector.add(*entry)
     collector.finish()
     assert sorted(got) == sorted(want) and len(got) == 3
     assert failed == want_failed and len(failed) == 2  # the broken file and the too-short one
     assert sorted(progress) == sorted(it.name for it in items)  # each file once
+    assert sum(audio) == pytest.approx(sum(r.duration_s for r in want.values()) + 0.01, abs=0.02)
     for name, res in want.items():
         np.testing.assert_allclose(got[name].outputs[0].embedding, res.outputs[0].embedding, atol=1e-5)
         assert [s.start_s for s in got[name].outputs[0].segments] == [s.start_s for s in res.outputs[0].segments]
         assert got[name].sample_rate == res.sample_rate and got[name].duration_s == res.duration_s
+
+
+def test_a_pack_holds_whole_parts_and_about_its_target_of_chunks(setup):
+    """A task sends packs of at least `pack` chunks (the last one less), never a part cut in two."""
+    from matpac_cli.engines.packs import decode_files
+
+    items, plan = setup
+    batch = {"i": np.arange(len(items)), "item": np.array([pickle.dumps(i) for i in items], dtype=object)}
+    sizes, facts = [], 0
+    for row in decode_files(batch, (plan.predictor.dims.n_t,), False, 2):
+        entries = pickle.loads(row["data"][0])
+        sizes.append(sum(len(e[3]) for e in entries if e[2] >= 0))
+        facts += sum(e[2] < 0 for e in entries)
+    assert sizes == [1 + 2, 3, 0] and facts == len(items)  # 3 s, 8.5 s; 13 s; 10 ms (too short), junk
 
 
 def test_a_file_the_cluster_never_answers_for_is_named(setup):
@@ -113,13 +137,13 @@ def test_a_file_the_cluster_never_answers_for_is_named(setup):
     from matpac_cli.events import Listeners
 
     items, plan = setup
-    rows = [r for r in _rows(items, plan) if int(r[0]) != 1]
+    answers = [e for e in _answers(items, plan) if e[0] != 1]
     failed = {}
     collector = Collector(
         items, [plan], Listeners(failure=lambda e: failed.__setitem__(e.path, e.reason)), lambda r: None
     )
-    for row in rows:
-        collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
+    for entry in answers:
+        collector.add(*entry)
     collector.finish()
     assert failed[items[1].name] == "no result came back from the Ray cluster"
 
@@ -134,11 +158,11 @@ def test_files_left_when_the_encoder_kept_dying_are_failed_but_not_given_up_for_
     from matpac_cli.events import Listeners
 
     items, plan = setup
-    rows = [r for r in _rows(items, plan) if int(r[0]) >= left]
+    answers = [e for e in _answers(items, plan) if e[0] >= left]
     failed = {}
     collector = Collector(items, [plan], Listeners(failure=lambda e: failed.__setitem__(e.path, e)), lambda r: None)
-    for row in rows:
-        collector.add(int(row[0]), int(row[1]), int(row[2]), row[3])
+    for entry in answers:
+        collector.add(*entry)
     collector.finish("encoding it killed its actor 3 times")
     lost = [failed[items[i].name] for i in range(left)]
     assert all(e.reason == "encoding it killed its actor 3 times" for e in lost)
@@ -148,7 +172,8 @@ def test_files_left_when_the_encoder_kept_dying_are_failed_but_not_given_up_for_
 def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     """Three tries begun and never ended (their process died): the fourth does not decode the
     file again but sends its facts row with the error; every try after the first is a retry."""
-    from matpac_cli.engines.work import Attempts, Collector, decode_files
+    from matpac_cli.engines.packs import decode_files
+    from matpac_cli.engines.work import Attempts, Collector
     from matpac_cli.events import Listeners
 
     items, plan = setup
@@ -156,18 +181,20 @@ def test_a_file_whose_decoding_died_three_times_is_given_up_as_its_error(setup):
     for _ in range(3):
         assert attempts.begin(("decode", 0)) == _
     batch = {"i": np.array([0]), "item": np.array([pickle.dumps(items[0])], dtype=object)}
-    rows = list(decode_files(batch, (plan.predictor.dims.n_t,), False, attempts))
-    assert len(rows) == 1 and int(rows[0]["k"][0]) == -1  # the facts row only: nothing decoded
+    rows = list(decode_files(batch, (plan.predictor.dims.n_t,), False, attempts=attempts))
+    entries = pickle.loads(rows[0]["data"][0])
+    assert len(rows) == 1 and [e[2] for e in entries] == [-1]  # the facts only: nothing decoded
     failed = {}
     collector = Collector(
         items, [plan], Listeners(failure=lambda e: failed.__setitem__(e.path, e.reason)), lambda r: None
     )
-    collector.add(0, 0, -1, rows[0]["data"][0])
+    collector.add(*entries[0])
     assert failed == {
         items[0].name: "the Ray worker decoding it died 3 times (a crash, or killed for memory?); matpac gave up on it"
     }
     assert attempts.retries() == 3
-    assert len(list(decode_files(batch, (plan.predictor.dims.n_t,), False, Attempts()))) > 1  # a first try decodes
+    again = pickle.loads(next(decode_files(batch, (plan.predictor.dims.n_t,), False, attempts=Attempts()))["data"][0])
+    assert [e[2] for e in again] == [0, -1]  # a first try decodes
 
 
 def test_the_attempts_ledger_holds_only_the_tries_in_flight():
@@ -213,22 +240,18 @@ def test_the_hold_hook_is_inert_without_the_test_hooks_switch(monkeypatch, tmp_p
 def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
     from dataclasses import replace
 
-    from matpac_cli.engines.work import Collector, Encoder, Recipe
+    from matpac_cli.engines.packs import Encoder
+    from matpac_cli.engines.work import Collector, Recipe
     from matpac_cli.errors import ModelError
     from matpac_cli.events import Listeners
 
     items, plan = setup
     wrong = replace(Recipe.of(plan, "cpu", 1), sha256="0" * 64)  # this node's copy is another file
     encoder = type("Encoder", (Encoder,), {"recipes": [wrong]})()
-    rows = [r for r in _rows(items, plan) if int(r[2]) >= 0][:2]
-    batch = {
-        key: np.array([r[n] for r in rows], dtype=object if key == "data" else np.int64)
-        for n, key in enumerate(("i", "grid", "k", "data"))
-    }
-    res = encoder(batch)
+    part = next(e for e in _answers(items, plan, encoder=encoder) if e[2] >= 0)
     collector = Collector(items, [plan], Listeners(), lambda r: None)
     with pytest.raises(ModelError, match="is not the driver's: sha256"):
-        collector.add(int(res["i"][0]), int(res["grid"][0]), int(res["k"][0]), res["data"][0])
+        collector.add(*part)
 
 
 def test_actors_use_the_drivers_linear_layers(setup, monkeypatch):
@@ -249,5 +272,5 @@ def test_a_worker_loads_torch_as_it_unpickles_its_task_not_in_decoding_threads()
     (what unpickling a task does, in the worker's main thread) must load torch first."""
     import subprocess
 
-    code = "import sys, matpac_cli.engines.work; sys.exit(0 if 'torch' in sys.modules else 3)"
+    code = "import sys, matpac_cli.engines.packs; sys.exit(0 if 'torch' in sys.modules else 3)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 WRITER = """
@@ -87,3 +88,55 @@ def test_a_held_result_is_committed_within_seconds_while_the_run_waits(tmp_path,
     finally:
         lib.close()
     assert lance.dataset(str(tmp_path / "lib" / "clips.lance")).count_rows() == 1  # once, not twice
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_a_first_run_into_a_new_library_reads_no_table_at_its_commits(tmp_path, predictor, monkeypatch, segments):
+    """A run asks the library for its files before it encodes; in a new library there is nothing,
+    and each commit after the first read the tables again for the keys it held, to find out what
+    the run had already been told (a scan per commit: quadratic in the files of a first run)."""
+    import numpy as np
+
+    from matpac_cli.library import tables
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.store import COMMIT_FILES, Library
+    from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
+    from matpac_cli.pipeline.discovery import Item
+
+    reads = []
+    where_keys = tables.where_keys
+    monkeypatch.setattr(tables, "where_keys", lambda *a, **k: reads.append(a[2]) or where_keys(*a, **k))
+    plan = Plan(predictor, layers=(-1,), segments=segments)
+    vector = np.ones(predictor.dims.embed_dim, np.float32)
+    out = EncoderOutput(vector[None], None, [Segment(0.0, 1.0, vector)] if segments else [])
+    keys = [f"k{i}" for i in range(3 * COMMIT_FILES)]
+    lib = Library(tmp_path / "lib")
+    assert lib.lookup(keys, Setting.of(plan), plan.resolved_layers(), segments) == {}
+    for key in keys:
+        lib.add(key, Setting.of(plan), plan, FileResult(Item(key, tmp_path / key), 1.0, 16000, 1, [out]), out)
+    lib.close()
+    assert reads == []
+    stored = tables.open_table(tmp_path / "lib", "segments" if segments else "clips").count_rows()
+    assert stored == len(keys)
+
+
+def test_files_finished_in_a_burst_are_committed_together(tmp_path, predictor, monkeypatch):
+    """A cluster finishes hundreds of files a second: committed 16 at a time, the driver spent
+    most of its time in Lance commits. Within `COMMIT_MIN_S` of the last commit, files wait."""
+    import numpy as np
+
+    from matpac_cli.library import store, tables
+    from matpac_cli.library.key import Setting
+    from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
+    from matpac_cli.pipeline.discovery import Item
+
+    monkeypatch.setattr(store, "COMMIT_MIN_S", 3600.0, raising=False)  # a burst that never ends, for the test
+    plan = Plan(predictor, layers=(-1,))
+    out = EncoderOutput(np.ones((1, predictor.dims.embed_dim), np.float32))
+    lib = store.Library(tmp_path / "lib")
+    for i in range(6 * store.COMMIT_FILES):
+        lib.add(f"k{i}", Setting.of(plan), plan, FileResult(Item("a", tmp_path / "a"), 1.0, 16000, 1, [out]), out)
+    assert tables.open_table(tmp_path / "lib", "clips") is None  # nothing committed yet
+    lib.close()
+    clips = tables.open_table(tmp_path / "lib", "clips")
+    assert clips.count_rows() == 6 * store.COMMIT_FILES

@@ -3,11 +3,15 @@
 The pipeline has the shape of Ray's own batch-inference examples:
 - the driver discovers the files (the local engine's rules) and makes a dataset of them;
 - CPU tasks decode, resample and cut each file into encoder chunks with the local engine's own
-  `pipeline.feed.Feed`, so every chunk holds the same samples as a local run;
+  `pipeline.feed.Feed`, so every chunk holds the same samples as a local run, and send them in
+  packs of whole files (`engines.packs`: a part of up to 6.5 minutes of one file, at least one
+  encoder batch a pack);
 - an actor pool of callable classes, each loading the run's encoders once (`Predictor`), encodes
-  batches of chunks from any files (one GPU per actor where the cluster has GPUs);
-- the driver streams the per-chunk results back, sums each file's chunks with the local
-  engine's `pipeline.Slot`, and hands every finished file to the job's writer and events, so the job code
+  a pack's chunks in batches of any of its files and sums each part's chunks where it computed
+  them (one GPU per actor where the cluster has GPUs);
+- the driver streams back one answer per part (a file's sums: about 30 KB a file for `embed`,
+  where a row per chunk sent 31 KB a chunk), merges each file's parts with the local engine's
+  `pipeline.Slot`, and hands every finished file to the job's writer and events, so the job code
   (library, resume, writers, `--failures`, the summary) is the local one.
 
 A file that fails never fails the job: decoding and encoding catch each file's error and send it
@@ -33,16 +37,10 @@ from pathlib import Path
 
 from matpac_cli.config import Device, RunOptions
 from matpac_cli.engines.blocks import audio_seconds, plan
+from matpac_cli.engines.packs import PART, Encoder, decode_files
 from matpac_cli.engines.ray.cluster import Cluster
 from matpac_cli.engines.ray.ledger import Ledger
-from matpac_cli.engines.work import (
-    GIVE_UP,
-    Collector,
-    Encoder,
-    Recipe,
-    decode_files,
-    died,
-)
+from matpac_cli.engines.work import GIVE_UP, Collector, Recipe, died
 from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.pipeline.assemble import Plan
@@ -212,21 +210,28 @@ def _round(
     # stages into the actors, where decoding would wait on the encoder). They claim no CPU, so
     # that actors holding every CPU of the nodes left after a node is lost cannot starve them
     # (the job hung so); `concurrency` bounds them instead (two per CPU), spread over the nodes
+    batch_size = batch_size or default_batch(device)
     ds = ds.map_batches(
         decode_files,
         batch_size=None,  # a task decodes its block whole: its files, one after the other
         num_cpus=0,
         concurrency=decoders,
-        fn_kwargs={**decode_kwargs(device, n_ts), "attempts": ledger, "crash_on": crash_on(), "hold_on": hold_on()},
+        fn_kwargs={
+            **decode_kwargs(device, n_ts),
+            "pack": max(PART, batch_size),  # a pack fills at least one encoder batch
+            "attempts": ledger,
+            "crash_on": crash_on(),
+            "hold_on": hold_on(),
+        },
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
-    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger})
+    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger, "batch_size": batch_size})
     with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
         warnings.simplefilter("ignore")
         ds = ds.map_batches(
             encoder,
-            batch_size=batch_size or default_batch(device),
+            batch_size=1,  # a pack: its chunks are batched by the actor (`batch_size` at a time)
             compute=ActorPoolStrategy(min_size=1, max_size=actors),
             max_restarts=0,
             **resources,
@@ -256,14 +261,16 @@ def _blocks(items: list[Item], left: list[int], decoders: int) -> list:
 
 
 def _collect(ds, collector: Collector) -> None:
-    """Hand each chunk's embeddings to `collector` as the dataset yields them; a lost worker
-    ends the round (`Lost`: the caller retries), any other cluster failure the job."""
+    """Hand each part's sums and each file's facts to `collector` as the dataset yields the
+    actors' answers (a pickled list per pack); a lost worker ends the round (`Lost`: the caller
+    retries), any other cluster failure the job."""
     from matpac_cli.engines.ray.watch import Lost
 
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, grid, k, data in zip(batch["i"], batch["grid"], batch["k"], batch["data"]):
-                collector.add(int(i), int(grid), int(k), data)
+            for blob in batch["data"]:
+                for entry in pickle.loads(blob):
+                    collector.add(*entry)
     except (MatpacError, KeyboardInterrupt, Lost):
         raise
     except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2

@@ -1,0 +1,170 @@
+"""What one `--engine ray` driver costs per file, and how many H200s it can feed (not a test).
+
+The driver's side of a Ray run, with matpac's own code: the actors' answers (one pickled list
+per pack, `engines.packs`) unpickled and merged by `engines.work.Collector`, each finished file
+handed on (`pipeline.assemble.hand_on`); then, apart, what the job does with each file on the
+driver today: the library's `add` and its commits (a real Lance library in a temporary folder).
+The answers are built with the shapes a full-size ViT-B gives (random values, the release's
+layer and embedding sizes), so no encoder runs: this measures the driver, not the cluster.
+
+Three workloads, as the issue measured them: `embed` of 3.5-minute tracks, `tag --segments` of
+3.5-minute tracks (the last layer's mean per chunk travels too), and `embed` of 6-second clips.
+The H200 figure is a projection: one H200 encodes about 10,000 chunks a second
+(benchmarks/RESULTS.md), so a driver that takes F files a second of C chunks each feeds
+F x C / 10,000 of them.
+
+    python benchmarks/ray_driver.py [--files 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from throughput import make_checkpoint  # noqa: E402
+
+from matpac_cli.encoder.cpu import cpu_label  # noqa: E402
+
+H200_CHUNKS_S = 10_000  # chunks a second one H200 encodes (bf16, batch 128)
+
+
+def answers(plans, files: int, seconds: float, segments: bool) -> tuple[list[bytes], int]:
+    """The packs' answers for `files` files of `seconds` each, as actors send them; and the
+    chunks each file has."""
+    from matpac_cli.engines.packs import PART
+    from matpac_cli.pipeline.assemble import Segment, Slot
+
+    p = plans[0].predictor
+    grid, hop = p.dims.n_t, p.fe.chunk_hop(p.dims.n_t) / p.fe.sample_rate
+    chunks = max(1, math.ceil(seconds / hop))
+    rng = np.random.default_rng(0)
+    packs, entries, held = [], [], 0
+    for i in range(files):
+        for part in range(math.ceil(chunks / PART)):
+            n = min(PART, chunks - part * PART)
+            slot = Slot(None, plans)
+            slot.sums[0] += rng.standard_normal(slot.sums[0].shape)
+            slot.counts[0] = n * grid // 4
+            if segments:
+                for k in range(part * PART, part * PART + n):
+                    emb = rng.standard_normal(p.dims.embed_dim).astype(np.float32)
+                    slot.segments[0][k] = Segment(k * hop, (k + 1) * hop, emb, grid // 4)
+            entries.append((i, grid, part, (slot.sums, slot.counts, slot.frames, slot.segments, n * hop)))
+            held += n
+        facts = {"chunks": {grid: chunks}, "parts": {grid: math.ceil(chunks / PART)}, "error": None}
+        facts.update(duration_s=seconds, sample_rate=44100, channels=2, truncated=None)
+        entries.append((i, 0, -1, facts))
+        if held >= PART:
+            packs.append(pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL))
+            entries, held = [], 0
+    if entries:
+        packs.append(pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL))
+    return packs, chunks
+
+
+def engine_side(plans, packs: list[bytes], files: int) -> float:
+    """Seconds of the driver's engine work for all packs: unpickle, merge, hand on."""
+    from matpac_cli.engines.work import Collector
+    from matpac_cli.events import NoEvents
+    from matpac_cli.pipeline.discovery import Item
+
+    items = [Item(f"t{i}.flac", Path(f"t{i}.flac")) for i in range(files)]
+    done = []
+    collector = Collector(items, plans, NoEvents(), done.append)
+    t0 = time.process_time()
+    for blob in packs:
+        for entry in pickle.loads(blob):
+            collector.add(*entry)
+    took = time.process_time() - t0
+    assert len(done) == files, len(done)
+    return took
+
+
+def library_side(plans, files: int, seconds: float, segments: bool) -> float:
+    """Seconds of the job's per-file work on the driver: each result stored in a real library."""
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.store import Library  # and Lance: imported before the clock starts
+    from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Segment
+    from matpac_cli.pipeline.discovery import Item
+
+    p, plan = plans[0].predictor, plans[0]
+    rng = np.random.default_rng(1)
+    hop = p.fe.chunk_hop(p.dims.n_t) / p.fe.sample_rate
+    segs = [
+        Segment(k * hop, (k + 1) * hop, rng.standard_normal(p.dims.embed_dim).astype(np.float32))
+        for k in range(math.ceil(seconds / hop))
+    ]
+    emb = rng.standard_normal((1, p.dims.embed_dim)).astype(np.float32)
+    results = [
+        FileResult(
+            Item(f"t{i}.flac", Path(f"t{i}.flac")),
+            seconds,
+            44100,
+            2,
+            [EncoderOutput(emb, None, segs if segments else [])],
+        )
+        for i in range(files)
+    ]
+    root = Path(tempfile.mkdtemp(prefix="matpac-ray-driver-"))
+    try:
+        library, setting = Library(root), Setting.of(plan)
+        keys = [f"{i:032x}" for i in range(files)]
+        library.holding(keys, setting, plan.resolved_layers())  # as a run asks before it encodes
+        t0 = time.process_time()
+        for key, res in zip(keys, results):
+            library.add(key, setting, plan, res, res.outputs[0])
+        library.close()
+        return time.process_time() - t0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fed(chunks: int, per_file_s: float) -> float:
+    """H200s one driver keeps busy (a projection), at `per_file_s` of driver per file of `chunks`."""
+    return chunks / per_file_s / H200_CHUNKS_S
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=2000)
+    a = ap.parse_args()
+    from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+
+    work = Path(tempfile.mkdtemp(prefix="matpac-ray-driver-"))
+    make_checkpoint(work / "vitb.pt")
+    predictor = Predictor.load(str(work / "vitb.pt"), "cpu", "fp32")
+    print(f"driver per file, {a.files} files a workload, ViT-B shapes; {cpu_label()}")
+    print(
+        f"{'workload':34s} {'bytes/file':>10s} {'engine us/file':>15s} {'+library us/file':>17s} {'H200s fed (projected)':>22s}"
+    )
+    for name, seconds, segments in (
+        ("embed, 3.5-minute tracks", 210.0, False),
+        ("tag --segments, 3.5-minute tracks", 210.0, True),
+        ("embed, 6-second clips", 6.0, False),
+    ):
+        plans = [Plan(predictor, segments=segments)]
+        packs, chunks = answers(plans, a.files, seconds, segments)
+        size = sum(len(b) for b in packs) / a.files
+        engine = engine_side(plans, packs, a.files) / a.files
+        library = library_side(plans, min(a.files, 1000), seconds, segments) / min(a.files, 1000)
+        print(
+            f"{name:34s} {size:10,.0f} {engine * 1e6:15,.0f} {library * 1e6:17,.0f} "
+            f"{fed(chunks, engine):10,.1f} (engine) {fed(chunks, engine + library):6,.1f} (with library)"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

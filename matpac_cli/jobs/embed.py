@@ -176,8 +176,9 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
     results: dict[Item, tuple[dict, object, str | None]] = {}
-    on_result = _recorder(config, len(layers), results, summary, events)
     lean = [] if config.frames_dir is None else None  # found files' vectors stay in the library till written
+    shed = _Shedder(library, plan, results) if library is not None and lean is not None else None
+    on_result = _recorder(config, len(layers), results, summary, events, shed)
     try:
         heard = KeepFailures(events, summary.failures)
         kept_frames = _frames_kept(ours, config)
@@ -199,16 +200,16 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
         summary.left = [p for p in naming.written(paths) if p.exists()]
         return summary
     summary.truncated[:0] = [name for name, (facts, _) in kept.rows if facts.get("truncated")]
-    rows = Rows(done, keys, shape, lean[0] if lean else None)
+    rows = Rows(done, keys, shape, shed.held(done, keys) if shed and shed.shed else lean[0] if lean else None)
     write_outputs(paths, rows, config.frames_dir, before_record, (predictor, settings, summary, argv))
     return summary
 
 
-def _recorder(config, n_layers: int, results: dict, summary: Summary, events: RunEvents):
+def _recorder(config, n_layers: int, results: dict, summary: Summary, events: RunEvents, shed=None):
     """The callback the engine hands each embedded file to: its frames written (with
     `frames_dir`), its clip embedding kept for the output (`results`: item -> (facts, vector);
-    the library has stored it already), and the summary counted; a file read short is recorded
-    and warned of."""
+    the library has stored it already, and once it has committed it `shed` lets the vector go),
+    and the summary counted; a file read short is recorded and warned of."""
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
@@ -228,8 +229,52 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
                 )
         results[res.item] = (meta, emb, res.key)
         summary.count(res)
+        if shed is not None and emb is not None:
+            shed(res.item)
 
     return on_result
+
+
+SHED_FILES = 512  # vectors let go together, once the library has committed them
+
+
+class _Shedder:
+    """The vectors of a run's new files, let go once the library has committed them: the output
+    takes them from the library as it is written (as it takes the files the library had), so a
+    run's memory grows by a file's name and facts, not its vector (15 KB at 3840 values)."""
+
+    def __init__(self, library, plan: Plan, results: dict) -> None:
+        from matpac_cli.library.key import Setting
+
+        self.library, self.results, self.waiting, self.shed = library, results, [], 0
+        self.setting, self.layers = Setting.of(plan), plan.resolved_layers()
+
+    def __call__(self, item: Item) -> None:
+        if self.results[item][2] is None or self.library.unwritable is not None:
+            return  # not keyed, or never to be stored: kept in memory
+        self.waiting.append(item)
+        if len(self.waiting) < SHED_FILES:
+            return
+        holds = self.library.holds([self.results[i][2] for i in self.waiting], self.setting, self.layers)
+        kept = []
+        for waiting in self.waiting:
+            meta, _, key = self.results[waiting]
+            if key in holds:
+                self.results[waiting] = (meta, None, key)
+                self.shed += 1
+            else:
+                kept.append(waiting)  # held for the next commit
+        self.waiting = kept
+
+    def held(self, done: list, keys: list):
+        """What the library holds of the rows' keys, read once the run has committed: where the
+        output takes the vectors let go (and those of the files the library had)."""
+        from matpac_cli.library.held import held
+        from matpac_cli.library.tables import guarded
+
+        stored = [key for (_, _, row), key in zip(done, keys) if isinstance(row, Stored)]
+        with guarded(self.library.root):
+            return held(self.library.root, stored, self.setting, self.layers)
 
 
 def _frames_ours(before: list[earlier.Row], man: dict | None, config: EmbedConfig):

@@ -15,11 +15,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from matpac_cli import engines
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import MatpacError, OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
-from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
 
@@ -117,7 +119,6 @@ def run(
 def _from_library(library, items: list[Item], plans: list[Plan], settings: list, hearing) -> tuple[list, dict]:
     """The files the library holds for every plan handed on (`hearing`: the events, `on_result`,
     the `found` counter, `frames_kept` and `lean`); the others to encode, and their keys (by item)."""
-    from matpac_cli.library.store import stored_result
     from matpac_cli.library.tables import guarded
 
     events, on_result, found, frames_kept, lean = hearing
@@ -131,7 +132,7 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
         k = known.get(i)
         if k is not None and all(k.key in h for h in held) and (not framed or frames_kept(item)):
             got = [h[k.key] for h in held]
-            res = _found(item, plans, got) if lean is not None else stored_result(item, plans, got)
+            res = _found(item, plans, got) if lean is not None else _stored_result(item, plans, got)
             res.found, res.key = k.how, k.key
             found[k.how] += 1
             on_result(res)
@@ -241,3 +242,14 @@ def _say_unwritable(library, events: RunEvents) -> None:
             f"{library.unwritable}; the run goes on without it: its output is whole, but the files "
             "it encodes from now on are not kept (free some space, or give another library folder)"
         )
+
+
+def _stored_result(item: Item, plans: list[Plan], found: list) -> FileResult:
+    """A file's `FileResult` from what the library holds for each plan, as the engine would
+    have handed it on (float32, the same layers, the same segments)."""
+    outs = []
+    for plan, stored in zip(plans, found):
+        emb = np.stack([stored.layers[layer] for layer in plan.resolved_layers()])
+        outs.append(EncoderOutput(emb, None, list(stored.segments or []) if plan.segments else []))
+    facts = found[0].facts
+    return FileResult(item, facts["duration_s"], facts["sample_rate"], facts["channels"], outs, facts["truncated"])

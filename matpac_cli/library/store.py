@@ -250,6 +250,13 @@ class Library:
                 self._clips = {name: [] for name in tables.CLIPS.names}
                 self._segments = {name: [] for name in tables.SEGMENTS.names}
 
+    def holds(self, keys: list[str], setting: Setting, layers: tuple[int, ...]) -> set[str]:
+        """The keys of `keys` with every layer of `layers` committed for `setting` (by this run or
+        before it, as far as this run has read or written; none once a write has failed)."""
+        with self._writing:
+            known = self._known["clips"].get((setting.model, setting.frontend), {}) if not self.unwritable else {}
+            return {k for k in keys if set(layers) <= known.get(k, set())}
+
     def _commit(self) -> None:
         with self._writing:
             with self._lock:
@@ -258,10 +265,14 @@ class Library:
                 self._segments = {name: [] for name in tables.SEGMENTS.names}
                 self._paths = {name: [] for name in tables.PATHS.names}
                 self._held, self._last = 0, time.monotonic()
-            if paths["path"]:
-                tables.upsert_paths(self.root, _last_per_path(paths))
-            tables.append(self.root, "clips", self._lacking("clips", clips))
-            tables.append(self.root, "segments", self._lacking("segments", segments))
+            try:
+                if paths["path"]:
+                    tables.upsert_paths(self.root, _last_per_path(paths))
+                tables.append(self.root, "clips", self._lacking("clips", clips))
+                tables.append(self.root, "segments", self._lacking("segments", segments))
+            except tables.Unwritable as exc:
+                self.unwritable = exc  # before `_writing` is let go: `holds` never trusts this commit
+                raise
 
     def _learn(self, name: str, setting: Setting, parts: dict[str, set]) -> None:
         """What a read found stored of each key (every part of it, for `setting`)."""
@@ -337,14 +348,3 @@ def _last_per_path(rows: dict[str, list]) -> dict[str, list]:
     last = {p: j for j, p in enumerate(rows["path"])}
     keep = sorted(last.values())
     return {name: [values[j] for j in keep] for name, values in rows.items()}
-
-
-def stored_result(item: Item, plans: list[Plan], found: list[Stored]) -> FileResult:
-    """A file's `FileResult` from what the library holds for each plan, as the engine would
-    have handed it on (float32, the same layers, the same segments)."""
-    outs = []
-    for plan, stored in zip(plans, found):
-        emb = np.stack([stored.layers[layer] for layer in plan.resolved_layers()])
-        outs.append(EncoderOutput(emb, None, list(stored.segments or []) if plan.segments else []))
-    facts = found[0].facts
-    return FileResult(item, facts["duration_s"], facts["sample_rate"], facts["channels"], outs, facts["truncated"])

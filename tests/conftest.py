@@ -91,6 +91,39 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A checkpoint as wide as the release's (3840 values a clip embedding), one layer deep,
+    loaded for the CPU: what a run's memory per file is measured with."""
+    from matpac_cli.inference.predictor import Predictor
+
+    path = tmp_path_factory.mktemp("wide") / "wide.pt"
+    torch.save(make_checkpoint(width=768, depth=1, n_t=608, seed=5), path)
+    return Predictor.load(str(path), device="cpu", precision="fp32")
+
+
+def held_per_file(folder: Path, out: Path, model, library, options=None) -> float:
+    """`embed` of `folder` into `out` through the Python API, with the memory Python holds
+    (traced) sampled as each file is done: the bytes more it holds for each file, fitted over
+    the run's last three quarters (after the start's own allocations)."""
+    import tracemalloc
+
+    from matpac_cli import EmbedConfig, Listeners, RunOptions, discover, embed
+
+    items = discover([str(folder)])
+    held: list[int] = []
+    tracemalloc.start()
+    try:
+        config = EmbedConfig(out=out, library=library, options=options or RunOptions(batch_size=8, workers=1))
+        sample = Listeners(progress=lambda i, s: held.append(tracemalloc.get_traced_memory()[0]))
+        summary = embed(items, model, config, sample)
+    finally:
+        tracemalloc.stop()
+    assert summary.done == len(items) and not summary.failures, summary.failures
+    x = np.arange(len(held) // 4, len(held))
+    return float(np.polyfit(x, np.array(held)[x], 1)[0])
+
+
+@pytest.fixture(scope="module")
 def predictor(ckpts):
     """tiny608 loaded for the CPU in fp32, once per test module."""
     from matpac_cli.inference.predictor import Predictor

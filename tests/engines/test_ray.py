@@ -524,3 +524,22 @@ def test_a_round_whose_ledger_restarted_still_stops_every_actor_it_had(head, ray
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=180)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert proc.stdout.decode().split()[-1:] == ["dismissed"], proc.stderr.decode()[-3000:]
+
+
+def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_path, wide, monkeypatch):
+    """Many tiny files through the cluster: the memory the driver (this process, through the
+    Python API) holds grows by each file's name and facts, not by its chunks (they are summed on
+    the actors) nor its vector (let go once the library has it)."""
+    from conftest import held_per_file
+
+    from matpac_cli import RunOptions
+    from matpac_cli.jobs import embed
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(embed, "SHED_FILES", 16)  # at this scale what 512 are at a catalogue's
+    for i in range(300):
+        write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
+    options = RunOptions(batch_size=8, engine="ray", address=head.address)
+    per_file = held_per_file(tmp_path / "in", tmp_path / "e.npy", wide, tmp_path / "lib", options)
+    assert per_file < wide.dims.embed_dim * 4 / 3, f"{per_file:.0f} bytes a file (a vector: {wide.dims.embed_dim * 4})"

@@ -185,19 +185,28 @@ class Encoder:
         parts = [e for e in entries if e[2] >= 0]
         for grid in sorted({e[1] for e in parts}):
             mine = [e for e in parts if e[1] == grid]
-            chunks = [pair for e in mine for pair in e[3]]
+            if self.error is not None:
+                out += [(i, grid, part, self.error) for i, _, part, _ in mine]
+                continue
             try:
-                outs: list = self._encode(grid, chunks) if self.error is None else None
-            except Exception as exc:  # noqa: BLE001 - this pack's files fail, named; the job goes on
-                outs = f"the encoder failed on Ray node {socket.gethostname()}: {one_line(exc, RAY_LIMIT)}"
+                outs = self._encode(grid, [pair for e in mine for pair in e[3]])
+            except Exception:  # noqa: BLE001 - each part again on its own: only the parts that fail fail
+                out += [self._alone(e) for e in mine]
+                continue
             start = 0
             for i, _, part, pairs in mine:
-                if outs is None or isinstance(outs, str):
-                    out.append((i, grid, part, self.error if outs is None else outs))
-                else:
-                    out.append((i, grid, part, self._summed(grid, pairs, outs[start : start + len(pairs)])))
+                out.append((i, grid, part, self._summed(grid, pairs, outs[start : start + len(pairs)])))
                 start += len(pairs)
         return out
+
+    def _alone(self, entry: tuple) -> tuple:
+        """One part encoded on its own, after its pack failed: its sums, or its error (named in
+        the file's failure line; the job goes on)."""
+        i, grid, part, pairs = entry
+        try:
+            return (i, grid, part, self._summed(grid, pairs, self._encode(grid, pairs)))
+        except Exception as exc:  # noqa: BLE001 - this file fails, named; the job goes on
+            return (i, grid, part, f"the encoder failed on Ray node {socket.gethostname()}: {one_line(exc, RAY_LIMIT)}")
 
     def _summed(self, grid: int, pairs: list, outs: list) -> tuple:
         """One part's chunks summed as the local engine sums a file's (`Slot.take`), with the

@@ -274,3 +274,24 @@ def test_a_worker_loads_torch_as_it_unpickles_its_task_not_in_decoding_threads()
 
     code = "import sys, matpac_cli.engines.packs; sys.exit(0 if 'torch' in sys.modules else 3)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_a_part_the_encoder_fails_on_fails_alone_not_its_pack(setup):
+    """An encoder error on a pack's batch is retried part by part: only the file whose chunk the
+    encoder cannot take fails (named, with the node), the pack's other files get their sums."""
+    from matpac_cli.engines.packs import Encoder, decode_files
+    from matpac_cli.engines.work import Recipe
+
+    items, plan = setup
+    batch = {"i": np.arange(3), "item": np.array([pickle.dumps(i) for i in items[:3]], dtype=object)}
+    entries = [
+        e for row in decode_files(batch, (plan.predictor.dims.n_t,), False, 64) for e in pickle.loads(row["data"][0])
+    ]
+    bad = next(j for j, e in enumerate(entries) if e[0] == 1 and e[2] == 0)
+    i, grid, part, pairs = entries[bad]
+    entries[bad] = (i, grid, part, [(w, np.zeros((2, 2, 2), np.float32)) for w, _ in pairs])  # no waveform
+    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 8})()
+    res = encoder({"data": np.array([pickle.dumps(entries)], dtype=object)})
+    answers = {(e[0], e[2]): e[3] for e in pickle.loads(res["data"][0])}
+    assert isinstance(answers[(1, 0)], str) and answers[(1, 0)].startswith("the encoder failed on Ray node ")
+    assert not isinstance(answers[(0, 0)], str) and not isinstance(answers[(2, 0)], str)

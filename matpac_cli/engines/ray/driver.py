@@ -215,7 +215,7 @@ def _round(
         decode_files,
         batch_size=None,  # a task decodes its block whole: its files, one after the other
         num_cpus=0,
-        concurrency=decoders,
+        concurrency=min(decoders, len(blocks)),  # more than its blocks: Ray Data warns on stderr
         fn_kwargs={
             **decode_kwargs(device, n_ts),
             "pack": max(PART, batch_size),  # a pack fills at least one encoder batch

@@ -339,7 +339,9 @@ def test_a_second_node_takes_work_and_losing_it_mid_job_loses_no_file(ckpts, hea
             {**ray_env, **hold},
         )
         try:
-            working = lambda: [p for p in node.pids() if p in processes_with("MapBatches")]  # noqa: E731
+            # an encoder actor on the node (its decoding tasks may all be done by now): losing it
+            # loses work (the pool starts whole, so one is placed there once the head is full)
+            working = lambda: [p for p in node.pids() if p in processes_with("MapBatches(Encoder)")]  # noqa: E731
             _wait_for(lambda: job.poll() is not None or (working() and library_files() >= 1))
             node.stop(hard=True)  # the whole node, mid-job
             lost = time.monotonic()

@@ -232,7 +232,9 @@ def _round(
         ds = ds.map_batches(
             encoder,
             batch_size=1,  # a pack: its chunks are batched by the actor (`batch_size` at a time)
-            compute=ActorPoolStrategy(min_size=1, max_size=actors),
+            # the whole pool from the start (fewer for fewer decoding tasks): Ray Data's autoscaler
+            # adds actors only while packs queue up, so a cluster's GPUs idled behind one actor
+            compute=ActorPoolStrategy(min_size=min(actors, len(blocks)), max_size=actors),
             max_restarts=0,
             **resources,
         )

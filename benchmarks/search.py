@@ -6,12 +6,18 @@ so only path queries), in a temporary folder, then times:
   (b) the `matpac search` program end to end (start-up, reading the row index, writing CSV),
       with the same 100 queries named by their paths;
   (c) `matpac_cli.jobs.similarity.exact_duplicates` over the first --dup-rows rows (all pairs;
-      `benchmarks/duplicates.py` measures the k-means cells that `search --duplicates` uses).
+      `benchmarks/duplicates.py` measures the k-means cells that `search --duplicates` uses);
+  (d) the vector index `search` uses from 200,000 rows (`jobs.vector_index`), on the clustered
+      catalogue of benchmarks/duplicates.py (a shared mean, genres, artists; like real clip
+      embeddings, where a random index has no neighbours worth the name): its build (k-means
+      and every row assigned, then written as the cache), 1 and --queries queries against exact
+      `nearest` over the same rows, and recall@10 against exact. --index-only runs (d) alone.
 Each figure is the best of --repeat runs with the index in the page cache (the first run after
 writing it), and a check that (a) equals a float64 numpy cosine on a few queries.
 
   python benchmarks/search.py                       # 100k x 3840, 100 queries, duplicates on 20k
   python benchmarks/search.py --rows 20000 --json out.json
+  python benchmarks/search.py --index-only --rows 1000000 --dim 768   # 1M x 3840 is 15 GB
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from matpac_cli.jobs.search_index import save
 from matpac_cli.jobs.similarity import exact_duplicates, nearest
+from matpac_cli.jobs.vector_index import VectorIndex
 
 
 def write_index(folder: Path, rows: int, dim: int, seed: int = 0) -> Path:
@@ -72,6 +80,49 @@ def check(index: np.ndarray, picks: np.ndarray, got) -> float:
     return worst
 
 
+def vector_index(folder: Path, rows: int, dim: int, queries: int) -> dict:
+    """(d): build, query and recall of the vector index against exact search, same rows."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from duplicates import write_catalogue
+
+    npy = folder / "catalogue.npy"
+    t0 = time.perf_counter()
+    write_catalogue(npy, rows, dim)
+    out = {"catalogue_write_s": time.perf_counter() - t0}
+    index = np.load(npy, mmap_mode="r")
+    picks = np.sort(np.random.default_rng(3).choice(rows, queries, replace=False))
+    q, skip = np.asarray(index[picks]), picks.tolist()
+    nearest(index, q[:1], 10, skip[:1])  # the page cache warm for both
+    out["exact_1_s"], _ = best_of(2, lambda: nearest(index, q[:1], 10, skip[:1]))
+    out["exact_s"], exact = best_of(1, lambda: nearest(index, q, 10, skip))
+    t0 = time.perf_counter()
+    built = VectorIndex.build(index)
+    save(built, folder / "index.npz", "benchmark")
+    out["build_s"] = time.perf_counter() - t0
+    out["lists"], out["probes"] = len(built.centroids), built.probes
+    out["index_1_s"], _ = best_of(2, lambda: built.nearest(index, q[:1], 10, skip[:1]))
+    out["index_s"], got = best_of(1, lambda: built.nearest(index, q, 10, skip))
+    hits = [len(set(a[0].tolist()) & set(e[0].tolist())) / 10 for a, e in zip(got, exact)]
+    out["recall_at_10"], out["worst_query_recall"] = float(np.mean(hits)), float(np.min(hits))
+    out["rows_read_per_query"] = built.probes * rows // len(built.centroids)  # about: lists differ in size
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def print_index(result: dict, queries: int) -> None:
+    d = result["index"]
+    build, one = d["build_s"], d["exact_1_s"]
+    print(
+        f"(d) vector index, clustered catalogue: build {build} s ({d['lists']} lists, {d['probes']} probed; "
+        f"{build / max(one, 1e-9):.1f}x one exact query); recall@10 {d['recall_at_10']:.3f} "
+        f"(worst query {d['worst_query_recall']:.1f}); a query reads about {d['rows_read_per_query']:,} rows"
+    )
+    print(
+        f"    1 query: exact {one} s, index {d['index_1_s']} s ({one / max(d['index_1_s'], 1e-9):.0f}x); "
+        f"{queries} queries: exact {d['exact_s']} s, index {d['index_s']} s "
+        f"({d['exact_s'] / max(d['index_s'], 1e-9):.1f}x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
@@ -80,6 +131,7 @@ def main() -> None:
     ap.add_argument("--dup-rows", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--index-only", action="store_true", help="only (d), the vector index")
     args = ap.parse_args()
     result = {
         "rows": args.rows,
@@ -89,6 +141,13 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
     with tempfile.TemporaryDirectory(prefix="matpac-bench-search-") as tmp:
+        result["index"] = vector_index(Path(tmp), args.rows, args.dim, args.queries)
+        print(f"index {args.rows} x {args.dim} float32, {result['cpus']} CPUs, {result['machine']}")
+        print_index(result, args.queries)
+        if args.index_only:
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
+            return
         t0 = time.perf_counter()
         npy = write_index(Path(tmp), args.rows, args.dim)
         result["write_s"] = round(time.perf_counter() - t0, 2)

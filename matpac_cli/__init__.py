@@ -33,7 +33,9 @@ The public names:
               encoders of a tag run, each loaded once with its heads: `tag` takes them)
   Search      nearest (top-k cosine neighbours of query rows), duplicates (near-identical pairs;
               k-means cells from 8,192 rows, exact=True compares every pair: the same pairs),
-              duplicate_groups (the pairs joined into groups, each in keep order: lossless first)
+              duplicate_groups (the pairs joined into groups, each in keep order: lossless first),
+              NeighbourSearch (`nearest` from a cached vector index from 200,000 rows, re-ranked
+              exactly; exact=True never), VectorIndex (the IVF index itself: build, nearest)
   Train       train, TrainConfig, read_labels (a labels folder or CSV), from_index (features
               from an embed output), embed_labelled (features by embedding the files)
   Library     library_info (what a library folder holds), prune_library (drop entries whose
@@ -78,6 +80,8 @@ _HOMES = {
     "nearest": "matpac_cli.jobs.similarity",
     "duplicates": "matpac_cli.jobs.dup_cells",
     "duplicate_groups": "matpac_cli.jobs.dup_groups",
+    "NeighbourSearch": "matpac_cli.jobs.search_index",
+    "VectorIndex": "matpac_cli.jobs.vector_index",
     "train": "matpac_cli.jobs.train",
     "TrainConfig": "matpac_cli.jobs.probe",
     "read_labels": "matpac_cli.jobs.train_data",

@@ -63,6 +63,7 @@ def _isolated_cache(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MATPAC_RELEASE_URL", "http://127.0.0.1:9/")
     # never the user's; empty at each test's start; outside tmp_path, which tests list as the run's outputs
     monkeypatch.setenv("MATPAC_LIBRARY", str(tmp_path_factory.mktemp("library") / "library"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))  # search indexes
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(hf, "HF_HUB_DISABLE_TELEMETRY", True)
     yield

@@ -22,6 +22,7 @@ FLAGS = {
     "embeddings": "--embeddings",
     "end": "--to",
     "engine": "--engine",
+    "exact": "--exact",
     "extensions": "--ext",
     "fmt": "--format",
     "folds": "--folds",

@@ -3,7 +3,8 @@
 This module is the job: it opens the index (a memory-mapped .npy, or a Parquet index whose
 embedding column is read into memory once), picks the layer, plans and embeds the queries, and
 turns the neighbours into rows. The similarity maths (exact blocked cosine search and
-near-duplicate pairs) lives in `jobs.similarity`.
+near-duplicate pairs) lives in `jobs.similarity`; from 200,000 rows (or once an index has a
+cache) neighbours come from a vector index, re-ranked exactly (`jobs.search_index`).
 
 Queries are rows already in the index (named by their path) or audio files, embedded with the
 model that made the index (found from its manifest, refused if its sha256 differs) through the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,8 +247,11 @@ def neighbour_rows(
     top_k: int = 10,
     include_self: bool = False,
     threshold: float | None = None,
+    finder: Callable | None = None,
 ) -> Iterator[dict]:
-    """Long-format rows `query, rank, path, score` for every query that has a vector, in order."""
+    """Long-format rows `query, rank, path, score` for every query that has a vector, in order.
+    `finder` searches (`similarity.nearest` by default; `search_index.NeighbourSearch` answers
+    from a vector index where that pays)."""
     ready = [q for q in queries if q.row is not None or q.name in vectors]
     if not ready:
         return
@@ -256,7 +260,8 @@ def neighbour_rows(
     if vecs.shape[1] != dim:
         raise UsageError(f"the queries' embeddings have {vecs.shape[1]} dimensions but the index has {dim}")
     exclude = [None if include_self else q.row for q in ready]
-    for q, (rows, scores) in zip(ready, nearest(matrix, vecs, top_k, exclude)):
+    found = finder(vecs, top_k, exclude) if finder is not None else nearest(matrix, vecs, top_k, exclude)
+    for q, (rows, scores) in zip(ready, found):
         for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
             if threshold is not None and score < threshold:
                 break

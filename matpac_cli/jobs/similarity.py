@@ -4,8 +4,9 @@ Exact search over the (often memory-mapped) matrix, in blocks: a block of index 
 multiplied by every (unit-length) query at once, where it lies in the map (one BLAS call, no
 copy), divided by the rows' norms, and a running top-k per query keeps the best rows seen so far.
 Memory stays at one block (about 64 MiB) plus the queries, whatever the size of the index;
-100k x 3840 float32 is read once per 1,024 queries. Exact is the default on purpose: approximate
-indexes (HNSW) trade recall for speed, and at this size the exact answer takes seconds.
+100k x 3840 float32 is read once per 1,024 queries. Below 200,000 rows this is all `search`
+does; above, a few queries go through a vector index (`jobs.vector_index`) whose candidates are
+scored here (`cosines`), so its scores are these.
 
 Cosine of a zero vector with anything is taken as 0. Scores are float32 dot products of unit
 vectors, clipped to [-1, 1]; norms are summed in float64 (a float32 sum of squares overflows past

@@ -117,8 +117,8 @@ def test_groups_as_jsonl_and_parquet_and_refused_without_duplicates(planted, tmp
     assert _groups(table.to_pylist(), planted["lib"]) == _groups(rows, planted["lib"])
     code, _, err = cli(capsys, "search", "-i", tmp_path / "emb.npy", "--groups")
     assert code == 2 and "--groups" in err and "--duplicates" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli(capsys, "search", "-i", tmp_path / "emb.npy", "--exact")  # not silently ignored either
-    assert code == 2 and "--exact" in err and "--duplicates" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "search", "-i", tmp_path / "emb.npy", "--exact")  # neighbours need a query
+    assert code == 2 and "give at least one QUERY" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_chain_of_pairs_is_one_group_and_each_member_keeps_its_best_match():

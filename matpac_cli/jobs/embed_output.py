@@ -58,11 +58,24 @@ def write_matrix(
 CHUNK_ROWS = 4096  # rows of a .npy resolved and written at a time (60 MB at 3840 values)
 
 
-@dataclass(frozen=True)
 class Stored:
-    """A row whose vector the library holds under `key`: taken as the output is written."""
+    """A row whose vector the library holds under `key`: taken as the output is written (a
+    plain slotted class: a frozen dataclass costs 2 us to make, a noticeable part of a re-run
+    over 100,000 rows)."""
 
-    key: str
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stored) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Stored({self.key!r})"
 
 
 def _parts(done: list, size: int):
@@ -75,6 +88,8 @@ def resolver(held, single: bool, earlier_path: Path | None):
     in one batch each: `Stored` from the library (`held`, a `held.Held`; `single`: one layer, its
     vector alone), `earlier.Earlier` from the Parquet output being replaced."""
 
+    taker = []  # the earlier Parquet output's rows, opened on first use (`parquet.EarlierRows`)
+
     def resolve(part: list) -> list:
         vectors = [v for _, _, v in part]
         stored = [j for j, v in enumerate(vectors) if isinstance(v, Stored)]
@@ -84,9 +99,11 @@ def resolver(held, single: bool, earlier_path: Path | None):
                 vectors[j] = v[0] if single else v
         old = [j for j, v in enumerate(vectors) if isinstance(v, earlier.Earlier)]
         if old:
-            from matpac_cli.outputs import parquet
+            if not taker:
+                from matpac_cli.outputs import parquet
 
-            for j, v in zip(old, parquet.take_rows(earlier_path, [vectors[j].row for j in old])):
+                taker.append(parquet.EarlierRows(earlier_path))
+            for j, v in zip(old, taker[0].take([vectors[j].row for j in old])):
                 vectors[j] = v
         return [(name, facts, v) for (name, facts, _), v in zip(part, vectors)]
 

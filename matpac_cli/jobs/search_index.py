@@ -11,7 +11,7 @@ pass (`MANY_QUERIES`): the index pays for a few queries, exact search for a crow
 
 The cache, written atomically (a temporary file, then a rename), never beside the user's file:
   - a library's, inside the library folder: `<library>/search-index/<model, front end, layer>.npz`,
-    valid for the clips table's version and the keys it was built over;
+    valid for the keys it was built over;
   - a .npy or .parquet index's, under $XDG_CACHE_HOME/matpac/search-index (~/.cache/...), named
     by the index's real path and layer, valid for the size, mtime_ns and inode of its files.
 A file that does not match is rebuilt and replaced, never used; one that cannot be read is
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.errors import UsageError
+from matpac_cli.errors import MatpacError, OutputError, UsageError
 from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.jobs.similarity import nearest
-from matpac_cli.jobs.vector_index import Items, VectorIndex
+from matpac_cli.jobs.vector_index import Items, VectorIndex, lists_for, probes_for
+from matpac_cli.sidefiles import open_existing
 
 INDEX_ROWS = 200_000  # rows from which `search` builds an index (with no cache yet)
 ENV = "MATPAC_SEARCH_INDEX_ROWS"
@@ -94,17 +95,14 @@ def place(emb, matrix: np.ndarray, layer: int | None) -> Place:
 
 def _library_place(emb, matrix: np.ndarray) -> Place:
     """A library's index is over its keys (every file with this embedding, on disk or not), so
-    moving, copying or deleting files leaves it valid; a new clips version rebuilds it."""
-    from matpac_cli.library import tables
-
+    moving, copying or deleting files leaves it valid, and so do commits of other settings (a
+    key's vector for one model, front end and layer never changes); a new key rebuilds it."""
     view, root = emb.library, Path(emb.path)
-    clips = tables.open_table(root, "clips")
     keys = sorted(view.vectors)
     position = {key: i for i, key in enumerate(keys)}
     row_items = np.fromiter((position[k] for k in view.keys), dtype=np.int64, count=len(view.keys))
     facts = {
         "format": FORMAT,
-        "version": getattr(clips, "version", None),
         "model": view.setting.model,
         "frontend": view.setting.frontend,
         "layer": view.layer,
@@ -184,6 +182,9 @@ class NeighbourSearch:
         if self.exact or k <= 0 or k > MOST_K or not len(self.matrix):
             return nearest(self.matrix, queries, k, exclude)
         if self._ready is None:
+            lists = lists_for(len(self.matrix))
+            if len(queries) > 1 and len(queries) * probes_for(lists) >= MANY_QUERIES * lists:
+                return nearest(self.matrix, queries, k, exclude)  # a crowd goes exact: nothing built for it
             self._ready = self._index()
         index, row_items = self._ready
         if index is None or len(queries) * index.probes >= MANY_QUERIES * len(index.centroids):
@@ -196,7 +197,14 @@ class NeighbourSearch:
         where = place(self.emb, self.matrix, self.layer)
         count, dim = len(where.items), self.matrix.shape[1]
         said = False
-        if where.path.exists():
+        try:
+            cached = _usable(where.path)
+        except (OSError, MatpacError) as exc:  # a folder that cannot be read, or a planted link
+            self.events.warning(
+                f"the search index cannot be kept in {where.path.parent} ({_why(exc)}); searching every row"
+            )
+            return None, None
+        if cached:
             try:
                 index = load(where.path, where.signature, count, dim)
                 if index is not None:
@@ -216,6 +224,21 @@ class NeighbourSearch:
         except OSError as exc:
             self.events.warning(f"the search index could not be kept in {where.path.parent} ({_why(exc)})")
         return index, where.row_items
+
+
+def _usable(path: Path) -> bool:
+    """Whether the cache file is there; raises where its folder is a symlink or not a folder (a
+    cache is never read or written through a link someone planted) or cannot be read."""
+    folder = path.parent
+    if os.path.lexists(folder):
+        if folder.is_symlink() or not folder.is_dir():
+            raise OutputError(f"{folder} is a symlink or not a folder; matpac keeps its search index there")
+        os.listdir(folder)  # unreadable: OSError
+    fd = open_existing(path)  # never through a link
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def _why(exc: BaseException) -> str:

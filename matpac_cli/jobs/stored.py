@@ -127,12 +127,12 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
         keys = [k.key for k in known.values()]
         held = _held(library, keys, plans, settings, frames_kept, lean)
     framed = any(p.frames for p in plans)
-    todo, by_item = [], {}
+    todo, by_item, nothing = [], {}, _no_outputs(len(plans))
     for i, item in enumerate(items):
         k = known.get(i)
         if k is not None and all(k.key in h for h in held) and (not framed or frames_kept(item)):
             got = [h[k.key] for h in held]
-            res = _found(item, plans, got) if lean is not None else _stored_result(item, plans, got)
+            res = _found(item, nothing, got[0], k) if lean is not None else _stored_result(item, plans, got)
             res.found, res.key = k.how, k.key
             found[k.how] += 1
             on_result(res)
@@ -212,13 +212,18 @@ def _held(library, keys: list[str], plans: list[Plan], settings: list, frames_ke
     return [h.facts for h in lean]
 
 
-def _found(item: Item, plans: list[Plan], facts: list[dict]) -> FileResult:
-    """A found file's result without its vectors (`lean`): its facts, and no embedding."""
+def _no_outputs(n_plans: int) -> list:
+    """The outputs of a found file without its vectors (`lean`): one list, shared by every such
+    result (nothing writes to it), not two objects per file."""
     from matpac_cli.pipeline.assemble import EncoderOutput
 
-    first = facts[0]
-    outs = [EncoderOutput(None) for _ in plans]
-    return FileResult(item, first["duration_s"], first["sample_rate"], first["channels"], outs, first["truncated"])
+    return [EncoderOutput(None) for _ in range(n_plans)]
+
+
+def _found(item: Item, outs: list, facts: dict, known) -> FileResult:
+    """A found file's result without its vectors (`lean`): its facts, and no embedding."""
+    d, rate, channels, cut = facts["duration_s"], facts["sample_rate"], facts["channels"], facts["truncated"]
+    return FileResult(item, d, rate, channels, outs, cut, known.how, known.key)
 
 
 def close(library, summary, events: RunEvents | None = None) -> None:

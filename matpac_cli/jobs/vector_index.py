@@ -146,10 +146,13 @@ class VectorIndex:
             found: list[list] = [[] for _ in q]
             for j in sorted(set().union(*probed)):
                 asking = [i for i, lists in enumerate(probed) if j in lists]
-                got = rows[offsets[j] : offsets[j + 1]]
-                scores = cosines(q[asking], np.asarray(matrix[got]))
-                for a, i in enumerate(asking):
-                    found[i].append(_best(got, scores[a], k, exclude[q0 + i]))
+                listed = rows[offsets[j] : offsets[j + 1]]
+                step = block_rows(matrix.shape[1])  # a list of identical rows (silence) may be most of them
+                for s0 in range(0, len(listed), step):
+                    got = listed[s0 : s0 + step]
+                    scores = cosines(q[asking], np.asarray(matrix[got]))
+                    for a, i in enumerate(asking):
+                        found[i].append(_best(got, scores[a], k, exclude[q0 + i]))
             out.extend(_merged(parts, k) for parts in found)
         return out
 

@@ -12,7 +12,7 @@ later takes just the rows it is asked for (`LanceDataset.take`), in memory bound
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -26,13 +26,36 @@ from matpac_cli.library.store import _facts
 SMALL = ["key", "model", "frontend", "layer", "duration_s", "sample_rate", "channels", "promised", "read"]
 
 
+class Facts(Mapping):
+    """key -> its facts (as `Library.lookup` gives them), for the keys held with every layer:
+    made when asked, from the columns read (a dict per key for 100,000 keys cost a second)."""
+
+    def __init__(self, columns: dict[str, list], row: dict[str, int], full: set[str] | None) -> None:
+        self._columns, self._row, self._full = columns, row, full  # full: None where every key is
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row and (self._full is None or key in self._full)
+
+    def __getitem__(self, key: str) -> dict:
+        if key not in self:
+            raise KeyError(key)
+        return _facts(self._columns, self._row[key])
+
+    def __iter__(self):
+        return (k for k in self._row if self._full is None or k in self._full)
+
+    def __len__(self) -> int:
+        return len(self._row) if self._full is None else len(self._full)
+
+
 class Held:
     """The keys held with every layer of `layers` for one setting: `facts[key]` (as
     `Library.lookup` gives them) and, through `vectors`, their embeddings, from the version of
     the clips table that was read (a commit after it does not move the positions)."""
 
-    def __init__(self, ds, layers: tuple[int, ...], facts: dict[str, dict], where: dict[str, dict[int, int]]) -> None:
-        self.ds, self.layers, self.facts, self._where = ds, tuple(layers), facts, where
+    def __init__(self, ds, layers: tuple[int, ...], facts: Facts | dict, where: dict[str, int], positions) -> None:
+        self.ds, self.layers, self.facts = ds, tuple(layers), facts
+        self._where, self._positions = where, positions  # key -> slot; (slots, layers) row positions
         self.root, self.again = None, None  # the library, and () -> Held: the same read of it now (`held`)
 
     def _current(self) -> Held:
@@ -43,7 +66,7 @@ class Held:
         if latest is None or latest.version == self.ds.version:
             return self
         fresh = self.again()
-        self.ds, self._where, self.again = fresh.ds, fresh._where, None
+        self.ds, self._where, self._positions, self.again = fresh.ds, fresh._where, fresh._positions, None
         return self
 
     def __contains__(self, key: str) -> bool:
@@ -60,9 +83,13 @@ class Held:
             return np.zeros((0, len(self.layers), 0), np.float32)
         self._current()
         try:
-            positions = np.array([self._where[k][layer] for k in keys for layer in self.layers], dtype=np.int64)
+            slots = np.array([self._where[k] for k in keys], dtype=np.int64)
         except KeyError as exc:
             raise OutputError(f"the library no longer holds {exc.args[0]}; run the command again") from None
+        positions = self._positions[slots][:, self._columns()].reshape(-1)
+        if (positions < 0).any():
+            missing = keys[int(np.flatnonzero(positions < 0)[0]) // len(self.layers)]
+            raise OutputError(f"the library no longer holds {missing}; run the command again")
         order = np.argsort(positions, kind="stable")
         table = self.ds.take(positions[order], columns=["embedding"])
         rows = tables.vectors(table.column("embedding"))
@@ -73,31 +100,38 @@ class Held:
         out[order] = np.stack(rows)
         return out.reshape(len(keys), len(self.layers), -1)
 
+    def _columns(self) -> np.ndarray:
+        """Each of `layers`' column in the positions table (its layers sorted, once each)."""
+        return np.searchsorted(np.unique(np.array(self.layers, np.int64)), np.array(self.layers, np.int64))
+
 
 def held(root, keys: Iterable[str], setting: Setting, layers: tuple[int, ...]) -> Held:
     """The keys of `keys` the library at `root` holds for `setting` with every layer of `layers`:
-    one read of the clips table's small columns (positions are the scan's, which `take` uses)."""
+    one read of the clips table's small columns (positions are the scan's, which `take` uses),
+    matched with Arrow's kernels and numpy, Python touching each key once."""
     wanted = pa.array(sorted(set(keys)), pa.string())
     ds = tables.open_table(root, "clips")
     if ds is None or not len(wanted):
-        return Held(ds, layers, {}, {})
+        return Held(ds, layers, {}, {}, np.zeros((0, 0), np.int64))
     table = ds.to_table(columns=SMALL)
+    distinct = np.unique(np.array(layers, np.int64))
     mask = pc.and_(
         pc.and_(pc.equal(table["model"], setting.model), pc.equal(table["frontend"], setting.frontend)),
-        pc.and_(
-            pc.is_in(table["key"], value_set=wanted), pc.is_in(table["layer"], value_set=pa.array(layers, pa.int32()))
-        ),
+        pc.and_(pc.is_in(table["key"], value_set=wanted), pc.is_in(table["layer"], value_set=pa.array(distinct))),
     )
     positions = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
-    t = table.filter(mask).drop_columns(["model", "frontend"]).to_pydict()
-    where: dict[str, dict[int, int]] = {}
-    for j, (key, layer) in enumerate(zip(t["key"], t["layer"])):
-        where.setdefault(key, {})[layer] = int(positions[j])  # a row met twice (two runs at once): either
-    facts = {}
-    last = {key: j for j, key in enumerate(t["key"])}
-    for key, j in last.items():
-        if len(where[key]) == len(set(layers)):
-            facts[key] = _facts(t, j)
-    got = Held(ds, layers, facts, {k: where[k] for k in facts})
-    got.root, got.again = root, lambda: held(root, list(facts), setting, layers)
+    found = table.filter(mask)
+    names = found["key"].to_pylist()
+    row = {key: j for j, key in enumerate(names)}  # a key's facts: its last row (a row met twice: either)
+    where = {key: slot for slot, key in enumerate(row)}
+    slot = np.array([where[key] for key in names], np.int64)
+    column = np.searchsorted(distinct, found["layer"].to_numpy())
+    last = np.full(len(where) * len(distinct), -1, np.int64)
+    np.maximum.at(last, slot * len(distinct) + column, np.arange(len(names)))  # each (key, layer)'s last row
+    at = np.where(last >= 0, positions[np.maximum(last, 0)], -1).reshape(len(where), len(distinct))
+    complete = (at >= 0).all(axis=1)
+    full = None if complete.all() else {key for key, ok in zip(where, complete) if ok}
+    columns = found.select(["duration_s", "sample_rate", "channels", "promised", "read"]).to_pydict()
+    got = Held(ds, layers, Facts(columns, row, full), where, at)
+    got.root, got.again = root, lambda: held(root, list(got.facts), setting, layers)
     return got

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matpac_cli.library import tables
+from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
 from matpac_cli.pipeline.discovery import Item
@@ -34,10 +34,9 @@ HOWS = ("same path", "retagged", "moved")
 
 @dataclass
 class Known:
-    """A file as the library knows it: its key, its stat now, and how it was recognised."""
+    """A file as the library knows it: its key, and how it was recognised."""
 
     key: str
-    stat: Stat
     how: str  # "same path", "retagged" or "moved" (meaningful where its results are found)
     path: str  # the real path
 
@@ -75,43 +74,34 @@ class Library:
 
     # reading -----------------------------------------------------------------------------------
 
-    def known_paths(self) -> dict[str, tuple]:
-        """path -> (key, Stat, seen) for every path the library has seen (a path two runs recorded
-        at once may have two rows: the one seen last counts)."""
-        ds = tables.open_table(self.root, "paths")
-        if ds is None:
-            return {}
-        t = ds.to_table().to_pydict()
-        known: dict[str, tuple] = {}
-        for p, k, d, i, s, m, c, seen in zip(
-            t["path"], t["key"], t["dev"], t["ino"], t["size"], t["mtime_ns"], t["ctime_ns"], t["seen"]
-        ):
-            p = os.fsdecode(p)
-            if p not in known or seen >= known[p][2]:
-                known[p] = (k, Stat(d, i, s, m, c), seen)
-        return known
-
-    def identify(self, items: list[Item], paths: dict[str, tuple] | None = None) -> dict[int, Known]:
+    def identify(self, items: list[Item]) -> dict[int, Known]:
         """Each readable item's key (by stat where the path is unchanged, else by its audio), and
-        the path rows to record; items that cannot be stat'ed are left to the engine to name."""
-        paths = self.known_paths() if paths is None else paths
-        known, now = {}, time.time()
+        the path rows to record; items that cannot be stat'ed are left to the engine to name.
+        The unchanged paths are matched as columns (`bypath.match`): Python only for the others."""
+        found, reals, stats = [], [], []
         for i, item in enumerate(items):
             if item.problem:
                 continue
             try:
-                real = os.path.realpath(item.path)
-                stat = Stat.of(real)
+                real, st = bypath.stat_of(item)
             except OSError:
                 continue
-            if stat is None:  # not a regular file: the engine says so
+            if st is not None:  # else not a regular file: the engine says so
+                found.append(i)
+                reals.append(real)
+                stats.append(st)
+        matched, now = bypath.match(self.root, reals, bypath.columns(stats)), time.time()
+        rows, vouched, keys = matched.row.tolist(), matched.vouched.tolist(), matched.keys  # no numpy scalars
+        stale = matched.older(now - SEEN_AGAIN_S)  # refreshed in the table at most once a day
+        known = {}
+        for j, i in enumerate(found):
+            real = reals[j]
+            if vouched[j]:
+                known[i] = Known(keys[rows[j]], "same path", real)
+                if j in stale:
+                    self._remember_path(real, keys[rows[j]], bypath.as_stat(stats[j]), now)
                 continue
-            row = paths.get(real)
-            if row is not None and stat.vouches(row[1], row[2]):
-                known[i] = Known(row[0], stat, "same path", real)
-                if now - row[2] > SEEN_AGAIN_S:
-                    self._remember_path(real, row[0], stat, now)
-                continue
+            stat, row = bypath.as_stat(stats[j]), matched.recorded(j)
             try:
                 key = audio_key(real)
             except OSError:  # unreadable (its mode, an I/O error): the engine names the file
@@ -119,7 +109,7 @@ class Library:
             how = "moved" if row is None else ("same path" if row[1].same_bytes(stat) else "retagged")
             if row is not None and row[0] != key:
                 how = "moved"  # the audio at this path changed: found only if it is elsewhere too
-            known[i] = Known(key, stat, how, real)
+            known[i] = Known(key, how, real)
             self._remember_path(real, key, stat, now)
         return known
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from matpac_cli.errors import UsageError
-from matpac_cli.library import tables
+from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
-from matpac_cli.library.store import Library, _facts
+from matpac_cli.library.store import _facts
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _current_keys(root: Path) -> dict[str, tuple[str, bool]]:
     disk: a path whose stat changed since it was keyed is keyed again (its audio may have been
     replaced: its old key would give another file's embedding), one gone keeps its old key."""
     out = {}
-    for path, (key, stat, seen) in Library(root).known_paths().items():
+    for path, (key, stat, seen) in bypath.known(root).items():
         try:
             now = Stat.of(path)
         except OSError:
@@ -232,7 +232,7 @@ def _current_keys(root: Path) -> dict[str, tuple[str, bool]]:
 
 def path_keys(root: Path) -> dict[str, str]:
     """path -> key of every path the library has seen (the latest row of each)."""
-    return {p: k for p, (k, _, _) in Library(root).known_paths().items()}
+    return {p: k for p, (k, _, _) in bypath.known(root).items()}
 
 
 def size_on_disk(root: Path) -> int:

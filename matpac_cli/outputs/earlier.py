@@ -52,6 +52,8 @@ def check_settings(update: bool, prune: bool, force: bool) -> None:
 
 def real_path(item: Item) -> str:
     """The file's real path: `./clips/a.wav`, `clips/a.wav` and `$PWD/clips/a.wav` are one file."""
+    if item.real is not None:  # learnt by the folder walk
+        return item.real
     try:
         return os.fsdecode(os.path.realpath(item.path))
     except (OSError, ValueError):
@@ -138,7 +140,7 @@ def resolved(name: str, cwd: str) -> str:
 @dataclass(frozen=True)
 class Earlier:
     """A row's vector left where it is, row `row` of the Parquet output being replaced: read a
-    row group at a time as the new output is written (`parquet.take_rows`), never all at once."""
+    row group at a time as the new output is written (`parquet.EarlierRows`), never all at once."""
 
     row: int
 
@@ -146,19 +148,29 @@ class Earlier:
 def embed_rows(out: Path, man: dict | None) -> list[Row]:
     """The rows of the embed output `out` (matrix and index), by file: a `.npy`'s vectors are
     views of its memory map, a Parquet output's are `Earlier` rows (its index alone is read). A
-    .npy its manifest says a run was growing (`inplace`) is read to the manifest's count."""
-    from matpac_cli.outputs.readers import read_embeddings
-
+    .npy its manifest says a run was growing (`inplace`) is read to the manifest's count. Made
+    once for the CLI's check and the job's (`_readable`): 100,000 rows cost a second to make."""
     record = (man or {}).get("rows")
     pending = record.get("count") if isinstance(record, dict) and record.get("pending") else None
-    emb = _readable(out, "embed", lambda path: read_embeddings(path, vectors=False, rows=pending))
-    cwd, here = cwd_of(man), _here(cwd_of(man))
+    cwd = cwd_of(man)
+    return _readable(out, f"embed {pending} {cwd}", lambda path: _embed_rows(path, pending, cwd))
+
+
+def _embed_rows(out: Path, pending: int | None, cwd: str) -> list[Row]:
+    import numpy as np
+
+    from matpac_cli.outputs.readers import read_embeddings
+
+    emb = read_embeddings(out, vectors=False, rows=pending)
+    here = _here(cwd)
+    # rows of the map as plain array views: a `np.memmap` row costs 20 us to make, 2 s at 100,000
+    matrix = None if emb.matrix is None else emb.matrix.view(np.ndarray)
     rows = []
     for i, r in enumerate(emb.index):
         facts = {"duration_s": r["duration_s"], "sample_rate": r["sample_rate"], "channels": r["channels"]}
         if r.get("truncated"):
             facts["truncated"] = True
-        vector = Earlier(i) if emb.matrix is None else emb.matrix[i]
+        vector = Earlier(i) if matrix is None else matrix[i]
         rows.append(Row(r["path"], cwd, (facts, vector), here))
     return rows
 
@@ -215,8 +227,11 @@ def not_inputs(rows: list[Row], items: Iterable[Item]) -> list[Row]:
     or, for rows written from this folder, by the name (as given, or as Parquet spells a name
     that is not UTF-8) where the path does not say (a name kept with its `~`)."""
     items = list(items)
-    names = {item.name for item in items} | {_as_text(item.name) for item in items}
+    names = {item.name for item in items}
     rest = [row for row in rows if not (row.here and row.name in names)]  # no path resolved for these
+    if rest and any(row.here for row in rest):  # a name Parquet spelt with escapes
+        names = {_as_text(item.name) for item in items}
+        rest = [row for row in rest if not (row.here and row.name in names)]
     if not rest:
         return []
     inputs = {real_path(item) for item in items}

@@ -155,16 +155,55 @@ def row_count(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def take_rows(path: Path, rows: Sequence[int]) -> np.ndarray:
-    """The embeddings of rows `rows` of a Parquet output (reading the row groups that hold them)."""
-    pa, _ = arrow()
-    import pyarrow.dataset as ds
+class EarlierRows:
+    """The embeddings of an earlier Parquet output, taken by row number: only the row groups
+    holding the rows asked for are read, and the last one is kept, so rows asked for in order, a
+    part at a time (as an output is rewritten), read each group once (`Dataset.take` read the
+    file from its start for every part: quadratic in its size). `groups_read` counts them."""
 
-    try:
-        data = ds.dataset([str(p) for p in shards(path)], format="parquet")
-        return matrix(data.take(pa.array(rows, pa.int64()), columns=["embedding"]).column("embedding"), path)
-    except (OSError, pa.ArrowException) as exc:
-        raise _unreadable(path, exc) from None
+    def __init__(self, path: Path) -> None:
+        self.path, self.groups_read = path, 0
+        self._groups: list | None = None  # (file, group number) per row group, in row order
+        self._starts = None  # each row group's first row
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def _open(self) -> None:
+        _, pq = arrow()
+        groups, starts, at = [], [], 0
+        for shard in shards(self.path):
+            source = pq.ParquetFile(shard)
+            for g in range(source.num_row_groups):
+                groups.append((source, g))
+                starts.append(at)
+                at += source.metadata.row_group(g).num_rows
+        self._groups, self._starts, self._rows = groups, np.array(starts + [at], np.int64), at
+
+    def _group(self, g: int) -> np.ndarray:
+        if self._last is None or self._last[0] != g:
+            source, number = self._groups[g]
+            self._last = (g, matrix(source.read_row_group(number, columns=["embedding"]).column(0), self.path))
+            self.groups_read += 1
+        return self._last[1]
+
+    def take(self, rows: Sequence[int]) -> np.ndarray:
+        """(len(rows), ...) float32: the embeddings of rows `rows`, in that order."""
+        pa, _ = arrow()
+        try:
+            if self._groups is None:
+                self._open()
+            rows = np.asarray(rows, np.int64)
+            if len(rows) and (rows.min() < 0 or rows.max() >= self._rows):
+                raise UsageError(f"{self.path}: has {self._rows} rows, not {int(rows.max()) + 1}")
+            group = np.searchsorted(self._starts, rows, side="right") - 1
+            out = None
+            for g in np.unique(group):
+                values = self._group(int(g))
+                out = np.empty((len(rows), *values.shape[1:]), np.float32) if out is None else out
+                here = group == g
+                out[here] = values[rows[here] - self._starts[g]]
+            return np.zeros((0,), np.float32) if out is None else out
+        except (OSError, pa.ArrowException) as exc:
+            raise _unreadable(self.path, exc) from None
 
 
 # ---------------------------------------------------------------- reading
@@ -248,7 +287,7 @@ def matrix(column, path: Path) -> np.ndarray:
 def read_embeddings(path: Path, vectors: bool = True) -> tuple[np.ndarray | None, list[dict]]:
     """(matrix, index rows: row, path, duration_s, sample_rate, channels) of an embedding output;
     without `vectors`, the index alone (the matrix None: a re-run takes the rows it keeps later,
-    `take_rows`, instead of holding the whole column)."""
+    `EarlierRows`, instead of holding the whole column)."""
     pa, _ = arrow()
     columns = EMBED_COLUMNS if vectors else [c for c in EMBED_COLUMNS if c != "embedding"]
     table = read_table(path, columns, required=("path", "embedding"))

@@ -128,23 +128,28 @@ def read_index(path: Path, rows: int | None = None) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"{path}: the row index of the embeddings is missing (matpac writes it beside the .npy)")
     with reading(path) as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(reader.fieldnames):
+        reader = csv.reader(fh)  # rows as lists, picked by column: a dict per row cost twice as much
+        fieldnames = next(reader, None)
+        if fieldnames is None or not set(INDEX_COLUMNS[:2]) <= set(fieldnames):
             raise UsageError(f"{path}: not a matpac embedding index (expected columns {','.join(INDEX_COLUMNS)})")
-        unique_columns(path, reader.fieldnames)
-        limit, rows = rows, []
-        for n, raw in enumerate(reader):
+        unique_columns(path, fieldnames)
+        # a column's cell by position; -1: a column the header lacks, read as the None each row
+        # gets appended (a short row padded with None), as `csv.DictReader` gives them
+        i_row, i_path, i_d, i_sr, i_ch, i_t = (fieldnames.index(c) if c in fieldnames else -1 for c in INDEX_COLUMNS)
+        width, limit, rows = len(fieldnames) + 1, rows, []
+        for n, raw in enumerate(r for r in reader if r):  # blank lines skipped, as DictReader does
             if limit is not None and n >= limit:
                 break
+            raw.extend([None] * max(1, width - len(raw)))  # ends with a None, whatever its length
             try:
                 rows.append(
                     {
-                        "row": int(raw["row"]),
-                        "path": nul_free_path(from_spreadsheet(raw["path"])),
-                        "duration_s": float(raw.get("duration_s") or "nan"),
-                        "sample_rate": int(raw.get("sample_rate") or 0),
-                        "channels": int(raw.get("channels") or 0),
-                        "truncated": raw.get("truncated") == "1",
+                        "row": int(raw[i_row]),
+                        "path": nul_free_path(from_spreadsheet(raw[i_path])),
+                        "duration_s": float(raw[i_d] or "nan"),
+                        "sample_rate": int(raw[i_sr] or 0),
+                        "channels": int(raw[i_ch] or 0),
+                        "truncated": raw[i_t] == "1",
                     }
                 )
             except (TypeError, ValueError):

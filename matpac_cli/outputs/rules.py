@@ -56,8 +56,8 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
     if not existing:
         return
     for item in items:
-        try:
-            st = os.stat(item.path)
+        try:  # the walk's stat where it took one (of a file that is no symlink: the same)
+            st = getattr(item, "stat", None) or os.stat(item.path)
         except (OSError, ValueError):  # ValueError: a NUL in a listed name, that input's own error
             continue
         hit = existing.get((st.st_dev, st.st_ino))

@@ -102,7 +102,38 @@ def test_the_cache_is_reused_rebuilt_when_stale_and_rebuilt_when_damaged(tmp_pat
     assert damaged.builds == 1 and len(warnings) == 1 and "cannot be read (not a search index)" in warnings[0]
     assert len(notes) == 2  # the warning says it is rebuilt: no second line for it
     assert recall(got, nearest(emb.matrix, emb.matrix[:2], 5, [0, 1]), 5) >= 0.8
-    assert NeighbourSearch(emb, emb.matrix)(emb.matrix[:1], 3, [0]) and len(warnings) == 1  # whole again
+    whole = NeighbourSearch(emb, emb.matrix, events=listen)
+    assert whole(emb.matrix[:1], 3, [0]) and whole.builds == 0 and len(warnings) == 1  # whole again, kept
+
+
+def test_a_planted_link_or_an_unreadable_cache_folder_means_no_cache_and_an_exact_answer(tmp_path, monkeypatch):
+    """The cache is never read or written through a symlink someone planted, and a folder it
+    cannot read is one warning: the answer (exact) does not depend on the cache."""
+    monkeypatch.setenv("MATPAC_SEARCH_INDEX_ROWS", "100")
+    npy = write_index(tmp_path / "idx", catalogue(600, 16))
+    emb = read_embeddings(npy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache_root().parent.mkdir(parents=True, exist_ok=True)
+    cache_root().symlink_to(elsewhere)
+    warnings = []
+    search = NeighbourSearch(emb, emb.matrix, events=Listeners(warning=warnings.append))
+    got = search(emb.matrix[:1], 4, [0])
+    want = nearest(emb.matrix, emb.matrix[:1], 4, [0])
+    assert search.builds == 0 and list(elsewhere.iterdir()) == []
+    assert len(warnings) == 1 and "is a symlink or not a folder" in warnings[0]
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(got, want))
+
+
+def test_a_crowd_of_queries_that_would_go_exact_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATPAC_SEARCH_INDEX_ROWS", "100")
+    npy = write_index(tmp_path / "idx", catalogue(600, 16))
+    emb = read_embeddings(npy)
+    search = NeighbourSearch(emb, emb.matrix)
+    got = search(emb.matrix, 4, list(range(len(emb.matrix))))  # every row a query
+    assert search.builds == 0 and not cache_root().exists()
+    want = nearest(emb.matrix, emb.matrix, 4, list(range(len(emb.matrix))))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
 
 
 def test_below_the_threshold_and_with_exact_nothing_is_built(tmp_path):

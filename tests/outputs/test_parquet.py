@@ -429,3 +429,24 @@ def test_parquet_is_not_imported_by_help_or_an_npy_run(made, tmp_path, no_librar
     for arg in ("help", str(tmp_path / "e.npy")):
         proc = subprocess.run([sys.executable, "-c", script, arg], cwd=made, capture_output=True, timeout=300)
         assert proc.stdout.decode().strip().splitlines()[-1] == "False", proc.stderr
+
+
+def test_earlier_rows_read_each_row_group_once_however_many_parts(tmp_path):
+    """An output rewritten with `update` takes its kept rows from the file it replaces, a part at
+    a time: each row group is read once (a take per part read the file from its start: the rows
+    read grew with the square of its size), and the rows are the file's, in the order asked."""
+    from matpac_cli.outputs import parquet
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((50, 8)).astype(np.float32)
+    rows = [(f"f{i}.wav", {"duration_s": 1.0, "sample_rate": 16000, "channels": 1}, values[i]) for i in range(50)]
+    path = tmp_path / "emb.parquet"
+    with open(path, "wb") as fh:  # 4 rows of 8 float32 per row group: 13 groups
+        parquet.write_embeddings(fh, [rows], (8,), group_bytes=4 * 8 * 4)
+    assert pq.ParquetFile(path).num_row_groups == 13
+    taker = parquet.EarlierRows(path)
+    order = [i for i in range(50) if i % 7 != 3]  # the rows kept, in the output's order
+    got = np.concatenate([taker.take(order[k : k + 6]) for k in range(0, len(order), 6)])
+    assert np.array_equal(got, values[order])
+    assert taker.groups_read == 13
+    assert np.array_equal(taker.take([49, 0]), values[[49, 0]])  # any order still answers

@@ -1,0 +1,115 @@
+"""A re-run's files matched against the library's `paths` table as columns (`library.bypath`),
+with what the folder walk learnt of each file (its real path and stat) asked of the disk once.
+
+A re-run over 100,000 files spent seconds resolving every path twice (a realpath is an lstat per
+component) and reading the table as a Python tuple per row; these hold the shortcut to the
+answers of the slow way: the same real paths and stats, the same keys vouched for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from matpac_cli.library import bypath, tables
+from matpac_cli.library.key import RACY_S, Stat
+from matpac_cli.library.store import Library
+from matpac_cli.pipeline import discovery
+
+
+def tree(root: Path, folders: int = 3, per: int = 20) -> Path:
+    """Empty .wav files in a few folders, one folder reached through a symlink, one file a link."""
+    for f in range(folders):
+        for i in range(per):
+            (root / "real" / f"f{f}").mkdir(parents=True, exist_ok=True)
+            (root / "real" / f"f{f}" / f"t{i:03d}.wav").write_bytes(b"x" * (i + 1))
+    os.symlink(root / "real" / "f0", root / "real" / "via")
+    os.symlink(root / "real" / "f1" / "t000.wav", root / "real" / f"f{folders - 1}" / "link.wav")
+    (root / "outside.wav").write_bytes(b"y")
+    os.symlink(root / "outside.wav", root / "real" / f"f{folders - 1}" / "out.wav")
+    return root / "real"
+
+
+def test_the_walk_resolves_each_folder_once_and_gives_the_same_real_paths_and_stats(tmp_path, monkeypatch):
+    top = tree(tmp_path)
+    calls = []
+    slow = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, *a, **k: calls.append(p) or slow(p, *a, **k))
+    items = discovery.discover([str(top)])
+    monkeypatch.undo()
+    assert len(items) == 3 * 20 + 1  # `via` is f0 again, `link.wav` f1/t000 again: one row per file
+    assert len(calls) < 12, len(calls)  # a folder at a time (was two per file)
+    assert [i.name for i in items] == sorted(i.name for i in items)
+    for item in items:
+        assert item.real is None or item.real == os.path.realpath(item.path)
+        if item.stat is not None:
+            assert bypath.as_stat(item.stat) == Stat.of(item.path)
+    (out,) = [i for i in items if i.name.endswith("out.wav")]
+    assert out.real is None and out.linked  # a symlink is resolved as before, when asked
+
+
+def record(root: Path, rows: list[tuple[str, str, Stat, float]]) -> None:
+    table = {name: [] for name in tables.PATHS.names}
+    for path, key, st, seen in rows:
+        for name, value in zip(tables.PATHS.names, (os.fsencode(path), key, *vars(st).values(), seen)):
+            table[name].append(value)
+    tables.ensure(root)
+    import lance
+
+    lance.write_dataset(pa.table(table, schema=tables.PATHS), tables.uri(root, "paths"), mode="append")
+
+
+def test_the_columns_vouch_as_stat_vouches_does(tmp_path):
+    """The same keys found by path as `Stat.vouches` row by row: the seen-last row of a path
+    recorded twice, a changed size, the racy rule to the nanosecond, a path never seen."""
+    files = [tmp_path / f"a{i}.wav" for i in range(7)]
+    old = time.time() - 3600
+    for f in files:
+        f.write_bytes(b"abc")
+        os.utime(f, (old, old))
+    now = [Stat.of(f) for f in files]
+    seen = time.time()
+    bound = int(np.ceil((seen - RACY_S) * 1e9))
+    rows = [
+        (str(files[0]), "k0-old", now[0], seen - 100),
+        (str(files[0]), "k0", now[0], seen),  # seen last: this one counts
+        (str(files[1]), "k1", Stat(now[1].dev, now[1].ino, 99, now[1].mtime_ns, now[1].ctime_ns), seen),
+        (str(files[2]), "k2", now[2], (now[2].mtime_ns + RACY_S * 1e9 - 1e6) / 1e9),  # keyed while racy
+    ]
+    for j, mtime in ((3, bound - 1), (4, bound), (5, bound + 1)):  # at the racy rule's edge
+        os.utime(files[j], ns=(mtime, mtime))
+        now[j] = Stat.of(files[j])
+        rows.append((str(files[j]), f"k{j}", now[j], seen))
+    record(tmp_path / "lib", rows)
+    found = [(str(f), os.stat(f)) for f in files]
+    matched = bypath.match(tmp_path / "lib", [p for p, _ in found], bypath.columns([s for _, s in found]))
+    slow = bypath.known(tmp_path / "lib")
+    for j, (path, _) in enumerate(found):
+        row = slow.get(path)
+        expect = row is not None and now[j].vouches(row[1], row[2])
+        assert bool(matched.vouched[j]) == expect, (j, row)
+        got = matched.recorded(j)
+        assert (got and got[0]) == (row and row[0])
+    assert list(matched.vouched) == [True, False, False, True, False, False, False]
+
+
+def test_identify_finds_unchanged_paths_by_the_columns_and_keys_the_rest(tmp_path):
+    top = tree(tmp_path, folders=2, per=5)
+    items = discovery.discover([str(top)])
+    lib = Library(tmp_path / "lib")
+    first = lib.identify(items)  # the outside file through its link too
+    lib.commit()
+    assert {k.how for k in first.values()} == {"moved"} and len(first) == len(items)
+    old = time.time() - 3600  # keyed long after its last write: no longer racy
+    for item in items:
+        os.utime(item.path, (old, old))
+    lib = Library(tmp_path / "lib")
+    lib.identify(discovery.discover([str(top)]))  # keyed again (the mtime moved), and recorded
+    lib.commit()
+    again = lib.identify(discovery.discover([str(top)]))
+    assert {k.how for k in again.values()} == {"same path"}
+    assert [k.key for k in again.values()] == [k.key for k in first.values()]

@@ -111,15 +111,25 @@ def match(root, reals: list[str], now: dict[str, np.ndarray]) -> Matched:
 
 
 def stat_of(item) -> tuple[str, os.stat_result | None]:
-    """An item's real path and its stat now (None: not a regular file, which the engine names),
-    from the folder walk where it learnt them (`discovery.Item`), else asked of the disk
-    (OSError where it cannot be)."""
+    """An item's real path and its stat now (None: not a regular file, which the engine names).
+    The real path the folder walk learnt (`discovery.Item`) stands while the path still leads to
+    the same file (one `lstat`: the walk ran before the model loaded, minutes ago maybe, and a
+    file moved over it or a folder link repointed since is another file); else both are asked
+    of the disk (OSError where they cannot be)."""
     if item.real is not None and item.stat is not None:
-        real, st = item.real, item.stat
-    else:
-        real = os.path.realpath(item.path)
-        st = os.stat(real)
+        try:
+            now = os.lstat(item.path)
+        except OSError:
+            now = None
+        if now is not None and not stat_mode.S_ISLNK(now.st_mode) and same_file(now, item.stat):
+            return item.real, now if stat_mode.S_ISREG(now.st_mode) else None
+    real = os.path.realpath(item.path)
+    st = os.stat(real)
     return real, st if stat_mode.S_ISREG(st.st_mode) else None
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def as_stat(st: os.stat_result) -> Stat:

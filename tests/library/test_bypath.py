@@ -113,3 +113,27 @@ def test_identify_finds_unchanged_paths_by_the_columns_and_keys_the_rest(tmp_pat
     again = lib.identify(discovery.discover([str(top)]))
     assert {k.how for k in again.values()} == {"same path"}
     assert [k.key for k in again.values()] == [k.key for k in first.values()]
+
+
+def test_a_file_moved_over_a_walked_path_after_the_walk_is_keyed_as_the_new_file(tmp_path):
+    """The walk runs before the model loads (minutes, for a download); a file moved over one of
+    its paths since (`mv new.wav a.wav`, an editor's save) must not be vouched for by the stat
+    the walk took: the library would hand on the old audio's embedding."""
+    import soundfile as sf
+
+    from matpac_cli.library.key import audio_key
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    sf.write(folder / "a.wav", np.zeros(1600, np.float32), 16000)
+    sf.write(tmp_path / "new.wav", np.full(1600, 0.25, np.float32), 16000)
+    hour_ago = time.time() - 3600
+    os.utime(folder / "a.wav", (hour_ago, hour_ago))  # written long before it was keyed: its stat vouches
+    library = Library(tmp_path / "lib")
+    items = discovery.discover([str(folder)])
+    first = library.identify(items)[0].key
+    library.commit()
+    items = discovery.discover([str(folder)])  # the next run's walk ...
+    os.replace(tmp_path / "new.wav", folder / "a.wav")  # ... then, while its model loads, a move
+    known = Library(tmp_path / "lib").identify(items)[0]
+    assert known.key == audio_key(str(folder / "a.wav")) != first

@@ -140,3 +140,30 @@ def test_files_finished_in_a_burst_are_committed_together(tmp_path, predictor, m
     lib.close()
     clips = tables.open_table(tmp_path / "lib", "clips")
     assert clips.count_rows() == 6 * store.COMMIT_FILES
+
+
+def test_tidying_merges_the_small_fragments_and_leaves_the_big_one(tmp_path):
+    """A library of 100,000 clips has one big fragment; each run adds small ones, and tidying
+    (past 16) merged them all, the big one too: 1.5 GB rewritten every 17th run."""
+    import os
+
+    from matpac_cli.library import tables
+
+    root = tmp_path / "lib"
+    names = tables.PATHS.names
+
+    def rows(start: int, n: int) -> dict:
+        t = {name: [] for name in names}
+        for i in range(start, start + n):
+            for name, value in zip(names, (os.fsencode(f"/m/{i}.wav"), f"k{i}", 1, i, 10, 1, 1, 1.0)):
+                t[name].append(value)
+        return t
+
+    tables.append(root, "paths", rows(0, 40_000))
+    big = tables.open_table(root, "paths").get_fragments()[0].data_files()[0].path
+    for j in range(17):
+        tables.append(root, "paths", rows(40_000 + 10 * j, 10))
+    tables.tidy(root)
+    fragments = tables.open_table(root, "paths").get_fragments()
+    assert len(fragments) == 2 and fragments[0].data_files()[0].path == big  # the big one as it was
+    assert tables.open_table(root, "paths").count_rows() == 40_170

@@ -74,6 +74,12 @@ def latest(root) -> pa.Table | None:
     return table.take(pa.array(order, pa.int64()))
 
 
+def fits(st: os.stat_result) -> bool:
+    """Whether a stat fits the `paths` table's columns (int64 ns: a time past the year 2262, which
+    `touch -d` can set, does not)."""
+    return all(-(2**63) <= v < 2**63 for v in (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
 def columns(found: list[os.stat_result]) -> dict[str, np.ndarray]:
     """The files' stats now as columns, typed as the `paths` table's."""
     ids, times = np.uint64, np.int64

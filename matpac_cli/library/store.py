@@ -10,6 +10,7 @@ a rename, a move, a copy).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -78,7 +79,7 @@ class Library:
         """Each readable item's key (by stat where the path is unchanged, else by its audio), and
         the path rows to record; items that cannot be stat'ed are left to the engine to name.
         The unchanged paths are matched as columns (`bypath.match`): Python only for the others."""
-        found, reals, stats = [], [], []
+        found, reals, stats, odd = [], [], [], []
         for i, item in enumerate(items):
             if item.problem:
                 continue
@@ -86,7 +87,9 @@ class Library:
                 real, st = bypath.stat_of(item)
             except OSError:
                 continue
-            if st is not None:  # else not a regular file: the engine says so
+            if st is not None and not bypath.fits(st):  # a time past 2262: keyed by its audio, not recorded
+                odd.append((i, real))
+            elif st is not None:  # else not a regular file: the engine says so
                 found.append(i)
                 reals.append(real)
                 stats.append(st)
@@ -111,6 +114,9 @@ class Library:
                 how = "moved"  # the audio at this path changed: found only if it is elsewhere too
             known[i] = Known(key, how, real)
             self._remember_path(real, key, stat, now)
+        for i, real in odd:
+            with contextlib.suppress(OSError):  # unreadable: the engine names the file
+                known[i] = Known(audio_key(real), "moved", real)
         return known
 
     def lookup(self, keys: list[str], setting: Setting, layers: tuple[int, ...], segments: bool) -> dict[str, Stored]:

@@ -137,3 +137,25 @@ def test_a_file_moved_over_a_walked_path_after_the_walk_is_keyed_as_the_new_file
     os.replace(tmp_path / "new.wav", folder / "a.wav")  # ... then, while its model loads, a move
     known = Library(tmp_path / "lib").identify(items)[0]
     assert known.key == audio_key(str(folder / "a.wav")) != first
+
+
+def test_a_file_dated_past_2262_is_keyed_by_its_audio_not_a_traceback(tmp_path):
+    """`touch -d 2300-01-01` sets a time whose nanoseconds do not fit the table's int64: every
+    library run ended in a traceback (OverflowError) as it matched or recorded the stat."""
+    import soundfile as sf
+
+    from matpac_cli.library.key import audio_key
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for name, value in (("far.wav", 0.1), ("near.wav", 0.2)):
+        sf.write(folder / name, np.full(1600, value, np.float32), 16000)
+    far = 10**19  # ns: the year 2286
+    os.utime(folder / "far.wav", ns=(far, far))
+    assert os.stat(folder / "far.wav").st_mtime_ns > 2**63 - 1
+    for _ in range(2):  # the second run finds the first's records
+        library = Library(tmp_path / "lib")
+        known = library.identify(discovery.discover([str(folder)]))
+        library.close()
+        keys = {k.path.rsplit("/", 1)[-1]: k.key for k in known.values()}
+        assert keys == {"far.wav": audio_key(str(folder / "far.wav")), "near.wav": audio_key(str(folder / "near.wav"))}

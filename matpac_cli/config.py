@@ -10,10 +10,12 @@ is the one parser of a device name, so no other module tests device strings.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 from matpac_cli.errors import UsageError
 
@@ -227,3 +229,10 @@ class RunOptions:
         if engine not in ENGINES:
             raise UsageError(f"engine={self.engine}: expected {' or '.join(ENGINES)}", settings=("engine",))
         set_("engine", engine)
+
+
+def cache_home() -> Path:
+    """matpac's own cache folder: $XDG_CACHE_HOME/matpac, else ~/.cache/matpac (the library's
+    default home, search indexes of files, the CPU's measured linear layers)."""
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "matpac"

@@ -2,9 +2,9 @@
 
 oneDNN's matmul, with the weights reordered once into its blocked layout, runs the encoder's
 GEMMs on AVX-512 where MKL would take its AVX2 path (AMD EPYC: the encoder 2.0-2.2x faster, and
-fc1's GELU fused in). Whether it is used on this CPU is `cpu.choose()`'s rule (plain layers on
-Intel, oneDNN elsewhere; `MATPAC_CPU_LINEAR=plain|onednn` overrides it), and only where this torch
-has the ops and a small self-check agrees with `nn.Linear`. The numbers stay within float32
+fc1's GELU fused in). Whether it is used on this CPU is measured once (`linear_choice`; the
+vendor rule `cpu.choose()` where the two are close; `MATPAC_CPU_LINEAR=plain|onednn` overrides
+it), and only where this torch has the ops and a small self-check agrees with `nn.Linear`. The numbers stay within float32
 rounding of the plain layers (tests/encoder/test_onednn.py: 1e-5).
 """
 
@@ -60,8 +60,7 @@ def pack(encoder: MatpacEncoder, kind: str | None = None) -> bool:
         return False
     if (kind or choose()) != "onednn" or not available():
         return False
-    dims = encoder.dims
-    rows = ROWS_HINT * (1 + dims.n_freq * dims.grid_cols)
+    rows = rows_for(encoder.dims)
     for module in encoder.modules():
         if isinstance(module, Attention):
             module.qkv = OneDnnLinear(module.qkv, rows)
@@ -72,3 +71,8 @@ def pack(encoder: MatpacEncoder, kind: str | None = None) -> bool:
             module.fc2 = OneDnnLinear(module.fc2, rows)
     encoder.linear_kind = "onednn"
     return True
+
+
+def rows_for(dims) -> int:
+    """Token rows of one CPU batch (`ROWS_HINT` chunks): what the packed layout is tuned for."""
+    return ROWS_HINT * (1 + dims.n_freq * dims.grid_cols)

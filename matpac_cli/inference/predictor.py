@@ -97,8 +97,8 @@ class Predictor:
         linear: str | None = None,
     ) -> Predictor:
         """Resolve (download if needed), verify and load a model by name, path or hf: spec.
-        `linear` ("onednn" or "plain") sets the fp32 CPU encoder's linear layers; by default
-        `cpu.choose()` picks them for this CPU."""
+        `linear` ("onednn" or "plain") sets the fp32 CPU encoder's linear layers; by default they
+        are the faster on this CPU, measured once (`encoder.linear_choice`)."""
         import torch
 
         from matpac_cli.encoder.logmel import LogMel
@@ -110,7 +110,7 @@ class Predictor:
         if on.is_cpu and linear is None:
             from matpac_cli.encoder.cpu import choose
 
-            linear = choose()  # a misspelt MATPAC_CPU_LINEAR is refused before any download
+            choose()  # a misspelt MATPAC_CPU_LINEAR is refused before any download
         if threads:
             torch.set_num_threads(threads)
         resolved = model if isinstance(model, Resolved) else resolve(model, progress=progress)
@@ -124,9 +124,14 @@ class Predictor:
                 torch.backends.cuda.matmul.allow_tf32 = False
         encoder = MatpacEncoder.from_state_dict(enc_state).to(dev, dtype)
         if on.is_cpu:
-            from matpac_cli.encoder.onednn import pack
+            from matpac_cli.encoder import onednn
 
-            pack(encoder, linear)  # oneDNN linear layers where they are the faster (cpu.choose); else plain
+            if linear is None and dtype == torch.float32 and onednn.available():
+                from matpac_cli.encoder.linear_choice import chosen
+
+                dims = encoder.dims
+                linear = chosen(dims.width, dims.mlp_width, onednn.rows_for(dims))  # measured once per CPU
+            onednn.pack(encoder, linear)  # oneDNN linear layers where they are the faster; else plain
         logmel = LogMel().to(dev)
         return cls(resolved, encoder, logmel, dev, dtype, head_state, threads=threads, resample_on_device=not on.is_cpu)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matpac_cli.config import cache_home
 from matpac_cli.errors import MatpacError, OutputError, UsageError
 from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.jobs.similarity import nearest
@@ -60,8 +61,7 @@ def index_rows() -> int:
 
 def cache_root() -> Path:
     """Where a file index's cache goes: $XDG_CACHE_HOME/matpac/search-index (~/.cache/...)."""
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "matpac" / "search-index"
+    return cache_home() / "search-index"
 
 
 @dataclass

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from matpac_cli.config import cache_home
+
 ENV = "MATPAC_LIBRARY"
 OFF = {"off", "none", "0", "no"}
 
@@ -18,8 +20,7 @@ def default_root() -> Path | None:
         return None
     if value:
         return Path(value).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "matpac" / "library"
+    return cache_home() / "library"
 
 
 def resolve_root(library: Path | str | bool | None) -> Path | None:

@@ -1,6 +1,6 @@
 """The oneDNN fast path gives the plain `nn.Linear` encoder's numbers (to 1e-5), both against
-each other and, through the whole predictor, against the slow reference implementation; loading
-follows `cpu.choose()`."""
+each other and, through the whole predictor, against the slow reference implementation (which kind a load takes:
+tests/encoder/test_linear_choice.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from reference import make_checkpoint
 
-from matpac_cli.encoder import cpu, onednn
+from matpac_cli.encoder import onednn
 from matpac_cli.encoder.vit import MatpacEncoder
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear ops")
@@ -45,18 +45,6 @@ def test_plain_is_kept_when_asked(state, monkeypatch):
     monkeypatch.setenv("MATPAC_CPU_LINEAR", "plain")
     enc = MatpacEncoder.from_state_dict(state)
     assert not onednn.pack(enc) and enc.linear_kind == "plain"
-
-
-@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
-def test_load_follows_the_choice(state, tmp_path, monkeypatch, vendor):
-    from matpac_cli.inference.predictor import Predictor
-
-    monkeypatch.delenv("MATPAC_CPU_LINEAR", raising=False)
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: vendor)
-    path = tmp_path / "m.pt"
-    torch.save(state, path)
-    want = "plain" if vendor == "GenuineIntel" or not onednn.available() else "onednn"
-    assert Predictor.load(str(path), device="cpu").encoder.linear_kind == want
 
 
 def test_bf16_or_gpu_encoders_are_not_packed(state):

@@ -248,12 +248,13 @@ class _Shedder:
 
         self.library, self.results, self.waiting, self.shed = library, results, [], 0
         self.setting, self.layers = Setting.of(plan), plan.resolved_layers()
+        self.check_at = SHED_FILES  # waiting files at the next look (not each file: a look is O(waiting))
 
     def __call__(self, item: Item) -> None:
         if self.results[item][2] is None or self.library.unwritable is not None:
             return  # not keyed, or never to be stored: kept in memory
         self.waiting.append(item)
-        if len(self.waiting) < SHED_FILES:
+        if len(self.waiting) < self.check_at:
             return
         holds = self.library.holds([self.results[i][2] for i in self.waiting], self.setting, self.layers)
         kept = []
@@ -264,7 +265,7 @@ class _Shedder:
                 self.shed += 1
             else:
                 kept.append(waiting)  # held for the next commit
-        self.waiting = kept
+        self.waiting, self.check_at = kept, len(kept) + SHED_FILES
 
     def held(self, done: list, keys: list):
         """What the library holds of the rows' keys, read once the run has committed: where the

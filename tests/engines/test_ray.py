@@ -529,20 +529,30 @@ def test_a_round_whose_ledger_restarted_still_stops_every_actor_it_had(head, ray
     assert proc.stdout.decode().split()[-1:] == ["dismissed"], proc.stderr.decode()[-3000:]
 
 
-def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_path, wide, monkeypatch):
-    """Many tiny files through the cluster: the memory the driver (this process, through the
-    Python API) holds grows by each file's name and facts, not by its chunks (they are summed on
-    the actors) nor its vector (let go once the library has it)."""
-    from conftest import held_per_file
-
-    from matpac_cli import RunOptions
-    from matpac_cli.jobs import embed
-
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(embed, "SHED_FILES", 16)  # at this scale what 512 are at a catalogue's
+def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_path, wide, ray_env):
+    """Many tiny files through the cluster: the memory the driver holds (traced, through the
+    Python API, in a process of its own: a Ray driver left in the test process crashed it once
+    the cluster was gone) grows by each file's name and facts, not by its chunks (summed on the
+    actors) nor its vector (let go once the library has it)."""
     for i in range(300):
         write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
-    options = RunOptions(batch_size=8, engine="ray", address=head.address)
-    per_file = held_per_file(tmp_path / "in", tmp_path / "e.npy", wide, tmp_path / "lib", options)
+    code = "\n".join(
+        [
+            "import sys",
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})",
+            "from pathlib import Path",
+            "from conftest import held_per_file",
+            "from matpac_cli import Predictor, RunOptions",
+            "from matpac_cli.jobs import embed",
+            "from matpac_cli.library import store",
+            "embed.SHED_FILES, store.COMMIT_MIN_S = 16, 0.0  # at this scale what 512 are at a catalogue's",
+            f"model = Predictor.load({str(wide.resolved.path)!r}, device='cpu', precision='fp32')",
+            f"options = RunOptions(batch_size=8, engine='ray', address={head.address!r})",
+            f"t = Path({str(tmp_path)!r})",
+            "print(held_per_file(t / 'in', t / 'e.npy', model, t / 'lib', options))",
+        ]
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ray_env}, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    per_file = float(proc.stdout.decode().strip().splitlines()[-1])
     assert per_file < wide.dims.embed_dim * 4 / 3, f"{per_file:.0f} bytes a file (a vector: {wide.dims.embed_dim * 4})"

@@ -10,8 +10,10 @@ from conftest import held_per_file, write_audio
 
 def test_a_long_run_holds_its_files_facts_not_their_vectors(tmp_path, wide, monkeypatch):
     from matpac_cli.jobs import embed
+    from matpac_cli.library import store
 
     monkeypatch.setattr(embed, "SHED_FILES", 16, raising=False)  # at this scale what 512 are at a catalogue's
+    monkeypatch.setattr(store, "COMMIT_MIN_S", 0.0)  # and commits as often
     for i in range(240):
         write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
     per_file = held_per_file(tmp_path / "in", tmp_path / "e.npy", wide, tmp_path / "lib")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -202,3 +203,47 @@ def ensure_writable(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def replace_with(path: Path, write: Callable[[IO], object], mode: str = "w", perm: int = 0o600) -> None:
+    """`path` replaced whole by what `write` writes, or left as it was: written under one of
+    matpac's own temporary names (`create`), then renamed over it (a link there is replaced,
+    never written through). OSError, or the refused symlink, for the caller to word."""
+    tmp = temp_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with create(tmp, mode, perm) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def read_cache(path: Path, limit: int = 1 << 20) -> dict:
+    """A JSON cache of matpac's own (the checkpoints' hashes, the CPU's measured layers), or
+    none where it cannot be trusted: missing, damaged, over `limit` bytes, reached through a
+    symlink, not a regular file, or not this user's alone (another could write what it says)."""
+    try:
+        fd = open_existing(path)  # never through a symlink, only a regular file
+    except (OSError, OutputError):
+        return {}
+    if fd is None:
+        return {}
+    with open(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > limit:
+                return {}
+            data = json.loads(fh.read(limit))
+        except (OSError, ValueError):
+            return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_cache(path: Path, data: dict) -> None:
+    """`data` as the cache at `path`, whole; where it cannot be written (a read-only cache on a
+    shared offline cluster), nothing is kept."""
+    with contextlib.suppress(OSError, OutputError):
+        replace_with(path, lambda fh: fh.write(json.dumps(data)))

@@ -19,16 +19,12 @@ the weights themselves: this protects against other users, not against oneself.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import re
-import stat
 from pathlib import Path
 
-from matpac_cli.errors import MatpacError
-from matpac_cli.sidefiles import create, open_existing, temp_path
+from matpac_cli.sidefiles import read_cache, save_cache
 
 MAX_ENTRIES = 256  # a cache of weight files, not of a library
 MAX_BYTES = 1 << 20  # 256 entries take about 50 kB
@@ -46,30 +42,6 @@ def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def _entries(path: Path) -> dict:
-    """The cache's entries, or none when it cannot be trusted (see the module docstring)."""
-    try:
-        fd = open_existing(path)  # never through a symlink, only a regular file
-    except (OSError, MatpacError):
-        return {}
-    if fd is None:
-        return {}
-    with open(fd, "rb") as fh:
-        try:
-            st = os.fstat(fd)
-            if not _trusted(st):
-                return {}
-            data = json.loads(fh.read(MAX_BYTES))
-        except (OSError, ValueError):
-            return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _trusted(st: os.stat_result) -> bool:
-    """This user's own regular file, which nobody else may write."""
-    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022 and st.st_size <= MAX_BYTES
-
-
 def _valid(hit: object) -> bool:
     return (
         isinstance(hit, list)
@@ -85,7 +57,7 @@ def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:
     was hashed."""
     key = os.path.realpath(path)
     before = os.stat(key)
-    entries = _entries(cache)
+    entries = read_cache(cache, MAX_BYTES)
     hit = entries.get(key)
     if not fresh and _valid(hit) and hit[:5] == _stamp(before):
         return str(hit[5])
@@ -94,18 +66,5 @@ def file_sha256(path: Path, cache: Path, fresh: bool = False) -> str:
     if _stamp(after) == _stamp(before):  # not written to while it was read
         entries.pop(key, None)
         entries[key] = _stamp(after) + [digest]
-        _save(cache, dict(list(entries.items())[-MAX_ENTRIES:]))
+        save_cache(cache, dict(list(entries.items())[-MAX_ENTRIES:]))
     return digest
-
-
-def _save(path: Path, entries: dict) -> None:
-    """Atomic; a read-only cache (shared offline clusters) simply remembers nothing."""
-    tmp = temp_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with create(tmp, "w", 0o600) as fh:
-            fh.write(json.dumps(entries))
-        os.replace(tmp, path)
-    except (OSError, MatpacError):
-        with contextlib.suppress(OSError):
-            tmp.unlink()

@@ -9,16 +9,14 @@ kind, the first fp32 CPU load on a machine times one encoder block's four layers
 the model's width and the CPU batch: 1.5 s for ViT-B on 2 cores) and keeps the answer in
 $XDG_CACHE_HOME/matpac/cpu-linear.json, by CPU (name, family, model, flags), torch version,
 threads and width; later loads read it. Where neither kind is `MARGIN` faster, the rule stands.
-A cache that cannot be read is measured again; one that cannot be written is not kept (the
-choice holds for this run). Both kinds give the same numbers within float32 rounding
+A cache that cannot be read or trusted is measured again; one that cannot be written is not
+kept (the choice holds for this run): `sidefiles.read_cache`, as the checkpoints' hashes. Both kinds give the same numbers within float32 rounding
 (tests/encoder/test_onednn.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 
 import torch
@@ -27,7 +25,7 @@ from torch import nn
 
 from matpac_cli.config import cache_home
 from matpac_cli.encoder.cpu import choose, cpu_label
-from matpac_cli.errors import MatpacError
+from matpac_cli.sidefiles import read_cache, save_cache
 
 MARGIN = 0.05  # a kind must be this much faster than the other to overrule the vendor rule
 REPS = 3  # timings of each kind, interleaved; the fastest of each counts
@@ -97,7 +95,7 @@ def chosen(width: int, mlp_width: int, rows: int, measured: list | None = None) 
     if os.environ.get("MATPAC_CPU_LINEAR", "").strip().lower() in KINDS:
         return rule
     name = key(width, mlp_width)
-    known = _read()
+    known = read_cache(cache_file())
     if name in known and known[name].get("choice") in KINDS:
         return known[name]["choice"]
     timings = measure(width, mlp_width, rows)
@@ -105,38 +103,5 @@ def chosen(width: int, mlp_width: int, rows: int, measured: list | None = None) 
         measured.append(timings)
     choice = decide(timings, rule)
     known[name] = {"choice": choice, **{f"{k}_ms": round(v * 1e3, 3) for k, v in timings.items()}}
-    _write(known)
+    save_cache(cache_file(), known)
     return choice
-
-
-def _read() -> dict:
-    """The measurements kept, or none where the file is missing, damaged or not ours."""
-    from matpac_cli.sidefiles import open_existing
-
-    try:
-        fd = open_existing(cache_file())
-        if fd is None:
-            return {}
-        with os.fdopen(fd, "rb") as fh:
-            data = json.loads(fh.read(1 << 20))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, MatpacError):  # MatpacError: a symlink or not a file: measured again
-        return {}
-
-
-def _write(known: dict) -> None:
-    """Kept whole or not at all (a temporary file, then a rename that replaces a planted link
-    rather than following it); a folder that cannot be written keeps nothing."""
-    path = cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(known, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass

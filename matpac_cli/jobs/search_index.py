@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from matpac_cli.errors import MatpacError, OutputError, UsageError
 from matpac_cli.events import NoEvents, RunEvents
 from matpac_cli.jobs.similarity import nearest
 from matpac_cli.jobs.vector_index import Items, VectorIndex, lists_for, probes_for
-from matpac_cli.sidefiles import open_existing
+from matpac_cli.sidefiles import open_existing, replace_with
 
 INDEX_ROWS = 200_000  # rows from which `search` builds an index (with no cache yet)
 ENV = "MATPAC_SEARCH_INDEX_ROWS"
@@ -135,24 +134,14 @@ def load(path: Path, signature: str, items: int, dim: int) -> VectorIndex | None
 
 
 def save(index: VectorIndex, path: Path, signature: str) -> None:
-    """Write the index whole or not at all: a temporary file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                basis=index.basis,
-                centroids=index.centroids,
-                offsets=index.offsets,
-                items=index.items,
-                probes=np.int64(index.probes),
-                signature=np.array(signature),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the index whole or not at all (`sidefiles.replace_with`)."""
+    arrays = {"basis": index.basis, "centroids": index.centroids, "offsets": index.offsets, "items": index.items}
+    replace_with(
+        path,
+        lambda fh: np.savez(fh, **arrays, probes=np.int64(index.probes), signature=np.array(signature)),
+        "wb",
+        0o644,
+    )
 
 
 class NeighbourSearch:
@@ -221,7 +210,7 @@ class NeighbourSearch:
         self.builds += 1
         try:
             save(index, where.path, where.signature)
-        except OSError as exc:
+        except (OSError, MatpacError) as exc:
             self.events.warning(f"the search index could not be kept in {where.path.parent} ({_why(exc)})")
         return index, where.row_items
 

@@ -3,7 +3,10 @@
 The driver's side of a Ray run, with matpac's own code: the actors' answers (one pickled list
 per pack, `engines.packs`) unpickled and merged by `engines.work.Collector`, each finished file
 handed on (`pipeline.assemble.hand_on`); then, apart, what the job does with each file on the
-driver today: the library's `add` and its commits (a real Lance library in a temporary folder).
+driver: the library's `add` and its commits (a real Lance library in a temporary folder). Where
+the workers write the library themselves (`embed` into a library, `engines.writes`), the
+driver's whole share is measured apart: the write tasks' answers (a status per file and the
+fragments' metadata), handed on, and the fragments committed.
 The answers are built with the shapes a full-size ViT-B gives (random values, the release's
 layer and embedding sizes), so no encoder runs: this measures the driver, not the cluster.
 
@@ -130,6 +133,51 @@ def library_side(plans, files: int, seconds: float, segments: bool) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def written_side(plans, files: int, seconds: float) -> tuple[float, float]:
+    """The workers write (`engines.writes`): the write tasks' answers for `files` finished files
+    (built by the real write task into a real library, not timed: that is the workers' work),
+    then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on, and
+    commit the fragments. Bytes and seconds of the driver per file."""
+    from matpac_cli.engines.work import DONE, Collector
+    from matpac_cli.engines.writes import WRITE_FILES, write_files
+    from matpac_cli.events import NoEvents
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.shards import Sink
+    from matpac_cli.library.store import Library
+    from matpac_cli.pipeline.discovery import Item
+
+    p, plan = plans[0].predictor, plans[0]
+    rng = np.random.default_rng(2)
+    root = Path(tempfile.mkdtemp(prefix="matpac-ray-driver-"))
+    try:
+        library = Library(root)
+        items = [Item(f"t{i}.flac", Path(f"t{i}.flac")) for i in range(files)]
+        keys = {item.name: f"{i:032x}" for i, item in enumerate(items)}
+        sink = Sink(library, [Setting.of(plan)], [plan.resolved_layers()], keys)
+        shard, blobs = sink.shard(), []
+        for start in range(0, files, WRITE_FILES):
+            rows = []
+            for i in range(start, min(start + WRITE_FILES, files)):
+                emb = rng.standard_normal((1, p.dims.embed_dim)).astype(np.float32)
+                payload = {"key": keys[items[i].name], "facts": (seconds, 44100, 2, None), "audio": seconds}
+                payload["outputs"] = [(plan.resolved_layers(), emb)]
+                rows.append(pickle.dumps([(i, 0, DONE, payload)]))
+            blobs.append(write_files({"data": np.array(rows, dtype=object)}, shard)["data"][0])
+        done = []
+        collector = Collector(items, plans, NoEvents(), done.append, sink)
+        t0 = time.process_time()
+        for blob in blobs:
+            for entry in pickle.loads(blob):
+                collector.add(*entry)
+        library.close()
+        took = time.process_time() - t0
+        assert len(done) == files and all(r.stored for r in done), len(done)
+        sink.close()
+        return sum(len(b) for b in blobs) / files, took / files
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def fed(chunks: int, per_file_s: float) -> float:
     """H200s one driver keeps busy (a projection), at `per_file_s` of driver per file of `chunks`."""
     return chunks / per_file_s / H200_CHUNKS_S
@@ -163,6 +211,13 @@ def main() -> None:
             f"{name:34s} {size:10,.0f} {engine * 1e6:15,.0f} {library * 1e6:17,.0f} "
             f"{fed(chunks, engine):10,.1f} (engine) {fed(chunks, engine + library):6,.1f} (with library)"
         )
+    print("\nthe workers write the library (`embed` into a library: engines/writes.py); the driver's whole share")
+    print(f"{'workload':34s} {'bytes/file':>10s} {'driver us/file':>15s} {'H200s fed (projected)':>22s}")
+    for name, seconds in (("embed, 3.5-minute tracks", 210.0), ("embed, 6-second clips", 6.0)):
+        plans = [Plan(predictor)]
+        _, chunks = answers(plans, 1, seconds, False)
+        size, per_file = written_side(plans, a.files, seconds)
+        print(f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.0f} {fed(chunks, per_file):22,.1f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -93,3 +93,4 @@ class Ran:
 
     retries: int = 0
     device: str | None = None
+    received: int = 0  # bytes of results the driver received from a Ray cluster

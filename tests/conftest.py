@@ -102,11 +102,12 @@ def wide(tmp_path_factory):
     return Predictor.load(str(path), device="cpu", precision="fp32")
 
 
-def held_per_file(folder: Path, out: Path, model, library, options=None) -> float:
+def held_per_file(folder: Path, out: Path, model, library, options=None, summaries: list | None = None) -> float:
     """`embed` of `folder` into `out` through the Python API, with the memory Python holds
     (traced) sampled as each file is done: the bytes more it holds for each file, fitted over
     the run's last three quarters (after the start's own allocations) through the least held
-    in each of 6 stretches (what stays, not what waits for the next commit)."""
+    in each of 6 stretches (what stays, not what waits for the next commit). The run's summary
+    is added to `summaries`, where given."""
     import tracemalloc
 
     from matpac_cli import EmbedConfig, Listeners, RunOptions, discover, embed
@@ -121,6 +122,8 @@ def held_per_file(folder: Path, out: Path, model, library, options=None) -> floa
     finally:
         tracemalloc.stop()
     assert summary.done == len(items) and not summary.failures, summary.failures
+    if summaries is not None:
+        summaries.append(summary)
     stretches = np.array_split(np.arange(len(held) // 4, len(held)), 6)
     lows = [min(stretch, key=lambda j: held[j]) for stretch in stretches]
     return float(np.polyfit(lows, [held[j] for j in lows], 1)[0])
@@ -387,3 +390,12 @@ def library_files(root: Path | None = None) -> int:
         return len(set(lance.dataset(str(clips)).to_table(columns=["key"]).column("key").to_pylist()))
     except (OSError, ValueError):  # a commit in progress: counted next time
         return 0
+
+
+@pytest.fixture
+def no_allocator_setting(monkeypatch):
+    """The Ray actors' allocator setting is process-wide: not for the test process (tests that
+    run an `engines.packs.Encoder` here)."""
+    from matpac_cli.encoder import cpu
+
+    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: False)

@@ -56,14 +56,16 @@ def run(
     plans: list[Plan],
     events: RunEvents | None = None,
     on_result: Callable[[FileResult], None] = lambda r: None,
+    sink=None,
 ) -> Ran:
     """Every item through every plan on `options.engine`: each finished file to `on_result` (the
-    job's writer), the run's news to `events` (default: none)."""
+    job's writer), the run's news to `events` (default: none). A `sink` (`library.shards.Sink`)
+    lets a Ray cluster's workers store files in the library themselves; locally the job does."""
     events = events if events is not None else NoEvents()
     if options.engine == "ray":
         from matpac_cli.engines.ray.driver import run as run_ray
 
-        return run_ray(options, items, plans, events, on_result)
+        return run_ray(options, items, plans, events, on_result, sink)
     from matpac_cli.engines.local import run as run_local
 
     return run_local(options, items, plans, events, on_result)

@@ -14,6 +14,10 @@ are recognised (by file, grid and part) and taken once.
 Entries are `(i, grid, part, payload)`: `i` the file's place in the input, `grid` the encoder
 geometry (frames per chunk; 0 for facts), `part` its number (-1 for the file's facts). A pack
 crosses the object store as one pickled list (`data`).
+
+Where the library is written by the workers (`Encoder.finish`, `engines.writes`), a file whose
+facts and every part are in one pack (any file of up to 6.5 minutes) is finished on the actor:
+one `DONE` entry, in a row of its own, holds its clip embeddings, ready to store.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 
 from matpac_cli.encoder import cpu
-from matpac_cli.engines.work import GIVE_UP, Attempts, Recipe, died
+from matpac_cli.engines.work import DONE, GIVE_UP, Attempts, Recipe, died
 from matpac_cli.errors import RAY_LIMIT, GaveUp, InputError, MatpacError, ModelError, one_line
-from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, run_layers
+from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, finite, run_layers
 
 # The feed, and torch with it, load here, in the worker's main thread as it unpickles its task: a
 # first `import torch` in two of Ray Data's threads at once fails half-initialised.
@@ -77,8 +82,9 @@ def decode_files(
     process's)."""
     attempts = attempts if attempts is not None else Attempts()
     held = _Pack(pack)
-    for i, blob in zip(batch["i"], batch["item"]):
-        i, item = int(i), pickle.loads(blob)
+    keys = batch["key"] if "key" in batch else [""] * len(batch["i"])
+    for i, blob, key in zip(batch["i"], batch["item"], keys):
+        i, item, key = int(i), pickle.loads(blob), str(key)  # key: where a worker stores it ("": the driver)
         deaths = attempts.begin(("decode", i))
         if deaths >= GIVE_UP:
             held.add(_facts(i, dict.fromkeys(n_ts, 0), {}, GaveUp(item.name, died(deaths, "decoding it")), None))
@@ -87,14 +93,14 @@ def decode_files(
             os.kill(os.getpid(), signal.SIGKILL)  # the test's stand-in for a decoder that segfaults
         if hold_on and item.name.endswith(hold_on[0]):
             hold(hold_on[1])  # the test's stand-in for a slow disk
-        yield from _decode_one(i, item, (n_ts, defer), held, partial(attempts.end, ("decode", i)))
+        yield from _decode_one(i, item, (n_ts, defer, key), held, partial(attempts.end, ("decode", i)))
     if held.entries:
         yield held.row()
 
 
 def _decode_one(i: int, item, how: tuple, held: _Pack, ended) -> Iterator[dict[str, np.ndarray]]:
     """One file into `held`, a part at a time; each time the pack is full, it goes."""
-    n_ts, defer = how
+    n_ts, defer, key = how
     messages: queue.Queue = queue.Queue(maxsize=8)  # memory bounded by a few chunks, as locally
     feed = Feed(item, messages, n_ts, defer)
     worker = threading.Thread(target=feed.produce, daemon=True, name="matpac-decode")
@@ -123,10 +129,10 @@ def _decode_one(i: int, item, how: tuple, held: _Pack, ended) -> Iterator[dict[s
                 break
             for n_t, pairs in msg.items():
                 for pair in pairs:
+                    if len(open_parts[n_t]) >= PART:  # closed as the next chunk comes: a file of
+                        close(n_t)  # `PART` chunks travels whole, with its facts
                     open_parts[n_t].append(pair)
                     counts[n_t] += 1
-                    if len(open_parts[n_t]) >= PART:
-                        close(n_t)
             if held.full():
                 yield held.row()
     finally:
@@ -134,13 +140,14 @@ def _decode_one(i: int, item, how: tuple, held: _Pack, ended) -> Iterator[dict[s
     for n_t in n_ts:
         close(n_t)
     ended()
-    held.add(_facts(i, counts, parts, error, feed.source))
+    held.add(_facts(i, counts, parts, error, feed.source, key))
     if held.full():
         yield held.row()
 
 
-def _facts(i: int, counts: dict, parts: dict, error: InputError | None, source) -> tuple:
+def _facts(i: int, counts: dict, parts: dict, error: InputError | None, source, key: str = "") -> tuple:
     facts = {
+        "key": key,
         "chunks": counts,
         "parts": parts,
         "error": error,
@@ -173,11 +180,50 @@ class Encoder:
             why = one_line(exc, RAY_LIMIT)
             self.error = ModelError(f"cannot load the model on Ray node {socket.gethostname()}: {why}")
 
+    finish = False  # likewise: files whole in a pack are finished here (`DONE`), for `engines.writes`
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        data = np.empty(len(batch["data"]), dtype=object)
-        for j, blob in enumerate(batch["data"]):
-            data[j] = pickle.dumps(self._pack(pickle.loads(blob)), protocol=pickle.HIGHEST_PROTOCOL)
+        rows = []
+        for blob in batch["data"]:
+            out = self._pack(pickle.loads(blob))
+            done = self._finished(out) if self.finish else []
+            rows += [[entry] for entry in done]  # a row each: the write stage takes files by the row
+            if len(out) > len(done):
+                rows.append([e for e in out if e[0] not in {d[0] for d in done}])
+        data = np.empty(len(rows), dtype=object)
+        for j, entries in enumerate(rows):
+            data[j] = pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
         return {"data": data}
+
+    def _finished(self, out: list[tuple]) -> list[tuple]:
+        """The files of `out` a worker may store (a key) whose facts and every part are there,
+        each finished as the driver would (`Slot.result`): a `DONE` entry with its facts, its
+        embedding per plan and the audio it advances. A file that failed, or whose result is not
+        finite, stays for the driver to name."""
+        by_file: dict[int, list] = {}
+        for entry in out:
+            by_file.setdefault(entry[0], []).append(entry)
+        done = []
+        for i, entries in by_file.items():
+            facts = next((e[3] for e in entries if e[2] == -1), None)
+            parts = [e[3] for e in entries if e[2] >= 0]
+            if not facts or not facts["key"] or facts["error"] is not None or not sum(facts["chunks"].values()):
+                continue  # failed, or too short to embed: the driver names it
+            if len(parts) != sum(facts["parts"].values()) or not all(isinstance(p, tuple) for p in parts):
+                continue
+            slot = Slot(None, self.plans)
+            for part in parts:
+                slot.merge(part[:4])
+            slot.added = sum(facts["chunks"].values())
+            slot.facts(SimpleNamespace(**{k: facts[k] for k in ("duration_s", "sample_rate", "channels", "truncated")}))
+            result = slot.result(self.plans) if slot.error is None else None
+            if result is None or not finite(result):
+                continue
+            made = (result.duration_s, result.sample_rate, result.channels, result.truncated)
+            outputs = [(plan.resolved_layers(), o.embedding) for plan, o in zip(self.plans, result.outputs)]
+            payload = {"key": facts["key"], "facts": made, "outputs": outputs, "audio": sum(p[4] for p in parts)}
+            done.append((i, 0, DONE, payload))
+        return done
 
     def _pack(self, entries: list[tuple]) -> list[tuple]:
         """Each part's chunks encoded (in batches across the pack's files) and summed."""

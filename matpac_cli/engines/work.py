@@ -16,10 +16,14 @@ from types import SimpleNamespace
 
 from matpac_cli.config import precision_name
 from matpac_cli.errors import InputError, ModelError
-from matpac_cli.pipeline.assemble import Plan, Slot, hand_on
+from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Slot, deliver, hand_on
 from matpac_cli.pipeline.discovery import Item
 
 GIVE_UP = 3  # deaths of the process decoding one file (or of rounds lost encoding it) before it fails
+# entries' `part` beyond a part (0 and up) or a file's facts (-1): a file finished on its actor
+# (`packs.Encoder.finish`), a file a worker stored in the library, the fragments it wrote, why a
+# worker could not (`engines.writes`)
+DONE, WRITTEN, FRAGMENTS, UNWRITTEN = -2, -3, -4, -5
 
 
 class Attempts:
@@ -110,21 +114,30 @@ class Recipe:
 
 class Collector:
     """The driver's side: each file's chunks summed as they come back (in any order, each chunk
-    once), then the file handed on to the job's `on_result` and its `events`."""
+    once), then the file handed on to the job's `on_result` and its `events`. With a `sink` (the
+    workers store files in the library: `engines.writes`), the fragments they wrote go to it,
+    and a file they stored is handed on without its vectors (`FileResult.stored`)."""
 
-    def __init__(self, items: list[Item], plans: list[Plan], events, on_result) -> None:
+    def __init__(self, items: list[Item], plans: list[Plan], events, on_result, sink=None) -> None:
         self.items, self.plans = items, plans
-        self.on_result, self.events = on_result, events
+        self.on_result, self.events, self.sink = on_result, events, sink
         self.slots: dict[int, Slot] = {}
         self.expected: dict[int, dict[int, int]] = {}  # file -> parts per grid (known once decoded)
         self.seen: dict[int, set] = {}
         self.done: set[int] = set()
+        self.unwritten = False  # a worker could not write the library (said once)
+        self.received = 0  # bytes of the cluster's answers (engines.ray's count)
 
     def add(self, i: int, grid: int, part: int, payload) -> None:
         """One entry of an actor's answer (`engines.packs`): a part's sums, a file's facts (part
-        -1), or the error of the part's encoding."""
+        -1), or the error of the part's encoding; a whole file (`DONE`, `WRITTEN`), or what a
+        write task says of its write (`FRAGMENTS`, `UNWRITTEN`)."""
+        if part in (FRAGMENTS, UNWRITTEN):
+            return self._write(part, payload)
         if i in self.done or (grid, part) in self.seen.setdefault(i, set()):
-            return  # a retried task's second answer
+            return None  # a retried task's second answer
+        if part in (DONE, WRITTEN):
+            return self._whole(i, part, payload)
         self.seen[i].add((grid, part))
         slot = self.slots.setdefault(i, Slot(self.items[i], self.plans))
         if part < 0:
@@ -137,7 +150,31 @@ class Collector:
             slot.merge(payload[:4])
             if payload[4]:
                 self.events.audio(payload[4])
-        self._maybe_done(i, slot)
+        return self._maybe_done(i, slot)
+
+    def _write(self, part: int, payload) -> None:
+        if part == FRAGMENTS:
+            self.sink.adopt(*payload)
+        elif not self.unwritten:
+            self.unwritten = True
+            self.events.warning(f"{payload}; the driver stores the files instead")
+
+    def _whole(self, i: int, part: int, payload: dict) -> None:
+        """A file finished on its actor: its result, stored by a worker (`WRITTEN`: no vectors
+        here) or to be stored by the job (`DONE`)."""
+        self.done.add(i)
+        for held in (self.slots, self.seen, self.expected):
+            held.pop(i, None)
+        if payload["audio"]:
+            self.events.audio(payload["audio"])
+        duration, rate, channels, cut = payload["facts"]
+        if part == WRITTEN:
+            outs = [EncoderOutput(None) for _ in self.plans]
+            res = FileResult(self.items[i], duration, rate, channels, outs, cut, key=payload["key"], stored=True)
+        else:
+            outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
+            res = FileResult(self.items[i], duration, rate, channels, outs, cut)
+        deliver(self.items[i], res, self.on_result, self.events)
 
     def _facts(self, i: int, slot: Slot, facts: dict) -> None:
         self.expected[i] = facts["parts"]

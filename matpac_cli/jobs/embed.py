@@ -53,6 +53,7 @@ class Summary:
     truncated: list[str] = field(default_factory=list)  # inputs that ended before their header said
     left: list[Path] = field(default_factory=list)  # earlier outputs left as they were (nothing new to write)
     retries: int = 0  # tries that reran work whose process died (--engine ray)
+    received: int = 0  # bytes of results the driver received from a Ray cluster (--engine ray)
     ran_on: str | None = None  # the device the engine ran the encoder on, if not the predictors' own (Ray's actors)
     streamed: bool = False  # rows went to stdout (`tag --out -`)
     found: Counter = field(default_factory=Counter)  # files taken from the library, by how they were known
@@ -184,6 +185,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
         kept_frames = _frames_kept(ours, config)
         ran = stored.run(library, config.options, items, [plan], heard, on_result, summary.found, kept_frames, lean)
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+        summary.received += ran.received
     finally:
         stored.close(library, summary, events)
     kept = earlier.kept_rows(before, items, config.update, config.prune)
@@ -231,6 +233,8 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
         summary.count(res)
         if shed is not None and emb is not None:
             shed(res.item)
+        elif shed is not None and res.stored:
+            shed.shed += 1  # stored by a Ray worker: its vector is the library's already
 
     return on_result
 

@@ -106,14 +106,32 @@ def run(
         if key is not None:
             with guarded(library.root):
                 for plan, setting, out in zip(plans, settings, res.outputs):
-                    library.add(key, setting, plan, res, out)
+                    if not res.stored:  # else a Ray worker stored it (`library.shards`)
+                        library.add(key, setting, plan, res, out)
                 if key in failed:  # tried again (`retry_failed`), and it ran through this time
                     _forget_failed(library, key, settings)
             _say_unwritable(library, events)
         on_result(res)
 
     keys = {item.name: key for item, key in by_item.items()}
-    return engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing)
+    sink = _sink(library, options, todo, by_item, plans, lean)
+    try:
+        return engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing, sink)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _sink(library, options: RunOptions, todo: list[Item], by_item: dict, plans: list[Plan], lean: list | None):
+    """Where a Ray cluster's workers store the files they finish (`library.shards`): for a job
+    that takes results without their vectors (`lean`: clip embeddings only), else None."""
+    if options.engine != "ray" or lean is None:
+        return None
+    from matpac_cli.library.shards import sink
+    from matpac_cli.library.tables import guarded
+
+    with guarded(library.root):
+        return sink(library, todo, by_item, plans)
 
 
 def _from_library(library, items: list[Item], plans: list[Plan], settings: list, hearing) -> tuple[list, dict]:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from matpac_cli.errors import OutputError
 from matpac_cli.library import tables
 from matpac_cli.library.key import Setting
-from matpac_cli.library.store import _facts
+from matpac_cli.library.shards import row_facts
 
 SMALL = ["key", "model", "frontend", "layer", "duration_s", "sample_rate", "channels", "promised", "read"]
 
@@ -39,7 +39,7 @@ class Facts(Mapping):
     def __getitem__(self, key: str) -> dict:
         if key not in self:
             raise KeyError(key)
-        return _facts(self._columns, self._row[key])
+        return row_facts(self._columns, self._row[key])
 
     def __iter__(self):
         return (k for k in self._row if self._full is None or k in self._full)

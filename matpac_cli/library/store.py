@@ -22,6 +22,7 @@ import numpy as np
 
 from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
+from matpac_cli.library.shards import clip_rows, row_facts
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
 from matpac_cli.pipeline.discovery import Item
 
@@ -62,6 +63,7 @@ class Library:
         self._clips: dict[str, list] = {name: [] for name in tables.CLIPS.names}
         self._segments: dict[str, list] = {name: [] for name in tables.SEGMENTS.names}
         self._paths: dict[str, list] = {name: [] for name in tables.PATHS.names}
+        self._fragments: list[tuple[list[str], list]] = []  # written by Ray workers (`adopt`)
         self._held = 0
         self._last = time.monotonic()
         self._writing = threading.Lock()  # one commit at a time: `_known` is read and grown by it
@@ -133,7 +135,7 @@ class Library:
         t = table.drop_columns(["embedding"]).to_pydict()
         found: dict[str, Stored] = {}
         for j, key in enumerate(t["key"]):
-            stored = found.setdefault(key, Stored(_facts(t, j)))
+            stored = found.setdefault(key, Stored(row_facts(t, j)))
             stored.layers[t["layer"][j]] = vectors[j]
         self._learn("clips", setting, {k: set(found[k].layers) if k in found else set() for k in keys})
         found = {k: s for k, s in found.items() if all(layer in s.layers for layer in layers)}
@@ -161,6 +163,14 @@ class Library:
         self._learn("clips", setting, {k: have.get(k, set()) for k in wanted})
         return {k for k, got in have.items() if set(layers) <= got}
 
+    def stored_parts(self, keys: list[str], setting: Setting) -> set[str]:
+        """The keys of which the library holds any layer for `setting` (read where not known)."""
+        with self._writing:
+            known = self._known["clips"].get((setting.model, setting.frontend), {})
+            self._read_known("clips", setting.model, setting.frontend, {k for k in keys if k not in known})
+            known = self._known["clips"][(setting.model, setting.frontend)]
+            return {k for k in keys if known.get(k)}
+
     def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:
         ds = tables.open_table(self.root, "segments")
         if ds is None:
@@ -179,17 +189,11 @@ class Library:
     def add(self, key: str, setting: Setting, plan: Plan, res: FileResult, out: EncoderOutput) -> None:
         """One file's results for one plan: its clip embedding per layer, its segments where the
         plan made them; committed with the next batch."""
-        now = time.time()
-        promised, read = res.truncated if res.truncated else (None, None)
         if self.unwritable is not None:
             return  # the run goes on without the library (`commit`)
+        facts = (res.duration_s, res.sample_rate, res.channels, res.truncated, time.time())
         with self._lock:
-            for layer, vector in zip(plan.resolved_layers(), out.embedding):
-                # arrays, not Python lists: Arrow takes them whole (57x cheaper: benchmarks/ray_driver.py)
-                row = (key, setting.model, setting.frontend, int(layer), vector.astype(np.float32))
-                facts = (res.duration_s, res.sample_rate, res.channels, promised, read, now)
-                for name, value in zip(tables.CLIPS.names, row + facts):
-                    self._clips[name].append(value)
+            clip_rows(self._clips, key, (setting.model, setting.frontend), plan.resolved_layers(), out.embedding, facts)
             if plan.segments:
                 segs = out.segments
                 values = (
@@ -200,11 +204,25 @@ class Library:
                     [s.end_s for s in segs],
                     [int(s.columns) for s in segs],
                     [s.embedding.astype(np.float32) for s in segs],
-                    now,
+                    facts[-1],
                 )
                 for name, value in zip(tables.SEGMENTS.names, values):
                     self._segments[name].append(value)
-            self._held += 1
+        self._queued(1)
+
+    def adopt(self, fragments: list[str], parts: list[tuple[str, Setting, tuple[int, ...]]]) -> None:
+        """Clip rows a Ray worker wrote (`shards`): their fragments committed with the next batch,
+        and the parts they hold, (key, setting, layers), known once they are."""
+        if self.unwritable is not None:
+            return
+        with self._lock:
+            self._fragments.append((fragments, parts))
+        self._queued(len({key for key, _, _ in parts}))
+
+    def _queued(self, files: int) -> None:
+        """`files` more held: a commit where one is due (`COMMIT_FILES`, `COMMIT_S`)."""
+        with self._lock:
+            self._held += files
             since = time.monotonic() - self._last
             due = (self._held >= COMMIT_FILES and since >= COMMIT_MIN_S) or since >= COMMIT_S
             if self._flusher is None:
@@ -245,6 +263,7 @@ class Library:
             with self._lock:
                 self._clips = {name: [] for name in tables.CLIPS.names}
                 self._segments = {name: [] for name in tables.SEGMENTS.names}
+                self._fragments = []
 
     def holds(self, keys: list[str], setting: Setting, layers: tuple[int, ...]) -> set[str]:
         """The keys of `keys` with every layer of `layers` committed for `setting` (by this run or
@@ -256,14 +275,20 @@ class Library:
     def _commit(self) -> None:
         with self._writing:
             with self._lock:
-                clips, segments, paths = self._clips, self._segments, self._paths
+                clips, segments, paths, adopted = self._clips, self._segments, self._paths, self._fragments
+                self._fragments = []
                 self._clips = {name: [] for name in tables.CLIPS.names}
                 self._segments = {name: [] for name in tables.SEGMENTS.names}
                 self._paths = {name: [] for name in tables.PATHS.names}
                 self._held, self._last = 0, time.monotonic()
             try:
                 if paths["path"]:
-                    tables.upsert_paths(self.root, _last_per_path(paths))
+                    tables.upsert_paths(self.root, paths)
+                tables.commit_fragments(self.root, "clips", [f for fragments, _ in adopted for f in fragments])
+                for key, setting, layers in (part for _, parts in adopted for part in parts):
+                    self._known["clips"].setdefault((setting.model, setting.frontend), {}).setdefault(
+                        key, set()
+                    ).update(layers)
                 tables.append(self.root, "clips", self._lacking("clips", clips))
                 tables.append(self.root, "segments", self._lacking("segments", segments))
             except tables.Unwritable as exc:
@@ -321,26 +346,4 @@ class Library:
 
     def version(self) -> dict[str, int]:
         """Each table's version now (the manifest records it)."""
-        out = {}
-        for name in tables.SCHEMAS:
-            ds = tables.open_table(self.root, name)
-            if ds is not None:
-                out[name] = ds.version
-        return out
-
-
-def _facts(t: dict, j: int) -> dict:
-    promised, read = t["promised"][j], t["read"][j]
-    return {
-        "duration_s": t["duration_s"][j],
-        "sample_rate": t["sample_rate"][j],
-        "channels": t["channels"][j],
-        "truncated": None if promised is None else (promised, read),
-    }
-
-
-def _last_per_path(rows: dict[str, list]) -> dict[str, list]:
-    """One row per path (the last one held): a merge on `path` takes each path once."""
-    last = {p: j for j, p in enumerate(rows["path"])}
-    keep = sorted(last.values())
-    return {name: [values[j] for j in keep] for name, values in rows.items()}
+        return tables.versions(self.root)

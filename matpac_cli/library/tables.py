@@ -126,9 +126,40 @@ def append(root: Path, name: str, rows: dict[str, list]) -> None:
     _retry(lambda: lance.write_dataset(table, uri(root, name), mode="append"), root)
 
 
+def write_fragments(root: Path, name: str, rows: dict[str, list]) -> list[str]:
+    """Rows written as new data files of the table, not committed: what a Ray worker does, the
+    driver committing them with its next commit (`commit_fragments`). Their metadata, as JSON
+    text: a few hundred bytes, whatever the rows hold."""
+    import json
+
+    from lance.fragment import write_fragments as write
+
+    table = pa.table(rows, schema=SCHEMAS[name])
+    if not table.num_rows:
+        return []
+    ensure(root)
+    return [json.dumps(f.to_json()) for f in write(table, uri(root, name), schema=SCHEMAS[name])]
+
+
+def commit_fragments(root: Path, name: str, fragments: list[str]) -> None:
+    """Fragments written by `write_fragments` (anywhere the library's folder is seen), appended to
+    the table in one commit; a lost race with a concurrent writer is retried."""
+    from lance.fragment import FragmentMetadata
+
+    if not fragments:
+        return
+    ensure(root)
+    append = lance.LanceOperation.Append([FragmentMetadata.from_json(f) for f in fragments])
+    _retry(
+        lambda: lance.LanceDataset.commit(uri(root, name), append, read_version=open_table(root, name).version), root
+    )
+
+
 def upsert_paths(root: Path, rows: dict[str, list]) -> None:
-    """Paths rows by path: a path seen again gets its new key, stat and time."""
-    table = pa.table(rows, schema=PATHS)
+    """Paths rows by path: a path seen again gets its new key, stat and time (the last held)."""
+    last = {p: j for j, p in enumerate(rows["path"])}  # one row per path, the last one held: a
+    keep = sorted(last.values())  # merge on `path` takes each path once
+    table = pa.table({name: [values[j] for j in keep] for name, values in rows.items()}, schema=PATHS)
     if not table.num_rows:
         return
     ensure(root)
@@ -169,6 +200,11 @@ def nested_vectors(column: pa.ChunkedArray) -> list[list]:
         offsets = chunk.offsets.to_numpy()
         out.extend(inner[offsets[j] : offsets[j + 1]] for j in range(len(chunk)))
     return out
+
+
+def versions(root: Path) -> dict[str, int]:
+    """Each table's version now (a run's manifest records them)."""
+    return {name: ds.version for name in SCHEMAS if (ds := open_table(root, name)) is not None}
 
 
 def equals(column: str, value: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from matpac_cli.errors import UsageError
 from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
-from matpac_cli.library.store import _facts
+from matpac_cli.library.shards import row_facts
 
 
 @dataclass
@@ -168,13 +168,13 @@ def view(root: Path, setting: Setting, layer: int) -> View:
     for j, key in enumerate(t["key"]):
         by_key.setdefault(key, j)  # two runs at once stored it twice: the rows are equal
     out.vectors = {k: embeddings[j] for k, j in by_key.items()}
-    out.key_facts = {k: _facts(t, j) for k, j in by_key.items()}
+    out.key_facts = {k: row_facts(t, j) for k, j in by_key.items()}
     current = _current_keys(root)
     rows = sorted((p, k, here) for p, (k, here) in current.items() if k in by_key)
     out.paths = [p for p, _, _ in rows]
     out.keys = [k for _, k, _ in rows]
     out.on_disk = [here for _, _, here in rows]
-    out.facts = [_facts(t, by_key[k]) for k in out.keys]
+    out.facts = [row_facts(t, by_key[k]) for k in out.keys]
     dim = len(next(iter(out.vectors.values()))) if out.vectors else 0
     out.matrix = np.stack([out.vectors[k] for k in out.keys]) if rows else np.zeros((0, dim), np.float32)
     out.notes = _left_out(ds, setting, int(layer), {k for k, here in current.values() if here} - set(by_key))

@@ -90,6 +90,7 @@ class FileResult:
     truncated: tuple[int, int] | None = None  # (frames the header promised, frames read)
     found: str | None = None  # taken from the library, not encoded: how it was known ("same path", "moved" ...)
     key: str | None = None  # its audio key in the library (where there is one and the file could be keyed)
+    stored: bool = False  # its rows are in the library already (written by a Ray worker): no vectors here
 
 
 class Slot:
@@ -178,21 +179,30 @@ def chunk_output(plan: Plan, layers: tuple[int, ...], out: dict[int, np.ndarray]
     return ChunkOutput(sums, frames, seg)
 
 
+def finite(result: FileResult) -> bool:
+    """Whether a result is finite everywhere (else it is its file's error: input far out of range)."""
+    return all(o.embedding is None or np.isfinite(o.embedding).all() for o in result.outputs)
+
+
 def hand_on(slot: Slot, plans: list[Plan], on_result, events) -> None:
     """A finished file to the job's `on_result`, or as a failure to `events` (`RunEvents`), then
-    its progress. A result that is not finite everywhere is that file's error (input far out of
-    range), never a row. Ctrl-C and SIGTERM wait until the file is handed on and counted
-    (`interrupts.whole`): an interrupted run's summary says what the library holds."""
-    result = slot.result(plans) if slot.error is None else None
-    if result is not None and not all(np.isfinite(o.embedding).all() for o in result.outputs):
-        slot.error = InputError(
-            slot.item.name,
-            "the encoder gave NaN or infinite values (samples far outside -1..1?); nothing written for it",
+    its progress (`deliver`)."""
+    deliver(slot.item, slot.result(plans) if slot.error is None else slot.error, on_result, events)
+
+
+def deliver(item: Item, result: FileResult | InputError, on_result, events) -> None:
+    """A file's result to the job's `on_result`, or its error to `events`, then its progress. A
+    result that is not finite everywhere is that file's error, never a row. Ctrl-C and SIGTERM
+    wait until the file is handed on and counted (`interrupts.whole`): an interrupted run's
+    summary says what the library holds."""
+    if isinstance(result, FileResult) and not finite(result):
+        result = InputError(
+            item.name, "the encoder gave NaN or infinite values (samples far outside -1..1?); nothing written for it"
         )
     with whole():  # stored (by the job's `on_result`) and counted, or neither: Ctrl-C waits
-        if slot.error is not None:
-            events.failure(slot.error)
-            events.progress(slot.item, 0.0)
+        if isinstance(result, InputError):
+            events.failure(result)
+            events.progress(item, 0.0)
         else:
             on_result(result)
-            events.progress(slot.item, slot.duration_s)
+            events.progress(item, result.duration_s)

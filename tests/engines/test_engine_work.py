@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import write_audio
 
+pytestmark = pytest.mark.usefixtures("no_allocator_setting")
+
 
 @pytest.fixture(scope="module")
 def setup(ckpts, tmp_path_factory):
@@ -27,14 +29,6 @@ def setup(ckpts, tmp_path_factory):
     items = discover([str(d)], AUDIO_EXTENSIONS, sys.stdin, False)
     plan = Plan(Predictor.load(str(ckpts["tiny608"]), "cpu", "fp32"), layers=(1, -1), segments=True)
     return items, plan
-
-
-@pytest.fixture(autouse=True)
-def _no_allocator_setting(monkeypatch):
-    """The actors' allocator setting is process-wide: not for the test process."""
-    from matpac_cli.encoder import cpu
-
-    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: False)
 
 
 def _local(items, plan) -> tuple[dict, dict]:

@@ -533,7 +533,10 @@ def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_pat
     """Many tiny files through the cluster: the memory the driver holds (traced, through the
     Python API, in a process of its own: a Ray driver left in the test process crashed it once
     the cluster was gone) grows by each file's name and facts, not by its chunks (summed on the
-    actors) nor its vector (let go once the library has it)."""
+    actors) nor its vector (the workers write it into the library: `engines.writes`). What the
+    driver receives is under a kilobyte a file (a file's status and its share of a fragment's
+    metadata; a 3840-value vector's sums were 31 KB), and the output, read back from the
+    library, holds every file's vector."""
     for i in range(300):
         write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
     code = "\n".join(
@@ -549,10 +552,18 @@ def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_pat
             f"model = Predictor.load({str(wide.resolved.path)!r}, device='cpu', precision='fp32')",
             f"options = RunOptions(batch_size=8, engine='ray', address={head.address!r})",
             f"t = Path({str(tmp_path)!r})",
-            "print(held_per_file(t / 'in', t / 'e.npy', model, t / 'lib', options))",
+            "summaries = []",
+            "held = held_per_file(t / 'in', t / 'e.npy', model, t / 'lib', options, summaries)",
+            "print(held, summaries[0].received / summaries[0].done)",
         ]
     )
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ray_env}, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    per_file = float(proc.stdout.decode().strip().splitlines()[-1])
+    per_file, received = map(float, proc.stdout.decode().strip().splitlines()[-1].split())
     assert per_file < wide.dims.embed_dim * 4 / 3, f"{per_file:.0f} bytes a file (a vector: {wide.dims.embed_dim * 4})"
+    assert 0 < received < 1024, f"the driver received {received:.0f} bytes a file"
+    matrix = np.load(tmp_path / "e.npy")
+    assert matrix.shape == (300, wide.dims.embed_dim) and np.isfinite(matrix).all() and (matrix != 0).any(axis=1).all()
+    assert library_files(tmp_path / "lib") == 300 and not list(
+        (tmp_path / "lib").glob(".matpac-ray-*")
+    )  # the token went

@@ -41,6 +41,7 @@ from matpac_cli.engines.packs import PART, Encoder, decode_files
 from matpac_cli.engines.ray.cluster import Cluster
 from matpac_cli.engines.ray.ledger import Ledger
 from matpac_cli.engines.work import GIVE_UP, Collector, Recipe, died
+from matpac_cli.engines.writes import write_files, write_size
 from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.pipeline.assemble import Plan
@@ -64,11 +65,13 @@ def run(
     plans: list[Plan],
     events: RunEvents | None = None,
     on_result: Callable = lambda r: None,
+    sink=None,
 ) -> Ran:
     """`engines.local.run`'s contract on a Ray cluster (`options.workers` is unused: Ray places
     the tasks). The actors run the encoder where `Cluster.placement` puts `options.device`; the
-    answer says which device that was, and how many tries were reruns of work whose process (or
-    node) died."""
+    answer says which device that was, how many tries were reruns of work whose process (or
+    node) died, and the bytes of answers the driver received. With a `sink` (`library.shards`),
+    the workers store the files it gives a key in the library themselves (`engines.writes`)."""
     events = events if events is not None else NoEvents()
     items = list(items)
     if not items or not plans:
@@ -78,9 +81,9 @@ def run(
     try:
         device, _ = cluster.placement(options.device, options.precision)
         ledger = Ledger.start()
-        collector = Collector(items, plans, events, on_result)
+        collector = Collector(items, plans, events, on_result, sink)
         _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events)
-        return Ran(ledger.retries(), device)
+        return Ran(ledger.retries(), device, collector.received)
     finally:
         if ledger is not None:
             ledger.stop()
@@ -198,7 +201,8 @@ def _round(
     actors, resources, threads = _actor_shape(device, plans[0].predictor.threads, *cluster.resources())
     recipes = [Recipe.of(p, device, threads) for p in plans]
     decoders = max(1, int(cluster.resources()[0] / DECODE_CPUS))
-    blocks = _blocks(items, left, decoders)
+    sink = collector.sink
+    blocks = _blocks(items, left, decoders, sink)
     context = DataContext.get_current()
     context.execution_no_progress_timeout_s = stall_s()
     Watch.ledger = ledger  # the round's actors, watched from Ray Data's executor (engines.ray.watch)
@@ -226,7 +230,9 @@ def _round(
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
-    encoder = type("Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger, "batch_size": batch_size})
+    encoder = type(
+        "Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger, "batch_size": batch_size, "finish": bool(sink)}
+    )
     with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
         warnings.simplefilter("ignore")
         ds = ds.map_batches(
@@ -238,7 +244,17 @@ def _round(
             max_restarts=0,
             **resources,
         )
+    if sink is not None:
+        ds = _writing(ds, sink, len(left), max(1, min(decoders, len(blocks)) // 4))
     _collect(ds, collector)
+
+
+def _writing(ds, sink, files: int, tasks: int):
+    """`ds` with write tasks after the encoders: they store the files the actors finished in the
+    library (`engines.writes`), `tasks` at a time; like decoding they claim no CPU."""
+    return ds.map_batches(
+        write_files, batch_size=write_size(files), num_cpus=0, concurrency=tasks, fn_kwargs={"shard": sink.shard()}
+    )
 
 
 def decode_kwargs(device: str, n_ts: tuple[int, ...]) -> dict:
@@ -248,9 +264,10 @@ def decode_kwargs(device: str, n_ts: tuple[int, ...]) -> dict:
     return {"n_ts": n_ts, "defer": False}
 
 
-def _blocks(items: list[Item], left: list[int], decoders: int) -> list:
+def _blocks(items: list[Item], left: list[int], decoders: int, sink=None) -> list:
     """The files `left` as decoding tasks sized by work (`engines.blocks`): one Arrow table each,
-    a row per file (its place in the input, the pickled `Item` with its absolute path)."""
+    a row per file (its place in the input, the pickled `Item` with its absolute path, and the
+    key a worker stores it under: "" where the driver stores it)."""
     import pyarrow as pa
 
     seconds = [audio_seconds(items[i].path) for i in left]
@@ -258,7 +275,9 @@ def _blocks(items: list[Item], left: list[int], decoders: int) -> list:
     for block in plan(seconds, at_least=SPREAD * decoders):
         files = [left[j] for j in block]
         pickled = [pickle.dumps(Item(items[i].name, Path(items[i].path).absolute(), items[i].problem)) for i in files]
-        tables.append(pa.table({"i": pa.array(files, pa.int64()), "item": pa.array(pickled, pa.binary())}))
+        keys = [sink.key_of(items[i].name) if sink is not None else "" for i in files]
+        columns = {"i": pa.array(files, pa.int64()), "item": pa.array(pickled, pa.binary()), "key": pa.array(keys)}
+        tables.append(pa.table(columns))
     return tables
 
 
@@ -271,6 +290,7 @@ def _collect(ds, collector: Collector) -> None:
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["data"]:
+                collector.received += len(blob)
                 for entry in pickle.loads(blob):
                     collector.add(*entry)
     except (MatpacError, KeyboardInterrupt, Lost):

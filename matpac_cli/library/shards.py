@@ -1,0 +1,132 @@
+"""The library written by a Ray cluster's workers (`--engine ray`): each finished file's clip rows
+go from the worker that summed it straight into the clips table as Lance data files, and the
+driver commits their metadata (a few hundred bytes for a few hundred files) with its own commits
+(`Library.adopt`), so the vectors never cross to the driver.
+
+The library must be on storage every node sees (a shared folder mounted at the same path). The
+driver makes a token file in it as the run starts (`Sink.shard`); a worker that does not see the
+token is not on the driver's storage (a library on the driver's own disk), and hands its files
+to the driver instead, which stores them as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matpac_cli.library import tables
+from matpac_cli.library.key import Setting
+
+TOKEN = ".matpac-ray-"  # the token file's name starts so (the driver removes it as the run ends)
+
+
+def clip_rows(columns: dict[str, list], key: str, setting: tuple[str, str], layers, embedding, facts: tuple) -> None:
+    """One file's clip rows for one model and front end (a row per layer) added to `columns`: the
+    one home of what a clip row holds. `facts`: (duration_s, sample_rate, channels, truncated:
+    (frames promised, frames read) or None, the time it was added)."""
+    duration, rate, channels, cut, now = facts
+    promised, read = cut if cut else (None, None)
+    for layer, vector in zip(layers, embedding):
+        # arrays, not Python lists: Arrow takes them whole (57x cheaper: benchmarks/ray_driver.py)
+        row = (key, *setting, int(layer), np.asarray(vector, np.float32), duration, rate, channels, promised, read, now)
+        for name, value in zip(tables.CLIPS.names, row):
+            columns[name].append(value)
+
+
+def row_facts(t: dict, j: int) -> dict:
+    """A clip row's facts (row `j` of the columns `t`), as the jobs take them."""
+    promised, read = t["promised"][j], t["read"][j]
+    return {
+        "duration_s": t["duration_s"][j],
+        "sample_rate": t["sample_rate"][j],
+        "channels": t["channels"][j],
+        "truncated": None if promised is None else (promised, read),
+    }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What a worker needs to write clip rows into the library (it travels to the cluster)."""
+
+    root: str
+    settings: tuple[tuple[str, str], ...]  # per plan: (model sha256, front-end settings)
+    token: str  # a file the driver made in the library
+
+    def visible(self) -> bool:
+        """Whether this process sees the driver's library (the token file is there)."""
+        return os.path.isfile(os.path.join(self.root, self.token))
+
+    def write(self, files: list[tuple]) -> list[str]:
+        """`files`' clip rows as new data files of the clips table, not committed: their metadata
+        (JSON), for the driver to commit. A file is (key, (duration_s, sample_rate, channels,
+        truncated), per plan its (layers, (L, E) float32 embedding))."""
+        columns: dict[str, list] = {name: [] for name in tables.CLIPS.names}
+        now = time.time()
+        for key, facts, outputs in files:
+            for setting, (layers, embedding) in zip(self.settings, outputs):
+                clip_rows(columns, key, setting, layers, embedding, (*facts, now))
+        return tables.write_fragments(Path(self.root), "clips", columns)
+
+
+class Sink:
+    """The driver's side: which files its workers may write (`key_of`), and the fragments they
+    wrote, handed to the library to commit (`adopt`). A file whose audio another input of the run
+    shares, or of which the library holds a part already (a layer), is stored by the driver as
+    before, which writes each part once."""
+
+    def __init__(self, library, settings: list[Setting], layers: list[tuple[int, ...]], keys: dict[str, str]) -> None:
+        self.library, self.settings, self.layers, self.keys = library, settings, layers, keys
+        self.token: Path | None = None
+        self.written = 0  # files whose rows a worker wrote
+
+    def key_of(self, name: str) -> str:
+        """The key a worker stores input `name` under ("": the driver stores it)."""
+        return self.keys.get(name, "")
+
+    def shard(self) -> Shard:
+        """The workers' side, the token made (once per run)."""
+        if self.token is None:
+            token = self.library.root / f"{TOKEN}{uuid.uuid4().hex}"
+            try:
+                self.library.root.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            except OSError as exc:
+                raise tables.Unwritable(
+                    f"library {self.library.root}: cannot write ({exc.strerror})", settings=("library",)
+                ) from None
+            self.token = token
+        pairs = tuple((s.model, s.frontend) for s in self.settings)
+        return Shard(str(self.library.root), pairs, self.token.name)
+
+    def adopt(self, fragments: list[str], keys: list[str]) -> None:
+        """Fragments a worker wrote holding `keys`' rows: committed with the library's next commit."""
+        self.written += len(keys)
+        self.library.adopt(
+            fragments, [(key, s, layers) for key in keys for s, layers in zip(self.settings, self.layers)]
+        )
+
+    def close(self) -> None:
+        if self.token is not None:
+            with contextlib.suppress(OSError):
+                self.token.unlink()
+
+
+def sink(library, items: list, by_item: dict, plans: list) -> Sink:
+    """The run's `Sink`: workers may store the files keyed in `by_item` whose key no other input
+    has and of which the library holds nothing for any of `plans` (one read of the new keys)."""
+    settings = [Setting.of(p) for p in plans]
+    counts: dict[str, int] = {}
+    for item in items:
+        key = by_item.get(item)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    alone = [k for k, n in counts.items() if n == 1]
+    partial = set().union(*(library.stored_parts(alone, s) for s in settings)) if alone else set()
+    keys = {item.name: key for item, key in by_item.items() if counts[key] == 1 and key not in partial}
+    return Sink(library, settings, [p.resolved_layers() for p in plans], keys)

@@ -1,0 +1,120 @@
+"""The workers write, the driver steers (engines/writes.py, library/shards.py), run here without
+Ray on a real Lance library: files decoded and packed, finished on the encoder actor, written
+into the library by a write task, and the driver handed only each file's status and the
+fragments' metadata, which it commits; the vectors it then reads back are the local engine's."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import write_audio
+
+pytestmark = pytest.mark.usefixtures("no_allocator_setting")
+
+
+@pytest.fixture(scope="module")
+def files(ckpts, tmp_path_factory):
+    """Three files (one of three chunks, cut in two parts where a part is two chunks), one too
+    short to embed, one broken; the plan keeps layers 1 and the last."""
+    from matpac_cli.inference.predictor import Predictor
+    from matpac_cli.pipeline.assemble import Plan
+    from matpac_cli.pipeline.discovery import AUDIO_EXTENSIONS, discover
+
+    d = tmp_path_factory.mktemp("writes")
+    for i, (seconds, sr) in enumerate([(3, 16000), (8.5, 44100), (13, 48000), (0.01, 16000)]):
+        write_audio(d / f"w{i}.wav", seconds, sr=sr, seed=i)
+    (d / "x_broken.wav").write_bytes(b"junk")
+    items = discover([str(d)], AUDIO_EXTENSIONS, sys.stdin, False)
+    return items, Plan(Predictor.load(str(ckpts["tiny608"]), "cpu", "fp32"), layers=(1, -1))
+
+
+def _through(items, plan, library, shard_of=lambda shard: shard):
+    """Every file through decoding (keys from the sink), the finishing actor, the write tasks
+    (two answer rows each) and the driver's collector: (results by name, failures, warnings,
+    the entries the driver received)."""
+    from matpac_cli.engines.packs import Encoder, decode_files
+    from matpac_cli.engines.work import Collector, Recipe
+    from matpac_cli.engines.writes import write_files
+    from matpac_cli.events import Listeners
+    from matpac_cli.library.shards import sink
+
+    known = library.identify(items)
+    sunk = sink(library, items, {items[i]: k.key for i, k in known.items()}, [plan])
+    batch = {
+        "i": np.arange(len(items)),
+        "item": np.array([pickle.dumps(item) for item in items], dtype=object),
+        "key": np.array([sunk.key_of(item.name) for item in items], dtype=object),
+    }
+    packs = [row["data"][0] for row in decode_files(batch, (plan.predictor.dims.n_t,), False, 2)]
+    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3, "finish": True})()
+    rows = [blob for pack in packs for blob in encoder({"data": np.array([pack], dtype=object)})["data"]]
+    shard = shard_of(sunk.shard())
+    answers = [write_files({"data": np.array(rows[s : s + 2], dtype=object)}, shard) for s in range(0, len(rows), 2)]
+    results, failures, warnings = {}, {}, []
+    heard = Listeners(failure=lambda e: failures.__setitem__(e.path, e.reason), warning=warnings.append)
+    collector = Collector(items, [plan], heard, lambda r: results.__setitem__(r.item.name, r), sunk)
+    received = [entry for answer in answers for entry in pickle.loads(answer["data"][0])]
+    for entry in received:
+        collector.add(*entry)
+    collector.finish()
+    sunk.close()
+    return results, failures, warnings, received
+
+
+def _local(items, plan) -> dict:
+    from matpac_cli.config import RunOptions
+    from matpac_cli.engines.local import run
+
+    results = {}
+    run(RunOptions(), items, [plan], on_result=lambda r: results.__setitem__(r.item.name, r))
+    return results
+
+
+def test_workers_store_whole_files_and_the_driver_receives_their_status_only(files, tmp_path, monkeypatch):
+    from matpac_cli.engines import packs
+    from matpac_cli.engines.work import FRAGMENTS, WRITTEN
+    from matpac_cli.library.held import held
+    from matpac_cli.library.key import Setting
+    from matpac_cli.library.store import Library
+
+    items, plan = files
+    local = _local(items, plan)
+    monkeypatch.setattr(packs, "PART", 2)  # w2's three chunks: two parts, in two packs
+    library = Library(tmp_path / "lib")
+    results, failures, warnings, received = _through(items, plan, library)
+    library.close()
+
+    stored = sorted(name for name, r in results.items() if r.stored)
+    assert [n.rsplit("/", 1)[-1] for n in stored] == ["w0.wav", "w1.wav"]  # whole in a pack each
+    assert sorted(n.rsplit("/", 1)[-1] for n in failures) == ["w3.wav", "x_broken.wav"] and not warnings
+    assert all(r.outputs[0].embedding is None and r.key for r in results.values() if r.stored)
+    w2 = next(r for n, r in results.items() if n.endswith("w2.wav"))  # parts in two packs: the driver's
+    np.testing.assert_allclose(w2.outputs[0].embedding, local[w2.item.name].outputs[0].embedding, atol=1e-6, rtol=0)
+    for kind in (WRITTEN, FRAGMENTS):
+        assert all(len(pickle.dumps(e)) < 1024 for e in received if e[2] == kind)
+    assert not any(isinstance(v, np.ndarray) for e in received if e[2] == WRITTEN for v in e[3].values())
+
+    got = held(tmp_path / "lib", [results[n].key for n in stored], Setting.of(plan), plan.resolved_layers())
+    for name in stored:
+        vectors = got.vectors([results[name].key])[0]  # (2, E): layer 1 and the last
+        np.testing.assert_allclose(vectors, local[name].outputs[0].embedding, atol=1e-6, rtol=0)
+        assert results[name].duration_s == local[name].duration_s
+
+
+def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the_files(files, tmp_path):
+    from matpac_cli.library.store import Library
+
+    items, plan = files
+    local = _local(items, plan)
+    library = Library(tmp_path / "lib")
+    results, _, warnings, _ = _through(items, plan, library, lambda shard: replace(shard, token=".not-here"))
+    library.close()
+    assert len(warnings) == 1 and "not seen on Ray node" in warnings[0] and "the driver stores" in warnings[0]
+    whole = [r for r in results.values() if not r.stored]
+    assert len(whole) == 3 and not any(r.stored for r in results.values())
+    for r in whole:
+        np.testing.assert_allclose(r.outputs[0].embedding, local[r.item.name].outputs[0].embedding, atol=1e-6, rtol=0)

@@ -1,0 +1,76 @@
+"""The library written by Ray workers (library/shards.py) on a real Lance library: which files a
+worker may store, and the fragments it writes, committed by the driver's library in one commit
+and known to it once committed (its output reads them back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import lance
+import numpy as np
+import pytest
+
+from matpac_cli.library import tables
+from matpac_cli.library.key import Setting
+from matpac_cli.library.shards import Sink, sink
+from matpac_cli.library.store import Library
+
+A = Setting("m" * 64, "frontend-a")
+FACTS = (3.0, 16000, 1, None)
+
+
+def _plan(layers=(2,)):
+    """What `sink` asks of a plan: its resolved layers and its setting (`Setting.of`)."""
+    return SimpleNamespace(resolved_layers=lambda: layers)
+
+
+@pytest.fixture
+def library(tmp_path, monkeypatch) -> Library:
+    monkeypatch.setattr(Setting, "of", staticmethod(lambda plan: A))
+    return Library(tmp_path / "lib")
+
+
+def _item(name: str):
+    from matpac_cli.pipeline.discovery import Item
+
+    return Item(name, Path(name))
+
+
+def test_a_worker_stores_only_files_alone_with_their_audio_and_new_to_the_library(library):
+    library.adopt(
+        Sink(library, [A], [(2,)], {}).shard().write([("kp", FACTS, [((1,), np.ones((1, 4)))])]), [("kp", A, (1,))]
+    )
+    library.commit()  # kp: layer 1 stored, layer 2 lacking
+    items = [_item(n) for n in ("a", "b", "copy-of-b", "p")]
+    by_item = dict(zip(items, ["ka", "kb", "kb", "kp"]))
+    made = sink(library, items, by_item, [_plan()])
+    assert made.keys == {"a": "ka"}  # two inputs of one audio, or a part stored: the driver's, once each
+    assert made.key_of("b") == "" and made.key_of("p") == ""
+
+
+def test_fragments_a_worker_wrote_are_committed_at_once_and_known_after(library):
+    made = Sink(library, [A], [(2,)], {})
+    shard = made.shard()
+    assert shard.visible() and Path(library.root, shard.token).is_file()
+    vectors = {f"k{i}": np.full((1, 8), i, np.float32) for i in range(40)}
+    fragments = shard.write([(k, FACTS, [((2,), v)]) for k, v in vectors.items()])
+    assert len(fragments) == 1 and all(len(f) < 1024 for f in fragments)  # metadata, not the rows
+    assert library.holds(list(vectors), A, (2,)) == set()
+    before = lance.dataset(tables.uri(library.root, "clips")).version
+    made.adopt(fragments, list(vectors))
+    library.commit()
+    ds = lance.dataset(tables.uri(library.root, "clips"))
+    assert ds.version == before + 1 and ds.count_rows() == 40
+    assert library.holds(list(vectors), A, (2,)) == set(vectors)
+    found = library.lookup(["k7"], A, (2,), False)["k7"]
+    np.testing.assert_array_equal(found.layers[2], vectors["k7"][0])
+    assert found.facts == {"duration_s": 3.0, "sample_rate": 16000, "channels": 1, "truncated": None}
+    made.close()
+    assert not list(library.root.glob(".matpac-ray-*"))
+
+
+def test_a_library_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(tables.Unwritable, match=r"library .*file/lib: cannot write \(Not a directory\)"):
+        Sink(Library(tmp_path / "file" / "lib"), [A], [(2,)], {}).shard()

@@ -133,14 +133,17 @@ def library_side(plans, files: int, seconds: float, segments: bool) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def written_side(plans, files: int, seconds: float) -> tuple[float, float]:
+def written_side(plans, files: int, seconds: float) -> tuple[float, float, float]:
     """The workers write (`engines.writes`): the write tasks' answers for `files` finished files
     (built by the real write task into a real library, not timed: that is the workers' work),
     then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on, and
-    commit the fragments. Bytes and seconds of the driver per file."""
+    commit the fragments. Bytes and seconds of the driver per file, and apart the seconds per
+    file of the tidy at the run's end (Lance merging the run's fragments: it reads and rewrites
+    the rows once, in Rust)."""
     from matpac_cli.engines.work import DONE, Collector
-    from matpac_cli.engines.writes import WRITE_FILES, write_files
+    from matpac_cli.engines.writes import write_files, write_size
     from matpac_cli.events import NoEvents
+    from matpac_cli.interrupts import whole
     from matpac_cli.library.key import Setting
     from matpac_cli.library.shards import Sink
     from matpac_cli.library.store import Library
@@ -155,9 +158,9 @@ def written_side(plans, files: int, seconds: float) -> tuple[float, float]:
         keys = {item.name: f"{i:032x}" for i, item in enumerate(items)}
         sink = Sink(library, [Setting.of(plan)], [plan.resolved_layers()], keys)
         shard, blobs = sink.shard(), []
-        for start in range(0, files, WRITE_FILES):
+        for start in range(0, files, write_size(files)):
             rows = []
-            for i in range(start, min(start + WRITE_FILES, files)):
+            for i in range(start, min(start + write_size(files), files)):
                 emb = rng.standard_normal((1, p.dims.embed_dim)).astype(np.float32)
                 payload = {"key": keys[items[i].name], "facts": (seconds, 44100, 2, None), "audio": seconds}
                 payload["outputs"] = [(plan.resolved_layers(), emb)]
@@ -167,13 +170,16 @@ def written_side(plans, files: int, seconds: float) -> tuple[float, float]:
         collector = Collector(items, plans, NoEvents(), done.append, sink)
         t0 = time.process_time()
         for blob in blobs:
-            for entry in pickle.loads(blob):
-                collector.add(*entry)
-        library.close()
-        took = time.process_time() - t0
+            with whole():  # as engines.ray's driver hands an answer's files on
+                for entry in pickle.loads(blob):
+                    collector.add(*entry)
+        library.commit()
+        t1 = time.process_time()
+        library.close()  # the end of the run's tidy: Lance merges the run's small fragments
+        t2 = time.process_time()
         assert len(done) == files and all(r.stored for r in done), len(done)
         sink.close()
-        return sum(len(b) for b in blobs) / files, took / files
+        return sum(len(b) for b in blobs) / files, (t1 - t0) / files, (t2 - t1) / files
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -212,12 +218,15 @@ def main() -> None:
             f"{fed(chunks, engine):10,.1f} (engine) {fed(chunks, engine + library):6,.1f} (with library)"
         )
     print("\nthe workers write the library (`embed` into a library: engines/writes.py); the driver's whole share")
-    print(f"{'workload':34s} {'bytes/file':>10s} {'driver us/file':>15s} {'H200s fed (projected)':>22s}")
+    print(
+        f"{'workload':34s} {'bytes/file':>10s} {'driver us/file':>15s} {'H200s fed (projected)':>22s} "
+        f"{'end tidy us/file':>17s}"
+    )
     for name, seconds in (("embed, 3.5-minute tracks", 210.0), ("embed, 6-second clips", 6.0)):
         plans = [Plan(predictor)]
         _, chunks = answers(plans, 1, seconds, False)
-        size, per_file = written_side(plans, a.files, seconds)
-        print(f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.0f} {fed(chunks, per_file):22,.1f}")
+        size, per_file, tidy = written_side(plans, a.files, seconds)
+        print(f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f} {tidy * 1e6:17,.0f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -168,9 +168,11 @@ class Collector:
         if payload["audio"]:
             self.events.audio(payload["audio"])
         duration, rate, channels, cut = payload["facts"]
-        if part == WRITTEN:
-            outs = [EncoderOutput(None) for _ in self.plans]
-            res = FileResult(self.items[i], duration, rate, channels, outs, cut, key=payload["key"], stored=True)
+        if part == WRITTEN:  # one list of outputs without vectors, shared by every such result
+            self.no_outputs = getattr(self, "no_outputs", None) or [EncoderOutput(None) for _ in self.plans]
+            res = FileResult(
+                self.items[i], duration, rate, channels, self.no_outputs, cut, key=payload["key"], stored=True
+            )
         else:
             outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
             res = FileResult(self.items[i], duration, rate, channels, outs, cut)

@@ -44,6 +44,7 @@ from matpac_cli.engines.work import GIVE_UP, Collector, Recipe, died
 from matpac_cli.engines.writes import write_files, write_size
 from matpac_cli.errors import RAY_LIMIT, MatpacError, one_line
 from matpac_cli.events import NoEvents, Ran, RunEvents
+from matpac_cli.interrupts import whole
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 from matpac_cli.pipeline.hooks import crash_on, hold_on
@@ -291,8 +292,9 @@ def _collect(ds, collector: Collector) -> None:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["data"]:
                 collector.received += len(blob)
-                for entry in pickle.loads(blob):
-                    collector.add(*entry)
+                with whole():  # an answer's files handed on together (Ctrl-C waits: a signal swap a file cost 70%)
+                    for entry in pickle.loads(blob):
+                        collector.add(*entry)
     except (MatpacError, KeyboardInterrupt, Lost):
         raise
     except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2

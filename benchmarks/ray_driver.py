@@ -173,7 +173,8 @@ def written_side(plans, files: int, seconds: float) -> tuple[float, float, float
             with whole():  # as engines.ray's driver hands an answer's files on
                 for entry in pickle.loads(blob):
                     collector.add(*entry)
-        library.commit()
+                collector.release()  # the files whose fragments the library has committed
+        collector.release(now=True)  # the last commit, and the files it holds
         t1 = time.process_time()
         library.close()  # the end of the run's tidy: Lance merges the run's small fragments
         t2 = time.process_time()

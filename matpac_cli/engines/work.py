@@ -10,12 +10,14 @@ ever (an encoder actor that dies ends its round instead: engines.ray counts thos
 from __future__ import annotations
 
 import socket
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from matpac_cli.config import precision_name
 from matpac_cli.errors import InputError, ModelError
+from matpac_cli.interrupts import whole
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Slot, deliver, hand_on
 from matpac_cli.pipeline.discovery import Item
 
@@ -127,6 +129,8 @@ class Collector:
         self.done: set[int] = set()
         self.unwritten = False  # a worker could not write the library (said once)
         self.received = 0  # bytes of the cluster's answers (engines.ray's count)
+        self.adopting = 0  # the number of the fragments adopted last (`Sink.adopt`)
+        self.waiting: deque[tuple[int, FileResult]] = deque()  # stored by workers, till committed (in order)
 
     def add(self, i: int, grid: int, part: int, payload) -> None:
         """One entry of an actor's answer (`engines.packs`): a part's sums, a file's facts (part
@@ -154,7 +158,10 @@ class Collector:
 
     def _write(self, part: int, payload) -> None:
         if part == FRAGMENTS:
-            self.sink.adopt(*payload)
+            fragments, keys, files = payload
+            if all(i in self.done for i in files):
+                return  # a retried task's second copy: never committed (its data files stay unreferenced)
+            self.adopting = self.sink.adopt(fragments, keys)
         elif not self.unwritten:
             self.unwritten = True
             self.events.warning(f"{payload}; the driver stores the files instead")
@@ -173,10 +180,29 @@ class Collector:
             res = FileResult(
                 self.items[i], duration, rate, channels, self.no_outputs, cut, key=payload["key"], stored=True
             )
-        else:
-            outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
-            res = FileResult(self.items[i], duration, rate, channels, outs, cut)
+            self.waiting.append((self.adopting, res))  # handed on once the library has committed it
+            return
+        outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
+        res = FileResult(self.items[i], duration, rate, channels, outs, cut)
         deliver(self.items[i], res, self.on_result, self.events)
+
+    def release(self, now: bool = False) -> None:
+        """The files workers stored, handed on once the library has committed their fragments
+        (`now`: committed first), in the order they came: a file is counted only where the
+        output can take it from the library. Where the library could not be written, they fail,
+        named: their vectors were never here, and the output is written without them."""
+        if not self.waiting:
+            return
+        failed = self.sink.commit() if now else self.sink.library_failed
+        through = self.sink.committed()
+        with whole():  # together: a signal swap per file cost more than the file
+            while self.waiting and (self.waiting[0][0] <= through or failed is not None):
+                number, res = self.waiting.popleft()
+                if number <= through:
+                    deliver(res.item, res, self.on_result, self.events)
+                else:
+                    why = f"encoded, but not kept: {failed}; run again to encode it"
+                    deliver(res.item, InputError(res.item.name, why), self.on_result, self.events)
 
     def _facts(self, i: int, slot: Slot, facts: dict) -> None:
         self.expected[i] = facts["parts"]
@@ -202,7 +228,8 @@ class Collector:
         """Files the cluster never answered for, or that the job gave up: named, never silently
         lost. Not a `GaveUp` (recorded, skipped by later runs) even where the encoder kept dying:
         any of the files left may be the one that killed it, or none (a model that kills its
-        actor as it loads, a node lost again and again)."""
+        actor as it loads, a node lost again and again). The files workers stored go first."""
+        self.release(now=True)
         for i, item in enumerate(self.items):
             if i not in self.done:
                 slot = self.slots.pop(i, None) or Slot(item, self.plans)

@@ -55,6 +55,6 @@ def _written(done: list[tuple], shard) -> list[tuple]:
         fragments = shard.write([(p["key"], p["facts"], p["outputs"]) for _, _, _, p in done])
     except Exception as exc:  # noqa: BLE001 - the driver stores these files itself, and says why
         return [(-1, 0, UNWRITTEN, f"the library {shard.root}: {one_line(exc, RAY_LIMIT)}"), *done]
-    keys = [p["key"] for _, _, _, p in done]
+    keys, files = [p["key"] for _, _, _, p in done], [i for i, _, _, _ in done]
     statuses = [(i, 0, WRITTEN, {k: p[k] for k in ("key", "facts", "audio")}) for i, _, _, p in done]
-    return [(-1, 0, FRAGMENTS, (fragments, keys)), *statuses]
+    return [(-1, 0, FRAGMENTS, (fragments, keys, files)), *statuses]

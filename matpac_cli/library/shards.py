@@ -102,24 +102,44 @@ class Sink:
                 ) from None
             self.token = token
         pairs = tuple((s.model, s.frontend) for s in self.settings)
-        return Shard(str(self.library.root), pairs, self.token.name)
+        # absolute: a Ray worker's working folder is its raylet's, not the driver's
+        return Shard(str(self.library.root.absolute()), pairs, self.token.name)
 
-    def adopt(self, fragments: list[str], keys: list[str]) -> None:
-        """Fragments a worker wrote holding `keys`' rows: committed with the library's next commit."""
+    def adopt(self, fragments: list[str], keys: list[str]) -> int:
+        """Fragments a worker wrote holding `keys`' rows, committed with the library's next
+        commit: the number `committed` reaches once they are."""
         self.written += len(keys)
-        self.library.adopt(
-            fragments, [(key, s, layers) for key in keys for s, layers in zip(self.settings, self.layers)]
-        )
+        parts = [(key, s, layers) for key in keys for s, layers in zip(self.settings, self.layers)]
+        return self.library.adopt(fragments, parts)
+
+    def committed(self) -> int:
+        """How many `adopt`s the library has committed (in order; none more once it cannot write)."""
+        return self.library.adopted
+
+    @property
+    def library_failed(self) -> Exception | None:
+        return self.library.unwritable
+
+    def commit(self) -> Exception | None:
+        """What is held, committed now; the write that failed, where the library cannot be written."""
+        self.library.commit()
+        return self.library.unwritable
 
     def close(self) -> None:
-        if self.token is not None:
+        """The run's token removed, and any that a killed run left a day ago or more."""
+        for token in [self.token] if self.token is not None else []:
             with contextlib.suppress(OSError):
-                self.token.unlink()
+                token.unlink()
+        with contextlib.suppress(OSError):
+            for stale in self.library.root.glob(f"{TOKEN}*"):
+                if stale.lstat().st_mtime < time.time() - 86_400:
+                    stale.unlink()
 
 
 def sink(library, items: list, by_item: dict, plans: list) -> Sink:
-    """The run's `Sink`: workers may store the files keyed in `by_item` whose key no other input
-    has and of which the library holds nothing for any of `plans` (one read of the new keys)."""
+    """The run's `Sink`: workers may store the files of `items` keyed in `by_item` whose key no
+    other input has and of which the library holds nothing for any of `plans` (one scan of the
+    key and layer columns per plan: `Library.holding` with no layer asked is every key with any)."""
     settings = [Setting.of(p) for p in plans]
     counts: dict[str, int] = {}
     for item in items:
@@ -127,6 +147,7 @@ def sink(library, items: list, by_item: dict, plans: list) -> Sink:
         if key is not None:
             counts[key] = counts.get(key, 0) + 1
     alone = [k for k, n in counts.items() if n == 1]
-    partial = set().union(*(library.stored_parts(alone, s) for s in settings)) if alone else set()
-    keys = {item.name: key for item, key in by_item.items() if counts[key] == 1 and key not in partial}
+    partial = set().union(*(library.holding(alone, s, ()) for s in settings)) if alone else set()
+    keys = {item.name: by_item[item] for item in items if by_item.get(item) in counts}  # not by_item's
+    keys = {name: key for name, key in keys.items() if counts[key] == 1 and key not in partial}  # skipped
     return Sink(library, settings, [p.resolved_layers() for p in plans], keys)

@@ -64,6 +64,7 @@ class Library:
         self._segments: dict[str, list] = {name: [] for name in tables.SEGMENTS.names}
         self._paths: dict[str, list] = {name: [] for name in tables.PATHS.names}
         self._fragments: list[tuple[list[str], list]] = []  # written by Ray workers (`adopt`)
+        self._adopts = self.adopted = 0  # `adopt`s so far, and committed (in order)
         self._held = 0
         self._last = time.monotonic()
         self._writing = threading.Lock()  # one commit at a time: `_known` is read and grown by it
@@ -163,14 +164,6 @@ class Library:
         self._learn("clips", setting, {k: have.get(k, set()) for k in wanted})
         return {k for k, got in have.items() if set(layers) <= got}
 
-    def stored_parts(self, keys: list[str], setting: Setting) -> set[str]:
-        """The keys of which the library holds any layer for `setting` (read where not known)."""
-        with self._writing:
-            known = self._known["clips"].get((setting.model, setting.frontend), {})
-            self._read_known("clips", setting.model, setting.frontend, {k for k in keys if k not in known})
-            known = self._known["clips"][(setting.model, setting.frontend)]
-            return {k for k in keys if known.get(k)}
-
     def _segments_of(self, keys: list[str], setting: Setting) -> dict[str, list[Segment]]:
         ds = tables.open_table(self.root, "segments")
         if ds is None:
@@ -210,14 +203,17 @@ class Library:
                     self._segments[name].append(value)
         self._queued(1)
 
-    def adopt(self, fragments: list[str], parts: list[tuple[str, Setting, tuple[int, ...]]]) -> None:
+    def adopt(self, fragments: list[str], parts: list[tuple[str, Setting, tuple[int, ...]]]) -> int:
         """Clip rows a Ray worker wrote (`shards`): their fragments committed with the next batch,
-        and the parts they hold, (key, setting, layers), known once they are."""
-        if self.unwritable is not None:
-            return
+        and the parts they hold, (key, setting, layers), known once they are. Its number: they
+        are committed once `adopted` reaches it (never, once a write has failed)."""
         with self._lock:
             self._fragments.append((fragments, parts))
-        self._queued(len({key for key, _, _ in parts}))
+            self._adopts += 1
+            number = self._adopts
+        if self.unwritable is None:
+            self._queued(len({key for key, _, _ in parts}))
+        return number
 
     def _queued(self, files: int) -> None:
         """`files` more held: a commit where one is due (`COMMIT_FILES`, `COMMIT_S`)."""
@@ -289,6 +285,7 @@ class Library:
                     self._known["clips"].setdefault((setting.model, setting.frontend), {}).setdefault(
                         key, set()
                     ).update(layers)
+                self.adopted += len(adopted)
                 tables.append(self.root, "clips", self._lacking("clips", clips))
                 tables.append(self.root, "segments", self._lacking("segments", segments))
             except tables.Unwritable as exc:

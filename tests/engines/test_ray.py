@@ -567,3 +567,17 @@ def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_pat
     assert library_files(tmp_path / "lib") == 300 and not list(
         (tmp_path / "lib").glob(".matpac-ray-*")
     )  # the token went
+
+
+def test_a_library_the_driver_cannot_make_its_token_in_is_one_warning_and_the_driver_stores(tmp_path):
+    """The workers' token cannot be made (the library's folder is a file's path here): the run
+    goes on with the driver storing every file, said once, instead of ending."""
+    from matpac_cli.engines.ray.driver import _shared
+    from matpac_cli.events import Listeners
+    from matpac_cli.library.shards import Sink
+    from matpac_cli.library.store import Library
+
+    (tmp_path / "file").write_text("not a folder")
+    heard: list[str] = []
+    assert _shared(Sink(Library(tmp_path / "file" / "lib"), [], [], {}), Listeners(warning=heard.append)) is None
+    assert len(heard) == 1 and "cannot write (Not a directory)" in heard[0] and "instead of the Ray workers" in heard[0]

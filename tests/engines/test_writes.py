@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import write_audio
 
+from matpac_cli.library.store import Library
+
 pytestmark = pytest.mark.usefixtures("no_allocator_setting")
 
 
@@ -32,10 +34,11 @@ def files(ckpts, tmp_path_factory):
     return items, Plan(Predictor.load(str(ckpts["tiny608"]), "cpu", "fp32"), layers=(1, -1))
 
 
-def _through(items, plan, library, shard_of=lambda shard: shard):
+def _through(items, plan, library, shard_of=lambda shard: shard, then=lambda: None, copies: int = 1):
     """Every file through decoding (keys from the sink), the finishing actor, the write tasks
-    (two answer rows each) and the driver's collector: (results by name, failures, warnings,
-    the entries the driver received)."""
+    (two answer rows each; `copies` times over, as retried tasks answer again) and, after
+    `then`, the driver's collector: (results by name, failures, warnings, the entries the
+    driver received)."""
     from matpac_cli.engines.packs import Encoder, decode_files
     from matpac_cli.engines.work import Collector, Recipe
     from matpac_cli.engines.writes import write_files
@@ -54,6 +57,8 @@ def _through(items, plan, library, shard_of=lambda shard: shard):
     rows = [blob for pack in packs for blob in encoder({"data": np.array([pack], dtype=object)})["data"]]
     shard = shard_of(sunk.shard())
     answers = [write_files({"data": np.array(rows[s : s + 2], dtype=object)}, shard) for s in range(0, len(rows), 2)]
+    answers *= copies
+    then()
     results, failures, warnings = {}, {}, []
     heard = Listeners(failure=lambda e: failures.__setitem__(e.path, e.reason), warning=warnings.append)
     collector = Collector(items, [plan], heard, lambda r: results.__setitem__(r.item.name, r), sunk)
@@ -79,7 +84,6 @@ def test_workers_store_whole_files_and_the_driver_receives_their_status_only(fil
     from matpac_cli.engines.work import FRAGMENTS, WRITTEN
     from matpac_cli.library.held import held
     from matpac_cli.library.key import Setting
-    from matpac_cli.library.store import Library
 
     items, plan = files
     local = _local(items, plan)
@@ -106,8 +110,6 @@ def test_workers_store_whole_files_and_the_driver_receives_their_status_only(fil
 
 
 def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the_files(files, tmp_path):
-    from matpac_cli.library.store import Library
-
     items, plan = files
     local = _local(items, plan)
     library = Library(tmp_path / "lib")
@@ -118,3 +120,45 @@ def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the
     assert len(whole) == 3 and not any(r.stored for r in results.values())
     for r in whole:
         np.testing.assert_allclose(r.outputs[0].embedding, local[r.item.name].outputs[0].embedding, atol=1e-6, rtol=0)
+
+
+def test_a_file_a_retried_task_wrote_twice_is_stored_once(files, tmp_path):
+    """Ray reruns a decoding task whose worker died, and its files come back twice: the second
+    copy's fragments are never committed, so the library holds each file's rows once."""
+    import lance
+
+    items, plan = files
+    library = Library(tmp_path / "lib")
+    results, _, _, _ = _through(items, plan, library, copies=2)
+    library.close()
+    stored = [r.key for r in results.values() if r.stored]
+    rows = lance.dataset(str(tmp_path / "lib" / "clips.lance")).to_table(columns=["key"]).column("key").to_pylist()
+    assert stored and sorted(rows) == sorted(k for k in stored for _ in plan.resolved_layers())
+
+
+def test_a_library_that_fails_mid_run_fails_the_files_it_did_not_keep_and_the_run_goes_on(files, tmp_path, monkeypatch):
+    """The workers wrote their files, then the library cannot be committed to (here its
+    transactions folder is a file, as on a share gone read-only): those files fail, named (their
+    vectors were never on the driver), the file the driver holds is handed on whole, nothing
+    raises."""
+    import shutil
+
+    from matpac_cli.engines import packs
+
+    items, plan = files
+    monkeypatch.setattr(packs, "PART", 2)  # w2 in two parts: the driver's to store
+    lib = tmp_path / "lib"
+    library = Library(lib)
+
+    def break_it() -> None:  # still read, no longer written: a commit cannot record its transaction
+        shutil.rmtree(lib / "clips.lance" / "_transactions", ignore_errors=True)
+        (lib / "clips.lance" / "_transactions").write_text("not a folder")
+
+    results, failures, _, _ = _through(items, plan, library, then=break_it)
+    library.close()
+    lost = sorted(n.rsplit("/", 1)[-1] for n, why in failures.items() if "not kept" in why)
+    assert lost == ["w0.wav", "w1.wav"], failures
+    assert "cannot write" in failures[next(n for n in failures if n.endswith("w0.wav"))]
+    assert [n.rsplit("/", 1)[-1] for n in results] == ["w2.wav"] and results[next(iter(results))].outputs[
+        0
+    ].embedding is not None

@@ -47,6 +47,25 @@ def test_a_worker_stores_only_files_alone_with_their_audio_and_new_to_the_librar
     made = sink(library, items, by_item, [_plan()])
     assert made.keys == {"a": "ka"}  # two inputs of one audio, or a part stored: the driver's, once each
     assert made.key_of("b") == "" and made.key_of("p") == ""
+    gave_up = _item("given-up")  # keyed, but skipped: the library records it as failed (`jobs.stored`)
+    assert sink(library, items, {**by_item, gave_up: "kg"}, [_plan()]).keys == {"a": "ka"}  # was a KeyError
+
+
+def test_workers_are_told_the_library_s_absolute_path_and_old_tokens_go(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    library = Library(Path("lib"))  # `--library lib`: a worker's folder is its raylet's, not ours
+    made = Sink(library, [A], [(2,)], {})
+    shard = made.shard()
+    assert Path(shard.root) == tmp_path / "lib" and Path(shard.root).is_absolute()
+    old, fresh = tmp_path / "lib" / ".matpac-ray-old", tmp_path / "lib" / ".matpac-ray-other-run"
+    old.touch()
+    fresh.touch()
+    os.utime(old, (time.time() - 2 * 86_400,) * 2)  # left by a driver killed two days ago
+    made.close()
+    assert sorted(p.name for p in (tmp_path / "lib").glob(".matpac-ray-*")) == [".matpac-ray-other-run"]
 
 
 def test_fragments_a_worker_wrote_are_committed_at_once_and_known_after(library):

@@ -82,13 +82,29 @@ def run(
     try:
         device, _ = cluster.placement(options.device, options.precision)
         ledger = Ledger.start()
-        collector = Collector(items, plans, events, on_result, sink)
-        _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events)
+        collector = Collector(items, plans, events, on_result, _shared(sink, events))
+        try:
+            _run(cluster, items, plans, (device, options.batch_size), collector, ledger, events)
+        finally:
+            with whole():  # interrupted too: the files the library holds are counted
+                collector.release(now=True)
         return Ran(ledger.retries(), device, collector.received)
     finally:
         if ledger is not None:
             ledger.stop()
         cluster.close()
+
+
+def _shared(sink, events: RunEvents):
+    """`sink` where its token can be made in the library (else the driver stores every file)."""
+    if sink is None:
+        return None
+    try:
+        sink.shard()
+        return sink
+    except MatpacError as exc:
+        events.warning(f"{exc}; the driver stores the files instead of the Ray workers")
+        return None
 
 
 def _actor_shape(device: str, threads: int | None, cpus: float, gpus: int) -> tuple[int, dict, int | None]:
@@ -246,15 +262,18 @@ def _round(
             **resources,
         )
     if sink is not None:
-        ds = _writing(ds, sink, len(left), max(1, min(decoders, len(blocks)) // 4))
+        # a round after a lost one writes each file as it is finished: a file counts as progress
+        # once written, and rounds lost with no progress give their files up (`_run`)
+        size = write_size(len(left)) if ledger.round <= 1 else 1
+        ds = _writing(ds, sink, size, max(1, min(decoders, len(blocks)) // 4))
     _collect(ds, collector)
 
 
-def _writing(ds, sink, files: int, tasks: int):
+def _writing(ds, sink, size: int, tasks: int):
     """`ds` with write tasks after the encoders: they store the files the actors finished in the
-    library (`engines.writes`), `tasks` at a time; like decoding they claim no CPU."""
+    library (`engines.writes`), `size` files and `tasks` at a time; like decoding, they claim no CPU."""
     return ds.map_batches(
-        write_files, batch_size=write_size(files), num_cpus=0, concurrency=tasks, fn_kwargs={"shard": sink.shard()}
+        write_files, batch_size=size, num_cpus=0, concurrency=tasks, fn_kwargs={"shard": sink.shard()}
     )
 
 
@@ -295,6 +314,7 @@ def _collect(ds, collector: Collector) -> None:
                 with whole():  # an answer's files handed on together (Ctrl-C waits: a signal swap a file cost 70%)
                     for entry in pickle.loads(blob):
                         collector.add(*entry)
+                    collector.release()
     except (MatpacError, KeyboardInterrupt, Lost):
         raise
     except Exception as exc:  # noqa: BLE001 - the cluster failed the job (not a file): one line, exit 2

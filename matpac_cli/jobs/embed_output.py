@@ -18,7 +18,7 @@ import numpy as np
 
 from matpac_cli.config import FRONT_END, PATCH
 from matpac_cli.errors import OutputError
-from matpac_cli.outputs import earlier, inplace, naming, writers
+from matpac_cli.outputs import earlier, inplace, naming, parquet_append, writers
 from matpac_cli.outputs.manifest import manifest
 from matpac_cli.outputs.naming import FRAMES_COLUMNS, INDEX_COLUMNS
 from matpac_cli.outputs.readers import read_manifest
@@ -178,6 +178,9 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
         inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), begin, commit)
         summary.outputs = naming.written(paths)
         return
+    if ours and index is None and parquet_append.fits(matrix, inplace.recorded(record, "matrix")):
+        _grow_parquet(paths, rows, record, (old, new), (frames_dir, about))
+        return
     head = matrix if ours and index is None and inplace.untouched(matrix, None, record) else None
     with writers.Unit() as unit:
         write_matrix(unit, paths, rows.done, rows.shape, frames_dir is not None, resolve, head)
@@ -185,6 +188,31 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
         new["files"] = inplace.sizes(unit.temporary(matrix), tmp_index)  # a move keeps inode and mtime
         unit.json(paths["manifest"], _manifest(paths, frames_dir, about, new))
     summary.outputs = naming.written(paths) + ([frames_dir] if frames_dir is not None else [])
+
+
+def _grow_parquet(paths: dict[str, Path], rows: Rows, record: dict, counts: tuple, about: tuple) -> None:
+    """A Parquet output whose rows are the first rows of this run's: the rows after them written
+    after its end, in place (`parquet_append`); the rows it has are neither read nor rewritten."""
+    from matpac_cli.outputs import parquet
+
+    (old, new), (frames_dir, job) = counts, about
+    matrix, tail = paths["matrix"], rows.done[old:]
+    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
+
+    def write_rows(fh) -> None:
+        parts = (resolve(part) for part in _parts(tail, parquet.rows_per_group(rows.shape)))
+        parquet.write_embeddings(fh, parts, rows.shape)
+
+    def begin() -> None:
+        held = read_manifest(paths["manifest"])
+        writers.write_json(paths["manifest"], dict(held, rows=dict(record, pending=True)))
+
+    def commit() -> None:
+        new["files"] = inplace.sizes(matrix, None)
+        writers.write_json(paths["manifest"], _manifest(paths, frames_dir, job, new))
+
+    parquet_append.append(matrix, inplace.recorded(record, "matrix")[0], write_rows, begin, commit)
+    job[2].outputs = naming.written(paths)
 
 
 def _seed(paths: dict[str, Path], settings: dict, shape: tuple[int, ...]) -> str:

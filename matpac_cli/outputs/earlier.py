@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matpac_cli.errors import MatpacError, OutputError, UsageError
-from matpac_cli.outputs import writers
+from matpac_cli.outputs import inplace, naming, parquet_append, writers
 from matpac_cli.outputs.readers import read_manifest
 from matpac_cli.pipeline.discovery import Item
 
@@ -148,10 +148,13 @@ class Earlier:
 def embed_rows(out: Path, man: dict | None) -> list[Row]:
     """The rows of the embed output `out` (matrix and index), by file: a `.npy`'s vectors are
     views of its memory map, a Parquet output's are `Earlier` rows (its index alone is read). A
-    .npy its manifest says a run was growing (`inplace`) is read to the manifest's count. Made
+    .npy its manifest says a run was growing (`inplace`) is read to the manifest's count, and a
+    Parquet one is cut back to the manifest's length first (`parquet_append.repair`). Made
     once for the CLI's check and the job's (`_readable`): 100,000 rows cost a second to make."""
     record = (man or {}).get("rows")
     pending = record.get("count") if isinstance(record, dict) and record.get("pending") else None
+    if pending is not None and naming.is_parquet(out):  # under the output's lock (the CLI's, the job's)
+        parquet_append.repair(out, inplace.recorded(record, "matrix"))
     cwd = cwd_of(man)
     return _readable(out, f"embed {pending} {cwd}", lambda path: _embed_rows(path, pending, cwd))
 

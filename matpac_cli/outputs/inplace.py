@@ -72,7 +72,8 @@ def sizes(matrix: Path, index: Path | None) -> dict[str, list[int]]:
     return out
 
 
-def _recorded(record: dict, name: str) -> list[int] | None:
+def recorded(record: dict, name: str) -> list[int] | None:
+    """The record's [length, inode, mtime] of file `name` (\"matrix\", \"index\"), where it has them."""
     got = (record.get("files") or {}).get(name)
     ok = isinstance(got, list) and len(got) == 3 and all(isinstance(v, int) for v in got)
     return got if ok else None
@@ -108,11 +109,11 @@ def fits(matrix: Path, index: Path, record: dict, total: int, row_shape: tuple[i
     except OSError:
         return False
     for name in ("matrix", "index"):
-        was = _recorded(record, name)
+        was = recorded(record, name)
         if was is None or now[name][1] != was[1] or now[name][0] < was[0]:
             return False
     row_bytes = 4 * int(np.prod(row_shape))
-    length = _recorded(record, "matrix")[0]
+    length = recorded(record, "matrix")[0]
     return got[1] == len(header(total, row_shape)) and length == got[1] + record["count"] * row_bytes
 
 
@@ -143,9 +144,9 @@ def repair(matrix: Path, index: Path, record: dict, row_shape: tuple[int, ...]) 
         fh.write(header(record["count"], row_shape))
         fh.flush()
         os.fsync(fh.fileno())
-        fh.truncate(_recorded(record, "matrix")[0])
+        fh.truncate(recorded(record, "matrix")[0])
     with _opened(index, os.O_RDWR, "r+b") as fh:
-        fh.truncate(_recorded(record, "index")[0])
+        fh.truncate(recorded(record, "index")[0])
 
 
 def append(
@@ -171,7 +172,7 @@ def append(
         with whole():
             count = record["count"]
             with _opened(matrix, os.O_RDWR, "r+b") as fh:
-                fh.seek(_recorded(record, "matrix")[0])
+                fh.seek(recorded(record, "matrix")[0])
                 for chunk in chunks:
                     fh.write(chunk.tobytes())
                     count += len(chunk)

@@ -1,6 +1,7 @@
 """A re-run of `embed` writes only what changed: nothing new leaves the output as it was, byte for
 byte; new files sorted last grow a .npy in place, equal to a full rewrite; a run killed while
-growing it is put right by the next one; a Parquet output is written a row group at a time."""
+growing it is put right by the next one; a Parquet output grows in place likewise (new row groups
+and a new footer after its last byte) and is written a row group at a time."""
 
 from __future__ import annotations
 
@@ -105,14 +106,85 @@ def test_a_new_file_sorted_first_rewrites_the_output_in_input_order(tmp_path, ti
     assert (tmp_path / "emb.csv").read_text().splitlines()[1].split(",")[1] == "clips/a0.wav"
 
 
-def test_new_files_after_a_parquet_output_copy_its_rows_as_a_full_rewrite_writes_them(
-    tmp_path, tiny, capsys, monkeypatch
-):
+def _read_three_ways(path: Path) -> list:
+    """The table as pyarrow, pandas and DuckDB (a reader of its own, not Arrow's) read it: each
+    one's (paths, embeddings) must agree."""
+    import duckdb
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    frame = pd.read_parquet(path)
+    rows = duckdb.sql(f"select path, embedding from read_parquet('{path}')").fetchall()
+    got = [
+        (t.column("path").to_pylist(), np.stack(t.column("embedding").to_numpy(zero_copy_only=False))),
+        (list(frame["path"]), np.stack(frame["embedding"].to_numpy())),
+        ([r[0] for r in rows], np.array([r[1] for r in rows], np.float32)),
+    ]
+    for names, matrix in got[1:]:
+        assert names == got[0][0]
+        np.testing.assert_array_equal(matrix, got[0][1])
+    return got[0]
+
+
+def test_new_files_after_a_parquet_output_grow_it_in_place_its_bytes_kept(tmp_path, tiny, capsys, monkeypatch):
+    """The rows it has are neither read nor rewritten: the old file's bytes stay where they were
+    (same inode), the new rows and a new footer come after them; pyarrow, pandas and DuckDB read
+    the same rows as a file written whole; a second append too."""
     monkeypatch.chdir(tmp_path)
     _clips(tmp_path)
     _embed(capsys, tiny, "emb.parquet")
-    _clips(tmp_path, ("c8", "c9"))
+    before = (tmp_path / "emb.parquet").read_bytes()
+    inode = (tmp_path / "emb.parquet").stat().st_ino
+    for names in (("c8", "c9"), ("d1",)):
+        _clips(tmp_path, names)
+        _embed(capsys, tiny, "emb.parquet")
+        grown = (tmp_path / "emb.parquet").read_bytes()
+        assert grown[: len(before)] == before and (tmp_path / "emb.parquet").stat().st_ino == inode
+        before = grown
+    _embed(capsys, tiny, "full.parquet")
+    names, matrix = _read_three_ways(tmp_path / "emb.parquet")
+    full_names, full = _read_three_ways(tmp_path / "full.parquet")
+    assert names == full_names and len(names) == 6
+    np.testing.assert_array_equal(matrix, full)
+    _embed(capsys, tiny, "emb.parquet")  # nothing new: left as it is
+    assert (tmp_path / "emb.parquet").read_bytes() == before
+
+
+def test_a_run_killed_while_growing_a_parquet_output_is_put_right_by_the_next(tmp_path, tiny, capsys, monkeypatch):
+    """Killed after the manifest was marked pending and some bytes were added: the next run cuts
+    them off and appends again."""
+    monkeypatch.chdir(tmp_path)
+    _clips(tmp_path)
     _embed(capsys, tiny, "emb.parquet")
+    manifest = tmp_path / "emb.manifest.json"
+    man = json.loads(manifest.read_text())
+    man["rows"]["pending"] = True
+    manifest.write_text(json.dumps(man))
+    with open(tmp_path / "emb.parquet", "ab") as fh:
+        fh.write(b"PAR1 half a row group")
+    _clips(tmp_path, ("c9",))
+    _embed(capsys, tiny, "emb.parquet")
+    _embed(capsys, tiny, "full.parquet")
+    names, matrix = _read_three_ways(tmp_path / "emb.parquet")
+    full_names, full = _read_three_ways(tmp_path / "full.parquet")
+    assert names == full_names and len(names) == 4
+    np.testing.assert_array_equal(matrix, full)
+
+
+def test_a_parquet_output_of_many_row_groups_is_written_anew_in_full_groups(tmp_path, tiny, capsys, monkeypatch):
+    from matpac_cli.outputs import parquet_append
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(parquet_append, "MAX_GROUPS", 2)
+    _clips(tmp_path)
+    _embed(capsys, tiny, "emb.parquet")
+    for name in ("c8", "c9"):
+        _clips(tmp_path, (name,))
+        _embed(capsys, tiny, "emb.parquet")  # 2 row groups after the first append: then written anew
+    import pyarrow.parquet as pq
+
+    assert pq.read_metadata(tmp_path / "emb.parquet").num_row_groups == 1
     _embed(capsys, tiny, "full.parquet")
     assert (tmp_path / "emb.parquet").read_bytes() == (tmp_path / "full.parquet").read_bytes()
 

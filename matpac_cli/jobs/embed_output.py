@@ -163,23 +163,16 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
     new = {"count": len(rows.done), "digest": None if frames_dir else digest[len(rows.done)]}
     ours = same and (record.get("pending") or inplace.untouched(matrix, index, record))  # else: someone's edit
     resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
+    steps = _steps(paths, record, new, (frames_dir, about))
     if ours and index is not None and inplace.fits(matrix, index, record, len(rows.done), rows.shape):
         tail = rows.done[old:]
-
-        def begin() -> None:
-            held = read_manifest(paths["manifest"])
-            writers.write_json(paths["manifest"], dict(held, rows=dict(record, pending=True)))
-
-        def commit() -> None:
-            new["files"] = inplace.sizes(matrix, index)
-            writers.write_json(paths["manifest"], _manifest(paths, frames_dir, about, new))
-
         chunks = (np.stack([v for _, _, v in resolve(part)]) for part in _parts(tail, CHUNK_ROWS))
-        inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), begin, commit)
+        inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), *steps)
         summary.outputs = naming.written(paths)
         return
     if ours and index is None and parquet_append.fits(matrix, inplace.recorded(record, "matrix")):
-        _grow_parquet(paths, rows, record, (old, new), (frames_dir, about))
+        _grow_parquet(matrix, rows.done[old:], rows, inplace.recorded(record, "matrix")[0], steps)
+        summary.outputs = naming.written(paths)
         return
     head = matrix if ours and index is None and inplace.untouched(matrix, None, record) else None
     with writers.Unit() as unit:
@@ -190,29 +183,35 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
     summary.outputs = naming.written(paths) + ([frames_dir] if frames_dir is not None else [])
 
 
-def _grow_parquet(paths: dict[str, Path], rows: Rows, record: dict, counts: tuple, about: tuple) -> None:
-    """A Parquet output whose rows are the first rows of this run's: the rows after them written
-    after its end, in place (`parquet_append`); the rows it has are neither read nor rewritten."""
-    from matpac_cli.outputs import parquet
-
-    (old, new), (frames_dir, job) = counts, about
-    matrix, tail = paths["matrix"], rows.done[old:]
-    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
-
-    def write_rows(fh) -> None:
-        parts = (resolve(part) for part in _parts(tail, parquet.rows_per_group(rows.shape)))
-        parquet.write_embeddings(fh, parts, rows.shape)
+def _steps(paths: dict[str, Path], record: dict, new: dict, about: tuple) -> tuple:
+    """An in-place append's manifest steps: `begin`, the record marked pending (a re-run finding
+    the files changed knows a matpac run did it); `commit`, the new manifest once the rows are in."""
+    frames_dir, job = about
 
     def begin() -> None:
         held = read_manifest(paths["manifest"])
         writers.write_json(paths["manifest"], dict(held, rows=dict(record, pending=True)))
 
     def commit() -> None:
-        new["files"] = inplace.sizes(matrix, None)
+        new["files"] = inplace.sizes(paths["matrix"], paths.get("index"))
         writers.write_json(paths["manifest"], _manifest(paths, frames_dir, job, new))
 
-    parquet_append.append(matrix, inplace.recorded(record, "matrix")[0], write_rows, begin, commit)
-    job[2].outputs = naming.written(paths)
+    return begin, commit
+
+
+def _grow_parquet(matrix: Path, tail: list, rows: Rows, length: int, steps: tuple) -> None:
+    """A Parquet output whose rows are the first rows of this run's: the rows after them, `tail`,
+    written after its end in place (`parquet_append`); the rows it has are neither read nor
+    rewritten."""
+    from matpac_cli.outputs import parquet
+
+    resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
+
+    def write_rows(fh) -> None:
+        parts = (resolve(part) for part in _parts(tail, parquet.rows_per_group(rows.shape)))
+        parquet.write_embeddings(fh, parts, rows.shape)
+
+    parquet_append.append(matrix, length, write_rows, *steps)
 
 
 def _seed(paths: dict[str, Path], settings: dict, shape: tuple[int, ...]) -> str:

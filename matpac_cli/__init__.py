@@ -25,8 +25,8 @@ The public names:
   Options     RunOptions (device, precision, threads, batch_size, workers, engine, address:
               checked once when built; carried by EmbedConfig and TagConfig), Device (the one
               parser of a device name)
-  Events      RunEvents (what a run reports: progress, failure, audio, reused, warning),
-              NoEvents (the silent default, to subclass), Listeners (plain functions per event)
+  Events      RunEvents (what a run reports: progress, failure, audio, reused, warning,
+              encoding), NoEvents (the silent default, to subclass), Listeners (plain functions per event)
   Inputs      discover (folders and paths -> Items), Item
   Embed       embed, EmbedConfig, Summary (what a run did)
   Tag         tag, TagConfig, Group (one encoder and its heads), build_heads, load_groups (the

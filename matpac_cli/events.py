@@ -32,6 +32,11 @@ class RunEvents(Protocol):
     def warning(self, text: str) -> None:
         """Something the person should know that fails nothing (a file cut short, a retried job)."""
 
+    def encoding(self, items) -> None:
+        """Once, after the library has handed on the files it holds (each heard as `reused`):
+        the files the run will encode. Optional (a run asks for it with `getattr`): a display
+        sizes the run from these alone, not by reading every input's header again."""
+
 
 class NoEvents:
     """The library's default: hears everything, says nothing. A file reused from an earlier run
@@ -50,6 +55,9 @@ class NoEvents:
         self.progress(item, seconds)
 
     def warning(self, text: str) -> None:
+        pass
+
+    def encoding(self, items) -> None:
         pass
 
 

@@ -30,6 +30,9 @@ class Recorder(NoEvents):
     def warning(self, text):
         self.calls.append(("warning", text))
 
+    def encoding(self, items):
+        self.calls.append(("encoding", [item.name for item in items]))
+
     def kinds(self, kind: str) -> list[tuple]:
         return [c for c in self.calls if c[0] == kind]
 
@@ -58,6 +61,9 @@ def test_a_custom_events_object_hears_the_whole_run(predictor, tmp_path):
     assert [c[1] for c in again.kinds("reused")] == [str(p) for p in paths]
     assert [c[1] for c in again.kinds("progress")] == [str(bad)]  # only the file still to do
     assert again.kinds("audio") == []
+    # told once which files it encodes: all of them, then only the one the library lacks
+    assert first.kinds("encoding") == [("encoding", [i.name for i in items])]
+    assert again.kinds("encoding") == [("encoding", [str(bad)])]
 
     cut = write_audio(tmp_path / "cut.wav", 3.0, seed=5)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # the header promises twice what is there
@@ -87,7 +93,7 @@ def test_the_reporter_is_an_events_object():
     from matpac_cli.events import RunEvents
 
     wanted = {n for n, f in inspect.getmembers(RunEvents, inspect.isfunction) if not n.startswith("_")}
-    assert wanted == {"progress", "failure", "audio", "reused", "warning"}
+    assert wanted == {"progress", "failure", "audio", "reused", "warning", "encoding"}
     for name in wanted:
         assert inspect.signature(getattr(Reporter, name)).parameters.keys() == (
             inspect.signature(getattr(RunEvents, name)).parameters.keys()

@@ -38,8 +38,9 @@ class Reporter:
     message shows control characters as escapes (`safetext.for_terminal`): a file name or label
     never reaches the terminal as a command.
 
-    The bar counts audio, not files: seconds encoded out of the run's total (read from file
-    headers in a background thread, estimated for files whose header does not say), the rate
+    The bar counts audio, not files: seconds encoded out of the run's total (the durations the
+    library holds of the files it hands on; the others' read from their headers in a background
+    thread once the run says which it encodes, estimated where a header does not say), the rate
     in times real time, elapsed time and an ETA from the audio still to go.
     """
 
@@ -84,9 +85,26 @@ class Reporter:
             )
             self.task = self.bar.add_task("matpac", total=None, info="", eta="")
             self.bar.start()
-            threading.Thread(target=self._size_run, args=(list(items),), daemon=True).start()
+            self.unsized = list(items)  # sized once the run says what it encodes (`encoding`)
+
+    unsized: list | None = None  # the inputs whose audio is still to be sized (with a bar only)
+
+    def encoding(self, items: Sequence) -> None:
+        """The files the run encodes, once the library has handed on those it holds: only these
+        are sized from their headers (a re-run over 100,000 files it holds reads none)."""
+        self._size(list(items))
+
+    def _size(self, items: list | None) -> None:
+        """Start sizing the run (once), in a background thread: `items`, or every input where
+        the run never said which it encodes (no library)."""
+        if self.unsized is None:
+            return
+        items, self.unsized = (self.unsized if items is None else items), None
+        threading.Thread(target=self._size_run, args=(items,), daemon=True).start()
 
     def _size_run(self, items: list) -> None:
+        """The run's audio: what the library handed on (its durations are known) and what the
+        headers of `items` say, estimated for files whose header does not say."""
         from matpac_cli.pipeline.audio import probe_duration
 
         known, unknown = 0.0, 0
@@ -97,20 +115,23 @@ class Reporter:
             else:
                 known += seconds
         counted = len(items) - unknown
-        self.total_s = known + (unknown * known / counted if counted else 0.0)
+        self.total_s = self.reused_s + known + (unknown * known / counted if counted else 0.0)
         self._refresh()
 
     def reused(self, item: object, seconds: float) -> None:
         self.reused_files += 1
         self.reused_s += seconds
-        self.progress(item, 0.0)
+        self.files += 1
+        self._refresh()
 
     def progress(self, item: object, seconds: float) -> None:
+        self._size(None)
         self.files += 1
         self._refresh()
 
     def audio(self, seconds: float) -> None:
         """Audio encoded so far, so the display moves inside long files."""
+        self._size(None)
         self.encoded_s += seconds
         self._refresh()
 
@@ -130,6 +151,7 @@ class Reporter:
         progress.update(self.task, total=total or None, completed=min(done, total or done), info=info, eta=eta)
 
     def failure(self, err: MatpacError) -> None:
+        self._size(None)
         self.failed += 1
         if self.failure_log is not None:
             self.failure_log.add(err)

@@ -193,8 +193,9 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     done = [(name, facts, row) for name, (facts, row) in kept.rows]
     keys: list[str | None] = [None] * len(done)  # a kept row's key is not known: its output is rewritten
     for item in items:
-        if item in results:
-            facts, row, key = results[item]
+        got = results.get(item)  # one look-up (an item's hash is a Python call: 100,000 files)
+        if got is not None:
+            facts, row, key = got
             done.append((item.name, facts, Stored(key) if row is None else row))
             keys.append(key)
     if not done or (len(done) == len(kept.rows) and not kept.pruned):
@@ -211,7 +212,8 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
     """The callback the engine hands each embedded file to: its frames written (with
     `frames_dir`), its clip embedding kept for the output (`results`: item -> (facts, vector);
     the library has stored it already, and once it has committed it `shed` lets the vector go),
-    and the summary counted; a file read short is recorded and warned of."""
+    and the summary counted; a file read short is recorded and warned of. Its `found_many` takes
+    the files the library holds together (`stored.run` with `lean`)."""
 
     def on_result(res: FileResult) -> None:
         out = res.outputs[0]
@@ -236,6 +238,21 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
         elif shed is not None and res.stored:
             shed.shed += 1  # stored by a Ray worker: its vector is the library's already
 
+    def found_many(items: list[Item], keys: list[str], facts: dict[str, list]) -> None:
+        """Files the library holds, without their vectors, as `on_result` takes each one found
+        (its facts kept, counted as reused), in one call: no `FileResult` per file."""
+        audio, cuts = summary.audio_s, summary.truncated
+        columns = zip(items, keys, facts["duration_s"], facts["sample_rate"], facts["channels"], facts["truncated"])
+        for item, key, seconds, rate, channels, cut in columns:
+            meta = {"duration_s": seconds, "sample_rate": rate, "channels": channels}
+            if cut:
+                meta["truncated"] = list(cut)
+                cuts.append(item.name)
+            results[item] = (meta, None, key)
+            audio += seconds  # in the files' order, as `Summary.count` adds them
+        summary.audio_s, summary.reused = audio, summary.reused + len(items)
+
+    on_result.found_many = found_many
     return on_result
 
 

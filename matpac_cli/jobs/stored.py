@@ -136,7 +136,10 @@ def _sink(library, options: RunOptions, todo: list[Item], by_item: dict, plans: 
 
 def _from_library(library, items: list[Item], plans: list[Plan], settings: list, hearing) -> tuple[list, dict]:
     """The files the library holds for every plan handed on (`hearing`: the events, `on_result`,
-    the `found` counter, `frames_kept` and `lean`); the others to encode, and their keys (by item)."""
+    the `found` counter, `frames_kept` and `lean`); the others to encode, and their keys (by item).
+    With `lean`, where `on_result` takes found files together (its `found_many`: `_hand_on`),
+    they reach it in one call, as columns: no `FileResult` per file. The events then hear, where
+    they listen (`RunEvents.encoding`), which files the run encodes."""
     from matpac_cli.library.tables import guarded
 
     events, on_result, found, frames_kept, lean = hearing
@@ -144,6 +147,32 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
         known = library.identify(items)
         keys = [k.key for k in known.values()]
         held = _held(library, keys, plans, settings, frames_kept, lean)
+    many = getattr(on_result, "found_many", None) if lean is not None and len(held) == 1 else None
+    if many is not None:  # one dict look-up per file, no call: a re-run holds 100,000 of them
+        at = dict(zip(known, held[0].rows(keys)))
+        todo, by_item, hits = [], {}, ([], [], [])  # found: items, `Known`s, rows in the facts
+        for i, item in enumerate(items):
+            j = at.get(i, -1)
+            if j >= 0:
+                hits[0].append(item)
+                hits[1].append(known[i])
+                hits[2].append(j)
+            else:
+                todo.append(item)
+                if i in at:
+                    by_item[item] = known[i].key
+        _hand_on(hits, held[0], many, events, found)
+    else:
+        todo, by_item = _one_by_one(items, plans, known, held, hearing)
+    tell = getattr(events, "encoding", None)  # an events object of its own may not listen
+    if tell is not None:
+        tell(todo)
+    return todo, by_item
+
+
+def _one_by_one(items: list[Item], plans: list[Plan], known: dict, held: list, hearing) -> tuple[list, dict]:
+    """`_from_library` for a job that takes each found file as a `FileResult`."""
+    events, on_result, found, frames_kept, lean = hearing
     framed = any(p.frames for p in plans)
     todo, by_item, nothing = [], {}, _no_outputs(len(plans))
     for i, item in enumerate(items):
@@ -242,6 +271,19 @@ def _found(item: Item, outs: list, facts: dict, known) -> FileResult:
     """A found file's result without its vectors (`lean`): its facts, and no embedding."""
     d, rate, channels, cut = facts["duration_s"], facts["sample_rate"], facts["channels"], facts["truncated"]
     return FileResult(item, d, rate, channels, outs, cut, known.how, known.key)
+
+
+def _hand_on(hits: tuple[list, list, list], facts, many: Callable, events: RunEvents, found: Counter) -> None:
+    """The found files (`hits`: their items, `Known`s and rows in `facts`, a `held.Facts`)
+    handed on together: `many(items, keys, columns)` with their facts as columns (duration_s,
+    sample_rate, channels, truncated), then each heard of as reused, in the inputs' order."""
+    items, known, rows = hits
+    columns = facts.columns(rows)
+    found.update(k.how for k in known)
+    many(items, [k.key for k in known], columns)
+    reused = events.reused  # looked up once (a wrapper's `__getattr__` per file costs)
+    for item, seconds in zip(items, columns["duration_s"]):
+        reused(item, seconds)
 
 
 def close(library, summary, events: RunEvents | None = None) -> None:

@@ -23,7 +23,8 @@ from matpac_cli.library import tables
 from matpac_cli.library.key import Setting
 from matpac_cli.library.shards import row_facts
 
-SMALL = ["key", "model", "frontend", "layer", "duration_s", "sample_rate", "channels", "promised", "read"]
+FACTS = ["duration_s", "sample_rate", "channels", "promised", "read"]
+SMALL = ["key", "model", "frontend", "layer", *FACTS]
 
 
 class Facts(Mapping):
@@ -47,13 +48,30 @@ class Facts(Mapping):
     def __len__(self) -> int:
         return len(self._row) if self._full is None else len(self._full)
 
+    def rows(self, keys: list[str]) -> list[int]:
+        """Each key's row in the columns read (-1: not held with every layer): for `columns`,
+        a look-up per key and no call (a re-run asks of 100,000 keys)."""
+        get, full = self._row.get, self._full
+        if full is None:
+            return [get(k, -1) for k in keys]
+        return [get(k, -1) if k in full else -1 for k in keys]
+
+    def columns(self, rows: list[int]) -> dict[str, list]:
+        """The facts of `rows` (`rows`) as columns, as `__getitem__` gives them per key:
+        duration_s, sample_rate, channels and truncated ((promised, read) or None)."""
+        c = self._columns
+        promised, read = c["promised"], c["read"]
+        out = {name: [c[name][j] for j in rows] for name in ("duration_s", "sample_rate", "channels")}
+        out["truncated"] = [None if promised[j] is None else (promised[j], read[j]) for j in rows]
+        return out
+
 
 class Held:
     """The keys held with every layer of `layers` for one setting: `facts[key]` (as
     `Library.lookup` gives them) and, through `vectors`, their embeddings, from the version of
     the clips table that was read (a commit after it does not move the positions)."""
 
-    def __init__(self, ds, layers: tuple[int, ...], facts: Facts | dict, where: dict[str, int], positions) -> None:
+    def __init__(self, ds, layers: tuple[int, ...], facts: Facts, where: dict[str, int], positions) -> None:
         self.ds, self.layers, self.facts = ds, tuple(layers), facts
         self._where, self._positions = where, positions  # key -> slot; (slots, layers) row positions
         self.root, self.again = None, None  # the library, and () -> Held: the same read of it now (`held`)
@@ -112,7 +130,7 @@ def held(root, keys: Iterable[str], setting: Setting, layers: tuple[int, ...]) -
     wanted = pa.array(sorted(set(keys)), pa.string())
     ds = tables.open_table(root, "clips")
     if ds is None or not len(wanted):
-        return Held(ds, layers, {}, {}, np.zeros((0, 0), np.int64))
+        return Held(ds, layers, Facts({n: [] for n in FACTS}, {}, None), {}, np.zeros((0, 0), np.int64))
     table = ds.to_table(columns=SMALL)
     distinct = np.unique(np.array(layers, np.int64))
     mask = pc.and_(
@@ -131,7 +149,7 @@ def held(root, keys: Iterable[str], setting: Setting, layers: tuple[int, ...]) -
     at = np.where(last >= 0, positions[np.maximum(last, 0)], -1).reshape(len(where), len(distinct))
     complete = (at >= 0).all(axis=1)
     full = None if complete.all() else {key for key, ok in zip(where, complete) if ok}
-    columns = found.select(["duration_s", "sample_rate", "channels", "promised", "read"]).to_pydict()
+    columns = found.select(FACTS).to_pydict()
     got = Held(ds, layers, Facts(columns, row, full), where, at)
     got.root, got.again = root, lambda: held(root, list(got.facts), setting, layers)
     return got

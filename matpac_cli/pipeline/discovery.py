@@ -174,8 +174,8 @@ def _files(dirpath: str, filenames: list[str], exts: set[str], shown: str, linke
     lstat each, which says whether it is a symlink and is, where it is not, its stat; its real
     path is the folder's, resolved once, and its name (a realpath per file, an lstat per
     component, cost seconds at 100,000 files, and was asked twice)."""
-    real_dir, child = None, _child_of(Path(dirpath))
     base, named = os.path.join(dirpath, ""), os.path.join(shown, "")  # with their separator
+    real_dir, child = None, _child_of(Path(dirpath), base)
     for fname in filenames:
         dot = fname.rfind(".")
         if fname.startswith(".") or dot < 0 or fname[dot:].lower() not in exts:  # hidden, or not audio
@@ -198,14 +198,29 @@ def _files(dirpath: str, filenames: list[str], exts: set[str], shown: str, linke
         yield Item(named + fname, child(fname), problem, linked_dir or st is not None)
 
 
-def _child_of(folder: Path):
+def _child_of(folder: Path, base: str):
     """`name -> folder / name` for a name os.walk listed (one component, never `.` or `..`): with
     CPython's own shortcut for such a name where it has one (no parse: a Path per file parsed from
-    its string cost a second at 100,000 files), else `/`."""
+    its string cost a second at 100,000 files), else `/`. Where that shortcut leaves the string
+    to be made on first use (3.11: 0.2 s at 100,000 files, when the library looks at each file
+    again), it is given the one the walk has, `base + name`, once it is seen to be the same."""
     made = getattr(folder, "_make_child_relpath", None)
-    if made is not None and made("a.wav") == folder / "a.wav":
+    if made is None or made("a.wav") != folder / "a.wav":
+        return folder.__truediv__
+    probe = made("a.wav")
+    try:
+        if str(probe) != base + "a.wav":
+            return made
+        probe._str = base + "a.wav"  # a slot of 3.11's paths: where it is not, the shortcut alone
+    except AttributeError:
         return made
-    return folder.__truediv__
+
+    def child(name: str) -> Path:
+        path = made(name)
+        path._str = base + name
+        return path
+
+    return child
 
 
 def _named_problem(path: Path) -> str | None:

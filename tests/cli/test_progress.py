@@ -227,3 +227,44 @@ def test_the_summary_names_bf16_where_the_cpu_computes_it_in_hardware(tiny, tmp_
     said = "this CPU computes bf16 in hardware: `--precision bf16` ran"
     assert (said in fp32) == _bf16_in_hardware(), fp32
     assert said not in bf16 and "on cpu, bf16" in bf16, bf16  # said only where it would change something
+
+
+def test_the_bar_sizes_only_the_files_the_run_encodes(tmp_path):
+    """The bar's total is the library's durations of the files it hands on plus the headers of
+    the files the run encodes: a file heard of as reused is never probed (a re-run over 100,000
+    files the library holds read every header again). Here the library says 5 s of a file whose
+    header says 2 s: only 5 + 3 is the total where it was not probed."""
+    from matpac_cli.cli._reporter import Reporter
+    from matpac_cli.pipeline.discovery import Item
+
+    held, new = (
+        write_audio(tmp_path / f"{n}.wav", s, seed=i) for i, (n, s) in enumerate([("held", 2.0), ("new", 3.0)])
+    )
+    items = [Item(str(held), held), Item(str(new), new)]
+    reporter = Reporter(True, items)
+    reporter.unsized = list(items)  # as with a bar on a terminal (a test's stderr is none)
+    reporter.reused(items[0], 5.0)
+    reporter.encoding(items[1:])
+    deadline = time.monotonic() + 30
+    while reporter.total_s is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reporter.total_s == pytest.approx(8.0, abs=0.01)
+    reporter.encoding(items)  # sized once: nothing more is probed
+    assert reporter.unsized is None
+
+
+def test_the_bar_sizes_every_input_of_a_run_without_a_library(tmp_path):
+    """A run that never says which files it encodes (no library) sizes every input at its first
+    news of one."""
+    from matpac_cli.cli._reporter import Reporter
+    from matpac_cli.pipeline.discovery import Item
+
+    items = [Item(str(p), p) for p in (write_audio(tmp_path / f"{i}.wav", 1.0 + i, seed=i) for i in range(2))]
+    reporter = Reporter(True, items)
+    reporter.unsized = list(items)
+    assert reporter.total_s is None
+    reporter.audio(0.5)
+    deadline = time.monotonic() + 30
+    while reporter.total_s is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reporter.total_s == pytest.approx(3.0, abs=0.01)

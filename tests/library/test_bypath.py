@@ -159,3 +159,40 @@ def test_a_file_dated_past_2262_is_keyed_by_its_audio_not_a_traceback(tmp_path):
         library.close()
         keys = {k.path.rsplit("/", 1)[-1]: k.key for k in known.values()}
         assert keys == {"far.wav": audio_key(str(folder / "far.wav")), "near.wav": audio_key(str(folder / "near.wav"))}
+
+
+def test_paths_are_looked_up_as_the_table_holds_them_whatever_their_bytes(tmp_path):
+    """The run's real paths go to Arrow as UTF-8 cast to bytes (no Python call per path); a name
+    that is not UTF-8 (a surrogate escape) falls back to `os.fsencode`, and is still found."""
+    names = ["/a/b.wav", "/é/ü.flac", os.fsdecode(b"/x/\xff\xfe.wav")]
+    for some in (names[:2], names):
+        assert bypath.encoded(some).to_pylist() == [os.fsencode(n) for n in some]
+    odd = tmp_path / os.fsdecode(b"\xff odd.wav")
+    odd.write_bytes(b"z")
+    items = discovery.discover([str(tmp_path)])
+    lib = Library(tmp_path / "lib")
+    lib.identify(items)
+    lib.commit()
+    old = time.time() - 3600
+    os.utime(odd, (old, old))
+    lib.identify(items := discovery.discover([str(tmp_path)]))
+    lib.commit()
+    reals = [discovery.real_path(i) for i in items]
+    matched = bypath.match(tmp_path / "lib", reals, bypath.columns([os.stat(r) for r in reals]))
+    assert list(matched.vouched) == [True]
+
+
+def test_the_walk_s_paths_read_as_the_same_paths_parsed_from_their_names(tmp_path, monkeypatch):
+    """The walk gives each file's path its string as it makes it (no formatting on first use):
+    the same string, and an equal path, as parsing it gives, however the folder was named."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/a.wav", "d/sub/b.flac"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    for arg in (str(tmp_path / "d"), str(tmp_path / "d") + "/", "d", "./d", ".", "d//sub/.."):
+        for item in discovery.discover([arg]):
+            parsed = Path(os.path.join(*Path(item.name).parts)) if arg != "d//sub/.." else None
+            assert str(item.path) == os.fspath(Path(str(item.path))), arg
+            assert os.path.samefile(item.path, item.name)
+            if parsed is not None:
+                assert item.path == parsed and str(item.path) == str(parsed), (arg, item)

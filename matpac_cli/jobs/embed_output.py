@@ -170,8 +170,8 @@ def write_outputs(paths: dict[str, Path], rows: Rows, frames_dir: Path | None, r
         inplace.append(matrix, index, record, rows.shape, chunks, _index_rows(tail, False, old), *steps)
         summary.outputs = naming.written(paths)
         return
-    if ours and index is None and parquet_append.fits(matrix, inplace.recorded(record, "matrix")):
-        _grow_parquet(matrix, rows.done[old:], rows, inplace.recorded(record, "matrix")[0], steps)
+    recorded = inplace.recorded(record, "matrix") if ours and index is None else None
+    if parquet_append.fits(matrix, recorded) and _grow_parquet(matrix, rows.done[old:], rows, recorded[0], steps):
         summary.outputs = naming.written(paths)
         return
     head = matrix if ours and index is None and inplace.untouched(matrix, None, record) else None
@@ -199,19 +199,22 @@ def _steps(paths: dict[str, Path], record: dict, new: dict, about: tuple) -> tup
     return begin, commit
 
 
-def _grow_parquet(matrix: Path, tail: list, rows: Rows, length: int, steps: tuple) -> None:
+def _grow_parquet(matrix: Path, tail: list, rows: Rows, length: int, steps: tuple) -> bool:
     """A Parquet output whose rows are the first rows of this run's: the rows after them, `tail`,
     written after its end in place (`parquet_append`); the rows it has are neither read nor
-    rewritten."""
+    rewritten. False where they cannot follow (the output is then written anew)."""
     from matpac_cli.outputs import parquet
 
+    if not tail:  # a pending record of these very rows (cut back to them, `earlier.embed_rows`)
+        steps[1]()  # the manifest made right: no empty row group added
+        return True
     resolve = resolver(rows.held, len(rows.shape) == 1, matrix)
 
     def write_rows(fh) -> None:
         parts = (resolve(part) for part in _parts(tail, parquet.rows_per_group(rows.shape)))
         parquet.write_embeddings(fh, parts, rows.shape)
 
-    parquet_append.append(matrix, length, write_rows, *steps)
+    return parquet_append.append(matrix, length, write_rows, *steps)
 
 
 def _seed(paths: dict[str, Path], settings: dict, shape: tuple[int, ...]) -> str:

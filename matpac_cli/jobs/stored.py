@@ -88,6 +88,9 @@ def run(
     `key`), and `lean` receives, per plan, what the library holds (`held.Held`), to take the
     vectors from as they are written."""
     if library is None:
+        tell = getattr(events, "encoding", None)  # every input is encoded: the progress bar sizes them now
+        if tell is not None:
+            tell(items)
         return engines.run(options, items, plans, events, on_result)
     from matpac_cli.library.key import Setting
     from matpac_cli.library.tables import guarded

@@ -99,7 +99,7 @@ def fits(matrix: Path, index: Path, record: dict, total: int, row_shape: tuple[i
     the ones the record wrote (same inodes: a killed append changed their mtimes, not those) and
     hold its rows whole (at least its lengths), of this row shape, and the header for `total` is
     as long as the one there (else the rows would have to move)."""
-    if not (_plain(matrix) and _plain(index)):
+    if not (plain(matrix) and plain(index)):
         return False
     got = shape_of(matrix)
     if got is None or tuple(got[0][1:]) != tuple(row_shape):
@@ -117,7 +117,7 @@ def fits(matrix: Path, index: Path, record: dict, total: int, row_shape: tuple[i
     return got[1] == len(header(total, row_shape)) and length == got[1] + record["count"] * row_bytes
 
 
-def _plain(path: Path) -> bool:
+def plain(path: Path) -> bool:
     """A file that may be changed in place: a regular file, not a symlink, with no other name (a
     hard link's other name, a backup made with `cp -al`, would change with it, where a file
     written anew and renamed into place leaves it alone), that this user may write."""
@@ -128,7 +128,7 @@ def _plain(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and os.access(path, os.W_OK)
 
 
-def _opened(path: Path, flags: int, mode: str):
+def opened(path: Path, flags: int, mode: str):
     """An output file of matpac's, opened in place, never through a symlink."""
     fd = open_existing(path, flags)
     if fd is None:
@@ -140,12 +140,12 @@ def _opened(path: Path, flags: int, mode: str):
 
 def repair(matrix: Path, index: Path, record: dict, row_shape: tuple[int, ...]) -> None:
     """Step 1: the header says the record's count, then each file is cut to the record's length."""
-    with _opened(matrix, os.O_RDWR, "r+b") as fh:
+    with opened(matrix, os.O_RDWR, "r+b") as fh:
         fh.write(header(record["count"], row_shape))
         fh.flush()
         os.fsync(fh.fileno())
         fh.truncate(recorded(record, "matrix")[0])
-    with _opened(index, os.O_RDWR, "r+b") as fh:
+    with opened(index, os.O_RDWR, "r+b") as fh:
         fh.truncate(recorded(record, "index")[0])
 
 
@@ -171,18 +171,18 @@ def append(
         repair(matrix, index, record, row_shape)
         with whole():
             count = record["count"]
-            with _opened(matrix, os.O_RDWR, "r+b") as fh:
+            with opened(matrix, os.O_RDWR, "r+b") as fh:
                 fh.seek(recorded(record, "matrix")[0])
                 for chunk in chunks:
                     fh.write(chunk.tobytes())
                     count += len(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            with _opened(index, os.O_WRONLY | os.O_APPEND, "a") as fh:
+            with opened(index, os.O_WRONLY | os.O_APPEND, "a") as fh:
                 CsvWriter(fh).writerows(lines)
                 fh.flush()
                 os.fsync(fh.fileno())
-            with _opened(matrix, os.O_RDWR, "r+b") as fh:
+            with opened(matrix, os.O_RDWR, "r+b") as fh:
                 fh.write(header(count, row_shape))
                 fh.flush()
                 os.fsync(fh.fileno())

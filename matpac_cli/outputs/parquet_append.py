@@ -26,13 +26,15 @@ from pathlib import Path
 
 from matpac_cli.errors import OutputError
 from matpac_cli.interrupts import whole
+from matpac_cli.outputs import inplace
 
 MAX_GROUPS = 256  # row groups in a file that is grown in place; more: written anew, in full groups
 STOP, TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(13)
 # field numbers (parquet.thrift) of what holds a byte offset into the file
-ROW_GROUPS, NUM_ROWS = 4, 3  # FileMetaData
+SCHEMA, NUM_ROWS, ROW_GROUPS, ENCRYPTION = 2, 3, 4, 8  # FileMetaData
 COLUMNS, GROUP_OFFSET, ORDINAL = 1, 5, 7  # RowGroup
 CHUNK_OFFSETS, META = (2, 4, 6), 3  # ColumnChunk: file_offset, offset index, column index; its ColumnMetaData
+OUTSIDE = (1, 4, 6, 8, 9)  # ColumnChunk: file_path, page indexes (offsets inside), encryption
 META_OFFSETS = (9, 10, 11, 14)  # ColumnMetaData: data page, index page, dictionary page, bloom filter
 
 
@@ -201,11 +203,14 @@ def merged(old: bytes, new: bytes, by: int) -> bytes:
 
 def _groups(path: Path, recorded: list[int] | None) -> int | None:
     """The row groups of `path` as its recorded [length, inode, mtime] left it: None unless it
-    is the same file (its inode), at least that long, with a Parquet footer ending there."""
+    is the same plain file (`inplace.plain`: no symlink, no second name that would change with
+    it), at least that long, with a Parquet footer ending there."""
+    if recorded is None or not inplace.plain(path):
+        return None
     try:
-        with open(path, "rb") as fh:
+        with inplace.opened(path, os.O_RDONLY, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if recorded is None or st.st_ino != recorded[1] or st.st_size < recorded[0]:
+            if st.st_ino != recorded[1] or st.st_size < recorded[0]:
                 return None
             return len(_field(_Reader(footer(fh, recorded[0])[0]).struct(), ROW_GROUPS)[2][1])
     except (OSError, ValueError, IndexError, TypeError):
@@ -224,37 +229,64 @@ def repair(path: Path, recorded: list[int] | None) -> None:
     record describes: its inode, its footer ending at the recorded length); anything else is
     left alone (and not grown: `fits`). Only under the output's lock: an append may be running."""
     if _groups(path, recorded) is not None and os.path.getsize(path) > recorded[0]:
-        os.truncate(path, recorded[0])
+        with inplace.opened(path, os.O_WRONLY, "wb") as fh:
+            fh.truncate(recorded[0])
 
 
-def append(path: Path, length: int, write_rows, begin, commit) -> None:
+def _compatible(old: list, new: list) -> bool:
+    """Whether `new`'s row groups can follow `old`'s: the same schema (a pyarrow upgraded between
+    two runs may name list items otherwise), and nothing that holds offsets inside it or points
+    outside the file (a page index, a column chunk in another file, encryption)."""
+    if _field(old, SCHEMA) != _field(new, SCHEMA) or any(_field(f, ENCRYPTION) for f in (old, new)):
+        return False
+    chunks = [c for g in _field(new, ROW_GROUPS)[2][1] for c in _field(g, COLUMNS)[2][1]]
+    return not any(_field(c, number) for c in chunks for number in OUTSIDE)
+
+
+def append(path: Path, length: int, write_rows, begin, commit) -> bool:
     """Rows written by `write_rows(fh)` (into a binary file, as a whole output is) added to the
     Parquet file `path` whose recorded length is `length` (bytes after it, a killed append's,
     are cut off first). `begin()` before the file changes (the manifest marked pending),
-    `commit()` once its new footer is in place (the new manifest); Ctrl-C waits through all."""
+    `commit()` once its new footer is in place (the new manifest); Ctrl-C waits through all.
+    False, the file untouched, where the new rows cannot follow the old (`_compatible`): the
+    caller writes it anew. A write that fails (a full disk) cuts the file back to `length`."""
     with tempfile.TemporaryFile(dir=path.parent, prefix=f".{path.name}.") as tmp:
         write_rows(tmp)
         tmp.flush()
         new, start = footer(tmp, tmp.seek(0, os.SEEK_END))
-        with whole():
-            begin()
-            with open(path, "r+b") as fh:
-                fh.truncate(length)
-                old, _ = footer(fh, length)
-                fh.seek(length)
-                tmp.seek(4)
-                _copy(tmp, fh, start - 4)  # the new row groups, after the old file's last byte
-                grown = merged(old, new, length - 4)
-                fh.write(grown + struct.pack("<I", len(grown)) + b"PAR1")
-                fh.flush()
-                os.fsync(fh.fileno())
-            commit()
+        with inplace.opened(path, os.O_RDWR, "r+b") as fh:
+            old = footer(fh, length)[0]
+            if not _compatible(_Reader(old).struct(), _Reader(new).struct()):
+                return False
+            grown = merged(old, new, length - 4)
+            with whole():
+                begin()
+                _grow(fh.fileno(), length, tmp, start - 4, grown + struct.pack("<I", len(grown)) + b"PAR1", path)
+                commit()
+    return True
 
 
-def _copy(src, dst, n: int, block: int = 2**20) -> None:
-    while n > 0:
-        data = src.read(min(block, n))
-        if not data:
-            raise OutputError("the new rows' temporary file ended early")
-        dst.write(data)
-        n -= len(data)
+def _grow(fd: int, length: int, tmp, rows: int, tail: bytes, path: Path) -> None:
+    """`rows` bytes of `tmp` (from byte 4) and then `tail` written at `length` of the file open as
+    `fd`, unbuffered; on a failure (a full disk) it is cut back to `length`, readable as it was."""
+    try:
+        os.ftruncate(fd, length)
+        os.lseek(fd, length, os.SEEK_SET)
+        tmp.seek(4)
+        while rows > 0:  # the new row groups, after the old file's last byte
+            data = tmp.read(min(2**20, rows))
+            if not data:
+                raise OSError("the new rows' temporary file ended early")
+            _write_all(fd, data)
+            rows -= len(data)
+        _write_all(fd, tail)
+        os.fsync(fd)
+    except OSError as exc:
+        os.ftruncate(fd, length)  # the pending record still holds: the next run cuts back too
+        raise OutputError(f"cannot grow {path}: {exc.strerror or exc}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -191,7 +191,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)
     done = [(name, facts, row) for name, (facts, row) in kept.rows]
-    keys: list[str | None] = [None] * len(done)  # a kept row's key is not known: its output is rewritten
+    keys: list[str | None] = [""] * len(done)  # a kept row is the output's own: "" is its key in the digest
     for item in items:
         got = results.get(item)  # one look-up (an item's hash is a Python call: 100,000 files)
         if got is not None:

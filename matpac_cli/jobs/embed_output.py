@@ -113,7 +113,9 @@ def resolver(held, single: bool, earlier_path: Path | None):
 def digests(seed: str, done: list, keys: list, at: tuple[int, ...]) -> dict[int, str | None]:
     """The digest of the first n rows, for each n of `at`: what the rows are (name, library key,
     facts) under `seed` (the settings, format and folder they were written for). None where a
-    row among them has no key (a row kept from an earlier output, a run without a library)."""
+    row among them has no key (a run without a library); a row kept from the output itself
+    (`update`) has the key "": it is that output's row, whatever its audio, so the output still
+    grows in place after it."""
     h = hashlib.blake2b(seed.encode(), digest_size=16)
     out, wanted = {}, set(at)
     if 0 in wanted:

@@ -106,6 +106,33 @@ def test_a_new_file_sorted_first_rewrites_the_output_in_input_order(tmp_path, ti
     assert (tmp_path / "emb.csv").read_text().splitlines()[1].split(",")[1] == "clips/a0.wav"
 
 
+@pytest.mark.parametrize("out", ["emb.npy", "emb.parquet"])
+def test_an_update_run_keeping_other_rows_still_grows_the_output_in_place(tmp_path, tiny, capsys, monkeypatch, out):
+    """A daily `--update` run over one folder of a larger output: its rows of the other folder are
+    kept (first), and a new file sorted last is added after the rows the output has, in place
+    (it was written anew each time: a kept row had no key, and the row digest stopped there)."""
+    monkeypatch.chdir(tmp_path)
+    for folder, names in (("a", ("a1", "a2")), ("b", ("b1", "b2"))):
+        for i, name in enumerate(names):
+            write_audio(tmp_path / "lib" / folder / f"{name}.wav", 1.0 + 0.5 * i, seed=sum(map(ord, name)))
+
+    def run(folder: str) -> None:
+        rc, _, err = cli(capsys, "embed", folder, "--out", out, "--model", tiny, "-q", "--update")
+        assert rc == 0, err
+
+    run("lib")
+    run("lib/b")  # the rows of lib/a kept, first: written anew
+    before, inode = (tmp_path / out).read_bytes(), (tmp_path / out).stat().st_ino
+    write_audio(tmp_path / "lib" / "b" / "b9.wav", 1.2, seed=99)
+    run("lib/b")
+    assert (tmp_path / out).stat().st_ino == inode and (tmp_path / out).read_bytes()[len(before) :]
+    if out.endswith(".parquet"):
+        assert (tmp_path / out).read_bytes()[: len(before)] == before
+        assert _read_three_ways(tmp_path / out)[0][-1] == "lib/b/b9.wav"
+    else:
+        assert (tmp_path / "emb.csv").read_text().splitlines()[-1].split(",")[1] == "lib/b/b9.wav"
+
+
 def _read_three_ways(path: Path) -> list:
     """The table as pyarrow, pandas and DuckDB (a reader of its own, not Arrow's) read it: each
     one's (paths, embeddings) must agree."""

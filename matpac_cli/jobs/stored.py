@@ -88,9 +88,7 @@ def run(
     `key`), and `lean` receives, per plan, what the library holds (`held.Held`), to take the
     vectors from as they are written."""
     if library is None:
-        tell = getattr(events, "encoding", None)  # every input is encoded: the progress bar sizes them now
-        if tell is not None:
-            tell(items)
+        _encoding(events, items)  # every input: the progress bar sizes them now
         return engines.run(options, items, plans, events, on_result)
     from matpac_cli.library.key import Setting
     from matpac_cli.library.tables import guarded
@@ -167,10 +165,16 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
         _hand_on(hits, held[0], many, events, found)
     else:
         todo, by_item = _one_by_one(items, plans, known, held, hearing)
-    tell = getattr(events, "encoding", None)  # an events object of its own may not listen
-    if tell is not None:
-        tell(todo)
+    _encoding(events, todo)
     return todo, by_item
+
+
+def _encoding(events: RunEvents, items: list[Item]) -> None:
+    """The events told which files the run encodes, where they listen (`RunEvents.encoding`: an
+    events object of the caller's own may not have it)."""
+    tell = getattr(events, "encoding", None)
+    if tell is not None:
+        tell(items)
 
 
 def _one_by_one(items: list[Item], plans: list[Plan], known: dict, held: list, hearing) -> tuple[list, dict]:

@@ -83,7 +83,6 @@ class Sink:
     def __init__(self, library, settings: list[Setting], layers: list[tuple[int, ...]], keys: dict[str, str]) -> None:
         self.library, self.settings, self.layers, self.keys = library, settings, layers, keys
         self.token: Path | None = None
-        self.written = 0  # files whose rows a worker wrote
 
     def key_of(self, name: str) -> str:
         """The key a worker stores input `name` under ("": the driver stores it)."""
@@ -108,7 +107,6 @@ class Sink:
     def adopt(self, fragments: list[str], keys: list[str]) -> int:
         """Fragments a worker wrote holding `keys`' rows, committed with the library's next
         commit: the number `committed` reaches once they are."""
-        self.written += len(keys)
         parts = [(key, s, layers) for key in keys for s, layers in zip(self.settings, self.layers)]
         return self.library.adopt(fragments, parts)
 

@@ -10,11 +10,13 @@ temporary Parquet file exactly as `parquet.write_embeddings` writes a whole outp
 groups' bytes are copied after the output's end, and their offsets moved by where they landed
 (`_shift`, on the footers read and written in Thrift's compact protocol, `_Reader`/`_write`).
 
-A reader that opens the file while the rows are copied finds no footer at its end (an error,
-never wrong rows); a run killed meanwhile leaves bytes after the old footer, which the next
-`append` cuts off first, at the length the manifest recorded. The manifest is the commit point, as for `.npy` (`inplace`). A
-file of `MAX_GROUPS` row groups or more is written anew instead, so that a library's daily runs
-do not leave thousands of small row groups.
+The manifest is the commit point, as for `.npy` (`inplace`). A reader that opens the file while
+the rows are copied finds no footer at its end (an error, never wrong rows); a run killed
+meanwhile leaves bytes after the old footer, which the next run cuts off (`repair`), at the
+length the manifest recorded, and a write that fails cuts them off at once. A file with a second
+name (`inplace.plain`), of `MAX_GROUPS` row groups or more (a library's daily runs would leave
+thousands of small ones), or whose new rows cannot follow its own (`_compatible`) is written
+anew instead.
 """
 
 from __future__ import annotations
@@ -186,10 +188,10 @@ def footer(fh, end: int) -> tuple[bytes, int]:
     return fh.read(length), end - 8 - length
 
 
-def merged(old: bytes, new: bytes, by: int) -> bytes:
-    """The footer of the grown file: `old`'s row groups, then `new`'s moved by `by` bytes (their
-    ordinals renumbered), and the rows of both."""
-    head, tail = _Reader(old).struct(), _Reader(new).struct()
+def merged(head: list, tail: list, by: int) -> bytes:
+    """The footer of the grown file, from the old one and the new rows' (read: `_Reader.struct`):
+    `head`'s row groups, then `tail`'s moved by `by` bytes (their ordinals renumbered), and the
+    rows of both."""
     listed = _field(head, ROW_GROUPS)[2][1]
     for group in _field(tail, ROW_GROUPS)[2][1]:
         _shift(group, by)
@@ -255,10 +257,10 @@ def append(path: Path, length: int, write_rows, begin, commit) -> bool:
         tmp.flush()
         new, start = footer(tmp, tmp.seek(0, os.SEEK_END))
         with inplace.opened(path, os.O_RDWR, "r+b") as fh:
-            old = footer(fh, length)[0]
-            if not _compatible(_Reader(old).struct(), _Reader(new).struct()):
+            head, tail = _Reader(footer(fh, length)[0]).struct(), _Reader(new).struct()
+            if not _compatible(head, tail):
                 return False
-            grown = merged(old, new, length - 4)
+            grown = merged(head, tail, length - 4)
             with whole():
                 begin()
                 _grow(fh.fileno(), length, tmp, start - 4, grown + struct.pack("<I", len(grown)) + b"PAR1", path)

@@ -133,17 +133,24 @@ def library_side(plans, files: int, seconds: float, segments: bool) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def written_side(plans, files: int, seconds: float) -> tuple[float, float, float]:
+def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tuple[float, float, float]:
     """The workers write (`engines.writes`): the write tasks' answers for `files` finished files
     (built by the real write task into a real library, not timed: that is the workers' work),
-    then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on, and
-    commit the fragments. Bytes and seconds of the driver per file, and apart the seconds per
+    then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on to
+    the `embed` job's own callbacks (`jobs.stored`'s storing and the job's recorder, which keeps
+    each file's facts for the output, and the events that count it), and commit the fragments.
+    `heap`: "settled" as a run settles the garbage collector (`engines.settled`), "default" with
+    Python's own settings. Bytes and seconds of the driver per file, and apart the seconds per
     file of the tidy at the run's end (Lance merging the run's fragments: it reads and rewrites
     the rows once, in Rust)."""
+    import contextlib
+
+    from matpac_cli.engines import settled
     from matpac_cli.engines.work import DONE, Collector
     from matpac_cli.engines.writes import write_files, write_size
-    from matpac_cli.events import NoEvents
+    from matpac_cli.events import KeepFailures, NoEvents
     from matpac_cli.interrupts import whole
+    from matpac_cli.jobs import embed, stored
     from matpac_cli.library.key import Setting
     from matpac_cli.library.shards import Sink
     from matpac_cli.library.store import Library
@@ -166,19 +173,25 @@ def written_side(plans, files: int, seconds: float) -> tuple[float, float, float
                 payload["outputs"] = [(plan.resolved_layers(), emb)]
                 rows.append(pickle.dumps([(i, 0, DONE, payload)]))
             blobs.append(write_files({"data": np.array(rows, dtype=object)}, shard)["data"][0])
-        done = []
-        collector = Collector(items, plans, NoEvents(), done.append, sink)
-        t0 = time.process_time()
-        for blob in blobs:
-            with whole():  # as engines.ray's driver hands an answer's files on
-                for entry in pickle.loads(blob):
-                    collector.add(*entry)
-                collector.release()  # the files whose fragments the library has committed
-        collector.release(now=True)  # the last commit, and the files it holds
-        t1 = time.process_time()
+        summary, results, settings = embed.Summary(), {}, [Setting.of(plan)]
+        events = KeepFailures(NoEvents(), summary.failures)
+        on_result = embed._recorder(embed.EmbedConfig(Path("e.npy")), 1, results, summary, events)
+        by_item = {item: keys[item.name] for item in items}
+        storing = stored._storer(library, (plans, settings), by_item, {}, events, on_result)
+        recording = stored._Recording(events, library, keys, settings, {})
+        collector = Collector(items, plans, recording, storing, sink)
+        with settled() if heap == "settled" else contextlib.nullcontext():
+            t0 = time.process_time()
+            for blob in blobs:
+                with whole():  # as engines.ray's driver hands an answer's files on
+                    for entry in pickle.loads(blob):
+                        collector.add(*entry)
+                    collector.release()  # the files whose fragments the library has committed
+            collector.release(now=True)  # the last commit, and the files it holds
+            t1 = time.process_time()
         library.close()  # the end of the run's tidy: Lance merges the run's small fragments
         t2 = time.process_time()
-        assert len(done) == files and all(r.stored for r in done), len(done)
+        assert len(results) == files == summary.done and not summary.failures, (len(results), summary.failures[:1])
         sink.close()
         return sum(len(b) for b in blobs) / files, (t1 - t0) / files, (t2 - t1) / files
     finally:
@@ -228,6 +241,12 @@ def main() -> None:
         _, chunks = answers(plans, 1, seconds, False)
         size, per_file, tidy = written_side(plans, a.files, seconds)
         print(f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f} {tidy * 1e6:17,.0f}")
+    print("\nthe same, 6-second clips, with Python's garbage collector as it is outside a run (`engines.settled`)")
+    plans = [Plan(predictor)]
+    _, chunks = answers(plans, 1, 6.0, False)
+    for heap in ("default", "settled", "default", "settled"):
+        _, per_file, _ = written_side(plans, a.files, 6.0, heap)
+        print(f"{'embed, 6-second clips, ' + heap:34s} {'':10s} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

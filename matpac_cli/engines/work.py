@@ -131,17 +131,19 @@ class Collector:
         self.received = 0  # bytes of the cluster's answers (engines.ray's count)
         self.adopting = 0  # the number of the fragments adopted last (`Sink.adopt`)
         self.waiting: deque[tuple[int, FileResult]] = deque()  # stored by workers, till committed (in order)
+        self._no_outputs = [EncoderOutput(None) for _ in plans]  # a stored file's: shared by every one
+        self._audio = events.audio  # looked up once: a job's events wrap others (`__getattr__` per call)
 
     def add(self, i: int, grid: int, part: int, payload) -> None:
         """One entry of an actor's answer (`engines.packs`): a part's sums, a file's facts (part
         -1), or the error of the part's encoding; a whole file (`DONE`, `WRITTEN`), or what a
         write task says of its write (`FRAGMENTS`, `UNWRITTEN`)."""
-        if part in (FRAGMENTS, UNWRITTEN):
-            return self._write(part, payload)
+        if part < -1:  # a whole file, or a write's news: the most of a catalogue's entries
+            if part in (FRAGMENTS, UNWRITTEN):
+                return self._write(part, payload)
+            return None if i in self.done else self._whole(i, part, payload)  # else a retried task's copy
         if i in self.done or (grid, part) in self.seen.setdefault(i, set()):
             return None  # a retried task's second answer
-        if part in (DONE, WRITTEN):
-            return self._whole(i, part, payload)
         self.seen[i].add((grid, part))
         slot = self.slots.setdefault(i, Slot(self.items[i], self.plans))
         if part < 0:
@@ -170,16 +172,14 @@ class Collector:
         """A file finished on its actor: its result, stored by a worker (`WRITTEN`: no vectors
         here) or to be stored by the job (`DONE`)."""
         self.done.add(i)
-        for held in (self.slots, self.seen, self.expected):
-            held.pop(i, None)
+        if i in self.seen:  # parts of it came before, from a try that did not finish it on its actor
+            for held in (self.slots, self.seen, self.expected):
+                held.pop(i, None)
         if payload["audio"]:
-            self.events.audio(payload["audio"])
+            self._audio(payload["audio"])
         duration, rate, channels, cut = payload["facts"]
         if part == WRITTEN:  # one list of outputs without vectors, shared by every such result
-            self.no_outputs = getattr(self, "no_outputs", None) or [EncoderOutput(None) for _ in self.plans]
-            res = FileResult(
-                self.items[i], duration, rate, channels, self.no_outputs, cut, key=payload["key"], stored=True
-            )
+            res = FileResult(self.items[i], duration, rate, channels, self._no_outputs, cut, None, payload["key"], True)
             self.waiting.append((self.adopting, res))  # handed on once the library has committed it
             return
         outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
@@ -195,11 +195,13 @@ class Collector:
             return
         failed = self.sink.commit() if now else self.sink.library_failed
         through = self.sink.committed()
+        on_result, progress = self.on_result, self.events.progress  # looked up once, not per file
         with whole():  # together: a signal swap per file cost more than the file
             while self.waiting and (self.waiting[0][0] <= through or failed is not None):
                 number, res = self.waiting.popleft()
-                if number <= through:
-                    deliver(res.item, res, self.on_result, self.events)
+                if number <= through:  # `deliver`'s work, less its checks: no vectors here to check
+                    on_result(res)
+                    progress(res.item, res.duration_s)
                 else:
                     why = f"encoded, but not kept: {failed}; run again to encode it"
                     deliver(res.item, InputError(res.item.name, why), self.on_result, self.events)

@@ -102,25 +102,37 @@ def run(
     if not library.retry_failed:
         todo = [item for item in todo if not _skip_failed(item, failed.get(by_item.get(item)), events)]
 
-    def storing(res: FileResult) -> None:
-        key = res.key = by_item.get(res.item)
-        if key is not None:
-            with guarded(library.root):
-                for plan, setting, out in zip(plans, settings, res.outputs):
-                    if not res.stored:  # else a Ray worker stored it (`library.shards`)
-                        library.add(key, setting, plan, res, out)
-                if key in failed:  # tried again (`retry_failed`), and it ran through this time
-                    _forget_failed(library, key, settings)
-            _say_unwritable(library, events)
-        on_result(res)
-
     keys = {item.name: key for item, key in by_item.items()}
+    storing = _storer(library, (plans, settings), by_item, failed, events, on_result)
     sink = _sink(library, options, todo, by_item, plans, lean)
     try:
         return engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing, sink)
     finally:
         if sink is not None:
             sink.close()
+
+
+def _storer(library, plans: tuple[list, list], by_item: dict, failed: dict, events: RunEvents, on_result) -> Callable:
+    """What the engine hands each finished file to: the file stored in the library under its key
+    (`by_item`), unless a Ray worker stored it (`FileResult.stored`), then to the job's
+    `on_result`. `plans`: the run's plans and their library settings."""
+    from matpac_cli.library.tables import guarded
+
+    plans, settings = plans
+
+    def storing(res: FileResult) -> None:
+        key = res.key = by_item.get(res.item)
+        if key is not None and (not res.stored or key in failed):  # else a Ray worker stored it (`library.shards`)
+            with guarded(library.root):
+                for plan, setting, out in zip(plans, settings, res.outputs):
+                    if not res.stored:
+                        library.add(key, setting, plan, res, out)
+                if key in failed:  # tried again (`retry_failed`), and it ran through this time
+                    _forget_failed(library, key, settings)
+            _say_unwritable(library, events)
+        on_result(res)
+
+    return storing
 
 
 def _sink(library, options: RunOptions, todo: list[Item], by_item: dict, plans: list[Plan], lean: list | None):

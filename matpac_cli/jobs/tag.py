@@ -6,10 +6,12 @@ run in the same pass over the files (decoded once). Rows (`tag_rows`) are
 head that kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
 Parquet table (a file only, written whole at the end, as every file output is). The encoder
 runs only on files the library lacks, and stores them as they finish, so a re-run resumes (and
-`tag` after `embed` runs no encoder); every file output gets a manifest
-(`tags.csv.manifest.json`), stdout one only where `TagConfig.manifest` names a file. A file
-output's rows of files that are not inputs of this run are never dropped silently: kept
-(`update`), replaced (`force`), or the run is refused (`outputs.earlier`).
+`tag` after `embed` runs no encoder); without segments, the files it holds (and those a Ray
+cluster's workers store themselves) are scored from its vectors a batch at a time (`tag_score`);
+every file output gets a manifest (`tags.csv.manifest.json`), stdout one only where
+`TagConfig.manifest` names a file. A file output's rows of files that are not inputs of this
+run are never dropped silently: kept (`update`), replaced (`force`), or the run is refused
+(`outputs.earlier`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from matpac_cli.inference.predictor import Predictor
 from matpac_cli.jobs import stored
 from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
-from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_wide, effective_top_k, file_rows, score
+from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_wide, effective_top_k, file_rows
 from matpac_cli.jobs.tag_rows import layout_columns as _columns
+from matpac_cli.jobs.tag_score import Waiting, recorder
 from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs.manifest import manifest
-from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 
 MANIFEST_FAILURES = 1000  # failed files named in a tag manifest (`counts.failed` has them all)
@@ -147,21 +150,6 @@ def tag(
     return summary
 
 
-def _truncated(res: FileResult, summary: Summary, events: RunEvents) -> bool:
-    """A file that decoded but ended before its header said is tagged as read, said, and marked
-    (as `embed` does: the same words, a `truncated` column, the manifest's list)."""
-    if not res.truncated:
-        return False
-    summary.truncated.append(res.item.name)
-    if res.found is not None:  # said when it was read; a file from the library was said then
-        return True
-    events.warning(
-        f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
-        f"{res.truncated[1]} could be read (file cut short?); tagged what was read"
-    )
-    return True
-
-
 def _stream(
     items: list[Item],
     groups: list[Group],
@@ -171,21 +159,36 @@ def _stream(
     events: RunEvents,
     library=None,
 ) -> None:
+    """Rows to stdout as files finish; those whose embedding is in the library a batch at a time
+    (`tag_score`), in the order they finished."""
     heads = [h for g in groups for h in g.heads]
-    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
     writer = writers.RowWriter(stdout, config.fmt, _columns(config, heads))
 
-    def on_result(res: FileResult) -> None:
-        cut = _truncated(res, summary, events)
-        scores = score(res, groups, config.segments, config.min_segment)
-        for row in file_rows(res.item.name, heads, scores, config, res.duration_s, cut):
+    def emit(item: Item, meta: dict, scores: dict) -> None:
+        cut = bool(meta.get("truncated"))
+        for row in file_rows(item.name, heads, scores, config, meta["duration_s"], cut):
             writer.write(row)
         writer.flush()
-        summary.count(res)
 
+    _run(items, groups, config, (summary, events), emit, library)
+
+
+def _run(items, groups: list[Group], config: TagConfig, heard: tuple, emit: Callable, library) -> None:
+    """The encoder pass (`stored.run`), each file's scores handed to `emit(item, meta, scores)`.
+    Without `segments`, files the library holds (or a Ray worker stored) come without their
+    vectors (`lean`) and are scored a batch at a time (`tag_score.Waiting`); with segments,
+    each file's segments are read from the library with it and scored alone, as before."""
+    summary, events = heard
+    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
+    lean = None if config.segments or library is None else []
+    waiting = None if lean is None else Waiting(library, plans, groups, lean, emit)
+    on_result = recorder((groups, config.segments, config.min_segment), summary, events, waiting, emit)
     try:
-        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
+        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found, lean=lean)
+        if waiting is not None:
+            waiting.flush()
         summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+        summary.received += ran.received
     finally:
         stored.close(library, summary, events)
 
@@ -201,26 +204,18 @@ def _to_file(
     manifest_for: tuple[Path, Callable[[], dict]],
     library=None,
 ) -> None:
-    """Score every file as it finishes (from the library where it holds the embedding), then
-    write all rows to `out` at once, with its manifest (both replace the old ones together). With
-    nothing finished, an earlier output is left as it was and not called fresh."""
+    """Score every file as it finishes (those whose embedding is in the library a batch at a
+    time: `_run`), then write all rows to `out` at once, with its manifest (both replace the old
+    ones together). With nothing finished, an earlier output is left as it was and not called
+    fresh."""
     man_path, make_manifest = manifest_for
     before = check_inputs(config, out, items, settings, man_path)
     scored: dict[Item, tuple[dict, dict]] = {}
 
-    def on_result(res: FileResult) -> None:
-        meta = {"duration_s": res.duration_s}
-        if _truncated(res, summary, events):
-            meta["truncated"] = list(res.truncated)
-        scored[res.item] = (meta, score(res, groups, config.segments, config.min_segment))
-        summary.count(res)
+    def emit(item: Item, meta: dict, scores: dict) -> None:
+        scored[item] = (meta, scores)
 
-    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
-    try:
-        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found)
-        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
-    finally:
-        stored.close(library, summary, events)
+    _run(items, groups, config, (summary, events), emit, library)
     heads = [h for g in groups for h in g.heads]
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)

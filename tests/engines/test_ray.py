@@ -569,6 +569,51 @@ def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_pat
     )  # the token went
 
 
+def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head, tmp_path, wide, ray_env):
+    """`tag` (clip scores) through the cluster with a library: the workers store each file's
+    vector, the driver receives under a kilobyte a file (a vector's sums were 31 KB) and scores
+    the files from the library a batch at a time (`jobs.tag_score`): the rows are the local
+    engine's. Through the Python API, in a process of its own (as the embed test above)."""
+    for i in range(300):
+        write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
+    g = torch.Generator().manual_seed(0)
+    width = wide.dims.embed_dim
+    torch.save(
+        {"weight": torch.randn(20, width, generator=g), "bias": torch.randn(20, generator=g)}, tmp_path / "openmic.pth"
+    )
+    code = "\n".join(
+        [
+            "import io",
+            "from pathlib import Path",
+            "from matpac_cli import Predictor, RunOptions, TagConfig, discover, tag",
+            "from matpac_cli.jobs import tag_score",
+            "from matpac_cli.jobs.tag import Group, build_heads",
+            "from matpac_cli.library import store",
+            "tag_score.BATCH_FILES, store.COMMIT_MIN_S = 64, 0.0  # at this scale what 512 are at a catalogue's",
+            f"model = Predictor.load({str(wide.resolved.path)!r}, device='cpu', precision='fp32')",
+            f"t = Path({str(tmp_path)!r})",
+            "group = Group('wide', build_heads([str(t / 'openmic.pth')], model, None, False), model)",
+            "items = discover([str(t / 'in')])",
+            f"ray = RunOptions(batch_size=8, engine='ray', address={head.address!r})",
+            "s = tag(items, [group], TagConfig(top_k=0, library=t / 'lib', options=ray), t / 'ray.csv', io.StringIO())",
+            "local = TagConfig(top_k=0, library=False, options=RunOptions(batch_size=8, workers=1))",
+            "tag(items, [group], local, t / 'local.csv', io.StringIO())",
+            "print(s.done, s.received / s.done)",
+        ]
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ray_env}, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    done, received = map(float, proc.stdout.decode().strip().splitlines()[-1].split())
+    assert done == 300 and 0 < received < 1024, f"the driver received {received:.0f} bytes a file"
+    import pandas as pd
+
+    a, b = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
+    assert len(a) == len(b) == 300 * 20
+    assert (a["path"] == b["path"]).all() and (a["label"] == b["label"]).all() and (a["rank"] == b["rank"]).all()
+    np.testing.assert_allclose(b["score"], a["score"], atol=1e-5)
+    assert library_files(tmp_path / "lib") == 300
+
+
 def test_a_library_the_driver_cannot_make_its_token_in_is_one_warning_and_the_driver_stores(tmp_path):
     """The workers' token cannot be made (the library's folder is a file's path here): the run
     goes on with the driver storing every file, said once, instead of ending."""

@@ -1,0 +1,144 @@
+"""`tag`'s scores of files whose clip embedding stays in the library, a batch at a time.
+
+`tag` without `segments` runs `stored.run` with `lean`: a file the library holds reaches the job
+without its vectors (`embedding` None, its `key` set), and so does a file a Ray worker stored
+itself (`FileResult.stored`: its vectors never cross to the driver). Such files wait here and are
+scored together (`BATCH_FILES` at a time): their vectors taken from the library (`held.Held.vectors`
+for the files it held as the run began, `Library.lookup` for those the workers stored since), and
+each head applied once to the stacked matrix, which gives each file the scores `tag_rows.score`
+gives it alone. A file encoded by this process (its embedding at hand) is scored at once, after
+the files waiting before it, so rows leave in the order files finished.
+
+With `segments`, every file takes today's path: the library's segment rows are read per file
+(`Library.lookup`) and scored one file at a time (`tag_rows.score`); nothing waits here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from matpac_cli.errors import OutputError
+from matpac_cli.events import RunEvents
+from matpac_cli.pipeline.assemble import FileResult, Plan
+from matpac_cli.pipeline.discovery import Item
+
+BATCH_FILES = 512  # files scored together: their vectors read in one take (15 KB a file at 3840 values)
+
+
+def scores_of(groups: list, clips: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Per file, every head's clip scores (`clip:<head>`, float32, as `tag_rows.score`), from
+    `clips`: per group, the files' (N, D) clip embeddings."""
+    n = len(clips[0]) if clips else 0
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    for group, clip in zip(groups, clips):
+        for head in group.heads:
+            scores = head.scores(clip).astype(np.float32)
+            name = f"clip:{head.name}"
+            for row, file_scores in zip(scores, out):
+                file_scores[name] = row
+    return out
+
+
+class Waiting:
+    """Files whose embedding is in the library, scored `BATCH_FILES` at a time and handed to
+    `emit(item, meta, scores)` in the order they came. `held`: per plan, what the library held
+    as the run began (`stored.run`'s `lean`); other keys are read from `library` (stored since)."""
+
+    def __init__(self, library, plans: list[Plan], groups: list, held: list, emit: Callable) -> None:
+        self.library, self.plans, self.groups, self.held, self.emit = library, plans, groups, held, emit
+        self.files: list[tuple[Item, str, dict]] = []
+
+    def add(self, item: Item, key: str, meta: dict) -> None:
+        self.files.append((item, key, meta))
+        if len(self.files) >= BATCH_FILES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Every waiting file scored and handed on."""
+        if not self.files:
+            return
+        files, self.files = self.files, []
+        keys = [key for _, key, _ in files]
+        clips = [self._clips(i, keys) for i in range(len(self.plans))]
+        for (item, _, meta), scores in zip(files, scores_of(self.groups, clips)):
+            self.emit(item, meta, scores)
+
+    def _clips(self, i: int, keys: list[str]) -> np.ndarray:
+        """Plan `i`'s clip embedding (the last layer asked) of each of `keys`, as (N, D) float32."""
+        held = self.held[i]
+        inside = [k for k in keys if k in held]
+        if len(inside) == len(keys):
+            return held.vectors(keys)[:, -1]
+        got = dict(zip(inside, held.vectors(inside)[:, -1])) if inside else {}
+        got.update(self._stored(i, [k for k in keys if k not in held]))
+        return np.stack([got[k] for k in keys])
+
+    def _stored(self, i: int, keys: list[str]) -> dict[str, np.ndarray]:
+        """The clip embeddings of files stored during the run (by a Ray worker: committed before
+        they were handed on), read by key."""
+        from matpac_cli.library.key import Setting
+        from matpac_cli.library.tables import guarded
+
+        plan = self.plans[i]
+        last = plan.resolved_layers()[-1]
+        with guarded(self.library.root):
+            found = self.library.lookup(keys, Setting.of(plan), plan.resolved_layers(), False)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise OutputError(f"the library no longer holds {missing[0]}; run the command again")
+        return {k: np.asarray(found[k].layers[last], np.float32) for k in keys}
+
+
+def truncated(res: FileResult, summary, events: RunEvents) -> bool:
+    """A file that decoded but ended before its header said is tagged as read, said, and marked
+    (as `embed` does: the same words, a `truncated` column, the manifest's list)."""
+    if not res.truncated:
+        return False
+    summary.truncated.append(res.item.name)
+    if res.found is not None:  # said when it was read; a file from the library was said then
+        return True
+    events.warning(
+        f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
+        f"{res.truncated[1]} could be read (file cut short?); tagged what was read"
+    )
+    return True
+
+
+def recorder(job: tuple, summary, events: RunEvents, waiting: Waiting | None, emit: Callable):
+    """The callback `stored.run` hands each finished file to: scored at once where its embedding
+    is at hand (`tag_rows.score`; the files waiting before it first), else left `waiting` for its
+    batch. `job`: (groups, segments, min_segment). Its `found_many` takes the files the library
+    holds together (`stored.run` with `lean` and one plan): no `FileResult` per file."""
+    from matpac_cli.jobs.tag_rows import score
+
+    groups, segments, min_segment = job
+
+    def on_result(res: FileResult) -> None:
+        meta = {"duration_s": res.duration_s}
+        if truncated(res, summary, events):
+            meta["truncated"] = list(res.truncated)
+        summary.count(res)
+        if waiting is not None and res.outputs[0].embedding is None:  # in the library (`lean`)
+            waiting.add(res.item, res.key, meta)
+            return
+        if waiting is not None:
+            waiting.flush()  # the files that finished before it leave first
+        emit(res.item, meta, score(res, groups, segments, min_segment))
+
+    def found_many(items: list[Item], keys: list[str], facts: dict[str, list]) -> None:
+        """Files the library holds, as `on_result` takes each one found, in one call."""
+        audio, cuts = summary.audio_s, summary.truncated
+        for item, key, seconds, cut in zip(items, keys, facts["duration_s"], facts["truncated"]):
+            meta = {"duration_s": seconds}
+            if cut:
+                meta["truncated"] = list(cut)
+                cuts.append(item.name)
+            audio += seconds  # in the files' order, as `Summary.count` adds them
+            waiting.add(item, key, meta)
+        summary.audio_s, summary.reused = audio, summary.reused + len(items)
+
+    if waiting is not None:
+        on_result.found_many = found_many
+    return on_result

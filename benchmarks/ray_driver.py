@@ -133,7 +133,7 @@ def library_side(plans, files: int, seconds: float, segments: bool) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tuple[float, float, float]:
+def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tuple[float, float, float, float]:
     """The workers write (`engines.writes`): the write tasks' answers for `files` finished files
     (built by the real write task into a real library, not timed: that is the workers' work),
     then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on to
@@ -141,8 +141,9 @@ def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tu
     each file's facts for the output, and the events that count it), and commit the fragments.
     `heap`: "settled" as a run settles the garbage collector (`engines.settled`), "default" with
     Python's own settings. Bytes and seconds of the driver per file, and apart the seconds per
-    file of the tidy at the run's end (Lance merging the run's fragments: it reads and rewrites
-    the rows once, in Rust)."""
+    file of the tidy at the run's end: Lance merging the run's fragments on the driver (it reads
+    and rewrites the rows once, in Rust), and the same library's merge rewritten by other
+    processes, the driver planning and committing (`merged_elsewhere`)."""
     import contextlib
 
     from matpac_cli.engines import settled
@@ -189,13 +190,39 @@ def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tu
                     collector.release()  # the files whose fragments the library has committed
             collector.release(now=True)  # the last commit, and the files it holds
             t1 = time.process_time()
-        library.close()  # the end of the run's tidy: Lance merges the run's small fragments
-        t2 = time.process_time()
         assert len(results) == files == summary.done and not summary.failures, (len(results), summary.failures[:1])
         sink.close()
-        return sum(len(b) for b in blobs) / files, (t1 - t0) / files, (t2 - t1) / files
+        shutil.copytree(root, root.with_name(root.name + "-twin"))  # the same library, for the workers' merge
+        library.close()  # the end of the run's tidy: Lance merges the run's small fragments
+        tidy = time.process_time() - t1
+        return sum(len(b) for b in blobs) / files, (t1 - t0) / files, tidy / files, merged_elsewhere(root) / files
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root.with_name(root.name + "-twin"), ignore_errors=True)
+
+
+def merged_elsewhere(root: Path) -> float:
+    """Seconds of the driver's CPU for the end-of-run tidy of `root`'s twin where other processes
+    rewrite the rows (`jobs.tidy` on a Ray cluster; here a process pool, not timed: the workers'
+    work): planned, the rewrites' results unpickled, committed, and the library closed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from matpac_cli.library import compaction, tables
+    from matpac_cli.library.store import Library
+
+    twin = root.with_name(root.name + "-twin")
+    fragments = len(tables.open_table(twin, "clips").get_fragments())
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:  # Lance is not fork-safe
+        list(pool.map(abs, [1, 2]))  # the workers started before the clock
+        t0 = time.process_time()
+        library, planned = Library(twin), compaction.plan(twin)
+        results = list(pool.map(compaction.Rewrite.__call__, planned.rewrites))
+        library.merged |= planned.settled | compaction.commit(twin, planned, results)
+        library.close()
+        took = time.process_time() - t0
+    assert "clips" in library.merged and len(tables.open_table(twin, "clips").get_fragments()) < fragments
+    return took
 
 
 def fed(chunks: int, per_file_s: float) -> float:
@@ -232,20 +259,24 @@ def main() -> None:
             f"{fed(chunks, engine):10,.1f} (engine) {fed(chunks, engine + library):6,.1f} (with library)"
         )
     print("\nthe workers write the library (`embed` into a library: engines/writes.py); the driver's whole share")
+    print("(end tidy: the driver's CPU for the run's end merge, by the driver itself / by the workers, jobs/tidy.py)")
     print(
         f"{'workload':34s} {'bytes/file':>10s} {'driver us/file':>15s} {'H200s fed (projected)':>22s} "
-        f"{'end tidy us/file':>17s}"
+        f"{'end tidy us/file: driver':>25s} {'workers':>8s} {'ratio':>6s}"
     )
     for name, seconds in (("embed, 3.5-minute tracks", 210.0), ("embed, 6-second clips", 6.0)):
         plans = [Plan(predictor)]
         _, chunks = answers(plans, 1, seconds, False)
-        size, per_file, tidy = written_side(plans, a.files, seconds)
-        print(f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f} {tidy * 1e6:17,.0f}")
+        size, per_file, tidy, elsewhere = written_side(plans, a.files, seconds)
+        print(
+            f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f} "
+            f"{tidy * 1e6:25,.1f} {elsewhere * 1e6:8,.1f} {tidy / elsewhere:5,.1f}x"
+        )
     print("\nthe same, 6-second clips, with Python's garbage collector as it is outside a run (`engines.settled`)")
     plans = [Plan(predictor)]
     _, chunks = answers(plans, 1, 6.0, False)
     for heap in ("default", "settled", "default", "settled"):
-        _, per_file, _ = written_side(plans, a.files, 6.0, heap)
+        per_file = written_side(plans, a.files, 6.0, heap)[1]
         print(f"{'embed, 6-second clips, ' + heap:34s} {'':10s} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -21,6 +21,7 @@ from matpac_cli import engines
 from matpac_cli.config import RunOptions
 from matpac_cli.errors import MatpacError, OutputError, one_line
 from matpac_cli.events import Ran, RunEvents
+from matpac_cli.jobs import tidy
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -106,7 +107,10 @@ def run(
     storing = _storer(library, (plans, settings), by_item, failed, events, on_result)
     sink = _sink(library, options, todo, by_item, plans, lean)
     try:
-        return engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing, sink)
+        ran = engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing, sink)
+        if library.adopted:  # the workers wrote the library: they merge its fragments too (`jobs.tidy`)
+            tidy.on_cluster(library, events)
+        return ran
     finally:
         if sink is not None:
             sink.close()

@@ -75,6 +75,7 @@ class Library:
         self.unwritable: Exception | None = None  # the write that failed: nothing more is stored
         self.told = False  # the run has said so
         self.retry_failed = False  # the files `library.failed` records are tried again (`jobs.stored`)
+        self.merged: dict[str, list] = {}  # tables merged already, and where (a Ray cluster's: `jobs.tidy`)
 
     # reading -----------------------------------------------------------------------------------
 
@@ -339,7 +340,7 @@ class Library:
             raise self._failed
         self.commit()
         if self.unwritable is None:
-            tables.tidy(self.root)
+            tables.tidy(self.root, done=self.merged)
 
     def version(self) -> dict[str, int]:
         """Each table's version now (the manifest records it)."""

@@ -18,7 +18,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -221,12 +221,12 @@ def delete(root: Path, name: str, predicate: str) -> None:
         _retry(lambda: lance.dataset(uri(root, name)).delete(predicate), root)
 
 
-def tidy(root: Path, most_fragments: int = 16) -> None:
+def tidy(root: Path, most_fragments: int = 16, done: Collection[str] = ()) -> None:
     """Many small fragments (a commit every few files) merged into few, and versions older than an
     hour dropped (a run still reading one keeps its files that long), so the library stays small
     and fast to read however many runs wrote to it. Only fragments under a `most_fragments`th of
-    the table are merged: Lance's default (a million rows) took the big one too, and a library of
-    100,000 clips rewrote its 1.5 GB every 17th run; so each row is rewritten a few times in all."""
+    the table are merged (`merging`). The tables in `done` were merged already (on a Ray cluster's
+    workers: `library.compaction`): only their old versions are dropped."""
     from datetime import timedelta
 
     for name in SCHEMAS:
@@ -234,11 +234,22 @@ def tidy(root: Path, most_fragments: int = 16) -> None:
         if ds is None:
             continue
         try:
-            if len(ds.get_fragments()) > most_fragments:
-                ds.optimize.compact_files(target_rows_per_fragment=max(1024, ds.count_rows() // most_fragments))
+            options = merging(ds, most_fragments) if name not in done else None
+            if options is not None:
+                ds.optimize.compact_files(**options)
             lance.dataset(uri(root, name)).cleanup_old_versions(older_than=timedelta(hours=1))
         except Exception:  # noqa: BLE001 - another run compacting at the same time: the next run tidies
             pass
+
+
+def merging(ds, most_fragments: int = 16) -> dict | None:
+    """The compaction `tidy` runs on `ds` (Lance's `CompactionOptions`), or None where it has
+    `most_fragments` or fewer. Lance's default target (a million rows) took the big fragment too,
+    and a library of 100,000 clips rewrote its 1.5 GB every 17th run; a `most_fragments`th of the
+    table rewrites each row a few times in all."""
+    if len(ds.get_fragments()) <= most_fragments:
+        return None
+    return {"target_rows_per_fragment": max(1024, ds.count_rows() // most_fragments)}
 
 
 def _retry(commit, root: Path):

@@ -626,3 +626,51 @@ def test_a_library_the_driver_cannot_make_its_token_in_is_one_warning_and_the_dr
     heard: list[str] = []
     assert _shared(Sink(Library(tmp_path / "file" / "lib"), [], [], {}), Listeners(warning=heard.append)) is None
     assert len(heard) == 1 and "cannot write (Not a directory)" in heard[0] and "instead of the Ray workers" in heard[0]
+
+
+MERGES = """
+import json, os, sys, types
+from pathlib import Path
+from matpac_cli import Predictor, RunOptions, discover
+from matpac_cli.events import Listeners
+from matpac_cli.jobs import stored
+from matpac_cli.library import tables
+from matpac_cli.library.store import Library
+from matpac_cli.pipeline.assemble import Plan
+t, address, model = Path(sys.argv[1]), sys.argv[2], Predictor.load(sys.argv[3], device="cpu", precision="fp32")
+library, done, said = Library(t / "lib"), [], []
+options = RunOptions(batch_size=8, engine="ray", address=address)
+stored.run(library, options, discover([str(t / "in")]), [Plan(model)], Listeners(warning=said.append), done.append, lean=[])
+stored.close(library, types.SimpleNamespace())
+clips = tables.open_table(library.root, "clips")
+before = len(clips.checkout_version(clips.version - 1).get_fragments())  # the merge's is the last commit
+rows = clips.to_table(columns=["key", "embedding"]).to_pydict()
+sessions = [os.getsid(pid) for _, pid in library.merged.get("clips", [])]  # while the job's workers live
+print(json.dumps({"driver": os.getpid(), "merged": library.merged, "sessions": sessions, "said": said, "before": before,
+                  "done": len(done),
+                  "stored": sum(r.stored for r in done), "after": len(clips.get_fragments()),
+                  "keys": len(set(rows["key"])), "rows": len(rows["key"]),
+                  "whole": all(len(v) == model.dims.embed_dim for v in rows["embedding"])}))
+"""
+
+
+def test_the_workers_merge_the_fragments_they_wrote_and_the_driver_commits(ckpts, head, tmp_path, ray_env):
+    """The run's workers wrote a fragment per file (a small run): the end-of-run merge of them is
+    rewritten by a process of the cluster's node, not the driver (`jobs.tidy`), and the library
+    holds every file's row once, whole, in a few fragments."""
+    for i in range(40):
+        write_audio(tmp_path / "in" / f"f{i:02d}.wav", 0.3, seed=i)
+    env = {**os.environ, **ray_env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-c", MERGES, str(tmp_path), head.address, str(ckpts["tiny608"])],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    got = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert got["done"] == got["stored"] == 40 and got["before"] > 16, got  # the workers wrote them
+    where = got["merged"]["clips"]  # (host, pid) of each rewrite: a worker of the head node's `ray start`
+    assert where and all(pid != got["driver"] for _, pid in where) and set(got["sessions"]) == {head.proc.pid}, got
+    assert got["after"] < got["before"] // 4 and got["keys"] == got["rows"] == 40 and got["whole"], got
+    assert got["said"] == [], got  # no warning: nothing fell back to the driver

@@ -109,7 +109,7 @@ def run(
     try:
         ran = engines.run(options, todo, plans, _Recording(events, library, keys, settings, failed), storing, sink)
         if library.adopted:  # the workers wrote the library: they merge its fragments too (`jobs.tidy`)
-            tidy.on_cluster(library, events)
+            tidy.on_cluster(library, events, sink.token.name if sink is not None and sink.token else "")
         return ran
     finally:
         if sink is not None:

@@ -10,10 +10,17 @@ more than the rest of its share (benchmarks/ray_driver.py); planning and committ
 The rule is `tidy`'s own (`tables.merging`), Lance's distributed compaction its means
 (`lance.optimize.Compaction`: the tasks and their results pickle). A table whose rewrites did
 not all commit is left to `tidy`, which merges it on the driver as before.
+
+A rewrite runs only where the driver's library is (the run's token file is there: `Unseen`
+otherwise, as a write task hands its files back), and `commit` takes only data files it finds in
+the driver's folder: a node with a copy of the library at the same path never commits into the
+driver's a fragment whose files are elsewhere. What is not committed is removed, so a failed
+merge leaves no second copy of the rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -33,6 +40,10 @@ class Rewritten:
     pid: int
 
 
+class Unseen(OSError):
+    """A rewrite's process does not see the driver's library (the run's token is not there)."""
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """One of a table's merges (Lance's `CompactionTask`): called with no arguments in any process
@@ -41,12 +52,15 @@ class Rewrite:
     root: str  # absolute: a Ray worker's working folder is its raylet's, not the driver's
     name: str
     task: object
+    token: str = ""  # a file the driver made in the library (`shards.Sink`): "" where none is asked
 
     def __call__(self) -> Rewritten:
         """The task's rows read, at the version they were planned on, and written as merged data
         files, not committed (`commit` does, on the driver)."""
         import lance
 
+        if self.token and not os.path.isfile(os.path.join(self.root, self.token)):
+            raise Unseen(f"not seen on Ray node {socket.gethostname()}")
         ds = lance.dataset(tables.uri(Path(self.root), self.name), version=self.task.read_version)
         return Rewritten(self.name, self.task.execute(ds), socket.gethostname(), os.getpid())
 
@@ -62,8 +76,9 @@ class Plan:
     settled: dict[str, list]
 
 
-def plan(root: Path, most_fragments: int = 16) -> Plan:
-    """The merges `tables.tidy` would run now, planned from the tables' metadata (no row read)."""
+def plan(root: Path, most_fragments: int = 16, token: str = "") -> Plan:
+    """The merges `tables.tidy` would run now, planned from the tables' metadata (no row read);
+    each rewrite runs only where `token` (a file in the library) is seen."""
     from lance.optimize import Compaction
 
     rewrites, options, settled = [], {}, {}
@@ -77,7 +92,7 @@ def plan(root: Path, most_fragments: int = 16) -> Plan:
             settled[name] = []
             continue
         options[name] = wanted
-        rewrites += [Rewrite(str(Path(root).absolute()), name, task) for task in tasks]
+        rewrites += [Rewrite(str(Path(root).absolute()), name, task, token) for task in tasks]
     return Plan(rewrites, options, settled)
 
 
@@ -92,10 +107,12 @@ def commit(root: Path, planned: Plan, results: list) -> dict[str, list[tuple[str
     by_table: dict[str, list[Rewritten]] = {name: [] for name in planned.options}
     failed = set()
     for rewrite, result in zip(planned.rewrites, results):
-        if isinstance(result, Rewritten) and result.name == rewrite.name:
+        if isinstance(result, Rewritten) and result.name == rewrite.name and _here(root, result):
             by_table[rewrite.name].append(result)
         else:
             failed.add(rewrite.name)
+            if isinstance(result, Rewritten):
+                _remove(root, [result])
     merged = {}
     for name, rewritten in by_table.items():
         if not rewritten:
@@ -103,7 +120,29 @@ def commit(root: Path, planned: Plan, results: list) -> dict[str, list[tuple[str
         try:
             Compaction.commit(tables.open_table(root, name), [r.result for r in rewritten], planned.options[name])
         except Exception:  # noqa: BLE001 - a conflict (another run merged it): `tidy` takes it
+            _remove(root, rewritten)
             continue
         if name not in failed:
             merged[name] = [(r.host, r.pid) for r in rewritten]
     return merged
+
+
+def _files(root: Path, rewritten: Rewritten) -> list[str]:
+    """The data files a rewrite wrote, in the driver's folder for its table."""
+    data = os.path.join(tables.uri(Path(root), rewritten.name), "data")
+    return [os.path.join(data, f.path) for fragment in rewritten.result.new_fragments for f in fragment.files]
+
+
+def _here(root: Path, rewritten: Rewritten) -> bool:
+    """Whether every data file the rewrite wrote is in the driver's library (a node's own copy
+    of it at the same path wrote them elsewhere)."""
+    return all(os.path.isfile(path) for path in _files(root, rewritten))
+
+
+def _remove(root: Path, rewritten: list[Rewritten]) -> None:
+    """The data files of rewrites that were not committed: referenced by no version, they would
+    stay a week (Lance's cleanup keeps files it cannot tell from a write in progress that long)."""
+    for r in rewritten:
+        for path in _files(root, r):
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -674,3 +674,40 @@ def test_the_workers_merge_the_fragments_they_wrote_and_the_driver_commits(ckpts
     assert where and all(pid != got["driver"] for _, pid in where) and set(got["sessions"]) == {head.proc.pid}, got
     assert got["after"] < got["before"] // 4 and got["keys"] == got["rows"] == 40 and got["whole"], got
     assert got["said"] == [], got  # no warning: nothing fell back to the driver
+
+
+ON_CLUSTER = """
+import functools, json, os, signal, sys, threading, time
+import ray
+from matpac_cli.cli import _on_signal
+from matpac_cli.cli._stdout import Stopped
+from matpac_cli.engines.ray.tasks import on_cluster
+ray.init(address=sys.argv[1], logging_level="ERROR")
+nap = functools.partial(time.sleep, 60)
+t0 = time.monotonic()
+stalled = on_cluster([functools.partial(int, "7"), nap], stall=3)
+stall_s = time.monotonic() - t0
+signal.signal(signal.SIGTERM, _on_signal)
+threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+t0 = time.monotonic()
+try:
+    on_cluster([nap])
+    stopped = None
+except Stopped as exc:
+    stopped = exc.code
+print(json.dumps({"stalled": [type(r).__name__ if isinstance(r, Exception) else r for r in stalled],
+                  "stall_s": stall_s, "stopped": stopped, "stop_s": time.monotonic() - t0}))
+"""
+
+
+def test_the_cluster_s_own_tasks_end_and_a_signal_stops_them(head, tmp_path, ray_env):
+    """The end-of-run work the driver hands the cluster (`engines.ray.on_cluster`) always ends: a
+    task that answers nothing while no other does for the stall time is given up (the others'
+    answers kept), and SIGTERM during the wait reaches the CLI's handler at once (a blocking
+    `ray.get` ran the handler inside Ray, which swallowed its exception: the run went on)."""
+    env = {**os.environ, **ray_env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", ON_CLUSTER, head.address], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    got = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert got["stalled"] == [7, "TimeoutError"] and got["stall_s"] < 50, got  # not the 60 s nap
+    assert got["stopped"] == 143 and got["stop_s"] < 30, got

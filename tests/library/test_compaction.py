@@ -117,3 +117,55 @@ def test_the_tidy_leaves_the_tables_merged_already_and_merges_the_others(tmp_pat
     assert len(tables.open_table(root, "clips").get_fragments()) == 21
     Library(root).close()
     assert len(tables.open_table(root, "clips").get_fragments()) < 21
+
+
+def test_a_rewrite_runs_only_where_the_run_s_token_is_seen(tmp_path):
+    """A node without the driver's library (its own disk) is told by the token, not by a Lance
+    error: the rewrite refuses (`Unseen`), and where the token is there it runs."""
+    import pytest
+
+    from matpac_cli.library import compaction
+
+    root = tmp_path / "lib"
+    _clips(root, 20)
+    planned = compaction.plan(root, token=".matpac-ray-x")
+    with pytest.raises(compaction.Unseen, match="not seen on Ray node"):
+        planned.rewrites[0]()
+    (root / ".matpac-ray-x").touch()
+    assert planned.rewrites[0]().name == "clips"
+
+
+def test_a_copy_of_the_library_at_the_same_path_never_commits_into_the_driver_s(tmp_path):
+    """A node whose own copy of the library sits at the driver's path (a default library in a
+    home folder, a synced snapshot) rewrites its copy: those data files are not in the driver's
+    folder, so nothing is committed, and the driver's library stays readable and whole."""
+    import shutil
+    from dataclasses import replace
+
+    from matpac_cli.library import compaction, tables
+
+    root, copy = tmp_path / "lib", tmp_path / "copy"
+    _clips(root, 20)
+    before = _rows(root)
+    shutil.copytree(root, copy)
+    planned = compaction.plan(root)
+    results = _elsewhere([replace(r, root=str(copy)) for r in planned.rewrites], tmp_path)
+    assert all(isinstance(r, compaction.Rewritten) for r in results)
+    assert compaction.commit(root, planned, results) == {}
+    assert _rows(root) == before and len(tables.open_table(root, "clips").get_fragments()) == 21
+
+
+def test_rewrites_that_are_not_committed_leave_no_data_files(tmp_path):
+    """Another run deleted rows between the plan and the commit: Lance refuses the commit, and
+    the merged copies the rewrites wrote are removed, not left for a week."""
+    from matpac_cli.library import compaction, tables
+
+    root = tmp_path / "lib"
+    _clips(root, 20)
+    planned = compaction.plan(root)
+    results = _elsewhere(planned.rewrites, tmp_path)
+    tables.delete(root, "clips", "key = 'k20000'")  # a fragment the plan merges
+    assert compaction.commit(root, planned, results) == {}
+    ds = tables.open_table(root, "clips")
+    referenced = {f.path for fragment in ds.get_fragments() for f in fragment.data_files()}
+    assert {p.name for p in (root / "clips.lance" / "data").iterdir()} == referenced

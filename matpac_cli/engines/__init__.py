@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from matpac_cli.config import RunOptions
 from matpac_cli.events import NoEvents, Ran, RunEvents
+from matpac_cli.interrupts import whole
 
 if TYPE_CHECKING:  # the CLI checks `--engine` through here before torch is imported
     from matpac_cli.pipeline.assemble import FileResult, Plan
@@ -76,7 +77,7 @@ def run(
 
 
 YOUNG = 50_000  # objects allocated between two collections of the youngest generation, during a run
-_settled = [0, threading.Lock()]  # runs open (the outermost one settles the heap), and its guard
+_settled: dict = {"runs": 0, "lock": threading.Lock()}  # runs open (in any thread), and how the first found gc
 
 
 @contextmanager
@@ -86,20 +87,22 @@ def settled() -> Iterator[None]:
     out of the collector's scans, and the youngest generation is collected every `YOUNG`
     allocations instead of 700. A Ray driver's files are a few microseconds of Python each, and
     full collections over that heap took more than half of it (benchmarks/ray_driver.py). Cycles
-    made during the run are still collected; the frozen objects return to the collector as the
-    outermost run ends."""
-    with _settled[1]:
-        _settled[0] += 1
-        outer = _settled[0] == 1
-        if outer:
-            threshold = gc.get_threshold()
+    made during the run are still collected. As the last run open (in any thread) ends, the
+    collector is as the first found it: its thresholds, and the heap unfrozen only where nothing
+    was frozen before (the CLI freezes its start-up's objects itself: they stay so)."""
+    with _settled["lock"]:
+        _settled["runs"] += 1
+        if _settled["runs"] == 1:
+            _settled["was"] = (gc.get_threshold(), gc.get_freeze_count())
             gc.freeze()  # no collection first: it would cost a whole scan, the one this saves
-            gc.set_threshold(max(YOUNG, threshold[0]), *threshold[1:])
+            gc.set_threshold(max(YOUNG, _settled["was"][0][0]), *_settled["was"][0][1:])
     try:
         yield
     finally:
-        with _settled[1]:
-            _settled[0] -= 1
-            if outer:
+        with whole(), _settled["lock"]:  # a second Ctrl-C here would leave the collector settled
+            _settled["runs"] -= 1
+            if _settled["runs"] == 0:
+                threshold, frozen = _settled.pop("was")
                 gc.set_threshold(*threshold)
-                gc.unfreeze()
+                if not frozen:
+                    gc.unfreeze()

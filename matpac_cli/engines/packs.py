@@ -188,8 +188,10 @@ class Encoder:
             out = self._pack(pickle.loads(blob))
             done = self._finished(out) if self.finish else []
             rows += [[entry] for entry in done]  # a row each: the write stage takes files by the row
-            if len(out) > len(done):
-                rows.append([e for e in out if e[0] not in {d[0] for d in done}])
+            finished = {d[0] for d in done}
+            rest = [e for e in out if e[0] not in finished]
+            if rest:  # no empty row: it would take a file's place in a write task
+                rows.append(rest)
         data = np.empty(len(rows), dtype=object)
         for j, entries in enumerate(rows):
             data[j] = pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)

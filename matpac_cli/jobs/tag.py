@@ -27,15 +27,13 @@ from matpac_cli.errors import OutputError, UsageError
 from matpac_cli.events import KeepFailures, NoEvents, RunEvents
 from matpac_cli.inference.heads import Head, audioset_head, has_audioset_head, resolve_head
 from matpac_cli.inference.predictor import Predictor
-from matpac_cli.jobs import stored
+from matpac_cli.jobs import stored, tag_score
 from matpac_cli.jobs.embed import Summary
 from matpac_cli.jobs.tag_plan import DEFAULT_HEADS, DEFAULT_MODEL, plan_groups  # noqa: F401 - the public names
 from matpac_cli.jobs.tag_rows import MIN_SEGMENT_S, check_wide, effective_top_k, file_rows
 from matpac_cli.jobs.tag_rows import layout_columns as _columns
-from matpac_cli.jobs.tag_score import Waiting, recorder
 from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs.manifest import manifest
-from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
 
 MANIFEST_FAILURES = 1000  # failed files named in a tag manifest (`counts.failed` has them all)
@@ -170,27 +168,7 @@ def _stream(
             writer.write(row)
         writer.flush()
 
-    _run(items, groups, config, (summary, events), emit, library)
-
-
-def _run(items, groups: list[Group], config: TagConfig, heard: tuple, emit: Callable, library) -> None:
-    """The encoder pass (`stored.run`), each file's scores handed to `emit(item, meta, scores)`.
-    Without `segments`, files the library holds (or a Ray worker stored) come without their
-    vectors (`lean`) and are scored a batch at a time (`tag_score.Waiting`); with segments,
-    each file's segments are read from the library with it and scored alone, as before."""
-    summary, events = heard
-    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
-    lean = None if config.segments or library is None else []
-    waiting = None if lean is None else Waiting(library, plans, groups, lean, emit)
-    on_result = recorder((groups, config.segments, config.min_segment), summary, events, waiting, emit)
-    try:
-        ran = stored.run(library, config.options, items, plans, events, on_result, summary.found, lean=lean)
-        if waiting is not None:
-            waiting.flush()
-        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
-        summary.received += ran.received
-    finally:
-        stored.close(library, summary, events)
+    tag_score.run(items, groups, config, (summary, events), emit, library, streaming=True)
 
 
 def _to_file(
@@ -205,7 +183,7 @@ def _to_file(
     library=None,
 ) -> None:
     """Score every file as it finishes (those whose embedding is in the library a batch at a
-    time: `_run`), then write all rows to `out` at once, with its manifest (both replace the old
+    time: `tag_score.run`), then write all rows to `out` at once, with its manifest (both replace the old
     ones together). With nothing finished, an earlier output is left as it was and not called
     fresh."""
     man_path, make_manifest = manifest_for
@@ -215,7 +193,7 @@ def _to_file(
     def emit(item: Item, meta: dict, scores: dict) -> None:
         scored[item] = (meta, scores)
 
-    _run(items, groups, config, (summary, events), emit, library)
+    tag_score.run(items, groups, config, (summary, events), emit, library)
     heads = [h for g in groups for h in g.heads]
     kept = earlier.kept_rows(before, items, config.update, config.prune)
     earlier.count(summary, kept)

@@ -15,12 +15,15 @@ With `segments`, every file takes today's path: the library's segment rows are r
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
 
 from matpac_cli.errors import OutputError
 from matpac_cli.events import RunEvents
+from matpac_cli.interrupts import whole
+from matpac_cli.jobs import stored
 from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
@@ -138,7 +141,38 @@ def recorder(job: tuple, summary, events: RunEvents, waiting: Waiting | None, em
             audio += seconds  # in the files' order, as `Summary.count` adds them
             waiting.add(item, key, meta)
         summary.audio_s, summary.reused = audio, summary.reused + len(items)
+        waiting.flush()  # the library's files leave now, not behind the first file encoded
 
     if waiting is not None:
         on_result.found_many = found_many
     return on_result
+
+
+def run(
+    items: list[Item], groups: list, config, heard: tuple, emit: Callable, library, streaming: bool = False
+) -> None:
+    """`tag`'s encoder pass (`stored.run`; `config` a `TagConfig`), each file's scores handed to
+    `emit(item, meta, scores)`. Without `segments`, files the library holds (or a Ray worker
+    stored) come without their vectors (`lean`) and are scored a batch at a time (`Waiting`);
+    with segments, each file's segments are read from the library with it and scored alone, as
+    before. A `streaming` run that stops (Ctrl-C, an error) still hands on the files waiting:
+    they are counted as finished, so their rows are written."""
+    summary, events = heard
+    plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
+    lean = None if config.segments or library is None else []
+    waiting = None if lean is None else Waiting(library, plans, groups, lean, emit)
+    on_result = recorder((groups, config.segments, config.min_segment), summary, events, waiting, emit)
+    try:
+        try:
+            ran = stored.run(library, config.options, items, plans, events, on_result, summary.found, lean=lean)
+        except BaseException:
+            if streaming and waiting is not None:
+                with whole(), contextlib.suppress(Exception):  # the stop's own error goes on, not the flush's
+                    waiting.flush()
+            raise
+        if waiting is not None:
+            waiting.flush()
+        summary.retries, summary.ran_on = summary.retries + ran.retries, ran.device
+        summary.received += ran.received
+    finally:
+        stored.close(library, summary, events)

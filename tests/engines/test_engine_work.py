@@ -295,7 +295,8 @@ def test_a_run_s_per_file_work_never_scans_the_heap_it_started_with(setup):
     """During a run (either engine, through `engines.run`) what was alive as it started is frozen
     out of the garbage collector's scans and young objects are collected in bigger steps (full
     collections over torch's heap were more than half of a Ray driver's time per file); the
-    collector is as it was once the run ends, and objects made before it are collectable again."""
+    collector is as it was once the run ends: objects made before it are collectable again, and
+    where the process had frozen its heap itself (the CLI does, after start-up) it stays frozen."""
     import gc
 
     from matpac_cli.config import RunOptions
@@ -306,3 +307,34 @@ def test_a_run_s_per_file_work_never_scans_the_heap_it_started_with(setup):
     run(RunOptions(), items[:1], [plan], on_result=lambda r: seen.append((gc.get_freeze_count(), gc.get_threshold())))
     assert seen and seen[0][0] > 10_000 and seen[0][1][0] >= YOUNG
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run(RunOptions(), items[:1], [plan])
+        assert gc.get_threshold() == before and gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_runs_in_two_threads_keep_the_collector_settled_till_the_last_ends():
+    """The first run to end (in one thread) leaves the collector settled while another runs."""
+    import gc
+    import threading
+
+    from matpac_cli.engines import YOUNG, settled
+
+    before, inside, entered, go = gc.get_threshold(), [], threading.Event(), threading.Event()
+
+    def long_run() -> None:
+        with settled():
+            entered.set()
+            go.wait(10)
+            inside.append(gc.get_threshold()[0])
+
+    other = threading.Thread(target=long_run)
+    with settled():
+        other.start()
+        entered.wait(10)  # both runs open; this one ends first
+    go.set()
+    other.join(10)
+    assert inside == [max(YOUNG, before[0])] and gc.get_threshold() == before

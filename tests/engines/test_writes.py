@@ -162,3 +162,22 @@ def test_a_library_that_fails_mid_run_fails_the_files_it_did_not_keep_and_the_ru
     assert [n.rsplit("/", 1)[-1] for n in results] == ["w2.wav"] and results[next(iter(results))].outputs[
         0
     ].embedding is not None
+
+
+def test_an_actor_s_answer_is_a_row_per_finished_file_and_no_empty_row(files, tmp_path):
+    """A pack of files that all finish on the actor answers a row each, and no empty row beside
+    them (one took a file's place in a write task, and crossed to the driver as an empty answer)."""
+    from matpac_cli.engines.packs import DONE, Encoder, decode_files
+    from matpac_cli.engines.work import Recipe
+
+    items, plan = files
+    good = [item for item in items if item.name.endswith(("w0.wav", "w1.wav"))]
+    batch = {
+        "i": np.arange(len(good)),
+        "item": np.array([pickle.dumps(item) for item in good], dtype=object),
+        "key": np.array(["k0", "k1"], dtype=object),
+    }
+    packs = [row["data"][0] for row in decode_files(batch, (plan.predictor.dims.n_t,), False)]
+    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "finish": True})()
+    rows = [pickle.loads(b) for pack in packs for b in encoder({"data": np.array([pack], dtype=object)})["data"]]
+    assert sorted(len(r) for r in rows) == [1, 1] and all(r[0][2] == DONE for r in rows)

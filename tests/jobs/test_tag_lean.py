@@ -153,3 +153,39 @@ def test_two_inputs_of_the_same_audio_share_one_stored_vector_and_both_get_rows(
     again, summary = _tag(folder, groups, tmp_path / "lib", tmp_path / "t.csv")
     assert summary.reused == 4 and counted["lookup"] == [] and counted["vectors"] == [2, 2]
     _same_rows(again, plain)
+
+
+class _StopAtEncoding(Listeners):
+    """Events that note the rows written so far once the library has handed its files on (the
+    run is about to encode), and stop the run there as Ctrl-C would, where asked."""
+
+    def __init__(self, text: io.StringIO, stop: bool) -> None:
+        super().__init__()
+        self.text, self.stop, self.seen = text, stop, None
+
+    def encoding(self, items) -> None:
+        self.seen = self.text.getvalue()
+        if self.stop:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("two", [False, True], ids=["one-encoder", "two-encoders"])
+def test_stdout_has_the_library_s_files_before_encoding_and_after_a_stop(tmp_path, ckpts, models, counted, two):
+    """Three files in the library and one new, to stdout: with one encoder the library's files'
+    rows are out before the encoder starts (they waited behind the first file encoded), and a run
+    stopped there (Ctrl-C) has written them all, as before the batches: the summary counts them."""
+    folder = _files(tmp_path / "in", 3)
+    groups = _groups(models, ckpts, tmp_path, two)
+    _tag(folder, groups, tmp_path / "lib", None)
+    _files(folder, 1, first=3)
+    found = {str(folder / f"f{i}.wav") for i in range(3)}
+    config = TagConfig(top_k=3, library=tmp_path / "lib", options=_one_worker())
+    text = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        tag(discover([str(folder)]), groups, config, None, text, _StopAtEncoding(text, stop=True))
+    assert {r["path"] for r in csv.DictReader(io.StringIO(text.getvalue()))} == found
+    if not two:  # the new file is still new: it was never encoded
+        text = io.StringIO()
+        events = _StopAtEncoding(text, stop=False)
+        tag(discover([str(folder)]), groups, config, None, text, events)
+        assert {r["path"] for r in csv.DictReader(io.StringIO(events.seen))} == found

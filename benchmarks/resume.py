@@ -15,8 +15,9 @@ Then, for each format, end to end (start-up included), each in a fresh process:
   (b) 10 new real files (distinct audio, in a folder sorted last) added and the command run again;
   (c) the 10 new files alone into a new output and an empty library: the cost of encoding them,
       which (b) is measured beyond.
-Peak RSS of each run is the child's own (`/usr/bin/time`). `--profile DIR` also records each run with
-py-spy (raw folded stacks) and prints the functions holding the most samples.
+Peak RSS and CPU seconds (user + sys) of each run are the child's own (`/usr/bin/time`).
+`--profile DIR` also records each run with py-spy (raw folded stacks) and prints the functions
+holding the most samples.
 
   python benchmarks/resume.py                       # 100,000 files, dim 3840
   python benchmarks/resume.py --files 20000 --json out.json
@@ -48,7 +49,8 @@ from matpac_cli.library.store import Setting  # noqa: E402
 
 
 def run(args: list[str], env: dict, profile: Path | None = None) -> dict:
-    """One `matpac` process: wall seconds, its own peak RSS, and its closing line."""
+    """One `matpac` process: wall seconds, its CPU seconds (user + sys: on a shared machine the
+    wall time counts the others' work too), its own peak RSS, and its closing line."""
     cmd = [sys.executable, "-m", "matpac_cli", *args]
     if profile is not None:
         cmd = ["py-spy", "record", "-r", "50", "-f", "raw", "-o", str(profile), "--", *cmd]
@@ -56,15 +58,20 @@ def run(args: list[str], env: dict, profile: Path | None = None) -> dict:
     # holds the synthetic library's arrays) would report this process's RSS as its floor, since
     # Linux keeps the peak of the memory a process had before exec
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
-        cmd = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd]
+        cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, *cmd]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         dt = time.perf_counter() - t0
-        peak_kb = int(rss.read().split()[-1])
+        peak_kb, user, system = rss.read().split()[-3:]
     if proc.returncode:
         raise SystemExit(f"matpac {' '.join(args)} failed:\n{proc.stderr}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return {"s": dt, "rss_mb": peak_kb / 1024, "said": lines[-1] if lines else ""}
+    return {
+        "s": dt,
+        "cpu_s": float(user) + float(system),
+        "rss_mb": int(peak_kb) / 1024,
+        "said": lines[-1] if lines else "",
+    }
 
 
 SKIP = {"<module>", "entry", "main", "embed", "_embed", "run", "_run", "wrapper", "__call__", "invoke"}
@@ -159,8 +166,14 @@ def report(f: dict, args) -> None:
             ("ten_new", "re-run, 10 new files"),
             ("encode_ten_alone", "the 10 new files alone (encoding cost)"),
         ):
-            print(f"    {label:<44} {r[key]['s']:7.2f} s  peak RSS {r[key]['rss_mb']:7.0f} MB  | {r[key]['said']}")
-        print(f"    {'10 new, beyond encoding them':<44} {r['beyond_encoding_s']:7.2f} s  (goal < 2 s)")
+            f = r[key]
+            print(
+                f"    {label:<44} {f['s']:7.2f} s  CPU {f['cpu_s']:6.2f} s  peak RSS {f['rss_mb']:6.0f} MB  | {f['said']}"
+            )
+        cpu = r["ten_new"]["cpu_s"] - r["encode_ten_alone"]["cpu_s"]
+        print(
+            f"    {'10 new, beyond encoding them':<44} {r['beyond_encoding_s']:7.2f} s  CPU {cpu:6.2f} s  (goal < 2 s)"
+        )
         print(
             f"    {'10 new, beyond the nothing-new run':<44} {r['beyond_nothing_new_s']:7.2f} s  (their encoding included)"
         )

@@ -176,7 +176,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     summary = Summary()
     shape = (predictor.dims.embed_dim,) if len(layers) == 1 else (len(layers), predictor.dims.embed_dim)
     plan = Plan(predictor, layers=layers, frames=config.frames_dir is not None)
-    results: dict[Item, tuple[dict, object, str | None]] = {}
+    results: dict[str, tuple[dict, object, str | None]] = {}  # by name: a str keeps its hash, an Item's is a call
     lean = [] if config.frames_dir is None else None  # found files' vectors stay in the library till written
     shed = _Shedder(library, plan, results) if library is not None and lean is not None else None
     on_result = _recorder(config, len(layers), results, summary, events, shed)
@@ -193,7 +193,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
     done = [(name, facts, row) for name, (facts, row) in kept.rows]
     keys: list[str | None] = [""] * len(done)  # a kept row is the output's own: "" is its key in the digest
     for item in items:
-        got = results.get(item)  # one look-up (an item's hash is a Python call: 100,000 files)
+        got = results.get(item.name)  # one look-up per file (100,000 at a re-run)
         if got is not None:
             facts, row, key = got
             done.append((item.name, facts, Stored(key) if row is None else row))
@@ -210,7 +210,7 @@ def _embed(items, predictor, config, paths, events: RunEvents, argv, library) ->
 
 def _recorder(config, n_layers: int, results: dict, summary: Summary, events: RunEvents, shed=None):
     """The callback the engine hands each embedded file to: its frames written (with
-    `frames_dir`), its clip embedding kept for the output (`results`: item -> (facts, vector);
+    `frames_dir`), its clip embedding kept for the output (`results`: name -> (facts, vector);
     the library has stored it already, and once it has committed it `shed` lets the vector go),
     and the summary counted; a file read short is recorded and warned of. Its `found_many` takes
     the files the library holds together (`stored.run` with `lean`)."""
@@ -231,7 +231,7 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
                     f"{res.item.name}: the header promises {res.truncated[0]} frames but only "
                     f"{res.truncated[1]} could be read (file cut short?); embedded what was read"
                 )
-        results[res.item] = (meta, emb, res.key)
+        results[res.item.name] = (meta, emb, res.key)
         summary.count(res)
         if shed is not None and emb is not None:
             shed(res.item)
@@ -248,7 +248,7 @@ def _recorder(config, n_layers: int, results: dict, summary: Summary, events: Ru
             if cut:
                 meta["truncated"] = list(cut)
                 cuts.append(item.name)
-            results[item] = (meta, None, key)
+            results[item.name] = (meta, None, key)
             audio += seconds  # in the files' order, as `Summary.count` adds them
         summary.audio_s, summary.reused = audio, summary.reused + len(items)
 
@@ -272,9 +272,9 @@ class _Shedder:
         self.check_at = SHED_FILES  # waiting files at the next look (not each file: a look is O(waiting))
 
     def __call__(self, item: Item) -> None:
-        if self.results[item][2] is None or self.library.unwritable is not None:
+        if self.results[item.name][2] is None or self.library.unwritable is not None:
             return  # not keyed, or never to be stored: kept in memory
-        self.waiting.append(item)
+        self.waiting.append(item.name)
         if len(self.waiting) < self.check_at:
             return
         holds = self.library.holds([self.results[i][2] for i in self.waiting], self.setting, self.layers)

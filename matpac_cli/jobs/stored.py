@@ -162,27 +162,31 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
     events, on_result, found, frames_kept, lean = hearing
     with guarded(library.root):
         known = library.identify(items)
-        keys = [k.key for k in known.values()]
-        held = _held(library, keys, plans, settings, frames_kept, lean)
+        held = _held(library, known.keys, plans, settings, frames_kept, lean)
     many = getattr(on_result, "found_many", None) if lean is not None and len(held) == 1 else None
-    if many is not None:  # one dict look-up per file, no call: a re-run holds 100,000 of them
-        at = dict(zip(known, held[0].rows(keys)))
-        todo, by_item, hits = [], {}, ([], [], [])  # found: items, `Known`s, rows in the facts
-        for i, item in enumerate(items):
-            j = at.get(i, -1)
-            if j >= 0:
-                hits[0].append(item)
-                hits[1].append(known[i])
-                hits[2].append(j)
-            else:
-                todo.append(item)
-                if i in at:
-                    by_item[item] = known[i].key
-        _hand_on(hits, held[0], many, events, found)
-    else:
+    if many is None:
         todo, by_item = _one_by_one(items, plans, known, held, hearing)
+    else:  # as columns, no Python call per file: a re-run holds 100,000 of them
+        row = np.full(len(items), -2, np.int64)  # per item, its row in the facts; -1: known, not held; -2: not known
+        row[known.index] = held[0].rows(known.keys)
+        at = np.full(len(items), -1, np.int64)  # per item, its place in `known`
+        at[known.index] = np.arange(len(known))
+        every, keys, hows = (_objects(c) for c in (items, known.keys, known.hows))
+        hit, lacking = np.flatnonzero(row >= 0), np.flatnonzero(row == -1)
+        todo = every[row < 0].tolist()
+        by_item = dict(zip(every[lacking].tolist(), keys[at[lacking]].tolist()))
+        hits = (every[hit].tolist(), keys[at[hit]].tolist(), hows[at[hit]].tolist(), row[hit].tolist())
+        _hand_on(hits, held[0], many, events, found)
     _encoding(events, todo)
     return todo, by_item
+
+
+def _objects(values: list):
+    """`values` as a numpy array of objects, to pick from by index arrays: one array per column, not
+    a Python step per file."""
+    out = np.empty(len(values), object)
+    out[:] = values
+    return out
 
 
 def _encoding(events: RunEvents, items: list[Item]) -> None:
@@ -296,14 +300,15 @@ def _found(item: Item, outs: list, facts: dict, known) -> FileResult:
     return FileResult(item, d, rate, channels, outs, cut, known.how, known.key)
 
 
-def _hand_on(hits: tuple[list, list, list], facts, many: Callable, events: RunEvents, found: Counter) -> None:
-    """The found files (`hits`: their items, `Known`s and rows in `facts`, a `held.Facts`)
-    handed on together: `many(items, keys, columns)` with their facts as columns (duration_s,
-    sample_rate, channels, truncated), then each heard of as reused, in the inputs' order."""
-    items, known, rows = hits
+def _hand_on(hits: tuple[list, list, list, list], facts, many: Callable, events: RunEvents, found: Counter) -> None:
+    """The found files (`hits`: their items, keys, how each was known and rows in `facts`, a
+    `held.Facts`) handed on together: `many(items, keys, columns)` with their facts as columns
+    (duration_s, sample_rate, channels, truncated), then each heard of as reused, in the inputs'
+    order."""
+    items, keys, hows, rows = hits
     columns = facts.columns(rows)
-    found.update(k.how for k in known)
-    many(items, [k.key for k in known], columns)
+    found.update(hows)
+    many(items, keys, columns)
     reused = events.reused  # looked up once (a wrapper's `__getattr__` per file costs)
     for item, seconds in zip(items, columns["duration_s"]):
         reused(item, seconds)

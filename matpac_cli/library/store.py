@@ -10,6 +10,7 @@ a rename, a move, a copy).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import threading
@@ -32,15 +33,6 @@ COMMIT_MIN_S = 0.5  # but no sooner after the last: a Lance commit takes 10-20 m
 # finishing hundreds of files a second spent itself in commits: benchmarks/ray_driver.py)
 SEEN_AGAIN_S = 86_400.0  # an unchanged path's `seen` time is refreshed at most this often
 HOWS = ("same path", "retagged", "moved")
-
-
-@dataclass
-class Known:
-    """A file as the library knows it: its key, and how it was recognised."""
-
-    key: str
-    how: str  # "same path", "retagged" or "moved" (meaningful where its results are found)
-    path: str  # the real path
 
 
 @dataclass
@@ -79,10 +71,11 @@ class Library:
 
     # reading -----------------------------------------------------------------------------------
 
-    def identify(self, items: list[Item]) -> dict[int, Known]:
+    def identify(self, items: list[Item]) -> bypath.Identified:
         """Each readable item's key (by stat where the path is unchanged, else by its audio), and
         the path rows to record; items that cannot be stat'ed are left to the engine to name.
-        The unchanged paths are matched as columns (`bypath.match`): Python only for the others."""
+        The unchanged paths are matched as columns (`bypath.match`) and handed on as columns
+        (`bypath.Identified`): Python only for the others."""
         found, reals, stats, odd = [], [], [], []
         for i, item in enumerate(items):
             if item.problem:
@@ -98,17 +91,16 @@ class Library:
                 reals.append(real)
                 stats.append(st)
         matched, now = bypath.match(self.root, reals, bypath.columns(stats)), time.time()
-        rows, vouched, keys = matched.row.tolist(), matched.vouched.tolist(), matched.keys  # no numpy scalars
-        stale = matched.older(now - SEEN_AGAIN_S)  # refreshed in the table at most once a day
-        known = {}
-        for j, i in enumerate(found):
-            real = reals[j]
-            if vouched[j]:
-                known[i] = Known(keys[rows[j]], "same path", real)
-                if j in stale:
-                    self._remember_path(real, keys[rows[j]], bypath.as_stat(stats[j]), now)
-                continue
-            stat, row = bypath.as_stat(stats[j]), matched.recorded(j)
+        known = bypath.Identified()
+        sure = np.flatnonzero(matched.vouched)
+        known.index = np.asarray(found, np.int64)[sure].tolist()
+        known.keys = matched.keys_at(matched.row[sure])
+        known.hows = ["same path"] * len(sure)
+        known.reals = np.asarray(reals, object)[sure].tolist() if len(sure) else []
+        for j in sorted(matched.older(now - SEEN_AGAIN_S)):  # refreshed in the table at most once a day
+            self._remember_path(reals[j], known.keys[bisect.bisect_left(sure, j)], bypath.as_stat(stats[j]), now)
+        for j in np.flatnonzero(~matched.vouched).tolist():
+            real, stat, row = reals[j], bypath.as_stat(stats[j]), matched.recorded(j)
             try:
                 key = audio_key(real)
             except OSError:  # unreadable (its mode, an I/O error): the engine names the file
@@ -116,11 +108,11 @@ class Library:
             how = "moved" if row is None else ("same path" if row[1].same_bytes(stat) else "retagged")
             if row is not None and row[0] != key:
                 how = "moved"  # the audio at this path changed: found only if it is elsewhere too
-            known[i] = Known(key, how, real)
+            known.add(found[j], key, how, real)
             self._remember_path(real, key, stat, now)
         for i, real in odd:
             with contextlib.suppress(OSError):  # unreadable: the engine names the file
-                known[i] = Known(audio_key(real), "moved", real)
+                known.add(i, audio_key(real), "moved", real)
         return known
 
     def lookup(self, keys: list[str], setting: Setting, layers: tuple[int, ...], segments: bool) -> dict[str, Stored]:

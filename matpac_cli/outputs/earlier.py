@@ -24,7 +24,6 @@ refused: no row is of a file outside it.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,20 +108,31 @@ def check_layout(out: Path, man: dict | None, wide: bool) -> None:
         )
 
 
-@dataclass
 class Row:
     """One file's part of an output: the name it was written under, its real path, and what the
-    output holds of it (`embed`: its facts and vector; `tag`: its rows)."""
+    output holds of it (`payload`; `embed`: its facts and vector, made when first asked of the
+    output's index (`_Index`): only `update` keeps rows, and a re-run without it asks of none,
+    where making them cost half a second at 100,000 rows; `tag`: its rows)."""
 
-    name: str
-    cwd: str  # the folder the run that wrote it ran in: its name is relative to it
-    payload: object
-    here: bool = False  # written by a run in the current folder: its name is an input's name too
+    __slots__ = ("name", "cwd", "here", "_payload", "_index", "_at", "_real")
 
-    @functools.cached_property
+    def __init__(self, name: str, cwd: str, payload: object = None, here: bool = False, index=None, at: int = -1):
+        self.name, self.cwd = name, cwd  # cwd: the folder the run that wrote it ran in: its name is relative to it
+        self.here = here  # written by a run in the current folder: its name is an input's name too
+        self._payload, self._index, self._at, self._real = payload, index, at, None
+
+    @property
+    def payload(self) -> object:
+        if self._index is not None:
+            self._payload, self._index = self._index.payload(self._at), None
+        return self._payload
+
+    @property
     def real(self) -> str:
         """Its real path, resolved when asked (a re-run naming every row as before asks none)."""
-        return resolved(self.name, self.cwd)
+        if self._real is None:
+            self._real = resolved(self.name, self.cwd)
+        return self._real
 
 
 def cwd_of(man: dict | None) -> str:
@@ -160,22 +170,31 @@ def embed_rows(out: Path, man: dict | None) -> list[Row]:
 
 
 def _embed_rows(out: Path, pending: int | None, cwd: str) -> list[Row]:
-    import numpy as np
-
     from matpac_cli.outputs.readers import read_embeddings
 
     emb = read_embeddings(out, vectors=False, rows=pending)
-    here = _here(cwd)
-    # rows of the map as plain array views: a `np.memmap` row costs 20 us to make, 2 s at 100,000
-    matrix = None if emb.matrix is None else emb.matrix.view(np.ndarray)
-    rows = []
-    for i, r in enumerate(emb.index):
+    here, index = _here(cwd), _Index(emb)
+    return [Row(r["path"], cwd, None, here, index, i) for i, r in enumerate(emb.index)]
+
+
+class _Index:
+    """An embed output's rows as read (`readers.read_embeddings`): each row's payload, (facts,
+    vector), made when asked. A .npy's vector is a view of its memory map, a Parquet output's an
+    `Earlier` row."""
+
+    def __init__(self, emb) -> None:
+        import numpy as np
+
+        self.index = emb.index
+        # rows of the map as plain array views: a `np.memmap` row costs 20 us to make, 2 s at 100,000
+        self.matrix = None if emb.matrix is None else emb.matrix.view(np.ndarray)
+
+    def payload(self, i: int) -> tuple[dict, object]:
+        r = self.index[i]
         facts = {"duration_s": r["duration_s"], "sample_rate": r["sample_rate"], "channels": r["channels"]}
         if r.get("truncated"):
             facts["truncated"] = True
-        vector = Earlier(i) if matrix is None else matrix[i]
-        rows.append(Row(r["path"], cwd, (facts, vector), here))
-    return rows
+        return facts, Earlier(i) if self.matrix is None else self.matrix[i]
 
 
 def _here(cwd: str) -> bool:

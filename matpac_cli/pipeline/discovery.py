@@ -9,6 +9,7 @@ the order given (a stdin list keeps its order), each folder's files sorted by pa
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import stat
 import sys
@@ -87,10 +88,11 @@ def discover(
     return _unique_files(list(items.values()))
 
 
-def _order(item: Item) -> tuple:
-    """An item's place in its folder's order (the dataclass's: name, then path), as a key: one
-    tuple per item instead of two per comparison."""
-    return item.name, item.path
+# An item's place in its folder's order (the dataclass's: name, then path), as a key: its name
+# alone, since no two of one walk's items share a name (each is the walked folder's name and the
+# file's path below it, and a folder is entered once). A tuple per item, compared element by
+# element, and a Python call each cost 0.15 s at 100,000 files.
+_order = operator.attrgetter("name")
 
 
 def real_path(item: Item) -> str:

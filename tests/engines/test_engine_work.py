@@ -303,17 +303,25 @@ def test_a_run_s_per_file_work_never_scans_the_heap_it_started_with(setup):
     from matpac_cli.engines import YOUNG, run
 
     items, plan = setup
-    before, seen = gc.get_threshold(), []
-    run(RunOptions(), items[:1], [plan], on_result=lambda r: seen.append((gc.get_freeze_count(), gc.get_threshold())))
-    assert seen and seen[0][0] > 10_000 and seen[0][1][0] >= YOUNG
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
-    gc.freeze()
+    before, seen, was = gc.get_threshold(), [], gc.get_freeze_count()  # an in-process CLI test froze it
+    gc.unfreeze()
     try:
+        run(
+            RunOptions(),
+            items[:1],
+            [plan],
+            on_result=lambda r: seen.append((gc.get_freeze_count(), gc.get_threshold())),
+        )
+        assert seen and seen[0][0] > 10_000 and seen[0][1][0] >= YOUNG
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        gc.freeze()
         frozen = gc.get_freeze_count()
         run(RunOptions(), items[:1], [plan])
         assert gc.get_threshold() == before and gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
+        if was:
+            gc.freeze()
 
 
 def test_runs_in_two_threads_keep_the_collector_settled_till_the_last_ends():

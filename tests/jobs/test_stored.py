@@ -80,3 +80,29 @@ def test_a_file_cut_short_is_still_marked_when_the_library_hands_it_on(predictor
     again = embed(discover([str(folder)]), predictor, config)
     assert again.reused == 2 and again.done == 0
     assert again.truncated == [str(cut)] and again.audio_s == pytest.approx(first.audio_s)
+
+
+def test_a_re_run_makes_no_object_and_no_python_hash_per_file_the_library_holds(predictor, tmp_path, monkeypatch):
+    """At 100,000 files held, a `Known` per file (`Library.identify`) and an item's hash per look-up
+    (a Python call: `Item.__hash__`) cost half a second: the files found are handed on as columns,
+    and the job keeps its rows by name."""
+    from matpac_cli.config import RunOptions
+    from matpac_cli.jobs.embed import EmbedConfig, embed
+    from matpac_cli.library import bypath
+    from matpac_cli.pipeline.discovery import Item, discover
+
+    folder = tmp_path / "in"
+    for i in range(6):
+        write_audio(folder / f"a{i}.wav", 0.5, seed=i)
+    config = EmbedConfig(out=tmp_path / "e.npy", library=tmp_path / "lib", options=RunOptions(batch_size=2, workers=1))
+    assert embed(discover([str(folder)]), predictor, config).done == 6
+    write_audio(folder / "b.wav", 0.5, seed=9)
+    items = discover([str(folder)])
+    calls = Counter()
+    hashed, known = Item.__hash__, bypath.Known.__init__
+    monkeypatch.setattr(Item, "__hash__", lambda self: calls.update(["hash"]) or hashed(self))
+    monkeypatch.setattr(bypath.Known, "__init__", lambda self, *a: calls.update(["known"]) or known(self, *a))
+    again = embed(items, predictor, config)
+    monkeypatch.undo()
+    assert (again.reused, again.done) == (6, 1)
+    assert calls["known"] == 0 and calls["hash"] < 6, calls  # the new file's own look-ups alone

@@ -166,9 +166,10 @@ def report(f: dict, args) -> None:
             ("ten_new", "re-run, 10 new files"),
             ("encode_ten_alone", "the 10 new files alone (encoding cost)"),
         ):
-            f = r[key]
+            one = r[key]
             print(
-                f"    {label:<44} {f['s']:7.2f} s  CPU {f['cpu_s']:6.2f} s  peak RSS {f['rss_mb']:6.0f} MB  | {f['said']}"
+                f"    {label:<44} {one['s']:7.2f} s  CPU {one['cpu_s']:6.2f} s  peak RSS {one['rss_mb']:6.0f} MB  "
+                f"| {one['said']}"
             )
         cpu = r["ten_new"]["cpu_s"] - r["encode_ten_alone"]["cpu_s"]
         print(

@@ -82,6 +82,10 @@ class Reporter:
                 TextColumn("{task.fields[eta]}"),
                 console=self.console,
                 transient=True,
+                # rows written to stdout go there, not to the bar's terminal: `tag dir > tags.csv`
+                # on a terminal showed every row and left the file empty; where stdout is that
+                # terminal too, rich shows them above the bar
+                redirect_stdout=_terminal(sys.stdout),
             )
             self.task = self.bar.add_task("matpac", total=None, info="", eta="")
             self.bar.start()
@@ -256,3 +260,10 @@ def _bf16_hint(ran: list[str], computed_s: float) -> str:
     if "cpu, fp32" not in ran or computed_s < BF16_HINT_S or not bf16_hardware():
         return ""
     return f"; this CPU computes bf16 in hardware: `--precision bf16` {BF16_MEASURED}, its embeddings within 3e-2"
+
+
+def _terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False

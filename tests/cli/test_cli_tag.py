@@ -524,3 +524,38 @@ def test_threshold_outside_0_1_is_refused_before_the_model_loads(hub, music_dir,
     assert err.startswith("matpac: error: --threshold") and "between 0 and 1" in err and len(err.splitlines()) == 1
     assert proc.stdout == b""
     assert hub.count() == 0
+
+
+def test_rows_to_a_file_while_the_progress_bar_is_on_a_terminal(ckpts, tmp_path):
+    """`matpac tag music > tags.csv` typed in a terminal: the bar is on stderr (a terminal), and
+    every row goes to stdout, the file; the bar's console once took them and showed them on the
+    terminal, leaving the file empty."""
+    import os
+    import subprocess
+    import sys
+
+    for i in range(3):
+        write_audio(tmp_path / "music" / f"t{i}.wav", 2.0, seed=i)
+    main, sub = os.openpty()
+    with open(tmp_path / "tags.csv", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "matpac_cli", "tag", "music", "-m", str(ckpts["tiny992_as"]), "-H", "events"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=sub,
+        )
+        os.close(sub)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the command closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(main)
+        assert proc.wait(timeout=300) == 0, shown.decode(errors="replace")[-2000:]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "tags.csv").read_text())))
+    assert sorted({r["path"] for r in rows}) == [f"music/t{i}.wav" for i in range(3)] and len(rows) == 15
+    assert b"music/t0.wav," not in shown

@@ -1,14 +1,13 @@
 """The `embed` job: a folder of audio -> one N x 3840 matrix (+ row index, manifest, frames).
 
-The matrix is `emb.npy` with its row index `emb.csv`, or one Parquet table `emb.parquet` whose
-`path` column is the index (`parquet`); the manifest is the same for both. The output is a view of
-the library: files it holds for the model and settings are not encoded again (a re-run, a moved
-or re-tagged file, `emb.npy` deleted), and every file encoded is stored as it finishes, so an
-interrupted run resumes from it. A re-run writes what changed only: nothing, where the output
-holds this run's rows already (its manifest's record says which); new rows after them (a .npy
-grown in place); else the whole output, a chunk of rows at a time, the found files' vectors taken
-from the library as they are written (never all held at once). Rows of files that are not inputs of this run are kept
-(`update`), replaced (`force`), or the run is refused (`outputs.earlier`): never dropped silently.
+The matrix is `emb.npy` with its row index `emb.csv`, or a Parquet table `emb.parquet` whose `path`
+column is the index; one manifest for both. The output is a view of the library: files it holds for
+the model and settings are not encoded again (a re-run, a moved or re-tagged file), and each file
+encoded is stored as it finishes, so an interrupted run resumes. A re-run writes what changed only:
+nothing where the output holds this run's rows already (its manifest's record); new rows after
+them (grown in place); else the whole output, a chunk of rows at a time, the vectors taken from
+the library as written. Rows of files that are not inputs are kept (`update`), replaced (`force`),
+or the run is refused (`outputs.earlier`): never dropped silently.
 """
 
 from __future__ import annotations
@@ -114,9 +113,11 @@ def check_config(config: EmbedConfig) -> None:
 
 
 def check_inputs(config: EmbedConfig, items: list[Item]) -> list[earlier.Row]:
-    """The rows the output holds already (none with `force`). An output holding rows of files
-    that are not inputs of this run is not cut down to this run's files without `update` or
-    `force` (`outputs.earlier`): said before a model loads."""
+    """The rows the output holds (none with `force`), before a model loads: never cut to this run's
+    files without `update` or `force` (`outputs.earlier`); a name is one file's (as `discover` gives)."""
+    if len({item.name for item in items}) < len(items):
+        twice = next(n for n, c in Counter(item.name for item in items).items() if c > 1)
+        raise UsageError(f"two inputs are named {twice}: give each file once, under a name of its own")
     paths = naming.embed_outputs(config.out)
     man = earlier.owned(paths["matrix"], paths["manifest"], config.force)
     if man is None:
@@ -324,8 +325,7 @@ def _frames_kept(ours, config: EmbedConfig):
 
 def _refuse_foreign_frames(items: list[Item], ours, config: EmbedConfig) -> None:
     """A frames file already there is replaced, without `force`, only where an earlier run wrote
-    it (`_frames_ours`): a file of someone else's in the frames folder is never overwritten. Said
-    before any file is computed."""
+    it (`_frames_ours`): never someone else's file in the frames folder. Said before any encoding."""
     if ours is None or config.force:
         return
     for item in items:

@@ -162,16 +162,16 @@ def _from_library(library, items: list[Item], plans: list[Plan], settings: list,
     events, on_result, found, frames_kept, lean = hearing
     with guarded(library.root):
         known = library.identify(items)
-        held = _held(library, known.keys, plans, settings, frames_kept, lean)
+        held = _held(library, known.audio_keys, plans, settings, frames_kept, lean)
     many = getattr(on_result, "found_many", None) if lean is not None and len(held) == 1 else None
     if many is None:
         todo, by_item = _one_by_one(items, plans, known, held, hearing)
     else:  # as columns, no Python call per file: a re-run holds 100,000 of them
         row = np.full(len(items), -2, np.int64)  # per item, its row in the facts; -1: known, not held; -2: not known
-        row[known.index] = held[0].rows(known.keys)
+        row[known.index] = held[0].rows(known.audio_keys)
         at = np.full(len(items), -1, np.int64)  # per item, its place in `known`
         at[known.index] = np.arange(len(known))
-        every, keys, hows = (_objects(c) for c in (items, known.keys, known.hows))
+        every, keys, hows = (_objects(c) for c in (items, known.audio_keys, known.hows))
         hit, lacking = np.flatnonzero(row >= 0), np.flatnonzero(row == -1)
         todo = every[row < 0].tolist()
         by_item = dict(zip(every[lacking].tolist(), keys[at[lacking]].tolist()))

@@ -43,14 +43,14 @@ class Identified(Mapping):
 
     def __init__(self) -> None:
         self.index: list[int] = []
-        self.keys: list[str] = []
+        self.audio_keys: list[str] = []  # not `keys`: a Mapping's keys() stays the indexes
         self.hows: list[str] = []
         self.reals: list[str] = []
         self._at: dict[int, int] | None = None
 
     def add(self, i: int, key: str, how: str, real: str) -> None:
         self.index.append(i)
-        self.keys.append(key)
+        self.audio_keys.append(key)
         self.hows.append(how)
         self.reals.append(real)
         self._at = None
@@ -59,7 +59,7 @@ class Identified(Mapping):
         if self._at is None:
             self._at = dict(zip(self.index, range(len(self.index))))
         j = self._at[i]
-        return Known(self.keys[j], self.hows[j], self.reals[j])
+        return Known(self.audio_keys[j], self.hows[j], self.reals[j])
 
     def __iter__(self):
         return iter(self.index)

@@ -94,11 +94,11 @@ class Library:
         known = bypath.Identified()
         sure = np.flatnonzero(matched.vouched)
         known.index = np.asarray(found, np.int64)[sure].tolist()
-        known.keys = matched.keys_at(matched.row[sure])
+        known.audio_keys = matched.keys_at(matched.row[sure])
         known.hows = ["same path"] * len(sure)
         known.reals = np.asarray(reals, object)[sure].tolist() if len(sure) else []
         for j in sorted(matched.older(now - SEEN_AGAIN_S)):  # refreshed in the table at most once a day
-            self._remember_path(reals[j], known.keys[bisect.bisect_left(sure, j)], bypath.as_stat(stats[j]), now)
+            self._remember_path(reals[j], known.audio_keys[bisect.bisect_left(sure, j)], bypath.as_stat(stats[j]), now)
         for j in np.flatnonzero(~matched.vouched).tolist():
             real, stat, row = reals[j], bypath.as_stat(stats[j]), matched.recorded(j)
             try:

@@ -106,3 +106,18 @@ def test_a_re_run_makes_no_object_and_no_python_hash_per_file_the_library_holds(
     monkeypatch.undo()
     assert (again.reused, again.done) == (6, 1)
     assert calls["known"] == 0 and calls["hash"] < 6, calls  # the new file's own look-ups alone
+
+
+def test_two_inputs_of_one_name_are_refused_before_a_model_loads(tmp_path):
+    """Through the Python API, two different files given under one name (the output's rows are
+    named, and the job keeps its results by name): one line, not one file's vector under both."""
+    from matpac_cli.errors import UsageError
+    from matpac_cli.jobs.embed import EmbedConfig, check_inputs
+    from matpac_cli.pipeline.discovery import Item
+
+    for d in ("d0", "d1"):
+        write_audio(tmp_path / d / "f.wav", 1.0)
+    items = [Item("x.wav", tmp_path / "d0" / "f.wav"), Item("x.wav", tmp_path / "d1" / "f.wav")]
+    with pytest.raises(UsageError, match="two inputs are named x.wav"):
+        check_inputs(EmbedConfig(out=tmp_path / "e.npy"), items)
+    assert check_inputs(EmbedConfig(out=tmp_path / "e.npy"), items[:1]) == []

@@ -136,8 +136,9 @@ def test_identify_hands_the_files_on_as_columns_and_makes_a_known_only_when_aske
     assert made == [] and len(again) == len(items)
     assert again.hows == ["same path"] * len(items) and sorted(again.index) == list(range(len(items)))
     assert again.reals == [bypath.stat_of(items[i])[0] for i in again.index]
-    assert [again[i].key for i in again.index] == again.keys == [first[i].key for i in again.index]
+    assert [again[i].key for i in again.index] == again.audio_keys == [first[i].key for i in again.index]
     assert len(made) == 2 * len(items)  # asked for, one at a time
+    assert sorted(again.keys()) == sorted(dict(again)) == list(range(len(items)))  # still a mapping by index
 
 
 def test_a_file_moved_over_a_walked_path_after_the_walk_is_keyed_as_the_new_file(tmp_path):
@@ -243,4 +244,4 @@ def test_an_unchanged_path_seen_long_ago_is_recorded_again_with_its_own_key(tmp_
     known = lib.identify(discovery.discover([str(top)]))
     assert set(known.hows) == {"same path"}
     again = dict(zip(lib._paths["path"], lib._paths["key"]))
-    assert again == {os.fsencode(r): k for r, k in zip(known.reals, known.keys)}
+    assert again == {os.fsencode(r): k for r, k in zip(known.reals, known.audio_keys)}

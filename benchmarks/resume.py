@@ -114,7 +114,8 @@ def one_format(work: Path, ckpt: Path, env: dict, suffix: str, profile: Path | N
     cmd = ["embed", str(work / "links"), "--out", str(out), "--model", str(ckpt)]
     figures = {"export": run(cmd, env)}
     figures["nothing_new"] = run(cmd, env, profile and profile / f"nothing{suffix}.txt")
-    new = work / "links" / f"zz_new{suffix.strip('.')}"
+    earlier = len(list((work / "links").glob("zz_new*")))  # each format's new files sort after the last's
+    new = work / "links" / f"zz_new{earlier}{suffix.strip('.')}"
     write_files(new, 10, 1.0, seed=hash(suffix) % 1000 + 11)
     figures["ten_new"] = run(cmd, env, profile and profile / f"ten{suffix}.txt")
     alone = work / f"alone{suffix}"

@@ -399,3 +399,20 @@ def no_allocator_setting(monkeypatch):
     from matpac_cli.encoder import cpu
 
     monkeypatch.setattr(cpu, "keep_freed_memory", lambda: False)
+
+
+def read_terminal(main: int) -> bytes:
+    """Everything a command wrote to the pseudo-terminal whose main side is `main` (from
+    `os.openpty`, the other side given to the command and closed here), until it closed it; then
+    `main` is closed."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    return out

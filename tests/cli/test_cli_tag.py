@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import reference as R
 import torch
-from conftest import cli, load_sd, read_wave, run_matpac, write_audio
+from conftest import cli, load_sd, read_terminal, read_wave, run_matpac, write_audio
 from probes import (
     DEFAULT_HEADS,
     GENERAL,
@@ -545,16 +545,7 @@ def test_rows_to_a_file_while_the_progress_bar_is_on_a_terminal(ckpts, tmp_path)
             stderr=sub,
         )
         os.close(sub)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # EIO: the command closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-        os.close(main)
+        shown = read_terminal(main)
         assert proc.wait(timeout=300) == 0, shown.decode(errors="replace")[-2000:]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "tags.csv").read_text())))
     assert sorted({r["path"] for r in rows}) == [f"music/t{i}.wav" for i in range(3)] and len(rows) == 15

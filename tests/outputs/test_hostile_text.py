@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_matpac, write_audio
+from conftest import read_terminal, run_matpac, write_audio
 from reference import make_checkpoint
 
 FORMULAS = ['=HYPERLINK("http:evil","click").wav', "+plus.wav", "-minus.wav", "@at.wav", "'quote.wav"]
@@ -177,16 +177,7 @@ def _on_a_terminal(args: list[str], cwd: Path, stdin: bytes) -> tuple[int, bytes
     os.close(sub)
     proc.stdin.write(stdin)
     proc.stdin.close()
-    out = b""
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # EIO: the command closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(main)
+    out = read_terminal(main)
     err = proc.stderr.read()
     return proc.wait(timeout=300), out, err
 

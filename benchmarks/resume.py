@@ -26,6 +26,7 @@ holding the most samples.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -135,13 +136,13 @@ def main() -> None:
     ap.add_argument("--formats", default=".npy,.parquet")
     ap.add_argument("--profile", type=Path, help="py-spy raw profiles of the re-runs into this folder")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="build in this new folder and keep it (to re-run commands by hand)")
     args = ap.parse_args()
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     figures: dict = {"files": args.files, "dim": 5 * args.width}
-    with tempfile.TemporaryDirectory(prefix="matpac-resume-") as tmp:
-        work = Path(tmp)
+    with _work(args.keep) as work:
         torch.save(make_checkpoint(width=args.width, depth=1, n_t=992, seed=2), work / "model.pt")
         setting = learn_setting(work, work / "model.pt", env)
         t0 = time.perf_counter()
@@ -154,6 +155,17 @@ def main() -> None:
     report(figures, args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+
+
+@contextlib.contextmanager
+def _work(keep: Path | None):
+    """The folder everything is made in: a temporary one, or `keep` (new, and kept)."""
+    if keep is not None:
+        keep.mkdir(parents=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="matpac-resume-") as tmp:
+        yield Path(tmp)
 
 
 def report(f: dict, args) -> None:

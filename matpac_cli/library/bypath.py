@@ -182,22 +182,21 @@ def encoded(reals: list[str]) -> pa.Array:
 
 def stat_of(item) -> tuple[str, os.stat_result | None]:
     """An item's real path and its stat now (None: not a regular file, which the engine names).
-    The real path the folder walk learnt (`discovery.Item`) stands while the path still leads to
-    the same file (one `lstat`: the walk ran before the model loaded, minutes ago maybe, and a
-    file moved over it or a folder link repointed since is another file); else both are asked
-    of the disk (OSError where they cannot be)."""
-    walked = item.stat
-    if item.real is not None and walked is not None:
+    The real path the folder walk learnt (`discovery.Item`) stands while the path is still no
+    symlink (one `lstat`, taken here and not by the walk: the walk ran before the model loaded,
+    minutes ago maybe, and a file moved over a path since is another file, with a stat of its
+    own); else both are asked of the disk (OSError where they cannot be). A folder link repointed
+    since leaves the walk's real path to a file whose stat is not this one's: it vouches for
+    nothing, and the file is keyed by its audio."""
+    if item.real is not None:
         try:
             now = os.lstat(item.path)
         except OSError:
             now = None
-        # the same file, not a link: the walk's `same_file` and `S_ISLNK`, inline (100,000 calls)
-        if now is not None and now.st_ino == walked.st_ino and now.st_dev == walked.st_dev:
-            if stat_mode.S_ISREG(now.st_mode):
-                return item.real, now
-            if not stat_mode.S_ISLNK(now.st_mode):
-                return item.real, None
+        if now is not None and stat_mode.S_ISREG(now.st_mode):
+            return item.real, now
+        if now is not None and not stat_mode.S_ISLNK(now.st_mode):
+            return item.real, None
     real = os.path.realpath(item.path)
     st = os.stat(real)
     return real, st if stat_mode.S_ISREG(st.st_mode) else None

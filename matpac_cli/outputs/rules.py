@@ -45,19 +45,28 @@ def check_distinct(outputs: dict[str, Path]) -> None:
 
 def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
     """An input of the run is never written as an output, even with --force (the same file,
-    through any name: a symlink or hard link to it counts)."""
-    existing = {}
+    through any name: a symlink or hard link to it counts). A file the folder walk found (its
+    real path known) is asked no stat (0.3 s at 100,000 files) where no name of it can be an
+    output's: each output has one link (no hard link elsewhere), and another file name (the
+    same path, or a mount's view of the folder, would have the output's)."""
+    existing, names, linked = {}, set(), False
     for what, path in outputs.items():
         try:
             st = os.stat(path)
+            real = os.path.realpath(path)
         except (OSError, ValueError):
             continue
         existing[(st.st_dev, st.st_ino)] = (what, path)
+        names.add(os.path.basename(real))  # a mount's view of its folder names the file so too
+        linked = linked or st.st_nlink > 1  # a hard link: any name
     if not existing:
         return
     for item in items:
-        try:  # the walk's stat where it took one (of a file that is no symlink: the same)
-            st = getattr(item, "stat", None) or os.stat(item.path)
+        walked = getattr(item, "real", None)
+        if walked is not None and not linked and walked.rpartition(os.sep)[2] not in names:
+            continue  # no name of an output's file: not it
+        try:
+            st = os.stat(item.path)
         except (OSError, ValueError):  # ValueError: a NUL in a listed name, that input's own error
             continue
         hit = existing.get((st.st_dev, st.st_ino))

@@ -297,3 +297,32 @@ def test_a_parquet_export_holds_about_one_row_group_not_the_file(tmp_path):
     assert (tmp_path / "e.parquet").stat().st_size > 50 * group  # a 120 MB file ...
     assert arrow_peak < 6 * group  # ... written holding a few row groups at most, not the file
     assert rss_growth < 20 * group
+
+
+@pytest.mark.parametrize("stretch", [65_536, 4])
+def test_the_row_digest_is_the_one_outputs_were_written_with(stretch, monkeypatch):
+    """An output grows in place only where its manifest's digest of its rows is what this run
+    computes of them: hashed many rows at a time now, the digests are those a row at a time gave
+    (the literals: matpac 2026-12-04's), at every length, up to the first row without a key."""
+    from matpac_cli.jobs import embed_output
+
+    monkeypatch.setattr(embed_output, "DIGEST_ROWS", stretch)
+    done = [
+        (f"clips/\u00e9{i}\udcff.wav", {"duration_s": i * 0.5, "sample_rate": 16000, "channels": 2}, None)
+        for i in range(20)
+    ]
+    for i in range(0, 20, 5):
+        done[i][1]["truncated"] = [1, 2]
+    keys = [f"k{i}" for i in range(20)]
+    keys[3] = ""  # a row kept from the output itself
+    assert embed_output.digests("seed", done, keys, (0, 7, 20)) == {
+        0: "f006f35de25bce4166b6185253ce438c",
+        7: "fa61a95f02e637f67e82ee12fd8f62be",
+        20: "1d8eed47cdcdf91740f5514f6fe76def",
+    }
+    keys[15] = None  # a row the library could not key: no digest past it
+    assert embed_output.digests("seed", done, keys, (7, 15, 20)) == {
+        7: "fa61a95f02e637f67e82ee12fd8f62be",
+        15: "1227d6b7bc2bef0ef3597a0da2792aac",
+        20: None,
+    }

@@ -34,20 +34,27 @@ def tree(root: Path, folders: int = 3, per: int = 20) -> Path:
     return root / "real"
 
 
-def test_the_walk_resolves_each_folder_once_and_gives_the_same_real_paths_and_stats(tmp_path, monkeypatch):
+def test_the_walk_resolves_each_folder_once_and_asks_no_file_its_stat(tmp_path, monkeypatch):
+    """A realpath per folder, not per file, and no lstat per file: the listing says what is a
+    symlink; the library asks each file's stat once, as it identifies it (`stat_of`)."""
     top = tree(tmp_path)
-    calls = []
-    slow = os.path.realpath
+    calls, stats = [], []
+    slow, lstat, stat = os.path.realpath, os.lstat, os.stat
     monkeypatch.setattr(os.path, "realpath", lambda p, *a, **k: calls.append(p) or slow(p, *a, **k))
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: stats.append(p) or lstat(p, *a, **k))
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(p) or stat(p, *a, **k))
     items = discovery.discover([str(top)])
     monkeypatch.undo()
     assert len(items) == 3 * 20 + 1  # `via` is f0 again, `link.wav` f1/t000 again: one row per file
     assert len(calls) < 12, len(calls)  # a folder at a time (was two per file)
+    links = {str(p) for p in top.rglob("*.wav") if p.is_symlink()}
+    asked = {p for p in map(str, stats) if p.endswith(".wav")}
+    assert asked <= links | {os.path.realpath(p) for p in links}, asked  # the symlinks only (was every file)
     assert [i.name for i in items] == sorted(i.name for i in items)
     for item in items:
         assert item.real is None or item.real == os.path.realpath(item.path)
-        if item.stat is not None:
-            assert bypath.as_stat(item.stat) == Stat.of(item.path)
+        if item.real is not None:
+            assert bypath.stat_of(item) == (item.real, os.lstat(item.path))
     (out,) = [i for i in items if i.name.endswith("out.wav")]
     assert out.real is None and out.linked  # a symlink is resolved as before, when asked
 

@@ -4,9 +4,11 @@ The driver's side of a Ray run, with matpac's own code: the actors' answers (one
 per pack, `engines.packs`) unpickled and merged by `engines.work.Collector`, each finished file
 handed on (`pipeline.assemble.hand_on`); then, apart, what the job does with each file on the
 driver: the library's `add` and its commits (a real Lance library in a temporary folder). Where
-the workers write the library themselves (`embed` into a library, `engines.writes`), the
-driver's whole share is measured apart: the write tasks' answers (a status per file and the
-fragments' metadata), handed on, and the fragments committed.
+the workers write the library themselves (`embed` or `tag --segments` into a library,
+`engines.writes`), the driver's whole share is measured apart: the write tasks' answers (a
+status per file and the fragments' metadata), handed on, and the fragments committed; with
+segments, each batch's clip embeddings and segments read back from the library to be scored
+(`jobs.tag_score.Waiting`: the heads' own work, the same on either path, is left out).
 The answers are built with the shapes a full-size ViT-B gives (random values, the release's
 layer and embedding sizes), so no encoder runs: this measures the driver, not the cluster.
 
@@ -133,22 +135,61 @@ def library_side(plans, files: int, seconds: float, segments: bool) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def written_answers(plan, keys: list[str], shard, seconds: float) -> list[bytes]:
+    """The write tasks' answers for files of `seconds` keyed `keys` (with their segments where
+    `plan` keeps them), each finished file's `DONE` entry built as an actor sends it and written
+    by the real write task into the library (`shard`): the workers' work, not timed."""
+    from matpac_cli.engines.work import DONE
+    from matpac_cli.engines.writes import write_files, write_size
+    from matpac_cli.pipeline.assemble import Segment
+
+    p, rng, files, blobs = plan.predictor, np.random.default_rng(2), len(keys), []
+    hop = p.fe.chunk_hop(p.dims.n_t) / p.fe.sample_rate
+    for start in range(0, files, write_size(files)):
+        rows = []
+        for i in range(start, min(start + write_size(files), files)):
+            emb = rng.standard_normal((1, p.dims.embed_dim)).astype(np.float32)
+            segs = [
+                Segment(
+                    k * hop, (k + 1) * hop, rng.standard_normal(p.dims.embed_dim).astype(np.float32), p.dims.n_t // 4
+                )
+                for k in range(math.ceil(seconds / hop) if plan.segments else 0)
+            ]
+            payload = {"key": keys[i], "facts": (seconds, 44100, 2, None), "audio": seconds}
+            payload["outputs"] = [(plan.resolved_layers(), emb, segs if plan.segments else None)]
+            rows.append(pickle.dumps([(i, 0, DONE, payload)]))
+        blobs.append(write_files({"data": np.array(rows, dtype=object)}, shard)["data"][0])
+    return blobs
+
+
+def tag_recorder(library, plans, summary, events, results: dict):
+    """`tag --segments`' own callback (`jobs.tag_score.recorder`): each stored file waits for its
+    batch, whose clip embeddings and segments are read back from the library (`Waiting`) and
+    scored (no head here: the heads' work is the same on either path); and its `Waiting`."""
+    from matpac_cli.jobs import tag_score
+
+    def emit(item, meta, scores) -> None:
+        results[item.name] = meta
+
+    waiting = tag_score.Waiting(library, plans, [], [], emit, 1.0)
+    return tag_score.recorder(([], True, 1.0), summary, events, waiting, emit), waiting
+
+
 def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tuple[float, float, float, float]:
     """The workers write (`engines.writes`): the write tasks' answers for `files` finished files
-    (built by the real write task into a real library, not timed: that is the workers' work),
-    then the driver's whole share, timed: unpickle, adopt each fragment, hand each file on to
-    the `embed` job's own callbacks (`jobs.stored`'s storing and the job's recorder, which keeps
-    each file's facts for the output, and the events that count it), and commit the fragments.
-    `heap`: "settled" as a run settles the garbage collector (`engines.settled`), "default" with
-    Python's own settings. Bytes and seconds of the driver per file, and apart the seconds per
-    file of the tidy at the run's end: Lance merging the run's fragments on the driver (it reads
-    and rewrites the rows once, in Rust), and the same library's merge rewritten by other
-    processes, the driver planning and committing (`merged_elsewhere`)."""
+    (`written_answers`), then the driver's whole share, timed: unpickle, adopt each fragment,
+    hand each file on to the job's own callbacks (`jobs.stored`'s storing and the job's recorder:
+    `embed`'s keeps each file's facts for the output; `tag --segments`' reads each batch's
+    segments back from the library, `tag_recorder`; and the events that count it), and commit
+    the fragments. `heap`: "settled" as a run settles the garbage collector (`engines.settled`),
+    "default" with Python's own settings. Bytes and seconds of the driver per file, and apart
+    the seconds per file of the tidy at the run's end: Lance merging the run's fragments on the
+    driver (it reads and rewrites the rows once, in Rust), and the same library's merge
+    rewritten by other processes, the driver planning and committing (`merged_elsewhere`)."""
     import contextlib
 
     from matpac_cli.engines import settled
-    from matpac_cli.engines.work import DONE, Collector
-    from matpac_cli.engines.writes import write_files, write_size
+    from matpac_cli.engines.work import Collector
     from matpac_cli.events import KeepFailures, NoEvents
     from matpac_cli.interrupts import whole
     from matpac_cli.jobs import embed, stored
@@ -157,26 +198,19 @@ def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tu
     from matpac_cli.library.store import Library
     from matpac_cli.pipeline.discovery import Item
 
-    p, plan = plans[0].predictor, plans[0]
-    rng = np.random.default_rng(2)
+    plan = plans[0]
     root = Path(tempfile.mkdtemp(prefix="matpac-ray-driver-"))
     try:
         library = Library(root)
         items = [Item(f"t{i}.flac", Path(f"t{i}.flac")) for i in range(files)]
         keys = {item.name: f"{i:032x}" for i, item in enumerate(items)}
-        sink = Sink(library, [Setting.of(plan)], [plan.resolved_layers()], keys)
-        shard, blobs = sink.shard(), []
-        for start in range(0, files, write_size(files)):
-            rows = []
-            for i in range(start, min(start + write_size(files), files)):
-                emb = rng.standard_normal((1, p.dims.embed_dim)).astype(np.float32)
-                payload = {"key": keys[items[i].name], "facts": (seconds, 44100, 2, None), "audio": seconds}
-                payload["outputs"] = [(plan.resolved_layers(), emb)]
-                rows.append(pickle.dumps([(i, 0, DONE, payload)]))
-            blobs.append(write_files({"data": np.array(rows, dtype=object)}, shard)["data"][0])
+        sink = Sink(library, [Setting.of(plan)], [plan.resolved_layers()], keys, [plan.segments])
+        blobs = written_answers(plan, list(keys.values()), sink.shard(), seconds)
         summary, results, settings = embed.Summary(), {}, [Setting.of(plan)]
         events = KeepFailures(NoEvents(), summary.failures)
-        on_result = embed._recorder(embed.EmbedConfig(Path("e.npy")), 1, results, summary, events)
+        on_result, waiting = embed._recorder(embed.EmbedConfig(Path("e.npy")), 1, results, summary, events), None
+        if plan.segments:
+            on_result, waiting = tag_recorder(library, plans, summary, events, results)
         by_item = {item: keys[item.name] for item in items}
         storing = stored._storer(library, (plans, settings), by_item, {}, events, on_result)
         recording = stored._Recording(events, library, keys, settings, {})
@@ -189,6 +223,8 @@ def written_side(plans, files: int, seconds: float, heap: str = "settled") -> tu
                         collector.add(*entry)
                     collector.release()  # the files whose fragments the library has committed
             collector.release(now=True)  # the last commit, and the files it holds
+            if waiting is not None:
+                waiting.flush()  # the last batch's segments read back
             t1 = time.process_time()
         assert len(results) == files == summary.done and not summary.failures, (len(results), summary.failures[:1])
         sink.close()
@@ -258,16 +294,22 @@ def main() -> None:
             f"{name:34s} {size:10,.0f} {engine * 1e6:15,.0f} {library * 1e6:17,.0f} "
             f"{fed(chunks, engine):10,.1f} (engine) {fed(chunks, engine + library):6,.1f} (with library)"
         )
-    print("\nthe workers write the library (`embed` into a library: engines/writes.py); the driver's whole share")
+    print("\nthe workers write the library (`embed`, `tag --segments` into a library: engines/writes.py); the driver's")
+    print("whole share (with segments: each batch's segments read back from the library to score, jobs/tag_score.py)")
     print("(end tidy: the driver's CPU for the run's end merge, by the driver itself / by the workers, jobs/tidy.py)")
     print(
         f"{'workload':34s} {'bytes/file':>10s} {'driver us/file':>15s} {'H200s fed (projected)':>22s} "
         f"{'end tidy us/file: driver':>25s} {'workers':>8s} {'ratio':>6s}"
     )
-    for name, seconds in (("embed, 3.5-minute tracks", 210.0), ("embed, 6-second clips", 6.0)):
-        plans = [Plan(predictor)]
+    for name, seconds, segments in (
+        ("embed, 3.5-minute tracks", 210.0, False),
+        ("tag --segments, 3.5-minute tracks", 210.0, True),
+        ("embed, 6-second clips", 6.0, False),
+    ):
+        plans = [Plan(predictor, segments=segments)]
         _, chunks = answers(plans, 1, seconds, False)
-        size, per_file, tidy, elsewhere = written_side(plans, a.files, seconds)
+        n = min(a.files, 500) if segments else a.files  # 571 KB a file written (and merged) in the library
+        size, per_file, tidy, elsewhere = written_side(plans, n, seconds)
         print(
             f"{name:34s} {size:10,.0f} {per_file * 1e6:15,.1f} {fed(chunks, per_file):22,.1f} "
             f"{tidy * 1e6:25,.1f} {elsewhere * 1e6:8,.1f} {tidy / elsewhere:5,.1f}x"

@@ -17,7 +17,7 @@ crosses the object store as one pickled list (`data`).
 
 Where the library is written by the workers (`Encoder.finish`, `engines.writes`), a file whose
 facts and every part are in one pack (any file of up to 6.5 minutes) is finished on the actor:
-one `DONE` entry, in a row of its own, holds its clip embeddings, ready to store.
+one `DONE` entry, in a row of its own, holds its clip embeddings (and segments), ready to store.
 """
 
 from __future__ import annotations
@@ -199,8 +199,9 @@ class Encoder:
 
     def _finished(self, out: list[tuple]) -> list[tuple]:
         """The files of `out` a worker may store (a key) whose facts and every part are there,
-        each finished as the driver would (`Slot.result`): a `DONE` entry with its facts, its
-        embedding per plan and the audio it advances. A file that failed, or whose result is not
+        each finished as the driver would (`Slot.result`): a `DONE` entry with its facts, per plan
+        its layers, embedding and segments (None where the plan keeps none), and the audio it
+        advances. A file that failed, or whose result is not
         finite, stays for the driver to name."""
         by_file: dict[int, list] = {}
         for entry in out:
@@ -222,7 +223,10 @@ class Encoder:
             if result is None or not finite(result):
                 continue
             made = (result.duration_s, result.sample_rate, result.channels, result.truncated)
-            outputs = [(plan.resolved_layers(), o.embedding) for plan, o in zip(self.plans, result.outputs)]
+            outputs = [
+                (plan.resolved_layers(), o.embedding, o.segments if plan.segments else None)
+                for plan, o in zip(self.plans, result.outputs)
+            ]
             payload = {"key": facts["key"], "facts": made, "outputs": outputs, "audio": sum(p[4] for p in parts)}
             done.append((i, 0, DONE, payload))
         return done

@@ -182,7 +182,7 @@ class Collector:
             res = FileResult(self.items[i], duration, rate, channels, self._no_outputs, cut, None, payload["key"], True)
             self.waiting.append((self.adopting, res))  # handed on once the library has committed it
             return
-        outs = [EncoderOutput(embedding) for _, embedding in payload["outputs"]]
+        outs = [EncoderOutput(embedding, None, segments or []) for _, embedding, segments in payload["outputs"]]
         res = FileResult(self.items[i], duration, rate, channels, outs, cut)
         deliver(self.items[i], res, self.on_result, self.events)
 

@@ -1,13 +1,14 @@
 """`--engine ray`'s write tasks: the workers write, the driver steers.
 
-Where the job stores its results in a library (`embed`'s clip embeddings), the encoder actors
-finish each file whole in a pack (`packs.DONE`) and a write task after them stores up to
-`WRITE_FILES` such files at a time (`write_size`) straight into the library's clips table, as
-data files of their own (the `shard`'s `write`: Lance fragments, not committed). What reaches
-the driver is the fragments' metadata (`FRAGMENTS`, a few hundred bytes) and a status per file
-(`WRITTEN`: its key and facts, about 100 bytes), never the vectors; the driver commits the
-fragments with the library's own commits, hands each file on once they are committed, and the
-job reads the vectors back from the library when it writes its output.
+Where the job stores its results in a library (`embed`'s clip embeddings, `tag`'s and their
+segments), the encoder actors finish each file whole in a pack (`packs.DONE`) and a write task
+after them stores up to `WRITE_FILES` such files at a time (`write_size`) straight into the
+library's clips (and segments) table, as data files of their own (the `shard`'s `write`: Lance
+fragments, not committed). What reaches the driver is the fragments' metadata (`FRAGMENTS`, a
+few hundred bytes) and a status per file (`WRITTEN`: its key and facts, about 100 bytes), never
+the vectors; the driver commits the fragments with the library's own commits, hands each file
+on once they are committed, and the job reads the vectors back from the library when it writes
+its output.
 
 A write that fails (the library is not on this node's storage, a full disk) hands its files on
 as they came, and the driver stores them itself (`UNWRITTEN` says why, once): nothing is lost.

@@ -84,8 +84,8 @@ def run(
     file from an earlier run is there (its result then has no frames). A file the library
     records as given up (it killed the worker working on it: `library.failed`) fails again at
     once, named with its reason, unless the library was opened to retry them (`open_library`); a
-    file given up in this run is recorded. With `lean` (a list, for plans of clip embeddings
-    only), found files reach `on_result` without their vectors (an `embedding` of None, and their
+    file given up in this run is recorded. With `lean` (a list, for plans that keep no frames),
+    found files reach `on_result` without their vectors (an `embedding` of None, and their
     `key`), and `lean` receives, per plan, what the library holds (`held.Held`), to take the
     vectors from as they are written."""
     if library is None:
@@ -141,7 +141,7 @@ def _storer(library, plans: tuple[list, list], by_item: dict, failed: dict, even
 
 def _sink(library, options: RunOptions, todo: list[Item], by_item: dict, plans: list[Plan], lean: list | None):
     """Where a Ray cluster's workers store the files they finish (`library.shards`): for a job
-    that takes results without their vectors (`lean`: clip embeddings only), else None."""
+    that takes results without their vectors (`lean`: no frames), else None."""
     if options.engine != "ray" or lean is None:
         return None
     from matpac_cli.library.shards import sink
@@ -206,7 +206,7 @@ def _one_by_one(items: list[Item], plans: list[Plan], known: dict, held: list, h
         k = known.get(i)
         if k is not None and all(k.key in h for h in held) and (not framed or frames_kept(item)):
             got = [h[k.key] for h in held]
-            res = _found(item, nothing, got[0], k) if lean is not None else _stored_result(item, plans, got)
+            res = _found(item, nothing, got[0], k) if lean is not None else stored_result(item, plans, got)
             res.found, res.key = k.how, k.key
             found[k.how] += 1
             on_result(res)
@@ -272,7 +272,7 @@ class _Recording:
 
 def _held(library, keys: list[str], plans: list[Plan], settings: list, frames_kept, lean: list | None) -> list:
     """Per plan, what the library holds of `keys`: their results (`Library.lookup`), or with
-    `lean` their facts alone (`held.held`, also handed to the caller in `lean`)."""
+    `lean` their facts alone (`held.held`, with segments where kept; handed on in `lean`)."""
     if lean is None:
         return [
             {} if p.frames and frames_kept is None else library.lookup(keys, s, p.resolved_layers(), p.segments)
@@ -280,9 +280,9 @@ def _held(library, keys: list[str], plans: list[Plan], settings: list, frames_ke
         ]
     from matpac_cli.library.held import held
 
-    if any(p.segments or p.frames for p in plans):
-        raise ValueError("lean lookups are for clip embeddings only")
-    lean[:] = [held(library.root, keys, s, p.resolved_layers()) for p, s in zip(plans, settings)]
+    if any(p.frames for p in plans):
+        raise ValueError("lean lookups are for plans that keep no frames")
+    lean[:] = [held(library.root, keys, s, p.resolved_layers(), p.segments) for p, s in zip(plans, settings)]
     return [h.facts for h in lean]
 
 
@@ -337,7 +337,7 @@ def _say_unwritable(library, events: RunEvents) -> None:
         )
 
 
-def _stored_result(item: Item, plans: list[Plan], found: list) -> FileResult:
+def stored_result(item: Item, plans: list[Plan], found: list) -> FileResult:
     """A file's `FileResult` from what the library holds for each plan, as the engine would
     have handed it on (float32, the same layers, the same segments)."""
     outs = []

@@ -6,8 +6,8 @@ run in the same pass over the files (decoded once). Rows (`tag_rows`) are
 head that kept no label of a file gives it one rank-0 row), as CSV, JSON Lines or a
 Parquet table (a file only, written whole at the end, as every file output is). The encoder
 runs only on files the library lacks, and stores them as they finish, so a re-run resumes (and
-`tag` after `embed` runs no encoder); without segments, the files it holds (and those a Ray
-cluster's workers store themselves) are scored from its vectors a batch at a time (`tag_score`);
+`tag` after `embed` runs no encoder); the files it holds (and those a Ray cluster's workers
+store themselves) are scored from its vectors (and segments) a batch at a time (`tag_score`);
 every file output gets a manifest (`tags.csv.manifest.json`), stdout one only where
 `TagConfig.manifest` names a file. A file output's rows of files that are not inputs of this
 run are never dropped silently: kept (`update`), replaced (`force`), or the run is refused

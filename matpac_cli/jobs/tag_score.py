@@ -1,6 +1,6 @@
-"""`tag`'s scores of files whose clip embedding stays in the library, a batch at a time.
+"""`tag`'s scores of files whose clip embedding (and segments) stay in the library, in batches.
 
-`tag` without `segments` runs `stored.run` with `lean`: a file the library holds reaches the job
+`tag` with a library runs `stored.run` with `lean`: a file the library holds reaches the job
 without its vectors (`embedding` None, its `key` set), and so does a file a Ray worker stored
 itself (`FileResult.stored`: its vectors never cross to the driver). Such files wait here and are
 scored together (`BATCH_FILES` at a time): their vectors taken from the library (`held.Held.vectors`
@@ -9,8 +9,10 @@ each head applied once to the stacked matrix, which gives each file the scores `
 gives it alone. A file encoded by this process (its embedding at hand) is scored at once, after
 the files waiting before it, so rows leave in the order files finished.
 
-With `segments`, every file takes today's path: the library's segment rows are read per file
-(`Library.lookup`) and scored one file at a time (`tag_rows.score`); nothing waits here.
+With `segments`, such files wait `SEGMENT_FILES` at a time (a file's segments are its chunks'
+vectors), and one `Library.lookup` per plan reads the batch's clip embeddings and segments; each
+file is then scored as `tag_rows.score` scores one encoded here (a short tail merged,
+`min_segment`), so its rows are the same.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from matpac_cli.pipeline.assemble import FileResult, Plan
 from matpac_cli.pipeline.discovery import Item
 
 BATCH_FILES = 512  # files scored together: their vectors read in one take (15 KB a file at 3840 values)
+SEGMENT_FILES = 64  # ... with segments: 37 MB read at once for 3.5-minute tracks (571 KB a file)
 
 
 def scores_of(groups: list, clips: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -47,15 +50,18 @@ def scores_of(groups: list, clips: list[np.ndarray]) -> list[dict[str, np.ndarra
 class Waiting:
     """Files whose embedding is in the library, scored `BATCH_FILES` at a time and handed to
     `emit(item, meta, scores)` in the order they came. `held`: per plan, what the library held
-    as the run began (`stored.run`'s `lean`); other keys are read from `library` (stored since)."""
+    as the run began (`stored.run`'s `lean`); other keys are read from `library` (stored since).
+    `min_segment`: None for clip scores alone; else segments are scored too, a shorter tail merged
+    (`SEGMENT_FILES` at a time, every key read from `library`: `segmented`)."""
 
-    def __init__(self, library, plans: list[Plan], groups: list, held: list, emit: Callable) -> None:
+    def __init__(self, library, plans: list[Plan], groups: list, held: list, emit: Callable, min_segment=None) -> None:
         self.library, self.plans, self.groups, self.held, self.emit = library, plans, groups, held, emit
+        self.min_segment = min_segment
         self.files: list[tuple[Item, str, dict]] = []
 
     def add(self, item: Item, key: str, meta: dict) -> None:
         self.files.append((item, key, meta))
-        if len(self.files) >= BATCH_FILES:
+        if len(self.files) >= (BATCH_FILES if self.min_segment is None else SEGMENT_FILES):
             self.flush()
 
     def flush(self) -> None:
@@ -64,6 +70,8 @@ class Waiting:
             return
         files, self.files = self.files, []
         keys = [key for _, key, _ in files]
+        if self.min_segment is not None:
+            return self.segmented(files, keys)
         clips = [self._clips(i, keys) for i in range(len(self.plans))]
         for (item, _, meta), scores in zip(files, scores_of(self.groups, clips)):
             self.emit(item, meta, scores)
@@ -78,20 +86,35 @@ class Waiting:
         got.update(self._stored(i, [k for k in keys if k not in held]))
         return np.stack([got[k] for k in keys])
 
+    def segmented(self, files: list[tuple[Item, str, dict]], keys: list[str]) -> None:
+        """`files` (their `keys`) scored with their segments, each as `tag_rows.score` scores a
+        file encoded here, from one `Library.lookup` per plan for them all."""
+        from matpac_cli.jobs.tag_rows import score
+
+        found = [self._lookup(i, keys, True) for i in range(len(self.plans))]
+        for item, key, meta in files:
+            res = stored.stored_result(item, self.plans, [got[key] for got in found])
+            self.emit(item, meta, score(res, self.groups, True, self.min_segment))
+
     def _stored(self, i: int, keys: list[str]) -> dict[str, np.ndarray]:
         """The clip embeddings of files stored during the run (by a Ray worker: committed before
         they were handed on), read by key."""
+        last = self.plans[i].resolved_layers()[-1]
+        found = self._lookup(i, keys, False)
+        return {k: np.asarray(found[k].layers[last], np.float32) for k in keys}
+
+    def _lookup(self, i: int, keys: list[str], segments: bool) -> dict:
+        """What the library holds of `keys` for plan `i` (`Library.lookup`): every key, or one line."""
         from matpac_cli.library.key import Setting
         from matpac_cli.library.tables import guarded
 
         plan = self.plans[i]
-        last = plan.resolved_layers()[-1]
         with guarded(self.library.root):
-            found = self.library.lookup(keys, Setting.of(plan), plan.resolved_layers(), False)
+            found = self.library.lookup(keys, Setting.of(plan), plan.resolved_layers(), segments)
         missing = [k for k in keys if k not in found]
         if missing:
             raise OutputError(f"the library no longer holds {missing[0]}; run the command again")
-        return {k: np.asarray(found[k].layers[last], np.float32) for k in keys}
+        return found
 
 
 def truncated(res: FileResult, summary, events: RunEvents) -> bool:
@@ -152,15 +175,16 @@ def run(
     items: list[Item], groups: list, config, heard: tuple, emit: Callable, library, streaming: bool = False
 ) -> None:
     """`tag`'s encoder pass (`stored.run`; `config` a `TagConfig`), each file's scores handed to
-    `emit(item, meta, scores)`. Without `segments`, files the library holds (or a Ray worker
-    stored) come without their vectors (`lean`) and are scored a batch at a time (`Waiting`);
-    with segments, each file's segments are read from the library with it and scored alone, as
-    before. A `streaming` run that stops (Ctrl-C, an error) still hands on the files waiting:
-    they are counted as finished, so their rows are written."""
+    `emit(item, meta, scores)`. Files the library holds (or a Ray worker stored) come without
+    their vectors (`lean`) and are scored a batch at a time (`Waiting`), with their segments
+    where asked; files encoded here are scored as they come. A `streaming` run that stops
+    (Ctrl-C, an error) still hands on the files waiting: they are counted as finished, so their
+    rows are written."""
     summary, events = heard
     plans = [Plan(g.predictor, layers=(-1,), segments=config.segments) for g in groups]
-    lean = None if config.segments or library is None else []
-    waiting = None if lean is None else Waiting(library, plans, groups, lean, emit)
+    lean = None if library is None else []
+    cut = config.min_segment if config.segments else None
+    waiting = None if lean is None else Waiting(library, plans, groups, lean, emit, cut)
     on_result = recorder((groups, config.segments, config.min_segment), summary, events, waiting, emit)
     try:
         try:

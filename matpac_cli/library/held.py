@@ -123,10 +123,12 @@ class Held:
         return np.searchsorted(np.unique(np.array(self.layers, np.int64)), np.array(self.layers, np.int64))
 
 
-def held(root, keys: Iterable[str], setting: Setting, layers: tuple[int, ...]) -> Held:
-    """The keys of `keys` the library at `root` holds for `setting` with every layer of `layers`:
-    one read of the clips table's small columns (positions are the scan's, which `take` uses),
-    matched with Arrow's kernels and numpy, Python touching each key once."""
+def held(root, keys: Iterable[str], setting: Setting, layers: tuple[int, ...], segments: bool = False) -> Held:
+    """The keys of `keys` the library at `root` holds for `setting` with every layer of `layers`
+    (and, with `segments`, a segments row: one scan of that table's keys first): one read of the
+    clips table's small columns (positions are the scan's, which `take` uses), matched with
+    Arrow's kernels and numpy, Python touching each key once."""
+    keys = tables.keys_with(root, "segments", list(keys), setting) if segments else keys
     wanted = pa.array(sorted(set(keys)), pa.string())
     ds = tables.open_table(root, "clips")
     if ds is None or not len(wanted):

@@ -1,7 +1,8 @@
 """The library written by a Ray cluster's workers (`--engine ray`): each finished file's clip rows
-go from the worker that summed it straight into the clips table as Lance data files, and the
-driver commits their metadata (a few hundred bytes for a few hundred files) with its own commits
-(`Library.adopt`), so the vectors never cross to the driver.
+(and its segments row, where the plan keeps segments) go from the worker that summed it straight
+into the clips (and segments) table as Lance data files, and the driver commits their metadata
+(a few hundred bytes for a few hundred files) with its own commits (`Library.adopt`), so the
+vectors never cross to the driver.
 
 The library must be on storage every node sees (a shared folder mounted at the same path). The
 driver makes a token file in it as the run starts (`Sink.shard`); a worker that does not see the
@@ -24,6 +25,7 @@ from matpac_cli.library import tables
 from matpac_cli.library.key import Setting
 
 TOKEN = ".matpac-ray-"  # the token file's name starts so (the driver removes it as the run ends)
+WRITTEN = ("clips", "segments")  # the tables a worker writes (and the driver commits, in this order)
 
 
 def clip_rows(columns: dict[str, list], key: str, setting: tuple[str, str], layers, embedding, facts: tuple) -> None:
@@ -39,6 +41,22 @@ def clip_rows(columns: dict[str, list], key: str, setting: tuple[str, str], laye
             columns[name].append(value)
 
 
+def segments_row(columns: dict[str, list], key: str, setting: tuple[str, str], segments: list, now: float) -> None:
+    """One file's segments row for one model and front end added to `columns`: the one home of
+    what a segments row holds (each chunk's span, time columns and last-layer mean, in order)."""
+    values = (
+        key,
+        *setting,
+        [s.start_s for s in segments],
+        [s.end_s for s in segments],
+        [int(s.columns) for s in segments],
+        [np.asarray(s.embedding, np.float32) for s in segments],
+        now,
+    )
+    for name, value in zip(tables.SEGMENTS.names, values):
+        columns[name].append(value)
+
+
 def row_facts(t: dict, j: int) -> dict:
     """A clip row's facts (row `j` of the columns `t`), as the jobs take them."""
     promised, read = t["promised"][j], t["read"][j]
@@ -52,7 +70,7 @@ def row_facts(t: dict, j: int) -> dict:
 
 @dataclass(frozen=True)
 class Shard:
-    """What a worker needs to write clip rows into the library (it travels to the cluster)."""
+    """What a worker needs to write a file's rows into the library (it travels to the cluster)."""
 
     root: str
     settings: tuple[tuple[str, str], ...]  # per plan: (model sha256, front-end settings)
@@ -62,16 +80,19 @@ class Shard:
         """Whether this process sees the driver's library (the token file is there)."""
         return os.path.isfile(os.path.join(self.root, self.token))
 
-    def write(self, files: list[tuple]) -> list[str]:
-        """`files`' clip rows as new data files of the clips table, not committed: their metadata
-        (JSON), for the driver to commit. A file is (key, (duration_s, sample_rate, channels,
-        truncated), per plan its (layers, (L, E) float32 embedding))."""
-        columns: dict[str, list] = {name: [] for name in tables.CLIPS.names}
+    def write(self, files: list[tuple]) -> dict[str, list[str]]:
+        """`files`' rows as new data files of the clips and segments tables, not committed: per
+        table, their metadata (JSON), for the driver to commit. A file is (key, (duration_s,
+        sample_rate, channels, truncated), per plan its (layers, (L, E) float32 embedding,
+        segments: a list of `Segment`s, or None where the plan keeps none))."""
+        rows: dict[str, dict[str, list]] = {name: {n: [] for n in tables.SCHEMAS[name].names} for name in WRITTEN}
         now = time.time()
         for key, facts, outputs in files:
-            for setting, (layers, embedding) in zip(self.settings, outputs):
-                clip_rows(columns, key, setting, layers, embedding, (*facts, now))
-        return tables.write_fragments(Path(self.root), "clips", columns)
+            for setting, (layers, embedding, segments) in zip(self.settings, outputs):
+                clip_rows(rows["clips"], key, setting, layers, embedding, (*facts, now))
+                if segments is not None:
+                    segments_row(rows["segments"], key, setting, segments, now)
+        return {name: tables.write_fragments(Path(self.root), name, columns) for name, columns in rows.items()}
 
 
 class Sink:
@@ -80,8 +101,11 @@ class Sink:
     shares, or of which the library holds a part already (a layer), is stored by the driver as
     before, which writes each part once."""
 
-    def __init__(self, library, settings: list[Setting], layers: list[tuple[int, ...]], keys: dict[str, str]) -> None:
+    def __init__(
+        self, library, settings: list[Setting], layers: list[tuple], keys: dict[str, str], segments: list | None = None
+    ) -> None:
         self.library, self.settings, self.layers, self.keys = library, settings, layers, keys
+        self.segments = segments if segments is not None else [False] * len(settings)  # per plan: kept?
         self.token: Path | None = None
 
     def key_of(self, name: str) -> str:
@@ -104,11 +128,11 @@ class Sink:
         # absolute: a Ray worker's working folder is its raylet's, not the driver's
         return Shard(str(self.library.root.absolute()), pairs, self.token.name)
 
-    def adopt(self, fragments: list[str], keys: list[str]) -> int:
-        """Fragments a worker wrote holding `keys`' rows, committed with the library's next
-        commit: the number `committed` reaches once they are."""
-        parts = [(key, s, layers) for key in keys for s, layers in zip(self.settings, self.layers)]
-        return self.library.adopt(fragments, parts)
+    def adopt(self, fragments: dict[str, list[str]], keys: list[str]) -> int:
+        """Fragments a worker wrote holding `keys`' rows (per table), committed with the
+        library's next commit: the number `committed` reaches once they are."""
+        plans = list(zip(self.settings, self.layers, self.segments))
+        return self.library.adopt(fragments, [(key, *plan) for key in keys for plan in plans])
 
     def committed(self) -> int:
         """How many `adopt`s the library has committed (in order; none more once it cannot write)."""
@@ -137,7 +161,8 @@ class Sink:
 def sink(library, items: list, by_item: dict, plans: list) -> Sink:
     """The run's `Sink`: workers may store the files of `items` keyed in `by_item` whose key no
     other input has and of which the library holds nothing for any of `plans` (one scan of the
-    key and layer columns per plan: `Library.holding` with no layer asked is every key with any)."""
+    key and layer columns per plan: `Library.holding` with no layer asked is every key with any;
+    and of the segments table's keys, per plan that keeps segments)."""
     settings = [Setting.of(p) for p in plans]
     counts: dict[str, int] = {}
     for item in items:
@@ -146,6 +171,8 @@ def sink(library, items: list, by_item: dict, plans: list) -> Sink:
             counts[key] = counts.get(key, 0) + 1
     alone = [k for k, n in counts.items() if n == 1]
     partial = set().union(*(library.holding(alone, s, ()) for s in settings)) if alone else set()
+    for plan, s in zip(plans, settings):
+        partial |= tables.keys_with(library.root, "segments", alone, s) if alone and plan.segments else set()
     keys = {item.name: by_item[item] for item in items if by_item.get(item) in counts}  # not by_item's
     keys = {name: key for name, key in keys.items() if counts[key] == 1 and key not in partial}  # skipped
-    return Sink(library, settings, [p.resolved_layers() for p in plans], keys)
+    return Sink(library, settings, [p.resolved_layers() for p in plans], keys, [bool(p.segments) for p in plans])

@@ -23,7 +23,7 @@ import numpy as np
 
 from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
-from matpac_cli.library.shards import clip_rows, row_facts
+from matpac_cli.library.shards import WRITTEN, clip_rows, row_facts, segments_row
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
 from matpac_cli.pipeline.discovery import Item
 
@@ -181,31 +181,20 @@ class Library:
         with self._lock:
             clip_rows(self._clips, key, (setting.model, setting.frontend), plan.resolved_layers(), out.embedding, facts)
             if plan.segments:
-                segs = out.segments
-                values = (
-                    key,
-                    setting.model,
-                    setting.frontend,
-                    [s.start_s for s in segs],
-                    [s.end_s for s in segs],
-                    [int(s.columns) for s in segs],
-                    [s.embedding.astype(np.float32) for s in segs],
-                    facts[-1],
-                )
-                for name, value in zip(tables.SEGMENTS.names, values):
-                    self._segments[name].append(value)
+                segments_row(self._segments, key, (setting.model, setting.frontend), out.segments, facts[-1])
         self._queued(1)
 
-    def adopt(self, fragments: list[str], parts: list[tuple[str, Setting, tuple[int, ...]]]) -> int:
-        """Clip rows a Ray worker wrote (`shards`): their fragments committed with the next batch,
-        and the parts they hold, (key, setting, layers), known once they are. Its number: they
-        are committed once `adopted` reaches it (never, once a write has failed)."""
+    def adopt(self, fragments: dict[str, list[str]], parts: list[tuple[str, Setting, tuple, bool]]) -> int:
+        """Rows a Ray worker wrote (`shards`): their fragments (per table) committed with the next
+        batch, and the parts they hold, (key, setting, layers, with segments), known once they
+        are. Its number: they are committed once `adopted` reaches it (never, once a write has
+        failed)."""
         with self._lock:
             self._fragments.append((fragments, parts))
             self._adopts += 1
             number = self._adopts
         if self.unwritable is None:
-            self._queued(len({key for key, _, _ in parts}))
+            self._queued(len({part[0] for part in parts}))
         return number
 
     def _queued(self, files: int) -> None:
@@ -273,11 +262,14 @@ class Library:
             try:
                 if paths["path"]:
                     tables.upsert_paths(self.root, paths)
-                tables.commit_fragments(self.root, "clips", [f for fragments, _ in adopted for f in fragments])
-                for key, setting, layers in (part for _, parts in adopted for part in parts):
-                    self._known["clips"].setdefault((setting.model, setting.frontend), {}).setdefault(
-                        key, set()
-                    ).update(layers)
+                for name in WRITTEN:  # as the driver appends its own: clips, then segments
+                    tables.commit_fragments(
+                        self.root, name, [f for written, _ in adopted for f in written.get(name, ())]
+                    )
+                for key, setting, layers, kept in (part for _, parts in adopted for part in parts):
+                    pair, known = (setting.model, setting.frontend), self._known
+                    known["clips"].setdefault(pair, {}).setdefault(key, set()).update(layers)
+                    known["segments"].setdefault(pair, {}).setdefault(key, set()).update({None} if kept else ())
                 self.adopted += len(adopted)
                 tables.append(self.root, "clips", self._lacking("clips", clips))
                 tables.append(self.root, "segments", self._lacking("segments", segments))

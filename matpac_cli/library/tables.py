@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 os.environ.setdefault("LANCE_LOG", "error")  # Lance's notices ("it will be created") are not the user's business
 
@@ -179,6 +180,17 @@ def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
         listed = ", ".join(quoted(k) for k in keys[i : i + IN_BATCH])
         parts.append(ds.to_table(columns=columns, filter=f"key IN ({listed}){' AND ' + extra if extra else ''}"))
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+
+
+def keys_with(root: Path, name: str, keys: list[str], setting) -> set[str]:
+    """The keys of `keys` with a row in table `name` for `setting` (its model and front end): one
+    scan of the key column of that setting, no vector read."""
+    ds = open_table(root, name)
+    if ds is None or not keys:
+        return set()
+    where = f"{equals('model', setting.model)} AND {equals('frontend', setting.frontend)}"
+    found = ds.to_table(columns=["key"], filter=where)["key"]
+    return set(found.filter(pc.is_in(found, value_set=pa.array(sorted(set(keys)), pa.string()))).to_pylist())
 
 
 def vectors(column: pa.ChunkedArray) -> list:

@@ -569,13 +569,15 @@ def test_the_driver_holds_a_file_s_facts_not_its_vectors_or_chunks(head, tmp_pat
     )  # the token went
 
 
-def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head, tmp_path, wide, ray_env):
-    """`tag` (clip scores) through the cluster with a library: the workers store each file's
-    vector, the driver receives under a kilobyte a file (a vector's sums were 31 KB) and scores
-    the files from the library a batch at a time (`jobs.tag_score`): the rows are the local
-    engine's. Through the Python API, in a process of its own (as the embed test above)."""
-    for i in range(300):
-        write_audio(tmp_path / "in" / f"f{i:03d}.wav", 0.2, seed=i)
+@pytest.mark.parametrize("segments", [False, True], ids=["clips", "segments"])
+def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head, tmp_path, wide, ray_env, segments):
+    """`tag` (clip scores, and with `segments` each chunk's) through the cluster with a library:
+    the workers store each file's vector (and segments), the driver receives under a kilobyte a
+    file (a vector's sums were 31 KB; a 3.5-minute track's segments, 571 KB) and scores the files
+    from the library a batch at a time (`jobs.tag_score`): the rows are the local engine's, a
+    short tail merged. Through the Python API, in a process of its own (as the embed test above)."""
+    for i in range(300):  # with segments, one file in 30 of three chunks, its last one short
+        write_audio(tmp_path / "in" / f"f{i:03d}.wav", 12.5 if segments and i % 30 == 0 else 0.2, seed=i)
     g = torch.Generator().manual_seed(0)
     width = wide.dims.embed_dim
     torch.save(
@@ -589,14 +591,15 @@ def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head,
             "from matpac_cli.jobs import tag_score",
             "from matpac_cli.jobs.tag import Group, build_heads",
             "from matpac_cli.library import store",
-            "tag_score.BATCH_FILES, store.COMMIT_MIN_S = 64, 0.0  # at this scale what 512 are at a catalogue's",
+            "tag_score.BATCH_FILES, tag_score.SEGMENT_FILES, store.COMMIT_MIN_S = 64, 16, 0.0  # at this scale",
             f"model = Predictor.load({str(wide.resolved.path)!r}, device='cpu', precision='fp32')",
             f"t = Path({str(tmp_path)!r})",
             "group = Group('wide', build_heads([str(t / 'openmic.pth')], model, None, False), model)",
             "items = discover([str(t / 'in')])",
             f"ray = RunOptions(batch_size=8, engine='ray', address={head.address!r})",
-            "s = tag(items, [group], TagConfig(top_k=0, library=t / 'lib', options=ray), t / 'ray.csv', io.StringIO())",
-            "local = TagConfig(top_k=0, library=False, options=RunOptions(batch_size=8, workers=1))",
+            f"s = tag(items, [group], TagConfig(top_k=0, segments={segments}, library=t / 'lib', options=ray),"
+            " t / 'ray.csv', io.StringIO())",
+            f"local = TagConfig(top_k=0, segments={segments}, library=False, options=RunOptions(batch_size=8, workers=1))",
             "tag(items, [group], local, t / 'local.csv', io.StringIO())",
             "print(s.done, s.received / s.done)",
         ]
@@ -608,9 +611,11 @@ def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head,
     import pandas as pd
 
     a, b = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
-    assert len(a) == len(b) == 300 * 20
+    assert len(a) == len(b) == 300 * 20 * (1 + segments) + 10 * 20 * segments  # a segment's rows each, or the clip's
     assert (a["path"] == b["path"]).all() and (a["label"] == b["label"]).all() and (a["rank"] == b["rank"]).all()
     np.testing.assert_allclose(b["score"], a["score"], atol=1e-5)
+    for column in ("start_s", "end_s", "truncated") if segments else ():
+        assert a[column].equals(b[column])
     assert library_files(tmp_path / "lib") == 300
 
 

@@ -109,8 +109,12 @@ def test_workers_store_whole_files_and_the_driver_receives_their_status_only(fil
         assert results[name].duration_s == local[name].duration_s
 
 
-def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the_files(files, tmp_path):
+@pytest.mark.parametrize("segments", [False, True], ids=["clips", "segments"])
+def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the_files(files, tmp_path, segments):
+    """A write task on a node that does not see the library hands its files back: said once,
+    and the driver stores them, each handed on whole (with its segments where the plan keeps them)."""
     items, plan = files
+    plan = replace(plan, segments=segments)
     local = _local(items, plan)
     library = Library(tmp_path / "lib")
     results, _, warnings, _ = _through(items, plan, library, lambda shard: replace(shard, token=".not-here"))
@@ -119,7 +123,10 @@ def test_a_library_the_workers_cannot_see_is_said_once_and_the_driver_stores_the
     whole = [r for r in results.values() if not r.stored]
     assert len(whole) == 3 and not any(r.stored for r in results.values())
     for r in whole:
-        np.testing.assert_allclose(r.outputs[0].embedding, local[r.item.name].outputs[0].embedding, atol=1e-6, rtol=0)
+        want = local[r.item.name].outputs[0]
+        np.testing.assert_allclose(r.outputs[0].embedding, want.embedding, atol=1e-6, rtol=0)
+        assert [(s.start_s, s.end_s) for s in r.outputs[0].segments] == [(s.start_s, s.end_s) for s in want.segments]
+        assert bool(want.segments) == segments
 
 
 def test_a_file_a_retried_task_wrote_twice_is_stored_once(files, tmp_path):
@@ -181,3 +188,30 @@ def test_an_actor_s_answer_is_a_row_per_finished_file_and_no_empty_row(files, tm
     encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "finish": True})()
     rows = [pickle.loads(b) for pack in packs for b in encoder({"data": np.array([pack], dtype=object)})["data"]]
     assert sorted(len(r) for r in rows) == [1, 1] and all(r[0][2] == DONE for r in rows)
+
+
+def test_workers_store_a_file_s_segments_beside_its_clip_rows_and_the_driver_gets_its_status(files, tmp_path):
+    """`tag --segments`: the actor finishes each file with its segments, the write task stores them
+    as fragments of the segments table beside the clips', the driver commits both and receives
+    each file's status only (under a kilobyte); the library then holds the local engine's
+    segments (spans, columns and vectors) for every file the workers stored."""
+    from matpac_cli.engines.work import FRAGMENTS, WRITTEN
+    from matpac_cli.library.key import Setting
+
+    items, plan = files
+    plan = replace(plan, segments=True)
+    local = _local(items, plan)
+    library = Library(tmp_path / "lib")
+    results, failures, warnings, received = _through(items, plan, library)
+    stored = {name: r for name, r in results.items() if r.stored}
+    assert len(stored) == 3 and len(failures) == 2 and not warnings
+    assert all(len(pickle.dumps(e)) < 1024 for e in received if e[2] in (WRITTEN, FRAGMENTS))
+    found = library.lookup([r.key for r in stored.values()], Setting.of(plan), plan.resolved_layers(), True)
+    library.close()
+    for name, r in stored.items():
+        want, got = local[name].outputs[0].segments, found[r.key].segments
+        assert [(s.start_s, s.end_s, s.columns) for s in got] == [(s.start_s, s.end_s, s.columns) for s in want]
+        np.testing.assert_allclose(
+            np.stack([s.embedding for s in got]), np.stack([s.embedding for s in want]), atol=1e-6
+        )
+    assert max(len(found[r.key].segments) for r in stored.values()) == 3  # w2's three chunks

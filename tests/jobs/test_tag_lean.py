@@ -189,3 +189,40 @@ def test_stdout_has_the_library_s_files_before_encoding_and_after_a_stop(tmp_pat
         events = _StopAtEncoding(text, stop=False)
         tag(discover([str(folder)]), groups, config, None, text, events)
         assert {r["path"] for r in csv.DictReader(io.StringIO(events.seen))} == found
+
+
+def test_segments_from_the_library_are_read_a_batch_at_a_time_and_give_the_first_run_s_rows(
+    tmp_path, ckpts, models, counted, monkeypatch
+):
+    """`tag --segments` run again on what the library holds: every file found, and its clip
+    embedding and segments read `SEGMENT_FILES` at a time (one `Library.lookup`, one read of the
+    segments table a batch; was one for every file at once); the rows are the first run's and a
+    run without the library's, the short tail merged (`min_segment`) and the cut file marked."""
+    monkeypatch.setattr(tag_score, "SEGMENT_FILES", 2, raising=False)
+    reads, segments_of = [], Library._segments_of
+
+    def counting_segments_of(self, keys, setting):
+        reads.append(len(keys))
+        return segments_of(self, keys, setting)
+
+    monkeypatch.setattr(Library, "_segments_of", counting_segments_of)
+    folder = tmp_path / "in"
+    for i, seconds in enumerate([10.5, 1.0, 12.0, 21.0, 3.0]):
+        write_audio(folder / f"f{i}.wav", seconds, sr=16000, seed=i)
+    data = (folder / "f4.wav").read_bytes()
+    (folder / "f4.wav").write_bytes(data[: len(data) // 2])  # its header promises twice what it holds
+    groups, out = _groups(models, ckpts, tmp_path, False), tmp_path / "tags.csv"
+    plain, _ = _tag(folder, groups, False, out, segments=True)
+    first, summary = _tag(folder, groups, tmp_path / "lib", out, segments=True, force=True)
+    assert summary.done == 5
+    _same_rows(first, plain)
+    counted["lookup"].clear()
+    reads.clear()
+
+    again, summary = _tag(folder, groups, tmp_path / "lib", out, segments=True, force=True)
+    assert summary.reused == 5 and summary.done == 0 and summary.truncated == [str(folder / "f4.wav")]
+    assert counted["lookup"] == [2, 2, 1] and reads == [2, 2, 1]
+    _same_rows(again, first)
+    spans = {(float(r["start_s"]), float(r["end_s"])) for r in again if r["start_s"] and r["path"].endswith("f0.wav")}
+    assert len(spans) == 1 and min(spans)[0] == 0.0 and min(spans)[1] > 10.4  # its 0.5-second tail merged
+    assert {r["truncated"] for r in again if r["path"].endswith("f4.wav")} == {"1"}

@@ -20,9 +20,9 @@ A = Setting("m" * 64, "frontend-a")
 FACTS = (3.0, 16000, 1, None)
 
 
-def _plan(layers=(2,)):
-    """What `sink` asks of a plan: its resolved layers and its setting (`Setting.of`)."""
-    return SimpleNamespace(resolved_layers=lambda: layers)
+def _plan(layers=(2,), segments=False):
+    """What `sink` asks of a plan: its resolved layers, segments and its setting (`Setting.of`)."""
+    return SimpleNamespace(resolved_layers=lambda: layers, segments=segments)
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def _item(name: str):
 
 def test_a_worker_stores_only_files_alone_with_their_audio_and_new_to_the_library(library):
     library.adopt(
-        Sink(library, [A], [(2,)], {}).shard().write([("kp", FACTS, [((1,), np.ones((1, 4)))])]), [("kp", A, (1,))]
+        Sink(library, [A], [(2,)], {}).shard().write([("kp", FACTS, [((1,), np.ones((1, 4)), None)])]),
+        [("kp", A, (1,), False)],
     )
     library.commit()  # kp: layer 1 stored, layer 2 lacking
     items = [_item(n) for n in ("a", "b", "copy-of-b", "p")]
@@ -49,6 +50,24 @@ def test_a_worker_stores_only_files_alone_with_their_audio_and_new_to_the_librar
     assert made.key_of("b") == "" and made.key_of("p") == ""
     gave_up = _item("given-up")  # keyed, but skipped: the library records it as failed (`jobs.stored`)
     assert sink(library, items, {**by_item, gave_up: "kg"}, [_plan()]).keys == {"a": "ka"}  # was a KeyError
+
+
+def test_a_file_whose_segments_the_library_holds_already_is_the_driver_s(library):
+    """With segments, a key of which the segments table holds a row (its clip rows lacking: a
+    commit cut between the two tables) is stored by the driver, which writes only what lacks."""
+    from matpac_cli.pipeline.assemble import Segment
+
+    written = (
+        Sink(library, [A], [(2,)], {}, [True])
+        .shard()
+        .write([("ks", FACTS, [((2,), np.ones((1, 4)), [Segment(0.0, 3.0, np.ones(4, np.float32))])])])
+    )
+    library.adopt({"segments": written["segments"]}, [])
+    library.commit()
+    items = [_item(n) for n in ("a", "s")]
+    by_item = dict(zip(items, ["ka", "ks"]))
+    assert sink(library, items, by_item, [_plan(segments=True)]).keys == {"a": "ka"}
+    assert sink(library, items, by_item, [_plan()]).keys == {"a": "ka", "s": "ks"}  # no segments asked
 
 
 def test_workers_are_told_the_library_s_absolute_path_and_old_tokens_go(tmp_path, monkeypatch):
@@ -73,8 +92,9 @@ def test_fragments_a_worker_wrote_are_committed_at_once_and_known_after(library)
     shard = made.shard()
     assert shard.visible() and Path(library.root, shard.token).is_file()
     vectors = {f"k{i}": np.full((1, 8), i, np.float32) for i in range(40)}
-    fragments = shard.write([(k, FACTS, [((2,), v)]) for k, v in vectors.items()])
-    assert len(fragments) == 1 and all(len(f) < 1024 for f in fragments)  # metadata, not the rows
+    fragments = shard.write([(k, FACTS, [((2,), v, None)]) for k, v in vectors.items()])
+    assert len(fragments["clips"]) == 1 and all(len(f) < 1024 for f in fragments["clips"])  # metadata, not the rows
+    assert fragments["segments"] == []  # the plan keeps none
     assert library.holds(list(vectors), A, (2,)) == set()
     before = lance.dataset(tables.uri(library.root, "clips")).version
     made.adopt(fragments, list(vectors))

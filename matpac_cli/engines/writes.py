@@ -25,7 +25,8 @@ import numpy as np
 from matpac_cli.engines.work import DONE, FRAGMENTS, UNWRITTEN, WRITTEN
 from matpac_cli.errors import RAY_LIMIT, one_line
 
-WRITE_FILES = 256  # files per write task at most (rows of the encoders' answers): a fragment of ~4 MB
+WRITE_FILES = 256  # files per write task at most (rows of the encoders' answers): a fragment of ~4 MB (with
+# `tag --segments`, every chunk's vector: ~146 MB for 3.5-minute tracks, in the task's memory while it writes)
 RUN_FRAGMENTS = 64  # ... and fewer in a smaller run, so that it writes this many fragments or so: a file is in
 # the library (and the progress moves) within 1/64 of a run, and a catalogue's run of a million files
 # leaves 3,906 fragments, not 62,500 (a Lance commit rewrites the list of every fragment)

@@ -58,6 +58,10 @@ class Waiting:
         self.library, self.plans, self.groups, self.held, self.emit = library, plans, groups, held, emit
         self.min_segment = min_segment
         self.files: list[tuple[Item, str, dict]] = []
+        if library.homes is None:  # files the workers stored are read back from the fragments they landed in
+            from matpac_cli.library.shards import Homes
+
+            library.homes = Homes()
 
     def add(self, item: Item, key: str, meta: dict) -> None:
         self.files.append((item, key, meta))
@@ -71,10 +75,12 @@ class Waiting:
         files, self.files = self.files, []
         keys = [key for _, key, _ in files]
         if self.min_segment is not None:
-            return self.segmented(files, keys)
-        clips = [self._clips(i, keys) for i in range(len(self.plans))]
-        for (item, _, meta), scores in zip(files, scores_of(self.groups, clips)):
-            self.emit(item, meta, scores)
+            self.segmented(files, keys)
+        else:
+            clips = [self._clips(i, keys) for i in range(len(self.plans))]
+            for (item, _, meta), scores in zip(files, scores_of(self.groups, clips)):
+                self.emit(item, meta, scores)
+        self.library.homes.forget(keys)  # read back: where they landed is let go
 
     def _clips(self, i: int, keys: list[str]) -> np.ndarray:
         """Plan `i`'s clip embedding (the last layer asked) of each of `keys`, as (N, D) float32."""

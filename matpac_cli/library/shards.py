@@ -13,6 +13,7 @@ to the driver instead, which stores them as before.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from matpac_cli.library import tables
 from matpac_cli.library.key import Setting
@@ -156,6 +158,46 @@ class Sink:
             for stale in self.library.root.glob(f"{TOKEN}*"):
                 if stale.lstat().st_mtime < time.time() - 86_400:
                     stale.unlink()
+
+
+class Homes:
+    """Where the rows the workers wrote are, once committed: per table, key -> the ids of the
+    fragments of its write (`Library.adopt`), so that reading them back (`tag`'s scores) scans
+    those fragments, not the table's thousands. Each key is let go once read (`forget`)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, dict[str, tuple[int, ...]]] = {name: {} for name in WRITTEN}
+
+    def place(self, name: str, landed: dict[str, int], adopted: list[tuple[dict, list]]) -> None:
+        """The keys of `adopted` ((fragments, parts) per write) in fragments `landed` (data file -> id)."""
+        table = self.ids[name]
+        for written, parts in adopted:
+            files = [f["path"] for fragment in written.get(name, ()) for f in json.loads(fragment)["files"]]
+            ids = tuple(sorted({landed[f] for f in files if f in landed}))
+            for key in {part[0] for part in parts}:
+                table[key] = ids
+
+    def where_keys(self, ds, name: str, keys: list[str], extra: str, columns: list[str]):
+        """`tables.where_keys`, each write's keys within its fragments (where they are still
+        there: a merge rewrites them)."""
+        by_ids: dict[tuple[int, ...], list[str]] = {}
+        for key in keys:
+            by_ids.setdefault(self.ids[name].get(key, ()), []).append(key)
+        parts, rest = [], by_ids.pop((), [])
+        for ids, some in by_ids.items():
+            fragments = [ds.get_fragment(i) for i in ids]
+            if all(f is not None for f in fragments):
+                parts.append(tables.where_keys(ds, some, extra, columns, fragments))
+            else:
+                rest += some
+        if rest or not parts:  # one scan of the table for every key not where it landed
+            parts.append(tables.where_keys(ds, rest, extra, columns))
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def forget(self, keys: list[str]) -> None:
+        for table in self.ids.values():
+            for key in keys:
+                table.pop(key, None)
 
 
 def sink(library, items: list, by_item: dict, plans: list) -> Sink:

@@ -23,7 +23,7 @@ import numpy as np
 
 from matpac_cli.library import bypath, tables
 from matpac_cli.library.key import Setting, Stat, audio_key
-from matpac_cli.library.shards import WRITTEN, clip_rows, row_facts, segments_row
+from matpac_cli.library.shards import WRITTEN, Homes, clip_rows, row_facts, segments_row
 from matpac_cli.pipeline.assemble import EncoderOutput, FileResult, Plan, Segment
 from matpac_cli.pipeline.discovery import Item
 
@@ -68,6 +68,7 @@ class Library:
         self.told = False  # the run has said so
         self.retry_failed = False  # the files `library.failed` records are tried again (`jobs.stored`)
         self.merged: dict[str, list] = {}  # tables merged already, and where (a Ray cluster's: `jobs.tidy`)
+        self.homes: Homes | None = None  # where the workers' rows landed, kept where a job reads them back
 
     # reading -----------------------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class Library:
                 self._learn(name, setting, {k: set() for k in keys})
             return {}
         extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
-        table = tables.where_keys(ds, sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"])
+        table = self._where_keys(ds, "clips", sorted(set(keys)), extra, [n for n in tables.CLIPS.names if n != "added"])
         vectors = tables.vectors(table.column("embedding"))  # numpy views: a Python float each costs 10x more
         t = table.drop_columns(["embedding"]).to_pydict()
         found: dict[str, Stored] = {}
@@ -139,6 +140,12 @@ class Library:
             self._learn("segments", setting, {k: set() if s.segments is None else {None} for k, s in found.items()})
             found = {k: s for k, s in found.items() if s.segments is not None}
         return found
+
+    def _where_keys(self, ds, name: str, keys: list[str], extra: str, columns: list[str]):
+        """`tables.where_keys`, within the fragments the workers wrote the keys into, where known."""
+        if self.homes is None:
+            return tables.where_keys(ds, keys, extra, columns)
+        return self.homes.where_keys(ds, name, keys, extra, columns)
 
     def holding(self, keys: list[str], setting: Setting, layers: tuple[int, ...]) -> set[str]:
         """The keys that have every layer of `layers` for `setting`: one scan of the key and
@@ -162,7 +169,7 @@ class Library:
         if ds is None:
             return {}
         extra = f"{tables.equals('model', setting.model)} AND {tables.equals('frontend', setting.frontend)}"
-        table = tables.where_keys(ds, keys, extra, ["key", "start_s", "end_s", "columns", "embedding"])
+        table = self._where_keys(ds, "segments", keys, extra, ["key", "start_s", "end_s", "columns", "embedding"])
         rows = tables.nested_vectors(table.column("embedding"))
         t = table.drop_columns(["embedding"]).to_pydict()
         return {
@@ -263,9 +270,11 @@ class Library:
                 if paths["path"]:
                     tables.upsert_paths(self.root, paths)
                 for name in WRITTEN:  # as the driver appends its own: clips, then segments
-                    tables.commit_fragments(
+                    landed = tables.commit_fragments(
                         self.root, name, [f for written, _ in adopted for f in written.get(name, ())]
                     )
+                    if self.homes is not None:
+                        self.homes.place(name, landed, adopted)
                 for key, setting, layers, kept in (part for _, parts in adopted for part in parts):
                     pair, known = (setting.model, setting.frontend), self._known
                     known["clips"].setdefault(pair, {}).setdefault(key, set()).update(layers)

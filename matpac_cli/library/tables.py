@@ -142,18 +142,21 @@ def write_fragments(root: Path, name: str, rows: dict[str, list]) -> list[str]:
     return [json.dumps(f.to_json()) for f in write(table, uri(root, name), schema=SCHEMAS[name])]
 
 
-def commit_fragments(root: Path, name: str, fragments: list[str]) -> None:
+def commit_fragments(root: Path, name: str, fragments: list[str]) -> dict[str, int]:
     """Fragments written by `write_fragments` (anywhere the library's folder is seen), appended to
-    the table in one commit; a lost race with a concurrent writer is retried."""
+    the table in one commit; a lost race with a concurrent writer is retried. Where each landed:
+    data file -> fragment id (an Append's fragments are the version's last, in order)."""
     from lance.fragment import FragmentMetadata
 
     if not fragments:
-        return
+        return {}
     ensure(root)
     append = lance.LanceOperation.Append([FragmentMetadata.from_json(f) for f in fragments])
-    _retry(
+    ds = _retry(
         lambda: lance.LanceDataset.commit(uri(root, name), append, read_version=open_table(root, name).version), root
     )
+    ids = list(ds.fragment_ids())[-len(fragments) :]  # no object per fragment (4,000 of them: 20 ms)
+    return {f.path: i for i in ids for f in ds.get_fragment(i).metadata.files}
 
 
 def upsert_paths(root: Path, rows: dict[str, list]) -> None:
@@ -173,12 +176,14 @@ def upsert_paths(root: Path, rows: dict[str, list]) -> None:
     _retry(merge, root)
 
 
-def where_keys(ds, keys: list[str], extra: str, columns: list[str]) -> pa.Table:
-    """Rows whose key is one of `keys` (and `extra`, a filter), in batches of `IN_BATCH` keys."""
+def where_keys(ds, keys: list[str], extra: str, columns: list[str], fragments: list | None = None) -> pa.Table:
+    """Rows whose key is one of `keys` (and `extra`, a filter), in batches of `IN_BATCH` keys;
+    within `fragments` alone where given (a scan of every fragment costs 0.6 s at 4,000)."""
     parts = []
     for i in range(0, len(keys), IN_BATCH):
         listed = ", ".join(quoted(k) for k in keys[i : i + IN_BATCH])
-        parts.append(ds.to_table(columns=columns, filter=f"key IN ({listed}){' AND ' + extra if extra else ''}"))
+        where = f"key IN ({listed}){' AND ' + extra if extra else ''}"
+        parts.append(ds.scanner(columns=columns, filter=where, fragments=fragments).to_table())
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 

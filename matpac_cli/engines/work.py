@@ -127,6 +127,7 @@ class Collector:
         self.expected: dict[int, dict[int, int]] = {}  # file -> parts per grid (known once decoded)
         self.seen: dict[int, set] = {}
         self.done: set[int] = set()
+        self.heard: dict[int, float] = {}  # file -> the audio its parts advanced (a whole answer adds the rest)
         self.unwritten = False  # a worker could not write the library (said once)
         self.received = 0  # bytes of the cluster's answers (engines.ray's count)
         self.adopting = 0  # the number of the fragments adopted last (`Sink.adopt`)
@@ -155,6 +156,7 @@ class Collector:
         else:
             slot.merge(payload[:4])
             if payload[4]:
+                self.heard[i] = self.heard.get(i, 0.0) + payload[4]
                 self.events.audio(payload[4])
         return self._maybe_done(i, slot)
 
@@ -172,11 +174,13 @@ class Collector:
         """A file finished on its actor: its result, stored by a worker (`WRITTEN`: no vectors
         here) or to be stored by the job (`DONE`)."""
         self.done.add(i)
+        audio = payload["audio"]
         if i in self.seen:  # parts of it came before, from a try that did not finish it on its actor
             for held in (self.slots, self.seen, self.expected):
                 held.pop(i, None)
-        if payload["audio"]:
-            self._audio(payload["audio"])
+            audio -= self.heard.pop(i, 0.0)  # their audio advanced the progress already
+        if audio > 0:
+            self._audio(audio)
         duration, rate, channels, cut = payload["facts"]
         if part == WRITTEN:  # one list of outputs without vectors, shared by every such result
             res = FileResult(self.items[i], duration, rate, channels, self._no_outputs, cut, None, payload["key"], True)
@@ -224,6 +228,7 @@ class Collector:
             return
         self.done.add(i)
         del self.slots[i], self.seen[i], self.expected[i]
+        self.heard.pop(i, None)
         hand_on(slot, self.plans, self.on_result, self.events)
 
     def finish(self, reason: str = "no result came back from the Ray cluster") -> None:

@@ -215,3 +215,46 @@ def test_workers_store_a_file_s_segments_beside_its_clip_rows_and_the_driver_get
             np.stack([s.embedding for s in got]), np.stack([s.embedding for s in want]), atol=1e-6
         )
     assert max(len(found[r.key].segments) for r in stored.values()) == 3  # w2's three chunks
+
+
+def test_a_file_whose_parts_came_before_its_whole_answer_advances_the_progress_once(files, monkeypatch):
+    """A retried task answers for a file whole (finished on its actor) after a first try sent
+    some of its parts: the progress advances by the file's audio once, not by those parts again."""
+    from matpac_cli.engines import packs
+    from matpac_cli.engines.work import Collector, Recipe
+    from matpac_cli.events import Listeners
+
+    items, plan = files
+
+    def answers(finish: bool) -> list[tuple]:
+        batch = {
+            "i": np.arange(len(items)),
+            "item": np.array([pickle.dumps(item) for item in items], dtype=object),
+            "key": np.array([f"k{i}" for i in range(len(items))], dtype=object),
+        }
+        made = [row["data"][0] for row in packs.decode_files(batch, (plan.predictor.dims.n_t,), False, 2)]
+        recipe = {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3, "finish": finish}
+        encoder = type("Encoder", (packs.Encoder,), recipe)()
+        return [
+            e
+            for pack in made
+            for blob in encoder({"data": np.array([pack], object)})["data"]
+            for e in pickle.loads(blob)
+        ]
+
+    w2 = next(i for i, item in enumerate(items) if item.name.endswith("w2.wav"))
+    with monkeypatch.context() as m:
+        m.setattr(packs, "PART", 2)  # the first try: w2 in two parts, the driver's to sum
+        first = [e for e in answers(False) if e[0] == w2 and e[2] in (-1, 0)]  # its facts and first part only
+    again = answers(True)  # the retry: w2 whole in one pack, finished on the actor
+    assert any(e[0] == w2 and e[2] < -1 for e in again) and any(e[2] == 0 and e[3][4] for e in first)
+
+    def audio_heard(entries: list[tuple]) -> float:
+        heard: list[float] = []
+        collector = Collector(items, [plan], Listeners(audio=heard.append), lambda r: None)
+        for entry in entries:
+            collector.add(*entry)
+        collector.finish()
+        return sum(heard)
+
+    assert audio_heard(first + again) == pytest.approx(audio_heard(again))

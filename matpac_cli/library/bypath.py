@@ -186,8 +186,8 @@ def stat_of(item) -> tuple[str, os.stat_result | None]:
     symlink (one `lstat`, taken here and not by the walk: the walk ran before the model loaded,
     minutes ago maybe, and a file moved over a path since is another file, with a stat of its
     own); else both are asked of the disk (OSError where they cannot be). A folder link repointed
-    since leaves the walk's real path to a file whose stat is not this one's: it vouches for
-    nothing, and the file is keyed by its audio."""
+    since leaves the walk's real path to another file, whose row this stat does not match: the
+    file is keyed by its audio, read at its real path now (`now_real`)."""
     if item.real is not None:
         try:
             now = os.lstat(item.path)
@@ -200,6 +200,12 @@ def stat_of(item) -> tuple[str, os.stat_result | None]:
     real = os.path.realpath(item.path)
     st = os.stat(real)
     return real, st if stat_mode.S_ISREG(st.st_mode) else None
+
+
+def now_real(item, walked: str) -> str:
+    """The real path of a file no row vouches for, to read its audio at and record: resolved
+    again where the walk learnt it (a folder link on its way may point elsewhere since)."""
+    return os.path.realpath(item.path) if item.real is not None else walked
 
 
 def as_stat(st: os.stat_result) -> Stat:

@@ -101,7 +101,7 @@ class Library:
         for j in sorted(matched.older(now - SEEN_AGAIN_S)):  # refreshed in the table at most once a day
             self._remember_path(reals[j], known.audio_keys[bisect.bisect_left(sure, j)], bypath.as_stat(stats[j]), now)
         for j in np.flatnonzero(~matched.vouched).tolist():
-            real, stat, row = reals[j], bypath.as_stat(stats[j]), matched.recorded(j)
+            real, stat, row = bypath.now_real(items[found[j]], reals[j]), bypath.as_stat(stats[j]), matched.recorded(j)
             try:
                 key = audio_key(real)
             except OSError:  # unreadable (its mode, an I/O error): the engine names the file

@@ -162,49 +162,73 @@ def read_index(path: Path, rows: int | None = None) -> list[dict]:
     return rows
 
 
-INDEX_TYPES = ("int64", "string", "float64", "int64", "int64", "string")  # of INDEX_COLUMNS, to Arrow
+INDEX_TYPES = ("int64", "string", "string", "int64", "int64", "string")  # of INDEX_COLUMNS, to Arrow
+DECIMAL = r"^(-?[0-9]+(\.[0-9]+)?|nan|)$"  # a duration as matpac writes it (`%.3f`, nan), or none
 
 
 def _arrow_index(path: Path, fieldnames: list[str], rows: int | None) -> list[dict] | None:
     """The index's rows read by Arrow's CSV reader (0.28 s at 100,000 rows row by row in Python,
     0.1 s so), where every cell reads as matpac writes it (rows numbered 0.., every line whole,
-    UTF-8, no NUL); None for anything else, which the row-by-row reader reads and names."""
+    UTF-8, no NUL, numbers as digits, no field past the csv module's limit); None for anything
+    else, which the row-by-row reader reads and names."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    present = [c for c in INDEX_COLUMNS if c in fieldnames]
-    types = {c: pa.type_for_alias(t) for c, t in zip(INDEX_COLUMNS, INDEX_TYPES) if c in present}
-    try:
-        t = pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, include_columns=present, strings_can_be_null=False
-            ),
-        )
+    types = {c: pa.type_for_alias(t) for c, t in zip(INDEX_COLUMNS, INDEX_TYPES) if c in fieldnames}
+    options = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False)
+    try:  # every column (an extra one too: its fields are held to the limit as the csv module holds them)
+        t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=options)
     except (pa.ArrowException, OSError):
         return None
     t = t.slice(0, rows) if rows is not None else t
     n, numbered = t.num_rows, t.column("row")
-    if numbered.null_count or not np.array_equal(numbered.to_numpy(), np.arange(n)):
+    if (
+        numbered.null_count
+        or not np.array_equal(numbered.to_numpy(), np.arange(n))
+        or not _plain(t, csv.field_size_limit())
+    ):
         return None
-    names = t.column("path")
-    if pc.any(pc.match_substring(names, "\0")).as_py():
-        return None
-    names = names.to_pylist()
+    names = t.column("path").to_pylist()
     for j in np.flatnonzero(pc.starts_with(t.column("path"), "'").to_numpy(zero_copy_only=False)).tolist():
         names[j] = from_spreadsheet(names[j])
 
     def column(name: str, missing):
-        return t.column(name).fill_null(missing).to_pylist() if name in present else [missing] * n
+        return t.column(name).fill_null(missing).to_pylist() if name in fieldnames else [missing] * n
 
-    cut = pc.equal(t.column("truncated"), "1").to_pylist() if "truncated" in present else [False] * n
-    facts = zip(column("duration_s", float("nan")), column("sample_rate", 0), column("channels", 0), cut)
+    cut = pc.equal(t.column("truncated"), "1").to_pylist() if "truncated" in fieldnames else [False] * n
+    facts = zip(_seconds(t, n), column("sample_rate", 0), column("channels", 0), cut)
     return [
         {"row": i, "path": p, "duration_s": d, "sample_rate": r, "channels": c, "truncated": x}
         for i, (p, (d, r, c, x)) in enumerate(zip(names, facts))
     ]
+
+
+def _seconds(t, n: int) -> list[float]:
+    """The `duration_s` column as floats, an empty cell (or no column) NaN, as the row-by-row
+    reader reads them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "duration_s" not in t.column_names:
+        return [float("nan")] * n
+    text = t.column("duration_s")
+    empty = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    return pc.cast(empty, pa.float64()).fill_null(float("nan")).to_pylist()
+
+
+def _plain(t, limit: int) -> bool:
+    """Whether the index's text is as matpac writes it: no NUL in a path, each duration a
+    decimal, no text field longer than `limit` (the csv module refuses the file then)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pc.any(pc.match_substring(t.column("path"), "\0")).as_py():
+        return False
+    if "duration_s" in t.column_names and not pc.all(pc.match_substring_regex(t.column("duration_s"), DECIMAL)).as_py():
+        return False
+    texts = [c for c in t.columns if pa.types.is_string(c.type) and len(c)]
+    return all((pc.max(pc.utf8_length(c)).as_py() or 0) <= limit for c in texts)
 
 
 @contextlib.contextmanager

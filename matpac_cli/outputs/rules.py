@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
     through any name: a symlink or hard link to it counts). A file the folder walk found (its
     real path known) is asked no stat (0.3 s at 100,000 files) where no name of it can be an
     output's: each output has one link (no hard link elsewhere), and another file name (the
-    same path, or a mount's view of the folder, would have the output's)."""
+    same path, or a mount's view of the folder, would have the output's), compared as a file
+    system that folds case and Unicode forms would (`C1.WAV` is `c1.wav` on macOS, FAT, NTFS)."""
     existing, names, linked = {}, set(), False
     for what, path in outputs.items():
         try:
@@ -57,13 +59,13 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
         except (OSError, ValueError):
             continue
         existing[(st.st_dev, st.st_ino)] = (what, path)
-        names.add(os.path.basename(real))  # a mount's view of its folder names the file so too
+        names.add(_folded(os.path.basename(real)))  # a mount's view of its folder names the file so too
         linked = linked or st.st_nlink > 1  # a hard link: any name
     if not existing:
         return
     for item in items:
         walked = getattr(item, "real", None)
-        if walked is not None and not linked and walked.rpartition(os.sep)[2] not in names:
+        if walked is not None and not linked and _folded(walked.rpartition(os.sep)[2]) not in names:
             continue  # no name of an output's file: not it
         try:
             st = os.stat(item.path)
@@ -76,6 +78,10 @@ def check_not_inputs(outputs: dict[str, Path], items: Iterable) -> None:
                 "written as an output, even with `force`",
                 settings=("force",),
             )
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def check_side_files(written: Iterable[Path]) -> None:

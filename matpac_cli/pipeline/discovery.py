@@ -175,23 +175,26 @@ def _tree(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, l
     entries as `os.DirEntry`s rather than names: what an entry is (a symlink or not) comes with
     the listing on most file systems, so the walk asks the disk nothing per file (an lstat each
     cost 0.2 s at 100,000 files, and the library asks each file's stat anyway, later and fresh).
-    The caller may prune the folder names, as os.walk's."""
-    dirs, files = [], []
-    try:
-        with os.scandir(top) as listing:
-            for entry in listing:
-                try:
-                    is_dir = entry.is_dir()  # a symlink to a folder is a folder, as os.walk's
-                except OSError:
-                    is_dir = False
-                (dirs if is_dir else files).append(entry)
-    except OSError as exc:
-        onerror(exc)
-        return
-    names = [d.name for d in dirs]
-    yield top, names, files
-    for name in names:
-        yield from _tree(os.path.join(top, name), onerror)
+    The caller may prune the folder names, as os.walk's. A stack, not recursion: a tree
+    thousands of folders deep is walked, not a RecursionError."""
+    stack = [top]
+    while stack:
+        top = stack.pop()
+        dirs, files = [], []
+        try:
+            with os.scandir(top) as listing:
+                for entry in listing:
+                    try:
+                        is_dir = entry.is_dir()  # a symlink to a folder is a folder, as os.walk's
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry)
+        except OSError as exc:
+            onerror(exc)
+            continue
+        names = [d.name for d in dirs]
+        yield top, names, files
+        stack.extend(os.path.join(top, name) for name in reversed(names))  # the first named walked first
 
 
 def _files(dirpath: str, entries: list[os.DirEntry], exts: set[str], shown: str, linked_dir: bool) -> Iterable[Item]:
@@ -206,7 +209,11 @@ def _files(dirpath: str, entries: list[os.DirEntry], exts: set[str], shown: str,
         dot = fname.rfind(".")
         if fname.startswith(".") or dot < 0 or fname[dot:].lower() not in exts:  # hidden, or not audio
             continue
-        if not entry.is_symlink():  # False for a file gone since the listing: its own error when opened
+        try:
+            link = entry.is_symlink()  # False for a file gone since the listing: its own error when opened
+        except OSError:  # asked of the disk (a file system whose listing does not say), and it failed
+            link = True  # named below, with the reason
+        if not link:
             real_dir = os.path.join(os.path.realpath(dirpath), "") if real_dir is None else real_dir
             yield Item(named + fname, child(fname), None, linked_dir, real_dir + fname)
             continue

@@ -59,6 +59,23 @@ def test_the_walk_resolves_each_folder_once_and_asks_no_file_its_stat(tmp_path, 
     assert out.real is None and out.linked  # a symlink is resolved as before, when asked
 
 
+def test_a_tree_thousands_of_folders_deep_is_walked_not_a_recursion_error(tmp_path):
+    """The walk keeps a stack of folders, not a frame per level (a tree 1,100 deep raised
+    RecursionError), and still goes top down, each folder's subfolders in name order."""
+    deep = tmp_path / "top"
+    deep.mkdir()
+    for _ in range(1100):
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "bottom.wav").write_bytes(b"x")
+    for name in ("b", "a"):
+        (tmp_path / "top" / name).mkdir()
+        (tmp_path / "top" / name / f"{name}.wav").write_bytes(b"x")
+    items = discovery.discover([str(tmp_path / "top")])
+    assert [i.name.rsplit("/", 1)[-1] for i in items] == ["a.wav", "b.wav", "bottom.wav"]
+    assert items[-1].name.count("/d") == 1100
+
+
 def record(root: Path, rows: list[tuple[str, str, Stat, float]]) -> None:
     table = {name: [] for name in tables.PATHS.names}
     for path, key, st, seen in rows:
@@ -170,6 +187,31 @@ def test_a_file_moved_over_a_walked_path_after_the_walk_is_keyed_as_the_new_file
     os.replace(tmp_path / "new.wav", folder / "a.wav")  # ... then, while its model loads, a move
     known = Library(tmp_path / "lib").identify(items)[0]
     assert known.key == audio_key(str(folder / "a.wav")) != first
+
+
+def test_a_folder_link_repointed_after_the_walk_is_keyed_and_recorded_as_the_file_it_leads_to(tmp_path):
+    """The walk learnt `music/album`'s real folder (A); repointed to B while the model loads, the
+    file at the path is B's: keyed by B's audio and recorded at B's path, not A's (the walk's)."""
+    import soundfile as sf
+
+    from matpac_cli.library.key import audio_key
+
+    for folder, value in (("A", 0.0), ("B", 0.25)):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "x.wav", np.full(1600, value, np.float32), 16000)
+        hour_ago = time.time() - 3600
+        os.utime(tmp_path / folder / "x.wav", (hour_ago, hour_ago))
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "album").symlink_to("../A")
+    library = Library(tmp_path / "lib")
+    library.identify(discovery.discover([str(tmp_path / "music")]))
+    library.commit()
+    items = discovery.discover([str(tmp_path / "music")])  # the next run's walk ...
+    (tmp_path / "music" / "album").unlink()
+    (tmp_path / "music" / "album").symlink_to("../B")  # ... then, while its model loads, the link repointed
+    known = Library(tmp_path / "lib").identify(items)[0]
+    assert known.key == audio_key(str(tmp_path / "B" / "x.wav")) != audio_key(str(tmp_path / "A" / "x.wav"))
+    assert known.path == os.path.realpath(tmp_path / "B" / "x.wav")
 
 
 def test_a_file_dated_past_2262_is_keyed_by_its_audio_not_a_traceback(tmp_path):

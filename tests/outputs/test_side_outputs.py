@@ -180,6 +180,13 @@ def test_an_input_under_another_name_is_refused_and_the_walk_s_files_are_asked_n
     (tmp_path / "e.npy").write_bytes(b"x")
     rules.check_not_inputs({"--out": tmp_path / "e.npy"}, items)
     assert asked == [str(tmp_path / "e.npy")], asked
+    for named in ("C1.WAV", "ce\u0301.wav"):  # the name of a walked file as a case- or form-folding disk has it
+        (clips / "c\u00e9.wav").write_bytes((clips / "c0.wav").read_bytes())
+        (tmp_path / named).write_bytes(b"x")
+        walked = discovery.discover([str(clips)])
+        asked.clear()
+        rules.check_not_inputs({"--failures": tmp_path / named}, walked)
+        assert len(asked) == 2, asked  # the output, and the walked file it could be there
 
 
 @pytest.mark.parametrize(

@@ -62,18 +62,28 @@ def test_the_walk_resolves_each_folder_once_and_asks_no_file_its_stat(tmp_path, 
 def test_a_tree_thousands_of_folders_deep_is_walked_not_a_recursion_error(tmp_path):
     """The walk keeps a stack of folders, not a frame per level (a tree 1,100 deep raised
     RecursionError), and still goes top down, each folder's subfolders in name order."""
-    deep = tmp_path / "top"
-    deep.mkdir()
-    for _ in range(1100):
-        deep = deep / "d"
+    top = tmp_path / "top"
+    try:
+        deep = top
         deep.mkdir()
-    (deep / "bottom.wav").write_bytes(b"x")
-    for name in ("b", "a"):
-        (tmp_path / "top" / name).mkdir()
-        (tmp_path / "top" / name / f"{name}.wav").write_bytes(b"x")
-    items = discovery.discover([str(tmp_path / "top")])
-    assert [i.name.rsplit("/", 1)[-1] for i in items] == ["a.wav", "b.wav", "bottom.wav"]
-    assert items[-1].name.count("/d") == 1100
+        for _ in range(1100):
+            deep = deep / "d"
+            deep.mkdir()
+        (deep / "bottom.wav").write_bytes(b"x")
+        for name in ("b", "a"):
+            (top / name).mkdir()
+            (top / name / f"{name}.wav").write_bytes(b"x")
+        items = discovery.discover([str(top)])
+        assert [i.name.rsplit("/", 1)[-1] for i in items] == ["a.wav", "b.wav", "bottom.wav"]
+        assert items[-1].name.count("/d") == 1100
+    finally:  # taken down a level at a time: pytest's own clean-up (shutil.rmtree) recurses, and fails
+        node = top
+        while (node / "d").is_dir():
+            node = node / "d"
+        (node / "bottom.wav").unlink(missing_ok=True)
+        while node != top:
+            node.rmdir()
+            node = node.parent
 
 
 def record(root: Path, rows: list[tuple[str, str, Stat, float]]) -> None:

@@ -39,22 +39,14 @@ def _through(items, plan, library, shard_of=lambda shard: shard, then=lambda: No
     (two answer rows each; `copies` times over, as retried tasks answer again) and, after
     `then`, the driver's collector: (results by name, failures, warnings, the entries the
     driver received)."""
-    from matpac_cli.engines.packs import Encoder, decode_files
-    from matpac_cli.engines.work import Collector, Recipe
+    from matpac_cli.engines.work import Collector
     from matpac_cli.engines.writes import write_files
     from matpac_cli.events import Listeners
     from matpac_cli.library.shards import sink
 
     known = library.identify(items)
     sunk = sink(library, items, {items[i]: k.key for i, k in known.items()}, [plan])
-    batch = {
-        "i": np.arange(len(items)),
-        "item": np.array([pickle.dumps(item) for item in items], dtype=object),
-        "key": np.array([sunk.key_of(item.name) for item in items], dtype=object),
-    }
-    packs = [row["data"][0] for row in decode_files(batch, (plan.predictor.dims.n_t,), False, 2)]
-    encoder = type("Encoder", (Encoder,), {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3, "finish": True})()
-    rows = [blob for pack in packs for blob in encoder({"data": np.array([pack], dtype=object)})["data"]]
+    rows = _encoded(items, plan, [sunk.key_of(item.name) for item in items])
     shard = shard_of(sunk.shard())
     answers = [write_files({"data": np.array(rows[s : s + 2], dtype=object)}, shard) for s in range(0, len(rows), 2)]
     answers *= copies
@@ -68,6 +60,23 @@ def _through(items, plan, library, shard_of=lambda shard: shard, then=lambda: No
     collector.finish()
     sunk.close()
     return results, failures, warnings, received
+
+
+def _encoded(items, plan, keys: list[str], finish: bool = True) -> list[bytes]:
+    """Every file decoded (keyed `keys`) and through the encoder actor (`finish`: files whole in
+    a pack finished there): its answer rows, as the write tasks take them."""
+    from matpac_cli.engines.packs import Encoder, decode_files
+    from matpac_cli.engines.work import Recipe
+
+    batch = {
+        "i": np.arange(len(items)),
+        "item": np.array([pickle.dumps(item) for item in items], dtype=object),
+        "key": np.array(keys, dtype=object),
+    }
+    packs = [row["data"][0] for row in decode_files(batch, (plan.predictor.dims.n_t,), False, 2)]
+    recipe = {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3, "finish": finish}
+    encoder = type("Encoder", (Encoder,), recipe)()
+    return [blob for pack in packs for blob in encoder({"data": np.array([pack], dtype=object)})["data"]]
 
 
 def _local(items, plan) -> dict:
@@ -221,26 +230,14 @@ def test_a_file_whose_parts_came_before_its_whole_answer_advances_the_progress_o
     """A retried task answers for a file whole (finished on its actor) after a first try sent
     some of its parts: the progress advances by the file's audio once, not by those parts again."""
     from matpac_cli.engines import packs
-    from matpac_cli.engines.work import Collector, Recipe
+    from matpac_cli.engines.work import Collector
     from matpac_cli.events import Listeners
 
     items, plan = files
 
     def answers(finish: bool) -> list[tuple]:
-        batch = {
-            "i": np.arange(len(items)),
-            "item": np.array([pickle.dumps(item) for item in items], dtype=object),
-            "key": np.array([f"k{i}" for i in range(len(items))], dtype=object),
-        }
-        made = [row["data"][0] for row in packs.decode_files(batch, (plan.predictor.dims.n_t,), False, 2)]
-        recipe = {"recipes": [Recipe.of(plan, "cpu", 1)], "batch_size": 3, "finish": finish}
-        encoder = type("Encoder", (packs.Encoder,), recipe)()
-        return [
-            e
-            for pack in made
-            for blob in encoder({"data": np.array([pack], object)})["data"]
-            for e in pickle.loads(blob)
-        ]
+        keys = [f"k{i}" for i in range(len(items))]
+        return [entry for blob in _encoded(items, plan, keys, finish) for entry in pickle.loads(blob)]
 
     w2 = next(i for i, item in enumerate(items) if item.name.endswith("w2.wav"))
     with monkeypatch.context() as m:

@@ -42,7 +42,7 @@ from matpac_cli.pipeline.assemble import Plan, Slot, chunk_output, finite, run_l
 # The feed, and torch with it, load here, in the worker's main thread as it unpickles its task: a
 # first `import torch` in two of Ray Data's threads at once fails half-initialised.
 from matpac_cli.pipeline.feed import END, Feed
-from matpac_cli.pipeline.hooks import hold
+from matpac_cli.pipeline.hooks import busy, hold
 
 PART = 64  # chunks of one file summed together: 6.5 minutes of audio, 25 MB of 16 kHz float32
 
@@ -165,8 +165,10 @@ class Encoder:
     recipes: list[Recipe] = []  # set on the subclass the driver makes for the job
     attempts = None  # likewise: `Attempts`' methods (the actor enlists, so the driver can stop it)
     batch_size = 8  # likewise: chunks per encoder batch
+    hold_from: tuple[int, str] | None = None  # likewise, TEST ONLY: `pipeline.hooks.hold_encoding`
 
     def __init__(self) -> None:
+        self.calls = 0
         self.error: ModelError | None = None  # a model this node cannot load stops the job, in one line
         self.plans: list[Plan] = []
         if self.attempts is not None:
@@ -183,6 +185,9 @@ class Encoder:
     finish = False  # likewise: files whole in a pack are finished here (`DONE`), for `engines.writes`
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.hold_from and self.calls >= self.hold_from[0]:
+            busy(self.hold_from[1])  # the test's stand-in for a slow device: this call is in flight
         rows = []
         for blob in batch["data"]:
             out = self._pack(pickle.loads(blob))

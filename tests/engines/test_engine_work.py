@@ -231,6 +231,18 @@ def test_the_hold_hook_is_inert_without_the_test_hooks_switch(monkeypatch, tmp_p
     assert hold_on() == ("m15.wav", str(tmp_path / "go"))
 
 
+def test_the_encoding_hold_hook_is_inert_without_the_test_hooks_switch(monkeypatch, tmp_path):
+    """MATPAC_TEST_HOLD_ENCODING makes an encoder actor's calls wait for a flag file (the tests' way
+    to kill an actor known to be mid-call); like the others, only with MATPAC_TEST_HOOKS=1."""
+    from matpac_cli.pipeline.hooks import hold_encoding
+
+    monkeypatch.setenv("MATPAC_TEST_HOLD_ENCODING", f"2:{tmp_path / 'go'}")
+    monkeypatch.delenv("MATPAC_TEST_HOOKS", raising=False)
+    assert hold_encoding() is None
+    monkeypatch.setenv("MATPAC_TEST_HOOKS", "1")
+    assert hold_encoding() == (2, str(tmp_path / "go"))
+
+
 def test_a_model_an_actor_cannot_load_stops_the_job_in_one_line(setup, tmp_path):
     from dataclasses import replace
 

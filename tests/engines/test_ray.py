@@ -228,8 +228,8 @@ def _wait_for(what, timeout: float = 120.0, step: float = 0.2):
 
 
 def _kill_one(node: Node, title: str) -> bool:
-    """SIGKILL one live process of `node` whose title ends with `title` (an actor of the running
-    job: `ray::MapWorker(MapBatches(Encoder))` idle, with `.submit` on the end while it encodes)."""
+    """SIGKILL one live process of `node` whose title ends with `title` (an idle actor of the
+    running job: `ray::MapWorker(MapBatches(Encoder))`)."""
     for pid in node.pids():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -256,10 +256,16 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
     or while it waits for work: the last file's decoding is held (MATPAC_TEST_HOLD_ON) until the
     others are done, so the actor is idle with no task in flight. Ray Data then counted the dead
     actor in its pool and waited for it for ever (the CI run that timed out), until matpac's watch
-    on the round's actors (engines.ray.watch) ended the round, so the files left run again."""
+    on the round's actors (engines.ray.watch) ended the round, so the files left run again. Busy:
+    each actor's calls from its second on wait (MATPAC_TEST_HOLD_ENCODING), naming their process,
+    so the kill lands mid-call (catching a tiny model's millisecond calls by their process titles
+    missed them for 120 s in three CI runs of a loaded host)."""
     folder = _many(tmp_path / "many", 16)
     out, go = tmp_path / "emb.npy", tmp_path / "go"
-    hold = {"MATPAC_TEST_HOOKS": "1", "MATPAC_TEST_HOLD_ON": f"m15.wav:{go}"} if when == "idle" else {}
+    hold = {"MATPAC_TEST_HOOKS": "1"}
+    hold["MATPAC_TEST_HOLD_ON" if when == "idle" else "MATPAC_TEST_HOLD_ENCODING"] = (
+        f"m15.wav:{go}" if when == "idle" else f"2:{go}"
+    )
     job = _background(
         [
             "embed",
@@ -278,8 +284,9 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
     )
     try:
         if when == "busy":
-            _wait_for(lambda: library_files() >= 1)  # mid-job: some files are done
-            _wait_for(lambda: _kill_one(head, "MapBatches(Encoder)).submit"), step=0.01)
+            busy = _wait_for(lambda: sorted(tmp_path.glob("go.*")))  # an actor mid-call, past its first
+            os.kill(int(busy[0].suffix[1:]), signal.SIGKILL)
+            go.touch()
         else:
             # all but the held file, and the one whose last chunk waits in a part-filled batch
             _wait_for(lambda: library_files() >= 14)
@@ -613,7 +620,9 @@ def test_tag_s_files_are_stored_by_the_workers_and_scored_from_the_library(head,
     a, b = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
     assert len(a) == len(b) == 300 * 20 * (1 + segments) + 10 * 20 * segments  # a segment's rows each, or the clip's
     assert (a["path"] == b["path"]).all() and (a["label"] == b["label"]).all() and (a["rank"] == b["rank"]).all()
-    np.testing.assert_allclose(b["score"], a["score"], atol=1e-5)
+    # a random head's logits reach about 90 (3840 inputs): float32's noise in them (chunks batched with other
+    # files' on the cluster) moved one score of 6,000 by 1.4e-5 in a CI run
+    np.testing.assert_allclose(b["score"], a["score"], atol=5e-5)
     for column in ("start_s", "end_s", "truncated") if segments else ():
         assert a[column].equals(b[column])
     assert library_files(tmp_path / "lib") == 300

@@ -47,7 +47,7 @@ from matpac_cli.events import NoEvents, Ran, RunEvents
 from matpac_cli.interrupts import whole
 from matpac_cli.pipeline.assemble import Plan
 from matpac_cli.pipeline.discovery import Item
-from matpac_cli.pipeline.hooks import crash_on, hold_on
+from matpac_cli.pipeline.hooks import crash_on, hold_encoding, hold_on
 
 DECODE_CPUS = 0.5  # a decoding task's share of a CPU (two per CPU: decoding waits on the disk too)
 SPREAD = 4  # a small job is cut into at least this many decoding tasks per decoder (`blocks.plan`)
@@ -248,7 +248,15 @@ def _round(
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
     encoder = type(
-        "Encoder", (Encoder,), {"recipes": recipes, "attempts": ledger, "batch_size": batch_size, "finish": bool(sink)}
+        "Encoder",
+        (Encoder,),
+        {
+            "recipes": recipes,
+            "attempts": ledger,
+            "batch_size": batch_size,
+            "finish": bool(sink),
+            "hold_from": hold_encoding(),
+        },
     )
     with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
         warnings.simplefilter("ignore")

@@ -247,17 +247,8 @@ def _round(
     )
     # the recipes travel inside the class, not as constructor arguments in the object store
     # (which Ray warns a restarted actor could lose)
-    encoder = type(
-        "Encoder",
-        (Encoder,),
-        {
-            "recipes": recipes,
-            "attempts": ledger,
-            "batch_size": batch_size,
-            "finish": bool(sink),
-            "hold_from": hold_encoding(),
-        },
-    )
+    how = {"recipes": recipes, "attempts": ledger, "batch_size": batch_size, "finish": bool(sink)}
+    encoder = type("Encoder", (Encoder,), {**how, "hold_from": hold_encoding()})
     with warnings.catch_warnings():  # max_restarts has no named parameter: Ray warns on stderr
         warnings.simplefilter("ignore")
         ds = ds.map_batches(

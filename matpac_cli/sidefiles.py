@@ -185,16 +185,18 @@ def _pid_only(fd: int) -> bool:
     return os.pread(fd, 21, 0).strip().isdigit() or st.st_size == 0
 
 
-def ensure_writable(path: Path) -> None:
+def ensure_writable(path: Path, folder_only: bool = False) -> None:
     """Fail now, in one line, if `path` cannot be written: checked before any model loads or any
-    work is done, by creating (and removing) a probe file in the folder that would hold it."""
-    if path.is_dir():
+    work is done, by creating (and removing) a probe file in the folder that would hold it.
+    `folder_only`: `path` is a folder to write files into (`--frames`), named so in the message."""
+    target = f"into {path}" if folder_only else str(path)
+    folder = path if folder_only else path.parent
+    if not folder_only and path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
-    folder = path.parent
     for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
-                raise OutputError(f"cannot write {path}: {parent} is not a folder")
+                raise OutputError(f"cannot write {target}: {parent} is not a folder")
             break
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -202,7 +204,7 @@ def ensure_writable(path: Path) -> None:
         create(probe).close()
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def replace_with(path: Path, write: Callable[[IO], object], mode: str = "w", perm: int = 0o600) -> None:

@@ -104,12 +104,13 @@ def check_config(config: EmbedConfig) -> None:
         writers.ensure_writable(path)
     stored.open_library(config.library)  # a library that cannot be made: one line, before the model
     if config.frames_dir is not None:
-        writers.ensure_writable(config.frames_dir / "probe.npy")
+        writers.ensure_writable(config.frames_dir, folder_only=True)
         refuse_symlink(naming.frames_record(config.frames_dir))
+    earlier.refuse_a_sharer(paths)  # `force` too: replacing its manifest would disown another output
     if not config.force and earlier.vouched(paths["matrix"], paths["manifest"]) is None:
-        for key, path in paths.items():
+        for path in paths.values():
             if path.exists():
-                raise OutputError(_not_ours(paths, key), settings=("force",))
+                raise OutputError(writers.not_ours(path), settings=("force",))
 
 
 def check_inputs(config: EmbedConfig, items: list[Item]) -> list[earlier.Row]:
@@ -125,18 +126,6 @@ def check_inputs(config: EmbedConfig, items: list[Item]) -> list[earlier.Row]:
     rows = earlier.embed_rows(paths["matrix"], man)
     earlier.refuse_dropping(paths["matrix"], rows, items, config.update, config.force)
     return rows
-
-
-def _not_ours(paths: dict[str, Path], key: str) -> str:
-    """Why an existing file is not replaced; `emb.npy` and `emb.parquet` would share `emb.manifest.json`."""
-    path = paths[key]
-    owner = next((o for o in naming.manifest_sharers(paths["matrix"]) if key == "manifest" and o.exists()), None)
-    if owner is not None:
-        return (
-            f"{path} is the manifest of {owner}; give {paths['matrix'].name} another name "
-            "(or `force` to replace that manifest)"
-        )
-    return writers.not_ours(path)
 
 
 def embed(

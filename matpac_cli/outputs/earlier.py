@@ -83,6 +83,19 @@ def owned(out: Path, manifest_path: Path, force: bool) -> dict | None:
     return man
 
 
+def refuse_a_sharer(paths: dict[str, Path]) -> None:
+    """`emb.npy` and `emb.parquet` would share `emb.manifest.json`: where it is the manifest of the
+    other one, which exists, it stays (with `force` too: that output could no longer resume,
+    and would be called someone else's)."""
+    if paths["manifest"].exists() and vouched(paths["matrix"], paths["manifest"]) is None:
+        for owner in naming.manifest_sharers(paths["matrix"]):
+            if owner.exists() and vouched(owner, paths["manifest"]) is not None:
+                raise OutputError(
+                    f"{paths['manifest']} is the manifest of {owner}; give {paths['matrix'].name} another name",
+                    settings=("out",),
+                )
+
+
 def settings_differ(man: dict | None, settings: dict) -> list[str]:
     """The settings an output was written with (its manifest's) that differ from these ones, so the
     refusal can name what changed; empty where there is no manifest."""

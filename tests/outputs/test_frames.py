@@ -73,6 +73,19 @@ def test_parquet_output_names_the_frames_files_too(tmp_path, ckpts):
     assert all((tmp_path / "fr" / f).is_file() for f in table.column("frames").to_pylist())
 
 
+def test_a_frames_folder_that_cannot_be_written_is_named_in_one_line(tmp_path, ckpts):
+    """The error names the --frames folder, not the probe file matpac tried in it (a user's report:
+    `cannot write rom/fr/probe.npy`)."""
+    write_audio(tmp_path / "a.wav", 0.5, seed=1)
+    (tmp_path / "notes.txt").write_text("a file in the way")
+    args = ["embed", "a.wav", "--frames", "notes.txt/fr", "--out", "e.npy", "--model", str(ckpts["tiny608"])]
+    proc = run_matpac(args, cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith("matpac: error: cannot write into notes.txt/fr: notes.txt is not a folder"), err
+    assert not (tmp_path / "e.npy").exists()
+
+
 def test_a_frames_file_matpac_did_not_write_needs_force(tmp_path, ckpts):
     """A file already at an input's frames name is replaced only when this --out names it (an
     earlier run wrote it), even once the audio changed; a file of the user's, or one another

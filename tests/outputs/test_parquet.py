@@ -216,9 +216,14 @@ def test_a_parquet_not_written_by_matpac_and_a_shared_manifest_are_refused(ckpts
     assert code == 2 and "emb.parquet exists and was not written by matpac; use --force" in err
     assert cli(capsys, *base, "--out", "emb.parquet", "--force")[0] == 0
     assert len(pd.read_parquet("emb.parquet")) == 3
-    code, _, err = cli(capsys, *base, "--out", "emb.npy")  # would replace emb.parquet's manifest
-    assert code == 2 and "emb.manifest.json is the manifest of emb.parquet" in err and err.count("\n") == 1
-    assert not Path("emb.npy").exists()
+    manifest = Path("emb.manifest.json").read_bytes()
+    for force in ([], ["--force"]):  # would replace emb.parquet's manifest: emb.parquet disowned (a
+        # user's report: the error offered --force, and the next run called emb.parquet not matpac's)
+        code, _, err = cli(capsys, *base, "--out", "emb.npy", *force)
+        assert code == 2 and "emb.manifest.json is the manifest of emb.parquet" in err and err.count("\n") == 1
+        assert "force" not in err and not Path("emb.npy").exists(), err
+        assert Path("emb.manifest.json").read_bytes() == manifest
+    assert cli(capsys, *base, "--out", "emb.parquet")[0] == 0  # still matpac's: it resumes
 
 
 def test_a_failed_parquet_write_leaves_the_old_output_whole(ckpts, tmp_path, capsys, monkeypatch):

@@ -120,6 +120,7 @@ def check_inputs(config: EmbedConfig, items: list[Item]) -> list[earlier.Row]:
         twice = next(n for n, c in Counter(item.name for item in items).items() if c > 1)
         raise UsageError(f"two inputs are named {twice}: give each file once, under a name of its own")
     paths = naming.embed_outputs(config.out)
+    earlier.refuse_a_sharer(paths)  # again, under the lock: a run of the other output may have ended since
     man = earlier.owned(paths["matrix"], paths["manifest"], config.force)
     if man is None:
         return []

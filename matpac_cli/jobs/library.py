@@ -21,7 +21,7 @@ from matpac_cli.config import FRONT_END
 from matpac_cli.errors import UsageError
 from matpac_cli.library import tables, views
 from matpac_cli.library.location import resolve_root
-from matpac_cli.outputs import naming, writers
+from matpac_cli.outputs import earlier, naming, writers
 from matpac_cli.outputs.readers import Embeddings
 
 
@@ -215,6 +215,7 @@ def export_library(
     from matpac_cli.jobs.embed_output import described, write_matrix
 
     paths = naming.embed_outputs(Path(out))
+    earlier.refuse_a_sharer(paths)  # `force` too: another output's manifest
     written = naming.written(paths)
     for path in written:
         writers.ensure_writable(path)

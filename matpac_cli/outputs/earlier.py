@@ -91,7 +91,7 @@ def refuse_a_sharer(paths: dict[str, Path]) -> None:
         for owner in naming.manifest_sharers(paths["matrix"]):
             if owner.exists() and vouched(owner, paths["manifest"]) is not None:
                 raise OutputError(
-                    f"{paths['manifest']} is the manifest of {owner}; give {paths['matrix'].name} another name",
+                    f"{paths['manifest']} is the manifest of {owner}; give `out` another name than {paths['matrix'].name}",
                     settings=("out",),
                 )
 

@@ -88,6 +88,13 @@ def test_export_is_embed_output_exactly(made):
     assert np.load(made / "x.npy").shape == (3, emb.shape[-1])
     again = lib(made, "export", "--out", "x.npy")
     assert again.returncode == 2 and "--force" in again.stderr.decode() and b"Traceback" not in again.stderr
+    manifest = (made / "x.manifest.json").read_bytes()
+    for force in ([], ["--force"]):  # x.parquet would take x.npy's manifest: x.npy could not resume
+        proc = lib(made, "export", "--out", "x.parquet", *force)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "x.manifest.json is the manifest of" in err and err.count("\n") == 1, err
+        assert "--force" not in err and "give --out another name than x.parquet" in err, err
+        assert (made / "x.manifest.json").read_bytes() == manifest and not (made / "x.parquet").exists()
 
 
 def test_prune_dry_run_then_yes_only_inside_the_library(made):

@@ -262,10 +262,8 @@ def test_a_killed_actor_costs_nothing_every_row_exactly_once(ckpts, head, tmp_pa
     missed them for 120 s in three CI runs of a loaded host)."""
     folder = _many(tmp_path / "many", 16)
     out, go = tmp_path / "emb.npy", tmp_path / "go"
-    hold = {"MATPAC_TEST_HOOKS": "1"}
-    hold["MATPAC_TEST_HOLD_ON" if when == "idle" else "MATPAC_TEST_HOLD_ENCODING"] = (
-        f"m15.wav:{go}" if when == "idle" else f"2:{go}"
-    )
+    held = {"MATPAC_TEST_HOLD_ON": f"m15.wav:{go}"} if when == "idle" else {"MATPAC_TEST_HOLD_ENCODING": f"2:{go}"}
+    hold = {"MATPAC_TEST_HOOKS": "1", **held}
     job = _background(
         [
             "embed",
